@@ -1,0 +1,1 @@
+//! Bootstrap of a Lumen job: how the rank was started, who its peers are, how they meet.

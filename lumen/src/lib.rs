@@ -1,0 +1,1 @@
+//! Lumen: a Ray-style runtime for HPC clusters.

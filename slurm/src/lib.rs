@@ -1,0 +1,1 @@
+//! Slurm without libslurm: hostlists, tasks-per-node and the `SLURM_*` environment.

@@ -1,0 +1,1 @@
+//! Lumen's transport: tagged messages between ranks over shared memory and TCP.
