@@ -1,1 +1,3 @@
 //! Bootstrap of a Lumen job: how the rank was started, who its peers are, how they meet.
+pub mod config;
+pub mod env;

@@ -1,1 +1,5 @@
 //! Lumen's transport: tagged messages between ranks over shared memory and TCP.
+pub mod auth;
+pub mod frame;
+pub mod handshake;
+pub mod wire;
