@@ -152,6 +152,7 @@ mod tests {
         });
         let mut c = TcpStream::connect(addr).unwrap();
         let client = initiate(&mut c, client_job, 5, &client_secret).map_err(|e| e.to_string());
+        drop(c);
         (client, server.join().unwrap())
     }
 

@@ -2,4 +2,6 @@
 pub mod auth;
 pub mod frame;
 pub mod handshake;
+pub mod shm;
+mod sys;
 pub mod wire;

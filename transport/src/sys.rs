@@ -1,0 +1,180 @@
+//! Thin wrappers over the few Linux calls the transport needs (futex, pidfd,
+//! process_vm_readv, shared-memory objects). Every `unsafe` block of the crate
+//! that talks to the kernel lives here or in `shm.rs`/`uring.rs`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+/// Sleeps while `*word == expected`, at most `timeout`. Works across processes
+/// (the word may live in a shared mapping: no FUTEX_PRIVATE_FLAG).
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; the
+    // kernel only reads it. A spurious or failed wait is harmless: callers loop.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, &ts as *const libc::timespec);
+    }
+}
+
+/// Wakes every waiter sleeping on `word`.
+pub(crate) fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE does not dereference it.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}
+
+/// A handle that tells whether another process has exited (pidfd).
+#[derive(Debug)]
+pub(crate) struct ProcessWatch {
+    fd: OwnedFd,
+}
+
+impl ProcessWatch {
+    /// Opens a pidfd for `pid`.
+    pub(crate) fn open(pid: i32) -> io::Result<Self> {
+        // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+        Ok(ProcessWatch { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) } })
+    }
+
+    /// True once the process has exited (a zombie counts as exited).
+    pub(crate) fn exited(&self) -> bool {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & libc::POLLIN != 0
+    }
+}
+
+/// Copies `dst.len()` bytes from address `addr` of process `pid` into `dst`
+/// (single copy, kernel to kernel). Fails with EPERM where ptrace rules forbid it.
+pub(crate) fn read_process_memory(pid: i32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < dst.len() {
+        let local = libc::iovec { iov_base: dst[done..].as_mut_ptr().cast(), iov_len: dst.len() - done };
+        let remote = libc::iovec { iov_base: (addr as usize + done) as *mut libc::c_void, iov_len: dst.len() - done };
+        // SAFETY: `local` points into `dst`, which we borrow mutably for the call;
+        // the remote range is validated by the kernel (EFAULT if unmapped).
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "process_vm_readv read nothing"));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// A shared-memory object mapped into this process.
+#[derive(Debug)]
+pub(crate) struct SharedMapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; all concurrent access to it goes through
+// atomics or through ring protocols documented in `shm.rs`.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMapping {}
+
+fn shm_name(name: &str) -> io::Result<CString> {
+    CString::new(format!("/{name}")).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in segment name"))
+}
+
+impl SharedMapping {
+    /// Creates `/dev/shm/{name}` of `len` zeroed bytes (fails if it exists).
+    pub(crate) fn create(name: &str, len: usize) -> io::Result<Self> {
+        let cname = shm_name(name)?;
+        // SAFETY: valid C string; flags and mode are plain integers.
+        let fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by shm_open and is owned by us alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: valid fd; ftruncate extends the object with zero bytes.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            let err = io::Error::last_os_error();
+            let _ = Self::unlink(name);
+            return Err(err);
+        }
+        Self::map(&fd, len)
+    }
+
+    /// Maps an existing `/dev/shm/{name}`; returns `Ok(None)` while it does not exist yet.
+    pub(crate) fn open(name: &str) -> io::Result<Option<Self>> {
+        let cname = shm_name(name)?;
+        // SAFETY: valid C string.
+        let fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR, 0) };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == io::ErrorKind::NotFound { Ok(None) } else { Err(err) };
+        }
+        // SAFETY: fd was just returned by shm_open and is owned by us alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `stat` is plain old data, fully written by fstat on success.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and a valid out pointer.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if stat.st_size <= 0 {
+            return Ok(None); // created but not yet sized by its creator
+        }
+        Self::map(&fd, stat.st_size as usize).map(Some)
+    }
+
+    fn map(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping of a valid fd; we never alias it as `&mut`.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMapping { ptr: ptr.cast(), len })
+    }
+
+    /// Removes the name; mappings stay valid until unmapped.
+    pub(crate) fn unlink(name: &str) -> io::Result<()> {
+        let cname = shm_name(name)?;
+        // SAFETY: valid C string.
+        if unsafe { libc::shm_unlink(cname.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Base address.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len come from a successful mmap and are unmapped once.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
