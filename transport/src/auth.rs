@@ -55,7 +55,8 @@ impl JobSecret {
     /// Derives a job secret from a longer-lived key and a context string
     /// (for example a per-user key file and the Slurm job and step ids).
     pub fn derive(key: &[u8], context: &str) -> Self {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
         mac.update(b"lumen-job-secret\0");
         mac.update(context.as_bytes());
         JobSecret(mac.finalize().into_bytes().into())
@@ -69,7 +70,8 @@ impl JobSecret {
         }
         let mut out = [0u8; 32];
         for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| SecretError::BadHex { len: text.len() })?;
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+                .map_err(|_| SecretError::BadHex { len: text.len() })?;
         }
         Ok(JobSecret(out))
     }
@@ -79,8 +81,16 @@ impl JobSecret {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn mac(&self, role: Role, job_id: &str, initiator_rank: u32, first: &[u8], second: &[u8]) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+    fn mac(
+        &self,
+        role: Role,
+        job_id: &str,
+        initiator_rank: u32,
+        first: &[u8],
+        second: &[u8],
+    ) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .expect("HMAC accepts keys of any length");
         mac.update(match role {
             Role::Initiator => b"lumen-initiator\0",
             Role::Acceptor => b"lumen-acceptor\0\0",
@@ -94,12 +104,24 @@ impl JobSecret {
     }
 
     /// The acceptor's proof, sent in the Challenge.
-    pub fn acceptor_proof(&self, job_id: &str, initiator_rank: u32, nonce_i: &[u8], nonce_a: &[u8]) -> [u8; 32] {
+    pub fn acceptor_proof(
+        &self,
+        job_id: &str,
+        initiator_rank: u32,
+        nonce_i: &[u8],
+        nonce_a: &[u8],
+    ) -> [u8; 32] {
         self.mac(Role::Acceptor, job_id, initiator_rank, nonce_i, nonce_a)
     }
 
     /// The initiator's proof, sent in the Proof frame.
-    pub fn initiator_proof(&self, job_id: &str, initiator_rank: u32, nonce_i: &[u8], nonce_a: &[u8]) -> [u8; 32] {
+    pub fn initiator_proof(
+        &self,
+        job_id: &str,
+        initiator_rank: u32,
+        nonce_i: &[u8],
+        nonce_a: &[u8],
+    ) -> [u8; 32] {
         self.mac(Role::Initiator, job_id, initiator_rank, nonce_a, nonce_i)
     }
 
@@ -108,7 +130,10 @@ impl JobSecret {
         if received.len() != expected.len() {
             return Err(AuthError::BadProof);
         }
-        let diff = expected.iter().zip(received).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = expected
+            .iter()
+            .zip(received)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff == 0 {
             Ok(())
         } else {
@@ -178,7 +203,13 @@ mod tests {
 
     #[test]
     fn derive_depends_on_context() {
-        assert_ne!(JobSecret::derive(b"k", "1.0"), JobSecret::derive(b"k", "1.1"));
-        assert_eq!(JobSecret::derive(b"k", "1.0"), JobSecret::derive(b"k", "1.0"));
+        assert_ne!(
+            JobSecret::derive(b"k", "1.0"),
+            JobSecret::derive(b"k", "1.1")
+        );
+        assert_eq!(
+            JobSecret::derive(b"k", "1.0"),
+            JobSecret::derive(b"k", "1.0")
+        );
     }
 }

@@ -173,7 +173,9 @@ impl FrameHeader {
 
     /// Reads and verifies a header; `max_len` bounds the payload length.
     pub fn decode(bytes: &[u8; HEADER_LEN], max_len: u32) -> Result<Self, FrameError> {
-        let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let quad = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&bytes[at..at + 8]);
@@ -186,7 +188,8 @@ impl FrameHeader {
         if bytes[4] != VERSION {
             return Err(FrameError::BadVersion { found: bytes[4] });
         }
-        let kind = FrameKind::from_u8(bytes[5]).ok_or(FrameError::UnknownKind { found: bytes[5] })?;
+        let kind =
+            FrameKind::from_u8(bytes[5]).ok_or(FrameError::UnknownKind { found: bytes[5] })?;
         let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
         let len = word(8);
         if len > max_len {
@@ -201,10 +204,14 @@ impl FrameHeader {
             aux: quad(24),
         };
         if kind == FrameKind::Data && u64::from(len) > header.aux {
-            return Err(FrameError::Inconsistent("data chunk longer than its message"));
+            return Err(FrameError::Inconsistent(
+                "data chunk longer than its message",
+            ));
         }
-        if kind != FrameKind::Data && header.more() {
-            return Err(FrameError::Inconsistent("only data frames may be chunked"));
+        if !matches!(kind, FrameKind::Data | FrameKind::GetReply) && header.more() {
+            return Err(FrameError::Inconsistent(
+                "only data and get-reply frames may be chunked",
+            ));
         }
         Ok(header)
     }
@@ -252,7 +259,11 @@ impl FrameDecoder {
 
     /// Consumes all of `input`, calling `on_frame` for every completed frame.
     /// After the first error the stream is unusable and every call returns it.
-    pub fn feed(&mut self, mut input: &[u8], mut on_frame: impl FnMut(Frame)) -> Result<(), FrameError> {
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        mut on_frame: impl FnMut(Frame),
+    ) -> Result<(), FrameError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
@@ -260,7 +271,8 @@ impl FrameDecoder {
             match &mut self.current {
                 None => {
                     let take = (HEADER_LEN - self.header_filled).min(input.len());
-                    self.header[self.header_filled..self.header_filled + take].copy_from_slice(&input[..take]);
+                    self.header[self.header_filled..self.header_filled + take]
+                        .copy_from_slice(&input[..take]);
                     self.header_filled += take;
                     input = &input[take..];
                     if self.header_filled == HEADER_LEN {
@@ -273,7 +285,10 @@ impl FrameDecoder {
                             }
                         };
                         if header.len == 0 {
-                            on_frame(Frame { header, payload: Vec::new() });
+                            on_frame(Frame {
+                                header,
+                                payload: Vec::new(),
+                            });
                         } else {
                             self.current = Some((header, Vec::with_capacity(header.len as usize)));
                         }
@@ -351,16 +366,31 @@ mod tests {
         let good = FrameHeader::control(FrameKind::Hello, 0, 10).encode();
         let mut bad = good;
         bad[0] = b'X';
-        assert!(matches!(FrameHeader::decode(&bad, 100), Err(FrameError::BadMagic { .. })));
+        assert!(matches!(
+            FrameHeader::decode(&bad, 100),
+            Err(FrameError::BadMagic { .. })
+        ));
         let mut bad = good;
         bad[4] = 9;
-        assert_eq!(FrameHeader::decode(&bad, 100), Err(FrameError::BadVersion { found: 9 }));
+        assert_eq!(
+            FrameHeader::decode(&bad, 100),
+            Err(FrameError::BadVersion { found: 9 })
+        );
         let mut bad = good;
         bad[5] = 200;
-        assert_eq!(FrameHeader::decode(&bad, 100), Err(FrameError::UnknownKind { found: 200 }));
-        assert_eq!(FrameHeader::decode(&good, 5), Err(FrameError::Oversized { len: 10, max: 5 }));
+        assert_eq!(
+            FrameHeader::decode(&bad, 100),
+            Err(FrameError::UnknownKind { found: 200 })
+        );
+        assert_eq!(
+            FrameHeader::decode(&good, 5),
+            Err(FrameError::Oversized { len: 10, max: 5 })
+        );
         let chunk = FrameHeader::data(0, 0, 10, 5, false).encode();
-        assert!(matches!(FrameHeader::decode(&chunk, 100), Err(FrameError::Inconsistent(_))));
+        assert!(matches!(
+            FrameHeader::decode(&chunk, 100),
+            Err(FrameError::Inconsistent(_))
+        ));
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub enum HandshakeError {
 }
 
 /// Reads one complete frame of at most `max_len` payload bytes.
-pub fn read_frame(stream: &mut impl Read, max_len: u32) -> Result<(FrameHeader, Vec<u8>), HandshakeError> {
+pub fn read_frame(
+    stream: &mut impl Read,
+    max_len: u32,
+) -> Result<(FrameHeader, Vec<u8>), HandshakeError> {
     let mut header = [0u8; HEADER_LEN];
     stream.read_exact(&mut header)?;
     let header = FrameHeader::decode(&header, max_len)?;
@@ -62,17 +65,31 @@ pub fn read_frame(stream: &mut impl Read, max_len: u32) -> Result<(FrameHeader, 
 }
 
 /// Writes one control frame.
-pub fn write_control(stream: &mut impl Write, kind: FrameKind, src: u32, payload: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("control payload above 4 GiB"))?;
-    stream.write_all(&encode_frame(&FrameHeader::control(kind, src, len), payload))
+pub fn write_control(
+    stream: &mut impl Write,
+    kind: FrameKind,
+    src: u32,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| std::io::Error::other("control payload above 4 GiB"))?;
+    stream.write_all(&encode_frame(
+        &FrameHeader::control(kind, src, len),
+        payload,
+    ))
 }
 
 fn expect(header: &FrameHeader, payload: &[u8], expected: FrameKind) -> Result<(), HandshakeError> {
     if header.kind == FrameKind::Refusal {
-        return Err(HandshakeError::Refused(wire::decode_reason(false, payload)?));
+        return Err(HandshakeError::Refused(wire::decode_reason(
+            false, payload,
+        )?));
     }
     if header.kind != expected {
-        return Err(HandshakeError::Unexpected { got: header.kind, expected });
+        return Err(HandshakeError::Unexpected {
+            got: header.kind,
+            expected,
+        });
     }
     Ok(())
 }
@@ -85,7 +102,12 @@ pub fn initiate(
     secret: &JobSecret,
 ) -> Result<(), HandshakeError> {
     let nonce_i = random_bytes();
-    let hello = HelloMsg { protocol: PROTOCOL, job_id: job_id.to_string(), rank, nonce: nonce_i.to_vec() };
+    let hello = HelloMsg {
+        protocol: PROTOCOL,
+        job_id: job_id.to_string(),
+        rank,
+        nonce: nonce_i.to_vec(),
+    };
     write_control(stream, FrameKind::Hello, rank, &hello.encode())?;
     let (header, payload) = read_frame(stream, HANDSHAKE_MAX_FRAME)?;
     expect(&header, &payload, FrameKind::Challenge)?;
@@ -93,7 +115,10 @@ pub fn initiate(
     if challenge.nonce.len() != NONCE_LEN {
         return Err(AuthError::BadNonce(challenge.nonce.len()).into());
     }
-    JobSecret::verify(&secret.acceptor_proof(job_id, rank, &nonce_i, &challenge.nonce), &challenge.proof)?;
+    JobSecret::verify(
+        &secret.acceptor_proof(job_id, rank, &nonce_i, &challenge.nonce),
+        &challenge.proof,
+    )?;
     let proof = secret.initiator_proof(job_id, rank, &nonce_i, &challenge.nonce);
     write_control(stream, FrameKind::Proof, rank, &wire::encode_proof(&proof))?;
     Ok(())
@@ -112,29 +137,50 @@ pub fn accept(
     let hello = HelloMsg::decode(&payload)?;
     if hello.protocol != PROTOCOL {
         refuse(stream, my_rank, "protocol mismatch");
-        return Err(HandshakeError::Protocol { theirs: hello.protocol });
+        return Err(HandshakeError::Protocol {
+            theirs: hello.protocol,
+        });
     }
     if hello.job_id != job_id {
-        refuse(stream, my_rank, &format!("this endpoint belongs to job {job_id}"));
-        return Err(AuthError::OtherJob { theirs: hello.job_id, ours: job_id.to_string() }.into());
+        refuse(
+            stream,
+            my_rank,
+            &format!("this endpoint belongs to job {job_id}"),
+        );
+        return Err(AuthError::OtherJob {
+            theirs: hello.job_id,
+            ours: job_id.to_string(),
+        }
+        .into());
     }
     if hello.nonce.len() != NONCE_LEN {
         return Err(AuthError::BadNonce(hello.nonce.len()).into());
     }
     let nonce_a = random_bytes();
     let proof = secret.acceptor_proof(job_id, hello.rank, &hello.nonce, &nonce_a);
-    let challenge = ChallengeMsg { nonce: nonce_a.to_vec(), proof: proof.to_vec() };
+    let challenge = ChallengeMsg {
+        nonce: nonce_a.to_vec(),
+        proof: proof.to_vec(),
+    };
     write_control(stream, FrameKind::Challenge, my_rank, &challenge.encode())?;
     let (header, payload) = read_frame(stream, HANDSHAKE_MAX_FRAME)?;
     expect(&header, &payload, FrameKind::Proof)?;
     let received = wire::decode_proof(&payload)?;
-    JobSecret::verify(&secret.initiator_proof(job_id, hello.rank, &hello.nonce, &nonce_a), &received)?;
+    JobSecret::verify(
+        &secret.initiator_proof(job_id, hello.rank, &hello.nonce, &nonce_a),
+        &received,
+    )?;
     Ok(hello.rank)
 }
 
 fn refuse(stream: &mut impl Write, my_rank: u32, reason: &str) {
     // Best effort: the peer may already be gone, and we close either way.
-    let _ = write_control(stream, FrameKind::Refusal, my_rank, &wire::encode_reason(false, reason));
+    let _ = write_control(
+        stream,
+        FrameKind::Refusal,
+        my_rank,
+        &wire::encode_reason(false, reason),
+    );
 }
 
 #[cfg(test)]
@@ -142,7 +188,10 @@ mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
 
-    fn pair(client_secret: JobSecret, client_job: &'static str) -> (Result<(), String>, Result<u32, String>) {
+    fn pair(
+        client_secret: JobSecret,
+        client_job: &'static str,
+    ) -> (Result<(), String>, Result<u32, String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server_secret = JobSecret::from_bytes([7; 32]);

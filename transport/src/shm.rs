@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! 0      SegmentHeader   magic (written last, release), version, local_size, ring_bytes, total_len
-//! 4096   RankSlot[local_size]           doorbell, sleepers, pid, state      (64 B each)
+//! 4096   RankSlot[local_size]           doorbell, sleepers, pid, state (0 joining, 1 alive, 2 departed)
 //! ...    RingControl[local_size^2]      tail | head | completions           (3 x 64 B each)
 //! ...    ring data [local_size^2][ring_bytes]
 //! ```
@@ -45,8 +45,6 @@ const HEADER_BYTES: usize = 4096;
 const WRAP: u32 = u32::MAX;
 const RECORD_PREFIX: usize = 8;
 
-/// Slot state: the rank has not attached yet.
-pub(crate) const STATE_JOINING: u32 = 0;
 /// Slot state: attached and running.
 pub(crate) const STATE_ALIVE: u32 = 1;
 /// Slot state: closed its endpoint in an orderly way.
@@ -135,17 +133,28 @@ pub(crate) struct NodeSegment {
 fn layout(local_size: usize, ring_bytes: usize) -> (usize, usize, usize, usize) {
     let slots_at = HEADER_BYTES;
     let controls_at = slots_at + local_size * std::mem::size_of::<RankSlot>();
-    let data_at = (controls_at + local_size * local_size * std::mem::size_of::<RingControl>()).next_multiple_of(4096);
+    let data_at = (controls_at + local_size * local_size * std::mem::size_of::<RingControl>())
+        .next_multiple_of(4096);
     let total = data_at + local_size * local_size * ring_bytes;
     (slots_at, controls_at, data_at, total)
 }
 
 impl NodeSegment {
     /// Creates the segment (local rank 0 does this, once per node and job).
-    pub(crate) fn create(name: &str, local_size: usize, ring_bytes: usize) -> Result<Self, ShmError> {
-        assert!(ring_bytes.is_power_of_two() && ring_bytes >= 4096, "ring size checked by the config");
+    pub(crate) fn create(
+        name: &str,
+        local_size: usize,
+        ring_bytes: usize,
+    ) -> Result<Self, ShmError> {
+        assert!(
+            ring_bytes.is_power_of_two() && ring_bytes >= 4096,
+            "ring size checked by the config"
+        );
         let (slots_at, controls_at, data_at, total) = layout(local_size, ring_bytes);
-        let os = |source| ShmError::Os { name: name.to_string(), source };
+        let os = |source| ShmError::Os {
+            name: name.to_string(),
+            source,
+        };
         let map = match SharedMapping::create(name, total) {
             Ok(map) => map,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -157,7 +166,14 @@ impl NodeSegment {
             }
             Err(e) => return Err(os(e)),
         };
-        let segment = NodeSegment { map, local_size, ring_bytes, slots_at, controls_at, data_at };
+        let segment = NodeSegment {
+            map,
+            local_size,
+            ring_bytes,
+            slots_at,
+            controls_at,
+            data_at,
+        };
         let header = segment.header_ptr();
         // SAFETY: the mapping is at least HEADER_BYTES long, zeroed, and nobody
         // else reads the plain fields before `magic` is released below.
@@ -167,14 +183,25 @@ impl NodeSegment {
             (*header).ring_bytes = ring_bytes as u64;
             (*header).total_len = total as u64;
         }
-        segment.header().magic.store(SEGMENT_MAGIC, Ordering::Release);
+        segment
+            .header()
+            .magic
+            .store(SEGMENT_MAGIC, Ordering::Release);
         Ok(segment)
     }
 
     /// Maps the segment created by local rank 0, waiting up to `timeout` for it.
-    pub(crate) fn attach(name: &str, local_size: usize, ring_bytes: usize, timeout: Duration) -> Result<Self, ShmError> {
+    pub(crate) fn attach(
+        name: &str,
+        local_size: usize,
+        ring_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Self, ShmError> {
         let start = std::time::Instant::now();
-        let os = |source| ShmError::Os { name: name.to_string(), source };
+        let os = |source| ShmError::Os {
+            name: name.to_string(),
+            source,
+        };
         let map = loop {
             if let Some(map) = SharedMapping::open(name).map_err(os)? {
                 if map.len() >= HEADER_BYTES {
@@ -186,7 +213,10 @@ impl NodeSegment {
                 }
             }
             if start.elapsed() > timeout {
-                return Err(ShmError::Timeout { name: name.to_string(), waited: timeout });
+                return Err(ShmError::Timeout {
+                    name: name.to_string(),
+                    waited: timeout,
+                });
             }
             std::thread::sleep(Duration::from_millis(2));
         };
@@ -194,11 +224,21 @@ impl NodeSegment {
         // SAFETY: magic was observed with acquire, so the creator's header writes are visible.
         let (version, found_size, found_ring, found_total) = unsafe {
             let h = map.as_ptr().cast::<SegmentHeader>();
-            ((*h).version, (*h).local_size as usize, (*h).ring_bytes as usize, (*h).total_len as usize)
+            (
+                (*h).version,
+                (*h).local_size as usize,
+                (*h).ring_bytes as usize,
+                (*h).total_len as usize,
+            )
         };
-        let mismatch = |detail: String| ShmError::Mismatch { name: name.to_string(), detail };
+        let mismatch = |detail: String| ShmError::Mismatch {
+            name: name.to_string(),
+            detail,
+        };
         if version != SEGMENT_VERSION {
-            return Err(mismatch(format!("layout version {version}, this build uses {SEGMENT_VERSION}")));
+            return Err(mismatch(format!(
+                "layout version {version}, this build uses {SEGMENT_VERSION}"
+            )));
         }
         if found_size != local_size || found_ring != ring_bytes {
             return Err(mismatch(format!(
@@ -206,9 +246,19 @@ impl NodeSegment {
             )));
         }
         if found_total != total || map.len() < total {
-            return Err(mismatch(format!("length {} (header says {found_total}), expected {total}", map.len())));
+            return Err(mismatch(format!(
+                "length {} (header says {found_total}), expected {total}",
+                map.len()
+            )));
         }
-        Ok(NodeSegment { map, local_size, ring_bytes, slots_at, controls_at, data_at })
+        Ok(NodeSegment {
+            map,
+            local_size,
+            ring_bytes,
+            slots_at,
+            controls_at,
+            data_at,
+        })
     }
 
     fn header_ptr(&self) -> *mut SegmentHeader {
@@ -224,27 +274,40 @@ impl NodeSegment {
         debug_assert!(local < self.local_size);
         // SAFETY: slots_at + local_size slots lie within the mapping (checked at
         // attach); RankSlot holds only atomics, so shared references are sound.
-        unsafe { &*self.map.as_ptr().add(self.slots_at).cast::<RankSlot>().add(local) }
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(self.slots_at)
+                .cast::<RankSlot>()
+                .add(local)
+        }
     }
 
     fn control(&self, from: usize, to: usize) -> &RingControl {
         // SAFETY: as for `slot`; index < local_size^2.
-        unsafe { &*self.map.as_ptr().add(self.controls_at).cast::<RingControl>().add(from * self.local_size + to) }
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(self.controls_at)
+                .cast::<RingControl>()
+                .add(from * self.local_size + to)
+        }
     }
 
     fn ring_data(&self, from: usize, to: usize) -> *mut u8 {
         // SAFETY: the data area holds local_size^2 rings of ring_bytes each.
-        unsafe { self.map.as_ptr().add(self.data_at + (from * self.local_size + to) * self.ring_bytes) }
+        unsafe {
+            self.map
+                .as_ptr()
+                .add(self.data_at + (from * self.local_size + to) * self.ring_bytes)
+        }
     }
 
     /// Number of ranks sharing the segment.
     pub(crate) fn local_size(&self) -> usize {
         self.local_size
-    }
-
-    /// Bytes per ring.
-    pub(crate) fn ring_bytes(&self) -> usize {
-        self.ring_bytes
     }
 
     /// Largest record payload (header included) that one ring record may carry.
@@ -261,7 +324,9 @@ impl NodeSegment {
 
     /// Marks `local` as having closed in an orderly way.
     pub(crate) fn depart(&self, local: usize) {
-        self.slot(local).state.store(STATE_DEPARTED, Ordering::Release);
+        self.slot(local)
+            .state
+            .store(STATE_DEPARTED, Ordering::Release);
         self.notify_all();
     }
 
@@ -277,7 +342,13 @@ impl NodeSegment {
 
     /// Tries to append one record to ring `(from, to)`; false when it lacks room.
     /// The caller must be the only producer of that ring (a per-ring lock).
-    pub(crate) fn try_push(&self, from: usize, to: usize, header: &FrameHeader, payload: &[u8]) -> bool {
+    pub(crate) fn try_push(
+        &self,
+        from: usize,
+        to: usize,
+        header: &FrameHeader,
+        payload: &[u8],
+    ) -> bool {
         let cap = self.ring_bytes as u64;
         let len = HEADER_LEN + payload.len();
         debug_assert!(len <= self.max_record());
@@ -305,8 +376,16 @@ impl NodeSegment {
             }
             let at = base.add(pos as usize);
             at.cast::<u32>().write(len as u32);
-            std::ptr::copy_nonoverlapping(header.encode().as_ptr(), at.add(RECORD_PREFIX), HEADER_LEN);
-            std::ptr::copy_nonoverlapping(payload.as_ptr(), at.add(RECORD_PREFIX + HEADER_LEN), payload.len());
+            std::ptr::copy_nonoverlapping(
+                header.encode().as_ptr(),
+                at.add(RECORD_PREFIX),
+                HEADER_LEN,
+            );
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                at.add(RECORD_PREFIX + HEADER_LEN),
+                payload.len(),
+            );
         }
         control.tail.store(tail + need, Ordering::Release);
         true
@@ -360,12 +439,18 @@ impl NodeSegment {
         }
         // SAFETY: [pos, pos + need) is inside the ring and inside [head, tail),
         // which the producer will not touch until we release `head`.
-        let record = unsafe { std::slice::from_raw_parts(base.add(pos as usize + RECORD_PREFIX), len) };
+        let record =
+            unsafe { std::slice::from_raw_parts(base.add(pos as usize + RECORD_PREFIX), len) };
         let mut header_bytes = [0u8; HEADER_LEN];
         header_bytes.copy_from_slice(&record[..HEADER_LEN]);
-        let header = FrameHeader::decode(&header_bytes, max_payload).map_err(|source| ShmError::Frame { from, source })?;
+        let header = FrameHeader::decode(&header_bytes, max_payload)
+            .map_err(|source| ShmError::Frame { from, source })?;
         if header.len as usize != len - HEADER_LEN {
-            return Err(corrupted(format!("frame says {} payload bytes, record holds {}", header.len, len - HEADER_LEN)));
+            return Err(corrupted(format!(
+                "frame says {} payload bytes, record holds {}",
+                header.len,
+                len - HEADER_LEN
+            )));
         }
         let result = consume(header, &record[HEADER_LEN..]);
         control.head.store(head + need, Ordering::Release);
@@ -379,7 +464,9 @@ impl NodeSegment {
 
     /// Records one completed pull of a `(from, to)` rendezvous message.
     pub(crate) fn complete(&self, from: usize, to: usize) {
-        self.control(from, to).completions.fetch_add(1, Ordering::Release);
+        self.control(from, to)
+            .completions
+            .fetch_add(1, Ordering::Release);
     }
 
     /// Wakes local rank `to` if it sleeps. Called after publishing anything to it.
@@ -437,7 +524,10 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| (i as u64 + round) as u8).collect();
             let h = FrameHeader::data(0, round, len as u32, len as u64, false);
             while !seg.try_push(0, 1, &h, &payload) {
-                let r = seg.pop(1 - 1, 1, 1 << 20, |h, p| (h.tag, p.to_vec())).unwrap().unwrap();
+                let r = seg
+                    .pop(1 - 1, 1, 1 << 20, |h, p| (h.tag, p.to_vec()))
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(r.0, got);
                 got += 1;
             }
@@ -446,7 +536,10 @@ mod tests {
         while let Some((tag, p)) = seg.pop(0, 1, 1 << 20, |h, p| (h.tag, p.to_vec())).unwrap() {
             assert_eq!(tag, got);
             assert_eq!(p.len(), (tag * 37 % 700) as usize);
-            assert!(p.iter().enumerate().all(|(i, b)| *b == (i as u64 + tag) as u8));
+            assert!(p
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i as u64 + tag) as u8));
             got += 1;
         }
         assert_eq!(sent, got);
@@ -473,7 +566,10 @@ mod tests {
         assert!(seg.try_push(0, 1, &h, &[1, 2, 3, 4]));
         // SAFETY: test-only scribble over the record length inside the ring.
         unsafe { seg.ring_data(0, 1).cast::<u32>().write(100_000) };
-        assert!(matches!(seg.pop(0, 1, 1 << 20, |_, _| ()), Err(ShmError::Corrupted { .. })));
+        assert!(matches!(
+            seg.pop(0, 1, 1 << 20, |_, _| ()),
+            Err(ShmError::Corrupted { .. })
+        ));
     }
 
     #[test]
@@ -495,7 +591,12 @@ mod tests {
         };
         let mut next = 0u64;
         while next < 50_000 {
-            if let Some(v) = seg.pop(0, 1, 64, |h, p| (h.tag, u64::from_le_bytes(p.try_into().unwrap()))).unwrap() {
+            if let Some(v) = seg
+                .pop(0, 1, 64, |h, p| {
+                    (h.tag, u64::from_le_bytes(p.try_into().unwrap()))
+                })
+                .unwrap()
+            {
                 assert_eq!(v, (next, next));
                 next += 1;
             }

@@ -18,7 +18,13 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     // SAFETY: `word` is a valid, aligned u32 for the duration of the call; the
     // kernel only reads it. A spurious or failed wait is harmless: callers loop.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, &ts as *const libc::timespec);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        );
     }
 }
 
@@ -45,12 +51,18 @@ impl ProcessWatch {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel just returned this fd to us and nobody else owns it.
-        Ok(ProcessWatch { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) } })
+        Ok(ProcessWatch {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
     }
 
     /// True once the process has exited (a zombie counts as exited).
     pub(crate) fn exited(&self) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd, zero timeout.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
         n > 0 && pfd.revents & libc::POLLIN != 0
@@ -62,8 +74,14 @@ impl ProcessWatch {
 pub(crate) fn read_process_memory(pid: i32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
     let mut done = 0usize;
     while done < dst.len() {
-        let local = libc::iovec { iov_base: dst[done..].as_mut_ptr().cast(), iov_len: dst.len() - done };
-        let remote = libc::iovec { iov_base: (addr as usize + done) as *mut libc::c_void, iov_len: dst.len() - done };
+        let local = libc::iovec {
+            iov_base: dst[done..].as_mut_ptr().cast(),
+            iov_len: dst.len() - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: dst.len() - done,
+        };
         // SAFETY: `local` points into `dst`, which we borrow mutably for the call;
         // the remote range is validated by the kernel (EFAULT if unmapped).
         let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
@@ -71,7 +89,10 @@ pub(crate) fn read_process_memory(pid: i32, addr: u64, dst: &mut [u8]) -> io::Re
             return Err(io::Error::last_os_error());
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "process_vm_readv read nothing"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "process_vm_readv read nothing",
+            ));
         }
         done += n as usize;
     }
@@ -92,7 +113,8 @@ unsafe impl Send for SharedMapping {}
 unsafe impl Sync for SharedMapping {}
 
 fn shm_name(name: &str) -> io::Result<CString> {
-    CString::new(format!("/{name}")).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in segment name"))
+    CString::new(format!("/{name}"))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in segment name"))
 }
 
 impl SharedMapping {
@@ -100,7 +122,13 @@ impl SharedMapping {
     pub(crate) fn create(name: &str, len: usize) -> io::Result<Self> {
         let cname = shm_name(name)?;
         // SAFETY: valid C string; flags and mode are plain integers.
-        let fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600) };
+        let fd = unsafe {
+            libc::shm_open(
+                cname.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                0o600,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -122,7 +150,11 @@ impl SharedMapping {
         let fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR, 0) };
         if fd < 0 {
             let err = io::Error::last_os_error();
-            return if err.kind() == io::ErrorKind::NotFound { Ok(None) } else { Err(err) };
+            return if err.kind() == io::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(err)
+            };
         }
         // SAFETY: fd was just returned by shm_open and is owned by us alone.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -141,12 +173,22 @@ impl SharedMapping {
     fn map(fd: &OwnedFd, len: usize) -> io::Result<Self> {
         // SAFETY: a fresh shared mapping of a valid fd; we never alias it as `&mut`.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(SharedMapping { ptr: ptr.cast(), len })
+        Ok(SharedMapping {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     /// Removes the name; mappings stay valid until unmapped.

@@ -4,12 +4,19 @@
 //! Every decode goes through the flatbuffers verifier first, so a malformed
 //! control payload becomes a [`WireError`], never a panic or an out-of-bounds read.
 
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn, rust_2018_idioms)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::undocumented_unsafe_blocks,
+    unsafe_op_in_unsafe_fn,
+    rust_2018_idioms
+)]
 mod transport_generated;
 
-pub use transport_generated::lumen::wire::*;
 use flatbuffers::FlatBufferBuilder;
 use thiserror::Error;
+pub use transport_generated::lumen::wire::*;
 
 /// A control payload that failed verification.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -36,7 +43,10 @@ fn verified<'a, T>(message: &'static str, bytes: &'a [u8]) -> Result<T, WireErro
 where
     T: flatbuffers::Follow<'a, Inner = T> + flatbuffers::Verifiable + 'a,
 {
-    flatbuffers::root::<T>(bytes).map_err(|e| WireError::Malformed { message, detail: e.to_string() })
+    flatbuffers::root::<T>(bytes).map_err(|e| WireError::Malformed {
+        message,
+        detail: e.to_string(),
+    })
 }
 
 /// Decoded [`Hello`].
@@ -60,7 +70,12 @@ impl HelloMsg {
         let nonce = b.create_vector(&self.nonce);
         let root = Hello::create(
             &mut b,
-            &HelloArgs { protocol: self.protocol, job_id: Some(job_id), rank: self.rank, nonce: Some(nonce) },
+            &HelloArgs {
+                protocol: self.protocol,
+                job_id: Some(job_id),
+                rank: self.rank,
+                nonce: Some(nonce),
+            },
         );
         b.finish(root, None);
         b.finished_data().to_vec()
@@ -71,7 +86,13 @@ impl HelloMsg {
         let m = verified::<Hello<'_>>("Hello", bytes)?;
         Ok(HelloMsg {
             protocol: m.protocol(),
-            job_id: m.job_id().ok_or(WireError::MissingField { message: "Hello", field: "job_id" })?.to_string(),
+            job_id: m
+                .job_id()
+                .ok_or(WireError::MissingField {
+                    message: "Hello",
+                    field: "job_id",
+                })?
+                .to_string(),
             rank: m.rank(),
             nonce: m.nonce().map(|v| v.bytes().to_vec()).unwrap_or_default(),
         })
@@ -93,7 +114,13 @@ impl ChallengeMsg {
         let mut b = FlatBufferBuilder::with_capacity(128);
         let nonce = b.create_vector(&self.nonce);
         let proof = b.create_vector(&self.proof);
-        let root = Challenge::create(&mut b, &ChallengeArgs { nonce: Some(nonce), proof: Some(proof) });
+        let root = Challenge::create(
+            &mut b,
+            &ChallengeArgs {
+                nonce: Some(nonce),
+                proof: Some(proof),
+            },
+        );
         b.finish(root, None);
         b.finished_data().to_vec()
     }
@@ -140,9 +167,13 @@ pub fn encode_reason(goodbye: bool, reason: &str) -> Vec<u8> {
 /// Verifies and decodes a [`Refusal`] or [`Goodbye`] reason.
 pub fn decode_reason(goodbye: bool, bytes: &[u8]) -> Result<String, WireError> {
     let reason = if goodbye {
-        verified::<Goodbye<'_>>("Goodbye", bytes)?.reason().map(str::to_string)
+        verified::<Goodbye<'_>>("Goodbye", bytes)?
+            .reason()
+            .map(str::to_string)
     } else {
-        verified::<Refusal<'_>>("Refusal", bytes)?.reason().map(str::to_string)
+        verified::<Refusal<'_>>("Refusal", bytes)?
+            .reason()
+            .map(str::to_string)
     };
     Ok(reason.unwrap_or_default())
 }
@@ -166,7 +197,12 @@ impl ReadyToSendMsg {
         let mut b = FlatBufferBuilder::with_capacity(64);
         let root = ReadyToSend::create(
             &mut b,
-            &ReadyToSendArgs { cookie: self.cookie, len: self.len, pid: self.pid, addr: self.addr },
+            &ReadyToSendArgs {
+                cookie: self.cookie,
+                len: self.len,
+                pid: self.pid,
+                addr: self.addr,
+            },
         );
         b.finish(root, None);
         b.finished_data().to_vec()
@@ -175,7 +211,12 @@ impl ReadyToSendMsg {
     /// Verifies and decodes.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let m = verified::<ReadyToSend<'_>>("ReadyToSend", bytes)?;
-        Ok(ReadyToSendMsg { cookie: m.cookie(), len: m.len(), pid: m.pid(), addr: m.addr() })
+        Ok(ReadyToSendMsg {
+            cookie: m.cookie(),
+            len: m.len(),
+            pid: m.pid(),
+            addr: m.addr(),
+        })
     }
 }
 
@@ -198,7 +239,12 @@ impl GetRequestMsg {
         let mut b = FlatBufferBuilder::with_capacity(64);
         let root = GetRequest::create(
             &mut b,
-            &GetRequestArgs { request: self.request, region: self.region, offset: self.offset, len: self.len },
+            &GetRequestArgs {
+                request: self.request,
+                region: self.region,
+                offset: self.offset,
+                len: self.len,
+            },
         );
         b.finish(root, None);
         b.finished_data().to_vec()
@@ -207,7 +253,12 @@ impl GetRequestMsg {
     /// Verifies and decodes.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let m = verified::<GetRequest<'_>>("GetRequest", bytes)?;
-        Ok(GetRequestMsg { request: m.request(), region: m.region(), offset: m.offset(), len: m.len() })
+        Ok(GetRequestMsg {
+            request: m.request(),
+            region: m.region(),
+            offset: m.offset(),
+            len: m.len(),
+        })
     }
 }
 
@@ -233,7 +284,13 @@ impl GetGrantMsg {
         let error = self.error.as_deref().map(|e| b.create_string(e));
         let root = GetGrant::create(
             &mut b,
-            &GetGrantArgs { request: self.request, pid: self.pid, addr: self.addr, len: self.len, error },
+            &GetGrantArgs {
+                request: self.request,
+                pid: self.pid,
+                addr: self.addr,
+                len: self.len,
+                error,
+            },
         );
         b.finish(root, None);
         b.finished_data().to_vec()
@@ -258,13 +315,32 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let h = HelloMsg { protocol: 1, job_id: "j".into(), rank: 7, nonce: vec![1; 32] };
+        let h = HelloMsg {
+            protocol: 1,
+            job_id: "j".into(),
+            rank: 7,
+            nonce: vec![1; 32],
+        };
         assert_eq!(HelloMsg::decode(&h.encode()), Ok(h));
-        let r = ReadyToSendMsg { cookie: 1, len: 2, pid: 3, addr: 4 };
+        let r = ReadyToSendMsg {
+            cookie: 1,
+            len: 2,
+            pid: 3,
+            addr: 4,
+        };
         assert_eq!(ReadyToSendMsg::decode(&r.encode()), Ok(r));
-        let g = GetGrantMsg { request: 1, pid: 2, addr: 3, len: 4, error: Some("no".into()) };
+        let g = GetGrantMsg {
+            request: 1,
+            pid: 2,
+            addr: 3,
+            len: 4,
+            error: Some("no".into()),
+        };
         assert_eq!(GetGrantMsg::decode(&g.encode()), Ok(g));
-        assert_eq!(decode_reason(true, &encode_reason(true, "bye")), Ok("bye".into()));
+        assert_eq!(
+            decode_reason(true, &encode_reason(true, "bye")),
+            Ok("bye".into())
+        );
     }
 
     #[test]
@@ -273,7 +349,9 @@ mod tests {
         for len in 0..300 {
             let bytes: Vec<u8> = (0..len)
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (state >> 33) as u8
                 })
                 .collect();

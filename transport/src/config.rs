@@ -1,0 +1,51 @@
+//! Transport settings. The launcher reads them from the environment (one typed
+//! config, `lumen_launcher::config`) and hands them over; tests build them directly.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Which implementation moves TCP bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpBackend {
+    /// io_uring where the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    /// io_uring only (multishot receive with a provided-buffer ring); fail if refused.
+    Uring,
+    /// epoll (mio), the fallback.
+    Epoll,
+}
+
+/// Settings of one endpoint.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Messages up to this many bytes are copied through the ring or socket
+    /// eagerly; larger ones on a node use rendezvous (receiver pulls).
+    pub eager_limit: usize,
+    /// Bytes per shared-memory ring (one ring per ordered pair of local ranks); power of two.
+    pub ring_bytes: usize,
+    /// How long a waiting call busy-polls before it sleeps.
+    pub spin: Duration,
+    /// TCP implementation.
+    pub tcp_backend: TcpBackend,
+    /// Address the TCP listener binds (port chosen by the kernel).
+    pub tcp_bind: IpAddr,
+    /// Largest frame payload on TCP; larger messages travel in chunks of this size.
+    pub max_frame: u32,
+    /// How long setup waits for peers (segment attach, connections).
+    pub connect_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            eager_limit: 16 * 1024,
+            ring_bytes: 1 << 20,
+            spin: Duration::from_micros(50),
+            tcp_backend: TcpBackend::Auto,
+            tcp_bind: IpAddr::from([127, 0, 0, 1]),
+            max_frame: 64 << 20,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}

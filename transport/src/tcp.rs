@@ -1,0 +1,729 @@
+//! TCP between nodes: one authenticated connection per pair of ranks on
+//! different nodes, written by application threads (a lock per connection,
+//! vectored writes, no copy of the payload) and read by one receiver thread per
+//! endpoint, on io_uring (see [`crate::uring`]) or epoll (mio).
+//!
+//! The receiver never blocks on a write, so two ranks streaming large messages
+//! at each other cannot deadlock: each side's receiver keeps draining. The
+//! listener stays open after setup: late connections must pass the same
+//! handshake, are then read like any other (an extra connection of that rank),
+//! and a connection that sends a malformed frame is closed and logged without
+//! disturbing the others. Only the loss of a rank's primary connection marks
+//! that rank dead.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::TcpBackend;
+use crate::endpoint::{
+    connect_with_retry, EndpointOptions, Message, PeerAddress, Rank, Route, Shared, TransportError,
+    PEER_DEAD, PEER_DEPARTED,
+};
+use crate::frame::{Frame, FrameDecoder, FrameHeader, FrameKind};
+use crate::handshake;
+use crate::wire::{self, GetGrantMsg, GetRequestMsg};
+
+/// The sending half of a connection to one remote rank.
+#[derive(Debug)]
+pub(crate) struct TcpPeer {
+    rank: Rank,
+    stream: Mutex<TcpStream>,
+}
+
+fn write_all(stream: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "connection closed while writing",
+                ))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: stream.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; bounded timeout.
+                unsafe { libc::poll(&mut pfd, 1, 100) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl TcpPeer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TcpStream> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a message as one or more data frames.
+    pub(crate) fn send_data(
+        &self,
+        src: Rank,
+        tag: u64,
+        data: &[u8],
+        max_frame: u32,
+    ) -> io::Result<()> {
+        let mut stream = self.lock();
+        let total = data.len() as u64;
+        if data.is_empty() {
+            let header = FrameHeader::data(src, tag, 0, 0, false).encode();
+            return write_all(&mut stream, &mut [IoSlice::new(&header)]);
+        }
+        let mut chunks = data.chunks(max_frame as usize).peekable();
+        while let Some(chunk) = chunks.next() {
+            let header =
+                FrameHeader::data(src, tag, chunk.len() as u32, total, chunks.peek().is_some())
+                    .encode();
+            write_all(
+                &mut stream,
+                &mut [IoSlice::new(&header), IoSlice::new(chunk)],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes one control frame.
+    pub(crate) fn send_control(&self, header: &FrameHeader, payload: &[u8]) -> io::Result<()> {
+        let header = header.encode();
+        write_all(
+            &mut self.lock(),
+            &mut [IoSlice::new(&header), IoSlice::new(payload)],
+        )
+    }
+
+    /// Answers a get: the bytes as get-reply frames, or an error grant.
+    pub(crate) fn send_get_reply(
+        &self,
+        src: Rank,
+        request: u64,
+        bytes: Result<&[u8], String>,
+        max_frame: u32,
+    ) -> io::Result<()> {
+        match bytes {
+            Err(error) => {
+                let grant = GetGrantMsg {
+                    request,
+                    pid: 0,
+                    addr: 0,
+                    len: 0,
+                    error: Some(error),
+                }
+                .encode();
+                self.send_control(
+                    &FrameHeader::control(FrameKind::GetGrant, src, grant.len() as u32),
+                    &grant,
+                )
+            }
+            Ok(data) => {
+                let mut stream = self.lock();
+                let mut chunks = data.chunks(max_frame as usize).peekable();
+                if data.is_empty() {
+                    let mut header = FrameHeader::control(FrameKind::GetReply, src, 0);
+                    header.aux = request;
+                    return write_all(&mut stream, &mut [IoSlice::new(&header.encode())]);
+                }
+                while let Some(chunk) = chunks.next() {
+                    let mut header =
+                        FrameHeader::control(FrameKind::GetReply, src, chunk.len() as u32);
+                    header.aux = request;
+                    if chunks.peek().is_some() {
+                        header.flags |= crate::frame::FLAG_MORE;
+                    }
+                    write_all(
+                        &mut stream,
+                        &mut [IoSlice::new(&header.encode()), IoSlice::new(chunk)],
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An authenticated connection handed to the receiver.
+pub(crate) struct NewConnection {
+    pub(crate) rank: Rank,
+    pub(crate) stream: TcpStream,
+    pub(crate) primary: bool,
+}
+
+/// Read-side state of one connection.
+pub(crate) struct ConnState {
+    pub(crate) rank: Rank,
+    pub(crate) primary: bool,
+    pub(crate) stream: TcpStream,
+    decoder: FrameDecoder,
+    partial_data: Option<(u64, u64, Vec<u8>)>,
+    partial_get: Option<(u64, Vec<u8>)>,
+    goodbye: bool,
+}
+
+impl ConnState {
+    pub(crate) fn new(conn: NewConnection, max_frame: u32) -> Self {
+        ConnState {
+            rank: conn.rank,
+            primary: conn.primary,
+            stream: conn.stream,
+            decoder: FrameDecoder::new(max_frame),
+            partial_data: None,
+            partial_get: None,
+            goodbye: false,
+        }
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Feeds received bytes; an error means the connection must be closed.
+    pub(crate) fn feed(&mut self, shared: &Shared, bytes: &[u8]) -> Result<(), String> {
+        let mut failure = None;
+        let mut frames = Vec::new();
+        self.decoder
+            .feed(bytes, |f| frames.push(f))
+            .map_err(|e| e.to_string())?;
+        for frame in frames {
+            if let Err(e) = self.on_frame(shared, frame) {
+                failure = Some(e);
+                break;
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn on_frame(&mut self, shared: &Shared, frame: Frame) -> Result<(), String> {
+        let Frame { header, payload } = frame;
+        if header.src != self.rank {
+            return Err(format!(
+                "frame claims to come from rank {} on rank {}'s connection",
+                header.src, self.rank
+            ));
+        }
+        match header.kind {
+            FrameKind::Data => {
+                if !header.more() && self.partial_data.is_none() {
+                    if payload.len() as u64 != header.aux {
+                        return Err(format!(
+                            "message of {} bytes announced, {} sent",
+                            header.aux,
+                            payload.len()
+                        ));
+                    }
+                    shared.deliver(Message {
+                        src: self.rank,
+                        tag: header.tag,
+                        data: payload,
+                    });
+                    return Ok(());
+                }
+                let (tag, total, buffer) = self.partial_data.get_or_insert_with(|| {
+                    (
+                        header.tag,
+                        header.aux,
+                        Vec::with_capacity(header.aux as usize),
+                    )
+                });
+                if *tag != header.tag
+                    || *total != header.aux
+                    || (buffer.len() + payload.len()) as u64 > *total
+                {
+                    return Err("chunk does not continue the message in progress".into());
+                }
+                buffer.extend_from_slice(&payload);
+                if !header.more() {
+                    if let Some((tag, total, data)) = self.partial_data.take() {
+                        if data.len() as u64 != total {
+                            return Err(format!(
+                                "message of {total} bytes ended after {}",
+                                data.len()
+                            ));
+                        }
+                        shared.deliver(Message {
+                            src: self.rank,
+                            tag,
+                            data,
+                        });
+                    }
+                }
+            }
+            FrameKind::GetRequest => {
+                let request = GetRequestMsg::decode(&payload).map_err(|e| e.to_string())?;
+                shared.queue_get_request(self.rank, request);
+            }
+            FrameKind::GetReply => {
+                let (_, buffer) = self
+                    .partial_get
+                    .get_or_insert_with(|| (header.aux, Vec::new()));
+                buffer.extend_from_slice(&payload);
+                if !header.more() {
+                    if let Some((request, data)) = self.partial_get.take() {
+                        shared.finish_get(request, Ok(data));
+                    }
+                }
+            }
+            FrameKind::GetGrant => {
+                let grant = GetGrantMsg::decode(&payload).map_err(|e| e.to_string())?;
+                let detail = grant
+                    .error
+                    .unwrap_or_else(|| "grant without data over TCP".into());
+                shared.finish_get(
+                    grant.request,
+                    Err(TransportError::GetFailed {
+                        rank: self.rank,
+                        detail,
+                    }),
+                );
+            }
+            FrameKind::Goodbye => {
+                let reason = wire::decode_reason(true, &payload).unwrap_or_default();
+                tracing::debug!(peer = self.rank, "goodbye: {reason}");
+                self.goodbye = true;
+                if self.primary {
+                    shared.mark_peer(self.rank, PEER_DEPARTED, "closed its endpoint".into());
+                }
+            }
+            other => return Err(format!("unexpected {other:?} frame after the handshake")),
+        }
+        Ok(())
+    }
+
+    /// The connection ended (EOF or error); decides what that means for the peer.
+    pub(crate) fn closed(&self, shared: &Shared, why: &str) {
+        if self.goodbye {
+            return;
+        }
+        if self.primary {
+            shared.mark_peer(
+                self.rank,
+                PEER_DEAD,
+                format!("its connection to rank {} {why}", shared.rank),
+            );
+        } else {
+            tracing::warn!(peer = self.rank, "closed an extra connection: {why}");
+        }
+    }
+}
+
+/// Connections made at setup, before the receiver runs.
+pub(crate) struct TcpSetup {
+    backend: TcpBackend,
+    spin: Duration,
+    max_frame: u32,
+    peers: HashMap<Rank, Arc<TcpPeer>>,
+    read_sides: Vec<NewConnection>,
+    listener: TcpListener,
+    job_id: String,
+    secret: crate::auth::JobSecret,
+    rank: Rank,
+    size: u32,
+}
+
+/// The running TCP side of an endpoint.
+pub(crate) struct TcpDomain {
+    peers: HashMap<Rank, Arc<TcpPeer>>,
+    stop: Arc<AtomicBool>,
+    listener_fd: RawFd,
+    _listener: TcpListener,
+    receiver: Option<JoinHandle<()>>,
+    acceptor: Option<JoinHandle<()>>,
+    backend_name: &'static str,
+}
+
+impl TcpDomain {
+    /// Connects to every remote rank above us and accepts those below us.
+    pub(crate) fn establish(
+        options: &EndpointOptions,
+        listener: TcpListener,
+        peers: &[PeerAddress],
+        routes: &[Route],
+    ) -> Result<TcpSetup, TransportError> {
+        let me = options.rank;
+        let timeout = options.config.connect_timeout;
+        let remote: Vec<Rank> = routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Route::Remote))
+            .map(|(i, _)| i as Rank)
+            .collect();
+        let expected: Vec<Rank> = remote.iter().copied().filter(|&r| r < me).collect();
+        let accept_thread = {
+            let listener = listener.try_clone().map_err(|source| TransportError::Io {
+                context: "cloning the listener".into(),
+                source,
+            })?;
+            let (job_id, secret) = (options.job_id.clone(), options.secret.clone());
+            let expected = expected.clone();
+            std::thread::spawn(move || {
+                accept_expected(listener, &job_id, me, &secret, expected, timeout)
+            })
+        };
+        let mut streams = Vec::new();
+        for &r in remote.iter().filter(|&&r| r > me) {
+            let addr = peers[r as usize].tcp;
+            let mut stream =
+                connect_with_retry(addr, timeout).map_err(|source| TransportError::Io {
+                    context: format!("connecting to rank {r} at {addr}"),
+                    source,
+                })?;
+            let _ = stream.set_nodelay(true);
+            let _ = stream.set_read_timeout(Some(timeout));
+            handshake::initiate(&mut stream, &options.job_id, me, &options.secret)
+                .map_err(|source| TransportError::Handshake { rank: r, source })?;
+            streams.push((r, stream));
+        }
+        let accepted = accept_thread
+            .join()
+            .map_err(|_| TransportError::PeerTable("the accept thread panicked".into()))??;
+        streams.extend(accepted);
+        let mut peer_map = HashMap::new();
+        let mut read_sides = Vec::new();
+        for (rank, stream) in streams {
+            let _ = stream.set_read_timeout(None);
+            let read = stream.try_clone().map_err(|source| TransportError::Io {
+                context: "cloning a socket".into(),
+                source,
+            })?;
+            peer_map.insert(
+                rank,
+                Arc::new(TcpPeer {
+                    rank,
+                    stream: Mutex::new(stream),
+                }),
+            );
+            read_sides.push(NewConnection {
+                rank,
+                stream: read,
+                primary: true,
+            });
+        }
+        Ok(TcpSetup {
+            backend: options.config.tcp_backend,
+            spin: options.config.spin,
+            max_frame: options.config.max_frame,
+            peers: peer_map,
+            read_sides,
+            listener,
+            job_id: options.job_id.clone(),
+            secret: options.secret.clone(),
+            rank: me,
+            size: options.size,
+        })
+    }
+
+    /// The sending half toward `rank`.
+    pub(crate) fn peer(&self, rank: Rank) -> Option<Arc<TcpPeer>> {
+        self.peers.get(&rank).cloned()
+    }
+
+    /// "io_uring" or "epoll".
+    pub(crate) fn backend_name(&self) -> &'static str {
+        self.backend_name
+    }
+
+    /// Says goodbye to every peer and stops the threads.
+    pub(crate) fn shutdown(mut self, me: Rank) {
+        let goodbye = wire::encode_reason(true, "endpoint closed");
+        for peer in self.peers.values() {
+            let _ = peer.send_control(
+                &FrameHeader::control(FrameKind::Goodbye, me, goodbye.len() as u32),
+                &goodbye,
+            );
+        }
+        self.stop.store(true, Ordering::Release);
+        // SAFETY: shutting down our own listening socket wakes the blocked accept.
+        unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.receiver.take() {
+            let _ = h.join();
+        }
+        for peer in self.peers.values() {
+            let _ = peer.lock().shutdown(std::net::Shutdown::Both);
+            tracing::trace!(peer = peer.rank, "connection shut down");
+        }
+    }
+}
+
+impl TcpSetup {
+    /// Starts the acceptor and receiver threads; `None` when there is nothing remote
+    /// and nothing can arrive.
+    pub(crate) fn start(self, shared: &Arc<Shared>) -> Result<Option<TcpDomain>, TransportError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<NewConnection>();
+        for conn in self.read_sides {
+            let _ = tx.send(conn);
+        }
+        let listener_fd = self.listener.as_raw_fd();
+        let acceptor = {
+            let listener = self
+                .listener
+                .try_clone()
+                .map_err(|source| TransportError::Io {
+                    context: "cloning the listener".into(),
+                    source,
+                })?;
+            let (job_id, secret, rank, size, stop) = (
+                self.job_id.clone(),
+                self.secret.clone(),
+                self.rank,
+                self.size,
+                stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("lumen-accept-{rank}"))
+                .spawn(move || accept_late(listener, &job_id, rank, size, &secret, tx, &stop))
+                .map_err(|source| TransportError::Io {
+                    context: "starting the accept thread".into(),
+                    source,
+                })?
+        };
+        let weak = Arc::downgrade(shared);
+        let (spin, max_frame) = (self.spin, self.max_frame);
+        let uring = match self.backend {
+            TcpBackend::Epoll => None,
+            choice => match crate::uring::UringReceiver::new() {
+                Ok(uring) => Some(uring),
+                Err(e) if choice == TcpBackend::Uring => {
+                    return Err(TransportError::Io {
+                        context: "io_uring was requested (LUMEN_TCP_BACKEND=uring) but refused"
+                            .into(),
+                        source: e,
+                    })
+                }
+                Err(e) => {
+                    tracing::info!("io_uring unavailable ({e}); using epoll");
+                    None
+                }
+            },
+        };
+        let backend_name = if uring.is_some() { "io_uring" } else { "epoll" };
+        let receiver_stop = stop.clone();
+        let receiver = spawn_receiver(shared.rank, move || match uring {
+            Some(uring) => uring.run(weak, rx, receiver_stop, spin, max_frame),
+            None => epoll_receiver(weak, rx, receiver_stop, spin, max_frame),
+        })?;
+        Ok(Some(TcpDomain {
+            peers: self.peers,
+            stop,
+            listener_fd,
+            _listener: self.listener,
+            receiver: Some(receiver),
+            acceptor: Some(acceptor),
+            backend_name,
+        }))
+    }
+}
+
+fn spawn_receiver(
+    rank: Rank,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, TransportError> {
+    std::thread::Builder::new()
+        .name(format!("lumen-tcp-{rank}"))
+        .spawn(body)
+        .map_err(|source| TransportError::Io {
+            context: "starting the TCP receiver".into(),
+            source,
+        })
+}
+
+fn accept_expected(
+    listener: TcpListener,
+    job_id: &str,
+    me: Rank,
+    secret: &crate::auth::JobSecret,
+    mut expected: Vec<Rank>,
+    timeout: Duration,
+) -> Result<Vec<(Rank, TcpStream)>, TransportError> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| TransportError::Io {
+            context: "listener".into(),
+            source,
+        })?;
+    while !expected.is_empty() {
+        match listener.accept() {
+            Ok((mut stream, from)) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_nodelay(true);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                match handshake::accept(&mut stream, job_id, me, secret) {
+                    Ok(rank) if expected.contains(&rank) => {
+                        expected.retain(|&r| r != rank);
+                        got.push((rank, stream));
+                    }
+                    Ok(rank) => tracing::warn!(
+                        "refusing connection from {from} claiming rank {rank}: not expected"
+                    ),
+                    Err(e) => tracing::warn!("refusing connection from {from}: {e}"),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if start.elapsed() > timeout {
+                    return Err(TransportError::Timeout {
+                        what: format!("connections from ranks {expected:?} to rank {me}"),
+                        waited: timeout,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => {
+                return Err(TransportError::Io {
+                    context: "accepting a peer".into(),
+                    source: e,
+                })
+            }
+        }
+    }
+    let _ = listener.set_nonblocking(false);
+    Ok(got)
+}
+
+/// After setup: authenticate late connections (extra connections of a rank),
+/// log and drop everything else.
+fn accept_late(
+    listener: TcpListener,
+    job_id: &str,
+    me: Rank,
+    size: u32,
+    secret: &crate::auth::JobSecret,
+    tx: mpsc::Sender<NewConnection>,
+    stop: &AtomicBool,
+) {
+    let _ = listener.set_nonblocking(false);
+    while !stop.load(Ordering::Acquire) {
+        let Ok((mut stream, from)) = listener.accept() else {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        match handshake::accept(&mut stream, job_id, me, secret) {
+            Ok(rank) if rank < size && rank != me => {
+                let _ = stream.set_read_timeout(None);
+                tracing::info!(peer = rank, "accepted an extra connection from {from}");
+                if tx
+                    .send(NewConnection {
+                        rank,
+                        stream,
+                        primary: false,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(rank) => tracing::warn!(
+                "refusing connection from {from}: claims rank {rank} of a {size}-rank job"
+            ),
+            Err(e) => tracing::warn!("refusing connection from {from}: {e}"),
+        }
+    }
+}
+
+fn epoll_receiver(
+    shared: Weak<Shared>,
+    rx: mpsc::Receiver<NewConnection>,
+    stop: Arc<AtomicBool>,
+    spin: Duration,
+    max_frame: u32,
+) {
+    use mio::{Events, Interest, Poll, Token};
+    let Ok(mut poll) = Poll::new() else {
+        tracing::error!("epoll unavailable: TCP peers cannot be read");
+        return;
+    };
+    let mut events = Events::with_capacity(64);
+    let mut conns: HashMap<usize, ConnState> = HashMap::new();
+    let mut next_token = 0usize;
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut last_activity = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        while let Ok(conn) = rx.try_recv() {
+            if conn.stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let fd = conn.stream.as_raw_fd();
+            let token = Token(next_token);
+            next_token += 1;
+            if poll
+                .registry()
+                .register(&mut mio::unix::SourceFd(&fd), token, Interest::READABLE)
+                .is_ok()
+            {
+                conns.insert(token.0, ConnState::new(conn, max_frame));
+            }
+        }
+        let timeout = if last_activity.elapsed() < spin {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        };
+        if poll.poll(&mut events, Some(timeout)).is_err() {
+            continue;
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for event in events.iter() {
+            let token = event.token().0;
+            let Some(conn) = conns.get_mut(&token) else {
+                continue;
+            };
+            last_activity = Instant::now();
+            let outcome = loop {
+                match (&conn.stream).read_into(&mut buffer) {
+                    Ok(0) => break Some("closed without a goodbye".to_string()),
+                    Ok(n) => {
+                        if let Err(e) = conn.feed(&shared, &buffer[..n]) {
+                            tracing::error!(
+                                peer = conn.rank,
+                                "malformed data, closing the connection: {e}"
+                            );
+                            break Some(format!("sent malformed data ({e})"));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Some(format!("failed: {e}")),
+                }
+            };
+            if let Some(why) = outcome {
+                let fd = conn.fd();
+                let _ = poll.registry().deregister(&mut mio::unix::SourceFd(&fd));
+                conn.closed(&shared, &why);
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                conns.remove(&token);
+            }
+        }
+    }
+}
+
+trait ReadInto {
+    fn read_into(self, buffer: &mut [u8]) -> io::Result<usize>;
+}
+
+impl ReadInto for &TcpStream {
+    fn read_into(mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        io::Read::read(&mut self, buffer)
+    }
+}
