@@ -132,7 +132,8 @@ pub(crate) struct NodeSegment {
 
 fn layout(local_size: usize, ring_bytes: usize) -> (usize, usize, usize, usize) {
     let slots_at = HEADER_BYTES;
-    let controls_at = slots_at + local_size * std::mem::size_of::<RankSlot>();
+    let controls_at = (slots_at + local_size * std::mem::size_of::<RankSlot>())
+        .next_multiple_of(std::mem::align_of::<RingControl>());
     let data_at = (controls_at + local_size * local_size * std::mem::size_of::<RingControl>())
         .next_multiple_of(4096);
     let total = data_at + local_size * local_size * ring_bytes;
@@ -543,6 +544,21 @@ mod tests {
             got += 1;
         }
         assert_eq!(sent, got);
+    }
+
+    #[test]
+    fn layout_keeps_every_structure_aligned() {
+        for local_size in 1..=9 {
+            let (slots_at, controls_at, data_at, total) = layout(local_size, 4096);
+            assert_eq!(slots_at % std::mem::align_of::<RankSlot>(), 0);
+            assert_eq!(
+                controls_at % std::mem::align_of::<RingControl>(),
+                0,
+                "local_size {local_size}"
+            );
+            assert_eq!(data_at % 4096, 0);
+            assert_eq!(total, data_at + local_size * local_size * 4096);
+        }
     }
 
     #[test]

@@ -1,0 +1,20 @@
+//! Errors a Lumen program sees.
+
+use thiserror::Error;
+
+/// Everything that can fail in the `lumen` facade.
+#[derive(Debug, Error)]
+pub enum LumenError {
+    /// The process could not join its job (environment, rendezvous, secret).
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(String),
+    /// The rendezvous store failed.
+    #[error(transparent)]
+    Rendezvous(#[from] lumen_launcher::rendezvous::RendezvousError),
+    /// The transport failed (a peer died, a connection broke...).
+    #[error(transparent)]
+    Transport(#[from] lumen_transport::TransportError),
+}
+
+/// Result with [`LumenError`].
+pub type Result<T, E = LumenError> = std::result::Result<T, E>;

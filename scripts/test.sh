@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as a newcomer (and CI) runs it:
+#   scripts/test.sh
+# Installs what is missing (apt-get, as root), builds once, runs every test with
+# cargo-nextest, then a smoke run of the transport benchmark (tiny iteration
+# counts: it checks the benchmark works end to end, it measures nothing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== build (debug, with examples)"
+cargo build --workspace --all-targets --quiet
+cargo build --workspace --examples --quiet
+
+echo "== tests"
+cargo nextest run --workspace --no-fail-fast
+cargo test --workspace --doc --quiet
+
+echo "== benchmark smoke run"
+target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"
