@@ -306,8 +306,9 @@ impl EndpointBuilder {
             options,
             listener,
             segment,
-            ..
+            address,
         } = self;
+        let listen_addr = address.tcp;
         let size = options.size as usize;
         if peers.len() != size {
             return Err(TransportError::PeerTable(format!(
@@ -429,6 +430,7 @@ impl EndpointBuilder {
             watches,
             single_copy,
             tcp: Mutex::new(None),
+            tcp_address: listen_addr,
             barrier_epoch: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             progress_thread: Mutex::new(None),
@@ -511,6 +513,7 @@ pub(crate) struct Shared {
     watches: Vec<Option<ProcessWatch>>,
     single_copy: Vec<bool>,
     tcp: Mutex<Option<TcpDomain>>,
+    tcp_address: SocketAddr,
     barrier_epoch: AtomicU64,
     closed: AtomicBool,
     progress_thread: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
@@ -724,6 +727,11 @@ impl Endpoint {
             self.shared.routes.get(peer as usize),
             Some(Route::Local(_) | Route::Myself)
         )
+    }
+
+    /// Where this rank listens for TCP connections.
+    pub fn tcp_address(&self) -> SocketAddr {
+        self.shared.tcp_address
     }
 
     /// The TCP receiver in use ("io_uring", "epoll" or "none" when all peers are local).

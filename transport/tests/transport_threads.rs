@@ -2,86 +2,11 @@
 //! quick checks of the protocol paths; the multi-process tests live in the
 //! `lumen` crate's tests.
 
-use std::sync::{Arc, Barrier, Mutex};
-use std::time::Duration;
+mod common;
+use common::*;
+use std::sync::Arc;
 
-use lumen_transport::{
-    Endpoint, EndpointBuilder, EndpointOptions, JobSecret, PeerAddress, Source, TcpBackend,
-    TransportConfig,
-};
-
-/// Starts `nodes.len()` ranks; rank i lives on node `nodes[i]`.
-fn job(nodes: &[u32], backend: TcpBackend, body: impl Fn(Endpoint) + Send + Sync + 'static) {
-    let size = nodes.len() as u32;
-    let job_id = format!("t{}x{}", std::process::id(), rand_suffix());
-    let secret = JobSecret::random();
-    let table = Arc::new(Mutex::new(vec![None::<PeerAddress>; nodes.len()]));
-    let barrier = Arc::new(Barrier::new(nodes.len()));
-    let body = Arc::new(body);
-    let threads: Vec<_> = (0..size)
-        .map(|rank| {
-            let (table, barrier, body, secret, job_id) = (
-                table.clone(),
-                barrier.clone(),
-                body.clone(),
-                secret.clone(),
-                job_id.clone(),
-            );
-            let nodes = nodes.to_vec();
-            std::thread::spawn(move || {
-                let node = nodes[rank as usize];
-                let local: Vec<u32> = (0..size).filter(|&r| nodes[r as usize] == node).collect();
-                let config = TransportConfig {
-                    tcp_backend: backend,
-                    connect_timeout: Duration::from_secs(10),
-                    ..TransportConfig::default()
-                };
-                let options = EndpointOptions {
-                    rank,
-                    size,
-                    node,
-                    local_rank: local.iter().position(|&r| r == rank).unwrap() as u32,
-                    local_size: local.len() as u32,
-                    job_id,
-                    secret,
-                    config,
-                };
-                let builder = EndpointBuilder::new(options).unwrap();
-                table.lock().unwrap()[rank as usize] = Some(builder.address().clone());
-                barrier.wait();
-                let peers: Vec<PeerAddress> = table
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.clone().unwrap())
-                    .collect();
-                let endpoint = builder
-                    .connect(&peers, || {
-                        barrier.wait();
-                        Ok::<(), String>(())
-                    })
-                    .unwrap();
-                body(endpoint.clone());
-                endpoint.barrier().unwrap();
-                endpoint.close();
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(0u8)
-}
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as u8)
-        .collect()
-}
+use lumen_transport::{Endpoint, Source, TcpBackend};
 
 fn all_to_all(ep: &Endpoint, sizes: &[usize]) {
     let (me, n) = (ep.rank(), ep.size());
@@ -114,7 +39,7 @@ const SIZES: &[usize] = &[0, 1, 8, 4096, 16 * 1024, 16 * 1024 + 1, 300_000, 4 <<
 
 #[test]
 fn shm_all_to_all_four_ranks() {
-    job(&[0, 0, 0, 0], TcpBackend::Auto, |ep| {
+    job(&[0, 0, 0, 0], TcpBackend::Auto, |ep, _| {
         assert!(ep.is_local((ep.rank() + 1) % 4));
         all_to_all(&ep, SIZES)
     });
@@ -122,7 +47,7 @@ fn shm_all_to_all_four_ranks() {
 
 #[test]
 fn tcp_uring_all_to_all_three_nodes() {
-    job(&[0, 1, 2], TcpBackend::Uring, |ep| {
+    job(&[0, 1, 2], TcpBackend::Uring, |ep, _| {
         assert_eq!(ep.tcp_backend(), "io_uring");
         all_to_all(&ep, SIZES)
     });
@@ -130,7 +55,7 @@ fn tcp_uring_all_to_all_three_nodes() {
 
 #[test]
 fn tcp_epoll_all_to_all_mixed() {
-    job(&[0, 0, 1, 1], TcpBackend::Epoll, |ep| {
+    job(&[0, 0, 1, 1], TcpBackend::Epoll, |ep, _| {
         assert_eq!(ep.tcp_backend(), "epoll");
         all_to_all(&ep, SIZES)
     });
@@ -138,7 +63,7 @@ fn tcp_epoll_all_to_all_mixed() {
 
 #[test]
 fn per_pair_order_and_tags() {
-    job(&[0, 0, 1], TcpBackend::Auto, |ep| {
+    job(&[0, 0, 1], TcpBackend::Auto, |ep, _| {
         let (me, n) = (ep.rank(), ep.size());
         for dst in (0..n).filter(|&d| d != me) {
             for i in 0..200u32 {
@@ -167,7 +92,7 @@ fn per_pair_order_and_tags() {
 
 #[test]
 fn one_sided_get_and_handlers() {
-    job(&[0, 0, 1], TcpBackend::Auto, |ep| {
+    job(&[0, 0, 1], TcpBackend::Auto, |ep, _| {
         let me = ep.rank();
         let data: Arc<[u8]> = pattern(1 << 20, me).into();
         let key = ep.register_region(data);

@@ -1,0 +1,103 @@
+//! A job of several ranks inside one test process, one thread per rank, with
+//! real endpoints, shared memory and TCP sockets.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use lumen_transport::{
+    Endpoint, EndpointBuilder, EndpointOptions, JobSecret, PeerAddress, TcpBackend, TransportConfig,
+};
+
+/// What a rank's body knows about its job.
+#[derive(Clone)]
+pub struct JobInfo {
+    pub job_id: String,
+    pub secret: JobSecret,
+    pub addresses: Vec<PeerAddress>,
+}
+
+/// Starts `nodes.len()` ranks; rank i lives on node `nodes[i]`.
+pub fn job(
+    nodes: &[u32],
+    backend: TcpBackend,
+    body: impl Fn(Endpoint, JobInfo) + Send + Sync + 'static,
+) {
+    let size = nodes.len() as u32;
+    let job_id = format!("t{}x{}", std::process::id(), rand_suffix());
+    let secret = JobSecret::random();
+    let table = Arc::new(Mutex::new(vec![None::<PeerAddress>; nodes.len()]));
+    let barrier = Arc::new(Barrier::new(nodes.len()));
+    let body = Arc::new(body);
+    let threads: Vec<_> = (0..size)
+        .map(|rank| {
+            let (table, barrier, body, secret, job_id) = (
+                table.clone(),
+                barrier.clone(),
+                body.clone(),
+                secret.clone(),
+                job_id.clone(),
+            );
+            let nodes = nodes.to_vec();
+            std::thread::spawn(move || {
+                let node = nodes[rank as usize];
+                let local: Vec<u32> = (0..size).filter(|&r| nodes[r as usize] == node).collect();
+                let config = TransportConfig {
+                    tcp_backend: backend,
+                    connect_timeout: Duration::from_secs(10),
+                    ..TransportConfig::default()
+                };
+                let options = EndpointOptions {
+                    rank,
+                    size,
+                    node,
+                    local_rank: local.iter().position(|&r| r == rank).unwrap() as u32,
+                    local_size: local.len() as u32,
+                    job_id,
+                    secret,
+                    config,
+                };
+                let (job_id_for_body, secret_for_body) =
+                    (options.job_id.clone(), options.secret.clone());
+                let builder = EndpointBuilder::new(options).unwrap();
+                table.lock().unwrap()[rank as usize] = Some(builder.address().clone());
+                barrier.wait();
+                let peers: Vec<PeerAddress> = table
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.clone().unwrap())
+                    .collect();
+                let endpoint = builder
+                    .connect(&peers, || {
+                        barrier.wait();
+                        Ok::<(), String>(())
+                    })
+                    .unwrap();
+                let info = JobInfo {
+                    job_id: job_id_for_body,
+                    secret: secret_for_body,
+                    addresses: peers.clone(),
+                };
+                body(endpoint.clone(), info);
+                endpoint.barrier().unwrap();
+                endpoint.close();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+pub fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(0u8)
+}
+
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as u8)
+        .collect()
+}
