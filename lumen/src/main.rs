@@ -1,1 +1,199 @@
-fn main() {}
+//! The `lumen` command line: `lumen run` starts a job on this machine (or on
+//! hosts reached through a launch agent), like `mpirun`; `lumen bench`
+//! measures Lumen beside its baselines.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use lumen_launcher::spawn::{parse_hosts, run_job, JobSpec};
+
+/// Lumen: a runtime for remote tasks, actors and collectives on HPC systems.
+#[derive(Debug, Parser)]
+#[command(name = "lumen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run N ranks of a program and wait for them (like mpirun).
+    Run(RunArgs),
+    /// Benchmarks with their baseline in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Internal: one rank of a benchmark (started by `lumen bench`).
+    #[command(hide = true, subcommand)]
+    BenchWorker(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Point-to-point latency and bandwidth, shared memory and TCP, beside Open MPI.
+    Transport(TransportBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct TransportBenchArgs {
+    /// Message sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = lumen::bench::transport::DEFAULT_SIZES.to_vec())]
+    sizes: Vec<usize>,
+    /// Iteration scale: 1.0 for OSU-like counts, 0.01 for a smoke run.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Only shared memory.
+    #[arg(long, conflicts_with = "tcp_only")]
+    shm_only: bool,
+    /// Only TCP.
+    #[arg(long)]
+    tcp_only: bool,
+    /// Skip the Open MPI baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Also measure TCP between two network-namespace hosts (root) against
+    /// raw sockets and iperf3.
+    #[arg(long)]
+    netns: bool,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Number of ranks.
+    #[arg(short = 'n', long = "ranks", value_name = "N")]
+    ranks: u32,
+    /// Hosts and their slots, filled in order: `h1:4,h2:4` (slots default to 1).
+    #[arg(long, value_name = "HOST[:SLOTS],...")]
+    hosts: Option<String>,
+    /// Command that runs a rank on another host; `{host}` is replaced by the
+    /// host name (appended when absent), e.g. "ssh {host}" or
+    /// "ip netns exec {host}". "local" spawns every rank here.
+    #[arg(long, value_name = "TEMPLATE")]
+    launch_agent: Option<String>,
+    /// Prefix each output line with `[rank] `.
+    #[arg(long)]
+    label: bool,
+    /// Address the rendezvous listens on when ranks run on other hosts
+    /// (default: chosen from LUMEN_TCP_IF and the interfaces).
+    #[arg(long, value_name = "IP")]
+    rendezvous_bind: Option<IpAddr>,
+    /// The program each rank runs, and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM ARGS")]
+    command: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Bench(BenchCommand::Transport(args)) => bench_transport(args),
+        Command::BenchWorker(BenchCommand::Transport(args)) => bench_transport_worker(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("lumen: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut command = args.command.into_iter();
+    let program = command.next().ok_or_else(|| {
+        anyhow::anyhow!("no program given; usage: lumen run -n N -- PROGRAM ARGS...")
+    })?;
+    let spec = JobSpec {
+        ranks: args.ranks,
+        hosts: args.hosts.as_deref().map(parse_hosts).transpose()?,
+        program,
+        args: command.collect(),
+        env: Vec::new(),
+        label_output: args.label,
+        launch_agent: args.launch_agent,
+        rendezvous_bind: args.rendezvous_bind,
+    };
+    let outcome = run_job(&spec)?;
+    // Exit codes above 255 cannot be returned; clamp to a failure.
+    let code = u8::try_from(outcome.exit_code).unwrap_or(1);
+    Ok(ExitCode::from(code))
+}
+
+fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = lumen::bench::TransportBenchOptions {
+        sizes: args.sizes,
+        scale: args.scale,
+        shm: !args.tcp_only,
+        tcp: !args.shm_only,
+        baseline: !args.no_baseline,
+        netns: args.netns,
+    };
+    let rows = lumen::bench::transport(&options)?;
+    lumen::bench::print_table(&rows);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_transport_worker(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
+    use lumen::bench::transport::{bandwidth, iterations, latency};
+    let job = lumen::bootstrap::join()?;
+    anyhow::ensure!(
+        job.size() == 2,
+        "the transport benchmark needs exactly 2 ranks, got {}",
+        job.size()
+    );
+    lumen::bench::pin_to_core(job.world.rank as usize);
+    let ep = job.endpoint.clone();
+    for &size in &args.sizes {
+        let usec = latency(&ep, size, iterations(size, args.scale))?;
+        if ep.rank() == 0 {
+            println!("{{\"test\":\"latency\",\"size\":{size},\"usec\":{usec:.3}}}");
+        }
+    }
+    for &size in &args.sizes {
+        let mbps = bandwidth(&ep, size, iterations(size, args.scale))?;
+        if ep.rank() == 0 {
+            println!("{{\"test\":\"bandwidth\",\"size\":{size},\"mbps\":{mbps:.2}}}");
+        }
+    }
+    job.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "lumen", "run", "-n", "4", "--hosts", "a:2,b:2", "--label", "--", "./app", "-x", "--y",
+        ])
+        .expect("valid command line");
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.ranks, 4);
+        assert_eq!(args.hosts.as_deref(), Some("a:2,b:2"));
+        assert!(args.label);
+        assert_eq!(
+            args.command,
+            vec![OsString::from("./app"), "-x".into(), "--y".into()]
+        );
+        assert!(Cli::try_parse_from(["lumen", "run", "-n", "4"]).is_err());
+    }
+}

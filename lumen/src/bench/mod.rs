@@ -3,6 +3,7 @@
 //! latency; Lumen rate / baseline rate, so above 1.0 is better for bandwidth).
 
 pub mod mpi;
+pub mod netns;
 pub mod transport;
 
 use std::process::Command;
@@ -13,7 +14,7 @@ use serde::Serialize;
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// "shm" or "tcp".
+    /// "shm", "tcp" (loopback) or "tcp-netns" (two namespace hosts).
     pub transport: String,
     /// "latency" (µs) or "bandwidth" (MB/s).
     pub test: String,
@@ -21,10 +22,54 @@ pub struct Row {
     pub size: usize,
     /// Lumen's value.
     pub lumen: f64,
-    /// Open MPI's value, when the baseline ran.
-    pub mpi: Option<f64>,
-    /// Latency: lumen / mpi (lower is better). Bandwidth: lumen / mpi (higher is better).
+    /// What Lumen is compared with: "open-mpi", "raw-tcp" or "iperf3".
+    pub baseline_name: String,
+    /// The baseline's value in the same unit, when it ran.
+    pub baseline: Option<f64>,
+    /// Latency: lumen / baseline (lower is better). Bandwidth: lumen / baseline (higher is better).
     pub ratio: Option<f64>,
+}
+
+impl Row {
+    /// A row with its ratio computed.
+    pub fn new(
+        transport: &str,
+        test: &str,
+        size: usize,
+        lumen: f64,
+        baseline_name: &str,
+        baseline: Option<f64>,
+    ) -> Self {
+        Row {
+            transport: transport.to_string(),
+            test: test.to_string(),
+            size,
+            lumen,
+            baseline_name: baseline_name.to_string(),
+            baseline,
+            ratio: baseline.map(|b| lumen / b),
+        }
+    }
+}
+
+/// Parses the `{"test":..,"size":..,"usec"|"mbps":..}` lines a worker prints.
+pub fn parse_json_rows(stdout: &[u8]) -> anyhow::Result<Vec<(String, usize, f64)>> {
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("parsing worker line {line}"))?;
+        let test = v["test"].as_str().unwrap_or_default().to_string();
+        let size = v["size"].as_u64().unwrap_or_default() as usize;
+        let value = v["usec"]
+            .as_f64()
+            .or(v["mbps"].as_f64())
+            .unwrap_or(f64::NAN);
+        rows.push((test, size, value));
+    }
+    Ok(rows)
 }
 
 /// Options of `lumen bench transport`.
@@ -40,6 +85,8 @@ pub struct TransportBenchOptions {
     pub tcp: bool,
     /// Run the Open MPI baseline.
     pub baseline: bool,
+    /// Also measure TCP between two network-namespace hosts against raw sockets and iperf3.
+    pub netns: bool,
 }
 
 /// Runs the two-rank worker under `lumen run` and parses its JSON lines.
@@ -62,6 +109,10 @@ fn lumen_rows(
         "--sizes",
         &sizes.join(","),
     ]);
+    if tcp {
+        // Loopback, as the Open MPI baseline uses (btl_tcp_if_include=lo).
+        command.env("LUMEN_TCP_IF", "lo");
+    }
     let output = command.output().context("starting lumen run")?;
     if !output.status.success() {
         bail!(
@@ -70,22 +121,7 @@ fn lumen_rows(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let mut rows = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-    {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("parsing worker line {line}"))?;
-        let test = v["test"].as_str().unwrap_or_default().to_string();
-        let size = v["size"].as_u64().unwrap_or_default() as usize;
-        let value = v["usec"]
-            .as_f64()
-            .or(v["mbps"].as_f64())
-            .unwrap_or(f64::NAN);
-        rows.push((test, size, value));
-    }
-    Ok(rows)
+    parse_json_rows(&output.stdout)
 }
 
 /// `lumen bench transport`.
@@ -112,15 +148,11 @@ pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
                 .iter()
                 .find(|b| b.test == test && b.size == size)
                 .and_then(|b| b.usec.or(b.mbps));
-            rows.push(Row {
-                transport: name.to_string(),
-                test,
-                size,
-                lumen: value,
-                mpi,
-                ratio: mpi.map(|m| value / m),
-            });
+            rows.push(Row::new(name, &test, size, value, "open-mpi", mpi));
         }
+    }
+    if options.netns {
+        rows.extend(netns::run(options)?);
     }
     Ok(rows)
 }
@@ -128,13 +160,13 @@ pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
 /// Prints rows as a table.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "{:<5} {:<10} {:>9} {:>12} {:>12} {:>8}",
-        "tport", "test", "size", "lumen", "open-mpi", "ratio"
+        "{:<9} {:<9} {:>8} {:>15} {:>9} {:>10} {:>7}",
+        "transport", "test", "size", "lumen", "baseline", "value", "ratio"
     );
     for r in rows {
         let unit = if r.test == "latency" { "us" } else { "MB/s" };
-        let mpi = r
-            .mpi
+        let baseline = r
+            .baseline
             .map(|m| format!("{m:.2}"))
             .unwrap_or_else(|| "n/a".into());
         let ratio = r
@@ -142,8 +174,29 @@ pub fn print_table(rows: &[Row]) {
             .map(|x| format!("{x:.2}"))
             .unwrap_or_else(|| "n/a".into());
         println!(
-            "{:<5} {:<10} {:>9} {:>9.2} {unit:<2} {:>12} {:>8}",
-            r.transport, r.test, r.size, r.lumen, mpi, ratio
+            "{:<9} {:<9} {:>8} {:>10.2} {unit:<4} {:>9} {:>10} {:>7}",
+            r.transport, r.test, r.size, r.lumen, r.baseline_name, baseline, ratio
         );
+    }
+}
+
+/// Pins the calling thread to one core (`index` modulo the cores we may use),
+/// as `mpirun --bind-to core` does for the baseline.
+pub fn pin_to_core(index: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_{get,set}affinity only read/write it.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return;
+        }
+        let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        if cores.is_empty() {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cores[index % cores.len()], &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
