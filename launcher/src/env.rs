@@ -37,6 +37,10 @@
 //! For every kind but Lumen, `LUMEN_RENDEZVOUS` (when set) still provides the
 //! rendezvous address, so `LUMEN_RENDEZVOUS=head:7000 srun ./app` works.
 //!
+//! The job secret (`LUMEN_JOB_SECRET`, 64 hex digits, set by `lumen run`) is
+//! read separately by [`job_secret_from_env`], so that it never sits in the
+//! `Debug` output of a [`World`].
+//!
 //! # Invariants
 //!
 //! A returned [`World`] has `rank < size`, `local_rank < local_size <= size`,
@@ -45,6 +49,7 @@
 //! the variable and its value.
 
 use lumen_slurm::{SlurmEnvError, SlurmStep};
+use lumen_transport::auth::JobSecret;
 use thiserror::Error;
 
 /// Variable that holds the rendezvous address for every launch kind.
@@ -164,6 +169,14 @@ pub enum DetectError {
     /// The process runs under `srun` but its `SLURM_*` environment is unusable.
     #[error(transparent)]
     Slurm(#[from] SlurmEnvError),
+    /// The job secret is not 64 hex digits (its value is not repeated here).
+    #[error("{variable} must be 64 hexadecimal digits (32 bytes) but has {len} characters; the launcher that set it is broken, or unset it")]
+    InvalidSecret {
+        /// The variable.
+        variable: &'static str,
+        /// Length of its value.
+        len: usize,
+    },
 }
 
 /// Reads variables for one launcher, remembering which one triggered it.
@@ -326,6 +339,32 @@ pub fn detect(get: impl Fn(&str) -> Option<String>) -> Result<World, DetectError
         kind: LaunchKind::Singleton,
         rendezvous: rendezvous(&get)?,
     })
+}
+
+/// Variable through which `lumen run` passes the job secret to its ranks.
+pub const JOB_SECRET_VAR: &str = "LUMEN_JOB_SECRET";
+
+/// Reads the job secret from `LUMEN_JOB_SECRET`; `None` when it is not set.
+///
+/// ```
+/// use lumen_launcher::env::job_secret_from_env;
+/// let hex = "ab".repeat(32);
+/// let secret = job_secret_from_env(|name| (name == "LUMEN_JOB_SECRET").then(|| hex.clone()))?;
+/// assert_eq!(secret.map(|s| s.to_hex()), Some(hex.clone()));
+/// assert!(job_secret_from_env(|_| Some("12".into())).is_err());
+/// # Ok::<(), lumen_launcher::env::DetectError>(())
+/// ```
+pub fn job_secret_from_env(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<Option<JobSecret>, DetectError> {
+    get(JOB_SECRET_VAR)
+        .map(|value| {
+            JobSecret::from_hex(&value).map_err(|_| DetectError::InvalidSecret {
+                variable: JOB_SECRET_VAR,
+                len: value.trim().len(),
+            })
+        })
+        .transpose()
 }
 
 fn detect_lumen<F: Fn(&str) -> Option<String>>(get: &F) -> Result<World, DetectError> {
@@ -805,5 +844,26 @@ mod tests {
         // An sbatch script or salloc shell is not an srun step.
         let batch = env(&[("SLURM_JOB_ID", "99"), ("SLURM_NODELIST", "n[1-4]")]);
         assert_eq!(detected(&batch).kind, LaunchKind::Singleton);
+    }
+
+    #[test]
+    fn job_secret_is_read_and_never_echoed() {
+        let hex = "0f".repeat(32);
+        let secret = job_secret_from_env(|name| (name == JOB_SECRET_VAR).then(|| hex.clone()));
+        assert_eq!(secret.map(|s| s.map(|s| s.to_hex())), Ok(Some(hex)));
+        assert_eq!(job_secret_from_env(|_| None).map(|s| s.is_none()), Ok(true));
+        let bad = "not-a-secret-but-private";
+        let error = match job_secret_from_env(|_| Some(bad.into())) {
+            Err(error) => error,
+            Ok(_) => panic!("{bad:?} accepted as a secret"),
+        };
+        assert_eq!(
+            error,
+            DetectError::InvalidSecret {
+                variable: JOB_SECRET_VAR,
+                len: bad.len()
+            }
+        );
+        assert!(!error.to_string().contains(bad), "{error}");
     }
 }

@@ -17,6 +17,7 @@
     unsafe_op_in_unsafe_fn,
     rust_2018_idioms
 )]
+#[rustfmt::skip]
 mod rendezvous_generated;
 
 use flatbuffers::FlatBufferBuilder;
@@ -181,12 +182,18 @@ impl RequestFrame {
                     key: Some(key),
                     value: Some(value),
                 };
-                (fb::Request::Put, fb::Put::create(&mut b, &args).as_union_value())
+                (
+                    fb::Request::Put,
+                    fb::Put::create(&mut b, &args).as_union_value(),
+                )
             }
             Request::Get { key } => {
                 let key = b.create_string(key);
                 let args = fb::GetArgs { key: Some(key) };
-                (fb::Request::Get, fb::Get::create(&mut b, &args).as_union_value())
+                (
+                    fb::Request::Get,
+                    fb::Get::create(&mut b, &args).as_union_value(),
+                )
             }
             Request::Barrier { epoch } => {
                 let args = fb::BarrierArgs { epoch: *epoch };
@@ -242,7 +249,10 @@ impl RequestFrame {
             fb::Request::Finalize => Request::Finalize,
             _ => return Err(missing(NAME, "request")),
         };
-        Ok(RequestFrame { id: m.id(), request })
+        Ok(RequestFrame {
+            id: m.id(),
+            request,
+        })
     }
 }
 
@@ -273,7 +283,10 @@ impl ReplyFrame {
                     key: Some(key),
                     value: Some(value),
                 };
-                (fb::Reply::Value, fb::Value::create(&mut b, &args).as_union_value())
+                (
+                    fb::Reply::Value,
+                    fb::Value::create(&mut b, &args).as_union_value(),
+                )
             }
             Reply::BarrierDone { epoch } => {
                 let args = fb::BarrierDoneArgs { epoch: *epoch };
@@ -314,7 +327,10 @@ impl ReplyFrame {
                 let args = fb::ErrorArgs {
                     reason: Some(reason),
                 };
-                (fb::Reply::Error, fb::Error::create(&mut b, &args).as_union_value())
+                (
+                    fb::Reply::Error,
+                    fb::Error::create(&mut b, &args).as_union_value(),
+                )
             }
         };
         let root = fb::ReplyFrame::create(
