@@ -12,6 +12,7 @@
     unsafe_op_in_unsafe_fn,
     rust_2018_idioms
 )]
+#[rustfmt::skip]
 mod transport_generated;
 
 use flatbuffers::FlatBufferBuilder;

@@ -2,1205 +2,1020 @@
 // @generated
 extern crate alloc;
 
+
 #[allow(unused_imports, dead_code)]
 pub mod lumen {
 
-    #[allow(unused_imports, dead_code)]
-    pub mod wire {
-
-        pub enum HelloOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct Hello<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
-            type Inner = Hello<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Hello<'a> {
-            pub const VT_PROTOCOL: ::flatbuffers::VOffsetT = 4;
-            pub const VT_JOB_ID: ::flatbuffers::VOffsetT = 6;
-            pub const VT_RANK: ::flatbuffers::VOffsetT = 8;
-            pub const VT_NONCE: ::flatbuffers::VOffsetT = 10;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Hello { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args HelloArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
-                let mut builder = HelloBuilder::new(_fbb);
-                if let Some(x) = args.nonce {
-                    builder.add_nonce(x);
-                }
-                builder.add_rank(args.rank);
-                if let Some(x) = args.job_id {
-                    builder.add_job_id(x);
-                }
-                builder.add_protocol(args.protocol);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn protocol(&self) -> u16 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u16>(Hello::VT_PROTOCOL, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn job_id(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_JOB_ID, None)
-                }
-            }
-            #[inline]
-            pub fn rank(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u32>(Hello::VT_RANK, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn nonce(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Hello::VT_NONCE,
-                            None,
-                        )
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Hello<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u16>("protocol", Self::VT_PROTOCOL, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "job_id",
-                        Self::VT_JOB_ID,
-                        false,
-                    )?
-                    .visit_field::<u32>("rank", Self::VT_RANK, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "nonce",
-                        Self::VT_NONCE,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct HelloArgs<'a> {
-            pub protocol: u16,
-            pub job_id: Option<::flatbuffers::WIPOffset<&'a str>>,
-            pub rank: u32,
-            pub nonce: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-        }
-        impl<'a> Default for HelloArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                HelloArgs {
-                    protocol: 0,
-                    job_id: None,
-                    rank: 0,
-                    nonce: None,
-                }
-            }
-        }
-
-        pub struct HelloBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_protocol(&mut self, protocol: u16) {
-                self.fbb_.push_slot::<u16>(Hello::VT_PROTOCOL, protocol, 0);
-            }
-            #[inline]
-            pub fn add_job_id(&mut self, job_id: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_JOB_ID, job_id);
-            }
-            #[inline]
-            pub fn add_rank(&mut self, rank: u32) {
-                self.fbb_.push_slot::<u32>(Hello::VT_RANK, rank, 0);
-            }
-            #[inline]
-            pub fn add_nonce(
-                &mut self,
-                nonce: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_NONCE, nonce);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> HelloBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                HelloBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Hello<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Hello<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Hello");
-                ds.field("protocol", &self.protocol());
-                ds.field("job_id", &self.job_id());
-                ds.field("rank", &self.rank());
-                ds.field("nonce", &self.nonce());
-                ds.finish()
-            }
-        }
-        pub enum ChallengeOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct Challenge<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Challenge<'a> {
-            type Inner = Challenge<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Challenge<'a> {
-            pub const VT_NONCE: ::flatbuffers::VOffsetT = 4;
-            pub const VT_PROOF: ::flatbuffers::VOffsetT = 6;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Challenge { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args ChallengeArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Challenge<'bldr>> {
-                let mut builder = ChallengeBuilder::new(_fbb);
-                if let Some(x) = args.proof {
-                    builder.add_proof(x);
-                }
-                if let Some(x) = args.nonce {
-                    builder.add_nonce(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn nonce(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Challenge::VT_NONCE,
-                            None,
-                        )
-                }
-            }
-            #[inline]
-            pub fn proof(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Challenge::VT_PROOF,
-                            None,
-                        )
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Challenge<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "nonce",
-                        Self::VT_NONCE,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "proof",
-                        Self::VT_PROOF,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct ChallengeArgs<'a> {
-            pub nonce: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub proof: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-        }
-        impl<'a> Default for ChallengeArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                ChallengeArgs {
-                    nonce: None,
-                    proof: None,
-                }
-            }
-        }
-
-        pub struct ChallengeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChallengeBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_nonce(
-                &mut self,
-                nonce: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Challenge::VT_NONCE, nonce);
-            }
-            #[inline]
-            pub fn add_proof(
-                &mut self,
-                proof: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Challenge::VT_PROOF, proof);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> ChallengeBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                ChallengeBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Challenge<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Challenge<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Challenge");
-                ds.field("nonce", &self.nonce());
-                ds.field("proof", &self.proof());
-                ds.finish()
-            }
-        }
-        pub enum ProofOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct Proof<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Proof<'a> {
-            type Inner = Proof<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Proof<'a> {
-            pub const VT_PROOF: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Proof { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args ProofArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Proof<'bldr>> {
-                let mut builder = ProofBuilder::new(_fbb);
-                if let Some(x) = args.proof {
-                    builder.add_proof(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn proof(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Proof::VT_PROOF,
-                            None,
-                        )
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Proof<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "proof",
-                        Self::VT_PROOF,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct ProofArgs<'a> {
-            pub proof: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-        }
-        impl<'a> Default for ProofArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                ProofArgs { proof: None }
-            }
-        }
-
-        pub struct ProofBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProofBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_proof(
-                &mut self,
-                proof: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Proof::VT_PROOF, proof);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> ProofBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                ProofBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Proof<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Proof<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Proof");
-                ds.field("proof", &self.proof());
-                ds.finish()
-            }
-        }
-        pub enum RefusalOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct Refusal<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Refusal<'a> {
-            type Inner = Refusal<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Refusal<'a> {
-            pub const VT_REASON: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Refusal { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args RefusalArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Refusal<'bldr>> {
-                let mut builder = RefusalBuilder::new(_fbb);
-                if let Some(x) = args.reason {
-                    builder.add_reason(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn reason(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Refusal::VT_REASON, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Refusal<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "reason",
-                        Self::VT_REASON,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct RefusalArgs<'a> {
-            pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
-        }
-        impl<'a> Default for RefusalArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                RefusalArgs { reason: None }
-            }
-        }
-
-        pub struct RefusalBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RefusalBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Refusal::VT_REASON, reason);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> RefusalBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                RefusalBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Refusal<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Refusal<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Refusal");
-                ds.field("reason", &self.reason());
-                ds.finish()
-            }
-        }
-        pub enum ReadyToSendOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct ReadyToSend<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for ReadyToSend<'a> {
-            type Inner = ReadyToSend<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> ReadyToSend<'a> {
-            pub const VT_COOKIE: ::flatbuffers::VOffsetT = 4;
-            pub const VT_LEN: ::flatbuffers::VOffsetT = 6;
-            pub const VT_PID: ::flatbuffers::VOffsetT = 8;
-            pub const VT_ADDR: ::flatbuffers::VOffsetT = 10;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                ReadyToSend { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args ReadyToSendArgs,
-            ) -> ::flatbuffers::WIPOffset<ReadyToSend<'bldr>> {
-                let mut builder = ReadyToSendBuilder::new(_fbb);
-                builder.add_addr(args.addr);
-                builder.add_len(args.len);
-                builder.add_cookie(args.cookie);
-                builder.add_pid(args.pid);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn cookie(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(ReadyToSend::VT_COOKIE, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn len(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(ReadyToSend::VT_LEN, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn pid(&self) -> i32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<i32>(ReadyToSend::VT_PID, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn addr(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(ReadyToSend::VT_ADDR, Some(0)).unwrap() }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for ReadyToSend<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u64>("cookie", Self::VT_COOKIE, false)?
-                    .visit_field::<u64>("len", Self::VT_LEN, false)?
-                    .visit_field::<i32>("pid", Self::VT_PID, false)?
-                    .visit_field::<u64>("addr", Self::VT_ADDR, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct ReadyToSendArgs {
-            pub cookie: u64,
-            pub len: u64,
-            pub pid: i32,
-            pub addr: u64,
-        }
-        impl<'a> Default for ReadyToSendArgs {
-            #[inline]
-            fn default() -> Self {
-                ReadyToSendArgs {
-                    cookie: 0,
-                    len: 0,
-                    pid: 0,
-                    addr: 0,
-                }
-            }
-        }
-
-        pub struct ReadyToSendBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadyToSendBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_cookie(&mut self, cookie: u64) {
-                self.fbb_
-                    .push_slot::<u64>(ReadyToSend::VT_COOKIE, cookie, 0);
-            }
-            #[inline]
-            pub fn add_len(&mut self, len: u64) {
-                self.fbb_.push_slot::<u64>(ReadyToSend::VT_LEN, len, 0);
-            }
-            #[inline]
-            pub fn add_pid(&mut self, pid: i32) {
-                self.fbb_.push_slot::<i32>(ReadyToSend::VT_PID, pid, 0);
-            }
-            #[inline]
-            pub fn add_addr(&mut self, addr: u64) {
-                self.fbb_.push_slot::<u64>(ReadyToSend::VT_ADDR, addr, 0);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> ReadyToSendBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                ReadyToSendBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadyToSend<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for ReadyToSend<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("ReadyToSend");
-                ds.field("cookie", &self.cookie());
-                ds.field("len", &self.len());
-                ds.field("pid", &self.pid());
-                ds.field("addr", &self.addr());
-                ds.finish()
-            }
-        }
-        pub enum GetRequestOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct GetRequest<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for GetRequest<'a> {
-            type Inner = GetRequest<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> GetRequest<'a> {
-            pub const VT_REQUEST: ::flatbuffers::VOffsetT = 4;
-            pub const VT_REGION: ::flatbuffers::VOffsetT = 6;
-            pub const VT_OFFSET: ::flatbuffers::VOffsetT = 8;
-            pub const VT_LEN: ::flatbuffers::VOffsetT = 10;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                GetRequest { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args GetRequestArgs,
-            ) -> ::flatbuffers::WIPOffset<GetRequest<'bldr>> {
-                let mut builder = GetRequestBuilder::new(_fbb);
-                builder.add_len(args.len);
-                builder.add_offset(args.offset);
-                builder.add_region(args.region);
-                builder.add_request(args.request);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn request(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(GetRequest::VT_REQUEST, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn region(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(GetRequest::VT_REGION, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn offset(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u64>(GetRequest::VT_OFFSET, Some(0))
-                        .unwrap()
-                }
-            }
-            #[inline]
-            pub fn len(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(GetRequest::VT_LEN, Some(0)).unwrap() }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for GetRequest<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u64>("request", Self::VT_REQUEST, false)?
-                    .visit_field::<u64>("region", Self::VT_REGION, false)?
-                    .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
-                    .visit_field::<u64>("len", Self::VT_LEN, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct GetRequestArgs {
-            pub request: u64,
-            pub region: u64,
-            pub offset: u64,
-            pub len: u64,
-        }
-        impl<'a> Default for GetRequestArgs {
-            #[inline]
-            fn default() -> Self {
-                GetRequestArgs {
-                    request: 0,
-                    region: 0,
-                    offset: 0,
-                    len: 0,
-                }
-            }
-        }
-
-        pub struct GetRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetRequestBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_request(&mut self, request: u64) {
-                self.fbb_
-                    .push_slot::<u64>(GetRequest::VT_REQUEST, request, 0);
-            }
-            #[inline]
-            pub fn add_region(&mut self, region: u64) {
-                self.fbb_.push_slot::<u64>(GetRequest::VT_REGION, region, 0);
-            }
-            #[inline]
-            pub fn add_offset(&mut self, offset: u64) {
-                self.fbb_.push_slot::<u64>(GetRequest::VT_OFFSET, offset, 0);
-            }
-            #[inline]
-            pub fn add_len(&mut self, len: u64) {
-                self.fbb_.push_slot::<u64>(GetRequest::VT_LEN, len, 0);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> GetRequestBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                GetRequestBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<GetRequest<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for GetRequest<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("GetRequest");
-                ds.field("request", &self.request());
-                ds.field("region", &self.region());
-                ds.field("offset", &self.offset());
-                ds.field("len", &self.len());
-                ds.finish()
-            }
-        }
-        pub enum GetGrantOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct GetGrant<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for GetGrant<'a> {
-            type Inner = GetGrant<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> GetGrant<'a> {
-            pub const VT_REQUEST: ::flatbuffers::VOffsetT = 4;
-            pub const VT_PID: ::flatbuffers::VOffsetT = 6;
-            pub const VT_ADDR: ::flatbuffers::VOffsetT = 8;
-            pub const VT_LEN: ::flatbuffers::VOffsetT = 10;
-            pub const VT_ERROR: ::flatbuffers::VOffsetT = 12;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                GetGrant { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args GetGrantArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<GetGrant<'bldr>> {
-                let mut builder = GetGrantBuilder::new(_fbb);
-                builder.add_len(args.len);
-                builder.add_addr(args.addr);
-                builder.add_request(args.request);
-                if let Some(x) = args.error {
-                    builder.add_error(x);
-                }
-                builder.add_pid(args.pid);
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn request(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(GetGrant::VT_REQUEST, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn pid(&self) -> i32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<i32>(GetGrant::VT_PID, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn addr(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(GetGrant::VT_ADDR, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn len(&self) -> u64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe { self._tab.get::<u64>(GetGrant::VT_LEN, Some(0)).unwrap() }
-            }
-            #[inline]
-            pub fn error(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(GetGrant::VT_ERROR, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for GetGrant<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u64>("request", Self::VT_REQUEST, false)?
-                    .visit_field::<i32>("pid", Self::VT_PID, false)?
-                    .visit_field::<u64>("addr", Self::VT_ADDR, false)?
-                    .visit_field::<u64>("len", Self::VT_LEN, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "error",
-                        Self::VT_ERROR,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct GetGrantArgs<'a> {
-            pub request: u64,
-            pub pid: i32,
-            pub addr: u64,
-            pub len: u64,
-            pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
-        }
-        impl<'a> Default for GetGrantArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                GetGrantArgs {
-                    request: 0,
-                    pid: 0,
-                    addr: 0,
-                    len: 0,
-                    error: None,
-                }
-            }
-        }
-
-        pub struct GetGrantBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetGrantBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_request(&mut self, request: u64) {
-                self.fbb_.push_slot::<u64>(GetGrant::VT_REQUEST, request, 0);
-            }
-            #[inline]
-            pub fn add_pid(&mut self, pid: i32) {
-                self.fbb_.push_slot::<i32>(GetGrant::VT_PID, pid, 0);
-            }
-            #[inline]
-            pub fn add_addr(&mut self, addr: u64) {
-                self.fbb_.push_slot::<u64>(GetGrant::VT_ADDR, addr, 0);
-            }
-            #[inline]
-            pub fn add_len(&mut self, len: u64) {
-                self.fbb_.push_slot::<u64>(GetGrant::VT_LEN, len, 0);
-            }
-            #[inline]
-            pub fn add_error(&mut self, error: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(GetGrant::VT_ERROR, error);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> GetGrantBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                GetGrantBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<GetGrant<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for GetGrant<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("GetGrant");
-                ds.field("request", &self.request());
-                ds.field("pid", &self.pid());
-                ds.field("addr", &self.addr());
-                ds.field("len", &self.len());
-                ds.field("error", &self.error());
-                ds.finish()
-            }
-        }
-        pub enum GoodbyeOffset {}
-        #[derive(Copy, Clone, PartialEq)]
-
-        pub struct Goodbye<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
-
-        impl<'a> ::flatbuffers::Follow<'a> for Goodbye<'a> {
-            type Inner = Goodbye<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
-
-        impl<'a> Goodbye<'a> {
-            pub const VT_REASON: ::flatbuffers::VOffsetT = 4;
-
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Goodbye { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args GoodbyeArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Goodbye<'bldr>> {
-                let mut builder = GoodbyeBuilder::new(_fbb);
-                if let Some(x) = args.reason {
-                    builder.add_reason(x);
-                }
-                builder.finish()
-            }
-
-            #[inline]
-            pub fn reason(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Goodbye::VT_REASON, None)
-                }
-            }
-        }
-
-        impl ::flatbuffers::Verifiable for Goodbye<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "reason",
-                        Self::VT_REASON,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct GoodbyeArgs<'a> {
-            pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
-        }
-        impl<'a> Default for GoodbyeArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                GoodbyeArgs { reason: None }
-            }
-        }
-
-        pub struct GoodbyeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GoodbyeBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Goodbye::VT_REASON, reason);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> GoodbyeBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                GoodbyeBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Goodbye<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
-
-        impl ::core::fmt::Debug for Goodbye<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Goodbye");
-                ds.field("reason", &self.reason());
-                ds.finish()
-            }
-        }
-    } // pub mod wire
-} // pub mod lumen
+#[allow(unused_imports, dead_code)]
+pub mod wire {
+
+
+pub enum HelloOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Hello<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
+  type Inner = Hello<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Hello<'a> {
+  pub const VT_PROTOCOL: ::flatbuffers::VOffsetT = 4;
+  pub const VT_JOB_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RANK: ::flatbuffers::VOffsetT = 8;
+  pub const VT_NONCE: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Hello { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HelloArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
+    let mut builder = HelloBuilder::new(_fbb);
+    if let Some(x) = args.nonce { builder.add_nonce(x); }
+    builder.add_rank(args.rank);
+    if let Some(x) = args.job_id { builder.add_job_id(x); }
+    builder.add_protocol(args.protocol);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn protocol(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Hello::VT_PROTOCOL, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn job_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_JOB_ID, None)}
+  }
+  #[inline]
+  pub fn rank(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Hello::VT_RANK, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn nonce(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Hello::VT_NONCE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Hello<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u16>("protocol", Self::VT_PROTOCOL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("job_id", Self::VT_JOB_ID, false)?
+     .visit_field::<u32>("rank", Self::VT_RANK, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("nonce", Self::VT_NONCE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HelloArgs<'a> {
+    pub protocol: u16,
+    pub job_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub rank: u32,
+    pub nonce: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for HelloArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HelloArgs {
+      protocol: 0,
+      job_id: None,
+      rank: 0,
+      nonce: None,
+    }
+  }
+}
+
+pub struct HelloBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_protocol(&mut self, protocol: u16) {
+    self.fbb_.push_slot::<u16>(Hello::VT_PROTOCOL, protocol, 0);
+  }
+  #[inline]
+  pub fn add_job_id(&mut self, job_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_JOB_ID, job_id);
+  }
+  #[inline]
+  pub fn add_rank(&mut self, rank: u32) {
+    self.fbb_.push_slot::<u32>(Hello::VT_RANK, rank, 0);
+  }
+  #[inline]
+  pub fn add_nonce(&mut self, nonce: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_NONCE, nonce);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HelloBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Hello<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Hello<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Hello");
+      ds.field("protocol", &self.protocol());
+      ds.field("job_id", &self.job_id());
+      ds.field("rank", &self.rank());
+      ds.field("nonce", &self.nonce());
+      ds.finish()
+  }
+}
+pub enum ChallengeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Challenge<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Challenge<'a> {
+  type Inner = Challenge<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Challenge<'a> {
+  pub const VT_NONCE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PROOF: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Challenge { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ChallengeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Challenge<'bldr>> {
+    let mut builder = ChallengeBuilder::new(_fbb);
+    if let Some(x) = args.proof { builder.add_proof(x); }
+    if let Some(x) = args.nonce { builder.add_nonce(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn nonce(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Challenge::VT_NONCE, None)}
+  }
+  #[inline]
+  pub fn proof(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Challenge::VT_PROOF, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Challenge<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("nonce", Self::VT_NONCE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("proof", Self::VT_PROOF, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ChallengeArgs<'a> {
+    pub nonce: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub proof: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ChallengeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ChallengeArgs {
+      nonce: None,
+      proof: None,
+    }
+  }
+}
+
+pub struct ChallengeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChallengeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_nonce(&mut self, nonce: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Challenge::VT_NONCE, nonce);
+  }
+  #[inline]
+  pub fn add_proof(&mut self, proof: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Challenge::VT_PROOF, proof);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChallengeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ChallengeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Challenge<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Challenge<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Challenge");
+      ds.field("nonce", &self.nonce());
+      ds.field("proof", &self.proof());
+      ds.finish()
+  }
+}
+pub enum ProofOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Proof<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Proof<'a> {
+  type Inner = Proof<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Proof<'a> {
+  pub const VT_PROOF: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Proof { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ProofArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Proof<'bldr>> {
+    let mut builder = ProofBuilder::new(_fbb);
+    if let Some(x) = args.proof { builder.add_proof(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn proof(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Proof::VT_PROOF, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Proof<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("proof", Self::VT_PROOF, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ProofArgs<'a> {
+    pub proof: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ProofArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ProofArgs {
+      proof: None,
+    }
+  }
+}
+
+pub struct ProofBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProofBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_proof(&mut self, proof: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Proof::VT_PROOF, proof);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProofBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ProofBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Proof<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Proof<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Proof");
+      ds.field("proof", &self.proof());
+      ds.finish()
+  }
+}
+pub enum RefusalOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Refusal<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Refusal<'a> {
+  type Inner = Refusal<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Refusal<'a> {
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Refusal { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RefusalArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Refusal<'bldr>> {
+    let mut builder = RefusalBuilder::new(_fbb);
+    if let Some(x) = args.reason { builder.add_reason(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn reason(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Refusal::VT_REASON, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Refusal<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("reason", Self::VT_REASON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RefusalArgs<'a> {
+    pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for RefusalArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RefusalArgs {
+      reason: None,
+    }
+  }
+}
+
+pub struct RefusalBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RefusalBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Refusal::VT_REASON, reason);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RefusalBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RefusalBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Refusal<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Refusal<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Refusal");
+      ds.field("reason", &self.reason());
+      ds.finish()
+  }
+}
+pub enum ReadyToSendOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReadyToSend<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadyToSend<'a> {
+  type Inner = ReadyToSend<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadyToSend<'a> {
+  pub const VT_COOKIE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LEN: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ADDR: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadyToSend { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadyToSendArgs
+  ) -> ::flatbuffers::WIPOffset<ReadyToSend<'bldr>> {
+    let mut builder = ReadyToSendBuilder::new(_fbb);
+    builder.add_addr(args.addr);
+    builder.add_len(args.len);
+    builder.add_cookie(args.cookie);
+    builder.add_pid(args.pid);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn cookie(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadyToSend::VT_COOKIE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn len(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadyToSend::VT_LEN, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn pid(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReadyToSend::VT_PID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn addr(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadyToSend::VT_ADDR, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadyToSend<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("cookie", Self::VT_COOKIE, false)?
+     .visit_field::<u64>("len", Self::VT_LEN, false)?
+     .visit_field::<i32>("pid", Self::VT_PID, false)?
+     .visit_field::<u64>("addr", Self::VT_ADDR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadyToSendArgs {
+    pub cookie: u64,
+    pub len: u64,
+    pub pid: i32,
+    pub addr: u64,
+}
+impl<'a> Default for ReadyToSendArgs {
+  #[inline]
+  fn default() -> Self {
+    ReadyToSendArgs {
+      cookie: 0,
+      len: 0,
+      pid: 0,
+      addr: 0,
+    }
+  }
+}
+
+pub struct ReadyToSendBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadyToSendBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_cookie(&mut self, cookie: u64) {
+    self.fbb_.push_slot::<u64>(ReadyToSend::VT_COOKIE, cookie, 0);
+  }
+  #[inline]
+  pub fn add_len(&mut self, len: u64) {
+    self.fbb_.push_slot::<u64>(ReadyToSend::VT_LEN, len, 0);
+  }
+  #[inline]
+  pub fn add_pid(&mut self, pid: i32) {
+    self.fbb_.push_slot::<i32>(ReadyToSend::VT_PID, pid, 0);
+  }
+  #[inline]
+  pub fn add_addr(&mut self, addr: u64) {
+    self.fbb_.push_slot::<u64>(ReadyToSend::VT_ADDR, addr, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadyToSendBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadyToSendBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadyToSend<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadyToSend<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadyToSend");
+      ds.field("cookie", &self.cookie());
+      ds.field("len", &self.len());
+      ds.field("pid", &self.pid());
+      ds.field("addr", &self.addr());
+      ds.finish()
+  }
+}
+pub enum GetRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetRequest<'a> {
+  type Inner = GetRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetRequest<'a> {
+  pub const VT_REQUEST: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REGION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LEN: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetRequestArgs
+  ) -> ::flatbuffers::WIPOffset<GetRequest<'bldr>> {
+    let mut builder = GetRequestBuilder::new(_fbb);
+    builder.add_len(args.len);
+    builder.add_offset(args.offset);
+    builder.add_region(args.region);
+    builder.add_request(args.request);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetRequest::VT_REQUEST, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn region(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetRequest::VT_REGION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetRequest::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn len(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetRequest::VT_LEN, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request", Self::VT_REQUEST, false)?
+     .visit_field::<u64>("region", Self::VT_REGION, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<u64>("len", Self::VT_LEN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetRequestArgs {
+    pub request: u64,
+    pub region: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+impl<'a> Default for GetRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    GetRequestArgs {
+      request: 0,
+      region: 0,
+      offset: 0,
+      len: 0,
+    }
+  }
+}
+
+pub struct GetRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request(&mut self, request: u64) {
+    self.fbb_.push_slot::<u64>(GetRequest::VT_REQUEST, request, 0);
+  }
+  #[inline]
+  pub fn add_region(&mut self, region: u64) {
+    self.fbb_.push_slot::<u64>(GetRequest::VT_REGION, region, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(GetRequest::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_len(&mut self, len: u64) {
+    self.fbb_.push_slot::<u64>(GetRequest::VT_LEN, len, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetRequest");
+      ds.field("request", &self.request());
+      ds.field("region", &self.region());
+      ds.field("offset", &self.offset());
+      ds.field("len", &self.len());
+      ds.finish()
+  }
+}
+pub enum GetGrantOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GetGrant<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GetGrant<'a> {
+  type Inner = GetGrant<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GetGrant<'a> {
+  pub const VT_REQUEST: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ADDR: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LEN: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GetGrant { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GetGrantArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GetGrant<'bldr>> {
+    let mut builder = GetGrantBuilder::new(_fbb);
+    builder.add_len(args.len);
+    builder.add_addr(args.addr);
+    builder.add_request(args.request);
+    if let Some(x) = args.error { builder.add_error(x); }
+    builder.add_pid(args.pid);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetGrant::VT_REQUEST, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn pid(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(GetGrant::VT_PID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn addr(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetGrant::VT_ADDR, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn len(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetGrant::VT_LEN, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GetGrant::VT_ERROR, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GetGrant<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request", Self::VT_REQUEST, false)?
+     .visit_field::<i32>("pid", Self::VT_PID, false)?
+     .visit_field::<u64>("addr", Self::VT_ADDR, false)?
+     .visit_field::<u64>("len", Self::VT_LEN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GetGrantArgs<'a> {
+    pub request: u64,
+    pub pid: i32,
+    pub addr: u64,
+    pub len: u64,
+    pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for GetGrantArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GetGrantArgs {
+      request: 0,
+      pid: 0,
+      addr: 0,
+      len: 0,
+      error: None,
+    }
+  }
+}
+
+pub struct GetGrantBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetGrantBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request(&mut self, request: u64) {
+    self.fbb_.push_slot::<u64>(GetGrant::VT_REQUEST, request, 0);
+  }
+  #[inline]
+  pub fn add_pid(&mut self, pid: i32) {
+    self.fbb_.push_slot::<i32>(GetGrant::VT_PID, pid, 0);
+  }
+  #[inline]
+  pub fn add_addr(&mut self, addr: u64) {
+    self.fbb_.push_slot::<u64>(GetGrant::VT_ADDR, addr, 0);
+  }
+  #[inline]
+  pub fn add_len(&mut self, len: u64) {
+    self.fbb_.push_slot::<u64>(GetGrant::VT_LEN, len, 0);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetGrant::VT_ERROR, error);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetGrantBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GetGrantBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GetGrant<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GetGrant<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GetGrant");
+      ds.field("request", &self.request());
+      ds.field("pid", &self.pid());
+      ds.field("addr", &self.addr());
+      ds.field("len", &self.len());
+      ds.field("error", &self.error());
+      ds.finish()
+  }
+}
+pub enum GoodbyeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Goodbye<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Goodbye<'a> {
+  type Inner = Goodbye<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Goodbye<'a> {
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Goodbye { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GoodbyeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Goodbye<'bldr>> {
+    let mut builder = GoodbyeBuilder::new(_fbb);
+    if let Some(x) = args.reason { builder.add_reason(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn reason(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Goodbye::VT_REASON, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Goodbye<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("reason", Self::VT_REASON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GoodbyeArgs<'a> {
+    pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for GoodbyeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GoodbyeArgs {
+      reason: None,
+    }
+  }
+}
+
+pub struct GoodbyeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GoodbyeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Goodbye::VT_REASON, reason);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GoodbyeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GoodbyeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Goodbye<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Goodbye<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Goodbye");
+      ds.field("reason", &self.reason());
+      ds.finish()
+  }
+}
+}  // pub mod wire
+}  // pub mod lumen
+
