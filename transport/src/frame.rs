@@ -310,6 +310,31 @@ impl FrameDecoder {
         Ok(())
     }
 
+    /// The payload buffer of the frame being received and how many bytes it
+    /// still lacks, so that a reader can receive straight into it (no copy
+    /// through a scratch buffer) and then call [`FrameDecoder::take_complete`].
+    /// `None` between frames or after an error.
+    pub fn pending_payload(&mut self) -> Option<(&mut Vec<u8>, usize)> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let (header, payload) = self.current.as_mut()?;
+        let missing = header.len as usize - payload.len();
+        Some((payload, missing))
+    }
+
+    /// Returns the current frame if its payload is complete (after bytes were
+    /// appended through [`FrameDecoder::pending_payload`]).
+    pub fn take_complete(&mut self) -> Option<Frame> {
+        match &self.current {
+            Some((header, payload)) if payload.len() >= header.len as usize => {
+                let (header, payload) = self.current.take()?;
+                Some(Frame { header, payload })
+            }
+            _ => None,
+        }
+    }
+
     /// True when no partial frame is buffered.
     pub fn is_idle(&self) -> bool {
         self.header_filled == 0 && self.current.is_none()
@@ -391,6 +416,32 @@ mod tests {
             FrameHeader::decode(&chunk, 100),
             Err(FrameError::Inconsistent(_))
         ));
+    }
+
+    #[test]
+    fn payload_can_be_received_in_place() {
+        let header = FrameHeader::data(1, 9, 100, 100, false);
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut frames = Vec::new();
+        decoder
+            .feed(&encode_frame(&header, &data(100))[..40], |f| frames.push(f))
+            .unwrap();
+        let (buffer, missing) = decoder.pending_payload().unwrap();
+        assert_eq!((buffer.len(), missing), (8, 92));
+        buffer.extend_from_slice(&data(100)[8..50]);
+        assert!(decoder.take_complete().is_none());
+        decoder.feed(&data(100)[50..], |f| frames.push(f)).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].payload, data(100));
+        assert!(decoder.pending_payload().is_none() && decoder.is_idle());
+        decoder
+            .feed(&encode_frame(&header, &data(100))[..32], |f| frames.push(f))
+            .unwrap();
+        let (buffer, missing) = decoder.pending_payload().unwrap();
+        assert_eq!(missing, 100);
+        buffer.extend_from_slice(&data(100));
+        assert_eq!(decoder.take_complete().unwrap().payload, data(100));
+        assert!(decoder.is_idle());
     }
 
     #[test]

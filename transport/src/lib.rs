@@ -8,9 +8,9 @@
 //!   ┌─────────────▼──────────┐    ┌─────────▼──────────────────────────┐
 //!   │ shm: NodeSegment       │    │ tcp: one authenticated connection  │
 //!   │ SPSC ring per pair,    │    │ per pair; writes from the caller,  │
-//!   │ futex doorbell, pidfd  │    │ reads by a receiver thread on      │
-//!   │ liveness, single-copy  │    │ io_uring (multishot + provided     │
-//!   │ large messages         │    │ buffers) or epoll                  │
+//!   │ futex doorbell, pidfd  │    │ reads by the waiting caller, or a  │
+//!   │ liveness, single-copy  │    │ background thread (epoll) when no  │
+//!   │ large messages         │    │ caller polls; io_uring on request  │
 //!   └────────────────────────┘    └────────────────────────────────────┘
 //!        every frame: 32-byte header (frame.rs) + raw bytes or a verified
 //!        flatbuffer (wire/); every connection: HMAC handshake (auth.rs)
@@ -22,7 +22,10 @@
 //! [`EndpointBuilder::connect`] attaches, connects and authenticates.
 //!
 //! Design choices worth knowing:
-//! - progress is driven by the calling threads (MPI style), see [`endpoint`];
+//! - progress is driven by the calling threads (MPI style), see [`endpoint`],
+//!   TCP sockets included: a waiting thread reads them itself, so a message
+//!   costs no thread wake-up (8 B ping-pong over loopback: 90 us with a
+//!   receiver thread, 4.9 us caller-driven; Open MPI 4.2 us);
 //! - large messages on a node are pulled by the receiver with
 //!   `process_vm_readv` (one copy); on TCP they stream in frames, relying on
 //!   TCP's flow control instead of a ready-to-send round trip;

@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
@@ -51,9 +51,8 @@ impl ProcessWatch {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel just returned this fd to us and nobody else owns it.
-        Ok(ProcessWatch {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(ProcessWatch { fd })
     }
 
     /// True once the process has exited (a zombie counts as exited).
@@ -97,6 +96,135 @@ pub(crate) fn read_process_memory(pid: i32, addr: u64, dst: &mut [u8]) -> io::Re
         done += n as usize;
     }
     Ok(())
+}
+
+/// Reads `len` bytes at `addr` of process `pid` into a new vector, without
+/// zeroing it first (a fresh zeroed buffer costs a page fault and a memset per
+/// page on every large message; the kernel writes every byte anyway).
+pub(crate) fn read_process_memory_vec(pid: i32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut data: Vec<u8> = Vec::with_capacity(len);
+    let mut done = 0usize;
+    while done < len {
+        let local = libc::iovec {
+            // SAFETY: `done < len <= capacity`, so the pointer stays inside the allocation.
+            iov_base: unsafe { data.as_mut_ptr().add(done) }.cast(),
+            iov_len: len - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: len - done,
+        };
+        // SAFETY: `local` covers spare capacity we own exclusively; the kernel
+        // validates the remote range (EFAULT if unmapped).
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "process_vm_readv read nothing",
+            ));
+        }
+        done += n as usize;
+    }
+    // SAFETY: the loop above had the kernel write all `len` bytes.
+    unsafe { data.set_len(len) };
+    Ok(data)
+}
+
+/// Non-blocking receive into `buffer`; `Ok(0)` is end of stream.
+pub(crate) fn recv_nonblocking(fd: RawFd, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buffer` is valid for writes of its length for the duration of the call.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Non-blocking receive of at most `max` bytes appended to `buffer`'s spare
+/// capacity (no zeroing, no intermediate copy); `Ok(0)` is end of stream.
+pub(crate) fn recv_into_spare(fd: RawFd, buffer: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buffer.spare_capacity_mut();
+    let want = spare.len().min(max);
+    // SAFETY: the first `want` bytes of the spare capacity are valid for writes.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised `n <= want` bytes right after the current length.
+    unsafe { buffer.set_len(buffer.len() + n) };
+    Ok(n)
+}
+
+/// A level-triggered epoll set whose events carry a `u64` key.
+#[derive(Debug)]
+pub(crate) struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain flags; returns a new fd or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd })
+    }
+
+    /// Watches `fd` for readability (and hang-up), reported with `key`.
+    pub(crate) fn add(&self, fd: RawFd, key: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: key,
+        };
+        // SAFETY: valid epoll fd and event pointer; the kernel copies the event.
+        if unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Stops watching `fd` (must happen before it is closed: a dup'ed fd would
+    /// otherwise keep the registration alive).
+    pub(crate) fn delete(&self, fd: RawFd) {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: valid epoll fd; a stale fd only yields an error.
+        unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
+    }
+
+    /// Waits up to `timeout` and returns the keys of ready fds in `keys`.
+    pub(crate) fn wait(&self, keys: &mut Vec<u64>, timeout: Duration) {
+        const MAX: usize = 64;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX];
+        // SAFETY: `events` has room for MAX entries; the kernel writes at most that many.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                events.as_mut_ptr(),
+                MAX as i32,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        keys.clear();
+        for event in events.iter().take(n.max(0) as usize) {
+            let key = event.u64;
+            keys.push(key);
+        }
+    }
 }
 
 /// A shared-memory object mapped into this process.

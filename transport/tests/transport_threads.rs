@@ -126,3 +126,92 @@ fn one_sided_get_and_handlers() {
         );
     });
 }
+
+/// Caller-driven TCP reading with several threads of one rank receiving at
+/// once (each connection is read by one thread at a time, under `try_lock`),
+/// mixed sizes so that some payloads are received in place.
+#[test]
+fn tcp_two_threads_receive_concurrently() {
+    job(&[0, 1], TcpBackend::Auto, |ep, _| {
+        assert_eq!(ep.tcp_backend(), "epoll");
+        let peer = 1 - ep.rank();
+        const PER_THREAD: u32 = 300;
+        let lens = |i: u32| match i % 10 {
+            0 => 200_000,
+            5 => 20_000,
+            _ => (i % 97) as usize,
+        };
+        let receivers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let ep = ep.clone();
+                std::thread::spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let m = ep.recv(Source::Rank(peer), 40 + t).unwrap();
+                        assert_eq!(m.data, pattern(lens(i), i), "thread {t} message {i}");
+                    }
+                })
+            })
+            .collect();
+        for i in 0..PER_THREAD {
+            for t in 0..2u64 {
+                ep.send(peer, 40 + t, &pattern(lens(i), i)).unwrap();
+            }
+        }
+        for r in receivers {
+            r.join().unwrap();
+        }
+        ep.barrier().unwrap();
+    });
+}
+
+/// A rank that computes without calling in while its peer streams a lot at it
+/// (more than the sockets buffer) must not stall the peer for good: the
+/// background receiver drains. Then the rank receives everything, in order.
+#[test]
+fn tcp_computing_rank_does_not_block_its_sender() {
+    job(&[0, 1], TcpBackend::Auto, |ep, _| {
+        const COUNT: u32 = 64;
+        const LEN: usize = 1 << 20;
+        if ep.rank() == 0 {
+            let start = std::time::Instant::now();
+            for i in 0..COUNT {
+                ep.send(1, 9, &pattern(LEN, i)).unwrap();
+            }
+            // 64 MiB cannot sit in two socket buffers: the peer's background
+            // thread read it while the peer was busy.
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "sends stalled for {:?}",
+                start.elapsed()
+            );
+            ep.send(1, 10, &[]).unwrap();
+        } else {
+            // "Compute" (no transport calls) until the sender is done.
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            ep.recv(Source::Rank(0), 10).unwrap();
+            for i in 0..COUNT {
+                let m = ep.recv(Source::Rank(0), 9).unwrap();
+                assert!(m.data == pattern(LEN, i), "message {i} corrupted");
+            }
+        }
+        ep.barrier().unwrap();
+    });
+}
+
+/// Two ranks stream large messages at each other at the same time with no
+/// receive posted until both are done sending: each side's reading must keep
+/// going while its own writes block.
+#[test]
+fn tcp_simultaneous_large_sends_do_not_deadlock() {
+    job(&[0, 1], TcpBackend::Auto, |ep, _| {
+        let peer = 1 - ep.rank();
+        for i in 0..16u32 {
+            ep.send(peer, 21, &pattern(4 << 20, i)).unwrap();
+        }
+        for i in 0..16u32 {
+            let m = ep.recv(Source::Rank(peer), 21).unwrap();
+            assert!(m.data == pattern(4 << 20, i), "message {i} corrupted");
+        }
+        ep.barrier().unwrap();
+    });
+}
