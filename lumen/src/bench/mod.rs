@@ -151,10 +151,42 @@ pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
             rows.push(Row::new(name, &test, size, value, "open-mpi", mpi));
         }
     }
+    if options.shm {
+        // The physical limit of a single-copy transfer on one node: memcpy.
+        let shm_bandwidth: Vec<(usize, f64)> = rows
+            .iter()
+            .filter(|r| r.transport == "shm" && r.test == "bandwidth")
+            .map(|r| (r.size, r.lumen))
+            .collect();
+        for (size, lumen) in shm_bandwidth {
+            rows.push(Row::new(
+                "shm",
+                "bandwidth",
+                size,
+                lumen,
+                "memcpy",
+                Some(memcpy_mbps(size)),
+            ));
+        }
+    }
     if options.netns {
         rows.extend(netns::run(options)?);
     }
     Ok(rows)
+}
+
+/// memcpy throughput for `size`-byte copies between two buffers, in MB/s.
+pub fn memcpy_mbps(size: usize) -> f64 {
+    let source = vec![0x3cu8; size.max(1)];
+    let mut destination = vec![0u8; size.max(1)];
+    let repeats = ((256usize << 20) / size.max(1)).clamp(10, 1_000_000);
+    destination.copy_from_slice(&source);
+    let start = std::time::Instant::now();
+    for _ in 0..repeats {
+        destination.copy_from_slice(std::hint::black_box(&source));
+        std::hint::black_box(&mut destination);
+    }
+    (size * repeats) as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
 /// Prints rows as a table.
