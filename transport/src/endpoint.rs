@@ -781,6 +781,15 @@ impl<'a> Waiter<'a> {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
+    /// Bytes arrived: restart the spin phase, so that a wait for a large
+    /// message that keeps streaming in stays in the polling phase (a sleep
+    /// hands reading to the background thread and costs two wake-ups per
+    /// burst) and only sleeps once the wire has been quiet for `spin`.
+    fn progressed(&mut self) {
+        self.start = Instant::now();
+        self.spinning = true;
+    }
+
     /// Waits a little; `ready` is re-checked just before sleeping.
     fn pause(&mut self, ready: impl FnOnce() -> bool) {
         let shared = self.shared;
@@ -1057,6 +1066,7 @@ impl Endpoint {
                 return Ok(m);
             }
             if progressed {
+                waiter.progressed();
                 continue;
             }
             let failure = match src {

@@ -166,6 +166,133 @@ pub(crate) fn recv_into_spare(fd: RawFd, buffer: &mut Vec<u8>, max: usize) -> io
     Ok(n)
 }
 
+/// Keeps large blocks of glibc's malloc on the heap instead of a fresh
+/// `mmap` per block: every TCP message above glibc's mmap threshold (128 KiB
+/// until its dynamic adjustment kicks in) otherwise costs an `mmap`, a page
+/// fault per 4 KiB and, on free, an `munmap` whose TLB shootdown interrupts
+/// every core running one of our threads. Raises `M_MMAP_THRESHOLD` to
+/// `bytes` and `M_TRIM_THRESHOLD` to twice that (heap memory freed at
+/// the top is kept up to that much). Process-wide, like Open MPI's own
+/// malloc tuning; a no-op outside glibc (and for Rust programs with another
+/// global allocator, whose blocks never come from glibc).
+pub(crate) fn tune_malloc(bytes: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // glibc caps the threshold at HEAP_MAX_SIZE / 2 (32 MiB on 64-bit).
+        let mmap = bytes.clamp(128 * 1024, 32 << 20) as libc::c_int;
+        let trim = (mmap as i64 * 2).min(i32::MAX as i64) as libc::c_int;
+        // SAFETY: mallopt takes plain integers and is thread-safe (it takes the
+        // arena locks); a refused value returns 0 and changes nothing.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, mmap);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = bytes;
+}
+
+/// `SO_ZEROCOPY` (asm-generic/socket.h; not exported by every libc version).
+const SO_ZEROCOPY: libc::c_int = 60;
+/// `SO_EE_ORIGIN_ZEROCOPY` (linux/errqueue.h).
+const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
+
+/// Allows `MSG_ZEROCOPY` sends on a socket (Linux 4.14+). Without it the flag is
+/// silently ignored and no completion would ever arrive, so callers only use
+/// [`send_zerocopy`] after this succeeded.
+pub(crate) fn enable_zerocopy(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a pointer to a c_int of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ZEROCOPY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One non-blocking `sendmsg(MSG_ZEROCOPY)` of `slices`: the kernel pins the
+/// pages instead of copying them, so they must stay untouched until
+/// [`reap_zerocopy`] has counted this call's completion. Every call that
+/// returns `Ok(n)` with `n > 0` consumes one completion id.
+pub(crate) fn send_zerocopy(fd: RawFd, slices: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain old data; the fields we need are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec (documented by std); the kernel only reads it.
+    msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = slices.len() as _;
+    // SAFETY: `msg` points at `slices`, valid for reads for the duration of the call.
+    let n = unsafe {
+        libc::sendmsg(
+            fd,
+            &msg,
+            libc::MSG_ZEROCOPY | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Reads every zero-copy completion queued on the socket's error queue and
+/// returns how many send calls they cover (0 when none is queued yet).
+/// Completions of other origins are skipped.
+pub(crate) fn reap_zerocopy(fd: RawFd) -> io::Result<u64> {
+    let mut done = 0u64;
+    loop {
+        let mut control = [0u64; 16];
+        // SAFETY: msghdr is plain old data; the fields we need are set below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: `msg` describes `control`, valid for writes of its length.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(done),
+                io::ErrorKind::Interrupted => continue,
+                _ => Err(e),
+            };
+        }
+        // SAFETY: `msg` was filled by recvmsg; CMSG_* walk only the bytes it reported.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !cmsg.is_null() {
+            // SAFETY: `cmsg` is a header inside `control` (checked non-null by the loop).
+            let header = unsafe { &*cmsg };
+            let is_err = (header.cmsg_level == libc::SOL_IP
+                && header.cmsg_type == libc::IP_RECVERR)
+                || (header.cmsg_level == libc::SOL_IPV6 && header.cmsg_type == libc::IPV6_RECVERR);
+            if is_err
+                && header.cmsg_len as usize
+                    // SAFETY: CMSG_LEN is a pure size computation.
+                    >= unsafe { libc::CMSG_LEN(std::mem::size_of::<libc::sock_extended_err>() as u32) }
+                        as usize
+            {
+                // SAFETY: the length check above guarantees a whole
+                // sock_extended_err follows the header; read_unaligned as
+                // the control buffer gives no alignment promise for it.
+                let err: libc::sock_extended_err =
+                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+                if err.ee_origin == SO_EE_ORIGIN_ZEROCOPY && err.ee_errno == 0 {
+                    // ee_info..=ee_data: the range of send calls completed.
+                    done += u64::from(err.ee_data.wrapping_sub(err.ee_info)) + 1;
+                }
+            }
+            // SAFETY: as above; returns null past the last header.
+            cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+        }
+    }
+}
+
 /// A level-triggered epoll set whose events carry a `u64` key.
 #[derive(Debug)]
 pub(crate) struct Epoll {

@@ -24,6 +24,22 @@ pub fn job(
     backend: TcpBackend,
     body: impl Fn(Endpoint, JobInfo) + Send + Sync + 'static,
 ) {
+    job_with_config(
+        nodes,
+        TransportConfig {
+            tcp_backend: backend,
+            ..TransportConfig::default()
+        },
+        body,
+    )
+}
+
+/// As [`job`], with every rank using `base` (its connect timeout is shortened).
+pub fn job_with_config(
+    nodes: &[u32],
+    base: TransportConfig,
+    body: impl Fn(Endpoint, JobInfo) + Send + Sync + 'static,
+) {
     let size = nodes.len() as u32;
     let job_id = format!("t{}x{}", std::process::id(), rand_suffix());
     let secret = JobSecret::random();
@@ -32,6 +48,7 @@ pub fn job(
     let body = Arc::new(body);
     let threads: Vec<_> = (0..size)
         .map(|rank| {
+            let base = base.clone();
             let (table, barrier, body, secret, job_id) = (
                 table.clone(),
                 barrier.clone(),
@@ -44,9 +61,8 @@ pub fn job(
                 let node = nodes[rank as usize];
                 let local: Vec<u32> = (0..size).filter(|&r| nodes[r as usize] == node).collect();
                 let config = TransportConfig {
-                    tcp_backend: backend,
                     connect_timeout: Duration::from_secs(10),
-                    ..TransportConfig::default()
+                    ..base
                 };
                 let options = EndpointOptions {
                     rank,
