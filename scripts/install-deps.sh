@@ -15,7 +15,9 @@ set -euo pipefail
 #   iproute2                    `ip`: network-namespace clusters (lumen-testkit)
 #   iperf3                      TCP throughput reference between namespaces
 #   bc                          arithmetic in benchmark scripts
-DEPS_PACKAGES="openmpi-bin libopenmpi-dev iproute2 iperf3 bc"
+#   slurm-wlm munge             a real Slurm for the srun/sbatch tests (scripts/slurm-cluster.sh)
+#   mpich                       mpiexec.mpich (Hydra, PMI-1) launch tests
+DEPS_PACKAGES="openmpi-bin libopenmpi-dev iproute2 iperf3 bc slurm-wlm munge mpich"
 
 log() { echo "install-deps: $*"; }
 
