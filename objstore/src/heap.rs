@@ -1,0 +1,1 @@
+//! heap (implementation follows).
