@@ -42,6 +42,13 @@ pub struct TransportConfig {
     /// completion before returning); 0 disables it (the default: on loopback
     /// the receiver copies anyway and it measured no faster, see `tcp`).
     pub tcp_zerocopy_min: usize,
+    /// TCP connections per pair of ranks on different nodes (at least 1).
+    /// Above 1, messages of at least [`tcp_stripe_min`](Self::tcp_stripe_min)
+    /// bytes are striped over all of them (see the `stripe` module). Every
+    /// rank of a job must use the same value.
+    pub tcp_conns: usize,
+    /// Smallest message striped over several connections.
+    pub tcp_stripe_min: usize,
     /// How long setup waits for peers (segment attach, connections).
     pub connect_timeout: Duration,
 }
@@ -57,6 +64,8 @@ impl Default for TransportConfig {
             max_frame: 64 << 20,
             tune_malloc: true,
             tcp_zerocopy_min: 0,
+            tcp_conns: 1,
+            tcp_stripe_min: 1 << 20,
             connect_timeout: Duration::from_secs(30),
         }
     }

@@ -54,6 +54,13 @@ pub enum FrameKind {
     Goodbye = 10,
     /// Rendezvous key-value store request or reply (owned by the launcher crate).
     Store = 11,
+    /// A message striped over several connections begins (see `stripe`):
+    /// `tag` is the message's tag, `aux` its length, the 8-byte payload its
+    /// per-peer sequence number.
+    StripeBegin = 12,
+    /// Bytes of a striped message: `tag` is its sequence number, `aux` the
+    /// offset of this chunk in the message.
+    StripeChunk = 13,
 }
 
 impl FrameKind {
@@ -71,6 +78,8 @@ impl FrameKind {
             9 => Self::GetGrant,
             10 => Self::Goodbye,
             11 => Self::Store,
+            12 => Self::StripeBegin,
+            13 => Self::StripeChunk,
             _ => return None,
         })
     }

@@ -29,6 +29,9 @@
 //! - large messages on a node are pulled by the receiver with
 //!   `process_vm_readv` (one copy); on TCP they stream in frames, relying on
 //!   TCP's flow control instead of a ready-to-send round trip;
+//! - several TCP connections per peer on request (`TransportConfig::tcp_conns`,
+//!   `LUMEN_TCP_CONNS`): large messages are striped over them and put back in
+//!   order (see `stripe`);
 //! - the node segment is unlinked as soon as every local rank has mapped it,
 //!   so no crash can leave it behind.
 
@@ -38,10 +41,28 @@ pub mod endpoint;
 pub mod frame;
 pub mod handshake;
 pub mod shm;
+mod stripe;
 mod sys;
 mod tcp;
 mod uring;
 pub mod wire;
+
+/// Tag ranges by owner (top nibble), so layers of Lumen never read each
+/// other's messages: user code below `0x8000_...`, the runtime (tasks, actors)
+/// `0xA000_...`, object transfers `0xB000_...`, collectives `0xC000_...`, the
+/// launcher `0xD000_...`; [`RESERVED_TAGS`] and above belong to the transport.
+pub mod tags {
+    /// First tag of the runtime's range (tasks, actors, object metadata).
+    pub const RUNTIME: u64 = 0xA000_0000_0000_0000;
+    /// First tag of the object store's transfers.
+    pub const OBJECTS: u64 = 0xB000_0000_0000_0000;
+    /// First tag of the collectives.
+    pub const COLLECTIVES: u64 = 0xC000_0000_0000_0000;
+    /// First tag of the launcher and bootstrap.
+    pub const LAUNCHER: u64 = 0xD000_0000_0000_0000;
+    /// First tag user code must not use.
+    pub const USER_END: u64 = 0x8000_0000_0000_0000;
+}
 
 pub use auth::JobSecret;
 pub use config::{TcpBackend, TransportConfig};

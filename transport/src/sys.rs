@@ -166,6 +166,20 @@ pub(crate) fn recv_into_spare(fd: RawFd, buffer: &mut Vec<u8>, max: usize) -> io
     Ok(n)
 }
 
+/// Receives at most `len` bytes into `ptr` without blocking.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes, and nothing else may read or
+/// write that range during the call.
+pub(crate) unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller guarantees `ptr..ptr + len` is writable and exclusive.
+    let n = unsafe { libc::recv(fd, ptr.cast(), len, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Keeps large blocks of glibc's malloc on the heap instead of a fresh
 /// `mmap` per block: every TCP message above glibc's mmap threshold (128 KiB
 /// until its dynamic adjustment kicks in) otherwise costs an `mmap`, a page

@@ -92,6 +92,7 @@ use crate::endpoint::{
 };
 use crate::frame::{Frame, FrameDecoder, FrameHeader, FrameKind};
 use crate::handshake;
+use crate::stripe::{Claim, PeerStripes};
 use crate::sys::{
     enable_zerocopy, futex_wait, futex_wake_all, reap_zerocopy, recv_into_spare, recv_nonblocking,
     send_zerocopy, Epoll,
@@ -108,6 +109,12 @@ pub(crate) struct TcpPeer {
     /// Zero-copy send calls made and completions reaped (under `stream`'s lock).
     zc_sent: AtomicU64,
     zc_done: AtomicU64,
+    /// Extra connections for striped bulk messages (`tcp_conns - 1`).
+    lanes: Vec<Mutex<TcpStream>>,
+    /// Messages of at least this many bytes are striped when lanes exist.
+    stripe_min: usize,
+    /// Sequence number of the next striped message to this peer.
+    next_stripe: AtomicU64,
 }
 
 /// Writes header and payload with `MSG_ZEROCOPY`, counting each send call.
@@ -219,6 +226,9 @@ impl TcpPeer {
             let header = FrameHeader::data(src, tag, 0, 0, false).encode();
             return write_all(&mut stream, &mut [IoSlice::new(&header)]);
         }
+        if !self.lanes.is_empty() && data.len() >= self.stripe_min {
+            return self.send_striped(&mut stream, src, tag, data, max_frame);
+        }
         if self.zerocopy_min > 0 && data.len() >= self.zerocopy_min {
             return self.send_data_zerocopy(&stream, src, tag, data, max_frame);
         }
@@ -233,6 +243,117 @@ impl TcpPeer {
             )?;
         }
         Ok(())
+    }
+
+    /// Writes a large message striped over the primary connection (held
+    /// locked by the caller, which keeps the pair's order) and every lane:
+    /// a `StripeBegin`, then one contiguous part per connection as
+    /// `StripeChunk` frames, all connections written concurrently with
+    /// non-blocking writes so that one full socket buffer never idles the
+    /// others (see [`crate::stripe`]).
+    fn send_striped(
+        &self,
+        primary: &mut TcpStream,
+        src: Rank,
+        tag: u64,
+        data: &[u8],
+        max_frame: u32,
+    ) -> io::Result<()> {
+        /// One connection's share: the bytes [next, end) still to send.
+        struct Cursor {
+            next: usize,
+            end: usize,
+            header: [u8; crate::frame::HEADER_LEN],
+            header_sent: usize,
+            frame_end: usize,
+        }
+        let seq = self.next_stripe.fetch_add(1, Ordering::Relaxed);
+        let mut begin = FrameHeader::control(FrameKind::StripeBegin, src, 8);
+        begin.tag = tag;
+        begin.aux = data.len() as u64;
+        write_all(
+            primary,
+            &mut [
+                IoSlice::new(&begin.encode()),
+                IoSlice::new(&seq.to_le_bytes()),
+            ],
+        )?;
+        let mut lanes: Vec<_> = self
+            .lanes
+            .iter()
+            .map(|lane| lane.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let parts = crate::stripe::parts(data.len(), 1 + lanes.len());
+        let mut cursors: Vec<Cursor> = parts
+            .iter()
+            .map(|&(start, end)| Cursor {
+                next: start,
+                end,
+                header: [0; crate::frame::HEADER_LEN],
+                header_sent: crate::frame::HEADER_LEN,
+                frame_end: start,
+            })
+            .collect();
+        loop {
+            let mut progressed = false;
+            let mut waiting: Vec<libc::pollfd> = Vec::new();
+            for (i, cursor) in cursors.iter_mut().enumerate() {
+                if cursor.next == cursor.end && cursor.header_sent == crate::frame::HEADER_LEN {
+                    continue;
+                }
+                if cursor.next == cursor.frame_end && cursor.header_sent == crate::frame::HEADER_LEN
+                {
+                    cursor.frame_end = (cursor.next + max_frame as usize).min(cursor.end);
+                    let mut header = FrameHeader::control(
+                        FrameKind::StripeChunk,
+                        src,
+                        (cursor.frame_end - cursor.next) as u32,
+                    );
+                    header.tag = seq;
+                    header.aux = cursor.next as u64;
+                    cursor.header = header.encode();
+                    cursor.header_sent = 0;
+                }
+                let stream: &TcpStream = if i == 0 { primary } else { &lanes[i - 1] };
+                let slices = [
+                    IoSlice::new(&cursor.header[cursor.header_sent..]),
+                    IoSlice::new(&data[cursor.next..cursor.frame_end]),
+                ];
+                match (&*stream).write_vectored(&slices) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "connection closed while writing",
+                        ))
+                    }
+                    Ok(mut n) => {
+                        progressed = true;
+                        let from_header = n.min(crate::frame::HEADER_LEN - cursor.header_sent);
+                        cursor.header_sent += from_header;
+                        n -= from_header;
+                        cursor.next += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => waiting.push(libc::pollfd {
+                        fd: stream.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    }),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progressed = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            let done = cursors
+                .iter()
+                .all(|c| c.next == c.end && c.header_sent == crate::frame::HEADER_LEN);
+            if done {
+                drop(lanes.drain(..));
+                return Ok(());
+            }
+            if !progressed && !waiting.is_empty() {
+                // SAFETY: `waiting` is a valid array of pollfd for its length.
+                unsafe { libc::poll(waiting.as_mut_ptr(), waiting.len() as libc::nfds_t, 100) };
+            }
+        }
     }
 
     /// [`TcpPeer::send_data`] with `MSG_ZEROCOPY`: the kernel references the
@@ -334,6 +455,19 @@ pub(crate) struct NewConnection {
     pub(crate) rank: Rank,
     pub(crate) stream: TcpStream,
     pub(crate) primary: bool,
+    /// A bulk lane: carries only chunks of striped messages.
+    pub(crate) lane: bool,
+}
+
+/// Read state of a bulk lane (see [`crate::stripe`]).
+#[derive(Default)]
+struct LaneRead {
+    header: [u8; crate::frame::HEADER_LEN],
+    header_filled: usize,
+    /// A chunk header whose message is not announced yet.
+    waiting: Option<FrameHeader>,
+    /// The chunk being received: (sequence, destination address, bytes left).
+    receiving: Option<(u64, usize, usize)>,
 }
 
 /// Read-side state of one connection.
@@ -345,6 +479,8 @@ pub(crate) struct ConnState {
     partial_data: Option<(u64, u64, Vec<u8>)>,
     partial_get: Option<(u64, Vec<u8>)>,
     goodbye: bool,
+    lane: Option<LaneRead>,
+    max_frame: u32,
 }
 
 impl ConnState {
@@ -357,6 +493,8 @@ impl ConnState {
             partial_data: None,
             partial_get: None,
             goodbye: false,
+            lane: conn.lane.then(LaneRead::default),
+            max_frame,
         }
     }
 
@@ -389,6 +527,9 @@ impl ConnState {
         const DIRECT_MIN: usize = 16 * 1024;
         /// Bytes per call before yielding to other connections.
         const BUDGET: usize = 8 << 20;
+        if self.lane.is_some() {
+            return self.read_lane(shared, BUDGET);
+        }
         let fd = self.fd();
         let mut got = 0usize;
         while got < BUDGET {
@@ -430,6 +571,82 @@ impl ConnState {
         (got > 0, None)
     }
 
+    /// Caller-driven read of a bulk lane: chunk headers into a small buffer,
+    /// chunk bytes straight into the striped message's buffer.
+    fn read_lane(&mut self, shared: &Shared, budget: usize) -> (bool, Option<String>) {
+        let fd = self.fd();
+        let rank = self.rank;
+        let max_frame = self.max_frame;
+        let readers = &shared.tcp_readers;
+        let Some(lane) = self.lane.as_mut() else {
+            return (false, None);
+        };
+        let mut got = 0usize;
+        while got < budget {
+            if let Some((seq, addr, left)) = lane.receiving {
+                // SAFETY: `addr..addr + left` is the unreceived rest of a range
+                // claimed for this lane alone (`PeerStripes::claim`); its
+                // buffer lives until the range has been reported filled.
+                match unsafe { crate::sys::recv_raw(fd, addr as *mut u8, left) } {
+                    Ok(0) => return (got > 0, Some("closed without a goodbye".into())),
+                    Ok(n) => {
+                        got += n;
+                        lane.receiving = (n < left).then_some((seq, addr + n, left - n));
+                        if let Err(e) = readers.stripe_filled(shared, rank, seq, n) {
+                            return (true, Some(format!("sent a bad chunk ({e})")));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return (got > 0, Some(format!("failed: {e}"))),
+                }
+                continue;
+            }
+            if let Some(header) = lane.waiting {
+                match readers.stripe_claim(rank, header.tag, header.aux, header.len) {
+                    Ok(None) => break, // announced soon on the primary connection
+                    Ok(Some(claim)) => {
+                        lane.waiting = None;
+                        if header.len > 0 {
+                            lane.receiving =
+                                Some((header.tag, claim.ptr as usize, header.len as usize));
+                        }
+                    }
+                    Err(e) => return (true, Some(format!("sent a bad chunk ({e})"))),
+                }
+                continue;
+            }
+            match recv_nonblocking(fd, &mut lane.header[lane.header_filled..]) {
+                Ok(0) => return (got > 0, Some("closed without a goodbye".into())),
+                Ok(n) => {
+                    got += n;
+                    lane.header_filled += n;
+                    if lane.header_filled == crate::frame::HEADER_LEN {
+                        lane.header_filled = 0;
+                        let header = match FrameHeader::decode(&lane.header, max_frame) {
+                            Ok(h) if h.kind == FrameKind::StripeChunk && h.src == rank => h,
+                            Ok(h) => {
+                                return (
+                                    true,
+                                    Some(format!(
+                                        "sent a {:?} frame from rank {} on a bulk lane",
+                                        h.kind, h.src
+                                    )),
+                                )
+                            }
+                            Err(e) => return (true, Some(format!("sent a bad frame ({e})"))),
+                        };
+                        lane.waiting = Some(header);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (got > 0, Some(format!("failed: {e}"))),
+            }
+        }
+        (got > 0, None)
+    }
+
     fn on_frame(&mut self, shared: &Shared, frame: Frame) -> Result<(), String> {
         let Frame { header, payload } = frame;
         if header.src != self.rank {
@@ -448,11 +665,14 @@ impl ConnState {
                             payload.len()
                         ));
                     }
-                    shared.deliver(Message {
-                        src: self.rank,
-                        tag: header.tag,
-                        data: payload,
-                    });
+                    shared.tcp_readers.deliver_in_order(
+                        shared,
+                        Message {
+                            src: self.rank,
+                            tag: header.tag,
+                            data: payload,
+                        },
+                    );
                     return Ok(());
                 }
                 let (tag, total, buffer) = self.partial_data.get_or_insert_with(|| {
@@ -477,11 +697,14 @@ impl ConnState {
                                 data.len()
                             ));
                         }
-                        shared.deliver(Message {
-                            src: self.rank,
-                            tag,
-                            data,
-                        });
+                        shared.tcp_readers.deliver_in_order(
+                            shared,
+                            Message {
+                                src: self.rank,
+                                tag,
+                                data,
+                            },
+                        );
                     }
                 }
             }
@@ -513,6 +736,24 @@ impl ConnState {
                     }),
                 );
             }
+            FrameKind::StripeBegin => {
+                let seq: [u8; 8] = payload
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| "stripe announcement without its 8-byte sequence number")?;
+                shared.tcp_readers.stripe_begin(
+                    shared,
+                    self.rank,
+                    u64::from_le_bytes(seq),
+                    header.tag,
+                    header.aux,
+                )?;
+            }
+            FrameKind::StripeChunk => {
+                shared
+                    .tcp_readers
+                    .stripe_chunk(shared, self.rank, header.tag, header.aux, payload)?;
+            }
             FrameKind::Goodbye => {
                 let reason = wire::decode_reason(true, &payload).unwrap_or_default();
                 tracing::debug!(peer = self.rank, "goodbye: {reason}");
@@ -537,6 +778,20 @@ impl ConnState {
                 PEER_DEAD,
                 format!("its connection to rank {} {why}", shared.rank),
             );
+        } else if self.lane.is_some() || shared.tcp_readers.stripes_held(self.rank) > 0 {
+            // A striped message missing this lane's bytes could never complete.
+            if shared.tcp_readers.stripes_held(self.rank) > 0 {
+                shared.mark_peer(
+                    self.rank,
+                    PEER_DEAD,
+                    format!(
+                        "its bulk connection to rank {} {why} in the middle of a message",
+                        shared.rank
+                    ),
+                );
+            } else {
+                tracing::debug!(peer = self.rank, "bulk lane closed: {why}");
+            }
         } else {
             tracing::warn!(peer = self.rank, "closed an extra connection: {why}");
         }
@@ -592,6 +847,10 @@ pub(crate) struct TcpReaders {
     /// Futex word the background thread naps on; bumped to kick it.
     nap_word: AtomicU32,
     napping: AtomicBool,
+    /// Striped messages under assembly and messages held behind them, per peer.
+    stripes: Mutex<HashMap<Rank, PeerStripes>>,
+    /// Messages held in all of `stripes` (0: deliveries skip the lock).
+    held: AtomicUsize,
 }
 
 impl TcpReaders {
@@ -660,6 +919,94 @@ impl TcpReaders {
         true
     }
 
+    /// Runs `f` on `rank`'s stripe state, then delivers what became
+    /// deliverable, in order, and keeps `held` current.
+    fn with_stripes<R>(
+        &self,
+        shared: &Shared,
+        rank: Rank,
+        f: impl FnOnce(&mut PeerStripes) -> R,
+    ) -> R {
+        let mut stripes = self.stripes.lock().unwrap_or_else(|p| p.into_inner());
+        let peer = stripes.entry(rank).or_default();
+        let before = peer.held();
+        let result = f(peer);
+        let mut ready = Vec::new();
+        peer.flush(rank, &mut ready);
+        let after = peer.held();
+        // Delivery only queues the message (handlers run later), so doing it
+        // under the lock keeps the order without risking re-entry.
+        for message in ready {
+            shared.deliver(message);
+        }
+        if after >= before {
+            self.held.fetch_add(after - before, Ordering::AcqRel);
+        } else {
+            self.held.fetch_sub(before - after, Ordering::AcqRel);
+        }
+        result
+    }
+
+    /// Delivers a message from a primary connection, behind any striped
+    /// message of the same peer still being assembled.
+    pub(crate) fn deliver_in_order(&self, shared: &Shared, message: Message) {
+        if self.held.load(Ordering::Acquire) == 0 {
+            shared.deliver(message);
+            return;
+        }
+        let rank = message.src;
+        self.with_stripes(shared, rank, |peer| {
+            if let Some(message) = peer.arrive(message) {
+                shared.deliver(message);
+            }
+        });
+    }
+
+    fn stripe_begin(
+        &self,
+        shared: &Shared,
+        rank: Rank,
+        seq: u64,
+        tag: u64,
+        total: u64,
+    ) -> Result<(), String> {
+        self.with_stripes(shared, rank, |peer| peer.begin(seq, tag, total))
+    }
+
+    fn stripe_chunk(
+        &self,
+        shared: &Shared,
+        rank: Rank,
+        seq: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), String> {
+        self.with_stripes(shared, rank, |peer| peer.chunk(seq, offset, bytes))
+    }
+
+    fn stripe_claim(
+        &self,
+        rank: Rank,
+        seq: u64,
+        offset: u64,
+        len: u32,
+    ) -> Result<Option<Claim>, String> {
+        let mut stripes = self.stripes.lock().unwrap_or_else(|p| p.into_inner());
+        stripes.entry(rank).or_default().claim(seq, offset, len)
+    }
+
+    fn stripe_filled(&self, shared: &Shared, rank: Rank, seq: u64, n: usize) -> Result<(), String> {
+        self.with_stripes(shared, rank, |peer| peer.filled(seq, n))
+    }
+
+    fn stripes_held(&self, rank: Rank) -> usize {
+        if self.held.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let stripes = self.stripes.lock().unwrap_or_else(|p| p.into_inner());
+        stripes.get(&rank).map_or(0, PeerStripes::held)
+    }
+
     fn insert(&self, conn: Arc<Connection>) {
         let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
         conns.push(conn);
@@ -708,6 +1055,7 @@ impl TcpDomain {
     ) -> Result<TcpSetup, TransportError> {
         let me = options.rank;
         let timeout = options.config.connect_timeout;
+        let conns = options.config.tcp_conns.clamp(1, 64);
         let remote: Vec<Rank> = routes
             .iter()
             .enumerate()
@@ -723,22 +1071,27 @@ impl TcpDomain {
             let (job_id, secret) = (options.job_id.clone(), options.secret.clone());
             let expected = expected.clone();
             std::thread::spawn(move || {
-                accept_expected(listener, &job_id, me, &secret, expected, timeout)
+                accept_expected(listener, &job_id, me, &secret, expected, conns, timeout)
             })
         };
         let mut streams = Vec::new();
+        // The first connection to a rank is its primary one; the acceptor
+        // tells them apart by order, as each handshake completes before the
+        // next connection opens.
         for &r in remote.iter().filter(|&&r| r > me) {
             let addr = peers[r as usize].tcp;
-            let mut stream =
-                connect_with_retry(addr, timeout).map_err(|source| TransportError::Io {
-                    context: format!("connecting to rank {r} at {addr}"),
-                    source,
-                })?;
-            let _ = stream.set_nodelay(true);
-            let _ = stream.set_read_timeout(Some(timeout));
-            handshake::initiate(&mut stream, &options.job_id, me, &options.secret)
-                .map_err(|source| TransportError::Handshake { rank: r, source })?;
-            streams.push((r, stream));
+            for _ in 0..conns {
+                let mut stream =
+                    connect_with_retry(addr, timeout).map_err(|source| TransportError::Io {
+                        context: format!("connecting to rank {r} at {addr}"),
+                        source,
+                    })?;
+                let _ = stream.set_nodelay(true);
+                let _ = stream.set_read_timeout(Some(timeout));
+                handshake::initiate(&mut stream, &options.job_id, me, &options.secret)
+                    .map_err(|source| TransportError::Handshake { rank: r, source })?;
+                streams.push((r, stream));
+            }
         }
         let accepted = accept_thread
             .join()
@@ -747,14 +1100,34 @@ impl TcpDomain {
         if !streams.is_empty() && options.config.tune_malloc {
             crate::sys::tune_malloc(options.config.max_frame as usize);
         }
+        let mut by_rank: HashMap<Rank, Vec<TcpStream>> = HashMap::new();
+        for (rank, stream) in streams {
+            by_rank.entry(rank).or_default().push(stream);
+        }
         let mut peer_map = HashMap::new();
         let mut read_sides = Vec::new();
-        for (rank, stream) in streams {
-            let _ = stream.set_read_timeout(None);
-            let read = stream.try_clone().map_err(|source| TransportError::Io {
-                context: "cloning a socket".into(),
-                source,
-            })?;
+        for (rank, mut streams) in by_rank {
+            let clone = |stream: &TcpStream| {
+                let _ = stream.set_read_timeout(None);
+                stream.try_clone().map_err(|source| TransportError::Io {
+                    context: "cloning a socket".into(),
+                    source,
+                })
+            };
+            let mut lanes = Vec::new();
+            for lane in streams.drain(1..) {
+                read_sides.push(NewConnection {
+                    rank,
+                    stream: clone(&lane)?,
+                    primary: false,
+                    lane: true,
+                });
+                lanes.push(Mutex::new(lane));
+            }
+            let Some(stream) = streams.pop() else {
+                continue;
+            };
+            let read = clone(&stream)?;
             let mut zerocopy_min = options.config.tcp_zerocopy_min;
             if zerocopy_min > 0 {
                 if let Err(e) = enable_zerocopy(stream.as_raw_fd()) {
@@ -770,12 +1143,16 @@ impl TcpDomain {
                     zerocopy_min,
                     zc_sent: AtomicU64::new(0),
                     zc_done: AtomicU64::new(0),
+                    lanes,
+                    stripe_min: options.config.tcp_stripe_min.max(1),
+                    next_stripe: AtomicU64::new(0),
                 }),
             );
             read_sides.push(NewConnection {
                 rank,
                 stream: read,
                 primary: true,
+                lane: false,
             });
         }
         Ok(TcpSetup {
@@ -918,9 +1295,12 @@ fn accept_expected(
     job_id: &str,
     me: Rank,
     secret: &crate::auth::JobSecret,
-    mut expected: Vec<Rank>,
+    expected: Vec<Rank>,
+    conns: usize,
     timeout: Duration,
 ) -> Result<Vec<(Rank, TcpStream)>, TransportError> {
+    // Connections still to come from each rank (its primary one first).
+    let mut expected: HashMap<Rank, usize> = expected.into_iter().map(|r| (r, conns)).collect();
     let start = Instant::now();
     let mut got = Vec::new();
     listener
@@ -936,8 +1316,13 @@ fn accept_expected(
                 let _ = stream.set_nodelay(true);
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                 match handshake::accept(&mut stream, job_id, me, secret) {
-                    Ok(rank) if expected.contains(&rank) => {
-                        expected.retain(|&r| r != rank);
+                    Ok(rank) if expected.contains_key(&rank) => {
+                        if let Some(left) = expected.get_mut(&rank) {
+                            *left -= 1;
+                            if *left == 0 {
+                                expected.remove(&rank);
+                            }
+                        }
                         got.push((rank, stream));
                     }
                     Ok(rank) => tracing::warn!(
@@ -949,7 +1334,11 @@ fn accept_expected(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if start.elapsed() > timeout {
                     return Err(TransportError::Timeout {
-                        what: format!("connections from ranks {expected:?} to rank {me}"),
+                        what: {
+                            let mut missing: Vec<Rank> = expected.keys().copied().collect();
+                            missing.sort_unstable();
+                            format!("connections from ranks {missing:?} to rank {me}")
+                        },
                         waited: timeout,
                     });
                 }
@@ -998,6 +1387,7 @@ fn accept_late(
                         rank,
                         stream,
                         primary: false,
+                        lane: false,
                     })
                     .is_err()
                 {

@@ -82,3 +82,36 @@ fn tcp_without_malloc_tuning() {
         ep.barrier().unwrap();
     });
 }
+
+/// Several connections per peer: messages from 32 KiB up are striped, the
+/// smaller ones between them must stay in order; both directions at once.
+fn striped(backend: TcpBackend, max_frame: u32) {
+    let config = TransportConfig {
+        tcp_backend: backend,
+        tcp_conns: 3,
+        tcp_stripe_min: 32 * 1024,
+        max_frame,
+        ..TransportConfig::default()
+    };
+    job_with_config(&[0, 1], config, |ep, _| {
+        for _ in 0..2 {
+            exchange(&ep);
+        }
+        ep.barrier().unwrap();
+    });
+}
+
+#[test]
+fn tcp_striped_over_several_connections() {
+    striped(TcpBackend::Auto, 64 << 20);
+}
+
+#[test]
+fn tcp_striped_with_many_frames_per_lane() {
+    striped(TcpBackend::Auto, 64 * 1024);
+}
+
+#[test]
+fn tcp_striped_through_io_uring() {
+    striped(TcpBackend::Uring, 256 * 1024);
+}
