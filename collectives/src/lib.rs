@@ -1,3 +1,5 @@
 //! Collectives: communicators and MPI-class algorithms over the transport.
-//!
-//! (Skeleton: the work of issue 4 fills this crate.)
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod element;
+pub mod schedule;
