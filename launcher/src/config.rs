@@ -226,7 +226,8 @@ pub struct Config {
     /// `LUMEN_TCP_IF`: interfaces the TCP transport may use, in order of
     /// preference; empty means any (see [`select_interface_addr`]).
     pub tcp_interfaces: Vec<InterfaceSelector>,
-    /// `LUMEN_TCP_CONNS`: TCP connections per peer for bulk transfers.
+    /// `LUMEN_TCP_CONNS`: TCP connections per peer; above 1, messages of 1 MiB
+    /// and more are striped over all of them (`TransportConfig::tcp_conns`).
     pub tcp_conns_per_peer: u32,
     /// `LUMEN_RENDEZVOUS_TIMEOUT_MS`: how long bootstrap waits for all ranks.
     pub rendezvous_timeout: Duration,
