@@ -1,5 +1,5 @@
 //! TCP between nodes: one authenticated connection per pair of ranks on
-//! different nodes, written by application threads (a lock per connection,
+//! different nodes (more for striping bulk messages, see below), written by application threads (a lock per connection,
 //! vectored writes, no copy of the payload) and read either by the caller or
 //! by a background receiver thread.
 //!
@@ -67,6 +67,17 @@
 //!   completion only arrives once the receiver has read the data, so each
 //!   send waits for the peer: 1 MiB latency 390 -> 800 us, bandwidth
 //!   4200 -> 900 MB/s. Worth measuring on a real NIC before enabling.
+//!
+//! # Several connections per peer (`TransportConfig::tcp_conns`, `LUMEN_TCP_CONNS`)
+//! With N > 1 every remote pair keeps N connections; messages of at least
+//! `tcp_stripe_min` bytes (1 MiB) are striped over all of them, written
+//! concurrently with non-blocking writes and received straight into the
+//! message buffer, in order (see [`crate::stripe`]). Measured on the 2-core
+//! VM over loopback (`LUMEN_TCP_CONNS=N lumen bench transport --tcp-only
+//! --scale 0.3`, other builds running, so the spread is wide): 4 MiB
+//! bandwidth 2900-3500 MB/s with one connection, 4000-4800 with two or
+//! four; 16 MiB 2500 -> 3000-3500 MB/s; 1 MiB latency 360-390 -> 220-330 us;
+//! small messages unchanged (they only use the primary connection).
 //!
 //! The listener stays open after setup: late connections must pass the same
 //! handshake, are then read like any other (an extra connection of that rank),
@@ -737,6 +748,9 @@ impl ConnState {
                 );
             }
             FrameKind::StripeBegin => {
+                if !self.primary {
+                    return Err("stripe announcement on a secondary connection".into());
+                }
                 let seq: [u8; 8] = payload
                     .as_slice()
                     .try_into()
@@ -750,6 +764,9 @@ impl ConnState {
                 )?;
             }
             FrameKind::StripeChunk => {
+                if !self.primary && self.lane.is_none() {
+                    return Err("stripe chunk on a connection that is not a bulk lane".into());
+                }
                 shared
                     .tcp_readers
                     .stripe_chunk(shared, self.rank, header.tag, header.aux, payload)?;

@@ -104,6 +104,19 @@ fn attack(target: SocketAddr, job_id: &str, secret: &JobSecret) {
         closed_by_peer(s),
         "an inconsistent frame must close the connection"
     );
+
+    // 10. Authenticated (a late, secondary connection), then a striped-message
+    // announcement, which only a primary connection may make: it would hold
+    // back every later message of that rank.
+    let mut s = TcpStream::connect(target).unwrap();
+    handshake::initiate(&mut s, job_id, 0, secret).unwrap();
+    let mut begin = FrameHeader::control(FrameKind::StripeBegin, 0, 8);
+    begin.aux = 1 << 20;
+    let _ = s.write_all(&encode_frame(&begin, &7u64.to_le_bytes()));
+    assert!(
+        closed_by_peer(s),
+        "a stripe announcement on a secondary connection must close it"
+    );
 }
 
 #[test]
