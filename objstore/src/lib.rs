@@ -86,7 +86,7 @@
 //!     // Another process would do the same after `NodeArena::open(&name)`.
 //! }
 //! arena.release(id)?;
-//! assert_eq!(arena.live_objects()?, 0);
+//! assert_eq!(arena.live_objects(), 0);
 //! NodeArena::unlink(&name)?;
 //! # Ok(()) }
 //! ```
