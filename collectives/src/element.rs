@@ -258,7 +258,11 @@ mod tests {
             .enumerate()
             .all(|(i, v)| v.to_f32() == i as f32 + 0.5));
         let mut b: Vec<bf16> = [1.0f32, -4.0].iter().map(|&v| bf16::from_f32(v)).collect();
-        bf16::reduce_slices(ReduceOp::Max, &mut b, &[bf16::from_f32(2.0), bf16::from_f32(-8.0)]);
+        bf16::reduce_slices(
+            ReduceOp::Max,
+            &mut b,
+            &[bf16::from_f32(2.0), bf16::from_f32(-8.0)],
+        );
         assert_eq!(b, vec![bf16::from_f32(2.0), bf16::from_f32(-4.0)]);
         assert!(!ElementKind::BF16.supports(ReduceOp::BitOr));
         assert!(ElementKind::U8.supports(ReduceOp::BitOr));

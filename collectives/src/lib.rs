@@ -1,5 +1,60 @@
-//! Collectives: communicators and MPI-class algorithms over the transport.
+//! Collectives for Lumen: communicators and MPI-class algorithms over the
+//! transport, and (feature `nccl`) NCCL communicators over GPU buffers.
+//!
+//! ```text
+//!   Communicator::world(endpoint)          split(color, key) / create(ranks)
+//!            │                                       │
+//!            ▼                                       ▼
+//!   allreduce / bcast / reduce / allgather(v) / reduce_scatter / alltoall(v)
+//!   gather / scatter / barrier / send / recv       (+ i* non-blocking)
+//!            │  config.rs: algorithm by size, ranks, topology (LUMEN_COLL_*)
+//!            ▼
+//!   schedule.rs: pure schedules (ring, recursive doubling, Rabenseifner,
+//!   binomial trees, pairwise exchange, dissemination), simulated in tests
+//!            │  comm.rs: executes steps; tags 0xC | context | sequence | round
+//!            ▼
+//!   lumen_transport::Endpoint (shared memory on a node, TCP across nodes)
+//! ```
+//!
+//! A communicator that spans several nodes also holds a node communicator
+//! and (at node leaders) a leaders communicator: the hierarchical allreduce
+//! reduces over shared memory inside each node, allreduces among the leaders
+//! across nodes and broadcasts back inside the node.
+//!
+//! ```no_run
+//! # fn demo(endpoint: lumen_transport::Endpoint) -> lumen_collectives::Result<()> {
+//! use lumen_collectives::{Communicator, ReduceOp};
+//! let world = Communicator::world(endpoint)?;
+//! let mut grad = vec![1.0f32; 1 << 20];
+//! world.allreduce(&mut grad, ReduceOp::Sum)?;
+//! assert_eq!(grad[0], world.size() as f32);
+//! let pending = world.iallreduce(grad, ReduceOp::Max); // non-blocking
+//! let grad = pending.wait()?;
+//! let halves = world.split(Some(world.rank() % 2), 0)?; // MPI_Comm_split
+//! # Ok(()) }
+//! ```
+//!
+//! Element types: `f32 f64 f16 bf16 i8 u8 i32 u32 i64 u64` ([`Element`]);
+//! reductions: sum, prod, min, max, and bitwise and/or/xor on integers
+//! ([`ReduceOp`]).
+//!
+//! Not implemented (yet): Bruck's all-to-all, gatherv/scatterv, non-blocking
+//! gather/scatter/v-variants, communicators from placement groups (there are
+//! none yet), overlap between two operations of one communicator (see
+//! `comm` for the execution model).
+
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod comm;
+pub mod config;
 pub mod element;
+pub mod error;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod schedule;
+
+pub use comm::{Communicator, Request};
+pub use config::{AllreduceAlgorithm, BcastAlgorithm, CollectiveConfig};
+pub use element::{Element, ElementKind, ReduceOp};
+pub use error::{CollectiveError, Result};
+pub use half::{bf16, f16};

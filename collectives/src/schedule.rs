@@ -703,11 +703,7 @@ mod tests {
 
     fn inputs(p: usize, count: usize) -> Vec<Vec<i64>> {
         (0..p)
-            .map(|r| {
-                (0..count)
-                    .map(|i| (r * 1000 + i) as i64 * 7 + 1)
-                    .collect()
-            })
+            .map(|r| (0..count).map(|i| (r * 1000 + i) as i64 * 7 + 1).collect())
             .collect()
     }
 
@@ -730,7 +726,11 @@ mod tests {
                 let cases: [(&str, usize, fn(usize, usize) -> Vec<Step>); 3] = [
                     ("ring", p, ring_allreduce),
                     ("rd", 1, recursive_doubling_allreduce),
-                    ("rabenseifner", rabenseifner_blocks(p), rabenseifner_allreduce),
+                    (
+                        "rabenseifner",
+                        rabenseifner_blocks(p),
+                        rabenseifner_allreduce,
+                    ),
                 ];
                 for (name, nblocks, algo) in cases {
                     let layout = BlockLayout::equal(count, nblocks);
@@ -794,13 +794,7 @@ mod tests {
                 // Broadcast.
                 let layout = BlockLayout::equal(3, 1);
                 let start: Vec<Vec<i64>> = (0..p)
-                    .map(|r| {
-                        if r == root {
-                            vec![4, 5, 6]
-                        } else {
-                            vec![0; 3]
-                        }
-                    })
+                    .map(|r| if r == root { vec![4, 5, 6] } else { vec![0; 3] })
                     .collect();
                 let s: Vec<_> = (0..p).map(|r| binomial_bcast(r, p, root)).collect();
                 for b in simulate(start, &layout, &s) {
@@ -832,7 +826,13 @@ mod tests {
                 assert_eq!(simulate(start, &layout, &s)[root], full, "gather");
                 // Scatter: everyone ends with its own relative block.
                 let start: Vec<Vec<i64>> = (0..p)
-                    .map(|r| if r == root { full.clone() } else { vec![0; 2 * p] })
+                    .map(|r| {
+                        if r == root {
+                            full.clone()
+                        } else {
+                            vec![0; 2 * p]
+                        }
+                    })
                     .collect();
                 let s: Vec<_> = (0..p).map(|r| binomial_scatter(r, p, root)).collect();
                 for (r, b) in simulate(start, &layout, &s).iter().enumerate() {

@@ -22,4 +22,14 @@ pub mod bootstrap;
 pub mod error;
 
 pub use error::{LumenError, Result};
+pub use lumen_collectives as collectives;
 pub use lumen_transport as transport;
+
+/// The communicator of every rank of a joined job (collective: every rank
+/// calls it once; clone the result to share it). Settings come from the
+/// `LUMEN_COLL_*` variables, see [`collectives::config`].
+pub fn world_communicator(
+    job: &bootstrap::Job,
+) -> std::result::Result<collectives::Communicator, collectives::CollectiveError> {
+    collectives::Communicator::world(job.endpoint.clone())
+}

@@ -1,0 +1,1178 @@
+//! The [`Communicator`]: a group of ranks with its own message space, and the
+//! collective operations over it, executed by running the schedules of
+//! [`crate::schedule`] over a [`lumen_transport::Endpoint`].
+//!
+//! # Message space
+//!
+//! Every message of a communicator travels under a tag in the collectives'
+//! range (`0xC000_...`, [`lumen_transport::tags::COLLECTIVES`]):
+//!
+//! ```text
+//!  63   60 59          40 39 38                16 15        0
+//! | 0xC   | context (20) | 0 | sequence (23)     | round (16) |   collectives
+//! | 0xC   | context (20) | 1 | user tag (32, bits 31..0)       |   send / recv
+//! ```
+//!
+//! The context id is unique among the communicators that share a rank: world
+//! is 0, and `split` agrees on a new one by taking the maximum of the
+//! members' next free ids (the allgather that `split` needs anyway carries
+//! it), as MPICH does. The sequence number counts the collectives of the
+//! communicator, which all members call in the same order (MPI's rule), and
+//! the round is the schedule's. Traffic of two communicators therefore never
+//! matches, and neither does that of two operations of one communicator.
+//!
+//! # Execution and non-blocking operations
+//!
+//! Operations of one communicator run one at a time, in the order they were
+//! called. A blocking call runs its schedule on the calling thread. A
+//! non-blocking call (`iallreduce`, ...) takes ownership of its buffer,
+//! queues the same blocking algorithm on the communicator's helper thread
+//! (started on first use) and returns a [`Request`]; a blocking call first
+//! waits until every queued request of the communicator has finished, so
+//! every rank executes the same sequence. Overlap therefore is between
+//! computation and communication, and between communicators, not between two
+//! operations of one communicator (the simple, honest design; a
+//! progress-driven state machine would overlap those too).
+//!
+//! Within a step a rank sends, then receives. The transport's `send` returns
+//! once the data has been taken (a large message on a node is copied by the
+//! receiver's progress, which every waiting rank drives), so the send-first
+//! order cannot deadlock. Transfers larger than the configured segment are cut
+//! into segments, each received and reduced before the next is taken, so the
+//! reduction reads data still in cache.
+//!
+//! # Failure
+//!
+//! A receive waits in slices of [`LIVENESS_POLL`]; between slices it asks the
+//! transport whether any rank of the job has died. A rank dying during a
+//! collective therefore makes every other rank's call return
+//! [`CollectiveError::Transport`] within about that long (plus the
+//! transport's own detection time), even ranks not waiting on the dead one.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use lumen_transport::{tags, Endpoint, Rank, Source, TransportError};
+
+use crate::config::{AllreduceAlgorithm, BcastAlgorithm, CollectiveConfig};
+use crate::element::{Element, ReduceOp};
+use crate::error::{CollectiveError, Result};
+use crate::schedule::{self, BlockLayout, Combine, Step};
+
+/// How long a receive waits before checking that the job is still alive.
+pub const LIVENESS_POLL: Duration = Duration::from_millis(100);
+
+/// Largest context id (20 bits); the last one is kept for the liveness probe.
+const MAX_CONTEXT: u32 = (1 << 20) - 2;
+const PROBE_CONTEXT: u64 = (1 << 20) - 1;
+const P2P_BIT: u64 = 1 << 39;
+
+/// Next free context id of this process (world is 0).
+static NEXT_CONTEXT: AtomicU32 = AtomicU32::new(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Two-level structure of a communicator that spans nodes.
+#[derive(Debug)]
+struct Hierarchy {
+    /// The members on this rank's node (rank 0 of it is the node leader).
+    node: Communicator,
+    /// The node leaders, present at leaders only.
+    leaders: Option<Communicator>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Inner {
+    endpoint: Endpoint,
+    /// Endpoint rank of each member, by communicator rank.
+    members: Vec<Rank>,
+    rank: u32,
+    context: u32,
+    sequence: AtomicU32,
+    config: CollectiveConfig,
+    hierarchy: OnceLock<Option<Hierarchy>>,
+    /// Held while an operation executes.
+    exec: Mutex<()>,
+    /// Queued or running non-blocking operations, and its condition.
+    outstanding: Mutex<usize>,
+    drained: Condvar,
+    worker: Mutex<Option<mpsc::Sender<Job>>>,
+    started_workers: AtomicUsize,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Communicator")
+            .field("rank", &self.rank)
+            .field("size", &self.members.len())
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+/// A group of ranks that run collectives together. Cheap to clone (clones
+/// are the same communicator: they share its sequence and helper thread).
+#[derive(Clone, Debug)]
+pub struct Communicator {
+    inner: Arc<Inner>,
+}
+
+/// A non-blocking operation in flight; [`Request::wait`] returns its result
+/// (the buffer that was handed over, now holding the output).
+#[derive(Debug)]
+#[must_use = "a request does nothing visible until waited on"]
+pub struct Request<T> {
+    slot: Arc<(Mutex<Option<Result<T>>>, Condvar)>,
+}
+
+impl<T> Request<T> {
+    /// Blocks until the operation has finished.
+    pub fn wait(self) -> Result<T> {
+        let (value, ready) = &*self.slot;
+        let mut guard = lock(value);
+        loop {
+            if let Some(result) = guard.take() {
+                return result;
+            }
+            guard = ready.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// True once the operation has finished (then `wait` returns at once).
+    pub fn is_complete(&self) -> bool {
+        lock(&self.slot.0).is_some()
+    }
+}
+
+/// Where a segment of a send or receive lives.
+fn segments(range: std::ops::Range<usize>, segment: usize) -> Vec<std::ops::Range<usize>> {
+    if segment == 0 || range.len() <= segment {
+        return vec![range];
+    }
+    let mut out = Vec::with_capacity(range.len().div_ceil(segment));
+    let mut at = range.start;
+    while at < range.end {
+        let end = (at + segment).min(range.end);
+        out.push(at..end);
+        at = end;
+    }
+    out
+}
+
+impl Communicator {
+    /// The communicator of every rank of the job (context 0), with settings
+    /// from the `LUMEN_COLL_*` variables. Collective: every rank calls it
+    /// once (a job that spans nodes builds its node and leader groups here).
+    pub fn world(endpoint: Endpoint) -> Result<Self> {
+        let config = CollectiveConfig::from_env(|k| std::env::var(k).ok())?;
+        Self::world_with_config(endpoint, config)
+    }
+
+    /// [`Communicator::world`] with explicit settings.
+    pub fn world_with_config(endpoint: Endpoint, config: CollectiveConfig) -> Result<Self> {
+        let members: Vec<Rank> = (0..endpoint.size()).collect();
+        Self::build(endpoint, members, 0, config, true)
+    }
+
+    fn build(
+        endpoint: Endpoint,
+        members: Vec<Rank>,
+        context: u32,
+        config: CollectiveConfig,
+        hierarchical: bool,
+    ) -> Result<Self> {
+        let me = endpoint.rank();
+        let rank = members.iter().position(|&r| r == me).unwrap_or(0) as u32;
+        let comm = Communicator {
+            inner: Arc::new(Inner {
+                endpoint,
+                members,
+                rank,
+                context,
+                sequence: AtomicU32::new(0),
+                config,
+                hierarchy: OnceLock::new(),
+                exec: Mutex::new(()),
+                outstanding: Mutex::new(0),
+                drained: Condvar::new(),
+                worker: Mutex::new(None),
+                started_workers: AtomicUsize::new(0),
+            }),
+        };
+        let hierarchy = if hierarchical {
+            comm.build_hierarchy()?
+        } else {
+            None
+        };
+        let _ = comm.inner.hierarchy.set(hierarchy);
+        Ok(comm)
+    }
+
+    /// Node and leader sub-communicators, when the members span several
+    /// nodes and some node holds several of them. Whether the members span
+    /// nodes is decided by each rank from its own view (`is_local`), which is
+    /// the same answer everywhere, so either every member splits or none.
+    fn build_hierarchy(&self) -> Result<Option<Hierarchy>> {
+        let ep = &self.inner.endpoint;
+        let local: Vec<u32> = (0..self.size())
+            .filter(|&r| ep.is_local(self.inner.members[r as usize]))
+            .collect();
+        if local.len() == self.inner.members.len() {
+            return Ok(None);
+        }
+        let leader = local.first().copied().unwrap_or(self.rank());
+        let node = self
+            .split_with(Some(leader), self.rank() as i64, false)?
+            .ok_or_else(|| CollectiveError::Worker {
+                op: "split",
+                detail: "node split returned no communicator".into(),
+            })?;
+        let is_leader = leader == self.rank();
+        let leaders = self.split_with(is_leader.then_some(0), self.rank() as i64, false)?;
+        // Hierarchy pays off only when some node has several members; the
+        // answer must be the same everywhere, so ask everyone.
+        let mut widest = [node.size() as u64];
+        self.allreduce_impl(
+            &mut widest,
+            ReduceOp::Max,
+            AllreduceAlgorithm::RecursiveDoubling,
+        )?;
+        if widest[0] < 2 {
+            return Ok(None);
+        }
+        Ok(Some(Hierarchy { node, leaders }))
+    }
+
+    /// This rank within the communicator.
+    pub fn rank(&self) -> u32 {
+        self.inner.rank
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> u32 {
+        self.inner.members.len() as u32
+    }
+
+    /// The job (endpoint) rank of communicator rank `rank`.
+    pub fn job_rank(&self, rank: u32) -> Option<Rank> {
+        self.inner.members.get(rank as usize).copied()
+    }
+
+    /// The context id (unique among communicators sharing a rank).
+    pub fn context(&self) -> u32 {
+        self.inner.context
+    }
+
+    /// The endpoint underneath.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &CollectiveConfig {
+        &self.inner.config
+    }
+
+    /// True when collectives use the two-level (node, then leaders) variants.
+    pub fn is_hierarchical(&self) -> bool {
+        matches!(self.inner.hierarchy.get(), Some(Some(_)))
+    }
+
+    fn hierarchy(&self) -> Option<&Hierarchy> {
+        self.inner.hierarchy.get().and_then(Option::as_ref)
+    }
+
+    // ---------------------------------------------------------------
+    // Communicator construction.
+
+    /// Splits into disjoint communicators, as `MPI_Comm_split`: ranks passing
+    /// the same `color` form one, ordered by `key` and then by rank here;
+    /// `None` (MPI_UNDEFINED) joins none and gets `None`. Collective.
+    pub fn split(&self, color: Option<u32>, key: i64) -> Result<Option<Communicator>> {
+        let _guard = self.enter();
+        self.split_with(color, key, true)
+    }
+
+    /// The communicator of the listed ranks (ranks of this communicator), in
+    /// that order, as `MPI_Comm_create`; ranks not listed get `None`.
+    /// Collective over this communicator; every rank passes the same list.
+    pub fn create(&self, ranks: &[u32]) -> Result<Option<Communicator>> {
+        for &r in ranks {
+            self.check_rank("create", r)?;
+        }
+        let _guard = self.enter();
+        let position = ranks.iter().position(|&r| r == self.rank());
+        self.split_with(position.map(|_| 0), position.unwrap_or(0) as i64, true)
+    }
+
+    fn split_with(
+        &self,
+        color: Option<u32>,
+        key: i64,
+        hierarchical: bool,
+    ) -> Result<Option<Communicator>> {
+        let next = NEXT_CONTEXT.load(Ordering::Acquire);
+        let mine = [
+            u64::from(color.is_some()),
+            u64::from(color.unwrap_or(0)),
+            key as u64,
+            u64::from(next),
+        ];
+        let p = self.size() as usize;
+        let mut table = vec![0u64; 4 * p];
+        table[4 * self.rank() as usize..][..4].copy_from_slice(&mine);
+        self.allgather_in_place_impl(&mut table)?;
+        let context = table.chunks(4).map(|e| e[3]).max().unwrap_or(1) as u32;
+        if context > MAX_CONTEXT {
+            return Err(CollectiveError::ContextsExhausted(context));
+        }
+        NEXT_CONTEXT.fetch_max(context + 1, Ordering::AcqRel);
+        let Some(color) = color else {
+            return Ok(None);
+        };
+        let mut chosen: Vec<(i64, usize)> = table
+            .chunks(4)
+            .enumerate()
+            .filter(|(_, e)| e[0] == 1 && e[1] == u64::from(color))
+            .map(|(r, e)| (e[2] as i64, r))
+            .collect();
+        chosen.sort();
+        let members = chosen.iter().map(|&(_, r)| self.inner.members[r]).collect();
+        Communicator::build(
+            self.inner.endpoint.clone(),
+            members,
+            context,
+            self.inner.config.clone(),
+            hierarchical,
+        )
+        .map(Some)
+    }
+
+    // ---------------------------------------------------------------
+    // Plumbing: tags, sends, receives, schedule execution.
+
+    /// Waits for queued non-blocking operations, then takes the execution lock.
+    fn enter(&self) -> MutexGuard<'_, ()> {
+        let mut outstanding = lock(&self.inner.outstanding);
+        while *outstanding > 0 {
+            outstanding = self
+                .inner
+                .drained
+                .wait(outstanding)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        drop(outstanding);
+        lock(&self.inner.exec)
+    }
+
+    fn next_sequence(&self) -> u32 {
+        self.inner.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn tag(&self, sequence: u32, round: u32) -> u64 {
+        tags::COLLECTIVES
+            | (u64::from(self.inner.context) << 40)
+            | ((u64::from(sequence) & 0x7f_ffff) << 16)
+            | (u64::from(round) & 0xffff)
+    }
+
+    fn p2p_tag(&self, tag: u32) -> u64 {
+        tags::COLLECTIVES | (u64::from(self.inner.context) << 40) | P2P_BIT | u64::from(tag)
+    }
+
+    fn transport_error(&self, op: &'static str, source: TransportError) -> CollectiveError {
+        CollectiveError::Transport {
+            op,
+            rank: self.rank(),
+            context: self.inner.context,
+            source,
+        }
+    }
+
+    fn send_bytes(&self, op: &'static str, peer: usize, tag: u64, data: &[u8]) -> Result<()> {
+        self.inner
+            .endpoint
+            .send(self.inner.members[peer], tag, data)
+            .map_err(|e| self.transport_error(op, e))
+    }
+
+    /// Fails when any rank of the job has died.
+    fn check_alive(&self, op: &'static str) -> Result<()> {
+        let probe = tags::COLLECTIVES | (PROBE_CONTEXT << 40);
+        match self
+            .inner
+            .endpoint
+            .recv_timeout(Source::Any, probe, Duration::ZERO)
+        {
+            Ok(_) | Err(TransportError::Timeout { .. }) => Ok(()),
+            Err(e) => Err(self.transport_error(op, e)),
+        }
+    }
+
+    fn recv_bytes(&self, op: &'static str, peer: usize, tag: u64) -> Result<Vec<u8>> {
+        let src = Source::Rank(self.inner.members[peer]);
+        loop {
+            match self.inner.endpoint.recv_timeout(src, tag, LIVENESS_POLL) {
+                Ok(message) => return Ok(message.data),
+                Err(TransportError::Timeout { .. }) => self.check_alive(op)?,
+                Err(e) => return Err(self.transport_error(op, e)),
+            }
+        }
+    }
+
+    fn recv_into<T: Element>(
+        &self,
+        op: &'static str,
+        peer: usize,
+        tag: u64,
+        local: &mut [T],
+        combine: Combine,
+        reduce: ReduceOp,
+    ) -> Result<()> {
+        let data = self.recv_bytes(op, peer, tag)?;
+        let expected = std::mem::size_of_val(local);
+        if data.len() != expected {
+            return Err(CollectiveError::Mismatch {
+                op,
+                peer: peer as u32,
+                got: data.len(),
+                expected,
+            });
+        }
+        match combine {
+            Combine::Copy => bytemuck::cast_slice_mut::<T, u8>(local).copy_from_slice(&data),
+            Combine::Reduce => match bytemuck::try_cast_slice::<u8, T>(&data) {
+                Ok(x) => T::reduce_slices(reduce, local, x),
+                Err(_) => {
+                    let x: Vec<T> = bytemuck::pod_collect_to_vec(&data);
+                    T::reduce_slices(reduce, local, &x);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Runs a schedule whose peers are communicator ranks over `buffer`.
+    fn run<T: Element>(
+        &self,
+        op: &'static str,
+        steps: &[Step],
+        buffer: &mut [T],
+        layout: &BlockLayout,
+        reduce: ReduceOp,
+    ) -> Result<()> {
+        let sequence = self.next_sequence();
+        let segment = self.inner.config.segment / std::mem::size_of::<T>().max(1);
+        for step in steps {
+            let tag = self.tag(sequence, step.round);
+            let sends: Vec<(usize, Vec<std::ops::Range<usize>>)> = step
+                .sends
+                .iter()
+                .map(|t| (t.peer, segments(layout.elements(&t.blocks), segment)))
+                .collect();
+            let recvs: Vec<(usize, Combine, Vec<std::ops::Range<usize>>)> = step
+                .recvs
+                .iter()
+                .map(|(t, c)| (t.peer, *c, segments(layout.elements(&t.blocks), segment)))
+                .collect();
+            let rounds = sends
+                .iter()
+                .map(|s| s.1.len())
+                .chain(recvs.iter().map(|r| r.2.len()))
+                .max()
+                .unwrap_or(0);
+            // Segment i of every send, then segment i of every receive: the
+            // peer's segment i arrives while we send ours.
+            for i in 0..rounds {
+                for (peer, segs) in &sends {
+                    if let Some(range) = segs.get(i) {
+                        let bytes = bytemuck::cast_slice::<T, u8>(&buffer[range.clone()]);
+                        self.send_bytes(op, *peer, tag, bytes)?;
+                    }
+                }
+                for (peer, combine, segs) in &recvs {
+                    if let Some(range) = segs.get(i) {
+                        self.recv_into(
+                            op,
+                            *peer,
+                            tag,
+                            &mut buffer[range.clone()],
+                            *combine,
+                            reduce,
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rank(&self, op: &'static str, rank: u32) -> Result<()> {
+        if rank >= self.size() {
+            return Err(CollectiveError::InvalidRank {
+                op,
+                given: rank,
+                size: self.size(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_len(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    ) -> Result<()> {
+        if got != expected {
+            return Err(CollectiveError::BufferSize {
+                op,
+                what,
+                got,
+                expected,
+                rank: self.rank(),
+                size: self.size(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_op<T: Element>(op: &'static str, reduce: ReduceOp) -> Result<()> {
+        if !T::KIND.supports(reduce) {
+            return Err(CollectiveError::UnsupportedOp {
+                op,
+                reduce,
+                kind: T::KIND,
+            });
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------
+    // Point to point.
+
+    /// Sends `data` to communicator rank `dst` under `tag` (a space of its
+    /// own per communicator, apart from the collectives').
+    pub fn send<T: Element>(&self, dst: u32, tag: u32, data: &[T]) -> Result<()> {
+        self.check_rank("send", dst)?;
+        self.send_bytes(
+            "send",
+            dst as usize,
+            self.p2p_tag(tag),
+            bytemuck::cast_slice(data),
+        )
+    }
+
+    /// Receives the oldest message with `tag` from communicator rank `src`.
+    pub fn recv<T: Element>(&self, src: u32, tag: u32) -> Result<Vec<T>> {
+        self.check_rank("recv", src)?;
+        let data = self.recv_bytes("recv", src as usize, self.p2p_tag(tag))?;
+        if data.len() % std::mem::size_of::<T>() != 0 {
+            return Err(CollectiveError::Mismatch {
+                op: "recv",
+                peer: src,
+                got: data.len(),
+                expected: data.len() / std::mem::size_of::<T>() * std::mem::size_of::<T>(),
+            });
+        }
+        Ok(bytemuck::pod_collect_to_vec(&data))
+    }
+
+    /// Receives into `buffer`, which must have the message's exact length.
+    pub fn recv_into_slice<T: Element>(&self, src: u32, tag: u32, buffer: &mut [T]) -> Result<()> {
+        self.check_rank("recv", src)?;
+        self.recv_into(
+            "recv",
+            src as usize,
+            self.p2p_tag(tag),
+            buffer,
+            Combine::Copy,
+            ReduceOp::Sum,
+        )
+    }
+
+    // ---------------------------------------------------------------
+    // Collectives (blocking).
+
+    /// Returns once every rank has entered (dissemination barrier).
+    pub fn barrier(&self) -> Result<()> {
+        let _guard = self.enter();
+        self.barrier_impl()
+    }
+
+    fn barrier_impl(&self) -> Result<()> {
+        let steps = schedule::dissemination_barrier(self.rank() as usize, self.size() as usize);
+        self.run::<u8>(
+            "barrier",
+            &steps,
+            &mut [],
+            &BlockLayout::equal(0, 1),
+            ReduceOp::Sum,
+        )
+    }
+
+    /// Broadcasts `buffer` from `root` to every rank (same length everywhere).
+    pub fn bcast<T: Element>(&self, buffer: &mut [T], root: u32) -> Result<()> {
+        self.check_rank("bcast", root)?;
+        let _guard = self.enter();
+        self.bcast_impl(buffer, root)
+    }
+
+    fn bcast_impl<T: Element>(&self, buffer: &mut [T], root: u32) -> Result<()> {
+        let (me, p, root) = (self.rank() as usize, self.size() as usize, root as usize);
+        let bytes = std::mem::size_of_val(buffer);
+        match self.inner.config.choose_bcast(bytes, p) {
+            BcastAlgorithm::ScatterAllgather if buffer.len() >= p => {
+                // Blocks in rank order relative to the root: binomial scatter
+                // gives relative rank v block v, the ring completes them.
+                let vr = (me + p - root) % p;
+                let mut steps = schedule::binomial_scatter(me, p, root);
+                let top = steps.iter().map(|s| s.round + 1).max().unwrap_or(0);
+                let offset = p.next_power_of_two().trailing_zeros().max(top);
+                steps.extend(
+                    schedule::ring_allgather(vr, p, offset)
+                        .into_iter()
+                        .map(|mut s| {
+                            for t in s.sends.iter_mut() {
+                                t.peer = (t.peer + root) % p;
+                            }
+                            for (t, _) in s.recvs.iter_mut() {
+                                t.peer = (t.peer + root) % p;
+                            }
+                            s
+                        }),
+                );
+                let layout = BlockLayout::equal(buffer.len(), p);
+                self.run("bcast", &steps, buffer, &layout, ReduceOp::Sum)
+            }
+            _ => {
+                let steps = schedule::binomial_bcast(me, p, root);
+                let layout = BlockLayout::equal(buffer.len(), 1);
+                self.run("bcast", &steps, buffer, &layout, ReduceOp::Sum)
+            }
+        }
+    }
+
+    /// Reduces every rank's `send` into `recv` at `root`. `recv` must have
+    /// `send.len()` elements at the root and is not touched elsewhere (pass
+    /// `&mut []`).
+    pub fn reduce<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+        root: u32,
+    ) -> Result<()> {
+        self.check_rank("reduce", root)?;
+        Self::check_op::<T>("reduce", op)?;
+        if self.rank() == root {
+            self.check_len("reduce", "receive buffer", recv.len(), send.len())?;
+            recv.copy_from_slice(send);
+            let _guard = self.enter();
+            self.reduce_impl(recv, op, root)
+        } else {
+            let mut work = send.to_vec();
+            let _guard = self.enter();
+            self.reduce_impl(&mut work, op, root)
+        }
+    }
+
+    /// Reduce in place: `buffer` is every rank's input; at the root it then
+    /// holds the result, elsewhere a partial result (unspecified).
+    pub fn reduce_in_place<T: Element>(
+        &self,
+        buffer: &mut [T],
+        op: ReduceOp,
+        root: u32,
+    ) -> Result<()> {
+        self.check_rank("reduce", root)?;
+        Self::check_op::<T>("reduce", op)?;
+        let _guard = self.enter();
+        self.reduce_impl(buffer, op, root)
+    }
+
+    fn reduce_impl<T: Element>(&self, buffer: &mut [T], op: ReduceOp, root: u32) -> Result<()> {
+        let steps =
+            schedule::binomial_reduce(self.rank() as usize, self.size() as usize, root as usize);
+        let layout = BlockLayout::equal(buffer.len(), 1);
+        self.run("reduce", &steps, buffer, &layout, op)
+    }
+
+    /// Allreduce in place: every rank's `buffer` becomes the reduction of
+    /// all ranks' buffers (the common case of data-parallel training).
+    pub fn allreduce<T: Element>(&self, buffer: &mut [T], op: ReduceOp) -> Result<()> {
+        self.allreduce_with(buffer, op, self.inner.config.allreduce)
+    }
+
+    /// Allreduce from `send` into `recv` (same length).
+    pub fn allreduce_into<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.check_len("allreduce", "receive buffer", recv.len(), send.len())?;
+        recv.copy_from_slice(send);
+        self.allreduce(recv, op)
+    }
+
+    /// Allreduce with a chosen algorithm (benchmarks, tests); `Auto` selects
+    /// by size and topology. Every rank must pass the same algorithm.
+    pub fn allreduce_with<T: Element>(
+        &self,
+        buffer: &mut [T],
+        op: ReduceOp,
+        algorithm: AllreduceAlgorithm,
+    ) -> Result<()> {
+        Self::check_op::<T>("allreduce", op)?;
+        let _guard = self.enter();
+        self.allreduce_impl(buffer, op, algorithm)
+    }
+
+    fn allreduce_impl<T: Element>(
+        &self,
+        buffer: &mut [T],
+        op: ReduceOp,
+        algorithm: AllreduceAlgorithm,
+    ) -> Result<()> {
+        let (me, p) = (self.rank() as usize, self.size() as usize);
+        if p == 1 {
+            return Ok(());
+        }
+        let bytes = std::mem::size_of_val(buffer);
+        let config = CollectiveConfig {
+            allreduce: algorithm,
+            ..self.inner.config.clone()
+        };
+        let hierarchy = self.hierarchy();
+        match config.choose_allreduce(bytes, p, hierarchy.is_some()) {
+            AllreduceAlgorithm::Hierarchical => {
+                let Some(h) = hierarchy else {
+                    return Err(CollectiveError::Worker {
+                        op: "allreduce",
+                        detail: "hierarchical algorithm without node groups".into(),
+                    });
+                };
+                // Reduce inside the node (shared memory), allreduce among the
+                // leaders (across nodes), broadcast inside the node.
+                let _ = self.next_sequence();
+                h.node.reduce_impl(buffer, op, 0)?;
+                if let Some(leaders) = &h.leaders {
+                    leaders.allreduce_impl(buffer, op, AllreduceAlgorithm::Auto)?;
+                }
+                h.node.bcast_impl(buffer, 0)
+            }
+            AllreduceAlgorithm::Ring => {
+                let steps = schedule::ring_allreduce(me, p);
+                self.run(
+                    "allreduce",
+                    &steps,
+                    buffer,
+                    &BlockLayout::equal(buffer.len(), p),
+                    op,
+                )
+            }
+            AllreduceAlgorithm::Rabenseifner => {
+                let steps = schedule::rabenseifner_allreduce(me, p);
+                let layout = BlockLayout::equal(buffer.len(), schedule::rabenseifner_blocks(p));
+                self.run("allreduce", &steps, buffer, &layout, op)
+            }
+            AllreduceAlgorithm::RecursiveDoubling | AllreduceAlgorithm::Auto => {
+                let steps = schedule::recursive_doubling_allreduce(me, p);
+                self.run(
+                    "allreduce",
+                    &steps,
+                    buffer,
+                    &BlockLayout::equal(buffer.len(), 1),
+                    op,
+                )
+            }
+        }
+    }
+
+    /// Gathers every rank's `send` (same length everywhere) into `recv`
+    /// (`size * send.len()` elements, rank order) at every rank (ring).
+    pub fn allgather<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        let n = send.len();
+        self.check_len(
+            "allgather",
+            "receive buffer",
+            recv.len(),
+            n * self.size() as usize,
+        )?;
+        let r = self.rank() as usize;
+        recv[r * n..(r + 1) * n].copy_from_slice(send);
+        let _guard = self.enter();
+        self.allgather_in_place_impl(recv)
+    }
+
+    /// Allgather in place: block `rank` of `buffer` (`size` equal blocks) is
+    /// this rank's input.
+    pub fn allgather_in_place<T: Element>(&self, buffer: &mut [T]) -> Result<()> {
+        let p = self.size() as usize;
+        if buffer.len() % p != 0 {
+            self.check_len("allgather", "buffer", buffer.len(), buffer.len() / p * p)?;
+        }
+        let _guard = self.enter();
+        self.allgather_in_place_impl(buffer)
+    }
+
+    fn allgather_in_place_impl<T: Element>(&self, buffer: &mut [T]) -> Result<()> {
+        let p = self.size() as usize;
+        let steps = schedule::ring_allgather(self.rank() as usize, p, 0);
+        self.run(
+            "allgather",
+            &steps,
+            buffer,
+            &BlockLayout::equal(buffer.len(), p),
+            ReduceOp::Sum,
+        )
+    }
+
+    /// Allgather with a count per rank: `recv` holds `counts[i]` elements of
+    /// rank `i`, in rank order; `send.len()` must be `counts[rank]`.
+    pub fn allgatherv<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+    ) -> Result<()> {
+        let p = self.size() as usize;
+        self.check_len("allgatherv", "counts", counts.len(), p)?;
+        let r = self.rank() as usize;
+        self.check_len("allgatherv", "send buffer", send.len(), counts[r])?;
+        let layout = BlockLayout::from_counts(counts);
+        self.check_len("allgatherv", "receive buffer", recv.len(), layout.total())?;
+        recv[layout.elements(&(r..r + 1))].copy_from_slice(send);
+        let steps = schedule::ring_allgather(r, p, 0);
+        let _guard = self.enter();
+        self.run("allgatherv", &steps, recv, &layout, ReduceOp::Sum)
+    }
+
+    /// Reduce-scatter with equal blocks (`MPI_Reduce_scatter_block`): `send`
+    /// has `size * recv.len()` elements; rank `i` gets block `i` reduced.
+    pub fn reduce_scatter<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        Self::check_op::<T>("reduce_scatter", op)?;
+        let (r, p, n) = (self.rank() as usize, self.size() as usize, recv.len());
+        self.check_len("reduce_scatter", "send buffer", send.len(), n * p)?;
+        let mut work = send.to_vec();
+        {
+            let _guard = self.enter();
+            self.reduce_scatter_impl(&mut work, op)?;
+        }
+        recv.copy_from_slice(&work[r * n..(r + 1) * n]);
+        Ok(())
+    }
+
+    /// Reduce-scatter in place: `buffer` (`size` equal blocks) is the input;
+    /// afterwards block `rank` holds this rank's result, the other blocks
+    /// partial results.
+    pub fn reduce_scatter_in_place<T: Element>(
+        &self,
+        buffer: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        Self::check_op::<T>("reduce_scatter", op)?;
+        let p = self.size() as usize;
+        if buffer.len() % p != 0 {
+            self.check_len(
+                "reduce_scatter",
+                "buffer",
+                buffer.len(),
+                buffer.len() / p * p,
+            )?;
+        }
+        let _guard = self.enter();
+        self.reduce_scatter_impl(buffer, op)
+    }
+
+    fn reduce_scatter_impl<T: Element>(&self, buffer: &mut [T], op: ReduceOp) -> Result<()> {
+        let p = self.size() as usize;
+        let steps = schedule::ring_reduce_scatter(self.rank() as usize, p, 0);
+        self.run(
+            "reduce_scatter",
+            &steps,
+            buffer,
+            &BlockLayout::equal(buffer.len(), p),
+            op,
+        )
+    }
+
+    /// All-to-all with equal blocks: block `j` of `send` goes to rank `j`,
+    /// block `i` of `recv` comes from rank `i` (pairwise exchange).
+    pub fn alltoall<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        let p = self.size() as usize;
+        self.check_len("alltoall", "receive buffer", recv.len(), send.len())?;
+        if send.len() % p != 0 {
+            self.check_len("alltoall", "send buffer", send.len(), send.len() / p * p)?;
+        }
+        let counts = vec![send.len() / p; p];
+        let _guard = self.enter();
+        self.alltoallv_impl(send, &counts, recv, &counts)
+    }
+
+    /// All-to-all with a count per peer: `send_counts[j]` elements go to rank
+    /// `j` (consecutive in `send`), `recv_counts[i]` come from rank `i`.
+    pub fn alltoallv<T: Element>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        recv: &mut [T],
+        recv_counts: &[usize],
+    ) -> Result<()> {
+        let p = self.size() as usize;
+        self.check_len("alltoallv", "send counts", send_counts.len(), p)?;
+        self.check_len("alltoallv", "receive counts", recv_counts.len(), p)?;
+        self.check_len(
+            "alltoallv",
+            "send buffer",
+            send.len(),
+            send_counts.iter().sum(),
+        )?;
+        self.check_len(
+            "alltoallv",
+            "receive buffer",
+            recv.len(),
+            recv_counts.iter().sum(),
+        )?;
+        let _guard = self.enter();
+        self.alltoallv_impl(send, send_counts, recv, recv_counts)
+    }
+
+    fn alltoallv_impl<T: Element>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        recv: &mut [T],
+        recv_counts: &[usize],
+    ) -> Result<()> {
+        let (r, p) = (self.rank() as usize, self.size() as usize);
+        let sends = BlockLayout::from_counts(send_counts);
+        let recvs = BlockLayout::from_counts(recv_counts);
+        let own_send = sends.elements(&(r..r + 1));
+        let own_recv = recvs.elements(&(r..r + 1));
+        if own_send.len() != own_recv.len() {
+            return Err(CollectiveError::BufferSize {
+                op: "alltoallv",
+                what: "own receive count",
+                got: own_recv.len(),
+                expected: own_send.len(),
+                rank: self.rank(),
+                size: self.size(),
+            });
+        }
+        recv[own_recv].copy_from_slice(&send[own_send]);
+        let sequence = self.next_sequence();
+        for step in schedule::pairwise_alltoall(r, p) {
+            let tag = self.tag(sequence, step.round);
+            for t in &step.sends {
+                let range = sends.elements(&t.blocks);
+                self.send_bytes("alltoall", t.peer, tag, bytemuck::cast_slice(&send[range]))?;
+            }
+            for (t, _) in &step.recvs {
+                let range = recvs.elements(&(t.blocks.start - p..t.blocks.end - p));
+                self.recv_into(
+                    "alltoall",
+                    t.peer,
+                    tag,
+                    &mut recv[range],
+                    Combine::Copy,
+                    ReduceOp::Sum,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gathers every rank's `send` (same length) into `recv` at `root`
+    /// (`size * send.len()` elements, rank order; ignored elsewhere).
+    pub fn gather<T: Element>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<()> {
+        self.check_rank("gather", root)?;
+        let (me, p, n) = (self.rank() as usize, self.size() as usize, send.len());
+        if me == root as usize {
+            self.check_len("gather", "receive buffer", recv.len(), n * p)?;
+        }
+        // Binomial tree over blocks in rank order relative to the root.
+        let vr = (me + p - root as usize) % p;
+        let mut work = vec![T::zeroed(); n * p];
+        work[vr * n..(vr + 1) * n].copy_from_slice(send);
+        {
+            let _guard = self.enter();
+            let steps = schedule::binomial_gather(me, p, root as usize);
+            self.run(
+                "gather",
+                &steps,
+                &mut work,
+                &BlockLayout::equal(n * p, p),
+                ReduceOp::Sum,
+            )?;
+        }
+        if me == root as usize {
+            // Relative block v belongs to rank (root + v) % p.
+            let split = (p - root as usize) * n;
+            recv[root as usize * n..].copy_from_slice(&work[..split]);
+            recv[..root as usize * n].copy_from_slice(&work[split..]);
+        }
+        Ok(())
+    }
+
+    /// Scatters block `i` of `send` (at `root`, `size * recv.len()`
+    /// elements) to rank `i`'s `recv`.
+    pub fn scatter<T: Element>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<()> {
+        self.check_rank("scatter", root)?;
+        let (me, p, n) = (self.rank() as usize, self.size() as usize, recv.len());
+        let mut work = vec![T::zeroed(); n * p];
+        if me == root as usize {
+            self.check_len("scatter", "send buffer", send.len(), n * p)?;
+            let split = (p - root as usize) * n;
+            work[..split].copy_from_slice(&send[root as usize * n..]);
+            work[split..].copy_from_slice(&send[..root as usize * n]);
+        }
+        {
+            let _guard = self.enter();
+            let steps = schedule::binomial_scatter(me, p, root as usize);
+            self.run(
+                "scatter",
+                &steps,
+                &mut work,
+                &BlockLayout::equal(n * p, p),
+                ReduceOp::Sum,
+            )?;
+        }
+        let vr = (me + p - root as usize) % p;
+        recv.copy_from_slice(&work[vr * n..(vr + 1) * n]);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------
+    // Non-blocking variants.
+
+    fn submit<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        job: impl FnOnce(&Communicator) -> Result<R> + Send + 'static,
+    ) -> Request<R> {
+        let slot: Arc<(Mutex<Option<Result<R>>>, Condvar)> =
+            Arc::new((Mutex::new(None), Condvar::new()));
+        let comm = self.clone();
+        let done = slot.clone();
+        let task: Job = Box::new(move || {
+            let result = {
+                let _guard = lock(&comm.inner.exec);
+                job(&comm)
+            };
+            *lock(&done.0) = Some(result);
+            done.1.notify_all();
+            let mut outstanding = lock(&comm.inner.outstanding);
+            *outstanding -= 1;
+            if *outstanding == 0 {
+                comm.inner.drained.notify_all();
+            }
+        });
+        *lock(&self.inner.outstanding) += 1;
+        let sent = {
+            let mut worker = lock(&self.inner.worker);
+            if worker.is_none() {
+                *worker = self.start_worker();
+            }
+            match worker.as_ref() {
+                Some(tx) => tx.send(task).map_err(|e| e.0),
+                None => Err(task),
+            }
+        };
+        if let Err(task) = sent {
+            // No helper thread: run it here (still in order, just blocking).
+            tracing::warn!("collectives helper thread unavailable; running {op} inline");
+            task();
+        }
+        Request { slot }
+    }
+
+    fn start_worker(&self) -> Option<mpsc::Sender<Job>> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let n = self.inner.started_workers.fetch_add(1, Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name(format!("lumen-coll-{}-{n}", self.inner.context))
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    }
+
+    /// Non-blocking [`Communicator::barrier`].
+    pub fn ibarrier(&self) -> Request<()> {
+        self.submit("barrier", |c| c.barrier_impl())
+    }
+
+    /// Non-blocking [`Communicator::bcast`]; the request returns the buffer.
+    pub fn ibcast<T: Element>(&self, mut buffer: Vec<T>, root: u32) -> Request<Vec<T>> {
+        self.submit("bcast", move |c| {
+            c.check_rank("bcast", root)?;
+            c.bcast_impl(&mut buffer, root).map(|_| buffer)
+        })
+    }
+
+    /// Non-blocking [`Communicator::reduce_in_place`].
+    pub fn ireduce<T: Element>(
+        &self,
+        mut buffer: Vec<T>,
+        op: ReduceOp,
+        root: u32,
+    ) -> Request<Vec<T>> {
+        self.submit("reduce", move |c| {
+            c.check_rank("reduce", root)?;
+            Self::check_op::<T>("reduce", op)?;
+            c.reduce_impl(&mut buffer, op, root).map(|_| buffer)
+        })
+    }
+
+    /// Non-blocking [`Communicator::allreduce`].
+    pub fn iallreduce<T: Element>(&self, mut buffer: Vec<T>, op: ReduceOp) -> Request<Vec<T>> {
+        self.submit("allreduce", move |c| {
+            Self::check_op::<T>("allreduce", op)?;
+            c.allreduce_impl(&mut buffer, op, c.inner.config.allreduce)
+                .map(|_| buffer)
+        })
+    }
+
+    /// Non-blocking [`Communicator::allgather_in_place`].
+    pub fn iallgather<T: Element>(&self, mut buffer: Vec<T>) -> Request<Vec<T>> {
+        self.submit("allgather", move |c| {
+            c.allgather_in_place_impl(&mut buffer).map(|_| buffer)
+        })
+    }
+
+    /// Non-blocking [`Communicator::reduce_scatter_in_place`].
+    pub fn ireduce_scatter<T: Element>(&self, mut buffer: Vec<T>, op: ReduceOp) -> Request<Vec<T>> {
+        self.submit("reduce_scatter", move |c| {
+            Self::check_op::<T>("reduce_scatter", op)?;
+            c.reduce_scatter_impl(&mut buffer, op).map(|_| buffer)
+        })
+    }
+
+    /// Non-blocking [`Communicator::alltoall`]; returns the received blocks.
+    pub fn ialltoall<T: Element>(&self, send: Vec<T>) -> Request<Vec<T>> {
+        self.submit("alltoall", move |c| {
+            let p = c.size() as usize;
+            let counts = vec![send.len() / p; p];
+            c.check_len("alltoall", "send buffer", send.len(), counts[0] * p)?;
+            let mut recv = vec![T::zeroed(); send.len()];
+            c.alltoallv_impl(&send, &counts, &mut recv, &counts)
+                .map(|_| recv)
+        })
+    }
+}

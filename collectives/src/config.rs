@@ -1,0 +1,235 @@
+//! Algorithm selection: which schedule runs for a given size, rank count and
+//! topology, and the settings that override the choice.
+//!
+//! Settings are read once, through a lookup function (pure, tested with a
+//! map), from these variables:
+//!
+//! | variable | values | default |
+//! |---|---|---|
+//! | `LUMEN_COLL_ALLREDUCE` | `auto`, `ring`, `rd`, `rabenseifner`, `hier` | `auto` |
+//! | `LUMEN_COLL_BCAST` | `auto`, `binomial`, `scatter_allgather` | `auto` |
+//! | `LUMEN_COLL_RD_MAX` | bytes: recursive doubling at or below | 16384 |
+//! | `LUMEN_COLL_RING_MIN` | bytes: ring at or above (Rabenseifner between) | 262144 |
+//! | `LUMEN_COLL_BCAST_LARGE` | bytes: scatter+allgather bcast at or above | 1048576 |
+//! | `LUMEN_COLL_SEGMENT` | bytes per pipelined segment, 0 = none | 262144 |
+//!
+//! `auto` picks, in this order: the hierarchical variant when the
+//! communicator spans several nodes and some node holds several of its ranks;
+//! recursive doubling up to `rd_max` bytes (latency-bound: `log2 p` rounds);
+//! the ring from `ring_min` bytes (bandwidth-bound: every rank sends
+//! `2(p-1)/p` of the data, in `2(p-1)` rounds); Rabenseifner in between
+//! (`2 log2 p` rounds, ring-like volume). The thresholds are where the curves
+//! crossed on the 2-core development VM (see BENCHMARKS.md).
+
+use crate::error::{CollectiveError, Result};
+
+/// Allreduce algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllreduceAlgorithm {
+    /// Chosen by size, rank count and topology.
+    Auto,
+    /// Ring reduce-scatter + ring allgather.
+    Ring,
+    /// Recursive doubling.
+    RecursiveDoubling,
+    /// Recursive halving + recursive doubling (Rabenseifner).
+    Rabenseifner,
+    /// Reduce inside each node, allreduce among node leaders, broadcast inside.
+    Hierarchical,
+}
+
+/// Broadcast algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BcastAlgorithm {
+    /// Chosen by size.
+    Auto,
+    /// Binomial tree of the whole buffer.
+    Binomial,
+    /// Binomial scatter, then ring allgather (van de Geijn).
+    ScatterAllgather,
+}
+
+/// Settings of the collectives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectiveConfig {
+    /// Forced allreduce algorithm, or `Auto`.
+    pub allreduce: AllreduceAlgorithm,
+    /// Forced broadcast algorithm, or `Auto`.
+    pub bcast: BcastAlgorithm,
+    /// Recursive doubling up to this many bytes.
+    pub rd_max: usize,
+    /// Ring from this many bytes.
+    pub ring_min: usize,
+    /// Scatter+allgather broadcast from this many bytes.
+    pub bcast_large: usize,
+    /// Messages above this size are cut into segments of this size, each
+    /// received and reduced before the next is taken (keeps the reduced data
+    /// in cache); 0 disables.
+    pub segment: usize,
+}
+
+impl Default for CollectiveConfig {
+    fn default() -> Self {
+        CollectiveConfig {
+            allreduce: AllreduceAlgorithm::Auto,
+            bcast: BcastAlgorithm::Auto,
+            rd_max: 16 * 1024,
+            ring_min: 256 * 1024,
+            bcast_large: 1024 * 1024,
+            segment: 256 * 1024,
+        }
+    }
+}
+
+fn bytes(variable: &'static str, value: &str) -> Result<usize> {
+    let v = value.trim();
+    let (digits, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&v[..i], &v[i..]),
+        None => (v, ""),
+    };
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        _ => 0,
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .filter(|_| scale > 0)
+        .and_then(|d| d.checked_mul(scale))
+        .ok_or_else(|| CollectiveError::Config {
+            variable,
+            value: value.to_string(),
+            expected: "a byte count such as 65536, 64K or 1M",
+        })
+}
+
+impl CollectiveConfig {
+    /// Reads the `LUMEN_COLL_*` variables through `lookup` (normally
+    /// `|name| std::env::var(name).ok()`).
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut config = CollectiveConfig::default();
+        if let Some(v) = lookup("LUMEN_COLL_ALLREDUCE") {
+            config.allreduce = match v.trim() {
+                "auto" | "" => AllreduceAlgorithm::Auto,
+                "ring" => AllreduceAlgorithm::Ring,
+                "rd" | "recursive_doubling" => AllreduceAlgorithm::RecursiveDoubling,
+                "rabenseifner" => AllreduceAlgorithm::Rabenseifner,
+                "hier" | "hierarchical" => AllreduceAlgorithm::Hierarchical,
+                _ => {
+                    return Err(CollectiveError::Config {
+                        variable: "LUMEN_COLL_ALLREDUCE",
+                        value: v,
+                        expected: "one of auto, ring, rd, rabenseifner, hier",
+                    })
+                }
+            };
+        }
+        if let Some(v) = lookup("LUMEN_COLL_BCAST") {
+            config.bcast = match v.trim() {
+                "auto" | "" => BcastAlgorithm::Auto,
+                "binomial" => BcastAlgorithm::Binomial,
+                "scatter_allgather" => BcastAlgorithm::ScatterAllgather,
+                _ => {
+                    return Err(CollectiveError::Config {
+                        variable: "LUMEN_COLL_BCAST",
+                        value: v,
+                        expected: "one of auto, binomial, scatter_allgather",
+                    })
+                }
+            };
+        }
+        for (name, slot) in [
+            ("LUMEN_COLL_RD_MAX", &mut config.rd_max),
+            ("LUMEN_COLL_RING_MIN", &mut config.ring_min),
+            ("LUMEN_COLL_BCAST_LARGE", &mut config.bcast_large),
+            ("LUMEN_COLL_SEGMENT", &mut config.segment),
+        ] {
+            if let Some(v) = lookup(name) {
+                *slot = bytes(name, &v)?;
+            }
+        }
+        Ok(config)
+    }
+
+    /// The allreduce algorithm for `bytes` bytes over `p` ranks; `hierarchy`
+    /// says whether the communicator spans nodes with several ranks on some.
+    /// Never returns `Auto`; `Hierarchical` only when `hierarchy` is true.
+    pub fn choose_allreduce(&self, bytes: usize, p: usize, hierarchy: bool) -> AllreduceAlgorithm {
+        let flat = |bytes: usize| {
+            if bytes <= self.rd_max || p <= 2 && bytes < self.ring_min {
+                AllreduceAlgorithm::RecursiveDoubling
+            } else if bytes >= self.ring_min {
+                AllreduceAlgorithm::Ring
+            } else {
+                AllreduceAlgorithm::Rabenseifner
+            }
+        };
+        match self.allreduce {
+            AllreduceAlgorithm::Auto if hierarchy => AllreduceAlgorithm::Hierarchical,
+            AllreduceAlgorithm::Auto => flat(bytes),
+            AllreduceAlgorithm::Hierarchical if !hierarchy => flat(bytes),
+            forced => forced,
+        }
+    }
+
+    /// The broadcast algorithm for `bytes` bytes over `p` ranks.
+    pub fn choose_bcast(&self, bytes: usize, p: usize) -> BcastAlgorithm {
+        match self.bcast {
+            BcastAlgorithm::Auto if p > 2 && bytes >= self.bcast_large => {
+                BcastAlgorithm::ScatterAllgather
+            }
+            BcastAlgorithm::Auto => BcastAlgorithm::Binomial,
+            forced => forced,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<CollectiveConfig> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        CollectiveConfig::from_env(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        let c = config(&[
+            ("LUMEN_COLL_ALLREDUCE", "ring"),
+            ("LUMEN_COLL_SEGMENT", "64K"),
+            ("LUMEN_COLL_RD_MAX", "2048"),
+        ])
+        .unwrap();
+        assert_eq!(c.allreduce, AllreduceAlgorithm::Ring);
+        assert_eq!(c.segment, 65536);
+        assert_eq!(c.rd_max, 2048);
+        assert!(config(&[("LUMEN_COLL_ALLREDUCE", "fast")]).is_err());
+        assert!(config(&[("LUMEN_COLL_SEGMENT", "12Q")]).is_err());
+        assert!(config(&[("LUMEN_COLL_SEGMENT", "")]).is_err());
+        assert_eq!(config(&[]).unwrap(), CollectiveConfig::default());
+    }
+
+    #[test]
+    fn selection_by_size_and_topology() {
+        let c = CollectiveConfig::default();
+        use AllreduceAlgorithm::*;
+        assert_eq!(c.choose_allreduce(8, 4, false), RecursiveDoubling);
+        assert_eq!(c.choose_allreduce(65536, 4, false), Rabenseifner);
+        assert_eq!(c.choose_allreduce(4 << 20, 4, false), Ring);
+        assert_eq!(c.choose_allreduce(8, 6, true), Hierarchical);
+        let forced = CollectiveConfig {
+            allreduce: Hierarchical,
+            ..c.clone()
+        };
+        assert_eq!(forced.choose_allreduce(8, 4, false), RecursiveDoubling);
+        assert_eq!(c.choose_bcast(8 << 20, 4), BcastAlgorithm::ScatterAllgather);
+        assert_eq!(c.choose_bcast(8 << 20, 2), BcastAlgorithm::Binomial);
+    }
+}
