@@ -629,6 +629,10 @@ mod tests {
     use super::*;
     use std::collections::{HashMap, VecDeque};
 
+    /// Messages in flight per (from, to) pair: blocks and data.
+    type Wire = HashMap<(usize, usize), VecDeque<(Range<usize>, Vec<i64>)>>;
+    type Algorithm = fn(usize, usize) -> Vec<Step>;
+
     /// Runs every rank's schedule in lock step over per-rank buffers of
     /// `i64` (reduction: sum), checking that every receive has a matching
     /// send of the same size in the same round and that no send is left over.
@@ -652,8 +656,7 @@ mod tests {
             );
         }
         for round in 0..=max_round {
-            let mut wire: HashMap<(usize, usize), VecDeque<(Range<usize>, Vec<i64>)>> =
-                HashMap::new();
+            let mut wire: Wire = HashMap::new();
             for (rank, s) in schedules.iter().enumerate() {
                 for step in s.iter().filter(|st| st.round == round) {
                     for t in &step.sends {
@@ -723,7 +726,7 @@ mod tests {
             for count in [0, 1, 5, 37, 64] {
                 let input = inputs(p, count);
                 let expected = sum(&input);
-                let cases: [(&str, usize, fn(usize, usize) -> Vec<Step>); 3] = [
+                let cases: [(&str, usize, Algorithm); 3] = [
                     ("ring", p, ring_allreduce),
                     ("rd", 1, recursive_doubling_allreduce),
                     (
