@@ -33,6 +33,33 @@ enum Command {
 enum BenchCommand {
     /// Point-to-point latency and bandwidth, shared memory and TCP, beside Open MPI.
     Transport(TransportBenchArgs),
+    /// Collective latency (allreduce, bcast, ...) beside Open MPI.
+    Collectives(CollectivesBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct CollectivesBenchArgs {
+    /// Sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = lumen::bench::collectives::DEFAULT_SIZES.to_vec())]
+    sizes: Vec<usize>,
+    /// Rank counts on this node, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![2u32, 4])]
+    ranks: Vec<u32>,
+    /// Operations, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = lumen::bench::collectives::OPS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    ops: Vec<String>,
+    /// Iteration scale: 1.0 for OSU-like counts, 0.01 for a smoke run.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Skip the Open MPI baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Also measure 3 network-namespace nodes x 2 ranks (root).
+    #[arg(long)]
+    netns: bool,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +126,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Bench(BenchCommand::Transport(args)) => bench_transport(args),
         Command::BenchWorker(BenchCommand::Transport(args)) => bench_transport_worker(args),
+        Command::Bench(BenchCommand::Collectives(args)) => bench_collectives(args),
+        Command::BenchWorker(BenchCommand::Collectives(args)) => bench_collectives_worker(args),
     };
     match result {
         Ok(code) => code,
@@ -170,6 +199,37 @@ fn bench_transport_worker(args: TransportBenchArgs) -> anyhow::Result<ExitCode> 
             println!("{{\"test\":\"bandwidth\",\"size\":{size},\"mbps\":{mbps:.2}}}");
         }
     }
+    job.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_collectives(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = lumen::bench::collectives::CollectivesBenchOptions {
+        sizes: args.sizes,
+        ranks: args.ranks,
+        scale: args.scale,
+        ops: args.ops,
+        baseline: !args.no_baseline,
+        netns: args.netns,
+    };
+    let rows = lumen::bench::collectives::run(&options)?;
+    lumen::bench::collectives::print_table(&rows);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_collectives_worker(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
+    let job = lumen::bootstrap::join()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if job.world.local_size as usize <= cores {
+        lumen::bench::pin_to_core(job.world.local_rank as usize);
+    }
+    let world = lumen::world_communicator(&job)?;
+    lumen::bench::collectives::worker(&world, &args.sizes, &args.ops, args.scale)?;
+    drop(world);
     job.finish()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! and report ratios (Lumen time / baseline time, so below 1.0 is better for
 //! latency; Lumen rate / baseline rate, so above 1.0 is better for bandwidth).
 
+pub mod collectives;
 pub mod mpi;
 pub mod netns;
 pub mod transport;

@@ -1,0 +1,336 @@
+//! `lumen bench collectives`: OSU-style average latency of allreduce, bcast,
+//! allgather, reduce_scatter and alltoall, Lumen beside Open MPI for the same
+//! operations, sizes and rank counts in the same invocation, with the ratio
+//! per size (Lumen / Open MPI: below 1.0 is better).
+//!
+//! Both sides run the same loop (see `benches/mpi/mpi_coll.c` for the size
+//! conventions): per op and size a warm-up, then three trials opened by a
+//! barrier, a rank's time is its best trial's average per iteration, and the
+//! reported latency is the average over ranks. One node: `lumen run -n N`
+//! (shared memory) beside `mpirun -n N --mca btl self,vader`. With `--netns`:
+//! 3 network-namespace nodes × 2 ranks (shared memory inside, TCP across)
+//! for Lumen; the Open MPI side of that layout is not measured (its launcher
+//! needs ssh-like access to the namespaces).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use lumen_collectives::{Communicator, ReduceOp};
+use serde::Serialize;
+
+/// Sizes measured by default (bytes).
+pub const DEFAULT_SIZES: &[usize] = &[8, 64, 1024, 8192, 65536, 262144, 1048576, 4194304];
+
+/// Operations measured.
+pub const OPS: &[&str] = &[
+    "allreduce",
+    "bcast",
+    "allgather",
+    "reduce_scatter",
+    "alltoall",
+];
+
+const MPI_SOURCE: &str = include_str!("../../../benches/mpi/mpi_coll.c");
+
+/// Trials per op and size; the best one counts (both sides).
+const TRIALS: usize = 3;
+
+/// Options of `lumen bench collectives`.
+#[derive(Debug, Clone)]
+pub struct CollectivesBenchOptions {
+    /// Sizes in bytes (see `mpi_coll.c` for what a size means per op).
+    pub sizes: Vec<usize>,
+    /// Rank counts on one node.
+    pub ranks: Vec<u32>,
+    /// Iteration scale (1.0: 1000 iterations up to 8 KiB; 0.01 for a smoke run).
+    pub scale: f64,
+    /// Operations.
+    pub ops: Vec<String>,
+    /// Run the Open MPI baseline.
+    pub baseline: bool,
+    /// Also 3 namespace nodes × 2 ranks (root).
+    pub netns: bool,
+}
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectiveRow {
+    /// "1x2", "1x4" (nodes × ranks per node) or "3x2-netns".
+    pub layout: String,
+    /// Operation.
+    pub op: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// Lumen's average latency, µs.
+    pub lumen_usec: f64,
+    /// Open MPI's, when it ran.
+    pub mpi_usec: Option<f64>,
+    /// lumen / mpi (lower is better).
+    pub ratio: Option<f64>,
+}
+
+/// Iterations per trial for a size.
+pub fn iterations(size: usize, scale: f64) -> usize {
+    let small = ((1000.0 * scale) as usize).max(1);
+    let n = if size <= 8192 {
+        small
+    } else {
+        small * 8192 / size
+    };
+    n.max(if scale < 0.1 { 2 } else { 20 })
+}
+
+fn small_iterations(scale: f64) -> usize {
+    ((1000.0 * scale) as usize).max(1)
+}
+
+/// The benchmark loop of one rank (run by `lumen bench-worker collectives`):
+/// prints `{"test":op,"size":..,"usec":..}` lines at rank 0.
+pub fn worker(
+    comm: &Communicator,
+    sizes: &[usize],
+    ops: &[String],
+    scale: f64,
+) -> anyhow::Result<()> {
+    let p = comm.size() as usize;
+    let max = sizes.iter().copied().max().unwrap_or(4).max(4);
+    let floats = max.div_ceil(4) * p;
+    let mut a = vec![0f32; floats];
+    let mut b = vec![0f32; floats];
+    for op in ops {
+        for &size in sizes {
+            let count = size.div_ceil(4).max(1);
+            let iters = iterations(size, scale);
+            let warmup = (iters / 10).max(2);
+            let mut best = f64::INFINITY;
+            for trial in 0..=TRIALS {
+                let n = if trial == 0 { warmup } else { iters };
+                comm.barrier()?;
+                let start = Instant::now();
+                for _ in 0..n {
+                    match op.as_str() {
+                        "allreduce" => comm.allreduce(&mut a[..count], ReduceOp::Sum)?,
+                        "bcast" => comm.bcast(&mut a[..count], 0)?,
+                        "allgather" => comm.allgather(&a[..count], &mut b[..count * p])?,
+                        "reduce_scatter" => {
+                            comm.reduce_scatter(&a[..count * p], &mut b[..count], ReduceOp::Sum)?
+                        }
+                        "alltoall" => comm.alltoall(&a[..count * p], &mut b[..count * p])?,
+                        other => bail!("unknown operation {other}; known: {}", OPS.join(", ")),
+                    }
+                }
+                let per = start.elapsed().as_secs_f64() / n as f64;
+                if trial > 0 {
+                    best = best.min(per);
+                }
+            }
+            let mut usec = [best * 1e6];
+            comm.allreduce(&mut usec, ReduceOp::Sum)?;
+            if comm.rank() == 0 {
+                println!(
+                    "{{\"test\":\"{op}\",\"size\":{size},\"usec\":{:.3}}}",
+                    usec[0] / p as f64
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fxhash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn build_mpi() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lumen-mpi-coll-{:016x}", fxhash(MPI_SOURCE)));
+    let binary = dir.join("mpi_coll");
+    if binary.exists() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let source = dir.join("mpi_coll.c");
+    std::fs::write(&source, MPI_SOURCE)?;
+    let status = Command::new("mpicc")
+        .args(["-O2", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .context("running mpicc (install Open MPI: scripts/install-deps.sh)")?;
+    if !status.success() {
+        bail!("mpicc failed with {status}");
+    }
+    Ok(binary)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn mpi_rows(
+    ranks: u32,
+    options: &CollectivesBenchOptions,
+) -> anyhow::Result<Vec<(String, usize, f64)>> {
+    let binary = build_mpi()?;
+    let sizes: Vec<String> = options.sizes.iter().map(ToString::to_string).collect();
+    let bind = if ranks as usize <= cores() {
+        "core"
+    } else {
+        "none"
+    };
+    let output = Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_oob_tcp_if_include", "lo")
+        .args([
+            "-n",
+            &ranks.to_string(),
+            "--oversubscribe",
+            "--bind-to",
+            bind,
+        ])
+        .args(["--mca", "pml", "ob1", "--mca", "btl", "self,vader"])
+        .arg(&binary)
+        .args(["-i", &small_iterations(options.scale).to_string()])
+        .args(["-t", &TRIALS.to_string(), "-o", &options.ops.join(",")])
+        .arg(sizes.join(","))
+        .output()
+        .context("running mpirun (install Open MPI: scripts/install-deps.sh)")?;
+    if !output.status.success() {
+        bail!(
+            "the MPI baseline failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    super::parse_json_rows(&output.stdout)
+}
+
+fn worker_args(options: &CollectivesBenchOptions) -> Vec<String> {
+    let sizes: Vec<String> = options.sizes.iter().map(ToString::to_string).collect();
+    vec![
+        "bench-worker".into(),
+        "collectives".into(),
+        "--scale".into(),
+        options.scale.to_string(),
+        "--sizes".into(),
+        sizes.join(","),
+        "--ops".into(),
+        options.ops.join(","),
+    ]
+}
+
+fn lumen_rows(
+    ranks: u32,
+    options: &CollectivesBenchOptions,
+) -> anyhow::Result<Vec<(String, usize, f64)>> {
+    let exe = std::env::current_exe().context("locating the lumen binary")?;
+    let output = Command::new(&exe)
+        .args(["run", "-n", &ranks.to_string(), "--"])
+        .arg(&exe)
+        .args(worker_args(options))
+        .output()
+        .context("starting lumen run")?;
+    if !output.status.success() {
+        bail!(
+            "lumen collectives worker failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    super::parse_json_rows(&output.stdout)
+}
+
+fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<(String, usize, f64)>> {
+    use lumen_testkit::{netns_unavailable_reason, unique_prefix, NetnsCluster};
+    if let Some(reason) = netns_unavailable_reason() {
+        bail!("network namespaces unavailable: {reason}");
+    }
+    let exe = std::env::current_exe().context("locating the lumen binary")?;
+    let cluster = NetnsCluster::create(&unique_prefix("lcb"), 3)?;
+    let hosts: Vec<String> = (0..3)
+        .map(|i| format!("{}:2", cluster.namespace(i)))
+        .collect();
+    let output = cluster
+        .command(0, &exe)
+        .args(["run", "-n", "6", "--hosts", &hosts.join(",")])
+        .args(["--launch-agent", "ip netns exec {host}"])
+        .args(["--rendezvous-bind", &cluster.host_addr(0).to_string()])
+        .arg("--")
+        .arg(&exe)
+        .args(worker_args(options))
+        .env("LUMEN_TCP_IF", cluster.subnet_cidr())
+        .output()
+        .context("running lumen in the namespaces")?;
+    cluster.destroy()?;
+    if !output.status.success() {
+        bail!(
+            "lumen collectives worker across namespaces failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    super::parse_json_rows(&output.stdout)
+}
+
+/// `lumen bench collectives`.
+pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<CollectiveRow>> {
+    let mut rows = Vec::new();
+    let mut add = |layout: &str, lumen: Vec<(String, usize, f64)>, mpi: &[(String, usize, f64)]| {
+        for (op, size, usec) in lumen {
+            let baseline = mpi
+                .iter()
+                .find(|(o, s, _)| *o == op && *s == size)
+                .map(|m| m.2);
+            rows.push(CollectiveRow {
+                layout: layout.to_string(),
+                op,
+                size,
+                lumen_usec: usec,
+                mpi_usec: baseline,
+                ratio: baseline.map(|b| usec / b),
+            });
+        }
+    };
+    for &ranks in &options.ranks {
+        let lumen = lumen_rows(ranks, options)?;
+        let mpi = if options.baseline {
+            mpi_rows(ranks, options).unwrap_or_else(|e| {
+                eprintln!("lumen bench: Open MPI baseline unavailable: {e:#}");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        add(&format!("1x{ranks}"), lumen, &mpi);
+    }
+    if options.netns {
+        add("3x2-netns", netns_rows(options)?, &[]);
+    }
+    Ok(rows)
+}
+
+/// Prints rows as a table.
+pub fn print_table(rows: &[CollectiveRow]) {
+    println!(
+        "{:<10} {:<15} {:>9} {:>12} {:>12} {:>7}",
+        "layout", "op", "size", "lumen us", "open-mpi us", "ratio"
+    );
+    for r in rows {
+        let mpi = r
+            .mpi_usec
+            .map(|m| format!("{m:.2}"))
+            .unwrap_or_else(|| "n/a".into());
+        let ratio = r
+            .ratio
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "n/a".into());
+        println!(
+            "{:<10} {:<15} {:>9} {:>12.2} {:>12} {:>7}",
+            r.layout, r.op, r.size, r.lumen_usec, mpi, ratio
+        );
+    }
+}
