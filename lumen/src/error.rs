@@ -14,6 +14,9 @@ pub enum LumenError {
     /// The transport failed (a peer died, a connection broke...).
     #[error(transparent)]
     Transport(#[from] lumen_transport::TransportError),
+    /// A task, actor or object call of the runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
 }
 
 /// Result with [`LumenError`].

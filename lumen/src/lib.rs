@@ -20,8 +20,32 @@
 pub mod bench;
 pub mod bootstrap;
 pub mod error;
+pub mod runtime;
 
 pub use error::{LumenError, Result};
+pub use lumen_macros::{actor, remote};
+pub use runtime::{
+    current, wait, ActorHandle, ActorOptions, InitOptions, IntoArg, ObjectRef, Runtime,
+    TaskOptions,
+};
+#[doc(hidden)]
+pub use runtime::__private;
+
+/// Starts the runtime in driver mode: joins the job this process was
+/// launched in (`lumen run`, `srun`, `mpirun`), or, started bare, starts an
+/// embedded local cluster of `LUMEN_NUM_WORKERS` (default: one per core)
+/// worker processes. Rank 0 returns; on every other rank `init` serves
+/// tasks and actors until rank 0's runtime is dropped, then exits the
+/// process. See [`runtime`] and [`InitOptions`] (SPMD mode).
+pub fn init() -> Result<Runtime> {
+    InitOptions::new().init()
+}
+
+/// The names most programs need: `use lumen::prelude::*;`.
+pub mod prelude {
+    pub use crate::runtime::{ActorHandle, ObjectRef, RemoteFunction, Runtime};
+    pub use crate::{actor, remote, wait, LumenError};
+}
 pub use lumen_collectives as collectives;
 pub use lumen_transport as transport;
 

@@ -1,0 +1,398 @@
+//! Actors: state that lives on one rank, driven by method calls that run
+//! one at a time in arrival order.
+//!
+//! Each actor runs on a thread of its hosting rank with a FIFO mailbox.
+//! Calls from one caller reach the host in submission order (the transport
+//! is ordered per pair of ranks, and one handler thread moves arriving calls
+//! into the mailbox), so a caller sees its calls executed in the order it
+//! made them; calls of different callers interleave. A call that arrives
+//! before the actor's creation message (a handle passed on to a third rank
+//! that calls at once) waits in a per-actor early queue. Killing an actor
+//! stops its thread after the running call and fails queued and later calls
+//! with `ActorDied`. A dead hosting rank fails the calls in flight; actors
+//! are not restarted (`max_restarts` is not implemented).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::{Arc, Condvar, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use lumen_transport::Rank;
+
+use super::core::current_inner;
+use super::core::{owned_ref, Inner};
+use super::error::RuntimeError;
+use super::error::TaskErrorKind;
+use super::ids::{ActorId, ObjectId};
+use super::object_ref::{collect_refs, ObjectRef};
+use super::protocol::ActorAddress;
+use super::registry::{self, TaskFailure};
+use crate::error::{LumenError, Result};
+
+/// A class of actors (implemented by `#[lumen::actor]`).
+pub trait ActorClass: Send + 'static {
+    /// Stable id of the class.
+    const CLASS_ID: u64;
+    /// `module::path::Type`.
+    const CLASS_NAME: &'static str;
+    /// The generated type with one method per actor method.
+    type Methods: From<RawActorHandle> + AsRef<RawActorHandle> + Clone;
+}
+
+/// An untyped actor handle: which actor, where. Serialisable, so handles can
+/// be passed to tasks and other actors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawActorHandle {
+    address: ActorAddress,
+    name: Option<String>,
+}
+
+impl RawActorHandle {
+    pub(crate) fn new(address: ActorAddress, name: Option<String>) -> Self {
+        RawActorHandle { address, name }
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.address.id
+    }
+
+    /// The rank hosting it.
+    pub fn rank(&self) -> Rank {
+        self.address.host
+    }
+
+    /// Submits a method call (used by the generated methods).
+    #[doc(hidden)]
+    pub fn __call<T, A: Serialize>(
+        &self,
+        method: u64,
+        name: &str,
+        args: &A,
+    ) -> Result<ObjectRef<T>> {
+        let inner = current_inner().ok_or(LumenError::Runtime(RuntimeError::NoRuntime))?;
+        let object = inner.call_actor(&self.address, method, name, args)?;
+        Ok(owned_ref(&inner, object))
+    }
+
+    /// Stops the actor (after the call it is running); later calls fail.
+    pub fn kill(&self) -> Result<()> {
+        let inner = current_inner().ok_or(LumenError::Runtime(RuntimeError::NoRuntime))?;
+        inner.kill_actor(&self.address, self.name.as_deref())
+    }
+}
+
+/// A typed handle to an actor of class `A`: dereferences to the generated
+/// methods (`handle.incr(5)` returns an `ObjectRef`). Clone it, or pass it
+/// to tasks and other actors (it is serialisable).
+pub struct ActorHandle<A: ActorClass> {
+    methods: A::Methods,
+    _class: PhantomData<fn() -> A>,
+}
+
+impl<A: ActorClass> ActorHandle<A> {
+    pub(crate) fn new(raw: RawActorHandle) -> Self {
+        ActorHandle {
+            methods: A::Methods::from(raw),
+            _class: PhantomData,
+        }
+    }
+
+    /// The untyped handle.
+    pub fn raw(&self) -> &RawActorHandle {
+        self.methods.as_ref()
+    }
+
+    /// Stops the actor; later calls fail with `ActorDied`.
+    pub fn kill(&self) -> Result<()> {
+        self.raw().kill()
+    }
+}
+
+impl<A: ActorClass> Deref for ActorHandle<A> {
+    type Target = A::Methods;
+    fn deref(&self) -> &A::Methods {
+        &self.methods
+    }
+}
+
+impl<A: ActorClass> Clone for ActorHandle<A> {
+    fn clone(&self) -> Self {
+        ActorHandle {
+            methods: self.methods.clone(),
+            _class: PhantomData,
+        }
+    }
+}
+
+impl<A: ActorClass> std::fmt::Debug for ActorHandle<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let raw = self.raw();
+        write!(
+            f,
+            "ActorHandle<{}>({} on rank {})",
+            A::CLASS_NAME,
+            raw.id(),
+            raw.rank()
+        )
+    }
+}
+
+impl<A: ActorClass> Serialize for ActorHandle<A> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.raw().serialize(serializer)
+    }
+}
+
+impl<'de, A: ActorClass> Deserialize<'de> for ActorHandle<A> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let raw = RawActorHandle::deserialize(deserializer)?;
+        if raw.address.class_id != A::CLASS_ID {
+            return Err(serde::de::Error::custom(format!(
+                "actor handle of class {} where {} was expected",
+                raw.address.class_name,
+                A::CLASS_NAME
+            )));
+        }
+        Ok(ActorHandle::new(raw))
+    }
+}
+
+/// A call waiting in an actor's mailbox.
+#[derive(Debug)]
+struct Call {
+    method: u64,
+    name: String,
+    object: ObjectId,
+    args: Vec<u8>,
+    refs: Vec<ObjectId>,
+}
+
+#[derive(Debug, Default)]
+struct Mailbox {
+    calls: VecDeque<Call>,
+    stopped: bool,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    mailbox: Mutex<Mailbox>,
+    ready: Condvar,
+}
+
+/// The actors hosted by a rank.
+#[derive(Debug, Default)]
+pub(crate) struct ActorHost {
+    actors: Mutex<HashMap<ActorId, Arc<Slot>>>,
+    early: Mutex<HashMap<ActorId, Vec<Call>>>,
+    killed: Mutex<HashSet<ActorId>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ActorHost {
+    pub(crate) fn create(
+        &self,
+        inner: &Arc<Inner>,
+        address: ActorAddress,
+        args: Vec<u8>,
+        refs: Vec<ObjectId>,
+    ) {
+        let slot = Arc::new(Slot::default());
+        {
+            let early = lock(&self.early).remove(&address.id).unwrap_or_default();
+            lock(&slot.mailbox).calls.extend(early);
+            lock(&self.actors).insert(address.id, slot.clone());
+        }
+        let runtime = Arc::downgrade(inner);
+        let spawned = std::thread::Builder::new()
+            .name(format!("lumen-actor-{}", address.id.seq))
+            .spawn(move || {
+                let Some(inner) = runtime.upgrade() else {
+                    return;
+                };
+                let constructed = match registry::class(address.class_id) {
+                    None => Err(TaskFailure::new(
+                        TaskErrorKind::UnknownFunction,
+                        format!(
+                            "rank {} has no actor class with id {:#018x} ({}); do all ranks run the same binary?",
+                            inner.rank, address.class_id, address.class_name
+                        ),
+                    )),
+                    Some(class) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        (class.construct)(&args)
+                    }))
+                    .unwrap_or_else(|payload| {
+                        Err(TaskFailure::new(TaskErrorKind::Panic, panic_text(&*payload)))
+                    }),
+                };
+                inner.release_all(&refs);
+                drop(inner);
+                serve(runtime, address, slot, constructed);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("could not start an actor thread: {e}");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn call(
+        &self,
+        inner: &Arc<Inner>,
+        actor: ActorId,
+        method: u64,
+        name: String,
+        object: ObjectId,
+        args: Vec<u8>,
+        refs: Vec<ObjectId>,
+    ) {
+        let call = Call {
+            method,
+            name,
+            object,
+            args,
+            refs,
+        };
+        let slot = lock(&self.actors).get(&actor).cloned();
+        match slot {
+            Some(slot) => {
+                let mut mailbox = lock(&slot.mailbox);
+                if mailbox.stopped {
+                    drop(mailbox);
+                    fail_call(inner, actor, call, "it was killed");
+                    return;
+                }
+                mailbox.calls.push_back(call);
+                drop(mailbox);
+                slot.ready.notify_one();
+            }
+            None if lock(&self.killed).contains(&actor) => {
+                fail_call(inner, actor, call, "it was killed")
+            }
+            None => lock(&self.early).entry(actor).or_default().push(call),
+        }
+    }
+
+    pub(crate) fn kill(&self, inner: &Arc<Inner>, actor: ActorId) {
+        lock(&self.killed).insert(actor);
+        let slot = lock(&self.actors).remove(&actor);
+        let early = lock(&self.early).remove(&actor).unwrap_or_default();
+        for call in early {
+            fail_call(inner, actor, call, "it was killed");
+        }
+        if let Some(slot) = slot {
+            let queued: Vec<Call> = {
+                let mut mailbox = lock(&slot.mailbox);
+                mailbox.stopped = true;
+                mailbox.calls.drain(..).collect()
+            };
+            slot.ready.notify_all();
+            for call in queued {
+                fail_call(inner, actor, call, "it was killed");
+            }
+        }
+    }
+
+    /// Stops every actor (shutdown).
+    pub(crate) fn stop_all(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.actors).drain().map(|(_, s)| s).collect();
+        for slot in slots {
+            lock(&slot.mailbox).stopped = true;
+            slot.ready.notify_all();
+        }
+    }
+
+    /// Nothing to do for actors hosted elsewhere; kept as the place where
+    /// restarts (`max_restarts`) would go.
+    pub(crate) fn forget_dead_rank(&self, _rank: Rank) {}
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+fn fail_call(inner: &Arc<Inner>, actor: ActorId, call: Call, reason: &str) {
+    inner.finish(
+        call.object,
+        &call.name,
+        Err(TaskFailure::new(
+            TaskErrorKind::ActorDied,
+            format!("{actor} is dead: {reason}"),
+        )),
+    );
+    inner.release_all(&call.refs);
+}
+
+fn serve(
+    runtime: std::sync::Weak<Inner>,
+    address: ActorAddress,
+    slot: Arc<Slot>,
+    mut state: std::result::Result<Box<dyn std::any::Any + Send>, TaskFailure>,
+) {
+    loop {
+        let call = {
+            let mut mailbox = lock(&slot.mailbox);
+            loop {
+                if mailbox.stopped {
+                    return;
+                }
+                if let Some(call) = mailbox.calls.pop_front() {
+                    break call;
+                }
+                mailbox = slot.ready.wait(mailbox).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let Some(inner) = runtime.upgrade() else {
+            return;
+        };
+        let result = match &mut state {
+            Err(failure) => Err(TaskFailure::new(
+                TaskErrorKind::ActorDied,
+                format!(
+                    "{} could not be created: {}",
+                    address.class_name, failure.message
+                ),
+            )),
+            Ok(state) => match registry::method(call.method) {
+                Some(method) if method.class_id == address.class_id => {
+                    let (result, refs) = collect_refs(|| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            (method.invoke)(state.as_mut(), &call.args)
+                        }))
+                        .unwrap_or_else(|payload| {
+                            Err(TaskFailure::new(
+                                TaskErrorKind::Panic,
+                                panic_text(&*payload),
+                            ))
+                        })
+                    });
+                    result.map(|bytes| (bytes, refs))
+                }
+                _ => Err(TaskFailure::new(
+                    TaskErrorKind::UnknownFunction,
+                    format!(
+                        "rank {} has no method {} (id {:#018x}) for {}",
+                        inner.rank, call.name, call.method, address.class_name
+                    ),
+                )),
+            },
+        };
+        inner.finish(call.object, &call.name, result);
+        inner.release_all(&call.refs);
+    }
+}

@@ -1,0 +1,1410 @@
+//! The core worker of a rank: the IO shell around the reference table and
+//! the scheduler. It submits tasks and actor calls, serves the runtime's
+//! messages (an active-message handler on the transport's progress thread,
+//! which never blocks: it updates tables, queues work and sends small
+//! replies), fetches values, watches peers for death and retries tasks.
+//!
+//! Locks: `state` (reference table, in-flight tasks, requests) is never held
+//! while sending or while running user code; everything that must happen
+//! after a state change is collected under the lock and done after it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use lumen_transport::{Endpoint, Rank, Source, TransportError};
+
+use super::actor::{ActorHost, RawActorHandle};
+use super::error::{RuntimeError, TaskError, TaskErrorKind};
+use super::executor::Executor;
+use super::ids::{ActorId, ObjectId};
+use super::object_ref::{collect_refs, Bytes, ObjectRef};
+use super::options::{ActorOptions, TaskOptions};
+use super::protocol::{
+    decode, encode, ActorAddress, Outcome, RankInfo, RankStats, RtMsg, TaskSpec, PROBE_TAG,
+    RUNTIME_TAG,
+};
+use super::refs::{Effect, ObjectState, RefTable};
+use super::registry::{self, TaskFailure};
+use super::scheduler::{RankSlot, Request, Scheduler};
+use super::store::ValueStore;
+use crate::error::{LumenError, Result};
+
+/// How `main` runs on the ranks of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Rank 0 runs `main` and submits; the other ranks only serve (Ray's
+    /// style). `init` does not return on ranks other than 0.
+    Driver,
+    /// Every rank runs `main`, submits work anywhere and serves (MPI's style).
+    Spmd,
+}
+
+/// Values up to this many encoded bytes travel inline (Ray: 100 KiB).
+const DEFAULT_INLINE_MAX: usize = 100 * 1024;
+/// How often the monitor looks for dead peers.
+const MONITOR_PERIOD: Duration = Duration::from_millis(20);
+/// Longest single sleep of a waiting caller (it re-checks peers after).
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+static CURRENT: RwLock<Option<Arc<Inner>>> = RwLock::new(None);
+
+/// The runtime of this process, if one is running.
+pub(crate) fn current_inner() -> Option<Arc<Inner>> {
+    CURRENT.read().ok().and_then(|c| c.clone())
+}
+
+pub(crate) fn set_current(inner: Option<Arc<Inner>>) -> Result<()> {
+    let mut slot = CURRENT.write().unwrap_or_else(|p| p.into_inner());
+    if inner.is_some() && slot.is_some() {
+        return Err(LumenError::Runtime(RuntimeError::AlreadyInitialized));
+    }
+    *slot = inner;
+    Ok(())
+}
+
+/// A work in flight that the owner must follow up when a rank dies.
+#[derive(Debug)]
+enum InFlight {
+    Task {
+        spec: TaskSpec,
+        rank: Rank,
+    },
+    ActorCall {
+        host: Rank,
+        actor: ActorId,
+        name: String,
+    },
+}
+
+/// An answer awaited by a blocked caller.
+#[derive(Debug)]
+enum Reply {
+    Waiting(Rank),
+    Ack(Option<String>),
+    Name(Option<ActorAddress>),
+    Stats(RankStats),
+    Failed,
+}
+
+#[derive(Debug)]
+struct State {
+    refs: RefTable,
+    in_flight: HashMap<ObjectId, InFlight>,
+    /// Values of borrowed objects: `None` while the owner has not answered.
+    remote_values: HashMap<ObjectId, Option<Outcome>>,
+    /// Request id of each outstanding `GetValue`.
+    value_requests: HashMap<u64, ObjectId>,
+    /// (owner side) borrowers waiting for a pending object's value.
+    value_waiters: HashMap<ObjectId, Vec<(Rank, u64)>>,
+    replies: HashMap<u64, Reply>,
+    dead: HashSet<Rank>,
+    dead_actors: HashMap<ActorId, String>,
+}
+
+/// One rank's runtime (shared by `Runtime` handles, `ObjectRef`s, the
+/// message handler and the executor).
+pub(crate) struct Inner {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) rank: Rank,
+    pub(crate) size: u32,
+    pub(crate) mode: Mode,
+    pub(crate) ranks: Vec<RankInfo>,
+    state: Mutex<State>,
+    changed: Condvar,
+    scheduler: Mutex<Scheduler>,
+    pub(crate) store: ValueStore,
+    pub(crate) executor: Arc<Executor>,
+    pub(crate) actors: ActorHost,
+    next_object: AtomicU64,
+    next_request: AtomicU64,
+    pub(crate) stopping: AtomicBool,
+    /// Set when the driver sent `Shutdown` (serving ranks leave).
+    pub(crate) shutdown_requested: (Mutex<bool>, Condvar),
+    inline_max: usize,
+    /// Named actors (rank 0 only).
+    names: Mutex<HashMap<String, ActorAddress>>,
+    tasks_executed: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+fn runtime_error(error: RuntimeError) -> LumenError {
+    LumenError::Runtime(error)
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+impl Inner {
+    /// Builds the runtime of this rank over a connected endpoint and starts
+    /// its threads (progress, executor, monitor).
+    pub(crate) fn start(endpoint: Endpoint, mode: Mode, ranks: Vec<RankInfo>) -> Result<Arc<Self>> {
+        let rank = endpoint.rank();
+        let size = endpoint.size();
+        let me = ranks
+            .get(rank as usize)
+            .cloned()
+            .ok_or_else(|| LumenError::Bootstrap(format!("no facts for rank {rank}")))?;
+        let slots: Vec<RankSlot> = ranks
+            .iter()
+            .map(|info| RankSlot {
+                node: info.node,
+                capacity: info.resources.clone(),
+                serving: !(mode == Mode::Driver && info.rank == 0 && size > 1),
+                alive: true,
+                outstanding: 0,
+                actors: 0,
+            })
+            .collect();
+        let inline_max = std::env::var("LUMEN_INLINE_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_INLINE_MAX);
+        let cpus = me.resources.cpus.max(1.0);
+        let inner = Arc::new(Inner {
+            store: ValueStore::new(endpoint.clone()),
+            endpoint,
+            rank,
+            size,
+            mode,
+            ranks,
+            state: Mutex::new(State {
+                refs: RefTable::new(rank),
+                in_flight: HashMap::new(),
+                remote_values: HashMap::new(),
+                value_requests: HashMap::new(),
+                value_waiters: HashMap::new(),
+                replies: HashMap::new(),
+                dead: HashSet::new(),
+                dead_actors: HashMap::new(),
+            }),
+            changed: Condvar::new(),
+            scheduler: Mutex::new(Scheduler::new(slots, rank as usize + 1)),
+            executor: Executor::new(cpus),
+            actors: ActorHost::default(),
+            next_object: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            shutdown_requested: (Mutex::new(false), Condvar::new()),
+            inline_max,
+            names: Mutex::new(HashMap::new()),
+            tasks_executed: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&inner);
+        inner.endpoint.register_handler(
+            RUNTIME_TAG,
+            Arc::new(move |_endpoint, message| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.on_message(message.src, &message.data);
+                }
+            }),
+        )?;
+        inner.endpoint.spawn_progress_thread();
+        inner
+            .executor
+            .start(Arc::downgrade(&inner), cpus.ceil() as usize);
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("lumen-monitor".into())
+            .spawn(move || monitor(weak))
+            .map_err(|e| runtime_error(RuntimeError::Cluster(format!("no monitor thread: {e}"))))?;
+        Ok(inner)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_object(&self) -> ObjectId {
+        ObjectId {
+            owner: self.rank,
+            seq: self.next_object.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn new_request(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a runtime message; to ourselves it is handled in place.
+    fn send(
+        self: &Arc<Self>,
+        to: Rank,
+        message: &RtMsg,
+    ) -> std::result::Result<(), TransportError> {
+        if to == self.rank {
+            self.dispatch(self.rank, message.clone());
+            return Ok(());
+        }
+        self.endpoint.send(to, RUNTIME_TAG, &encode(message))
+    }
+
+    /// Sends, logging failures (a dead peer is handled by the monitor).
+    fn send_or_log(self: &Arc<Self>, to: Rank, message: &RtMsg) {
+        if let Err(e) = self.send(to, message) {
+            tracing::debug!(rank = self.rank, to, "runtime message not sent: {e}");
+        }
+    }
+
+    fn on_message(self: &Arc<Self>, src: Rank, data: &[u8]) {
+        match decode::<RtMsg>(data) {
+            Ok(message) => self.dispatch(src, message),
+            Err(e) => tracing::error!(
+                rank = self.rank,
+                from = src,
+                "malformed runtime message ({} bytes) ignored: {e}",
+                data.len()
+            ),
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, src: Rank, message: RtMsg) {
+        match message {
+            RtMsg::Submit(spec) => {
+                {
+                    let mut s = self.lock();
+                    for &id in &spec.refs {
+                        s.refs.hold(id);
+                    }
+                }
+                self.executor.push(spec, src);
+            }
+            RtMsg::Done {
+                object,
+                outcome,
+                refs,
+            } => self.on_done(object, outcome, refs),
+            RtMsg::Cancel { object } => {
+                if let Some(spec) = self.executor.remove(object) {
+                    let failure = TaskError {
+                        function: spec.name.clone(),
+                        rank: self.rank,
+                        kind: TaskErrorKind::Cancelled,
+                        message: "cancelled before it started".into(),
+                    };
+                    self.send_or_log(
+                        object.owner,
+                        &RtMsg::Done {
+                            object,
+                            outcome: Outcome::Failed(failure),
+                            refs: Vec::new(),
+                        },
+                    );
+                    self.release_all(&spec.refs);
+                }
+            }
+            RtMsg::ActorCreate {
+                address,
+                args,
+                refs,
+            } => {
+                self.hold_all(&refs);
+                self.actors.create(self, address, args, refs);
+            }
+            RtMsg::ActorCall {
+                actor,
+                method,
+                name,
+                object,
+                args,
+                refs,
+            } => {
+                self.hold_all(&refs);
+                self.actors
+                    .call(self, actor, method, name, object, args, refs);
+            }
+            RtMsg::ActorKill { actor } => self.actors.kill(self, actor),
+            RtMsg::AddBorrower {
+                object,
+                borrower,
+                count,
+                request,
+            } => {
+                let result = self.lock().refs.add_borrower(object, borrower, count);
+                if let Err(e) = &result {
+                    tracing::error!(rank = self.rank, "{e}");
+                }
+                if let Some(request) = request {
+                    let error = result.err().map(|e| e.to_string());
+                    self.send_or_log(src, &RtMsg::Ack { request, error });
+                }
+            }
+            RtMsg::RemoveBorrower {
+                object,
+                borrower,
+                count,
+            } => {
+                let effects = self.lock().refs.remove_borrower(object, borrower, count);
+                self.apply(effects);
+            }
+            RtMsg::Ack { request, error } => self.answer(request, Reply::Ack(error)),
+            RtMsg::GetValue { object, request } => {
+                let reply = {
+                    let mut s = self.lock();
+                    match s.refs.state(object) {
+                        Some(ObjectState::Ready(outcome)) => Some(outcome.clone()),
+                        Some(ObjectState::Pending) => {
+                            s.value_waiters
+                                .entry(object)
+                                .or_default()
+                                .push((src, request));
+                            None
+                        }
+                        None => Some(Outcome::Failed(TaskError {
+                            function: String::new(),
+                            rank: self.rank,
+                            kind: TaskErrorKind::OwnerDied,
+                            message: format!("{object} was already freed by its owner"),
+                        })),
+                    }
+                };
+                if let Some(outcome) = reply {
+                    self.send_or_log(src, &RtMsg::Value { request, outcome });
+                }
+            }
+            RtMsg::Value { request, outcome } => {
+                let mut s = self.lock();
+                if let Some(object) = s.value_requests.remove(&request) {
+                    if let Some(slot) = s.remote_values.get_mut(&object) {
+                        *slot = Some(outcome);
+                    }
+                }
+                drop(s);
+                self.changed.notify_all();
+            }
+            RtMsg::FreeCopy { key } => self.store.release(key),
+            RtMsg::NameRegister {
+                name,
+                address,
+                request,
+            } => {
+                let error = {
+                    let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+                    match names.entry(name) {
+                        std::collections::hash_map::Entry::Occupied(taken) => {
+                            Some(format!("an actor named {:?} already exists", taken.key()))
+                        }
+                        std::collections::hash_map::Entry::Vacant(free) => {
+                            free.insert(address);
+                            None
+                        }
+                    }
+                };
+                self.send_or_log(src, &RtMsg::Ack { request, error });
+            }
+            RtMsg::NameRemove { name } => {
+                self.names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+            }
+            RtMsg::NameLookup { name, request } => {
+                let address = self
+                    .names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&name)
+                    .cloned();
+                self.send_or_log(src, &RtMsg::NameReply { request, address });
+            }
+            RtMsg::NameReply { request, address } => self.answer(request, Reply::Name(address)),
+            RtMsg::Stats { request } => {
+                let stats = self.local_stats();
+                self.send_or_log(src, &RtMsg::StatsReply { request, stats });
+            }
+            RtMsg::StatsReply { request, stats } => self.answer(request, Reply::Stats(stats)),
+            RtMsg::Shutdown => {
+                let (flag, cv) = &self.shutdown_requested;
+                *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                cv.notify_all();
+            }
+        }
+    }
+
+    fn answer(&self, request: u64, reply: Reply) {
+        let mut s = self.lock();
+        if let Some(slot) = s.replies.get_mut(&request) {
+            *slot = reply;
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    fn hold_all(&self, refs: &[ObjectId]) {
+        let mut s = self.lock();
+        for &id in refs {
+            s.refs.hold(id);
+        }
+    }
+
+    pub(crate) fn release_all(self: &Arc<Self>, refs: &[ObjectId]) {
+        let effects: Vec<Effect> = {
+            let mut s = self.lock();
+            refs.iter().flat_map(|&id| s.refs.release(id)).collect()
+        };
+        self.apply(effects);
+    }
+
+    /// Carries out the reference table's effects (and those they cause).
+    fn apply(self: &Arc<Self>, effects: Vec<Effect>) {
+        let mut queue = effects;
+        while let Some(effect) = queue.pop() {
+            match effect {
+                Effect::Free {
+                    object,
+                    outcome,
+                    contained,
+                } => {
+                    if let Some(Outcome::Stored { rank, key, .. }) = outcome {
+                        if rank == self.rank {
+                            self.store.release(key);
+                        } else if !self.lock().dead.contains(&rank) {
+                            self.send_or_log(rank, &RtMsg::FreeCopy { key });
+                        }
+                    }
+                    let mut s = self.lock();
+                    s.value_waiters.remove(&object);
+                    for id in contained {
+                        queue.extend(s.refs.release(id));
+                    }
+                }
+                Effect::RemoveBorrower { object, count } => {
+                    let owner_dead = {
+                        let mut s = self.lock();
+                        s.remote_values.remove(&object);
+                        s.dead.contains(&object.owner)
+                    };
+                    if !owner_dead {
+                        self.send_or_log(
+                            object.owner,
+                            &RtMsg::RemoveBorrower {
+                                object,
+                                borrower: self.rank,
+                                count,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn handle_added(&self, object: ObjectId) {
+        self.lock().refs.handle_added(object);
+    }
+
+    pub(crate) fn handle_dropped(self: &Arc<Self>, object: ObjectId) {
+        let effects = {
+            let mut s = self.lock();
+            let effects = s.refs.handle_dropped(object);
+            if object.owner != self.rank && !s.refs.borrows(object) {
+                s.remote_values.remove(&object);
+            }
+            effects
+        };
+        if !effects.is_empty() {
+            self.apply(effects);
+        }
+    }
+
+    /// Runs `wait` with this thread's executor slots lent out.
+    fn blocking<R>(self: &Arc<Self>, wait: impl FnOnce() -> R) -> R {
+        let token = self.executor.blocking(self);
+        let result = wait();
+        self.executor.unblocked(token);
+        result
+    }
+
+    /// Registers `to` as a borrower of each of `refs` before a message
+    /// carrying them leaves (see `refs`): locally for ours, with an
+    /// acknowledged request to the owner for borrowed ones.
+    fn register(self: &Arc<Self>, refs: &[ObjectId], to: Rank) -> Result<()> {
+        let mut requests = Vec::new();
+        {
+            let mut s = self.lock();
+            for &id in refs {
+                if id.owner == self.rank {
+                    s.refs.add_borrower(id, to, 1).map_err(|e| {
+                        runtime_error(RuntimeError::Codec {
+                            what: id.to_string(),
+                            detail: e.to_string(),
+                        })
+                    })?;
+                } else {
+                    if s.dead.contains(&id.owner) {
+                        return Err(runtime_error(RuntimeError::OwnerDied { object: id }));
+                    }
+                    let request = self.new_request();
+                    s.replies.insert(request, Reply::Waiting(id.owner));
+                    requests.push((id, request));
+                }
+            }
+        }
+        for &(id, request) in &requests {
+            let message = RtMsg::AddBorrower {
+                object: id,
+                borrower: to,
+                count: 1,
+                request: Some(request),
+            };
+            if let Err(e) = self.send(id.owner, &message) {
+                tracing::debug!("registration with rank {} failed: {e}", id.owner);
+            }
+        }
+        for (id, request) in requests {
+            match self.await_reply(request, None)? {
+                Reply::Ack(None) => {}
+                Reply::Ack(Some(error)) => {
+                    return Err(runtime_error(RuntimeError::Codec {
+                        what: id.to_string(),
+                        detail: error,
+                    }))
+                }
+                _ => return Err(runtime_error(RuntimeError::OwnerDied { object: id })),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the answer to `request` (registered in `replies`).
+    fn await_reply(self: &Arc<Self>, request: u64, timeout: Option<Duration>) -> Result<Reply> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.blocking(|| {
+            let mut s = self.lock();
+            loop {
+                match s.replies.get(&request) {
+                    Some(Reply::Waiting(_)) => {}
+                    Some(_) => {
+                        return s
+                            .replies
+                            .remove(&request)
+                            .ok_or(runtime_error(RuntimeError::ShuttingDown));
+                    }
+                    None => return Err(runtime_error(RuntimeError::ShuttingDown)),
+                }
+                let slice = match deadline {
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            s.replies.remove(&request);
+                            return Err(runtime_error(RuntimeError::Timeout {
+                                what: format!("request {request}"),
+                                waited: timeout.unwrap_or_default(),
+                            }));
+                        }
+                        left.min(WAIT_SLICE)
+                    }
+                    None => WAIT_SLICE,
+                };
+                s = self
+                    .changed
+                    .wait_timeout(s, slice)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        })
+    }
+
+    /// Submits a task of function `F` (see `#[lumen::remote]`).
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        function: u64,
+        name: &str,
+        args: &impl Serialize,
+        options: TaskOptions,
+    ) -> Result<ObjectId> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(runtime_error(RuntimeError::ShuttingDown));
+        }
+        let (encoded, refs) = collect_refs(|| bincode::serialize(args));
+        let args = encoded.map_err(|e| {
+            runtime_error(RuntimeError::Codec {
+                what: format!("the arguments of {name}"),
+                detail: e.to_string(),
+            })
+        })?;
+        let data_at = self.largest_argument(&refs);
+        let target = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .place_task(&Request {
+                resources: Some(&options.resources),
+                node: options.node,
+                rank: options.rank,
+                data_at,
+            })
+            .map_err(|e| {
+                runtime_error(RuntimeError::Infeasible {
+                    what: name.to_string(),
+                    detail: e.0,
+                })
+            })?;
+        self.register(&refs, target)?;
+        let object = self.new_object();
+        let spec = TaskSpec {
+            object,
+            function,
+            name: name.to_string(),
+            args,
+            refs,
+            options,
+            attempt: 1,
+        };
+        {
+            let mut s = self.lock();
+            s.refs.create(object, ObjectState::Pending);
+            s.in_flight.insert(
+                object,
+                InFlight::Task {
+                    spec: spec.clone(),
+                    rank: target,
+                },
+            );
+        }
+        if let Err(e) = self.send(target, &RtMsg::Submit(spec)) {
+            // The monitor retries it once it sees the rank dead.
+            tracing::debug!("submitting {name} to rank {target} failed: {e}");
+        }
+        Ok(object)
+    }
+
+    /// The rank holding the largest stored value among `refs` we own.
+    fn largest_argument(&self, refs: &[ObjectId]) -> Option<Rank> {
+        let s = self.lock();
+        refs.iter()
+            .filter_map(|&id| match s.refs.state(id) {
+                Some(ObjectState::Ready(Outcome::Stored { rank, len, .. })) => Some((*len, *rank)),
+                _ => None,
+            })
+            .max()
+            .map(|(_, rank)| rank)
+    }
+
+    /// Stores a value owned by this rank (`put`). References inside the
+    /// value are registered for this rank and held while the object lives.
+    pub(crate) fn put_bytes(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        refs: Vec<ObjectId>,
+    ) -> Result<ObjectId> {
+        self.register(&refs, self.rank)?;
+        let outcome = if bytes.len() > self.inline_max {
+            self.store.store(Arc::from(bytes))
+        } else {
+            Outcome::Inline(bytes)
+        };
+        let object = self.new_object();
+        let effects = {
+            let mut s = self.lock();
+            s.refs.create(object, ObjectState::Pending);
+            s.refs.complete(object, outcome, refs)
+        };
+        self.apply(effects);
+        Ok(object)
+    }
+
+    fn on_done(self: &Arc<Self>, object: ObjectId, outcome: Outcome, refs: Vec<ObjectId>) {
+        let (placed, effects, waiters) = {
+            let mut s = self.lock();
+            let placed = match s.in_flight.remove(&object) {
+                Some(InFlight::Task { rank, .. }) => Some(rank),
+                _ => None,
+            };
+            let effects = s.refs.complete(object, outcome.clone(), refs);
+            let waiters = s.value_waiters.remove(&object).unwrap_or_default();
+            (placed, effects, waiters)
+        };
+        if let Some(rank) = placed {
+            self.scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .finished(rank);
+        }
+        self.changed.notify_all();
+        for (rank, request) in waiters {
+            self.send_or_log(
+                rank,
+                &RtMsg::Value {
+                    request,
+                    outcome: outcome.clone(),
+                },
+            );
+        }
+        self.apply(effects);
+    }
+
+    /// Runs a task on this (executor) thread and reports its outcome.
+    pub(crate) fn run_task(self: &Arc<Self>, spec: TaskSpec, _from: Rank) {
+        self.tasks_executed.fetch_add(1, Ordering::Relaxed);
+        let result = match registry::function(spec.function) {
+            None => Err(TaskFailure::new(
+                TaskErrorKind::UnknownFunction,
+                format!(
+                    "rank {} has no remote function with id {:#018x} ({}); do all ranks run the same binary?",
+                    self.rank, spec.function, spec.name
+                ),
+            )),
+            Some(entry) => {
+                let (result, refs) = collect_refs(|| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        (entry.invoke)(&spec.args)
+                    }))
+                    .unwrap_or_else(|payload| {
+                        Err(TaskFailure::new(TaskErrorKind::Panic, panic_message(&*payload)))
+                    })
+                });
+                result.map(|bytes| (bytes, refs))
+            }
+        };
+        self.finish(spec.object, &spec.name, result);
+        self.release_all(&spec.refs);
+    }
+
+    /// Reports a finished task or actor call to the owner of `object`.
+    pub(crate) fn finish(
+        self: &Arc<Self>,
+        object: ObjectId,
+        function: &str,
+        result: std::result::Result<(Vec<u8>, Vec<ObjectId>), TaskFailure>,
+    ) {
+        let failure = |failure: TaskFailure| {
+            Outcome::Failed(TaskError {
+                function: function.to_string(),
+                rank: self.rank,
+                kind: failure.kind,
+                message: failure.message,
+            })
+        };
+        let (outcome, refs) = match result {
+            Ok((bytes, refs)) => match self.register(&refs, object.owner) {
+                Ok(()) => {
+                    let outcome = if bytes.len() > self.inline_max {
+                        self.store.store(Arc::from(bytes))
+                    } else {
+                        Outcome::Inline(bytes)
+                    };
+                    (outcome, refs)
+                }
+                Err(e) => (
+                    failure(TaskFailure::new(
+                        TaskErrorKind::DependencyFailed,
+                        e.to_string(),
+                    )),
+                    Vec::new(),
+                ),
+            },
+            Err(e) => (failure(e), Vec::new()),
+        };
+        self.send_or_log(
+            object.owner,
+            &RtMsg::Done {
+                object,
+                outcome,
+                refs,
+            },
+        );
+    }
+
+    /// The value of `object`, waiting for it (see `ObjectRef::get`).
+    pub(crate) fn fetch(
+        self: &Arc<Self>,
+        object: ObjectId,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes> {
+        let outcome = self.wait_outcome(object, timeout)?;
+        match outcome {
+            Outcome::Inline(bytes) => Ok(Bytes::Owned(Arc::new(bytes))),
+            Outcome::Stored { rank, key, len } => self
+                .blocking(|| self.store.fetch(rank, key, len))
+                .map_err(|e| match e {
+                    TransportError::PeerDied { .. } | TransportError::PeerClosed { .. } => {
+                        runtime_error(RuntimeError::RankDied {
+                            rank,
+                            what: format!("fetching {object}, whose only copy was there,"),
+                        })
+                    }
+                    other => LumenError::Transport(other),
+                }),
+            Outcome::Failed(error) => Err(runtime_error(RuntimeError::Task(error))),
+        }
+    }
+
+    /// Asks the owner for a borrowed object's value unless already asked.
+    /// Returns the message to send (after the lock is released).
+    fn request_value(&self, s: &mut State, object: ObjectId) -> Option<RtMsg> {
+        if s.remote_values.contains_key(&object) {
+            return None;
+        }
+        if s.dead.contains(&object.owner) {
+            s.remote_values.insert(object, Some(owner_died(object)));
+            return None;
+        }
+        let request = self.new_request();
+        s.remote_values.insert(object, None);
+        s.value_requests.insert(request, object);
+        Some(RtMsg::GetValue { object, request })
+    }
+
+    fn ready_outcome(&self, s: &mut State, object: ObjectId) -> (Option<Outcome>, Option<RtMsg>) {
+        if object.owner == self.rank {
+            return match s.refs.state(object) {
+                Some(ObjectState::Ready(outcome)) => (Some(outcome.clone()), None),
+                Some(ObjectState::Pending) => (None, None),
+                None => (
+                    Some(Outcome::Failed(TaskError {
+                        function: String::new(),
+                        rank: self.rank,
+                        kind: TaskErrorKind::OwnerDied,
+                        message: format!(
+                            "{object} is not (or no longer) owned by rank {}",
+                            self.rank
+                        ),
+                    })),
+                    None,
+                ),
+            };
+        }
+        let send = self.request_value(s, object);
+        (s.remote_values.get(&object).cloned().flatten(), send)
+    }
+
+    fn wait_outcome(
+        self: &Arc<Self>,
+        object: ObjectId,
+        timeout: Option<Duration>,
+    ) -> Result<Outcome> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.blocking(|| {
+            let mut s = self.lock();
+            loop {
+                let (outcome, send) = self.ready_outcome(&mut s, object);
+                if let Some(outcome) = outcome {
+                    return Ok(outcome);
+                }
+                if let Some(message) = send {
+                    drop(s);
+                    self.send_or_log(object.owner, &message);
+                    s = self.lock();
+                    continue;
+                }
+                let slice = match deadline {
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(runtime_error(RuntimeError::Timeout {
+                                what: object.to_string(),
+                                waited: timeout.unwrap_or_default(),
+                            }));
+                        }
+                        left.min(WAIT_SLICE)
+                    }
+                    None => WAIT_SLICE,
+                };
+                s = self
+                    .changed
+                    .wait_timeout(s, slice)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        })
+    }
+
+    pub(crate) fn is_ready(self: &Arc<Self>, object: ObjectId) -> bool {
+        let (outcome, send) = {
+            let mut s = self.lock();
+            self.ready_outcome(&mut s, object)
+        };
+        if let Some(message) = send {
+            self.send_or_log(object.owner, &message);
+        }
+        outcome.is_some()
+    }
+
+    pub(crate) fn wait_ready(
+        self: &Arc<Self>,
+        objects: &[ObjectId],
+        want: usize,
+        deadline: Option<Instant>,
+    ) -> Vec<bool> {
+        self.blocking(|| {
+            let mut s = self.lock();
+            loop {
+                let mut sends = Vec::new();
+                let ready: Vec<bool> = objects
+                    .iter()
+                    .map(|&id| {
+                        let (outcome, send) = self.ready_outcome(&mut s, id);
+                        sends.extend(send.map(|m| (id.owner, m)));
+                        outcome.is_some()
+                    })
+                    .collect();
+                if !sends.is_empty() {
+                    drop(s);
+                    for (to, message) in sends {
+                        self.send_or_log(to, &message);
+                    }
+                    s = self.lock();
+                    continue;
+                }
+                let count = ready.iter().filter(|&&r| r).count();
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if count >= want || left.is_some_and(|l| l.is_zero()) {
+                    return ready;
+                }
+                let slice = left.map_or(WAIT_SLICE, |l| l.min(WAIT_SLICE));
+                s = self
+                    .changed
+                    .wait_timeout(s, slice)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        })
+    }
+
+    pub(crate) fn cancel(self: &Arc<Self>, object: ObjectId) -> Result<()> {
+        let target = match self.lock().in_flight.get(&object) {
+            Some(InFlight::Task { rank, .. }) => Some(*rank),
+            _ => None,
+        };
+        if let Some(rank) = target {
+            self.send_or_log(rank, &RtMsg::Cancel { object });
+        }
+        Ok(())
+    }
+
+    /// Creates an actor (see `#[lumen::actor]`).
+    pub(crate) fn create_actor(
+        self: &Arc<Self>,
+        class_id: u64,
+        class_name: &str,
+        args: &impl Serialize,
+        options: ActorOptions,
+    ) -> Result<RawActorHandle> {
+        let (encoded, refs) = collect_refs(|| bincode::serialize(args));
+        let args = encoded.map_err(|e| {
+            runtime_error(RuntimeError::Codec {
+                what: format!("the arguments of {class_name}::new"),
+                detail: e.to_string(),
+            })
+        })?;
+        let host = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .place_actor(&Request {
+                resources: Some(&options.resources),
+                node: options.node,
+                rank: options.rank,
+                data_at: None,
+            })
+            .map_err(|e| {
+                runtime_error(RuntimeError::Infeasible {
+                    what: class_name.to_string(),
+                    detail: e.0,
+                })
+            })?;
+        let address = ActorAddress {
+            id: ActorId {
+                creator: self.rank,
+                seq: self.new_object().seq,
+            },
+            host,
+            class_id,
+            class_name: class_name.to_string(),
+        };
+        if let Some(name) = &options.name {
+            let request = self.new_request();
+            self.lock().replies.insert(request, Reply::Waiting(0));
+            self.send(
+                0,
+                &RtMsg::NameRegister {
+                    name: name.clone(),
+                    address: address.clone(),
+                    request,
+                },
+            )?;
+            match self.await_reply(request, None)? {
+                Reply::Ack(None) => {}
+                Reply::Ack(Some(_)) => {
+                    return Err(runtime_error(RuntimeError::NameTaken {
+                        name: name.clone(),
+                    }))
+                }
+                _ => {
+                    return Err(runtime_error(RuntimeError::RankDied {
+                        rank: 0,
+                        what: format!("registering actor name {name:?}"),
+                    }))
+                }
+            }
+        }
+        self.register(&refs, host)?;
+        self.send(
+            host,
+            &RtMsg::ActorCreate {
+                address: address.clone(),
+                args,
+                refs,
+            },
+        )?;
+        Ok(RawActorHandle::new(address, options.name))
+    }
+
+    /// Submits a method call to an actor.
+    pub(crate) fn call_actor(
+        self: &Arc<Self>,
+        address: &ActorAddress,
+        method: u64,
+        name: &str,
+        args: &impl Serialize,
+    ) -> Result<ObjectId> {
+        if let Some(reason) = self.lock().dead_actors.get(&address.id) {
+            return Err(runtime_error(RuntimeError::ActorDied {
+                actor: address.id,
+                reason: reason.clone(),
+            }));
+        }
+        let (encoded, refs) = collect_refs(|| bincode::serialize(args));
+        let args = encoded.map_err(|e| {
+            runtime_error(RuntimeError::Codec {
+                what: format!("the arguments of {name}"),
+                detail: e.to_string(),
+            })
+        })?;
+        self.register(&refs, address.host)?;
+        let object = self.new_object();
+        {
+            let mut s = self.lock();
+            s.refs.create(object, ObjectState::Pending);
+            s.in_flight.insert(
+                object,
+                InFlight::ActorCall {
+                    host: address.host,
+                    actor: address.id,
+                    name: name.to_string(),
+                },
+            );
+            if s.dead.contains(&address.host) {
+                drop(s);
+                self.fail_actor_calls(address.host, "its rank died");
+                return Ok(object);
+            }
+        }
+        if let Err(e) = self.send(
+            address.host,
+            &RtMsg::ActorCall {
+                actor: address.id,
+                method,
+                name: name.to_string(),
+                object,
+                args,
+                refs,
+            },
+        ) {
+            tracing::debug!("actor call {name} not sent: {e}");
+        }
+        Ok(object)
+    }
+
+    pub(crate) fn kill_actor(
+        self: &Arc<Self>,
+        address: &ActorAddress,
+        name: Option<&str>,
+    ) -> Result<()> {
+        self.lock()
+            .dead_actors
+            .insert(address.id, "killed".to_string());
+        if let Some(name) = name {
+            self.send_or_log(
+                0,
+                &RtMsg::NameRemove {
+                    name: name.to_string(),
+                },
+            );
+        }
+        self.send(address.host, &RtMsg::ActorKill { actor: address.id })?;
+        Ok(())
+    }
+
+    pub(crate) fn lookup_actor(self: &Arc<Self>, name: &str) -> Result<Option<ActorAddress>> {
+        let request = self.new_request();
+        self.lock().replies.insert(request, Reply::Waiting(0));
+        self.send(
+            0,
+            &RtMsg::NameLookup {
+                name: name.to_string(),
+                request,
+            },
+        )?;
+        match self.await_reply(request, None)? {
+            Reply::Name(address) => Ok(address),
+            _ => Err(runtime_error(RuntimeError::RankDied {
+                rank: 0,
+                what: format!("looking up actor {name:?}"),
+            })),
+        }
+    }
+
+    pub(crate) fn local_stats(&self) -> RankStats {
+        let s = self.lock();
+        RankStats {
+            owned_objects: s.refs.owned_count() as u64,
+            borrowed_objects: s.refs.borrowed_count() as u64,
+            stored_values: self.store.len() as u64,
+            freed_objects: s.refs.freed_count(),
+            tasks_executed: self.tasks_executed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counters of `rank` (asks it when it is not this rank).
+    pub(crate) fn stats(self: &Arc<Self>, rank: Rank) -> Result<RankStats> {
+        if rank == self.rank {
+            return Ok(self.local_stats());
+        }
+        let request = self.new_request();
+        self.lock().replies.insert(request, Reply::Waiting(rank));
+        self.send(rank, &RtMsg::Stats { request })?;
+        match self.await_reply(request, None)? {
+            Reply::Stats(stats) => Ok(stats),
+            _ => Err(runtime_error(RuntimeError::RankDied {
+                rank,
+                what: "asking for its counters".into(),
+            })),
+        }
+    }
+
+    fn fail_actor_calls(self: &Arc<Self>, host: Rank, reason: &str) {
+        let failed: Vec<(ObjectId, ActorId, String)> = {
+            let mut s = self.lock();
+            let ids: Vec<ObjectId> = s
+                .in_flight
+                .iter()
+                .filter(|(_, f)| matches!(f, InFlight::ActorCall { host: h, .. } if *h == host))
+                .map(|(id, _)| *id)
+                .collect();
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(InFlight::ActorCall { actor, name, .. }) = s.in_flight.remove(&id) {
+                    s.dead_actors.insert(actor, reason.to_string());
+                    out.push((id, actor, name));
+                }
+            }
+            out
+        };
+        for (object, actor, name) in failed {
+            let error = TaskError {
+                function: name,
+                rank: host,
+                kind: TaskErrorKind::ActorDied,
+                message: format!("{actor} is dead: {reason}"),
+            };
+            self.on_done(object, Outcome::Failed(error), Vec::new());
+        }
+    }
+
+    /// A peer is gone: drop its registrations, retry or fail its tasks,
+    /// fail what waited on it.
+    fn on_rank_dead(self: &Arc<Self>, rank: Rank) {
+        let (effects, retry, failed) = {
+            let mut s = self.lock();
+            if !s.dead.insert(rank) {
+                return;
+            }
+            let effects = s.refs.rank_died(rank);
+            let lost: Vec<ObjectId> = s
+                .in_flight
+                .iter()
+                .filter(|(_, f)| matches!(f, InFlight::Task { rank: r, .. } if *r == rank))
+                .map(|(id, _)| *id)
+                .collect();
+            let mut retry = Vec::new();
+            let mut failed = Vec::new();
+            for id in lost {
+                if let Some(InFlight::Task { spec, .. }) = s.in_flight.remove(&id) {
+                    if spec.attempt <= spec.options.max_retries {
+                        retry.push(spec);
+                    } else {
+                        failed.push(spec);
+                    }
+                }
+            }
+            for reply in s.replies.values_mut() {
+                if matches!(reply, Reply::Waiting(r) if *r == rank) {
+                    *reply = Reply::Failed;
+                }
+            }
+            let orphaned: Vec<ObjectId> = s
+                .remote_values
+                .iter()
+                .filter(|(id, v)| id.owner == rank && v.is_none())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in orphaned {
+                s.remote_values.insert(id, Some(owner_died(id)));
+            }
+            (effects, retry, failed)
+        };
+        tracing::warn!(rank = self.rank, dead = rank, "rank {rank} died");
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rank_died(rank);
+        self.changed.notify_all();
+        self.apply(effects);
+        self.fail_actor_calls(rank, &format!("its rank {rank} died"));
+        self.actors.forget_dead_rank(rank);
+        for spec in failed {
+            let error = TaskError {
+                function: spec.name.clone(),
+                rank,
+                kind: TaskErrorKind::WorkerDied {
+                    attempts: spec.attempt,
+                },
+                message: format!(
+                    "rank {rank} died while running it ({} attempt(s), max_retries {})",
+                    spec.attempt, spec.options.max_retries
+                ),
+            };
+            self.on_done(spec.object, Outcome::Failed(error), Vec::new());
+        }
+        for mut spec in retry {
+            spec.attempt += 1;
+            let object = spec.object;
+            let name = spec.name.clone();
+            let placed = self
+                .scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .place_task(&Request {
+                    resources: Some(&spec.options.resources),
+                    node: spec.options.node,
+                    rank: spec.options.rank,
+                    data_at: None,
+                });
+            let target = match placed {
+                Ok(target) => target,
+                Err(e) => {
+                    let error = TaskError {
+                        function: name,
+                        rank,
+                        kind: TaskErrorKind::WorkerDied {
+                            attempts: spec.attempt - 1,
+                        },
+                        message: format!(
+                            "rank {rank} died and no rank can take the retry: {}",
+                            e.0
+                        ),
+                    };
+                    self.on_done(object, Outcome::Failed(error), Vec::new());
+                    continue;
+                }
+            };
+            tracing::info!(
+                "retrying {name} ({object}) on rank {target}, attempt {}",
+                spec.attempt
+            );
+            if let Err(e) = self.register(&spec.refs, target) {
+                let error = TaskError {
+                    function: name,
+                    rank,
+                    kind: TaskErrorKind::DependencyFailed,
+                    message: format!("retry after rank {rank} died: {e}"),
+                };
+                self.on_done(object, Outcome::Failed(error), Vec::new());
+                continue;
+            }
+            self.lock().in_flight.insert(
+                object,
+                InFlight::Task {
+                    spec: spec.clone(),
+                    rank: target,
+                },
+            );
+            self.send_or_log(target, &RtMsg::Submit(spec));
+        }
+        if rank == 0 && self.mode == Mode::Driver && self.rank != 0 {
+            // The driver is gone: nothing will ever be asked of us again.
+            let (flag, cv) = &self.shutdown_requested;
+            *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+    }
+
+    /// True once `rank` is known dead.
+    pub(crate) fn is_dead(&self, rank: Rank) -> bool {
+        self.lock().dead.contains(&rank)
+    }
+
+    /// Tells every live rank to stop serving (driver mode).
+    pub(crate) fn broadcast_shutdown(self: &Arc<Self>) {
+        for rank in 0..self.size {
+            if rank != self.rank && !self.is_dead(rank) {
+                self.send_or_log(rank, &RtMsg::Shutdown);
+            }
+        }
+    }
+}
+
+fn owner_died(object: ObjectId) -> Outcome {
+    Outcome::Failed(TaskError {
+        function: String::new(),
+        rank: object.owner,
+        kind: TaskErrorKind::OwnerDied,
+        message: format!("the owner (rank {}) of {object} died", object.owner),
+    })
+}
+
+/// Watches peers: a receive on a tag nobody uses, without waiting, reports a
+/// dead or departed peer (the transport's progress thread notices deaths
+/// through pidfds and closed sockets).
+fn monitor(runtime: Weak<Inner>) {
+    loop {
+        std::thread::sleep(MONITOR_PERIOD);
+        let Some(inner) = runtime.upgrade() else {
+            return;
+        };
+        if inner.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        for rank in 0..inner.size {
+            if rank == inner.rank || inner.is_dead(rank) {
+                continue;
+            }
+            let probe = inner
+                .endpoint
+                .recv_timeout(Source::Rank(rank), PROBE_TAG, Duration::ZERO);
+            if let Err(TransportError::PeerDied { .. } | TransportError::PeerClosed { .. }) = probe
+            {
+                if inner.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                inner.on_rank_dead(rank);
+            }
+        }
+    }
+}
+
+/// Shared by `submit` and friends: a typed `ObjectRef` for an owned id.
+pub(crate) fn owned_ref<T: ?Sized>(inner: &Arc<Inner>, object: ObjectId) -> ObjectRef<T> {
+    ObjectRef::owned(object, inner.clone())
+}

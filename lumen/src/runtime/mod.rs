@@ -1,0 +1,291 @@
+//! The core runtime: Ray Core's programming model (remote functions, actors,
+//! immutable objects behind futures) over Lumen's transport.
+//!
+//! ```text
+//!  main ─ lumen::init() ─► Runtime ──────────────────────────────┐
+//!           │ (cluster)       │ add::remote(&rt, ..)  put  get    │
+//!           │                 ▼                                  │
+//!           │   ┌──────────── core worker (core.rs) ───────────┐  │
+//!           │   │ RefTable (refs.rs, pure)  Scheduler (pure)   │  │
+//!           │   │ in-flight tasks, requests, borrowed values   │  │
+//!           │   └──┬───────────────┬──────────────┬────────────┘  │
+//!           │  send│ RtMsg (0xA0..)│ handler      │ run            │
+//!           ▼      ▼               │ (progress    ▼                │
+//!   bootstrap / embedded cluster   │  thread)  executor.rs,        │
+//!   (cluster.rs)  Endpoint ◄───────┘           actor.rs            │
+//!                   │ one-sided get of large values (store.rs)      │
+//! ```
+//!
+//! - [`cluster`]: `init`, the embedded local cluster, the worker entry
+//!   that runs before `main`, driver and SPMD modes, orderly exit.
+//! - [`refs`](self) (private): ownership and reference counting, the pure
+//!   state machine, after Ray's ownership paper (NSDI '21).
+//! - `scheduler` (private): placement policy, pure.
+//! - `core` (private): the IO shell: messages, submission, `get`, failure
+//!   handling (retries on rank death).
+//! - `executor`, `actor`: where tasks and actor methods run.
+//! - [`ObjectRef`], [`wait`]: futures to objects.
+//!
+//! # Modes
+//! **Driver mode** ([`crate::init`]): rank 0 runs `main`; on every other
+//! rank `init` serves tasks and actors until the driver's runtime is dropped,
+//! then exits the process. **SPMD mode** ([`InitOptions::spmd`]): `init`
+//! returns on every rank; every rank submits and serves; dropping the
+//! runtime is collective (a barrier).
+//!
+//! # Objects
+//! Values up to 100 KiB (`LUMEN_INLINE_MAX`) travel inline in replies and
+//! live in the owner's table; larger ones stay in the memory of the rank
+//! that produced them (see `store`), read by others with one copy.
+
+mod actor;
+pub mod cluster;
+mod core;
+mod error;
+mod executor;
+mod ids;
+mod object_ref;
+mod options;
+mod protocol;
+mod refs;
+mod registry;
+mod scheduler;
+mod store;
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+pub use self::core::Mode;
+pub use actor::{ActorClass, ActorHandle, RawActorHandle};
+pub use cluster::InitOptions;
+pub use error::{RuntimeError, TaskError, TaskErrorKind};
+pub use ids::{ActorId, ObjectId};
+pub use object_ref::{wait, ObjectRef, ObjectRefFuture, SliceView, Waited};
+pub use options::{ActorOptions, Resources, TaskOptions};
+pub use protocol::RankStats;
+pub use registry::IntoArg;
+
+use self::core::{current_inner, owned_ref, set_current, Inner};
+use crate::error::{LumenError, Result};
+use cluster::Membership;
+use object_ref::collect_refs;
+
+/// What the macros' generated code uses. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use super::registry::{
+        decode_args, encode_output, linkme, stable_id, ActorClassEntry, ActorMethodEntry, Arg,
+        ConstructFn, MethodFn, RemoteEntry, TaskFailure, TaskReturn, ACTOR_CLASSES, ACTOR_METHODS,
+        REMOTE_FUNCTIONS,
+    };
+}
+
+/// A remote function (implemented by `#[lumen::remote]` on the type named
+/// like the function).
+pub trait RemoteFunction {
+    /// What the function returns (`T` of `Result<T, E>`).
+    type Output;
+    /// Stable id.
+    const ID: u64;
+    /// `module::path::name`.
+    const NAME: &'static str;
+}
+
+/// The owner of the job membership: leaving happens when it drops.
+#[derive(Debug)]
+struct Session {
+    inner: Arc<Inner>,
+    membership: Mutex<Option<Membership>>,
+}
+
+impl Session {
+    fn leave(&self) -> Result<()> {
+        let Some(membership) = self
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        let inner = &self.inner;
+        let result = match inner.mode {
+            Mode::Driver => {
+                inner
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::Release);
+                inner.broadcast_shutdown();
+                inner.executor.stop();
+                inner.actors.stop_all();
+                membership.finish()
+            }
+            Mode::Spmd => {
+                // Others may still send us work until they reach the barrier.
+                let left = membership.finish();
+                inner
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::Release);
+                inner.executor.stop();
+                inner.actors.stop_all();
+                left
+            }
+        };
+        let _ = set_current(None);
+        result
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Err(e) = self.leave() {
+            tracing::warn!("leaving the job: {e}");
+        }
+    }
+}
+
+/// A handle to this process's runtime: submit tasks, create actors, put
+/// objects. Cheap to clone. The handles returned by [`crate::init`] own the
+/// job membership: when the last of them drops, the runtime shuts down.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+    session: Option<Arc<Session>>,
+}
+
+impl Runtime {
+    fn with_session(inner: Arc<Inner>, membership: Membership) -> Self {
+        Runtime {
+            session: Some(Arc::new(Session {
+                inner: inner.clone(),
+                membership: Mutex::new(Some(membership)),
+            })),
+            inner,
+        }
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> u32 {
+        self.inner.rank
+    }
+
+    /// Ranks in the job.
+    pub fn size(&self) -> u32 {
+        self.inner.size
+    }
+
+    /// Number of nodes.
+    pub fn num_nodes(&self) -> u32 {
+        self.inner
+            .ranks
+            .iter()
+            .map(|r| r.node)
+            .max()
+            .map_or(1, |n| n + 1)
+    }
+
+    /// The node of `rank`.
+    pub fn node_of(&self, rank: u32) -> Option<u32> {
+        self.inner.ranks.get(rank as usize).map(|r| r.node)
+    }
+
+    /// Driver or SPMD.
+    pub fn mode(&self) -> Mode {
+        self.inner.mode
+    }
+
+    /// The transport endpoint (for collectives and raw messages; tags below
+    /// 0x8000_0000_0000_0000 are the application's).
+    pub fn endpoint(&self) -> &lumen_transport::Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// Stores `value` as an object owned by this rank.
+    pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
+        let (encoded, refs) = collect_refs(|| bincode::serialize(value));
+        let bytes = encoded.map_err(|e| {
+            LumenError::Runtime(RuntimeError::Codec {
+                what: format!("a {} for put", std::any::type_name::<T>()),
+                detail: e.to_string(),
+            })
+        })?;
+        let object = self.inner.put_bytes(bytes, refs)?;
+        Ok(owned_ref(&self.inner, object))
+    }
+
+    /// Stores a slice of plain data as its raw bytes (no encoding); `get`
+    /// returns a view of it.
+    pub fn put_slice<T: bytemuck::Pod>(&self, values: &[T]) -> Result<ObjectRef<[T]>> {
+        let bytes = bytemuck::cast_slice::<T, u8>(values).to_vec();
+        let object = self.inner.put_bytes(bytes, Vec::new())?;
+        Ok(owned_ref(&self.inner, object))
+    }
+
+    /// The actor registered under `name` (see `actor_options().name(..)`).
+    pub fn get_actor<A: ActorClass>(&self, name: &str) -> Result<ActorHandle<A>> {
+        let address = self.inner.lookup_actor(name)?.ok_or_else(|| {
+            LumenError::Runtime(RuntimeError::NoSuchActor {
+                name: name.to_string(),
+            })
+        })?;
+        if address.class_id != A::CLASS_ID {
+            return Err(LumenError::Runtime(RuntimeError::WrongActorClass {
+                name: name.to_string(),
+                expected: A::CLASS_NAME.to_string(),
+                actual: address.class_name,
+            }));
+        }
+        Ok(ActorHandle::new(RawActorHandle::new(
+            address,
+            Some(name.to_string()),
+        )))
+    }
+
+    /// Counters of `rank` (objects owned, borrowed, stored, freed; tasks run).
+    pub fn stats(&self, rank: u32) -> Result<RankStats> {
+        self.inner.stats(rank)
+    }
+
+    /// Leaves the job now (what dropping the last handle from `init` does).
+    pub fn shutdown(self) -> Result<()> {
+        match &self.session {
+            Some(session) => session.leave(),
+            None => Ok(()),
+        }
+    }
+
+    /// Submits a remote function (used by `#[lumen::remote]`).
+    #[doc(hidden)]
+    pub fn __submit_task<F: RemoteFunction, A: Serialize>(
+        &self,
+        args: &A,
+        options: TaskOptions,
+    ) -> Result<ObjectRef<F::Output>> {
+        let object = self.inner.submit(F::ID, F::NAME, args, options)?;
+        Ok(owned_ref(&self.inner, object))
+    }
+
+    /// Creates an actor (used by `#[lumen::actor]`).
+    #[doc(hidden)]
+    pub fn __create_actor<A: ActorClass, Args: Serialize>(
+        &self,
+        args: &Args,
+        options: ActorOptions,
+    ) -> Result<ActorHandle<A>> {
+        let raw = self
+            .inner
+            .create_actor(A::CLASS_ID, A::CLASS_NAME, args, options)?;
+        Ok(ActorHandle::new(raw))
+    }
+}
+
+/// The runtime of this process (inside tasks and actors, for nested
+/// submissions). The handle does not keep the job alive.
+pub fn current() -> Result<Runtime> {
+    current_inner()
+        .map(|inner| Runtime {
+            inner,
+            session: None,
+        })
+        .ok_or(LumenError::Runtime(RuntimeError::NoRuntime))
+}

@@ -1,0 +1,352 @@
+//! [`ObjectRef`]: a future to an immutable object, and the views `get`
+//! returns.
+//!
+//! An `ObjectRef` is a counted reference (see [`refs`](super::refs)):
+//! cloning, deserialising and dropping it update this rank's reference
+//! table. Serialising one (inside task arguments, actor calls or results)
+//! records it in a thread-local collector, so the runtime knows which
+//! references a message carries and registers the receiver with their
+//! owners before the message leaves. Serialised outside the runtime (to a
+//! file, say) it is just an id and keeps nothing alive.
+
+use std::cell::RefCell;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::core::{current_inner, Inner};
+use super::error::RuntimeError;
+use super::ids::ObjectId;
+use crate::error::{LumenError, Result};
+
+thread_local! {
+    static COLLECTOR: RefCell<Option<Vec<ObjectId>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (which serialises) and returns the ids of the `ObjectRef`s it
+/// serialised.
+pub(crate) fn collect_refs<R>(f: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
+    let outer = COLLECTOR.with(|c| c.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let refs = COLLECTOR.with(|c| {
+        let mut slot = c.borrow_mut();
+        let refs = slot.take().unwrap_or_default();
+        *slot = outer;
+        refs
+    });
+    (result, refs)
+}
+
+/// Bytes of an object's value: owned, or shared with the rank's store.
+#[derive(Debug, Clone)]
+pub(crate) enum Bytes {
+    Owned(Arc<Vec<u8>>),
+    Shared(Arc<[u8]>),
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Shared(s) => s,
+        }
+    }
+}
+
+/// A reference to an object that is (or will be) in the job's object store:
+/// the result of a task or actor call, or a `put`. Cheap to clone and to
+/// pass to other tasks (only the id travels; the executing rank fetches the
+/// value). The object is freed when the last reference anywhere drops.
+pub struct ObjectRef<T: ?Sized> {
+    id: ObjectId,
+    rt: Option<Arc<Inner>>,
+    _type: PhantomData<fn() -> Box<T>>,
+}
+
+impl<T: ?Sized> ObjectRef<T> {
+    /// Wraps a new owned handle (the table already counts it).
+    pub(crate) fn owned(id: ObjectId, rt: Arc<Inner>) -> Self {
+        ObjectRef {
+            id,
+            rt: Some(rt),
+            _type: PhantomData,
+        }
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    fn runtime(&self) -> Result<&Arc<Inner>> {
+        self.rt
+            .as_ref()
+            .ok_or(LumenError::Runtime(RuntimeError::NoRuntime))
+    }
+
+    /// True when the value (or the failure) is available now. For a
+    /// borrowed reference this asks the owner once and answers from its reply.
+    pub fn is_ready(&self) -> bool {
+        self.rt.as_ref().is_some_and(|rt| rt.is_ready(self.id))
+    }
+
+    /// Cancels the task computing this object if it has not started:
+    /// `get` then fails with `Cancelled`. A running task runs to the end
+    /// (Ray's `force=True`, killing the worker, is not offered).
+    pub fn cancel(&self) -> Result<()> {
+        self.runtime()?.cancel(self.id)
+    }
+
+    fn bytes(&self, timeout: Option<Duration>) -> Result<Bytes> {
+        self.runtime()?.fetch(self.id, timeout)
+    }
+}
+
+impl<T: DeserializeOwned> ObjectRef<T> {
+    /// Blocks until the value is ready and returns a copy. A task that
+    /// blocks here gives its CPU back to its rank meanwhile, so nested tasks
+    /// cannot deadlock a rank.
+    pub fn get(&self) -> Result<T> {
+        self.get_inner(None)
+    }
+
+    /// Like [`ObjectRef::get`], failing with `Timeout` after `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_inner(Some(timeout))
+    }
+
+    fn get_inner(&self, timeout: Option<Duration>) -> Result<T> {
+        let bytes = self.bytes(timeout)?;
+        bincode::deserialize(&bytes).map_err(|e| {
+            LumenError::Runtime(RuntimeError::Codec {
+                what: format!("{} as {}", self.id, std::any::type_name::<T>()),
+                detail: e.to_string(),
+            })
+        })
+    }
+}
+
+impl<T: bytemuck::Pod> ObjectRef<[T]> {
+    /// Blocks until the slice is ready and returns a view of it: no copy
+    /// when the bytes are in this rank's store, one copy from another rank.
+    pub fn get(&self) -> Result<SliceView<T>> {
+        self.get_timeout_inner(None)
+    }
+
+    /// Like [`ObjectRef::get`], failing with `Timeout` after `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<SliceView<T>> {
+        self.get_timeout_inner(Some(timeout))
+    }
+
+    fn get_timeout_inner(&self, timeout: Option<Duration>) -> Result<SliceView<T>> {
+        let bytes = self.bytes(timeout)?;
+        let size = std::mem::size_of::<T>().max(1);
+        if bytes.len() % size != 0 {
+            return Err(LumenError::Runtime(RuntimeError::Codec {
+                what: format!("{} as [{}]", self.id, std::any::type_name::<T>()),
+                detail: format!("{} bytes is not a whole number of elements", bytes.len()),
+            }));
+        }
+        let aligned = (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0;
+        let bytes = if aligned {
+            bytes
+        } else {
+            // Rare (allocations are 16-byte aligned): copy into aligned memory.
+            let mut copy: Vec<T> = vec![T::zeroed(); bytes.len() / size];
+            bytemuck::cast_slice_mut::<T, u8>(&mut copy).copy_from_slice(&bytes);
+            Bytes::Owned(Arc::new(bytemuck::cast_slice::<T, u8>(&copy).to_vec()))
+        };
+        Ok(SliceView {
+            bytes,
+            _type: PhantomData,
+        })
+    }
+}
+
+/// A read-only view of a `put_slice` object: derefs to `[T]`.
+pub struct SliceView<T> {
+    bytes: Bytes,
+    _type: PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> Deref for SliceView<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // Length and alignment were checked when the view was made; an
+        // empty object casts to an empty slice.
+        bytemuck::try_cast_slice(&self.bytes).unwrap_or(&[])
+    }
+}
+
+impl<T: bytemuck::Pod + std::fmt::Debug> std::fmt::Debug for SliceView<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SliceView")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl<T: ?Sized> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        if let Some(rt) = &self.rt {
+            rt.handle_added(self.id);
+        }
+        ObjectRef {
+            id: self.id,
+            rt: self.rt.clone(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T: ?Sized> Drop for ObjectRef<T> {
+    fn drop(&mut self) {
+        if let Some(rt) = &self.rt {
+            rt.handle_dropped(self.id);
+        }
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectRef({})", self.id)
+    }
+}
+
+impl<T: ?Sized> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        COLLECTOR.with(|c| {
+            if let Some(list) = c.borrow_mut().as_mut() {
+                list.push(self.id);
+            }
+        });
+        self.id.serialize(serializer)
+    }
+}
+
+impl<'de, T: ?Sized> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let id = ObjectId::deserialize(deserializer)?;
+        let rt = current_inner();
+        if let Some(rt) = &rt {
+            rt.handle_added(id);
+        }
+        Ok(ObjectRef {
+            id,
+            rt,
+            _type: PhantomData,
+        })
+    }
+}
+
+/// What [`wait`] returns: (ready, not ready).
+pub type Waited<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
+/// Waits until `num_returns` of `refs` are ready or `timeout` passes
+/// (`None`: no limit); returns (ready, not ready), each in the order given,
+/// as Ray's `ray.wait`.
+pub fn wait<T: ?Sized>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<Waited<T>> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let want = num_returns.min(refs.len());
+    let Some(rt) = refs.iter().find_map(|r| r.rt.clone()) else {
+        return Ok((Vec::new(), refs.to_vec()));
+    };
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id).collect();
+    let ready = rt.wait_ready(&ids, want, deadline);
+    let (mut done, mut pending) = (Vec::new(), Vec::new());
+    for (r, is_ready) in refs.iter().zip(ready) {
+        if is_ready && done.len() < want {
+            done.push(r.clone());
+        } else {
+            pending.push(r.clone());
+        }
+    }
+    Ok((done, pending))
+}
+
+/// The future behind `ObjectRef::into_future` (`.await`): a helper thread
+/// blocks in `get` and wakes the task (simple, and cheap next to a task's
+/// round trip; no async runtime is assumed).
+pub struct ObjectRefFuture<T> {
+    state: Arc<Mutex<FutureState<T>>>,
+}
+
+struct FutureState<T> {
+    result: Option<Result<T>>,
+    waker: Option<Waker>,
+    started: bool,
+}
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {
+    type Output = Result<T>;
+    type IntoFuture = ObjectRefFuture<T>;
+
+    fn into_future(self) -> ObjectRefFuture<T> {
+        let state = Arc::new(Mutex::new(FutureState {
+            result: None,
+            waker: None,
+            started: false,
+        }));
+        let future = ObjectRefFuture {
+            state: state.clone(),
+        };
+        let spawn = std::thread::Builder::new()
+            .name("lumen-await".into())
+            .spawn(move || {
+                let result = self.get();
+                let waker = {
+                    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                    s.result = Some(result);
+                    s.waker.take()
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            });
+        if let Err(e) = spawn {
+            let mut s = future.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.result = Some(Err(LumenError::Runtime(RuntimeError::Cluster(format!(
+                "no thread for .await: {e}"
+            )))));
+        }
+        future
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .started = true;
+        future
+    }
+}
+
+impl<T> Future for ObjectRefFuture<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.result.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ObjectRefFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObjectRefFuture")
+    }
+}

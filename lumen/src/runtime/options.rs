@@ -1,0 +1,179 @@
+//! Per-call options, with Ray's names: `num_cpus`, `num_gpus`, custom
+//! `resources`, `max_retries`, node affinity (`node`), and Lumen's exact
+//! placement (`rank`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use lumen_transport::Rank;
+
+/// Amounts of resources: what a rank offers, or what a task needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU slots.
+    pub cpus: f64,
+    /// GPUs.
+    pub gpus: f64,
+    /// Named custom resources.
+    pub custom: BTreeMap<String, f64>,
+}
+
+impl Resources {
+    /// True when `need` fits in `self`.
+    pub fn fits(&self, need: &Resources) -> bool {
+        need.cpus <= self.cpus + 1e-9
+            && need.gpus <= self.gpus + 1e-9
+            && need.custom.iter().all(|(name, amount)| {
+                self.custom.get(name).copied().unwrap_or(0.0) + 1e-9 >= *amount
+            })
+    }
+}
+
+/// Options of one task submission (see `f::options()` of a remote function).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    /// What the task needs while it runs (default: 1 CPU).
+    pub resources: Resources,
+    /// How often the task is run again when its rank dies (default 3, as Ray).
+    pub max_retries: u32,
+    /// Run on this node (index in the job), any rank of it.
+    pub node: Option<u32>,
+    /// Run on exactly this rank.
+    pub rank: Option<Rank>,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            resources: Resources {
+                cpus: 1.0,
+                ..Resources::default()
+            },
+            max_retries: 3,
+            node: None,
+            rank: None,
+        }
+    }
+}
+
+/// Options of an actor creation (see `Type::actor_options()`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActorOptions {
+    /// What the actor needs on its rank (checked for feasibility; the actor
+    /// runs on a thread of its own).
+    pub resources: Resources,
+    /// Host it on this node.
+    pub node: Option<u32>,
+    /// Host it on exactly this rank.
+    pub rank: Option<Rank>,
+    /// Register it under this job-wide name (see `Runtime::get_actor`).
+    pub name: Option<String>,
+}
+
+/// Builder methods shared by the generated per-function call types
+/// (`f::options()`). Used by `#[lumen::remote]`; not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __task_option_methods {
+    ([$($vis:tt)*]) => {
+        /// CPU slots the task needs (default 1; may be fractional).
+        $($vis)* fn num_cpus(mut self, cpus: f64) -> Self {
+            self.options.resources.cpus = cpus;
+            self
+        }
+        /// GPUs the task needs.
+        $($vis)* fn num_gpus(mut self, gpus: f64) -> Self {
+            self.options.resources.gpus = gpus;
+            self
+        }
+        /// An amount of a custom resource the task needs.
+        $($vis)* fn resource(mut self, name: &str, amount: f64) -> Self {
+            self.options.resources.custom.insert(name.to_string(), amount);
+            self
+        }
+        /// Retries when the executing rank dies (default 3).
+        $($vis)* fn max_retries(mut self, retries: u32) -> Self {
+            self.options.max_retries = retries;
+            self
+        }
+        /// Runs on a rank of this node.
+        $($vis)* fn node(mut self, node: u32) -> Self {
+            self.options.node = Some(node);
+            self
+        }
+        /// Runs on exactly this rank.
+        $($vis)* fn rank(mut self, rank: u32) -> Self {
+            self.options.rank = Some(rank);
+            self
+        }
+        /// All options at once.
+        $($vis)* fn with_options(mut self, options: $crate::TaskOptions) -> Self {
+            self.options = options;
+            self
+        }
+    };
+}
+
+/// Builder methods of the generated actor-creation types
+/// (`Type::actor_options()`). Used by `#[lumen::actor]`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __actor_option_methods {
+    ([$($vis:tt)*]) => {
+        /// CPU slots the actor needs on its rank.
+        $($vis)* fn num_cpus(mut self, cpus: f64) -> Self {
+            self.options.resources.cpus = cpus;
+            self
+        }
+        /// GPUs the actor needs on its rank.
+        $($vis)* fn num_gpus(mut self, gpus: f64) -> Self {
+            self.options.resources.gpus = gpus;
+            self
+        }
+        /// An amount of a custom resource the actor needs.
+        $($vis)* fn resource(mut self, name: &str, amount: f64) -> Self {
+            self.options.resources.custom.insert(name.to_string(), amount);
+            self
+        }
+        /// Hosts the actor on a rank of this node.
+        $($vis)* fn node(mut self, node: u32) -> Self {
+            self.options.node = Some(node);
+            self
+        }
+        /// Hosts the actor on exactly this rank.
+        $($vis)* fn rank(mut self, rank: u32) -> Self {
+            self.options.rank = Some(rank);
+            self
+        }
+        /// Registers the actor under a job-wide name.
+        $($vis)* fn name(mut self, name: &str) -> Self {
+            self.options.name = Some(name.to_string());
+            self
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fitting() {
+        let mut rank = Resources {
+            cpus: 2.0,
+            gpus: 1.0,
+            ..Resources::default()
+        };
+        rank.custom.insert("ssd".into(), 1.0);
+        let mut need = TaskOptions::default().resources;
+        assert!(rank.fits(&need));
+        need.cpus = 3.0;
+        assert!(!rank.fits(&need));
+        need.cpus = 0.5;
+        need.custom.insert("ssd".into(), 1.0);
+        assert!(rank.fits(&need));
+        need.custom.insert("tpu".into(), 1.0);
+        assert!(!rank.fits(&need));
+    }
+}

@@ -1,0 +1,184 @@
+//! The runtime's messages between ranks (one transport tag, [`RUNTIME_TAG`],
+//! served by an active-message handler; bincode-encoded), and where an
+//! object's value lives ([`Outcome`]).
+
+use serde::{Deserialize, Serialize};
+
+use lumen_transport::Rank;
+
+use super::error::TaskError;
+use super::ids::{ActorId, ObjectId};
+use super::options::{Resources, TaskOptions};
+
+/// Tag of every runtime message (the runtime's range is 0xA000_...).
+pub(crate) const RUNTIME_TAG: u64 = 0xA000_0000_0000_0001;
+/// Tag of the bootstrap exchange (build ids and resources).
+pub(crate) const HELLO_TAG: u64 = 0xA000_0000_0000_0002;
+/// Tag nobody sends on: receiving on it with no wait tells whether a peer is gone.
+pub(crate) const PROBE_TAG: u64 = 0xA000_0000_0000_0003;
+
+/// Where a ready object's value is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// The encoded value itself (small objects, up to the inline limit).
+    Inline(Vec<u8>),
+    /// In the store of `rank` (see `store`).
+    Stored {
+        /// The rank holding the bytes.
+        rank: Rank,
+        /// Its handle there.
+        key: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// The task failed.
+    Failed(TaskError),
+}
+
+/// A task as sent to the rank that runs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TaskSpec {
+    /// The result object (its owner is the submitter).
+    pub object: ObjectId,
+    /// Function id and name.
+    pub function: u64,
+    pub name: String,
+    /// Encoded argument tuple.
+    pub args: Vec<u8>,
+    /// Objects referenced by `args`, registered as borrowed by the receiver.
+    pub refs: Vec<ObjectId>,
+    pub options: TaskOptions,
+    /// 1 for the first run.
+    pub attempt: u32,
+}
+
+/// A serialisable actor handle (see `RawActorHandle`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ActorAddress {
+    pub id: ActorId,
+    pub host: Rank,
+    pub class_id: u64,
+    pub class_name: String,
+}
+
+/// Per-rank facts exchanged at bootstrap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RankInfo {
+    pub rank: Rank,
+    pub node: u32,
+    pub build_id: u64,
+    pub resources: Resources,
+}
+
+/// Rank 0's answer to the bootstrap exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Welcome {
+    /// Everyone's facts, by rank.
+    Ok(Vec<RankInfo>),
+    /// A rank runs another build.
+    Mismatch { rank: Rank, ours: u64, theirs: u64 },
+}
+
+/// A runtime message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum RtMsg {
+    /// Run this task.
+    Submit(TaskSpec),
+    /// A task or actor call finished (to the owner of `object`).
+    Done {
+        object: ObjectId,
+        outcome: Outcome,
+        /// Objects referenced by the value, registered as borrowed by the owner.
+        refs: Vec<ObjectId>,
+    },
+    /// Drop the task if it has not started.
+    Cancel { object: ObjectId },
+    /// Create an actor here.
+    ActorCreate {
+        address: ActorAddress,
+        args: Vec<u8>,
+        refs: Vec<ObjectId>,
+    },
+    /// Run a method of an actor hosted here; reply `Done` to `object`'s owner.
+    ActorCall {
+        actor: ActorId,
+        method: u64,
+        name: String,
+        object: ObjectId,
+        args: Vec<u8>,
+        refs: Vec<ObjectId>,
+    },
+    /// Stop an actor hosted here.
+    ActorKill { actor: ActorId },
+    /// (to the owner) `borrower` holds `count` more registrations of `object`;
+    /// answer `Ack { request }` when `request` is given.
+    AddBorrower {
+        object: ObjectId,
+        borrower: Rank,
+        count: u32,
+        request: Option<u64>,
+    },
+    /// (to the owner) `borrower` dropped `count` registrations.
+    RemoveBorrower {
+        object: ObjectId,
+        borrower: Rank,
+        count: u32,
+    },
+    /// Generic acknowledgement of a request.
+    Ack { request: u64, error: Option<String> },
+    /// (to the owner) send me the value of `object` when it is ready.
+    GetValue { object: ObjectId, request: u64 },
+    /// The owner's answer to `GetValue`.
+    Value { request: u64, outcome: Outcome },
+    /// (to the rank storing a copy) free it.
+    FreeCopy { key: u64 },
+    /// (to rank 0) register a named actor.
+    NameRegister {
+        name: String,
+        address: ActorAddress,
+        request: u64,
+    },
+    /// (to rank 0) drop a name.
+    NameRemove { name: String },
+    /// (to rank 0) look a name up.
+    NameLookup { name: String, request: u64 },
+    /// Rank 0's answer to a lookup.
+    NameReply {
+        request: u64,
+        address: Option<ActorAddress>,
+    },
+    /// (to rank 0, from a test or tool) report this rank's live objects.
+    Stats { request: u64 },
+    /// Answer to `Stats`.
+    StatsReply { request: u64, stats: RankStats },
+    /// The driver is done: stop serving and leave.
+    Shutdown,
+}
+
+/// Counters of one rank, for tests and tools.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankStats {
+    /// Objects owned by this rank and not yet freed.
+    pub owned_objects: u64,
+    /// Objects this rank borrows.
+    pub borrowed_objects: u64,
+    /// Values held in this rank's store (large objects).
+    pub stored_values: u64,
+    /// Owned objects freed so far.
+    pub freed_objects: u64,
+    /// Tasks executed here.
+    pub tasks_executed: u64,
+}
+
+/// Encodes a message.
+pub(crate) fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Encoding plain data structs into a Vec cannot fail (no maps with
+    // non-string keys, no custom serialisers); an empty message would be
+    // refused by the receiver's decoder and logged there.
+    bincode::serialize(message).unwrap_or_default()
+}
+
+/// Decodes a message.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::deserialize(bytes).map_err(|e| e.to_string())
+}

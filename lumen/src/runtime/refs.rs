@@ -1,0 +1,513 @@
+//! Ownership and reference counting: the pure state machine behind
+//! `ObjectRef` (no IO; the runtime feeds it events and carries out the
+//! [`Effect`]s it returns).
+//!
+//! The design follows Ray's ownership model (Wang et al., "Ownership: A
+//! Distributed Futures System for Fine-Grained Tasks", NSDI '21): the rank
+//! that creates an object (by `put` or by submitting the task that computes
+//! it) **owns** it and alone decides when it is freed; other ranks that hold
+//! references are **borrowers**, known to the owner.
+//!
+//! # Counts
+//! - Owned entry: `handles` (live `ObjectRef`s on the owner) and
+//!   `borrowers` (rank → registrations). Freed, exactly once, when both are
+//!   zero. The entry then disappears; a result that arrives for a freed
+//!   pending object is freed on arrival.
+//! - Borrowed entry: `handles`, `holds` (messages being processed that
+//!   carried the reference: a task's arguments while it runs, a stored value
+//!   that contains it) and `registrations` (how many times some rank
+//!   registered this rank with the owner). When handles and holds reach
+//!   zero, one `RemoveBorrower { count: registrations }` goes to the owner.
+//!
+//! # Passing a reference (how the counts stay safe)
+//! The *sender* registers the *receiver* before the reference leaves: an
+//! owner adds the receiver to its own borrowers; a borrower asks the owner
+//! to add it and waits for the acknowledgement. The receiver takes a hold
+//! when the message arrives and gives it back when done with the message.
+//! So at every instant some registration covers every reference in flight,
+//! without the ordering problem of a borrower that forwards a reference and
+//! drops its own before the new holder's registration reaches the owner.
+//! This costs one round trip to the owner when a borrower forwards a
+//! reference (Ray instead reports nested borrowers in task replies, which
+//! saves that trip but is more machinery). References inside a task's
+//! *result* work the same way: the executing rank registers the task's
+//! owner, which holds them as long as the result object lives.
+//!
+//! A rank that dies loses all its registrations ([`RefTable::rank_died`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use lumen_transport::Rank;
+
+use super::ids::ObjectId;
+use super::protocol::Outcome;
+
+/// State of an owned object.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ObjectState {
+    /// Its task has not reported yet.
+    Pending,
+    /// Its value (or failure) is known.
+    Ready(Outcome),
+}
+
+#[derive(Debug)]
+struct Owned {
+    handles: u32,
+    borrowers: BTreeMap<Rank, u32>,
+    state: ObjectState,
+    /// Objects referenced by the value; released when this one is freed.
+    contained: Vec<ObjectId>,
+}
+
+#[derive(Debug, Default)]
+struct Borrowed {
+    handles: u32,
+    holds: u32,
+    registrations: u32,
+}
+
+/// What the runtime must do after an event.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Effect {
+    /// An owned object is free: release its stored value (if any) and give
+    /// back one hold on each object it contained (call [`RefTable::release`]).
+    Free {
+        object: ObjectId,
+        outcome: Option<Outcome>,
+        contained: Vec<ObjectId>,
+    },
+    /// Tell `object.owner` this rank dropped `count` registrations.
+    RemoveBorrower { object: ObjectId, count: u32 },
+}
+
+/// A misuse of the protocol reported by a peer (logged, never a panic).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RefError {
+    /// A borrower registration for an object that is already freed.
+    #[error("{0} was already freed when a borrower registered; the reference was not covered by a registration")]
+    AlreadyFreed(ObjectId),
+}
+
+/// One rank's reference table.
+#[derive(Debug)]
+pub(crate) struct RefTable {
+    me: Rank,
+    owned: HashMap<ObjectId, Owned>,
+    borrowed: HashMap<ObjectId, Borrowed>,
+    freed: u64,
+}
+
+impl RefTable {
+    /// An empty table for rank `me`.
+    pub(crate) fn new(me: Rank) -> Self {
+        RefTable {
+            me,
+            owned: HashMap::new(),
+            borrowed: HashMap::new(),
+            freed: 0,
+        }
+    }
+
+    /// A new owned object with one handle (the `ObjectRef` just returned).
+    pub(crate) fn create(&mut self, object: ObjectId, state: ObjectState) {
+        debug_assert_eq!(object.owner, self.me);
+        self.owned.insert(
+            object,
+            Owned {
+                handles: 1,
+                borrowers: BTreeMap::new(),
+                state,
+                contained: Vec::new(),
+            },
+        );
+    }
+
+    /// State of an owned object; `None` when not owned here or freed.
+    pub(crate) fn state(&self, object: ObjectId) -> Option<&ObjectState> {
+        self.owned.get(&object).map(|o| &o.state)
+    }
+
+    /// A new `ObjectRef` (clone or deserialisation) on this rank.
+    pub(crate) fn handle_added(&mut self, object: ObjectId) {
+        if object.owner == self.me {
+            if let Some(entry) = self.owned.get_mut(&object) {
+                entry.handles += 1;
+            }
+            // A handle to a freed object (deserialised from stale bytes) is
+            // not counted: its `get` fails.
+        } else {
+            self.borrowed.entry(object).or_default().handles += 1;
+        }
+    }
+
+    /// An `ObjectRef` dropped on this rank.
+    pub(crate) fn handle_dropped(&mut self, object: ObjectId) -> Vec<Effect> {
+        if object.owner == self.me {
+            match self.owned.get_mut(&object) {
+                Some(entry) if entry.handles > 0 => entry.handles -= 1,
+                _ => return Vec::new(),
+            }
+            self.check_owned(object)
+        } else {
+            match self.borrowed.get_mut(&object) {
+                Some(entry) if entry.handles > 0 => entry.handles -= 1,
+                _ => return Vec::new(),
+            }
+            self.check_borrowed(object)
+        }
+    }
+
+    /// (Owner) `borrower` now holds `count` more registrations.
+    pub(crate) fn add_borrower(
+        &mut self,
+        object: ObjectId,
+        borrower: Rank,
+        count: u32,
+    ) -> Result<(), RefError> {
+        let entry = self
+            .owned
+            .get_mut(&object)
+            .ok_or(RefError::AlreadyFreed(object))?;
+        *entry.borrowers.entry(borrower).or_insert(0) += count;
+        Ok(())
+    }
+
+    /// (Owner) `borrower` dropped `count` registrations.
+    pub(crate) fn remove_borrower(
+        &mut self,
+        object: ObjectId,
+        borrower: Rank,
+        count: u32,
+    ) -> Vec<Effect> {
+        let Some(entry) = self.owned.get_mut(&object) else {
+            return Vec::new();
+        };
+        if let Some(held) = entry.borrowers.get_mut(&borrower) {
+            *held = held.saturating_sub(count);
+            if *held == 0 {
+                entry.borrowers.remove(&borrower);
+            }
+        }
+        self.check_owned(object)
+    }
+
+    /// A message carrying a reference to `object` arrived, and its sender
+    /// registered this rank: hold it until [`RefTable::release`].
+    pub(crate) fn hold(&mut self, object: ObjectId) {
+        if object.owner == self.me {
+            // The sender registered us in our own borrower list; that
+            // registration is the hold.
+            return;
+        }
+        let entry = self.borrowed.entry(object).or_default();
+        entry.holds += 1;
+        entry.registrations += 1;
+    }
+
+    /// Gives back a hold taken by [`RefTable::hold`].
+    pub(crate) fn release(&mut self, object: ObjectId) -> Vec<Effect> {
+        if object.owner == self.me {
+            let me = self.me;
+            return self.remove_borrower(object, me, 1);
+        }
+        match self.borrowed.get_mut(&object) {
+            Some(entry) if entry.holds > 0 => entry.holds -= 1,
+            _ => return Vec::new(),
+        }
+        self.check_borrowed(object)
+    }
+
+    /// (Owner) the task computing `object` finished. `contained` are the
+    /// objects its value references (this rank was registered for each).
+    /// Returns effects: a `Free` when nobody wanted the result any more.
+    pub(crate) fn complete(
+        &mut self,
+        object: ObjectId,
+        outcome: Outcome,
+        contained: Vec<ObjectId>,
+    ) -> Vec<Effect> {
+        for &inner in &contained {
+            self.hold(inner);
+        }
+        match self.owned.get_mut(&object) {
+            Some(entry) if entry.state == ObjectState::Pending => {
+                entry.state = ObjectState::Ready(outcome);
+                entry.contained = contained;
+                Vec::new()
+            }
+            // Freed before its result came, or a duplicate report (a retried
+            // task whose first attempt was not dead after all): free what came.
+            _ => {
+                self.freed += 1;
+                vec![Effect::Free {
+                    object,
+                    outcome: Some(outcome),
+                    contained,
+                }]
+            }
+        }
+    }
+
+    /// `rank` died: its registrations are gone.
+    pub(crate) fn rank_died(&mut self, rank: Rank) -> Vec<Effect> {
+        let affected: Vec<ObjectId> = self
+            .owned
+            .iter_mut()
+            .filter_map(|(id, entry)| entry.borrowers.remove(&rank).map(|_| *id))
+            .collect();
+        affected
+            .into_iter()
+            .flat_map(|id| self.check_owned(id))
+            .collect()
+    }
+
+    fn check_owned(&mut self, object: ObjectId) -> Vec<Effect> {
+        let free = self
+            .owned
+            .get(&object)
+            .is_some_and(|e| e.handles == 0 && e.borrowers.is_empty());
+        if !free {
+            return Vec::new();
+        }
+        let Some(entry) = self.owned.remove(&object) else {
+            return Vec::new();
+        };
+        match entry.state {
+            // Counted when the result arrives (see `complete`).
+            ObjectState::Pending => Vec::new(),
+            ObjectState::Ready(outcome) => {
+                self.freed += 1;
+                vec![Effect::Free {
+                    object,
+                    outcome: Some(outcome),
+                    contained: entry.contained,
+                }]
+            }
+        }
+    }
+
+    fn check_borrowed(&mut self, object: ObjectId) -> Vec<Effect> {
+        let done = self
+            .borrowed
+            .get(&object)
+            .is_some_and(|e| e.handles == 0 && e.holds == 0);
+        if !done {
+            return Vec::new();
+        }
+        match self.borrowed.remove(&object) {
+            Some(entry) if entry.registrations > 0 => vec![Effect::RemoveBorrower {
+                object,
+                count: entry.registrations,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// True while this rank owns `object` (not freed).
+    #[cfg(test)]
+    pub(crate) fn owns(&self, object: ObjectId) -> bool {
+        self.owned.contains_key(&object)
+    }
+
+    /// True while this rank borrows `object`.
+    pub(crate) fn borrows(&self, object: ObjectId) -> bool {
+        self.borrowed.contains_key(&object)
+    }
+
+    /// Owned objects not yet freed.
+    pub(crate) fn owned_count(&self) -> usize {
+        self.owned.len()
+    }
+
+    /// Objects borrowed now.
+    pub(crate) fn borrowed_count(&self) -> usize {
+        self.borrowed.len()
+    }
+
+    /// Owned objects freed so far.
+    pub(crate) fn freed_count(&self) -> u64 {
+        self.freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(owner: Rank, seq: u64) -> ObjectId {
+        ObjectId { owner, seq }
+    }
+
+    fn ready() -> ObjectState {
+        ObjectState::Ready(Outcome::Inline(vec![1]))
+    }
+
+    /// Ranks 0..n with their tables, and a "network" that delivers
+    /// `RemoveBorrower` effects to the owner's table.
+    struct Cluster {
+        tables: Vec<RefTable>,
+        frees: Vec<ObjectId>,
+    }
+
+    impl Cluster {
+        fn new(n: u32) -> Self {
+            Cluster {
+                tables: (0..n).map(RefTable::new).collect(),
+                frees: Vec::new(),
+            }
+        }
+
+        fn apply(&mut self, from: Rank, effects: Vec<Effect>) {
+            for effect in effects {
+                match effect {
+                    Effect::Free {
+                        object, contained, ..
+                    } => {
+                        self.frees.push(object);
+                        for inner in contained {
+                            let more = self.tables[from as usize].release(inner);
+                            self.apply(from, more);
+                        }
+                    }
+                    Effect::RemoveBorrower { object, count } => {
+                        let more =
+                            self.tables[object.owner as usize].remove_borrower(object, from, count);
+                        self.apply(object.owner, more);
+                    }
+                }
+            }
+        }
+
+        /// `from` sends a message with a reference to `object` to `to`.
+        fn send(&mut self, object: ObjectId, to: Rank) {
+            self.tables[object.owner as usize]
+                .add_borrower(object, to, 1)
+                .expect("registered while alive");
+            self.tables[to as usize].hold(object);
+        }
+
+        fn release(&mut self, at: Rank, object: ObjectId) {
+            let effects = self.tables[at as usize].release(object);
+            self.apply(at, effects);
+        }
+
+        fn drop_handle(&mut self, at: Rank, object: ObjectId) {
+            let effects = self.tables[at as usize].handle_dropped(object);
+            self.apply(at, effects);
+        }
+    }
+
+    #[test]
+    fn owner_only_frees_when_last_handle_drops() {
+        let mut t = RefTable::new(0);
+        let a = id(0, 1);
+        t.create(a, ready());
+        t.handle_added(a);
+        assert!(t.handle_dropped(a).is_empty());
+        let effects = t.handle_dropped(a);
+        assert!(matches!(effects.as_slice(), [Effect::Free { object, .. }] if *object == a));
+        assert!(t.handle_dropped(a).is_empty(), "freed once only");
+        assert_eq!(t.freed_count(), 1);
+    }
+
+    #[test]
+    fn reference_passed_through_three_tasks_is_freed_exactly_once() {
+        // Rank 0 owns A, passes it to a task on 1, which passes it to a task
+        // on 2, which passes it to a task on 3; the owner drops its handle
+        // first, and the holders finish in the worst order.
+        let mut c = Cluster::new(4);
+        let a = id(0, 7);
+        c.tables[0].create(a, ready());
+        c.send(a, 1);
+        c.drop_handle(0, a);
+        assert!(c.frees.is_empty());
+        // Rank 1 (a borrower) forwards: it registers rank 2 with the owner
+        // (synchronously in the runtime) before sending.
+        c.send(a, 2);
+        c.release(1, a);
+        assert!(c.frees.is_empty(), "rank 2 still holds it");
+        c.send(a, 3);
+        // Rank 3 keeps a handle (stores the ref in an actor, say).
+        c.tables[3].handle_added(a);
+        c.release(3, a);
+        c.release(2, a);
+        assert!(c.frees.is_empty(), "rank 3 still has a handle");
+        c.drop_handle(3, a);
+        assert_eq!(c.frees, vec![a]);
+        assert_eq!(c.tables[0].owned_count(), 0);
+        assert!(c.tables.iter().all(|t| t.borrowed_count() == 0));
+    }
+
+    #[test]
+    fn result_of_a_dropped_pending_task_is_freed_on_arrival() {
+        let mut t = RefTable::new(0);
+        let a = id(0, 1);
+        t.create(a, ObjectState::Pending);
+        assert!(t.handle_dropped(a).is_empty());
+        assert!(!t.owns(a));
+        let effects = t.complete(a, Outcome::Inline(vec![]), Vec::new());
+        assert!(matches!(effects.as_slice(), [Effect::Free { .. }]));
+        assert_eq!(t.freed_count(), 1);
+    }
+
+    #[test]
+    fn contained_references_live_as_long_as_their_container() {
+        // Rank 1 puts B, returns it inside the result R of a task owned by 0.
+        let mut c = Cluster::new(2);
+        let b = id(1, 1);
+        let r = id(0, 1);
+        c.tables[1].create(b, ready());
+        c.tables[0].create(r, ObjectState::Pending);
+        // Executor (rank 1, the owner of B) registers rank 0 as borrower.
+        c.tables[1].add_borrower(b, 0, 1).expect("alive");
+        c.drop_handle(1, b);
+        let effects = c.tables[0].complete(r, Outcome::Inline(vec![]), vec![b]);
+        c.apply(0, effects);
+        assert!(c.frees.is_empty());
+        // Rank 0 deserialises B from R, then drops R: B survives the handle.
+        c.tables[0].handle_added(b);
+        c.drop_handle(0, r);
+        assert_eq!(c.frees, vec![r]);
+        c.drop_handle(0, b);
+        assert_eq!(c.frees, vec![r, b]);
+    }
+
+    #[test]
+    fn a_dead_borrower_loses_its_registrations() {
+        let mut c = Cluster::new(3);
+        let a = id(0, 1);
+        c.tables[0].create(a, ready());
+        c.send(a, 2);
+        c.send(a, 2);
+        c.drop_handle(0, a);
+        assert!(c.frees.is_empty());
+        let effects = c.tables[0].rank_died(2);
+        c.apply(0, effects);
+        assert_eq!(c.frees, vec![a]);
+    }
+
+    #[test]
+    fn late_registration_is_reported() {
+        let mut t = RefTable::new(0);
+        let a = id(0, 1);
+        t.create(a, ready());
+        let _ = t.handle_dropped(a);
+        assert_eq!(t.add_borrower(a, 1, 1), Err(RefError::AlreadyFreed(a)));
+    }
+
+    #[test]
+    fn owner_holds_its_own_object_sent_back_to_it() {
+        // Rank 1 sends rank 0's object back to rank 0 in a task.
+        let mut c = Cluster::new(2);
+        let a = id(0, 1);
+        c.tables[0].create(a, ready());
+        c.send(a, 1);
+        c.drop_handle(0, a);
+        c.send(a, 0);
+        c.release(1, a);
+        assert!(c.frees.is_empty());
+        c.release(0, a);
+        assert_eq!(c.frees, vec![a]);
+    }
+}

@@ -1,0 +1,268 @@
+//! Placement policy: which rank runs a task or hosts an actor. Pure (no
+//! IO); each submitting rank keeps its own instance and its own view of the
+//! load it has placed (like Ray's owner-side lease requests, without a
+//! central scheduler in the path of every task).
+//!
+//! Policy, in order:
+//! 1. Candidates: alive, serving (in driver mode rank 0 only submits), whose
+//!    *total* resources fit the request, on the asked node / the asked rank.
+//!    None: the request is infeasible (an error, not a hang).
+//! 2. Data locality: a candidate holding the largest argument is taken when
+//!    it is not busier than the least-loaded candidate by more than its CPUs.
+//! 3. Otherwise the least loaded (tasks this submitter has outstanding there,
+//!    per CPU), ties broken round-robin so equal ranks share work.
+
+use lumen_transport::Rank;
+
+use super::options::Resources;
+
+/// What the policy knows about a rank.
+#[derive(Debug, Clone)]
+pub(crate) struct RankSlot {
+    pub node: u32,
+    pub capacity: Resources,
+    pub serving: bool,
+    pub alive: bool,
+    /// Tasks placed there by this submitter and not finished.
+    pub outstanding: u32,
+    /// Actors placed there by this submitter.
+    pub actors: u32,
+}
+
+/// A placement request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Request<'a> {
+    pub resources: Option<&'a Resources>,
+    pub node: Option<u32>,
+    pub rank: Option<Rank>,
+    /// Rank holding the largest argument, if any.
+    pub data_at: Option<Rank>,
+}
+
+/// Why nothing fits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Infeasible(pub String);
+
+/// The placement policy of one submitting rank.
+#[derive(Debug, Clone)]
+pub(crate) struct Scheduler {
+    ranks: Vec<RankSlot>,
+    next: usize,
+}
+
+impl Scheduler {
+    pub(crate) fn new(ranks: Vec<RankSlot>, first: usize) -> Self {
+        let next = if ranks.is_empty() {
+            0
+        } else {
+            first % ranks.len()
+        };
+        Scheduler { ranks, next }
+    }
+
+    fn candidates(&self, request: &Request<'_>) -> Result<Vec<usize>, Infeasible> {
+        if let Some(rank) = request.rank {
+            let slot = self.ranks.get(rank as usize).ok_or_else(|| {
+                Infeasible(format!(
+                    "rank {rank} is not in this job of {} ranks",
+                    self.ranks.len()
+                ))
+            })?;
+            if !slot.alive {
+                return Err(Infeasible(format!("rank {rank} is dead")));
+            }
+            if let Some(need) = request.resources {
+                if !slot.capacity.fits(need) {
+                    return Err(Infeasible(format!(
+                        "rank {rank} offers {:?}, the request needs {need:?}",
+                        slot.capacity
+                    )));
+                }
+            }
+            return Ok(vec![rank as usize]);
+        }
+        let list: Vec<usize> = (0..self.ranks.len())
+            .filter(|&i| {
+                let slot = &self.ranks[i];
+                slot.alive
+                    && slot.serving
+                    && request.node.is_none_or(|n| n == slot.node)
+                    && request
+                        .resources
+                        .is_none_or(|need| slot.capacity.fits(need))
+            })
+            .collect();
+        if list.is_empty() {
+            let mut why = String::new();
+            if let Some(node) = request.node {
+                why.push_str(&format!("node {node}: "));
+            }
+            why.push_str(&match request.resources {
+                Some(need) => format!("no live serving rank offers {need:?}"),
+                None => "no live serving rank".to_string(),
+            });
+            return Err(Infeasible(why));
+        }
+        Ok(list)
+    }
+
+    /// Picks a rank for a task and counts it as outstanding there.
+    pub(crate) fn place_task(&mut self, request: &Request<'_>) -> Result<Rank, Infeasible> {
+        let list = self.candidates(request)?;
+        let load = |i: usize| {
+            let slot = &self.ranks[i];
+            f64::from(slot.outstanding) / slot.capacity.cpus.max(1.0)
+        };
+        let n = self.ranks.len();
+        // Least loaded, scanning from the round-robin cursor.
+        let mut best = list[0];
+        let mut best_key = (f64::INFINITY, usize::MAX);
+        for &i in &list {
+            let key = (load(i), (i + n - self.next) % n);
+            if key.0 < best_key.0 || (key.0 == best_key.0 && key.1 < best_key.1) {
+                best = i;
+                best_key = key;
+            }
+        }
+        if let Some(at) = request.data_at.map(|r| r as usize) {
+            if list.contains(&at) && load(at) <= best_key.0 + 1.0 {
+                best = at;
+            }
+        }
+        self.next = (best + 1) % n.max(1);
+        self.ranks[best].outstanding += 1;
+        Ok(best as Rank)
+    }
+
+    /// Picks a rank for an actor: the one with the fewest actors placed by us.
+    pub(crate) fn place_actor(&mut self, request: &Request<'_>) -> Result<Rank, Infeasible> {
+        let list = self.candidates(request)?;
+        let n = self.ranks.len();
+        let best = list
+            .iter()
+            .copied()
+            .min_by_key(|&i| (self.ranks[i].actors, (i + n - self.next) % n))
+            .unwrap_or(list[0]);
+        self.next = (best + 1) % n.max(1);
+        self.ranks[best].actors += 1;
+        Ok(best as Rank)
+    }
+
+    /// A task placed on `rank` finished (or was moved away).
+    pub(crate) fn finished(&mut self, rank: Rank) {
+        if let Some(slot) = self.ranks.get_mut(rank as usize) {
+            slot.outstanding = slot.outstanding.saturating_sub(1);
+        }
+    }
+
+    /// `rank` died: never placed on again.
+    pub(crate) fn rank_died(&mut self, rank: Rank) {
+        if let Some(slot) = self.ranks.get_mut(rank as usize) {
+            slot.alive = false;
+            slot.outstanding = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(n: u32, nodes: u32, driver: bool) -> Vec<RankSlot> {
+        (0..n)
+            .map(|r| RankSlot {
+                node: r * nodes / n,
+                capacity: Resources {
+                    cpus: 1.0,
+                    ..Resources::default()
+                },
+                serving: !(driver && r == 0),
+                alive: true,
+                outstanding: 0,
+                actors: 0,
+            })
+            .collect()
+    }
+
+    fn cpu() -> Resources {
+        Resources {
+            cpus: 1.0,
+            ..Resources::default()
+        }
+    }
+
+    #[test]
+    fn spreads_over_serving_ranks_and_skips_the_driver() {
+        let mut s = Scheduler::new(slots(4, 1, true), 0);
+        let need = cpu();
+        let request = Request {
+            resources: Some(&need),
+            ..Request::default()
+        };
+        let picks: Vec<Rank> = (0..6)
+            .map(|_| s.place_task(&request).expect("fits"))
+            .collect();
+        assert!(!picks.contains(&0));
+        for r in 1..4 {
+            assert_eq!(picks.iter().filter(|&&p| p == r).count(), 2, "{picks:?}");
+        }
+        s.finished(1);
+        s.finished(1);
+        assert_eq!(s.place_task(&request), Ok(1), "least loaded first");
+    }
+
+    #[test]
+    fn affinity_and_feasibility() {
+        let mut s = Scheduler::new(slots(4, 2, false), 0);
+        let need = cpu();
+        let on_node_1 = Request {
+            resources: Some(&need),
+            node: Some(1),
+            ..Request::default()
+        };
+        for _ in 0..4 {
+            let r = s.place_task(&on_node_1).expect("fits");
+            assert!(r == 2 || r == 3);
+        }
+        let big = Resources {
+            cpus: 2.0,
+            ..Resources::default()
+        };
+        let request = Request {
+            resources: Some(&big),
+            ..Request::default()
+        };
+        assert!(s.place_task(&request).is_err());
+        let exact = Request {
+            rank: Some(0),
+            ..Request::default()
+        };
+        assert_eq!(s.place_task(&exact), Ok(0));
+        s.rank_died(0);
+        assert!(s.place_task(&exact).is_err());
+    }
+
+    #[test]
+    fn locality_wins_unless_much_busier() {
+        let mut s = Scheduler::new(slots(3, 1, false), 0);
+        let need = cpu();
+        let request = Request {
+            resources: Some(&need),
+            data_at: Some(2),
+            ..Request::default()
+        };
+        assert_eq!(s.place_task(&request), Ok(2));
+        assert_eq!(s.place_task(&request), Ok(2));
+        // Rank 2 now has 2 outstanding, the others 0: more than one CPU busier.
+        assert_ne!(s.place_task(&request), Ok(2));
+    }
+
+    #[test]
+    fn actors_spread() {
+        let mut s = Scheduler::new(slots(3, 1, true), 0);
+        let a = s.place_actor(&Request::default()).expect("fits");
+        let b = s.place_actor(&Request::default()).expect("fits");
+        assert_ne!(a, b);
+        assert!(a != 0 && b != 0);
+    }
+}
