@@ -20,7 +20,7 @@
 # Everything lives under $LUMEN_SLURM_RUN (default /tmp/lumen-slurm): config,
 # spool, logs, pid files, `env` (SLURM_CONF, LUMEN_SLURM_MODE, LUMEN_SLURM_LOGIN,
 # LUMEN_SLURM_NODES for tests to source). /etc/slurm is not touched.
-# Knobs: NODES (2 local / 3 netns), CPUS per node (4; more than the machine has
+# Knobs: NODES (2 local / 3 netns), CPUS per node (8; more than the machine has
 # is fine: TaskPlugin=task/none). A lock file serialises concurrent starts
 # (tests running in parallel all call `start`).
 #
@@ -32,7 +32,7 @@
 set -euo pipefail
 
 RUN=${LUMEN_SLURM_RUN:-/tmp/lumen-slurm}
-CPUS=${CPUS:-4}
+CPUS=${CPUS:-8}
 SUBNET=10.78.0
 CTL_NS=lumen-slctl
 HOST_NS=lumen-slh

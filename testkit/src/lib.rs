@@ -59,9 +59,11 @@
 mod cluster;
 mod ip;
 mod naming;
+pub mod slurm;
 
 pub use cluster::{can_create_netns, list_namespaces, netns_unavailable_reason, NetnsCluster};
 pub use naming::{subnet_octet, unique_prefix, MAX_HOSTS, SUBNET_OCTETS};
+pub use slurm::{slurm_unavailable_reason, SlurmCluster, SlurmClusterError, SlurmMode};
 
 use std::io;
 use std::process::ExitStatus;
