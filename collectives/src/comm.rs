@@ -52,7 +52,7 @@
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lumen_transport::{tags, Endpoint, Rank, Source, TransportError};
 
@@ -95,6 +95,8 @@ struct Inner {
     context: u32,
     sequence: AtomicU32,
     config: CollectiveConfig,
+    /// Wait by polling and yielding the core (node oversubscribed).
+    yield_wait: bool,
     hierarchy: OnceLock<Option<Hierarchy>>,
     /// Held while an operation executes.
     exec: Mutex<()>,
@@ -149,19 +151,58 @@ impl<T> Request<T> {
     }
 }
 
-/// Where a segment of a send or receive lives.
-fn segments(range: std::ops::Range<usize>, segment: usize) -> Vec<std::ops::Range<usize>> {
-    if segment == 0 || range.len() <= segment {
-        return vec![range];
+/// CPUs of the machine (not of this thread's affinity mask: a rank pinned to
+/// one core is not a sign of oversubscription).
+fn online_cpus() -> usize {
+    let parse = |text: &str| -> Option<usize> {
+        let mut n = 0;
+        for part in text.trim().split(',') {
+            n += match part.split_once('-') {
+                Some((a, b)) => {
+                    b.parse::<usize>()
+                        .ok()?
+                        .checked_sub(a.parse::<usize>().ok()?)?
+                        + 1
+                }
+                None => {
+                    part.parse::<usize>().ok()?;
+                    1
+                }
+            };
+        }
+        Some(n)
+    };
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|t| parse(&t))
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Number of segments `range` is cut into (at least one, even when empty:
+/// a zero-length message still travels).
+fn pieces(range: &std::ops::Range<usize>, segment: usize) -> usize {
+    if segment == 0 {
+        1
+    } else {
+        range.len().div_ceil(segment).max(1)
     }
-    let mut out = Vec::with_capacity(range.len().div_ceil(segment));
-    let mut at = range.start;
-    while at < range.end {
-        let end = (at + segment).min(range.end);
-        out.push(at..end);
-        at = end;
+}
+
+/// Segment `i` of `range`, if it has one.
+fn piece(
+    range: std::ops::Range<usize>,
+    segment: usize,
+    i: usize,
+) -> Option<std::ops::Range<usize>> {
+    if i >= pieces(&range, segment) {
+        return None;
     }
-    out
+    if segment == 0 {
+        return Some(range);
+    }
+    let start = range.start + i * segment;
+    Some(start..(start + segment).min(range.end))
 }
 
 impl Communicator {
@@ -188,8 +229,15 @@ impl Communicator {
     ) -> Result<Self> {
         let me = endpoint.rank();
         let rank = members.iter().position(|&r| r == me).unwrap_or(0) as u32;
+        let yield_wait = config.yield_when_idle.unwrap_or_else(|| {
+            let local = (0..endpoint.size())
+                .filter(|&r| endpoint.is_local(r))
+                .count();
+            local > online_cpus()
+        });
         let comm = Communicator {
             inner: Arc::new(Inner {
+                yield_wait,
                 endpoint,
                 members,
                 rank,
@@ -416,12 +464,47 @@ impl Communicator {
 
     fn recv_bytes(&self, op: &'static str, peer: usize, tag: u64) -> Result<Vec<u8>> {
         let src = Source::Rank(self.inner.members[peer]);
+        if self.inner.yield_wait {
+            return self.recv_yielding(op, src, tag);
+        }
         loop {
             match self.inner.endpoint.recv_timeout(src, tag, LIVENESS_POLL) {
                 Ok(message) => return Ok(message.data),
                 Err(TransportError::Timeout { .. }) => self.check_alive(op)?,
                 Err(e) => return Err(self.transport_error(op, e)),
             }
+        }
+    }
+
+    /// Receive for oversubscribed nodes (more ranks than cores): poll, and
+    /// give the core away between polls, as Open MPI does when it detects
+    /// oversubscription (`mpi_yield_when_idle`). The transport's own wait
+    /// spins for `LUMEN_SPIN_US` and then sleeps on a futex, which on an
+    /// oversubscribed node either burns the time slice the sender needs or
+    /// pays a wake-up per message.
+    fn recv_yielding(&self, op: &'static str, src: Source, tag: u64) -> Result<Vec<u8>> {
+        let endpoint = &self.inner.endpoint;
+        let mut last_check = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            match endpoint.try_recv(src, tag) {
+                Ok(Some(message)) => return Ok(message.data),
+                Ok(None) => {}
+                Err(e) => return Err(self.transport_error(op, e)),
+            }
+            polls = polls.wrapping_add(1);
+            if polls % 64 == 0 && last_check.elapsed() >= LIVENESS_POLL {
+                last_check = Instant::now();
+                // A zero-time receive reports this peer's death or close...
+                match endpoint.recv_timeout(src, tag, Duration::ZERO) {
+                    Ok(message) => return Ok(message.data),
+                    Err(TransportError::Timeout { .. }) => {}
+                    Err(e) => return Err(self.transport_error(op, e)),
+                }
+                // ...and this one any rank's death.
+                self.check_alive(op)?;
+            }
+            std::thread::yield_now();
         }
     }
 
@@ -458,6 +541,24 @@ impl Communicator {
     }
 
     /// Runs a schedule whose peers are communicator ranks over `buffer`.
+    /// Elements per pipelined segment (0: no segmentation). On an
+    /// oversubscribed node segments stay within the transport's eager limit:
+    /// a larger message is a rendezvous whose sender waits for the
+    /// receiver's copy, spinning on a core the receiver needs.
+    fn segment_elements<T>(&self) -> usize {
+        let config = &self.inner.config;
+        let bytes = if self.inner.yield_wait {
+            match config.segment {
+                0 => config.eager_limit,
+                s => s.min(config.eager_limit),
+            }
+        } else {
+            config.segment
+        };
+        bytes / std::mem::size_of::<T>().max(1)
+    }
+
+    /// Runs a schedule whose peers are communicator ranks over `buffer`.
     fn run<T: Element>(
         &self,
         op: &'static str,
@@ -467,44 +568,29 @@ impl Communicator {
         reduce: ReduceOp,
     ) -> Result<()> {
         let sequence = self.next_sequence();
-        let segment = self.inner.config.segment / std::mem::size_of::<T>().max(1);
+        let segment = self.segment_elements::<T>();
         for step in steps {
             let tag = self.tag(sequence, step.round);
-            let sends: Vec<(usize, Vec<std::ops::Range<usize>>)> = step
+            let rounds = step
                 .sends
                 .iter()
-                .map(|t| (t.peer, segments(layout.elements(&t.blocks), segment)))
-                .collect();
-            let recvs: Vec<(usize, Combine, Vec<std::ops::Range<usize>>)> = step
-                .recvs
-                .iter()
-                .map(|(t, c)| (t.peer, *c, segments(layout.elements(&t.blocks), segment)))
-                .collect();
-            let rounds = sends
-                .iter()
-                .map(|s| s.1.len())
-                .chain(recvs.iter().map(|r| r.2.len()))
+                .map(|t| &t.blocks)
+                .chain(step.recvs.iter().map(|(t, _)| &t.blocks))
+                .map(|blocks| pieces(&layout.elements(blocks), segment))
                 .max()
                 .unwrap_or(0);
             // Segment i of every send, then segment i of every receive: the
             // peer's segment i arrives while we send ours.
             for i in 0..rounds {
-                for (peer, segs) in &sends {
-                    if let Some(range) = segs.get(i) {
-                        let bytes = bytemuck::cast_slice::<T, u8>(&buffer[range.clone()]);
-                        self.send_bytes(op, *peer, tag, bytes)?;
+                for t in &step.sends {
+                    if let Some(range) = piece(layout.elements(&t.blocks), segment, i) {
+                        let bytes = bytemuck::cast_slice::<T, u8>(&buffer[range]);
+                        self.send_bytes(op, t.peer, tag, bytes)?;
                     }
                 }
-                for (peer, combine, segs) in &recvs {
-                    if let Some(range) = segs.get(i) {
-                        self.recv_into(
-                            op,
-                            *peer,
-                            tag,
-                            &mut buffer[range.clone()],
-                            *combine,
-                            reduce,
-                        )?;
+                for (t, combine) in &step.recvs {
+                    if let Some(range) = piece(layout.elements(&t.blocks), segment, i) {
+                        self.recv_into(op, t.peer, tag, &mut buffer[range], *combine, reduce)?;
                     }
                 }
             }
@@ -974,22 +1060,28 @@ impl Communicator {
         }
         recv[own_recv].copy_from_slice(&send[own_send]);
         let sequence = self.next_sequence();
+        let segment = self.segment_elements::<T>();
         for step in schedule::pairwise_alltoall(r, p) {
             let tag = self.tag(sequence, step.round);
-            for t in &step.sends {
-                let range = sends.elements(&t.blocks);
-                self.send_bytes("alltoall", t.peer, tag, bytemuck::cast_slice(&send[range]))?;
-            }
-            for (t, _) in &step.recvs {
-                let range = recvs.elements(&(t.blocks.start - p..t.blocks.end - p));
-                self.recv_into(
-                    "alltoall",
-                    t.peer,
-                    tag,
-                    &mut recv[range],
-                    Combine::Copy,
-                    ReduceOp::Sum,
-                )?;
+            let (Some(t), Some((u, _))) = (step.sends.first(), step.recvs.first()) else {
+                continue;
+            };
+            let out = sends.elements(&t.blocks);
+            let into = recvs.elements(&(u.blocks.start - p..u.blocks.end - p));
+            for i in 0..pieces(&out, segment).max(pieces(&into, segment)) {
+                if let Some(range) = piece(out.clone(), segment, i) {
+                    self.send_bytes("alltoall", t.peer, tag, bytemuck::cast_slice(&send[range]))?;
+                }
+                if let Some(range) = piece(into.clone(), segment, i) {
+                    self.recv_into(
+                        "alltoall",
+                        u.peer,
+                        tag,
+                        &mut recv[range],
+                        Combine::Copy,
+                        ReduceOp::Sum,
+                    )?;
+                }
             }
         }
         Ok(())

@@ -12,6 +12,8 @@
 //! | `LUMEN_COLL_RING_MIN` | bytes: ring at or above (Rabenseifner between) | 262144 |
 //! | `LUMEN_COLL_BCAST_LARGE` | bytes: scatter+allgather bcast at or above | 1048576 |
 //! | `LUMEN_COLL_SEGMENT` | bytes per pipelined segment, 0 = none | 262144 |
+//! | `LUMEN_EAGER_LIMIT` | the transport's eager limit (segments stay below it when yielding) | 16384 |
+//! | `LUMEN_COLL_YIELD` | `auto`, `on`, `off`: wait by polling and yielding the core | `auto`: on when this node has more ranks than cores |
 //!
 //! `auto` picks, in this order: the hierarchical variant when the
 //! communicator spans several nodes and some node holds several of its ranks;
@@ -66,6 +68,13 @@ pub struct CollectiveConfig {
     /// received and reduced before the next is taken (keeps the reduced data
     /// in cache); 0 disables.
     pub segment: usize,
+    /// Wait for messages by polling and yielding the core (`Some(true)`),
+    /// with the transport's spin-then-sleep (`Some(false)`), or decide by
+    /// whether the node has more ranks than cores (`None`).
+    pub yield_when_idle: Option<bool>,
+    /// The transport's eager limit (`LUMEN_EAGER_LIMIT`): segments stay
+    /// below it on oversubscribed nodes.
+    pub eager_limit: usize,
 }
 
 impl Default for CollectiveConfig {
@@ -77,6 +86,8 @@ impl Default for CollectiveConfig {
             ring_min: 256 * 1024,
             bcast_large: 1024 * 1024,
             segment: 256 * 1024,
+            yield_when_idle: None,
+            eager_limit: 16 * 1024,
         }
     }
 }
@@ -140,11 +151,26 @@ impl CollectiveConfig {
                 }
             };
         }
+        if let Some(v) = lookup("LUMEN_COLL_YIELD") {
+            config.yield_when_idle = match v.trim() {
+                "auto" | "" => None,
+                "on" | "1" | "true" => Some(true),
+                "off" | "0" | "false" => Some(false),
+                _ => {
+                    return Err(CollectiveError::Config {
+                        variable: "LUMEN_COLL_YIELD",
+                        value: v,
+                        expected: "one of auto, on, off",
+                    })
+                }
+            };
+        }
         for (name, slot) in [
             ("LUMEN_COLL_RD_MAX", &mut config.rd_max),
             ("LUMEN_COLL_RING_MIN", &mut config.ring_min),
             ("LUMEN_COLL_BCAST_LARGE", &mut config.bcast_large),
             ("LUMEN_COLL_SEGMENT", &mut config.segment),
+            ("LUMEN_EAGER_LIMIT", &mut config.eager_limit),
         ] {
             if let Some(v) = lookup(name) {
                 *slot = bytes(name, &v)?;

@@ -106,24 +106,27 @@ impl Step {
 
 /// Element offsets of the blocks of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockLayout {
-    offsets: Vec<usize>,
+pub enum BlockLayout {
+    /// `count` elements in `nblocks` blocks whose sizes differ by at most
+    /// one (the first `count % nblocks` blocks get the extra element);
+    /// computed, not stored, so the common case allocates nothing.
+    Equal {
+        /// Elements.
+        count: usize,
+        /// Blocks (at least 1).
+        nblocks: usize,
+    },
+    /// Blocks of given sizes: `offsets[i]..offsets[i + 1]` is block `i`.
+    Offsets(Vec<usize>),
 }
 
 impl BlockLayout {
-    /// `count` elements split into `nblocks` blocks whose sizes differ by at
-    /// most one (the first `count % nblocks` blocks get the extra element).
+    /// `count` elements split into `nblocks` nearly equal blocks.
     pub fn equal(count: usize, nblocks: usize) -> Self {
-        let nblocks = nblocks.max(1);
-        let (base, extra) = (count / nblocks, count % nblocks);
-        let mut offsets = Vec::with_capacity(nblocks + 1);
-        let mut at = 0;
-        offsets.push(0);
-        for i in 0..nblocks {
-            at += base + usize::from(i < extra);
-            offsets.push(at);
+        BlockLayout::Equal {
+            count,
+            nblocks: nblocks.max(1),
         }
-        BlockLayout { offsets }
     }
 
     /// Blocks of the given sizes, in order.
@@ -135,24 +138,40 @@ impl BlockLayout {
             at += c;
             offsets.push(at);
         }
-        BlockLayout { offsets }
+        BlockLayout::Offsets(offsets)
     }
 
     /// Number of blocks.
     pub fn nblocks(&self) -> usize {
-        self.offsets.len() - 1
+        match self {
+            BlockLayout::Equal { nblocks, .. } => *nblocks,
+            BlockLayout::Offsets(o) => o.len().saturating_sub(1),
+        }
     }
 
     /// Total elements.
     pub fn total(&self) -> usize {
-        self.offsets.last().copied().unwrap_or(0)
+        match self {
+            BlockLayout::Equal { count, .. } => *count,
+            BlockLayout::Offsets(o) => o.last().copied().unwrap_or(0),
+        }
+    }
+
+    fn offset(&self, block: usize) -> usize {
+        match self {
+            BlockLayout::Equal { count, nblocks } => {
+                let (base, extra) = (count / nblocks, count % nblocks);
+                block * base + block.min(extra)
+            }
+            BlockLayout::Offsets(o) => o[block],
+        }
     }
 
     /// Elements covered by a block range (clamped to the layout).
     pub fn elements(&self, blocks: &Range<usize>) -> Range<usize> {
         let n = self.nblocks();
         let (start, end) = (blocks.start.min(n), blocks.end.min(n));
-        self.offsets[start]..self.offsets[end.max(start)]
+        self.offset(start)..self.offset(end.max(start))
     }
 }
 
