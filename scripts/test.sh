@@ -23,3 +23,8 @@ cargo test --workspace --doc --quiet
 
 echo "== benchmark smoke run"
 target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"
+target/debug/lumen bench collectives --scale 0.01 --sizes 8,65536 --ranks 2,3 --json "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json"
+
+echo "== NCCL backend (builds without CUDA; at run time it must report the missing libraries)"
+cargo clippy -p lumen-collectives --features nccl --all-targets --quiet -- -D warnings
+cargo test -p lumen-collectives --features nccl --quiet
