@@ -3,11 +3,12 @@
 //! [`Element`] is implemented for `f32 f64 f16 bf16 i8 u8 i32 u32 i64 u64`.
 //! Every reduction is a plain loop over two slices, monomorphised per type and
 //! per operation (`combine` takes the operation as a closure that inlines), so
-//! the compiler turns it into SIMD code: in release builds the `f32` sum is
-//! `vaddps` over 32 bytes per instruction with AVX2 enabled and `addps` over 16
-//! bytes with the x86-64 baseline (checked with `objdump` on
-//! `reduce_slices::<f32>`; see also the `reduce_is_memory_bound` bench in
-//! `lumen bench collectives`). Half-precision types convert blocks of 64
+//! the compiler turns it into SIMD code. Checked with `objdump -d` on the
+//! release `lumen` binary (default x86-64 target, SSE2): the `f32` sum and
+//! min loops are `addps`/`minps` over 16 bytes, `f64` sum `addpd`, `u64` sum
+//! `paddq`, unrolled by two. A build with `-C target-cpu=native` would use
+//! AVX (not measured); at the sizes where reduction time matters the loop is
+//! memory-bound anyway (the buffers stream from memory). Half-precision types convert blocks of 64
 //! elements to `f32` (the `half` crate uses F16C where the CPU has it), reduce
 //! in `f32` and round back once per element, which is what NCCL does too.
 //!
