@@ -111,10 +111,18 @@ impl InitOptions {
         if world.kind != LaunchKind::Singleton || workers == 0 {
             let job = bootstrap::join()?;
             let node = job.world.node_index;
-            return start(job.endpoint.clone(), mode, node, Membership::Job(job));
+            let job_id = job.world.job_id.clone();
+            return start(
+                job.endpoint.clone(),
+                mode,
+                node,
+                job_id,
+                Membership::Job(job),
+            );
         }
         let (endpoint, cluster) = EmbeddedCluster::start(workers, mode)?;
-        start(endpoint, mode, 0, Membership::Embedded(cluster))
+        let job_id = cluster.job_id.clone();
+        start(endpoint, mode, 0, job_id, Membership::Embedded(cluster))
     }
 }
 
@@ -126,11 +134,12 @@ pub(crate) enum Membership {
 }
 
 impl Membership {
-    /// Barrier, close, and (embedded) wait for the workers.
-    pub(crate) fn finish(self) -> Result<()> {
+    /// Barrier (skipped when a rank is known dead: it would fail), close,
+    /// and (embedded) wait for the workers.
+    pub(crate) fn finish(self, all_alive: bool) -> Result<()> {
         match self {
             Membership::Job(job) => job.finish(),
-            Membership::Embedded(cluster) => cluster.finish(),
+            Membership::Embedded(cluster) => cluster.finish(all_alive),
         }
     }
 }
@@ -141,11 +150,11 @@ fn start(
     endpoint: Endpoint,
     mode: Mode,
     node: u32,
+    job_id: String,
     membership: Membership,
 ) -> Result<super::Runtime> {
     let ranks = hello(&endpoint, node)?;
-    let inner = Inner::start(endpoint, mode, ranks)?;
-    set_current(Some(inner.clone()))?;
+    let inner = Inner::start(endpoint, mode, ranks, job_id)?;
     if mode == Mode::Driver && inner.rank != 0 {
         serve_until_shutdown(inner, membership);
     }
@@ -165,10 +174,11 @@ fn serve_until_shutdown(inner: Arc<Inner>, membership: Membership) -> ! {
     inner.stopping.store(true, Ordering::Release);
     inner.executor.stop();
     inner.actors.stop_all();
-    let left = if driver_died {
+    let left = if driver_died || inner.any_dead() {
+        // The closing barrier would fail on the dead rank.
         Ok(())
     } else {
-        membership.finish()
+        membership.finish(true)
     };
     let _ = set_current(None);
     let code = match (driver_died, left) {
@@ -506,8 +516,12 @@ impl EmbeddedCluster {
     }
 
     /// Leaves in order and waits for the workers.
-    fn finish(mut self) -> Result<()> {
-        let left = self.endpoint.barrier();
+    fn finish(mut self, barrier: bool) -> Result<()> {
+        let left = if barrier {
+            self.endpoint.barrier()
+        } else {
+            Ok(())
+        };
         self.endpoint.close();
         // The workers finalize with the store before they exit: keep it up
         // until they are gone.

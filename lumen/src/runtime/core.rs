@@ -113,6 +113,7 @@ pub(crate) struct Inner {
     pub(crate) size: u32,
     pub(crate) mode: Mode,
     pub(crate) ranks: Vec<RankInfo>,
+    pub(crate) job_id: String,
     state: Mutex<State>,
     changed: Condvar,
     scheduler: Mutex<Scheduler>,
@@ -157,7 +158,12 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 impl Inner {
     /// Builds the runtime of this rank over a connected endpoint and starts
     /// its threads (progress, executor, monitor).
-    pub(crate) fn start(endpoint: Endpoint, mode: Mode, ranks: Vec<RankInfo>) -> Result<Arc<Self>> {
+    pub(crate) fn start(
+        endpoint: Endpoint,
+        mode: Mode,
+        ranks: Vec<RankInfo>,
+        job_id: String,
+    ) -> Result<Arc<Self>> {
         let rank = endpoint.rank();
         let size = endpoint.size();
         let me = ranks
@@ -187,6 +193,7 @@ impl Inner {
             size,
             mode,
             ranks,
+            job_id,
             state: Mutex::new(State {
                 refs: RefTable::new(rank),
                 in_flight: HashMap::new(),
@@ -209,6 +216,8 @@ impl Inner {
             names: Mutex::new(HashMap::new()),
             tasks_executed: AtomicU64::new(0),
         });
+        // Tasks may arrive as soon as the handler is in: they need `current`.
+        set_current(Some(inner.clone()))?;
         let weak = Arc::downgrade(&inner);
         inner.endpoint.register_handler(
             RUNTIME_TAG,
@@ -1348,6 +1357,11 @@ impl Inner {
             *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
             cv.notify_all();
         }
+    }
+
+    /// True once some rank is known dead.
+    pub(crate) fn any_dead(&self) -> bool {
+        !self.lock().dead.is_empty()
     }
 
     /// True once `rank` is known dead.

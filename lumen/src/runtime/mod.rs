@@ -118,11 +118,11 @@ impl Session {
                 inner.broadcast_shutdown();
                 inner.executor.stop();
                 inner.actors.stop_all();
-                membership.finish()
+                membership.finish(!inner.any_dead())
             }
             Mode::Spmd => {
                 // Others may still send us work until they reach the barrier.
-                let left = membership.finish();
+                let left = membership.finish(!inner.any_dead());
                 inner
                     .stopping
                     .store(true, std::sync::atomic::Ordering::Release);
@@ -187,6 +187,11 @@ impl Runtime {
     /// The node of `rank`.
     pub fn node_of(&self, rank: u32) -> Option<u32> {
         self.inner.ranks.get(rank as usize).map(|r| r.node)
+    }
+
+    /// The job's id (as in `LUMEN_JOB_ID`; names its `/dev/shm` files).
+    pub fn job_id(&self) -> &str {
+        &self.inner.job_id
     }
 
     /// Driver or SPMD.

@@ -1,0 +1,720 @@
+//! The core runtime on real processes, in both ways a program can start:
+//! on the embedded local cluster (the test binary re-executed as workers,
+//! whose pre-`main` entry takes over) and under `lumen run -n 4`.
+//!
+//! Each scenario is an ignored test in `scenarios` that calls
+//! `lumen::init()` itself; the runner tests below start this same binary
+//! with the scenario's name, bare or under `lumen run`, with a time limit.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+fn this_binary() -> PathBuf {
+    std::env::current_exe().expect("test binary path")
+}
+
+fn scenario_args(name: &str) -> Vec<String> {
+    vec![
+        format!("scenarios::{name}"),
+        "--exact".into(),
+        "--ignored".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ]
+}
+
+/// Runs a scenario on the embedded cluster (3 workers); returns its output.
+fn embedded(name: &str) -> String {
+    embedded_with(name, 3)
+}
+
+fn embedded_with(name: &str, workers: u32) -> String {
+    let mut command = Command::new(this_binary());
+    command
+        .args(scenario_args(name))
+        .env("LUMEN_NUM_WORKERS", workers.to_string())
+        .env_remove("LUMEN_RANK");
+    let output = run_with_timeout(&mut command, 120);
+    let all = text(&output);
+    assert!(output.status.success(), "scenario {name} failed:\n{all}");
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    all
+}
+
+/// Runs a scenario under `lumen run -n 4`; returns its output.
+fn launched(name: &str) -> String {
+    let mut command = Command::new(lumen());
+    command
+        .args(["run", "-n", "4", "--"])
+        .arg(this_binary())
+        .args(scenario_args(name));
+    let output = run_with_timeout(&mut command, 120);
+    let all = text(&output);
+    assert!(output.status.success(), "scenario {name} failed:\n{all}");
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    all
+}
+
+/// Processes still running with this job id in their environment.
+fn processes_of_job(job_id: &str) -> Vec<u32> {
+    let needle = format!("LUMEN_JOB_ID={job_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn printed_job_id(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.split("job id ").nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no job id printed:\n{output}"))
+}
+
+macro_rules! both_ways {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_cluster {
+            $(
+                #[test]
+                fn $name() {
+                    super::embedded(stringify!($name));
+                }
+            )*
+        }
+        mod lumen_run {
+            $(
+                #[test]
+                fn $name() {
+                    super::launched(stringify!($name));
+                }
+            )*
+        }
+    };
+}
+
+both_ways!(
+    nested_tasks_three_levels,
+    ten_thousand_tiny_tasks,
+    actor_keeps_per_caller_order,
+    reference_through_three_tasks_is_freed_once,
+    errors_and_panics_come_back_typed,
+    actors_named_passed_and_killed,
+    put_get_wait_cancel,
+);
+
+#[test]
+fn embedded_worker_killed_mid_task_is_retried_or_reported() {
+    // Three workers die in the scenario; one is left to serve.
+    let all = embedded_with("worker_killed_mid_task", 4);
+    // The killed worker's death was noticed and the job still ended cleanly.
+    let job = printed_job_id(&all);
+    assert!(leftover_segments(&job).is_empty(), "{all}");
+    assert!(processes_of_job(&job).is_empty(), "orphans:\n{all}");
+}
+
+#[test]
+fn embedded_cluster_leaves_nothing_behind() {
+    let all = embedded("prints_job_id");
+    let job = printed_job_id(&all);
+    assert!(leftover_segments(&job).is_empty(), "{all}");
+    assert!(processes_of_job(&job).is_empty(), "orphans:\n{all}");
+}
+
+/// The driver panics or is killed: its workers go too, and no shared memory
+/// stays behind.
+fn driver_dies(scenario: &str) {
+    let mut command = Command::new(this_binary());
+    command
+        .args(scenario_args(scenario))
+        .env("LUMEN_NUM_WORKERS", "3");
+    let output = run_with_timeout(&mut command, 60);
+    let all = text(&output);
+    assert!(
+        !output.status.success(),
+        "the driver should have failed:\n{all}"
+    );
+    let job = printed_job_id(&all);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !processes_of_job(&job).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(processes_of_job(&job).is_empty(), "orphans:\n{all}");
+    assert!(leftover_segments(&job).is_empty(), "{all}");
+}
+
+#[test]
+fn embedded_driver_panic_leaves_nothing_behind() {
+    driver_dies("driver_panics");
+}
+
+#[test]
+fn embedded_driver_killed_leaves_nothing_behind() {
+    driver_dies("driver_killed");
+}
+
+#[test]
+fn mismatched_binary_is_refused_at_bootstrap() {
+    // Rank 1 claims another build.
+    let script =
+        r#"if [ "$LUMEN_RANK" = 1 ]; then export LUMEN_BUILD_ID=other; fi; exec "$0" "$@""#;
+    let mut command = Command::new(lumen());
+    command
+        .args(["run", "-n", "2", "--", "sh", "-c", script])
+        .arg(this_binary())
+        .args(scenario_args("prints_job_id"));
+    let output = run_with_timeout(&mut command, 60);
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(all.contains("rank 1 runs a different build"), "{all}");
+}
+
+/// The scenarios; each runs as rank 0 (driver) of its job.
+mod scenarios {
+    use std::time::{Duration, Instant};
+
+    use lumen::prelude::*;
+    use lumen::runtime::{RuntimeError, TaskErrorKind};
+
+    #[lumen::remote]
+    fn add(a: u64, b: u64) -> u64 {
+        a + b
+    }
+
+    #[lumen::remote]
+    fn whoami() -> u32 {
+        lumen::current().map(|rt| rt.rank()).unwrap_or(u32::MAX)
+    }
+
+    #[lumen::remote]
+    fn level3(x: u64) -> u64 {
+        x * 2
+    }
+
+    #[lumen::remote]
+    fn level2(x: u64) -> lumen::Result<u64> {
+        let rt = lumen::current()?;
+        let parts: Vec<ObjectRef<u64>> = (0..3)
+            .map(|i| level3::remote(&rt, x + i))
+            .collect::<lumen::Result<_>>()?;
+        parts.iter().map(|p| p.get()).sum()
+    }
+
+    #[lumen::remote]
+    fn level1(x: u64) -> lumen::Result<u64> {
+        let rt = lumen::current()?;
+        let parts: Vec<ObjectRef<u64>> = (0..3)
+            .map(|i| level2::remote(&rt, x * 10 + i))
+            .collect::<lumen::Result<_>>()?;
+        parts.iter().map(|p| p.get()).sum()
+    }
+
+    fn expected_level2(x: u64) -> u64 {
+        (0..3).map(|i| (x + i) * 2).sum()
+    }
+
+    fn expected_level1(x: u64) -> u64 {
+        (0..3).map(|i| expected_level2(x * 10 + i)).sum()
+    }
+
+    fn done(name: &str) {
+        println!("scenario {name}: ok");
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn nested_tasks_three_levels() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let tops: Vec<ObjectRef<u64>> = (0..4)
+            .map(|x| level1::remote(&rt, x))
+            .collect::<lumen::Result<_>>()?;
+        for (x, top) in tops.iter().enumerate() {
+            assert_eq!(
+                top.get_timeout(Duration::from_secs(60))?,
+                expected_level1(x as u64)
+            );
+        }
+        done("nested_tasks_three_levels");
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn ten_thousand_tiny_tasks() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let start = Instant::now();
+        let refs: Vec<ObjectRef<u64>> = (0..10_000u64)
+            .map(|i| add::remote(&rt, i, 1))
+            .collect::<lumen::Result<_>>()?;
+        let (ready, pending) = lumen::wait(&refs, refs.len(), Some(Duration::from_secs(90)))?;
+        assert!(pending.is_empty(), "{} tasks unfinished", pending.len());
+        let sum: u64 = ready.iter().map(|r| r.get()).sum::<lumen::Result<u64>>()?;
+        assert_eq!(sum, (1..=10_000u64).sum::<u64>());
+        println!(
+            "10000 tasks on {} ranks in {:.3} s",
+            rt.size(),
+            start.elapsed().as_secs_f64()
+        );
+        done("ten_thousand_tiny_tasks");
+        Ok(())
+    }
+
+    /// Records (caller, sequence number) pairs in arrival order.
+    #[lumen::actor]
+    struct Journal {
+        entries: Vec<(u32, u32)>,
+    }
+
+    #[lumen::actor]
+    impl Journal {
+        fn new() -> Self {
+            Journal {
+                entries: Vec::new(),
+            }
+        }
+
+        fn record(&mut self, caller: u32, seq: u32) -> usize {
+            self.entries.push((caller, seq));
+            self.entries.len()
+        }
+
+        fn entries(&self) -> Vec<(u32, u32)> {
+            self.entries.clone()
+        }
+    }
+
+    /// Calls the journal `n` times without waiting, then waits for the last.
+    #[lumen::remote]
+    fn caller(journal: ActorHandle<Journal>, me: u32, n: u32) -> lumen::Result<u32> {
+        let mut last = None;
+        for seq in 0..n {
+            last = Some(journal.record(me, seq)?);
+        }
+        if let Some(last) = last {
+            last.get()?;
+        }
+        Ok(lumen::current()?.rank())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn actor_keeps_per_caller_order() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let journal = Journal::new_remote(&rt)?;
+        let n = 300;
+        let callers: Vec<ObjectRef<u32>> = (0..3)
+            .map(|me| caller::remote(&rt, journal.clone(), me, n))
+            .collect::<lumen::Result<_>>()?;
+        let ranks: Vec<u32> = callers
+            .iter()
+            .map(|c| c.get())
+            .collect::<lumen::Result<_>>()?;
+        let entries = journal.entries()?.get()?;
+        assert_eq!(entries.len(), 3 * n as usize);
+        for me in 0..3 {
+            let seqs: Vec<u32> = entries
+                .iter()
+                .filter(|(c, _)| *c == me)
+                .map(|(_, s)| *s)
+                .collect();
+            assert_eq!(seqs, (0..n).collect::<Vec<_>>(), "caller {me} out of order");
+        }
+        println!(
+            "callers ran on ranks {ranks:?}, actor on rank {}",
+            journal.raw().rank()
+        );
+        done("actor_keeps_per_caller_order");
+        Ok(())
+    }
+
+    /// Passes `data` on to the next hop (on another rank), or sums it.
+    #[lumen::remote]
+    fn hop(data: ObjectRef<[u64]>, hops_left: u32, size: u32) -> lumen::Result<u64> {
+        let rt = lumen::current()?;
+        if hops_left == 0 {
+            return Ok(data.get()?.iter().sum());
+        }
+        let next = rt.rank() % (size - 1) + 1;
+        hop::options()
+            .rank(next)
+            .remote(&rt, data, hops_left - 1, size)?
+            .get()
+    }
+
+    fn stores_everywhere(rt: &Runtime) -> lumen::Result<Vec<(u64, u64)>> {
+        (0..rt.size())
+            .map(|r| rt.stats(r).map(|s| (s.stored_values, s.borrowed_objects)))
+            .collect()
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn reference_through_three_tasks_is_freed_once() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let before = stores_everywhere(&rt)?;
+        let start = rt.stats(0)?;
+        let values: Vec<u64> = (0..(1u64 << 17)).collect(); // 1 MiB: stored, not inline
+        let data = rt.put_slice(&values)?;
+        let sum = hop::options()
+            .rank(1)
+            .remote(&rt, data.clone(), 3, rt.size())?;
+        assert_eq!(sum.get()?, values.iter().sum::<u64>());
+        let during = rt.stats(0)?;
+        assert_eq!(during.stored_values, start.stored_values + 1);
+        drop(data);
+        drop(sum);
+        // Every borrower has released by now (the tasks are done); the
+        // owner frees on the last release.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = stores_everywhere(&rt)?;
+            if now == before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not freed: {before:?} -> {now:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let end = rt.stats(0)?;
+        // The put object and the result of the first hop, once each.
+        assert_eq!(end.freed_objects - start.freed_objects, 2);
+        assert_eq!(end.owned_objects, start.owned_objects);
+        done("reference_through_three_tasks_is_freed_once");
+        Ok(())
+    }
+
+    #[lumen::remote]
+    fn fails(why: String) -> Result<u64, String> {
+        Err(why)
+    }
+
+    #[lumen::remote]
+    fn panics(n: u64) -> u64 {
+        if n > 0 {
+            panic!("deliberate panic with {n}");
+        }
+        n
+    }
+
+    /// A function id no rank has: what a rank running another build sees.
+    #[allow(non_camel_case_types)]
+    struct not_registered;
+
+    impl RemoteFunction for not_registered {
+        type Output = u64;
+        const ID: u64 = 0x0123_4567_89ab_cdef;
+        const NAME: &'static str = "nowhere::not_registered";
+    }
+
+    fn task_error(result: lumen::Result<u64>) -> lumen::runtime::TaskError {
+        match result {
+            Err(LumenError::Runtime(RuntimeError::Task(e))) => e,
+            other => panic!("expected a task error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn errors_and_panics_come_back_typed() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let e = task_error(fails::remote(&rt, "no luck".to_string())?.get());
+        assert_eq!(e.kind, TaskErrorKind::Error);
+        assert_eq!(e.message, "no luck");
+        assert!(e.function.ends_with("scenarios::fails"), "{e}");
+        assert!(e.rank >= 1 && e.rank < rt.size(), "{e}");
+
+        let e = task_error(panics::options().rank(1).remote(&rt, 7)?.get());
+        assert_eq!(e.kind, TaskErrorKind::Panic);
+        assert!(e.message.contains("deliberate panic with 7"), "{e}");
+        assert_eq!(e.rank, 1);
+        // The rank keeps serving.
+        assert_eq!(panics::options().rank(1).remote(&rt, 0)?.get()?, 0);
+        assert_eq!(add::options().rank(1).remote(&rt, 2, 3)?.get()?, 5);
+
+        // An ObjectRef argument that failed fails its dependents.
+        let failed = fails::remote(&rt, "upstream".to_string())?;
+        let e = task_error(add::remote(&rt, &failed, 1)?.get());
+        assert_eq!(e.kind, TaskErrorKind::DependencyFailed);
+        assert!(e.message.contains("upstream"), "{e}");
+
+        let e = task_error(
+            rt.__submit_task::<not_registered, _>(&(), lumen::TaskOptions::default())?
+                .get(),
+        );
+        assert_eq!(e.kind, TaskErrorKind::UnknownFunction);
+        assert!(e.message.contains("same binary"), "{e}");
+
+        // Infeasible requests fail at once.
+        let r = add::options().num_cpus(64.0).remote(&rt, 1, 1);
+        assert!(
+            matches!(r, Err(LumenError::Runtime(RuntimeError::Infeasible { .. }))),
+            "{r:?}"
+        );
+        done("errors_and_panics_come_back_typed");
+        Ok(())
+    }
+
+    #[lumen::actor]
+    struct Counter {
+        n: u64,
+    }
+
+    #[lumen::actor]
+    impl Counter {
+        fn new(start: u64) -> Self {
+            Counter { n: start }
+        }
+
+        fn incr(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+
+        fn fail(&self) -> Result<u64, String> {
+            Err(format!("counter at {}", self.n))
+        }
+    }
+
+    /// Uses an actor handle received as an argument.
+    #[lumen::remote]
+    fn bump(counter: ActorHandle<Counter>, times: u64) -> lumen::Result<u64> {
+        let mut last = 0;
+        for _ in 0..times {
+            last = counter.incr(1)?.get()?;
+        }
+        Ok(last)
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn actors_named_passed_and_killed() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let counter = Counter::actor_options()
+            .name("the-counter")
+            .rank(2)
+            .new_remote(&rt, 100)?;
+        assert_eq!(counter.raw().rank(), 2);
+        assert_eq!(counter.incr(1)?.get()?, 101);
+        // Passed into tasks.
+        let bumps: Vec<ObjectRef<u64>> = (0..3)
+            .map(|_| bump::remote(&rt, counter.clone(), 10))
+            .collect::<lumen::Result<_>>()?;
+        for b in &bumps {
+            b.get()?;
+        }
+        // Looked up by name.
+        let same = rt.get_actor::<Counter>("the-counter")?;
+        assert_eq!(same.incr(0)?.get()?, 131);
+        assert!(matches!(
+            rt.get_actor::<Counter>("nobody"),
+            Err(LumenError::Runtime(RuntimeError::NoSuchActor { .. }))
+        ));
+        assert!(matches!(
+            rt.get_actor::<Journal>("the-counter"),
+            Err(LumenError::Runtime(RuntimeError::WrongActorClass { .. }))
+        ));
+        assert!(matches!(
+            Counter::actor_options()
+                .name("the-counter")
+                .new_remote(&rt, 0),
+            Err(LumenError::Runtime(RuntimeError::NameTaken { .. }))
+        ));
+        // A method's error.
+        let e = task_error(counter.fail()?.get());
+        assert_eq!(e.kind, TaskErrorKind::Error);
+        assert_eq!(e.message, "counter at 131");
+        // Killed: later calls fail.
+        counter.kill()?;
+        let after = same.incr(1).and_then(|r| r.get());
+        match after {
+            Err(LumenError::Runtime(RuntimeError::Task(e))) => {
+                assert_eq!(e.kind, TaskErrorKind::ActorDied)
+            }
+            Err(LumenError::Runtime(RuntimeError::ActorDied { .. })) => {}
+            other => panic!("expected ActorDied, got {other:?}"),
+        }
+        done("actors_named_passed_and_killed");
+        Ok(())
+    }
+
+    #[lumen::remote]
+    fn sleepy(ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn put_get_wait_cancel() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        // put / get of a serde value and of a large slice.
+        let small = rt.put(&("hello".to_string(), 42u32))?;
+        assert_eq!(small.get()?, ("hello".to_string(), 42));
+        let big: Vec<f64> = (0..(4 << 20)).map(|i| i as f64).collect(); // 32 MiB
+        let big_ref = rt.put_slice(&big)?;
+        assert_eq!(&*big_ref.get()?, &big[..]);
+        // wait: the quick ones first.
+        let refs: Vec<ObjectRef<u64>> = [(1500u64, 1), (1, 2), (2, 3), (3, 2)]
+            .iter()
+            .map(|&(ms, rank)| sleepy::options().rank(rank).remote(&rt, ms))
+            .collect::<lumen::Result<_>>()?;
+        let (ready, pending) = lumen::wait(&refs, 3, Some(Duration::from_secs(30)))?;
+        assert_eq!(ready.len(), 3);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].id(), refs[0].id());
+        // get with a timeout.
+        let slow = sleepy::options().rank(1).remote(&rt, 2000)?;
+        assert!(matches!(
+            slow.get_timeout(Duration::from_millis(100)),
+            Err(LumenError::Runtime(RuntimeError::Timeout { .. }))
+        ));
+        // cancel a queued task: rank 1 is busy with `slow`, so this waits there.
+        let queued = sleepy::options().rank(1).remote(&rt, 1)?;
+        queued.cancel()?;
+        let e = task_error(queued.get());
+        assert_eq!(e.kind, TaskErrorKind::Cancelled);
+        assert_eq!(slow.get()?, 2000);
+        // .await
+        let fut = add::remote(&rt, 20, 22)?;
+        assert_eq!(block_on(fut.into_future())?, 42);
+        // whoami: tasks run on serving ranks only.
+        let ranks: Vec<u32> = (0..8)
+            .map(|_| whoami::remote(&rt))
+            .map(|r| r.and_then(|r| r.get()))
+            .collect::<lumen::Result<_>>()?;
+        assert!(ranks.iter().all(|&r| r >= 1 && r < rt.size()), "{ranks:?}");
+        done("put_get_wait_cancel");
+        Ok(())
+    }
+
+    use std::future::{Future, IntoFuture};
+
+    /// A minimal executor for one future.
+    fn block_on<F: Future>(future: F) -> F::Output {
+        use std::sync::Arc;
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    /// Kills its own rank on the first attempt (a marker file tells).
+    #[lumen::remote]
+    fn die_once(marker: String) -> u32 {
+        if std::fs::metadata(&marker).is_err() {
+            let _ = std::fs::write(&marker, b"attempted");
+            // SAFETY: plain system calls on our own process.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+        lumen::current().map(|rt| rt.rank()).unwrap_or(u32::MAX)
+    }
+
+    #[lumen::remote]
+    fn die_always() -> u32 {
+        // SAFETY: plain system call on our own process.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        0
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn worker_killed_mid_task() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        println!("job id {}", rt.job_id());
+        let marker = std::env::temp_dir().join(format!("lumen-die-once-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let first = die_once::options()
+            .rank(1)
+            .max_retries(2)
+            .remote(&rt, marker.display().to_string())?;
+        // Pinned to rank 1, which died: the retry is infeasible there, so
+        // the error names the death; unpinned, a retry runs elsewhere.
+        let pinned = first.get();
+        assert!(pinned.is_err(), "{pinned:?}");
+        let _ = std::fs::remove_file(&marker);
+        let retried = die_once::options()
+            .max_retries(2)
+            .remote(&rt, marker.display().to_string())?;
+        let rank = retried.get_timeout(Duration::from_secs(30))?;
+        println!("retried task finished on rank {rank}");
+        let _ = std::fs::remove_file(&marker);
+        let e = task_error(
+            die_always::options()
+                .max_retries(0)
+                .remote(&rt)?
+                .get_timeout(Duration::from_secs(30))
+                .map(u64::from),
+        );
+        assert!(
+            matches!(e.kind, TaskErrorKind::WorkerDied { attempts: 1 }),
+            "{e}"
+        );
+        // The survivors still serve.
+        assert_eq!(add::remote(&rt, 1, 1)?.get()?, 2);
+        done("worker_killed_mid_task");
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn prints_job_id() -> lumen::Result<()> {
+        let rt = lumen::init().inspect_err(|e| eprintln!("init failed: {e}"))?;
+        println!("job id {}", rt.job_id());
+        assert_eq!(add::remote(&rt, 1, 2)?.get()?, 3);
+        let big = rt.put_slice(&vec![7u8; 1 << 20])?;
+        assert_eq!(big.get()?.len(), 1 << 20);
+        done("prints_job_id");
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn driver_panics() {
+        let rt = lumen::init().expect("init");
+        println!("job id {}", rt.job_id());
+        let _ = add::remote(&rt, 1, 2).and_then(|r| r.get());
+        panic!("the driver panics on purpose");
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn driver_killed() {
+        let rt = lumen::init().expect("init");
+        println!("job id {}", rt.job_id());
+        let _ = add::remote(&rt, 1, 2).and_then(|r| r.get());
+        // SAFETY: plain system call on our own process.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
