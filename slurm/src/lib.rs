@@ -7,6 +7,8 @@
 //! - [`hostlist`]: expand and compress Slurm hostlist expressions
 //!   (`nid[001-004,010],gpu-a[01-02]`).
 //! - [`tasks_per_node`]: decode and encode `SLURM_TASKS_PER_NODE` (`2(x3),1`).
+//! - [`binding`]: which CPUs and GPUs each local rank owns.
+//! - [`sbatch`]: batch scripts for `lumen submit`.
 //! - [`env`](mod@env): [`SlurmStep`], the typed and cross-checked view of the variables
 //!   that `srun` gives each task.
 //!
@@ -20,8 +22,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod binding;
 pub mod env;
 pub mod hostlist;
+pub mod sbatch;
 pub mod tasks_per_node;
 
 pub use env::{Pmi2Env, SlurmEnvError, SlurmStep};
