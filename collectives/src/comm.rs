@@ -64,6 +64,13 @@ use crate::schedule::{self, BlockLayout, Combine, Step};
 /// How long a receive waits before checking that the job is still alive.
 pub const LIVENESS_POLL: Duration = Duration::from_millis(100);
 
+/// How long the yielding receive blocks in the transport once per
+/// [`LIVENESS_POLL`], so that the transport looks at its peers' liveness
+/// (it checks local peers' pidfds between its naps of up to 2 ms, so a
+/// shorter wait never reaches a check). The wait ends early when the
+/// message arrives, so it costs nothing in a healthy job.
+const LIVENESS_CHECK: Duration = Duration::from_millis(10);
+
 /// Largest context id (20 bits); the last one is kept for the liveness probe.
 const MAX_CONTEXT: u32 = (1 << 20) - 2;
 const PROBE_CONTEXT: u64 = (1 << 20) - 1;
@@ -495,8 +502,10 @@ impl Communicator {
             polls = polls.wrapping_add(1);
             if polls % 64 == 0 && last_check.elapsed() >= LIVENESS_POLL {
                 last_check = Instant::now();
-                // A zero-time receive reports this peer's death or close...
-                match endpoint.recv_timeout(src, tag, Duration::ZERO) {
+                // A short blocking receive runs the transport's liveness
+                // checks (pidfds of local peers, polled only while a
+                // receive waits) and reports this peer's death or close...
+                match endpoint.recv_timeout(src, tag, LIVENESS_CHECK) {
                     Ok(message) => return Ok(message.data),
                     Err(TransportError::Timeout { .. }) => {}
                     Err(e) => return Err(self.transport_error(op, e)),
@@ -567,6 +576,22 @@ impl Communicator {
         layout: &BlockLayout,
         reduce: ReduceOp,
     ) -> Result<()> {
+        self.run_own(op, steps, buffer, layout, reduce, None)
+    }
+
+    /// [`Communicator::run`], where sends of block `own.0` read `own.1`
+    /// instead of the buffer (allgather sends the caller's input directly:
+    /// a block just copied into the buffer would first have to travel from
+    /// this core's cache to the reader's).
+    fn run_own<T: Element>(
+        &self,
+        op: &'static str,
+        steps: &[Step],
+        buffer: &mut [T],
+        layout: &BlockLayout,
+        reduce: ReduceOp,
+        own: Option<(usize, &[T])>,
+    ) -> Result<()> {
         let sequence = self.next_sequence();
         let segment = self.segment_elements::<T>();
         for step in steps {
@@ -584,8 +609,14 @@ impl Communicator {
             for i in 0..rounds {
                 for t in &step.sends {
                     if let Some(range) = piece(layout.elements(&t.blocks), segment, i) {
-                        let bytes = bytemuck::cast_slice::<T, u8>(&buffer[range]);
-                        self.send_bytes(op, t.peer, tag, bytes)?;
+                        let source = match own {
+                            Some((block, data)) if t.blocks == (block..block + 1) => {
+                                let start = layout.elements(&t.blocks).start;
+                                &data[range.start - start..range.end - start]
+                            }
+                            _ => &buffer[range],
+                        };
+                        self.send_bytes(op, t.peer, tag, bytemuck::cast_slice::<T, u8>(source))?;
                     }
                 }
                 for (t, combine) in &step.recvs {
@@ -892,10 +923,23 @@ impl Communicator {
             recv.len(),
             n * self.size() as usize,
         )?;
-        let r = self.rank() as usize;
+        let (r, p) = (self.rank() as usize, self.size() as usize);
+        let steps = schedule::ring_allgather(r, p, 0);
+        {
+            let _guard = self.enter();
+            let layout = BlockLayout::equal(recv.len(), p);
+            self.run_own(
+                "allgather",
+                &steps,
+                recv,
+                &layout,
+                ReduceOp::Sum,
+                Some((r, send)),
+            )?;
+        }
+        // The ring sends the own block only from `send`, so it can land last.
         recv[r * n..(r + 1) * n].copy_from_slice(send);
-        let _guard = self.enter();
-        self.allgather_in_place_impl(recv)
+        Ok(())
     }
 
     /// Allgather in place: block `rank` of `buffer` (`size` equal blocks) is
@@ -935,10 +979,20 @@ impl Communicator {
         self.check_len("allgatherv", "send buffer", send.len(), counts[r])?;
         let layout = BlockLayout::from_counts(counts);
         self.check_len("allgatherv", "receive buffer", recv.len(), layout.total())?;
-        recv[layout.elements(&(r..r + 1))].copy_from_slice(send);
         let steps = schedule::ring_allgather(r, p, 0);
-        let _guard = self.enter();
-        self.run("allgatherv", &steps, recv, &layout, ReduceOp::Sum)
+        {
+            let _guard = self.enter();
+            self.run_own(
+                "allgatherv",
+                &steps,
+                recv,
+                &layout,
+                ReduceOp::Sum,
+                Some((r, send)),
+            )?;
+        }
+        recv[layout.elements(&(r..r + 1))].copy_from_slice(send);
+        Ok(())
     }
 
     /// Reduce-scatter with equal blocks (`MPI_Reduce_scatter_block`): `send`
