@@ -370,7 +370,7 @@ fn serve(
             )),
             Ok(state) => match registry::method(call.method) {
                 Some(method) if method.class_id == address.class_id => {
-                    let (result, refs) = collect_refs(|| {
+                    let (result, pinned) = collect_refs(|| {
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             (method.invoke)(state.as_mut(), &call.args)
                         }))
@@ -381,7 +381,7 @@ fn serve(
                             ))
                         })
                     });
-                    result.map(|bytes| (bytes, refs))
+                    result.map(|bytes| (bytes, pinned))
                 }
                 _ => Err(TaskFailure::new(
                     TaskErrorKind::UnknownFunction,

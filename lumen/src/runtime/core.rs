@@ -21,7 +21,7 @@ use super::actor::{ActorHost, RawActorHandle};
 use super::error::{RuntimeError, TaskError, TaskErrorKind};
 use super::executor::Executor;
 use super::ids::{ActorId, ObjectId};
-use super::object_ref::{collect_refs, Bytes, ObjectRef};
+use super::object_ref::{collect_refs, Bytes, ObjectRef, Pinned};
 use super::options::{ActorOptions, TaskOptions};
 use super::protocol::{
     decode, encode, ActorAddress, Outcome, RankInfo, RankStats, RtMsg, TaskSpec, PROBE_TAG,
@@ -644,7 +644,8 @@ impl Inner {
         if self.stopping.load(Ordering::Acquire) {
             return Err(runtime_error(RuntimeError::ShuttingDown));
         }
-        let (encoded, refs) = collect_refs(|| bincode::serialize(args));
+        let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
+        let refs = pinned.ids();
         let args = encoded.map_err(|e| {
             runtime_error(RuntimeError::Codec {
                 what: format!("the arguments of {name}"),
@@ -774,7 +775,7 @@ impl Inner {
                 ),
             )),
             Some(entry) => {
-                let (result, refs) = collect_refs(|| {
+                let (result, pinned) = collect_refs(|| {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         (entry.invoke)(&spec.args)
                     }))
@@ -782,7 +783,7 @@ impl Inner {
                         Err(TaskFailure::new(TaskErrorKind::Panic, panic_message(&*payload)))
                     })
                 });
-                result.map(|bytes| (bytes, refs))
+                result.map(|bytes| (bytes, pinned))
             }
         };
         self.finish(spec.object, &spec.name, result);
@@ -794,7 +795,7 @@ impl Inner {
         self: &Arc<Self>,
         object: ObjectId,
         function: &str,
-        result: std::result::Result<(Vec<u8>, Vec<ObjectId>), TaskFailure>,
+        result: std::result::Result<(Vec<u8>, Pinned), TaskFailure>,
     ) {
         let failure = |failure: TaskFailure| {
             Outcome::Failed(TaskError {
@@ -804,25 +805,31 @@ impl Inner {
                 message: failure.message,
             })
         };
-        let (outcome, refs) = match result {
-            Ok((bytes, refs)) => match self.register(&refs, object.owner) {
-                Ok(()) => {
-                    let outcome = if bytes.len() > self.inline_max {
-                        self.store.store(Arc::from(bytes))
-                    } else {
-                        Outcome::Inline(bytes)
-                    };
-                    (outcome, refs)
+        // `pinned` keeps the result's references alive until the owner of
+        // the task is registered for them and the reply is sent.
+        let (outcome, refs, _pinned) = match result {
+            Ok((bytes, pinned)) => {
+                let refs = pinned.ids();
+                match self.register(&refs, object.owner) {
+                    Ok(()) => {
+                        let outcome = if bytes.len() > self.inline_max {
+                            self.store.store(Arc::from(bytes))
+                        } else {
+                            Outcome::Inline(bytes)
+                        };
+                        (outcome, refs, Some(pinned))
+                    }
+                    Err(e) => (
+                        failure(TaskFailure::new(
+                            TaskErrorKind::DependencyFailed,
+                            e.to_string(),
+                        )),
+                        Vec::new(),
+                        Some(pinned),
+                    ),
                 }
-                Err(e) => (
-                    failure(TaskFailure::new(
-                        TaskErrorKind::DependencyFailed,
-                        e.to_string(),
-                    )),
-                    Vec::new(),
-                ),
-            },
-            Err(e) => (failure(e), Vec::new()),
+            }
+            Err(e) => (failure(e), Vec::new(), None),
         };
         self.send_or_log(
             object.owner,
@@ -1009,7 +1016,8 @@ impl Inner {
         args: &impl Serialize,
         options: ActorOptions,
     ) -> Result<RawActorHandle> {
-        let (encoded, refs) = collect_refs(|| bincode::serialize(args));
+        let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
+        let refs = pinned.ids();
         let args = encoded.map_err(|e| {
             runtime_error(RuntimeError::Codec {
                 what: format!("the arguments of {class_name}::new"),
@@ -1093,7 +1101,8 @@ impl Inner {
                 reason: reason.clone(),
             }));
         }
-        let (encoded, refs) = collect_refs(|| bincode::serialize(args));
+        let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
+        let refs = pinned.ids();
         let args = encoded.map_err(|e| {
             runtime_error(RuntimeError::Codec {
                 what: format!("the arguments of {name}"),

@@ -207,7 +207,8 @@ impl Runtime {
 
     /// Stores `value` as an object owned by this rank.
     pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
-        let (encoded, refs) = collect_refs(|| bincode::serialize(value));
+        let (encoded, pinned) = collect_refs(|| bincode::serialize(value));
+        let refs = pinned.ids();
         let bytes = encoded.map_err(|e| {
             LumenError::Runtime(RuntimeError::Codec {
                 what: format!("a {} for put", std::any::type_name::<T>()),

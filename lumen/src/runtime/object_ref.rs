@@ -27,12 +27,37 @@ use super::ids::ObjectId;
 use crate::error::{LumenError, Result};
 
 thread_local! {
-    static COLLECTOR: RefCell<Option<Vec<ObjectId>>> = const { RefCell::new(None) };
+    static COLLECTOR: RefCell<Option<Vec<(ObjectId, Option<Arc<Inner>>)>>> =
+        const { RefCell::new(None) };
 }
 
-/// Runs `f` (which serialises) and returns the ids of the `ObjectRef`s it
-/// serialised.
-pub(crate) fn collect_refs<R>(f: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
+/// The references a message serialised, each pinned (an extra handle) so
+/// that the object outlives the value it was serialised from until the
+/// receiver is registered: unpinned when this drops, after the send.
+pub(crate) struct Pinned {
+    refs: Vec<(ObjectId, Option<Arc<Inner>>)>,
+}
+
+impl Pinned {
+    /// The ids, in serialisation order.
+    pub(crate) fn ids(&self) -> Vec<ObjectId> {
+        self.refs.iter().map(|(id, _)| *id).collect()
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        for (id, rt) in self.refs.drain(..) {
+            if let Some(rt) = rt {
+                rt.handle_dropped(id);
+            }
+        }
+    }
+}
+
+/// Runs `f` (which serialises) and returns the `ObjectRef`s it serialised,
+/// pinned until the returned [`Pinned`] drops.
+pub(crate) fn collect_refs<R>(f: impl FnOnce() -> R) -> (R, Pinned) {
     let outer = COLLECTOR.with(|c| c.borrow_mut().replace(Vec::new()));
     let result = f();
     let refs = COLLECTOR.with(|c| {
@@ -41,7 +66,7 @@ pub(crate) fn collect_refs<R>(f: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
         *slot = outer;
         refs
     });
-    (result, refs)
+    (result, Pinned { refs })
 }
 
 /// Bytes of an object's value: owned, or shared with the rank's store.
@@ -225,7 +250,10 @@ impl<T: ?Sized> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         COLLECTOR.with(|c| {
             if let Some(list) = c.borrow_mut().as_mut() {
-                list.push(self.id);
+                if let Some(rt) = &self.rt {
+                    rt.handle_added(self.id);
+                }
+                list.push((self.id, self.rt.clone()));
             }
         });
         self.id.serialize(serializer)

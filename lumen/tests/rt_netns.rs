@@ -1,0 +1,135 @@
+//! The runtime across two "nodes" (network namespaces joined by a bridge,
+//! two ranks each, TCP between them): tasks placed on the other node, and
+//! objects living there pulled back — a 256 MiB one verified by checksum.
+//! Needs root and iproute2; skips with a message otherwise.
+
+mod common;
+
+use common::*;
+use lumen_testkit::{netns_unavailable_reason, unique_prefix, NetnsCluster};
+
+#[test]
+fn tasks_and_objects_across_two_nodes() {
+    if let Some(reason) = netns_unavailable_reason() {
+        eprintln!("SKIPPED: network namespaces unavailable here: {reason}");
+        return;
+    }
+    let cluster = NetnsCluster::create(&unique_prefix("lrt"), 2).expect("creating namespaces");
+    let hosts: Vec<String> = (0..2)
+        .map(|i| format!("{}:2", cluster.namespace(i)))
+        .collect();
+    let mut command = cluster.command(0, "timeout");
+    command
+        .args(["-k", "5", "180"])
+        .arg(lumen())
+        .args(["run", "-n", "4", "--label", "--hosts", &hosts.join(",")])
+        .args(["--launch-agent", "ip netns exec {host}"])
+        .args(["--rendezvous-bind", &cluster.host_addr(0).to_string()])
+        .arg("--")
+        .arg(std::env::current_exe().expect("test binary"))
+        .args([
+            "scenario::across_nodes",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("LUMEN_TCP_IF", cluster.subnet_cidr());
+    let output = command.output().expect("running lumen in the namespace");
+    let all = text(&output);
+    assert!(output.status.success(), "job failed:\n{all}");
+    assert!(all.contains("scenario across_nodes: ok"), "{all}");
+    for line in all.lines().filter(|l| l.contains("MB/s")) {
+        eprintln!("{line}");
+    }
+    cluster.destroy().expect("removing namespaces");
+}
+
+mod scenario {
+    use std::time::Instant;
+
+    use lumen::prelude::*;
+
+    /// Where this task ran: (rank, node).
+    #[lumen::remote]
+    fn where_am_i() -> lumen::Result<(u32, u32)> {
+        let rt = lumen::current()?;
+        let rank = rt.rank();
+        Ok((rank, rt.node_of(rank).unwrap_or(u32::MAX)))
+    }
+
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            out.extend_from_slice(&state.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn checksum(bytes: &[u8]) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            hash = (hash ^ u64::from_le_bytes(word)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    }
+
+    /// Makes a large object on this rank; returns it by reference, with its
+    /// checksum computed here.
+    #[lumen::remote]
+    fn make_big(len: u64, seed: u64) -> lumen::Result<(ObjectRef<[u8]>, u64)> {
+        let rt = lumen::current()?;
+        let data = pattern(len as usize, seed);
+        let sum = checksum(&data);
+        Ok((rt.put_slice(&data)?, sum))
+    }
+
+    /// Checksums an object that lives on another node.
+    #[lumen::remote]
+    fn remote_checksum(data: ObjectRef<[u8]>) -> lumen::Result<u64> {
+        Ok(checksum(&data.get()?))
+    }
+
+    #[test]
+    #[ignore = "run by tasks_and_objects_across_two_nodes"]
+    fn across_nodes() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        assert_eq!(rt.num_nodes(), 2);
+        // Placement on the other node.
+        for _ in 0..4 {
+            let (rank, node) = where_am_i::options().node(1).remote(&rt)?.get()?;
+            assert_eq!(node, 1, "rank {rank}");
+            assert!(rank >= 2);
+        }
+        // A driver object read on the other node (8 MiB).
+        let mine = pattern(8 << 20, 7);
+        let mine_ref = rt.put_slice(&mine)?;
+        let there = remote_checksum::options()
+            .node(1)
+            .remote(&rt, mine_ref)?
+            .get()?;
+        assert_eq!(there, checksum(&mine));
+        // 256 MiB made on node 1, pulled back here.
+        let len = 256u64 << 20;
+        let (big, sum) = make_big::options().node(1).remote(&rt, len, 42)?.get()?;
+        let start = Instant::now();
+        let view = big.get()?;
+        let seconds = start.elapsed().as_secs_f64();
+        assert_eq!(view.len() as u64, len);
+        assert_eq!(checksum(&view), sum);
+        println!(
+            "256 MiB pulled from node 1 in {seconds:.3} s ({:.0} MB/s)",
+            len as f64 / seconds / 1e6
+        );
+        drop(view);
+        drop(big);
+        println!("scenario across_nodes: ok");
+        Ok(())
+    }
+}
