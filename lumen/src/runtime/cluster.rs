@@ -129,7 +129,7 @@ impl InitOptions {
 /// How this rank belongs to its job, for leaving it.
 #[derive(Debug)]
 pub(crate) enum Membership {
-    Job(Job),
+    Job(Box<Job>),
     Embedded(EmbeddedCluster),
 }
 
@@ -138,7 +138,7 @@ impl Membership {
     /// and (embedded) wait for the workers.
     pub(crate) fn finish(self, all_alive: bool) -> Result<()> {
         match self {
-            Membership::Job(job) => job.finish(),
+            Membership::Job(job) => (*job).finish(),
             Membership::Embedded(cluster) => cluster.finish(all_alive),
         }
     }
