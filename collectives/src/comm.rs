@@ -49,6 +49,7 @@
 //! [`CollectiveError::Transport`] within about that long (plus the
 //! transport's own detection time), even ranks not waiting on the dead one.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -94,6 +95,9 @@ struct Hierarchy {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Schedules of a communicator by (kind, root).
+type ScheduleCache = HashMap<(u8, usize), Arc<[Step]>>;
+
 struct Inner {
     endpoint: Endpoint,
     /// Endpoint rank of each member, by communicator rank.
@@ -104,6 +108,8 @@ struct Inner {
     config: CollectiveConfig,
     /// Wait by polling and yielding the core (node oversubscribed).
     yield_wait: bool,
+    /// Schedules by (kind, root), see `cached`.
+    schedules: Mutex<ScheduleCache>,
     hierarchy: OnceLock<Option<Hierarchy>>,
     /// Held while an operation executes.
     exec: Mutex<()>,
@@ -245,6 +251,7 @@ impl Communicator {
         let comm = Communicator {
             inner: Arc::new(Inner {
                 yield_wait,
+                schedules: Mutex::new(HashMap::new()),
                 endpoint,
                 members,
                 rank,
@@ -410,6 +417,17 @@ impl Communicator {
 
     // ---------------------------------------------------------------
     // Plumbing: tags, sends, receives, schedule execution.
+
+    /// This rank's schedule of kind `kind` (and root), built once per
+    /// communicator: small operations would otherwise spend a good part of
+    /// their time allocating steps.
+    fn cached(&self, kind: u8, root: usize, build: impl FnOnce() -> Vec<Step>) -> Arc<[Step]> {
+        let mut cache = lock(&self.inner.schedules);
+        cache
+            .entry((kind, root))
+            .or_insert_with(|| build().into())
+            .clone()
+    }
 
     /// Waits for queued non-blocking operations, then takes the execution lock.
     fn enter(&self) -> MutexGuard<'_, ()> {
@@ -724,7 +742,9 @@ impl Communicator {
     }
 
     fn barrier_impl(&self) -> Result<()> {
-        let steps = schedule::dissemination_barrier(self.rank() as usize, self.size() as usize);
+        let steps = self.cached(0, 0, || {
+            schedule::dissemination_barrier(self.rank() as usize, self.size() as usize)
+        });
         self.run::<u8>(
             "barrier",
             &steps,
@@ -769,7 +789,7 @@ impl Communicator {
                 self.run("bcast", &steps, buffer, &layout, ReduceOp::Sum)
             }
             _ => {
-                let steps = schedule::binomial_bcast(me, p, root);
+                let steps = self.cached(1, root, || schedule::binomial_bcast(me, p, root));
                 let layout = BlockLayout::equal(buffer.len(), 1);
                 self.run("bcast", &steps, buffer, &layout, ReduceOp::Sum)
             }
@@ -815,8 +835,9 @@ impl Communicator {
     }
 
     fn reduce_impl<T: Element>(&self, buffer: &mut [T], op: ReduceOp, root: u32) -> Result<()> {
-        let steps =
-            schedule::binomial_reduce(self.rank() as usize, self.size() as usize, root as usize);
+        let steps = self.cached(2, root as usize, || {
+            schedule::binomial_reduce(self.rank() as usize, self.size() as usize, root as usize)
+        });
         let layout = BlockLayout::equal(buffer.len(), 1);
         self.run("reduce", &steps, buffer, &layout, op)
     }
@@ -886,7 +907,7 @@ impl Communicator {
                 h.node.bcast_impl(buffer, 0)
             }
             AllreduceAlgorithm::Ring => {
-                let steps = schedule::ring_allreduce(me, p);
+                let steps = self.cached(3, 0, || schedule::ring_allreduce(me, p));
                 self.run(
                     "allreduce",
                     &steps,
@@ -896,12 +917,12 @@ impl Communicator {
                 )
             }
             AllreduceAlgorithm::Rabenseifner => {
-                let steps = schedule::rabenseifner_allreduce(me, p);
+                let steps = self.cached(4, 0, || schedule::rabenseifner_allreduce(me, p));
                 let layout = BlockLayout::equal(buffer.len(), schedule::rabenseifner_blocks(p));
                 self.run("allreduce", &steps, buffer, &layout, op)
             }
             AllreduceAlgorithm::RecursiveDoubling | AllreduceAlgorithm::Auto => {
-                let steps = schedule::recursive_doubling_allreduce(me, p);
+                let steps = self.cached(5, 0, || schedule::recursive_doubling_allreduce(me, p));
                 self.run(
                     "allreduce",
                     &steps,
@@ -924,7 +945,7 @@ impl Communicator {
             n * self.size() as usize,
         )?;
         let (r, p) = (self.rank() as usize, self.size() as usize);
-        let steps = schedule::ring_allgather(r, p, 0);
+        let steps = self.cached(6, 0, || schedule::ring_allgather(r, p, 0));
         {
             let _guard = self.enter();
             let layout = BlockLayout::equal(recv.len(), p);
@@ -955,7 +976,9 @@ impl Communicator {
 
     fn allgather_in_place_impl<T: Element>(&self, buffer: &mut [T]) -> Result<()> {
         let p = self.size() as usize;
-        let steps = schedule::ring_allgather(self.rank() as usize, p, 0);
+        let steps = self.cached(6, 0, || {
+            schedule::ring_allgather(self.rank() as usize, p, 0)
+        });
         self.run(
             "allgather",
             &steps,
@@ -979,7 +1002,7 @@ impl Communicator {
         self.check_len("allgatherv", "send buffer", send.len(), counts[r])?;
         let layout = BlockLayout::from_counts(counts);
         self.check_len("allgatherv", "receive buffer", recv.len(), layout.total())?;
-        let steps = schedule::ring_allgather(r, p, 0);
+        let steps = self.cached(6, 0, || schedule::ring_allgather(r, p, 0));
         {
             let _guard = self.enter();
             self.run_own(
@@ -1039,7 +1062,9 @@ impl Communicator {
 
     fn reduce_scatter_impl<T: Element>(&self, buffer: &mut [T], op: ReduceOp) -> Result<()> {
         let p = self.size() as usize;
-        let steps = schedule::ring_reduce_scatter(self.rank() as usize, p, 0);
+        let steps = self.cached(7, 0, || {
+            schedule::ring_reduce_scatter(self.rank() as usize, p, 0)
+        });
         self.run(
             "reduce_scatter",
             &steps,
