@@ -117,12 +117,18 @@ impl InitOptions {
                 mode,
                 node,
                 job_id,
-                Membership::Job(job),
+                Membership::Job(Box::new(job)),
             );
         }
         let (endpoint, cluster) = EmbeddedCluster::start(workers, mode)?;
         let job_id = cluster.job_id.clone();
-        start(endpoint, mode, 0, job_id, Membership::Embedded(cluster))
+        start(
+            endpoint,
+            mode,
+            0,
+            job_id,
+            Membership::Embedded(Box::new(cluster)),
+        )
     }
 }
 
@@ -130,7 +136,7 @@ impl InitOptions {
 #[derive(Debug)]
 pub(crate) enum Membership {
     Job(Box<Job>),
-    Embedded(EmbeddedCluster),
+    Embedded(Box<EmbeddedCluster>),
 }
 
 impl Membership {
@@ -139,7 +145,7 @@ impl Membership {
     pub(crate) fn finish(self, all_alive: bool) -> Result<()> {
         match self {
             Membership::Job(job) => (*job).finish(),
-            Membership::Embedded(cluster) => cluster.finish(all_alive),
+            Membership::Embedded(cluster) => (*cluster).finish(all_alive),
         }
     }
 }

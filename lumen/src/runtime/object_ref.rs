@@ -27,17 +27,17 @@ use super::ids::ObjectId;
 use crate::error::{LumenError, Result};
 
 thread_local! {
-    static COLLECTOR: RefCell<Option<Vec<Pin>>> = const { RefCell::new(None) };
+    static COLLECTOR: RefCell<Option<Vec<RefPin>>> = const { RefCell::new(None) };
 }
 
 /// One serialised reference and the runtime that pinned it.
-type Pin = (ObjectId, Option<Arc<Inner>>);
+type RefPin = (ObjectId, Option<Arc<Inner>>);
 
 /// The references a message serialised, each pinned (an extra handle) so
 /// that the object outlives the value it was serialised from until the
 /// receiver is registered: unpinned when this drops, after the send.
 pub(crate) struct Pinned {
-    refs: Vec<Pin>,
+    refs: Vec<RefPin>,
 }
 
 impl Pinned {
