@@ -567,6 +567,18 @@ impl Job {
             exchange.finalize()?;
         }
         if let Some(mut server) = self.server.take() {
+            // The hosting rank is one of the job's ranks: it must keep the
+            // store up until every other rank has finalized (or gone), or a
+            // slower rank's finalize meets a closed socket.
+            let deadline = std::time::Instant::now() + self.config.rendezvous_timeout;
+            loop {
+                let status = server.status();
+                let done = status.finalized.len() + status.departed.len();
+                if done >= status.size as usize || std::time::Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
             server.shutdown();
         }
         Ok(())
