@@ -17,6 +17,9 @@
 //! # Ok::<(), lumen::LumenError>(())
 //! ```
 
+// The macros name `::lumen`; this makes that path work inside the crate too.
+extern crate self as lumen;
+
 pub mod bench;
 pub mod bootstrap;
 pub mod error;

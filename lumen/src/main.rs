@@ -35,6 +35,27 @@ enum BenchCommand {
     Transport(TransportBenchArgs),
     /// Collective latency (allreduce, bcast, ...) beside Open MPI.
     Collectives(CollectivesBenchArgs),
+    /// Tasks, actor calls and put/get beside Ray (its microbenchmark's rows).
+    Runtime(RuntimeBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct RuntimeBenchArgs {
+    /// Worker processes of the embedded cluster (Ray: num_cpus).
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
+    /// Iteration scale: 1.0 for the full counts, 0.05 for a smoke run.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// "ray": also run Ray's side (installs Ray into --ray-venv if missing).
+    #[arg(long, value_name = "NAME")]
+    baseline: Option<String>,
+    /// Ray's virtual environment.
+    #[arg(long, default_value = "/opt/lumen/ray-venv")]
+    ray_venv: std::path::PathBuf,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +148,10 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Transport(args)) => bench_transport(args),
         Command::BenchWorker(BenchCommand::Transport(args)) => bench_transport_worker(args),
         Command::Bench(BenchCommand::Collectives(args)) => bench_collectives(args),
+        Command::Bench(BenchCommand::Runtime(args)) => bench_runtime(args),
+        Command::BenchWorker(BenchCommand::Runtime(_)) => {
+            Err(anyhow::anyhow!("the runtime benchmark has no worker command"))
+        }
         Command::BenchWorker(BenchCommand::Collectives(args)) => bench_collectives_worker(args),
     };
     match result {
@@ -231,6 +256,22 @@ fn bench_collectives_worker(args: CollectivesBenchArgs) -> anyhow::Result<ExitCo
     lumen::bench::collectives::worker(&world, &args.sizes, &args.ops, args.scale)?;
     drop(world);
     job.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = lumen::bench::runtime::RuntimeBenchOptions {
+        workers: args.workers,
+        scale: args.scale,
+        ray: args.baseline.as_deref() == Some("ray"),
+        ray_venv: args.ray_venv,
+    };
+    let rows = lumen::bench::runtime::run(&options)?;
+    lumen::bench::runtime::print_table(&rows);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@
 pub mod collectives;
 pub mod mpi;
 pub mod netns;
+pub mod runtime;
 pub mod transport;
 
 use std::process::Command;
