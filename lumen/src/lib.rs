@@ -27,12 +27,11 @@ pub mod runtime;
 
 pub use error::{LumenError, Result};
 pub use lumen_macros::{actor, remote};
-pub use runtime::{
-    current, wait, ActorHandle, ActorOptions, InitOptions, IntoArg, ObjectRef, Runtime,
-    TaskOptions,
-};
 #[doc(hidden)]
 pub use runtime::__private;
+pub use runtime::{
+    current, wait, ActorHandle, ActorOptions, InitOptions, IntoArg, ObjectRef, Runtime, TaskOptions,
+};
 
 /// Starts the runtime in driver mode: joins the job this process was
 /// launched in (`lumen run`, `srun`, `mpirun`), or, started bare, starts an

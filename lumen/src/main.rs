@@ -149,9 +149,9 @@ fn main() -> ExitCode {
         Command::BenchWorker(BenchCommand::Transport(args)) => bench_transport_worker(args),
         Command::Bench(BenchCommand::Collectives(args)) => bench_collectives(args),
         Command::Bench(BenchCommand::Runtime(args)) => bench_runtime(args),
-        Command::BenchWorker(BenchCommand::Runtime(_)) => {
-            Err(anyhow::anyhow!("the runtime benchmark has no worker command"))
-        }
+        Command::BenchWorker(BenchCommand::Runtime(_)) => Err(anyhow::anyhow!(
+            "the runtime benchmark has no worker command"
+        )),
         Command::BenchWorker(BenchCommand::Collectives(args)) => bench_collectives_worker(args),
     };
     match result {
