@@ -8,9 +8,9 @@
 //! barrier, a rank's time is its best trial's average per iteration, and the
 //! reported latency is the average over ranks. One node: `lumen run -n N`
 //! (shared memory) beside `mpirun -n N --mca btl self,vader`. With `--netns`:
-//! 3 network-namespace nodes × 2 ranks (shared memory inside, TCP across)
-//! for Lumen; the Open MPI side of that layout is not measured (its launcher
-//! needs ssh-like access to the namespaces).
+//! 3 network-namespace nodes × 2 ranks (shared memory inside, TCP across),
+//! Open MPI launched into the namespaces with `plm_rsh_agent="ip netns exec"`
+//! (vader inside a node, TCP across).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -244,7 +244,12 @@ fn lumen_rows(
     super::parse_json_rows(&output.stdout)
 }
 
-fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<(String, usize, f64)>> {
+/// Lumen rows and (when `baseline`) Open MPI rows for 3 namespace nodes x 2
+/// ranks. Open MPI's `mpirun` reaches the namespaces with
+/// `plm_rsh_agent="ip netns exec"` (the host names are the namespaces).
+type NetnsRows = (Vec<(String, usize, f64)>, Vec<(String, usize, f64)>);
+
+fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<NetnsRows> {
     use lumen_testkit::{netns_unavailable_reason, unique_prefix, NetnsCluster};
     if let Some(reason) = netns_unavailable_reason() {
         bail!("network namespaces unavailable: {reason}");
@@ -265,6 +270,54 @@ fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<(String, 
         .env("LUMEN_TCP_IF", cluster.subnet_cidr())
         .output()
         .context("running lumen in the namespaces")?;
+    let mpi = if options.baseline {
+        let sizes: Vec<String> = options.sizes.iter().map(ToString::to_string).collect();
+        let subnet = cluster.subnet_cidr();
+        let result = build_mpi().and_then(|binary| {
+            // mpirun runs `AGENT HOST COMMAND...` where COMMAND is shell
+            // text (variable settings, then orted), as ssh would pass it.
+            let agent = binary.with_file_name("netns-agent.sh");
+            std::fs::write(&agent, "#!/bin/sh\nhost=\"$1\"; shift\nexec ip netns exec \"$host\" /bin/sh -c \"$*\"\n")?;
+            std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+            cluster
+                .command(0, "mpirun")
+                .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+                .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+                .args(["-n", "6", "--host", &hosts.join(","), "--oversubscribe"])
+                .args([
+                    "--bind-to",
+                    "none",
+                    "--mca",
+                    "plm_rsh_agent",
+                    "ip netns exec",
+                ])
+                .args(["--mca", "pml", "ob1", "--mca", "btl", "self,vader,tcp"])
+                .args(["--mca", "btl_tcp_if_include", &subnet])
+                .args(["--mca", "oob_tcp_if_include", &subnet])
+                .arg(&binary)
+                .args(["-i", &small_iterations(options.scale).to_string()])
+                .args(["-t", &TRIALS.to_string(), "-o", &options.ops.join(",")])
+                .arg(sizes.join(","))
+                .output()
+                .context("running mpirun across the namespaces")
+                .and_then(|out| {
+                    if !out.status.success() {
+                        bail!(
+                            "mpirun across namespaces failed ({}): {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                    super::parse_json_rows(&out.stdout)
+                })
+        });
+        result.unwrap_or_else(|e| {
+            eprintln!("lumen bench: Open MPI baseline across namespaces unavailable: {e:#}");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
     cluster.destroy()?;
     if !output.status.success() {
         bail!(
@@ -273,7 +326,7 @@ fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<(String, 
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    super::parse_json_rows(&output.stdout)
+    Ok((super::parse_json_rows(&output.stdout)?, mpi))
 }
 
 /// `lumen bench collectives`.
@@ -308,7 +361,8 @@ pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<CollectiveRo
         add(&format!("1x{ranks}"), lumen, &mpi);
     }
     if options.netns {
-        add("3x2-netns", netns_rows(options)?, &[]);
+        let (lumen, mpi) = netns_rows(options)?;
+        add("3x2-netns", lumen, &mpi);
     }
     Ok(rows)
 }
