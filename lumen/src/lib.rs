@@ -24,6 +24,7 @@ pub mod bench;
 pub mod bootstrap;
 pub mod error;
 pub mod runtime;
+pub mod submit;
 
 pub use error::{LumenError, Result};
 pub use lumen_macros::{actor, remote};

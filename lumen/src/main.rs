@@ -19,14 +19,69 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run N ranks of a program and wait for them (like mpirun).
+    /// Run N ranks of a program and wait for them (like mpirun); inside a
+    /// Slurm allocation (SLURM_JOB_ID set) the ranks are started with srun.
     Run(RunArgs),
+    /// Write an sbatch script for a Lumen job and submit it to Slurm.
+    Submit(SubmitArgs),
     /// Benchmarks with their baseline in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Internal: one rank of a benchmark (started by `lumen bench`).
     #[command(hide = true, subcommand)]
     BenchWorker(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// Nodes to allocate.
+    #[arg(short = 'N', long, default_value_t = 1)]
+    nodes: u32,
+    /// Ranks on each node.
+    #[arg(long, default_value_t = 1)]
+    ntasks_per_node: u32,
+    /// CPUs per rank (each rank is bound to its CPUs).
+    #[arg(short = 'c', long)]
+    cpus_per_task: Option<u32>,
+    /// GPUs per node.
+    #[arg(long)]
+    gpus_per_node: Option<u32>,
+    /// Time limit (minutes, HH:MM:SS, D-HH:MM:SS).
+    #[arg(short = 't', long)]
+    time: Option<String>,
+    /// Partition.
+    #[arg(short = 'p', long)]
+    partition: Option<String>,
+    /// Account to charge.
+    #[arg(short = 'A', long)]
+    account: Option<String>,
+    /// Job name.
+    #[arg(short = 'J', long)]
+    job_name: Option<String>,
+    /// Standard output file (Slurm patterns like %j allowed).
+    #[arg(short = 'o', long)]
+    output: Option<String>,
+    /// Standard error file.
+    #[arg(short = 'e', long)]
+    error: Option<String>,
+    /// Working directory of the job.
+    #[arg(long)]
+    chdir: Option<String>,
+    /// Environment for the ranks, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Bootstrap through PMI-2 (`srun --mpi=pmi2`).
+    #[arg(long)]
+    pmi2: bool,
+    /// Print the script instead of submitting it.
+    #[arg(long)]
+    dry_run: bool,
+    /// Wait for the job to end and exit with its exit code.
+    #[arg(long)]
+    wait: bool,
+    /// The program each rank runs, and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM ARGS")]
+    command: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +200,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Submit(args) => submit(args),
         Command::Bench(BenchCommand::Transport(args)) => bench_transport(args),
         Command::BenchWorker(BenchCommand::Transport(args)) => bench_transport_worker(args),
         Command::Bench(BenchCommand::Collectives(args)) => bench_collectives(args),
@@ -168,6 +224,24 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let program = command.next().ok_or_else(|| {
         anyhow::anyhow!("no program given; usage: lumen run -n N -- PROGRAM ARGS...")
     })?;
+    if args.hosts.is_none() && args.launch_agent.is_none() {
+        let in_allocation = lumen::submit::srun_in_allocation(
+            |name| std::env::var(name).ok(),
+            args.ranks,
+            args.label,
+            program.clone(),
+            command.clone().collect(),
+        )?;
+        if let Some(argv) = in_allocation {
+            let status = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .status()
+                .map_err(|e| anyhow::anyhow!("running srun inside the allocation: {e}"))?;
+            return Ok(ExitCode::from(
+                u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
+            ));
+        }
+    }
     let spec = JobSpec {
         ranks: args.ranks,
         hosts: args.hosts.as_deref().map(parse_hosts).transpose()?,
@@ -182,6 +256,44 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Exit codes above 255 cannot be returned; clamp to a failure.
     let code = u8::try_from(outcome.exit_code).unwrap_or(1);
     Ok(ExitCode::from(code))
+}
+
+fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let env = args
+        .env
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("--env {pair:?} is not NAME=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let spec = lumen_slurm::sbatch::BatchSpec {
+        job_name: args.job_name,
+        nodes: args.nodes,
+        ntasks_per_node: args.ntasks_per_node,
+        cpus_per_task: args.cpus_per_task,
+        gpus_per_node: args.gpus_per_node,
+        time: args.time,
+        partition: args.partition,
+        account: args.account,
+        output: args.output,
+        error: args.error,
+        chdir: args.chdir,
+        env,
+        mpi: args.pmi2.then(|| "pmi2".to_owned()),
+        command: args.command,
+    };
+    use lumen::submit::SubmitOutcome;
+    match lumen::submit::submit(&spec, args.dry_run, args.wait)? {
+        SubmitOutcome::DryRun(script) => print!("{script}"),
+        SubmitOutcome::Submitted { job_id } => println!("submitted batch job {job_id}"),
+        SubmitOutcome::Finished { job_id, exit_code } => {
+            println!("batch job {job_id} finished with exit code {exit_code}");
+            return Ok(ExitCode::from(u8::try_from(exit_code).unwrap_or(1)));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {

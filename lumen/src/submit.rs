@@ -1,0 +1,267 @@
+//! Slurm from the `lumen` command line.
+//!
+//! - `lumen submit`: renders an sbatch script ([`lumen_slurm::sbatch`]) and
+//!   hands it to `sbatch` on standard input; `--dry-run` prints it instead,
+//!   `--wait` follows the job (`sbatch --wait`) and returns its exit code.
+//! - `lumen run` inside an allocation (`SLURM_JOB_ID` set, as in an `salloc`
+//!   shell or a batch script): the ranks are started by `srun`, so they land
+//!   on the allocation's nodes; [`srun_in_allocation`] decides whether and
+//!   how, and refuses a rank count the allocation cannot hold.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use lumen_slurm::sbatch::{render, BatchSpec, SbatchError};
+use thiserror::Error;
+
+/// Why `lumen submit` or a launch inside an allocation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The request cannot become a batch script.
+    #[error(transparent)]
+    Script(#[from] SbatchError),
+    /// `sbatch` or `srun` could not be started.
+    #[error("could not run {program}: {source}; is Slurm's client installed and on PATH?")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// What exec said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `sbatch` refused the script.
+    #[error("sbatch refused the job (exit status {status}): {stderr}")]
+    Refused {
+        /// Its exit status.
+        status: i32,
+        /// What it printed.
+        stderr: String,
+    },
+    /// The allocation has fewer tasks than asked for.
+    #[error("`lumen run -n {ranks}` asks for more ranks than this Slurm allocation holds: {variable}={tasks} (job {job_id}); run with -n {tasks} or fewer, or allocate more (salloc -n {ranks} / sbatch --ntasks={ranks})")]
+    AllocationTooSmall {
+        /// Ranks asked for.
+        ranks: u32,
+        /// Tasks the allocation holds.
+        tasks: u32,
+        /// Where that number came from.
+        variable: &'static str,
+        /// The allocation.
+        job_id: String,
+    },
+}
+
+/// What `lumen submit` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// `--dry-run`: the script that would have been submitted.
+    DryRun(String),
+    /// Submitted, not waited for.
+    Submitted {
+        /// Slurm's job id.
+        job_id: String,
+    },
+    /// Submitted and waited for.
+    Finished {
+        /// Slurm's job id.
+        job_id: String,
+        /// The job's exit code (sbatch --wait's).
+        exit_code: i32,
+    },
+}
+
+/// Renders `spec`, and unless `dry_run`, submits it with `sbatch`
+/// (`--wait` when `wait`).
+pub fn submit(spec: &BatchSpec, dry_run: bool, wait: bool) -> Result<SubmitOutcome, SubmitError> {
+    let script = render(spec)?;
+    if dry_run {
+        return Ok(SubmitOutcome::DryRun(script));
+    }
+    let mut command = Command::new("sbatch");
+    command.arg("--parsable");
+    if wait {
+        command.arg("--wait");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| SubmitError::Spawn {
+            program: "sbatch".into(),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|source| SubmitError::Spawn {
+                program: "sbatch (writing the script)".into(),
+                source,
+            })?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|source| SubmitError::Spawn {
+            program: "sbatch".into(),
+            source,
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // `--parsable` prints `jobid` or `jobid;cluster`.
+    let job_id = stdout
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .map(|line| line.split(';').next().unwrap_or(line).to_owned());
+    let status = output.status.code().unwrap_or(1);
+    match job_id {
+        Some(job_id) if wait => Ok(SubmitOutcome::Finished {
+            job_id,
+            exit_code: status,
+        }),
+        Some(job_id) if output.status.success() => Ok(SubmitOutcome::Submitted { job_id }),
+        _ => Err(SubmitError::Refused {
+            status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        }),
+    }
+}
+
+/// The `srun` command line that `lumen run -n ranks PROGRAM ARGS` becomes
+/// inside an allocation, or `None` outside one (no `SLURM_JOB_ID`) or inside
+/// a rank of a running job (`SLURM_STEP_ID` or `LUMEN_RANK` set: nesting a
+/// launch inside a step is not what `lumen run` means there).
+///
+/// ```
+/// use lumen::submit::srun_in_allocation;
+/// let env = |name: &str| match name {
+///     "SLURM_JOB_ID" => Some("42".to_string()),
+///     "SLURM_NTASKS" => Some("8".to_string()),
+///     _ => None,
+/// };
+/// let argv = srun_in_allocation(env, 4, false, "./app".into(), vec!["-x".into()])?.unwrap();
+/// assert_eq!(argv, ["srun", "--ntasks=4", "--kill-on-bad-exit=1", "./app", "-x"]);
+/// assert!(srun_in_allocation(env, 16, false, "./app".into(), vec![]).is_err());
+/// # Ok::<(), lumen::submit::SubmitError>(())
+/// ```
+pub fn srun_in_allocation(
+    get: impl Fn(&str) -> Option<String>,
+    ranks: u32,
+    label: bool,
+    program: OsString,
+    args: Vec<OsString>,
+) -> Result<Option<Vec<OsString>>, SubmitError> {
+    let Some(job_id) = get("SLURM_JOB_ID").or_else(|| get("SLURM_JOBID")) else {
+        return Ok(None);
+    };
+    if get("SLURM_STEP_ID").is_some() || get("LUMEN_RANK").is_some() {
+        return Ok(None);
+    }
+    let number = |name: &str| get(name).and_then(|v| v.trim().parse::<u32>().ok());
+    let capacity = [
+        ("SLURM_NTASKS", number("SLURM_NTASKS")),
+        ("SLURM_NPROCS", number("SLURM_NPROCS")),
+    ]
+    .into_iter()
+    .find_map(|(variable, tasks)| tasks.map(|t| (variable, t)));
+    if let Some((variable, tasks)) = capacity {
+        if ranks > tasks {
+            return Err(SubmitError::AllocationTooSmall {
+                ranks,
+                tasks,
+                variable,
+                job_id,
+            });
+        }
+    }
+    let mut argv: Vec<OsString> = vec![
+        "srun".into(),
+        format!("--ntasks={ranks}").into(),
+        // One rank that fails to start or crashes ends the step, instead of
+        // leaving the others waiting for it.
+        "--kill-on-bad-exit=1".into(),
+    ];
+    if label {
+        argv.push("--label".into());
+    }
+    argv.push(program);
+    argv.extend(args);
+    Ok(Some(argv))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn outside_an_allocation_or_inside_a_step_nothing_changes() {
+        assert_eq!(
+            srun_in_allocation(lookup(&[]), 4, false, "a".into(), vec![]).unwrap(),
+            None
+        );
+        let in_step = lookup(&[("SLURM_JOB_ID", "1"), ("SLURM_STEP_ID", "0")]);
+        assert_eq!(
+            srun_in_allocation(in_step, 4, false, "a".into(), vec![]).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn too_many_ranks_is_a_clear_error() {
+        let env = lookup(&[("SLURM_JOB_ID", "77"), ("SLURM_NTASKS", "4")]);
+        let error = srun_in_allocation(env, 8, false, "a".into(), vec![]).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("SLURM_NTASKS=4"), "{message}");
+        assert!(message.contains("job 77"), "{message}");
+        assert!(message.contains("-n 4"), "{message}");
+    }
+
+    #[test]
+    fn label_and_unknown_capacity() {
+        let env = lookup(&[("SLURM_JOB_ID", "77")]);
+        let argv = srun_in_allocation(env, 3, true, "a".into(), vec!["b".into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            argv,
+            [
+                "srun",
+                "--ntasks=3",
+                "--kill-on-bad-exit=1",
+                "--label",
+                "a",
+                "b"
+            ]
+        );
+    }
+
+    #[test]
+    fn dry_run_returns_the_script() {
+        let spec = BatchSpec {
+            nodes: 1,
+            ntasks_per_node: 2,
+            command: vec!["./app".into()],
+            ..BatchSpec::default()
+        };
+        match submit(&spec, true, false).unwrap() {
+            SubmitOutcome::DryRun(script) => assert!(script.ends_with("srun ./app\n")),
+            other => panic!("{other:?}"),
+        }
+        let bad = BatchSpec::default();
+        assert!(matches!(
+            submit(&bad, true, false),
+            Err(SubmitError::Script(_))
+        ));
+    }
+}
