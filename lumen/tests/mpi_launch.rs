@@ -1,0 +1,117 @@
+//! Lumen programs started by MPI launchers: MPICH's `mpiexec.mpich` (Hydra,
+//! PMI-1 over PMI_FD) and Open MPI's `mpirun` (one host; rendezvous derived
+//! from the Open MPI job id). Skips, saying so, when a launcher is not
+//! installed (scripts/install-deps.sh installs both).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn installed(program: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: {program} is not installed (scripts/install-deps.sh installs it)");
+    }
+    found
+}
+
+fn open_mpi(command: &mut Command) -> &mut Command {
+    command
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("OMPI_MCA_btl_tcp_if_include", "lo")
+        .env("OMPI_MCA_oob_tcp_if_include", "lo")
+        .env("RUST_BACKTRACE", "0")
+}
+
+#[test]
+fn mpi_launch_mpiexec_mpich_four_ranks() {
+    if !installed("mpiexec.mpich") {
+        return;
+    }
+    let output = run_with_timeout(
+        Command::new("mpiexec.mpich")
+            .args(["-n", "4"])
+            .arg(example("slurm_probe"))
+            .arg("--verbose")
+            .env("RUST_BACKTRACE", "0"),
+        120,
+    );
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains("probe: ok 4 ranks on 1 hosts"), "{all}");
+    assert!(all.contains("via Hydra"), "{all}");
+    let output = run_with_timeout(
+        Command::new("mpiexec.mpich")
+            .args(["-n", "4"])
+            .arg(example("ping"))
+            .args(["--sizes", "0,8,1048576"]),
+        120,
+    );
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains("4 ranks exchanged 3 sizes"), "{all}");
+}
+
+#[test]
+fn mpi_launch_open_mpi_mpirun_four_ranks() {
+    if !installed("mpirun.openmpi") {
+        return;
+    }
+    let output = run_with_timeout(
+        open_mpi(
+            Command::new("mpirun.openmpi")
+                .args(["-n", "4"])
+                .arg(example("slurm_probe")),
+        ),
+        120,
+    );
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains("probe: ok 4 ranks on 1 hosts"), "{all}");
+    assert!(all.contains("via OpenMpi"), "{all}");
+    let output = run_with_timeout(
+        open_mpi(
+            Command::new("mpirun.openmpi")
+                .args(["-n", "4"])
+                .arg(example("ping"))
+                .args(["--sizes", "0,8,1048576"]),
+        ),
+        120,
+    );
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains("4 ranks exchanged 3 sizes"), "{all}");
+}
+
+#[test]
+fn mpi_launch_two_mpirun_jobs_at_once_do_not_meet() {
+    if !installed("mpirun.openmpi") {
+        return;
+    }
+    let spawn = || {
+        open_mpi(
+            Command::new("timeout")
+                .args(["-k", "5", "120", "mpirun.openmpi", "-n", "3"])
+                .arg(example("slurm_probe"))
+                .args(["--hold", "1"]),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting mpirun")
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let output = child.wait_with_output().unwrap();
+        let all = text(&output);
+        assert!(output.status.success(), "{all}");
+        assert!(all.contains("probe: ok 3 ranks"), "{all}");
+    }
+}
