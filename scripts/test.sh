@@ -17,6 +17,19 @@ echo "== build (debug, with examples)"
 cargo build --workspace --all-targets --quiet
 cargo build --workspace --examples --quiet
 
+echo "== Slurm test cluster (netns mode: controller + 3 hosts; the slurm_* tests use it)"
+if [[ "$(id -u)" == 0 ]]; then
+    if scripts/slurm-cluster.sh status >/dev/null 2>&1; then
+        echo "a Slurm test cluster is already running; it is left running afterwards"
+    else
+        # Stopped on every exit, also when a test or this script fails.
+        trap 'scripts/slurm-cluster.sh stop >/dev/null 2>&1 || true' EXIT
+    fi
+    scripts/slurm-cluster.sh start netns
+else
+    echo "NOT ROOT: the Slurm test cluster cannot start; the slurm_* tests will skip" >&2
+fi
+
 echo "== tests"
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc --quiet
