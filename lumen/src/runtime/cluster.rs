@@ -564,6 +564,10 @@ extern "C" fn worker_entry() {
     if std::env::var_os(EMBEDDED_WORKER_VAR).is_none_or(|v| v != "serve") {
         return;
     }
+    // Programs this worker's tasks start must not become workers too.
+    // Before `main` the process has one thread, so changing the environment
+    // cannot race a reader.
+    std::env::remove_var(EMBEDDED_WORKER_VAR);
     let error = match InitOptions::new().init() {
         // A serving rank never returns from init in driver mode.
         Ok(_) => "init returned on a serving rank".to_string(),

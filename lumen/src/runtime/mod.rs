@@ -215,15 +215,16 @@ impl Runtime {
                 detail: e.to_string(),
             })
         })?;
-        let object = self.inner.put_bytes(bytes, refs)?;
+        let object = self.inner.put_bytes(&bytes, refs)?;
         Ok(owned_ref(&self.inner, object))
     }
 
     /// Stores a slice of plain data as its raw bytes (no encoding); `get`
     /// returns a view of it.
     pub fn put_slice<T: bytemuck::Pod>(&self, values: &[T]) -> Result<ObjectRef<[T]>> {
-        let bytes = bytemuck::cast_slice::<T, u8>(values).to_vec();
-        let object = self.inner.put_bytes(bytes, Vec::new())?;
+        let object = self
+            .inner
+            .put_bytes(bytemuck::cast_slice::<T, u8>(values), Vec::new())?;
         Ok(owned_ref(&self.inner, object))
     }
 

@@ -32,8 +32,9 @@ impl ValueStore {
         }
     }
 
-    /// Keeps `bytes`; returns where they are.
-    pub(crate) fn store(&self, bytes: Arc<[u8]>) -> Outcome {
+    /// Keeps a copy of `bytes`; returns where it is.
+    pub(crate) fn store(&self, bytes: &[u8]) -> Outcome {
+        let bytes: Arc<[u8]> = Arc::from(bytes);
         let len = bytes.len() as u64;
         let key = self.endpoint.register_region(bytes.clone());
         self.values
