@@ -9,8 +9,10 @@
 //! reported latency is the average over ranks. One node: `lumen run -n N`
 //! (shared memory) beside `mpirun -n N --mca btl self,vader`. With `--netns`:
 //! 3 network-namespace nodes × 2 ranks (shared memory inside, TCP across),
-//! Open MPI launched into the namespaces with `plm_rsh_agent="ip netns exec"`
-//! (vader inside a node, TCP across).
+//! and an attempt at the Open MPI side launched into the namespaces through
+//! `plm_rsh_agent` (an `ip netns exec` wrapper). That attempt fails on the
+//! development VM (`exec of " orted" failed`: mpirun never calls the agent
+//! from inside the namespace), so those rows have no baseline yet.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -277,7 +279,10 @@ fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<NetnsRows> {
             // mpirun runs `AGENT HOST COMMAND...` where COMMAND is shell
             // text (variable settings, then orted), as ssh would pass it.
             let agent = binary.with_file_name("netns-agent.sh");
-            std::fs::write(&agent, "#!/bin/sh\nhost=\"$1\"; shift\nexec ip netns exec \"$host\" /bin/sh -c \"$*\"\n")?;
+            std::fs::write(
+                &agent,
+                "#!/bin/sh\nhost=\"$1\"; shift\nexec ip netns exec \"$host\" /bin/sh -c \"$*\"\n",
+            )?;
             std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
             cluster
                 .command(0, "mpirun")
