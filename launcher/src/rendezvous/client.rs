@@ -22,8 +22,14 @@ use crate::wire::{Reply, ReplyFrame, Request, RequestFrame, StoreStatus};
 
 /// How long one connection attempt may take before the next is tried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause between rounds of connection attempts while the server is not up.
+/// Longest pause between rounds of connection attempts while the server is
+/// not up. The pause starts at [`FIRST_RETRY_PAUSE`] and doubles: under
+/// `srun` every rank starts at once and the hosting rank is usually a few
+/// milliseconds from listening, so a fixed 50 ms pause would add 50 ms to
+/// most launches.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// First pause between connection rounds.
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(2);
 /// How long a status query after a timeout may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room for the message around a Put's key and value.
@@ -71,6 +77,7 @@ impl RendezvousClient {
     ) -> Result<RendezvousClient, RendezvousError> {
         let started = Instant::now();
         let deadline = started + timeout;
+        let mut pause = FIRST_RETRY_PAUSE;
         loop {
             let last_error = match attempt(addr, job_id, rank, secret, deadline, timeout) {
                 Ok(client) => return Ok(client),
@@ -88,7 +95,8 @@ impl RendezvousClient {
                     last_error,
                 });
             }
-            std::thread::sleep(RETRY_PAUSE);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(RETRY_PAUSE);
         }
     }
 
@@ -123,6 +131,7 @@ impl RendezvousClient {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut last_error = String::from("no port tried");
+        let mut pause = FIRST_RETRY_PAUSE;
         loop {
             for port in port_sequence(base_port) {
                 let addr = SocketAddr::new(ip, port);
@@ -146,7 +155,8 @@ impl RendezvousClient {
                     last_error,
                 });
             }
-            std::thread::sleep(RETRY_PAUSE);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(RETRY_PAUSE);
         }
     }
 
