@@ -49,7 +49,6 @@
 //! [`CollectiveError::Transport`] within about that long (plus the
 //! transport's own detection time), even ranks not waiting on the dead one.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -95,8 +94,8 @@ struct Hierarchy {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Schedules of a communicator by (kind, root).
-type ScheduleCache = HashMap<(u8, usize), Arc<[Step]>>;
+/// Kinds of cached schedules (`cached`'s `kind` is below this).
+const SCHEDULE_KINDS: usize = 8;
 
 struct Inner {
     endpoint: Endpoint,
@@ -108,8 +107,10 @@ struct Inner {
     config: CollectiveConfig,
     /// Wait by polling and yielding the core (node oversubscribed).
     yield_wait: bool,
-    /// Schedules by (kind, root), see `cached`.
-    schedules: Mutex<ScheduleCache>,
+    /// Schedules by kind and root (`kind * size + root`), see `cached`.
+    schedules: Vec<OnceLock<Box<[Step]>>>,
+    /// `outstanding`, readable without the lock (fast path of `enter`).
+    pending: AtomicUsize,
     hierarchy: OnceLock<Option<Hierarchy>>,
     /// Held while an operation executes.
     exec: Mutex<()>,
@@ -242,6 +243,7 @@ impl Communicator {
     ) -> Result<Self> {
         let me = endpoint.rank();
         let rank = members.iter().position(|&r| r == me).unwrap_or(0) as u32;
+        let members_len = members.len();
         let yield_wait = config.yield_when_idle.unwrap_or_else(|| {
             let local = (0..endpoint.size())
                 .filter(|&r| endpoint.is_local(r))
@@ -251,7 +253,10 @@ impl Communicator {
         let comm = Communicator {
             inner: Arc::new(Inner {
                 yield_wait,
-                schedules: Mutex::new(HashMap::new()),
+                schedules: (0..SCHEDULE_KINDS * members_len)
+                    .map(|_| OnceLock::new())
+                    .collect(),
+                pending: AtomicUsize::new(0),
                 endpoint,
                 members,
                 rank,
@@ -420,26 +425,35 @@ impl Communicator {
 
     /// This rank's schedule of kind `kind` (and root), built once per
     /// communicator: small operations would otherwise spend a good part of
-    /// their time allocating steps.
-    fn cached(&self, kind: u8, root: usize, build: impl FnOnce() -> Vec<Step>) -> Arc<[Step]> {
-        let mut cache = lock(&self.inner.schedules);
-        cache
-            .entry((kind, root))
-            .or_insert_with(|| build().into())
-            .clone()
+    /// their time allocating steps. Lock-free after the first use.
+    fn cached(
+        &self,
+        kind: u8,
+        root: usize,
+        build: impl FnOnce() -> Vec<Step>,
+    ) -> std::borrow::Cow<'_, [Step]> {
+        let p = self.inner.members.len();
+        match self.inner.schedules.get(usize::from(kind) * p + root) {
+            Some(slot) => {
+                std::borrow::Cow::Borrowed(slot.get_or_init(|| build().into_boxed_slice()))
+            }
+            // Not reached with the kinds used here; stay correct anyway.
+            None => std::borrow::Cow::Owned(build()),
+        }
     }
 
     /// Waits for queued non-blocking operations, then takes the execution lock.
     fn enter(&self) -> MutexGuard<'_, ()> {
-        let mut outstanding = lock(&self.inner.outstanding);
-        while *outstanding > 0 {
-            outstanding = self
-                .inner
-                .drained
-                .wait(outstanding)
-                .unwrap_or_else(|p| p.into_inner());
+        if self.inner.pending.load(Ordering::Acquire) > 0 {
+            let mut outstanding = lock(&self.inner.outstanding);
+            while *outstanding > 0 {
+                outstanding = self
+                    .inner
+                    .drained
+                    .wait(outstanding)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
         }
-        drop(outstanding);
         lock(&self.inner.exec)
     }
 
@@ -1247,11 +1261,16 @@ impl Communicator {
             done.1.notify_all();
             let mut outstanding = lock(&comm.inner.outstanding);
             *outstanding -= 1;
+            comm.inner.pending.store(*outstanding, Ordering::Release);
             if *outstanding == 0 {
                 comm.inner.drained.notify_all();
             }
         });
-        *lock(&self.inner.outstanding) += 1;
+        {
+            let mut outstanding = lock(&self.inner.outstanding);
+            *outstanding += 1;
+            self.inner.pending.store(*outstanding, Ordering::Release);
+        }
         let sent = {
             let mut worker = lock(&self.inner.worker);
             if worker.is_none() {
