@@ -778,7 +778,11 @@ impl Communicator {
     fn bcast_impl<T: Element>(&self, buffer: &mut [T], root: u32) -> Result<()> {
         let (me, p, root) = (self.rank() as usize, self.size() as usize, root as usize);
         let bytes = std::mem::size_of_val(buffer);
-        match self.inner.config.choose_bcast(bytes, p) {
+        match self
+            .inner
+            .config
+            .choose_bcast(bytes, p, self.inner.yield_wait)
+        {
             BcastAlgorithm::ScatterAllgather if buffer.len() >= p => {
                 // Blocks in rank order relative to the root: binomial scatter
                 // gives relative rank v block v, the ring completes them.
