@@ -2,6 +2,46 @@
 //! runtime. This crate is the facade: it joins the job a process was started in
 //! ([`bootstrap::join`]) and hosts the `lumen` command line (run, bench).
 //!
+//! The runtime ([`runtime`]): remote functions, actors and objects.
+//!
+//! ```no_run
+//! use lumen::prelude::*;
+//!
+//! #[lumen::remote]
+//! fn add(a: u64, b: u64) -> u64 {
+//!     a + b
+//! }
+//!
+//! #[lumen::actor]
+//! struct Counter {
+//!     n: u64,
+//! }
+//!
+//! #[lumen::actor]
+//! impl Counter {
+//!     fn new(start: u64) -> Self {
+//!         Counter { n: start }
+//!     }
+//!     fn incr(&mut self, by: u64) -> u64 {
+//!         self.n += by;
+//!         self.n
+//!     }
+//! }
+//!
+//! fn main() -> lumen::Result<()> {
+//!     let rt = lumen::init()?; // bare: an embedded local cluster; else joins the job
+//!     let sum = add::remote(&rt, 1, 2)?; // ObjectRef<u64>
+//!     let more = add::options().max_retries(1).remote(&rt, &sum, 10)?; // a ref as argument
+//!     let big = rt.put_slice(&vec![1.0f32; 1 << 20])?; // ObjectRef<[f32]>
+//!     let counter = Counter::new_remote(&rt, 10)?; // ActorHandle<Counter>
+//!     let n = counter.incr(5)?; // ObjectRef<u64>; calls run in order
+//!     println!("{} {} {} {}", sum.get()?, more.get()?, n.get()?, big.get()?.len());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The transport underneath, used directly:
+//!
 //! ```no_run
 //! let job = lumen::bootstrap::join()?;
 //! let ep = &job.endpoint;
