@@ -8,7 +8,7 @@
 //! | `srun --mpi=pmi2` | PMI-2 put/fence/get over `PMI_FD` (slurmstepd) | drawn by rank 0, shared through PMI |
 //! | `srun` | TCP store hosted by local rank 0 of the step's first node, at a port derived from job and step id | derived from `~/.lumen/job-key` and job.step |
 //! | `mpiexec.mpich` (Hydra) | PMI-1 put/barrier/get over `PMI_FD` | drawn by rank 0, shared through PMI |
-//! | `mpirun` (Open MPI), one host | TCP store hosted by rank 0 on 127.0.0.1, port derived from the Open MPI job id | derived from Open MPI's per-job `orte_precondition_transports` key, else the key file |
+//! | `mpirun` (Open MPI) | TCP store hosted by rank 0, port derived from the Open MPI job id: on 127.0.0.1 on one host, on the first node of `SLURM_JOB_NODELIST` across hosts (elsewhere: `LUMEN_RENDEZVOUS`) | derived from Open MPI's per-job `orte_precondition_transports` key, else the key file |
 //! | any, with `LUMEN_RENDEZVOUS` | that store | `LUMEN_JOB_SECRET` |
 //! | bare `./app` (one rank) | none | random |
 //!
@@ -254,6 +254,20 @@ pub fn join() -> Result<Job> {
     if let Some(kvs) = exchange.as_mut().and_then(Exchange::kvs) {
         secret = Some(pmi_secret_and_nodes(kvs, &mut world)?);
     }
+    if world.num_nodes == 0 {
+        if let Some(Exchange::Rendezvous(client)) = exchange.as_mut() {
+            // Open MPI does not say which ranks share a node: ask the store.
+            let table = client.allgather("host", hostname().as_bytes(), timeout)?;
+            let hosts: Vec<String> = table
+                .iter()
+                .map(|name| String::from_utf8_lossy(name).into_owned())
+                .collect();
+            let (node_index, nodes) = node_layout(&hosts, world.rank);
+            world.node_index = node_index;
+            world.num_nodes = nodes.len() as u32;
+            world.hosts = nodes;
+        }
+    }
     let secret = secret.ok_or_else(|| LumenError::Bootstrap("no job secret".into()))?;
     let resources = bind_resources(&world)?;
     let transport = transport_config(&config, &world)?;
@@ -365,6 +379,11 @@ fn node_layout(rank_hosts: &[String], rank: u32) -> (u32, Vec<String>) {
     (index as u32, nodes)
 }
 
+/// `h1` of `h1.cluster.example`.
+fn short_name(host: &str) -> &str {
+    host.split('.').next().unwrap_or(host)
+}
+
 fn hostname() -> String {
     let mut buffer = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
@@ -413,16 +432,36 @@ fn slurm_rendezvous(world: &World, timeout: Duration) -> Result<Hosted> {
     Ok((client, server, secret))
 }
 
-/// `mpirun` of Open MPI: supported on one host (every rank local), where
-/// rank 0 hosts the store on 127.0.0.1 at a port derived from the job id.
+/// `mpirun` of Open MPI: rank 0 hosts the store at a port derived from the
+/// Open MPI job id, on 127.0.0.1 when every rank is local, else on the
+/// allocation's first node (inside Slurm only).
 fn open_mpi_rendezvous(world: &World, timeout: Duration) -> Result<Hosted> {
     let nodes = env("OMPI_MCA_orte_num_nodes").and_then(|n| n.parse::<u32>().ok());
-    if world.local_size != world.size || nodes.is_some_and(|n| n > 1) {
-        return Err(LumenError::Bootstrap(format!(
-            "mpirun (Open MPI) started {} ranks on several hosts ({} on this one); Lumen meets Open MPI ranks without help only on one host. Across hosts set LUMEN_RENDEZVOUS=host:port and LUMEN_JOB_SECRET for every rank, or launch with srun / mpiexec.mpich",
-            world.size, world.local_size
-        )));
-    }
+    let multi_host = world.local_size != world.size || nodes.is_some_and(|n| n > 1);
+    // Across hosts, only inside a Slurm allocation: mpirun maps rank 0 to the
+    // allocation's first node (by-slot mapping, the default), whose name
+    // every rank can read and resolve.
+    let first_node = env("SLURM_JOB_NODELIST")
+        .and_then(|list| lumen_slurm::hostlist::expand(&list).ok())
+        .and_then(|hosts| hosts.into_iter().next());
+    let ip = match (multi_host, &first_node) {
+        (false, _) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (true, Some(first)) => {
+            if world.rank == 0 && short_name(&hostname()) != short_name(first) {
+                return Err(LumenError::Bootstrap(format!(
+                    "mpirun (Open MPI) across hosts: rank 0 runs on {} but the allocation's first node is {first}; Lumen expects rank 0 there (the default by-slot mapping). Drop --map-by/--rankfile options, or set LUMEN_RENDEZVOUS and LUMEN_JOB_SECRET",
+                    hostname()
+                )));
+            }
+            resolve(&format!("{first}:0"))?.ip()
+        }
+        (true, None) => {
+            return Err(LumenError::Bootstrap(format!(
+                "mpirun (Open MPI) started {} ranks on several hosts ({} on this one) outside a Slurm allocation; Lumen meets Open MPI ranks without help on one host or inside an allocation. Otherwise set LUMEN_RENDEZVOUS=host:port and LUMEN_JOB_SECRET for every rank, or launch with srun / mpiexec.mpich",
+                world.size, world.local_size
+            )))
+        }
+    };
     if world.job_id.is_empty() {
         return Err(LumenError::Bootstrap(
             "mpirun (Open MPI) exported no job id (OMPI_MCA_ess_base_jobid, PMIX_NAMESPACE); set LUMEN_RENDEZVOUS and LUMEN_JOB_SECRET".into(),
@@ -434,11 +473,15 @@ fn open_mpi_rendezvous(world: &World, timeout: Duration) -> Result<Hosted> {
         Some(key) if key.len() >= 16 => JobSecret::derive(key.as_bytes(), &context),
         _ => key_file_secret(&context)?,
     };
-    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut server = None;
     if world.rank == 0 {
+        let bind_ip = if multi_host {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            ip
+        };
         server = Some(RendezvousServer::bind_derived(
-            ip,
+            bind_ip,
             &world.job_id,
             "ompi",
             world.size,

@@ -1,6 +1,6 @@
 //! Lumen programs started by MPI launchers: MPICH's `mpiexec.mpich` (Hydra,
-//! PMI-1 over PMI_FD) and Open MPI's `mpirun` (one host; rendezvous derived
-//! from the Open MPI job id). Skips, saying so, when a launcher is not
+//! PMI-1 over PMI_FD) and Open MPI's `mpirun` (rendezvous derived from the
+//! Open MPI job id: one host, or across hosts inside a Slurm allocation). Skips, saying so, when a launcher is not
 //! installed (scripts/install-deps.sh installs both).
 
 mod common;
@@ -114,4 +114,54 @@ fn mpi_launch_two_mpirun_jobs_at_once_do_not_meet() {
         assert!(output.status.success(), "{all}");
         assert!(all.contains("probe: ok 3 ranks"), "{all}");
     }
+}
+
+/// Both MPI launchers across the three namespace hosts of the Slurm test
+/// cluster, started from inside an allocation (they start their daemons
+/// with srun): Hydra's PMI-1 spans hosts; Open MPI's rank 0 hosts the store
+/// on the allocation's first node.
+#[test]
+fn mpi_launch_across_hosts_inside_a_slurm_allocation() {
+    use lumen_testkit::{slurm_unavailable_reason, SlurmCluster, SlurmMode};
+    if let Some(reason) = slurm_unavailable_reason(SlurmMode::Netns) {
+        eprintln!("SKIPPED: no Slurm test cluster here: {reason}");
+        return;
+    }
+    if !installed("mpiexec.mpich") || !installed("mpirun.openmpi") {
+        return;
+    }
+    let cluster = SlurmCluster::ensure(SlurmMode::Netns).expect("starting the Slurm test cluster");
+    let three_hosts = r#"probe: ok 6 ranks on 3 hosts ["h1", "h2", "h3"]"#;
+    let output = run_with_timeout(
+        cluster
+            .command("salloc")
+            .args(["-N", "3", "--ntasks-per-node=2", "mpiexec.mpich", "-n", "6"])
+            .arg(example("slurm_probe"))
+            .env("RUST_BACKTRACE", "0"),
+        120,
+    );
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains(&format!("{three_hosts} via Hydra")), "{all}");
+    let output = run_with_timeout(
+        open_mpi(
+            cluster
+                .command("salloc")
+                .args([
+                    "-N",
+                    "3",
+                    "--ntasks-per-node=2",
+                    "mpirun.openmpi",
+                    "-n",
+                    "6",
+                ])
+                .arg(example("slurm_probe")),
+        )
+        .env("OMPI_MCA_btl_tcp_if_include", "10.78.0.0/24")
+        .env("OMPI_MCA_oob_tcp_if_include", "10.78.0.0/24"),
+        120,
+    );
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains(&format!("{three_hosts} via OpenMpi")), "{all}");
 }
