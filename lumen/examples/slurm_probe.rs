@@ -38,8 +38,16 @@ fn main() -> anyhow::Result<()> {
     let (me, n) = (ep.rank(), ep.size());
     let host = hostname();
     if verbose {
+        let allowed = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Cpus_allowed_list:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_default();
         println!(
-            "probe: rank {me} of {n} on {host} node {} local {}/{} cpus {:?} gpus {:?}",
+            "probe: rank {me} of {n} on {host} node {} local {}/{} cpus {:?} allowed {allowed} gpus {:?}",
             job.world.node_index,
             job.world.local_rank,
             job.world.local_size,

@@ -285,3 +285,53 @@ fn slurm_a_missing_binary_fails_fast() {
     assert!(all.contains("/nonexistent/lumen-app"), "{all}");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn slurm_cpus_per_task_binds_each_rank_and_gpus_are_split() {
+    let Some(cluster) = cluster() else { return };
+    let output = run_with_timeout(
+        cluster
+            .srun()
+            .args(["-N", "1", "-n", "2", "-c", "1"])
+            .arg(example("slurm_probe"))
+            .arg("--verbose")
+            .env("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+            .env("RUST_BACKTRACE", "0"),
+        60,
+    );
+    let all = assert_ok(&output);
+    // Each local rank takes half of the visible GPUs, in order.
+    assert!(all.contains(r#"gpus [GpuAssignment { ordinal: 0, device: "0" }, GpuAssignment { ordinal: 1, device: "1" }]"#), "{all}");
+    assert!(all.contains(r#"gpus [GpuAssignment { ordinal: 2, device: "2" }, GpuAssignment { ordinal: 3, device: "3" }]"#), "{all}");
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if cpus < 2 {
+        eprintln!("NOT CHECKED: CPU binding needs 2 CPUs here, this machine offers {cpus}");
+        return;
+    }
+    // With -c 1 and 2 ranks, rank 0 runs on the first allowed CPU and rank
+    // 1 on the second, as the kernel reports it.
+    let first_two: Vec<usize> = {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        list.split(',')
+            .flat_map(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+            })
+            .take(2)
+            .collect()
+    };
+    for (rank, cpu) in first_two.iter().enumerate() {
+        assert!(
+            all.contains(&format!("local {rank}/2 cpus Some([{cpu}]) allowed {cpu} ")),
+            "rank {rank} should be bound to CPU {cpu}:\n{all}"
+        );
+    }
+}
