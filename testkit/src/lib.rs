@@ -1,5 +1,9 @@
 //! Test support for Lumen: simulated multi-host clusters on one machine.
 //!
+//! Two kinds: [`NetnsCluster`] (below) for tests that start ranks themselves,
+//! and [`SlurmCluster`] ([`slurm`]), a real Slurm whose hosts are network
+//! namespaces, for tests that launch with `srun`/`sbatch`.
+//!
 //! Integration tests that need several "nodes" (multi-node transports, the
 //! launcher's rendezvous, Slurm-like host lists) take this crate as a
 //! dev-dependency and build a [`NetnsCluster`]: `n` Linux network namespaces,

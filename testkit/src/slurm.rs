@@ -212,3 +212,43 @@ impl SlurmCluster {
         self.command("srun")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_dir_with(env: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "lumen-testkit-slurm-{}-{}",
+            std::process::id(),
+            env.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("env"), env).unwrap();
+        dir
+    }
+
+    #[test]
+    fn reads_the_env_file_the_script_writes() {
+        let dir = run_dir_with(
+            "SLURM_CONF=/x/slurm.conf\nLUMEN_SLURM_MODE=netns\nLUMEN_SLURM_LOGIN=/x/bin/login\nLUMEN_SLURM_NODES=h1,h2,h3\nLUMEN_SLURM_CPUS=8\n",
+        );
+        let cluster = SlurmCluster::from_env_file(SlurmMode::Netns, dir.clone()).unwrap();
+        assert_eq!(cluster.nodes(), ["h1", "h2", "h3"]);
+        assert_eq!(cluster.conf(), Path::new("/x/slurm.conf"));
+        assert_eq!(cluster.srun().get_program(), "/x/bin/login");
+        let error = SlurmCluster::from_env_file(SlurmMode::Local, dir.clone()).unwrap_err();
+        assert!(error.to_string().contains("runs in netns mode"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+
+        let dir = run_dir_with("LUMEN_SLURM_MODE=local\n");
+        let error = SlurmCluster::from_env_file(SlurmMode::Local, dir.clone()).unwrap_err();
+        assert!(error.to_string().contains("is missing"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_script_is_where_the_harness_looks() {
+        assert!(cluster_script().exists(), "{}", cluster_script().display());
+    }
+}
