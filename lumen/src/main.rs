@@ -91,6 +91,7 @@ enum BenchCommand {
     /// Collective latency (allreduce, bcast, ...) beside Open MPI.
     Collectives(CollectivesBenchArgs),
     /// Tasks, actor calls and put/get beside Ray (its microbenchmark's rows).
+    #[command(alias = "core")]
     Runtime(RuntimeBenchArgs),
 }
 
