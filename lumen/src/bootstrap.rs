@@ -11,6 +11,7 @@
 //! | `mpirun` (Open MPI) | TCP store hosted by rank 0, port derived from the Open MPI job id: on 127.0.0.1 on one host, on the first node of `SLURM_JOB_NODELIST` across hosts (elsewhere: `LUMEN_RENDEZVOUS`) | derived from Open MPI's per-job `orte_precondition_transports` key, else the key file |
 //! | any, with `LUMEN_RENDEZVOUS` | that store | `LUMEN_JOB_SECRET` |
 //! | bare `./app` (one rank) | none | random |
+//! | `join_mpi` (feature `mpi`), any MPI launcher | `MPI_Allgather` on the given communicator | drawn by rank 0, `MPI_Bcast` |
 //!
 //! Every wait is bounded by `LUMEN_RENDEZVOUS_TIMEOUT_MS`: a rank that
 //! never starts turns into an error naming the missing ranks (the TCP store
@@ -314,6 +315,120 @@ pub fn join() -> Result<Job> {
         resources,
         exchange,
         server,
+    })
+}
+
+/// Joins a job whose ranks already run MPI (feature `mpi`): Lumen's world
+/// is `comm` (usually `MPI_COMM_WORLD`) with the same rank order, so an MPI
+/// code can adopt Lumen next to its MPI calls. MPI itself carries the
+/// bootstrap: host names and endpoint addresses travel by `MPI_Allgather`,
+/// the job secret and job id by `MPI_Bcast` from rank 0; no PMI, store or
+/// port of Lumen's is involved, so this works under any MPI launcher.
+///
+/// Drop (or [`finish`](Job::finish)) the job before MPI is finalized.
+#[cfg(feature = "mpi")]
+pub fn join_mpi<C: mpi::traits::Communicator>(comm: &C) -> Result<Job> {
+    use mpi::traits::{CommunicatorCollectives, Root};
+
+    /// Room for one host name, and for one encoded endpoint address.
+    const HOST_BYTES: usize = 256;
+    const ADDRESS_BYTES: usize = 512;
+
+    fn padded(bytes: &[u8], width: usize, what: &str) -> Result<Vec<u8>> {
+        if bytes.len() + 2 > width {
+            return Err(LumenError::Bootstrap(format!(
+                "{what} is longer than {} bytes",
+                width - 2
+            )));
+        }
+        let mut out = Vec::with_capacity(width);
+        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        out.extend_from_slice(bytes);
+        out.resize(width, 0);
+        Ok(out)
+    }
+    fn unpadded(chunk: &[u8]) -> &[u8] {
+        let len = u16::from_le_bytes([chunk[0], chunk[1]]) as usize;
+        chunk.get(2..2 + len).unwrap_or_default()
+    }
+
+    let rank = u32::try_from(comm.rank()).map_err(bootstrap_error)?;
+    let size = u32::try_from(comm.size()).map_err(bootstrap_error)?;
+    let config = Config::from_env(env).map_err(bootstrap_error)?;
+    let kind = detect(env).map(|w| w.kind).unwrap_or(LaunchKind::Singleton);
+
+    let mine = padded(hostname().as_bytes(), HOST_BYTES, "the host name")?;
+    let mut all = vec![0u8; HOST_BYTES * size as usize];
+    comm.all_gather_into(&mine[..], &mut all[..]);
+    let hosts: Vec<String> = all
+        .chunks(HOST_BYTES)
+        .map(|chunk| String::from_utf8_lossy(unpadded(chunk)).into_owned())
+        .collect();
+    let (node_index, nodes) = node_layout(&hosts, rank);
+    let here = &hosts[rank as usize];
+    let local_rank = hosts[..rank as usize].iter().filter(|h| *h == here).count() as u32;
+    let local_size = hosts.iter().filter(|h| *h == here).count() as u32;
+
+    // Rank 0 draws the secret and a job id; everyone else receives them.
+    let mut shared = [0u8; 48];
+    if rank == 0 {
+        shared[..32].copy_from_slice(&lumen_transport::auth::random_bytes());
+        shared[32..].copy_from_slice(&lumen_transport::auth::random_bytes()[..16]);
+    }
+    comm.process_at_rank(0).broadcast_into(&mut shared[..]);
+    let mut secret_bytes = [0u8; 32];
+    secret_bytes.copy_from_slice(&shared[..32]);
+    let secret = JobSecret::from_bytes(secret_bytes);
+    let job_id = format!("mpi-{}", exchange::to_hex(&shared[32..40]));
+
+    let world = World {
+        rank,
+        size,
+        local_rank,
+        local_size,
+        node_index,
+        num_nodes: nodes.len() as u32,
+        hosts: nodes,
+        job_id: job_id.clone(),
+        step_id: None,
+        kind,
+        rendezvous: None,
+    };
+    let transport = transport_config(&config, &world)?;
+    let options = EndpointOptions {
+        rank,
+        size,
+        node: world.node_index,
+        local_rank,
+        local_size,
+        job_id,
+        secret,
+        config: transport,
+    };
+    let builder = EndpointBuilder::new(options)?;
+    let mine = padded(
+        &builder.address().encode(),
+        ADDRESS_BYTES,
+        "the endpoint address",
+    )?;
+    let mut all = vec![0u8; ADDRESS_BYTES * size as usize];
+    comm.all_gather_into(&mine[..], &mut all[..]);
+    let table: Vec<Vec<u8>> = all
+        .chunks(ADDRESS_BYTES)
+        .map(|c| unpadded(c).to_vec())
+        .collect();
+    let peers = decode_peers(&table)?;
+    let endpoint = builder.connect(&peers, || {
+        comm.barrier();
+        Ok::<(), String>(())
+    })?;
+    Ok(Job {
+        world,
+        config,
+        endpoint,
+        resources: RankResources::default(),
+        exchange: None,
+        server: None,
     })
 }
 

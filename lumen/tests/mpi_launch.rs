@@ -165,3 +165,31 @@ fn mpi_launch_across_hosts_inside_a_slurm_allocation() {
     assert!(output.status.success(), "{all}");
     assert!(all.contains(&format!("{three_hosts} via OpenMpi")), "{all}");
 }
+
+/// Feature `mpi`: a program that initialises MPI itself builds Lumen's world
+/// from MPI_COMM_WORLD (same rank order) and uses both. scripts/test.sh runs
+/// this file a second time with `--features mpi`.
+#[test]
+fn mpi_launch_world_from_mpi_comm_world() {
+    if !cfg!(feature = "mpi") {
+        eprintln!("SKIPPED: built without the `mpi` feature (scripts/test.sh runs it with --features mpi)");
+        return;
+    }
+    if !installed("mpirun.openmpi") {
+        return;
+    }
+    let output = run_with_timeout(
+        open_mpi(
+            Command::new("mpirun.openmpi")
+                .args(["-n", "4"])
+                .arg(example("mpi_interop")),
+        ),
+        120,
+    );
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(
+        all.contains("mpi_interop: 4 ranks, MPI allreduce 6 = Lumen ring 6, same rank order"),
+        "{all}"
+    );
+}
