@@ -17,7 +17,8 @@ set -euo pipefail
 #   bc                          arithmetic in benchmark scripts
 #   slurm-wlm munge             a real Slurm for the srun/sbatch tests (scripts/slurm-cluster.sh)
 #   mpich                       mpiexec.mpich (Hydra, PMI-1) launch tests
-DEPS_PACKAGES="openmpi-bin libopenmpi-dev iproute2 iperf3 bc slurm-wlm munge mpich"
+#   libclang-dev                bindgen for rsmpi (lumen feature `mpi`)
+DEPS_PACKAGES="openmpi-bin libopenmpi-dev iproute2 iperf3 bc slurm-wlm munge mpich libclang-dev"
 
 log() { echo "install-deps: $*"; }
 

@@ -32,6 +32,9 @@ fi
 
 echo "== tests"
 cargo nextest run --workspace --no-fail-fast
+echo "== MPI interop (feature mpi: Lumen's world from MPI_COMM_WORLD)"
+cargo clippy -p lumen --features mpi --all-targets --quiet -- -D warnings
+cargo nextest run -p lumen --features mpi --test mpi_launch --no-fail-fast
 cargo test --workspace --doc --quiet
 
 echo "== benchmark smoke run"
