@@ -1187,6 +1187,11 @@ impl Communicator {
     /// Gathers every rank's `send` (same length) into `recv` at `root`
     /// (`size * send.len()` elements, rank order; ignored elsewhere).
     pub fn gather<T: Element>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<()> {
+        let _guard = self.enter();
+        self.gather_impl(send, recv, root)
+    }
+
+    fn gather_impl<T: Element>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<()> {
         self.check_rank("gather", root)?;
         let (me, p, n) = (self.rank() as usize, self.size() as usize, send.len());
         if me == root as usize {
@@ -1197,7 +1202,6 @@ impl Communicator {
         let mut work = vec![T::zeroed(); n * p];
         work[vr * n..(vr + 1) * n].copy_from_slice(send);
         {
-            let _guard = self.enter();
             let steps = schedule::binomial_gather(me, p, root as usize);
             self.run(
                 "gather",
@@ -1219,6 +1223,11 @@ impl Communicator {
     /// Scatters block `i` of `send` (at `root`, `size * recv.len()`
     /// elements) to rank `i`'s `recv`.
     pub fn scatter<T: Element>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<()> {
+        let _guard = self.enter();
+        self.scatter_impl(send, recv, root)
+    }
+
+    fn scatter_impl<T: Element>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<()> {
         self.check_rank("scatter", root)?;
         let (me, p, n) = (self.rank() as usize, self.size() as usize, recv.len());
         let mut work = vec![T::zeroed(); n * p];
@@ -1229,7 +1238,6 @@ impl Communicator {
             work[split..].copy_from_slice(&send[..root as usize * n]);
         }
         {
-            let _guard = self.enter();
             let steps = schedule::binomial_scatter(me, p, root as usize);
             self.run(
                 "scatter",
@@ -1355,6 +1363,31 @@ impl Communicator {
         self.submit("reduce_scatter", move |c| {
             Self::check_op::<T>("reduce_scatter", op)?;
             c.reduce_scatter_impl(&mut buffer, op).map(|_| buffer)
+        })
+    }
+
+    /// Non-blocking [`Communicator::gather`]; returns the gathered blocks at
+    /// the root, an empty vector elsewhere.
+    pub fn igather<T: Element>(&self, send: Vec<T>, root: u32) -> Request<Vec<T>> {
+        self.submit("gather", move |c| {
+            c.check_rank("gather", root)?;
+            let n = if c.rank() == root {
+                send.len() * c.size() as usize
+            } else {
+                0
+            };
+            let mut recv = vec![T::zeroed(); n];
+            c.gather_impl(&send, &mut recv, root).map(|_| recv)
+        })
+    }
+
+    /// Non-blocking [`Communicator::scatter`] of `count` elements per rank
+    /// (`send` matters at the root only); returns this rank's block.
+    pub fn iscatter<T: Element>(&self, send: Vec<T>, count: usize, root: u32) -> Request<Vec<T>> {
+        self.submit("scatter", move |c| {
+            c.check_rank("scatter", root)?;
+            let mut recv = vec![T::zeroed(); count];
+            c.scatter_impl(&send, &mut recv, root).map(|_| recv)
         })
     }
 

@@ -38,10 +38,15 @@
 //! reductions: sum, prod, min, max, and bitwise and/or/xor on integers
 //! ([`ReduceOp`]).
 //!
-//! Not implemented (yet): Bruck's all-to-all, gatherv/scatterv, non-blocking
-//! gather/scatter/v-variants, communicators from placement groups (there are
-//! none yet), overlap between two operations of one communicator (see
-//! `comm` for the execution model).
+//! Non-blocking variants (a [`Request`] to wait on): `ibarrier`, `ibcast`,
+//! `ireduce`, `iallreduce`, `iallgather`, `ireduce_scatter`, `ialltoall`,
+//! `igather`, `iscatter`; they run in order on a helper thread per
+//! communicator (see [`comm`]).
+//!
+//! Not implemented (yet): Bruck's all-to-all, gatherv/scatterv and
+//! non-blocking v-variants, hierarchical variants of operations other than
+//! allreduce, communicators from placement groups (there are none yet),
+//! overlap between two operations of one communicator.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -386,9 +386,33 @@ fn check_type<T: Value>(c: &Communicator, n: usize, checks: &mut Checks) -> anyh
     let rb = b.wait()?;
     compare(&ctx("iallreduce"), &ra, &expected::<T>(p, n, 15, op))?;
     exact(&ctx("ibcast"), &rb, &inputs::<T>(0, n, 16, op))?;
+    // Non-blocking gather and scatter at the last rank, behind an ialltoall.
+    let root = p - 1;
+    let a = c.ialltoall(inputs::<T>(me, pn, 10, op));
+    let g = c.igather(inputs::<T>(me, n, 13, op), root);
+    let everyone: Vec<T> = (0..p).flat_map(|r| inputs::<T>(r, n, 13, op)).collect();
+    let s = c.iscatter(
+        if me == root {
+            everyone.clone()
+        } else {
+            Vec::new()
+        },
+        n,
+        root,
+    );
+    let got = a.wait()?;
+    let want: Vec<T> = (0..p)
+        .flat_map(|r| inputs::<T>(r, pn, 10, op)[me as usize * n..(me as usize + 1) * n].to_vec())
+        .collect();
+    exact(&ctx("ialltoall"), &got, &want)?;
+    let gathered = g.wait()?;
+    if me == root {
+        exact(&ctx("igather"), &gathered, &everyone)?;
+    }
+    exact(&ctx("iscatter"), &s.wait()?, &inputs::<T>(me, n, 13, op))?;
     c.ibarrier().wait()?;
     c.barrier()?;
-    checks.passed += 17;
+    checks.passed += 20;
     Ok(())
 }
 
