@@ -271,7 +271,7 @@ fn slurm_a_rank_that_never_starts_fails_the_job_naming_it() {
 }
 
 #[test]
-fn slurm_a_missing_binary_fails_fast() {
+fn slurm_a_missing_binary_or_node_fails_fast() {
     let Some(cluster) = cluster() else { return };
     let started = Instant::now();
     let output = run_with_timeout(
@@ -284,6 +284,18 @@ fn slurm_a_missing_binary_fails_fast() {
     assert!(!output.status.success(), "{all}");
     assert!(all.contains("/nonexistent/lumen-app"), "{all}");
     assert!(started.elapsed() < Duration::from_secs(30));
+
+    // A node that does not exist: refused at once, naming it.
+    let output = run_with_timeout(
+        cluster
+            .srun()
+            .args(["-w", "h9", "-n", "1"])
+            .arg(example("slurm_probe")),
+        60,
+    );
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(all.contains("Invalid node name"), "{all}");
 }
 
 #[test]
