@@ -2,7 +2,9 @@
 //!
 //! - `lumen submit`: renders an sbatch script ([`lumen_slurm::sbatch`]) and
 //!   hands it to `sbatch` on standard input; `--dry-run` prints it instead,
-//!   `--wait` follows the job (`sbatch --wait`) and returns its exit code.
+//!   `--wait` follows the job (`scontrol show job`, polled with a backoff up
+//!   to 2 s; `sbatch --wait` polls every few seconds) and returns its exit
+//!   code.
 //! - `lumen run` inside an allocation (`SLURM_JOB_ID` set, as in an `salloc`
 //!   shell or a batch script): the ranks are started by `srun`, so they land
 //!   on the allocation's nodes; [`srun_in_allocation`] decides whether and
@@ -67,13 +69,13 @@ pub enum SubmitOutcome {
     Finished {
         /// Slurm's job id.
         job_id: String,
-        /// The job's exit code (sbatch --wait's).
+        /// The job's exit code (128 + signal when a signal ended it).
         exit_code: i32,
     },
 }
 
-/// Renders `spec`, and unless `dry_run`, submits it with `sbatch`
-/// (`--wait` when `wait`).
+/// Renders `spec`, and unless `dry_run`, submits it with `sbatch`; with
+/// `wait`, follows the job until it ends.
 pub fn submit(spec: &BatchSpec, dry_run: bool, wait: bool) -> Result<SubmitOutcome, SubmitError> {
     let script = render(spec)?;
     if dry_run {
@@ -81,9 +83,6 @@ pub fn submit(spec: &BatchSpec, dry_run: bool, wait: bool) -> Result<SubmitOutco
     }
     let mut command = Command::new("sbatch");
     command.arg("--parsable");
-    if wait {
-        command.arg("--wait");
-    }
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -116,15 +115,102 @@ pub fn submit(spec: &BatchSpec, dry_run: bool, wait: bool) -> Result<SubmitOutco
         .map(|line| line.split(';').next().unwrap_or(line).to_owned());
     let status = output.status.code().unwrap_or(1);
     match job_id {
-        Some(job_id) if wait => Ok(SubmitOutcome::Finished {
-            job_id,
-            exit_code: status,
-        }),
-        Some(job_id) if output.status.success() => Ok(SubmitOutcome::Submitted { job_id }),
+        Some(job_id) if output.status.success() => {
+            if !wait {
+                return Ok(SubmitOutcome::Submitted { job_id });
+            }
+            let exit_code = wait_for_job(&job_id)?;
+            Ok(SubmitOutcome::Finished { job_id, exit_code })
+        }
         _ => Err(SubmitError::Refused {
             status,
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         }),
+    }
+}
+
+/// Where a job stands, from one line of `scontrol show job -o`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobProgress {
+    /// Pending, running, completing...: not over yet.
+    Active(String),
+    /// Over, with this exit code (128 + signal when killed by one).
+    Done {
+        /// `JobState`, e.g. `COMPLETED`, `FAILED`, `CANCELLED`.
+        state: String,
+        /// The batch script's exit code.
+        exit_code: i32,
+    },
+}
+
+/// Reads `JobState` and `ExitCode=code:signal` from `scontrol show job -o`.
+///
+/// ```
+/// use lumen::submit::{job_progress, JobProgress};
+/// assert_eq!(
+///     job_progress("JobId=7 JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0"),
+///     Some(JobProgress::Done { state: "FAILED".into(), exit_code: 3 })
+/// );
+/// ```
+pub fn job_progress(line: &str) -> Option<JobProgress> {
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+    };
+    let state = field("JobState")?.to_owned();
+    const TERMINAL: [&str; 9] = [
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+    ];
+    if !TERMINAL.contains(&state.as_str()) {
+        return Some(JobProgress::Active(state));
+    }
+    let (code, signal) = field("ExitCode")?.split_once(':')?;
+    let (code, signal): (i32, i32) = (code.parse().ok()?, signal.parse().ok()?);
+    let exit_code = match (code, signal, state.as_str()) {
+        (0, 0, "COMPLETED") => 0,
+        (0, 0, _) => 1,
+        (0, signal, _) => 128 + signal,
+        (code, _, _) => code,
+    };
+    Some(JobProgress::Done { state, exit_code })
+}
+
+/// Polls `scontrol show job` until the job is over; its exit code.
+fn wait_for_job(job_id: &str) -> Result<i32, SubmitError> {
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        let output = Command::new("scontrol")
+            .args(["show", "job", "-o", job_id])
+            .output()
+            .map_err(|source| SubmitError::Spawn {
+                program: "scontrol".into(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        match text.lines().find_map(job_progress) {
+            Some(JobProgress::Done { exit_code, .. }) => return Ok(exit_code),
+            Some(JobProgress::Active(_)) => {}
+            None => {
+                return Err(SubmitError::Refused {
+                    status: output.status.code().unwrap_or(1),
+                    stderr: format!(
+                        "cannot follow job {job_id}: scontrol said {:?}{}",
+                        text.trim(),
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ),
+                })
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_secs(2));
     }
 }
 
@@ -244,6 +330,24 @@ mod tests {
                 "b"
             ]
         );
+    }
+
+    #[test]
+    fn job_progress_reads_scontrol() {
+        assert_eq!(
+            job_progress("JobId=5 JobName=x JobState=RUNNING Reason=None ExitCode=0:0"),
+            Some(JobProgress::Active("RUNNING".into()))
+        );
+        let done = |line| match job_progress(line) {
+            Some(JobProgress::Done { exit_code, .. }) => exit_code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(done("JobState=COMPLETED ExitCode=0:0"), 0);
+        assert_eq!(done("JobState=CANCELLED ExitCode=0:15"), 143);
+        assert_eq!(done("JobState=TIMEOUT ExitCode=0:0"), 1);
+        assert_eq!(done("JobState=FAILED ExitCode=2:0"), 2);
+        assert_eq!(job_progress("slurm_load_jobs error: Invalid job id"), None);
+        assert_eq!(job_progress("JobState=FAILED ExitCode=x"), None);
     }
 
     #[test]
