@@ -51,7 +51,8 @@ client() { # run a Slurm client command against the running cluster
     "$RUN/bin/login" "$@"
 }
 
-idle_nodes() { client sinfo -h -t idle -o %D 2>/dev/null || true; }
+# Bounded: a client facing a dead controller retries for a long time.
+idle_nodes() { timeout 3 "$RUN/bin/login" sinfo -h -t idle -o %D 2>/dev/null || true; }
 
 need_root() {
     [[ $(id -u) == 0 ]] || die "needs root (daemons, namespaces); run as root"
@@ -97,10 +98,10 @@ do_stop() {
     [[ -d $RUN ]] || return 0
     if alive "$RUN/spool/slurmctld.pid"; then
         local jobs
-        jobs=$(client squeue -h -o %i 2>/dev/null || true)
+        jobs=$(timeout 3 "$RUN/bin/login" squeue -h -o %i 2>/dev/null || true)
         if [[ -n $jobs ]]; then
-            client scancel $jobs 2>/dev/null || true
-            for _ in $(seq 100); do [[ -z $(client squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.1; done
+            timeout 3 "$RUN/bin/login" scancel $jobs 2>/dev/null || true
+            for _ in $(seq 100); do [[ -z $(timeout 3 "$RUN/bin/login" squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.1; done
         fi
     fi
     local pids=() f p
@@ -235,7 +236,7 @@ do_start() {
         local ok=1 n
         alive "$RUN/spool/slurmctld.pid" || ok=0
         for n in ${names//,/ }; do alive "$RUN/spool/slurmd-$n.pid" || ok=0; done
-        if ((ok)) && [[ $(idle_nodes) == "$nodes" || -n $(client sinfo -h -o %D 2>/dev/null) ]]; then
+        if ((ok)) && [[ $(idle_nodes) == "$nodes" || -n $(timeout 3 "$RUN/bin/login" sinfo -h -o %D 2>/dev/null) ]]; then
             log "already up ($mode, nodes $names)"
             return 0
         fi
