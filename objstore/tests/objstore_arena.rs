@@ -444,7 +444,7 @@ fn a_process_dying_with_the_lock_does_not_wedge_the_others() {
         arena
             .put_bytes(keep, &pattern(100_000, seed(keep)))
             .unwrap();
-        let mut child = ChildProc::spawn("die_holding_lock", &[name.clone()]);
+        let mut child = ChildProc::spawn("die_holding_lock", std::slice::from_ref(&name));
         assert_eq!(child.read_line(), "locked");
         child.kill();
         // The next operation takes the lock over, rebuilds, and goes on.

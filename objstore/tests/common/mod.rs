@@ -184,3 +184,88 @@ pub fn with_time_limit<T: Send + 'static>(
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("test exceeded {limit:?}"),
     }
 }
+
+/// Fills `buf` with `pattern(buf.len(), seed)` (word at a time; fast for
+/// large objects).
+pub fn fill_pattern(buf: &mut [u8], seed: u64) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    let rest = chunks.into_remainder();
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    let n = rest.len();
+    rest.copy_from_slice(&x.to_le_bytes()[..n]);
+}
+
+/// Starts one thread per rank (rank i on node `nodes[i]`), each with a real
+/// transport endpoint (shared memory on a node, TCP between nodes), and runs
+/// `body` on each; as in the transport's own tests.
+pub fn job(nodes: &[u32], body: impl Fn(lumen_transport::Endpoint) + Send + Sync + 'static) {
+    use lumen_transport::{
+        EndpointBuilder, EndpointOptions, JobSecret, PeerAddress, TransportConfig,
+    };
+    use std::sync::{Arc, Barrier, Mutex};
+    let size = nodes.len() as u32;
+    let job_id = unique_name("job");
+    let secret = JobSecret::random();
+    let table = Arc::new(Mutex::new(vec![None::<PeerAddress>; nodes.len()]));
+    let barrier = Arc::new(Barrier::new(nodes.len()));
+    let body = Arc::new(body);
+    let threads: Vec<_> = (0..size)
+        .map(|rank| {
+            let (table, barrier, body, secret, job_id) = (
+                table.clone(),
+                barrier.clone(),
+                body.clone(),
+                secret.clone(),
+                job_id.clone(),
+            );
+            let nodes = nodes.to_vec();
+            std::thread::spawn(move || {
+                let node = nodes[rank as usize];
+                let local: Vec<u32> = (0..size).filter(|&r| nodes[r as usize] == node).collect();
+                let options = EndpointOptions {
+                    rank,
+                    size,
+                    node,
+                    local_rank: local.iter().position(|&r| r == rank).unwrap() as u32,
+                    local_size: local.len() as u32,
+                    job_id,
+                    secret,
+                    config: TransportConfig {
+                        connect_timeout: Duration::from_secs(10),
+                        ..TransportConfig::default()
+                    },
+                };
+                let builder = EndpointBuilder::new(options).unwrap();
+                table.lock().unwrap()[rank as usize] = Some(builder.address().clone());
+                barrier.wait();
+                let peers: Vec<PeerAddress> = table
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.clone().unwrap())
+                    .collect();
+                let endpoint = builder
+                    .connect(&peers, || {
+                        barrier.wait();
+                        Ok::<(), String>(())
+                    })
+                    .unwrap();
+                body(endpoint.clone());
+                endpoint.barrier().unwrap();
+                endpoint.close();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
