@@ -257,8 +257,14 @@ do_start() {
         local i=0
         for n in ${names//,/ }; do i=$((i + 1)); "$RUN/bin/nsrun" "$HOST_NS$i" "$n" slurmd -N "$n" 9>&-; done
     else
+        # Node names resolve to 127.0.0.1 inside the tasks (their own /etc/hosts),
+        # so programs that look up SLURM_STEP_NODELIST find their peers.
+        printf '127.0.0.1 localhost %s\n' "${names//,/ }" >"$RUN/hosts"
         slurmctld 9>&-
-        for n in ${names//,/ }; do unshare --uts sh -c "hostname $n && exec slurmd -N $n" 9>&-; done
+        for n in ${names//,/ }; do
+            unshare --uts --mount --propagation private \
+                sh -c "mount --bind $RUN/hosts /etc/hosts && hostname $n && exec slurmd -N $n" 9>&-
+        done
     fi
     echo "$mode:$nodes:$CPUS" >"$RUN/mode"
     for _ in $(seq 300); do [[ $(idle_nodes) == "$nodes" ]] && break; sleep 0.1; done
