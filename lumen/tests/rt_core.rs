@@ -353,9 +353,14 @@ mod scenarios {
             .get()
     }
 
-    fn stores_everywhere(rt: &Runtime) -> lumen::Result<Vec<(u64, u64)>> {
+    /// Per rank: values in process memory, objects borrowed, and live
+    /// objects of its node arena.
+    fn stores_everywhere(rt: &Runtime) -> lumen::Result<Vec<(u64, u64, u64)>> {
         (0..rt.size())
-            .map(|r| rt.stats(r).map(|s| (s.stored_values, s.borrowed_objects)))
+            .map(|r| {
+                rt.stats(r)
+                    .map(|s| (s.stored_values, s.borrowed_objects, s.arena_objects))
+            })
             .collect()
     }
 
@@ -372,7 +377,10 @@ mod scenarios {
             .remote(&rt, data.clone(), 3, rt.size())?;
         assert_eq!(sum.get()?, values.iter().sum::<u64>());
         let during = rt.stats(0)?;
-        assert_eq!(during.stored_values, start.stored_values + 1);
+        assert_eq!(
+            during.stored_values + during.arena_objects,
+            start.stored_values + start.arena_objects + 1
+        );
         drop(data);
         drop(sum);
         // Every borrower has released by now (the tasks are done); the

@@ -52,6 +52,7 @@ use super::error::RuntimeError;
 use super::options::Resources;
 use super::protocol::{decode, encode, RankInfo, Welcome, HELLO_TAG};
 use super::registry;
+use super::store::{arena_capacity, Arena};
 use crate::bootstrap::{self, Job};
 use crate::error::{LumenError, Result};
 
@@ -111,11 +112,12 @@ impl InitOptions {
         if world.kind != LaunchKind::Singleton || workers == 0 {
             let job = bootstrap::join()?;
             let node = job.world.node_index;
+            let local_rank = job.world.local_rank;
             let job_id = job.world.job_id.clone();
             return start(
                 job.endpoint.clone(),
                 mode,
-                node,
+                (node, local_rank),
                 job_id,
                 Membership::Job(Box::new(job)),
             );
@@ -125,7 +127,7 @@ impl InitOptions {
         start(
             endpoint,
             mode,
-            0,
+            (0, 0),
             job_id,
             Membership::Embedded(Box::new(cluster)),
         )
@@ -155,12 +157,31 @@ impl Membership {
 fn start(
     endpoint: Endpoint,
     mode: Mode,
-    node: u32,
+    (node, local_rank): (u32, u32),
     job_id: String,
     membership: Membership,
 ) -> Result<super::Runtime> {
+    // The node's first rank creates the object arena, the others map it;
+    // after the hello exchange (a barrier) all have, and its name goes.
+    let capacity = arena_capacity();
+    let arena = if capacity == 0 {
+        None
+    } else {
+        let name = format!("{}arena{node}", shm_segment_prefix(&job_id));
+        let timeout = Duration::from_secs(30);
+        match Arena::attach(&endpoint, &name, capacity, local_rank == 0, timeout) {
+            Ok(arena) => Some(arena),
+            Err(e) => {
+                tracing::warn!("no node arena ({e}); large objects stay in process memory");
+                None
+            }
+        }
+    };
     let ranks = hello(&endpoint, node)?;
-    let inner = Inner::start(endpoint, mode, ranks, job_id)?;
+    if let Some(arena) = &arena {
+        arena.forget_name();
+    }
+    let inner = Inner::start(endpoint, mode, ranks, job_id, arena)?;
     if mode == Mode::Driver && inner.rank != 0 {
         serve_until_shutdown(inner, membership);
     }
@@ -186,6 +207,7 @@ fn serve_until_shutdown(inner: Arc<Inner>, membership: Membership) -> ! {
     } else {
         membership.finish(true)
     };
+    inner.store.unlink();
     let _ = set_current(None);
     let code = match (driver_died, left) {
         (true, _) => {

@@ -30,7 +30,7 @@ use super::protocol::{
 use super::refs::{Effect, ObjectState, RefTable};
 use super::registry::{self, TaskFailure};
 use super::scheduler::{RankSlot, Request, Scheduler};
-use super::store::ValueStore;
+use super::store::{Arena, FetchError, ValueStore};
 use crate::error::{LumenError, Result};
 
 /// How `main` runs on the ranks of a job.
@@ -165,6 +165,7 @@ impl Inner {
         mode: Mode,
         ranks: Vec<RankInfo>,
         job_id: String,
+        arena: Option<Arena>,
     ) -> Result<Arc<Self>> {
         let rank = endpoint.rank();
         let size = endpoint.size();
@@ -188,8 +189,9 @@ impl Inner {
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_INLINE_MAX);
         let cpus = me.resources.cpus.max(1.0);
+        let nodes: Vec<u32> = ranks.iter().map(|r| r.node).collect();
         let inner = Arc::new(Inner {
-            store: ValueStore::new(endpoint.clone()),
+            store: ValueStore::new(endpoint.clone(), nodes, arena),
             endpoint,
             rank,
             size,
@@ -433,7 +435,7 @@ impl Inner {
                 drop(s);
                 self.changed.notify_all();
             }
-            RtMsg::FreeCopy { key } => self.store.release(key),
+            RtMsg::FreeCopy { key, arena } => self.store.release(key, arena),
             RtMsg::NameRegister {
                 name,
                 address,
@@ -516,11 +518,14 @@ impl Inner {
                     outcome,
                     contained,
                 } => {
-                    if let Some(Outcome::Stored { rank, key, .. }) = outcome {
+                    if let Some(Outcome::Stored {
+                        rank, key, arena, ..
+                    }) = outcome
+                    {
                         if rank == self.rank {
-                            self.store.release(key);
+                            self.store.release(key, arena);
                         } else if !self.lock().dead.contains(&rank) {
-                            self.send_or_log(rank, &RtMsg::FreeCopy { key });
+                            self.send_or_log(rank, &RtMsg::FreeCopy { key, arena });
                         }
                     }
                     let mut s = self.lock();
@@ -880,16 +885,25 @@ impl Inner {
         let outcome = self.wait_outcome(object, timeout)?;
         match outcome {
             Outcome::Inline(bytes) => Ok(Bytes::Owned(Arc::new(bytes))),
-            Outcome::Stored { rank, key, len } => self
-                .blocking(|| self.store.fetch(rank, key, len))
+            Outcome::Stored {
+                rank,
+                key,
+                len,
+                arena,
+            } => self
+                .blocking(|| self.store.fetch(rank, key, len, arena))
                 .map_err(|e| match e {
-                    TransportError::PeerDied { .. } | TransportError::PeerClosed { .. } => {
-                        runtime_error(RuntimeError::RankDied {
-                            rank,
-                            what: format!("fetching {object}, whose only copy was there,"),
-                        })
-                    }
-                    other => LumenError::Transport(other),
+                    FetchError::Transport(
+                        TransportError::PeerDied { .. } | TransportError::PeerClosed { .. },
+                    ) => runtime_error(RuntimeError::RankDied {
+                        rank,
+                        what: format!("fetching {object}, whose only copy was there,"),
+                    }),
+                    FetchError::Transport(other) => LumenError::Transport(other),
+                    other => runtime_error(RuntimeError::ObjectLost {
+                        object,
+                        detail: other.to_string(),
+                    }),
                 }),
             Outcome::Failed(error) => Err(runtime_error(RuntimeError::Task(error))),
         }
@@ -1213,6 +1227,7 @@ impl Inner {
             owned_objects: s.refs.owned_count() as u64,
             borrowed_objects: s.refs.borrowed_count() as u64,
             stored_values: self.store.len() as u64,
+            arena_objects: self.store.arena_live().unwrap_or(0),
             freed_objects: s.refs.freed_count(),
             tasks_executed: self.tasks_executed.load(Ordering::Relaxed),
         }

@@ -105,6 +105,14 @@ pub enum RuntimeError {
         /// The object.
         object: ObjectId,
     },
+    /// A stored value cannot be read (the node arena lost it, or a pull failed).
+    #[error("{object} cannot be read: {detail}")]
+    ObjectLost {
+        /// The object.
+        object: ObjectId,
+        /// Why.
+        detail: String,
+    },
     /// A named actor is already registered.
     #[error("an actor named {name:?} already exists; pick another name or use get_actor")]
     NameTaken {

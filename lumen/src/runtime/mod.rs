@@ -131,6 +131,7 @@ impl Session {
                 left
             }
         };
+        inner.store.unlink();
         let _ = set_current(None);
         result
     }

@@ -76,6 +76,8 @@ pub(crate) fn collect_refs<R>(f: impl FnOnce() -> R) -> (R, Pinned) {
 pub(crate) enum Bytes {
     Owned(Arc<Vec<u8>>),
     Shared(Arc<[u8]>),
+    /// A pinned, zero-copy view of the node arena.
+    View(Arc<lumen_objstore::ObjectView>),
 }
 
 impl Deref for Bytes {
@@ -84,6 +86,7 @@ impl Deref for Bytes {
         match self {
             Bytes::Owned(v) => v,
             Bytes::Shared(s) => s,
+            Bytes::View(v) => v,
         }
     }
 }

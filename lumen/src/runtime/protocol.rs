@@ -30,6 +30,8 @@ pub(crate) enum Outcome {
         key: u64,
         /// Bytes.
         len: u64,
+        /// In the node arena (else in the rank's process memory).
+        arena: bool,
     },
     /// The task failed.
     Failed(TaskError),
@@ -131,7 +133,7 @@ pub(crate) enum RtMsg {
     /// The owner's answer to `GetValue`.
     Value { request: u64, outcome: Outcome },
     /// (to the rank storing a copy) free it.
-    FreeCopy { key: u64 },
+    FreeCopy { key: u64, arena: bool },
     /// (to rank 0) register a named actor.
     NameRegister {
         name: String,
@@ -162,8 +164,11 @@ pub struct RankStats {
     pub owned_objects: u64,
     /// Objects this rank borrows.
     pub borrowed_objects: u64,
-    /// Values held in this rank's store (large objects).
+    /// Values held in this rank's process memory (large objects when the
+    /// node arena is off or full).
     pub stored_values: u64,
+    /// Live objects in this rank's node arena (every rank of the node).
+    pub arena_objects: u64,
     /// Owned objects freed so far.
     pub freed_objects: u64,
     /// Tasks executed here.

@@ -1,60 +1,189 @@
 //! Where large values live: the interface between the runtime and the
 //! bytes of objects too large to travel inline with a reply.
 //!
-//! [`ValueStore`] keeps each large value in this rank's memory, registered
-//! with the endpoint as a one-sided region: a rank on the same node reads it
-//! with a single `process_vm_readv` copy, a rank on another node through a
-//! streamed one-sided get. `Outcome::Stored { rank, key, len }` names it.
-//! The node arena of `lumen-objstore` (zero-copy views for every rank of the
-//! node, spilling) is meant to replace this store behind the same three
-//! calls: `store`, `fetch`, `release`.
+//! Three calls: [`ValueStore::store`] (a copy of the bytes, returns the
+//! location as `Outcome::Stored`), [`ValueStore::fetch`] and
+//! [`ValueStore::release`]. Two backends:
+//!
+//! - **The node arena** (`lumen-objstore`): one shared-memory segment per
+//!   node, created by the node's first rank, mapped by the others. A value
+//!   stored by any rank of the node is read by every rank of the node as a
+//!   zero-copy view (`ObjectView`, pinned while alive); a rank on another
+//!   node pulls it in pipelined chunks (`lumen_objstore::pull`) into its own
+//!   arena (a secondary copy, marked evictable) and reads it there.
+//! - **Process memory** (fallback when the arena is disabled with
+//!   `LUMEN_ARENA_BYTES=0`, or full): the bytes stay in the storing rank's
+//!   heap, registered as a one-sided region of the endpoint; other ranks
+//!   read them with one `process_vm_readv` copy (same node) or a streamed
+//!   one-sided get (other nodes).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use lumen_objstore::{NodeArena, ObjectServer, ObjectStoreError, PullOptions};
 use lumen_transport::{Endpoint, Rank, RegionKey};
 
 use super::object_ref::Bytes;
 use super::protocol::Outcome;
 
+/// Why a value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FetchError {
+    /// The transport failed (the holder died...).
+    #[error(transparent)]
+    Transport(#[from] lumen_transport::TransportError),
+    /// The arena or the pull failed.
+    #[error(transparent)]
+    Store(#[from] ObjectStoreError),
+    /// The value is not where its location says.
+    #[error("value {key} of rank {rank} is gone from the node arena")]
+    Missing {
+        /// The storing rank.
+        rank: Rank,
+        /// Its key.
+        key: u64,
+    },
+}
+
+/// The node arena of this rank and its pull server.
+#[derive(Debug)]
+pub(crate) struct Arena {
+    arena: NodeArena,
+    _server: ObjectServer,
+    /// This rank created the segment (and removes its name at the end).
+    creator: bool,
+}
+
+impl Arena {
+    /// Creates (`creator`) or opens the arena `name` and serves pulls from it.
+    pub(crate) fn attach(
+        endpoint: &Endpoint,
+        name: &str,
+        capacity: u64,
+        creator: bool,
+        timeout: Duration,
+    ) -> Result<Self, ObjectStoreError> {
+        let arena = if creator {
+            let options = lumen_objstore::ArenaOptions {
+                spill_dir: Some(spill_root()),
+                ..lumen_objstore::ArenaOptions::default()
+            };
+            NodeArena::create(name, capacity, options)?
+        } else {
+            NodeArena::open_wait(name, timeout)?
+        };
+        let server = ObjectServer::register(endpoint, &arena)?;
+        Ok(Arena {
+            arena,
+            _server: server,
+            creator,
+        })
+    }
+
+    /// (Creator) removes the segment's name once every rank of the node has
+    /// mapped it, so that no crash can leave it in /dev/shm; the mappings
+    /// stay valid.
+    pub(crate) fn forget_name(&self) {
+        if self.creator {
+            let name = format!("/{}", self.arena.name());
+            if let Err(e) = rustix::shm::unlink(name.as_str()) {
+                tracing::warn!("removing the name of arena {name}: {e}");
+            }
+        }
+    }
+}
+
 /// Values of this rank that others can read.
 #[derive(Debug)]
 pub(crate) struct ValueStore {
     endpoint: Endpoint,
+    /// Node of every rank.
+    nodes: Vec<u32>,
+    arena: Option<Arena>,
     values: Mutex<HashMap<u64, Arc<[u8]>>>,
+    next_key: AtomicU64,
+}
+
+/// Arena ids: `hi` = storing rank + 1 (never nil), `lo` = its key.
+fn arena_id(rank: Rank, key: u64) -> lumen_objstore::ObjectId {
+    lumen_objstore::ObjectId::new(u64::from(rank) + 1, key)
 }
 
 impl ValueStore {
-    pub(crate) fn new(endpoint: Endpoint) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, nodes: Vec<u32>, arena: Option<Arena>) -> Self {
         ValueStore {
             endpoint,
+            nodes,
+            arena,
             values: Mutex::new(HashMap::new()),
+            next_key: AtomicU64::new(1),
         }
+    }
+
+    fn same_node(&self, rank: Rank) -> bool {
+        let me = self.endpoint.rank();
+        self.nodes.get(rank as usize) == self.nodes.get(me as usize)
     }
 
     /// Keeps a copy of `bytes`; returns where it is.
     pub(crate) fn store(&self, bytes: &[u8]) -> Outcome {
-        let bytes: Arc<[u8]> = Arc::from(bytes);
+        let rank = self.endpoint.rank();
         let len = bytes.len() as u64;
-        let key = self.endpoint.register_region(bytes.clone());
+        if let Some(arena) = &self.arena {
+            let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+            match arena.arena.put_bytes(arena_id(rank, key), bytes) {
+                Ok(()) => {
+                    return Outcome::Stored {
+                        rank,
+                        key,
+                        len,
+                        arena: true,
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    rank,
+                    "object arena refused {len} bytes ({e}); keeping them in process memory"
+                ),
+            }
+        }
+        let shared: Arc<[u8]> = Arc::from(bytes);
+        let key = self.endpoint.register_region(shared.clone());
         self.values
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.0, bytes);
+            .insert(key.0, shared);
         Outcome::Stored {
-            rank: self.endpoint.rank(),
+            rank,
             key: key.0,
             len,
+            arena: false,
         }
     }
 
-    /// The bytes at (`rank`, `key`): shared when they are ours, one copy otherwise.
+    /// The bytes at (`rank`, `key`): a view of the arena, shared when they
+    /// are ours, one copy (or a pull) otherwise.
     pub(crate) fn fetch(
         &self,
         rank: Rank,
         key: u64,
         len: u64,
-    ) -> Result<Bytes, lumen_transport::TransportError> {
+        in_arena: bool,
+    ) -> Result<Bytes, FetchError> {
+        if in_arena {
+            let Some(arena) = &self.arena else {
+                return Err(FetchError::Missing { rank, key });
+            };
+            let id = arena_id(rank, key);
+            if let Some(view) = arena.arena.get(id)? {
+                return Ok(Bytes::View(Arc::new(view)));
+            }
+            if self.same_node(rank) {
+                return Err(FetchError::Missing { rank, key });
+            }
+            return self.pull(arena, rank, id, len);
+        }
         if rank == self.endpoint.rank() {
             if let Some(bytes) = self
                 .values
@@ -65,13 +194,54 @@ impl ValueStore {
                 return Ok(Bytes::Shared(bytes.clone()));
             }
         }
-        self.endpoint
+        Ok(self
+            .endpoint
             .get(rank, RegionKey(key), 0, len)
-            .map(|v| Bytes::Owned(Arc::new(v)))
+            .map(|v| Bytes::Owned(Arc::new(v)))?)
     }
 
-    /// Frees a value of this rank.
-    pub(crate) fn release(&self, key: u64) {
+    fn pull(
+        &self,
+        arena: &Arena,
+        rank: Rank,
+        id: lumen_objstore::ObjectId,
+        len: u64,
+    ) -> Result<Bytes, FetchError> {
+        let options = PullOptions {
+            chunk_bytes: std::env::var("LUMEN_PULL_CHUNK_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(8 << 20),
+            ..PullOptions::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match lumen_objstore::pull(&arena.arena, &self.endpoint, rank, id, len, &options) {
+                Ok(view) => return Ok(Bytes::View(Arc::new(view))),
+                // Another thread of this node pulls the same object: wait
+                // for its copy.
+                Err(ObjectStoreError::AlreadyExists { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    if let Some(view) = arena.arena.get(id)? {
+                        return Ok(Bytes::View(Arc::new(view)));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Frees a value this rank stored.
+    pub(crate) fn release(&self, key: u64, in_arena: bool) {
+        if in_arena {
+            if let Some(arena) = &self.arena {
+                let id = arena_id(self.endpoint.rank(), key);
+                if let Err(e) = arena.arena.release(id) {
+                    tracing::warn!("releasing {id:?} from the node arena: {e}");
+                }
+            }
+            return;
+        }
         self.endpoint.unregister_region(RegionKey(key));
         self.values
             .lock()
@@ -79,8 +249,47 @@ impl ValueStore {
             .remove(&key);
     }
 
-    /// Values held now.
+    /// Values held now in process memory.
     pub(crate) fn len(&self) -> usize {
         self.values.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    /// Live objects in the node arena (all ranks of the node), if any.
+    pub(crate) fn arena_live(&self) -> Option<u64> {
+        self.arena.as_ref().map(|a| a.arena.live_objects())
+    }
+
+    /// Removes the arena's spill directory (its creator, when the job ends;
+    /// the segment's name is gone since startup, see [`Arena::forget_name`]).
+    pub(crate) fn unlink(&self) {
+        if let Some(arena) = &self.arena {
+            if arena.creator {
+                let _ = std::fs::remove_dir_all(spill_root().join(arena.arena.name()));
+            }
+        }
+    }
+}
+
+/// Where arenas spill: `LUMEN_SPILL_DIR`, else the temporary directory
+/// (each arena in a subdirectory named after it).
+fn spill_root() -> std::path::PathBuf {
+    std::env::var_os("LUMEN_SPILL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Arena size: `LUMEN_ARENA_BYTES`, else half of what /dev/shm has free,
+/// capped at 4 GiB (the file is sparse: pages are used as objects need
+/// them). 0 disables the arena.
+pub(crate) fn arena_capacity() -> u64 {
+    if let Ok(text) = std::env::var("LUMEN_ARENA_BYTES") {
+        if let Ok(bytes) = text.trim().parse::<u64>() {
+            return bytes;
+        }
+        tracing::warn!("LUMEN_ARENA_BYTES={text:?} is not a number of bytes; using the default");
+    }
+    let free = rustix::fs::statvfs("/dev/shm")
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(0);
+    (free / 2).min(4 << 30)
 }
