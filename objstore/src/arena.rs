@@ -1159,6 +1159,23 @@ impl NodeArena {
         Ok(())
     }
 
+    /// Test support: takes the lock, scrambles the allocator's state the way
+    /// a holder killed in the middle of an allocation could leave it, and
+    /// never unlocks (the calling process is expected to die next).
+    #[doc(hidden)]
+    pub fn scramble_allocator_for_test(&self) -> Result<(), ObjectStoreError> {
+        let mut g = self.inner.lock()?;
+        let heap = &mut g.guarded().heap;
+        heap.free_head = 64 * 3; // points into the middle of some block
+        heap.used = heap.used.wrapping_add(12_345);
+        let mut mem = ShmMemory {
+            base: self.inner.heap_base(),
+        };
+        mem.store(0, 0x40); // the first block's size, half-rewritten
+        std::mem::forget(g);
+        Ok(())
+    }
+
     fn finish_writer(
         &self,
         id: ObjectId,

@@ -70,6 +70,12 @@ fn child_entry() {
             }
             say("verified");
         }
+        "die_mid_update" => {
+            let arena = NodeArena::open(&args[0]).unwrap();
+            arena.scramble_allocator_for_test().unwrap();
+            say("scrambled");
+            std::thread::sleep(Duration::from_secs(600));
+        }
         "die_holding_lock" => {
             let arena = NodeArena::open(&args[0]).unwrap();
             arena.leak_lock_for_test().unwrap();
@@ -455,6 +461,24 @@ fn a_process_dying_with_the_lock_does_not_wedge_the_others() {
         for id in [keep, id] {
             assert!(matches_pattern(&arena.get(id).unwrap().unwrap(), seed(id)));
         }
+        // A holder killed mid-update leaves the allocator scrambled: the next
+        // acquirer rebuilds it from the object table, losing nothing.
+        let mut child = ChildProc::spawn("die_mid_update", std::slice::from_ref(&name));
+        assert_eq!(child.read_line(), "scrambled");
+        child.kill();
+        let third = ObjectId::new(3, 5);
+        arena
+            .put_bytes(third, &pattern(300_000, seed(third)))
+            .unwrap();
+        assert_eq!(arena.stats().lock_recoveries, 2);
+        arena.check_consistency().unwrap();
+        for id in [keep, id, third] {
+            assert!(matches_pattern(&arena.get(id).unwrap().unwrap(), seed(id)));
+        }
+        for id in [keep, id, third] {
+            arena.release(id).unwrap();
+        }
+        assert_eq!((arena.live_objects(), arena.used_bytes()), (0, 0));
         // Also while other processes hammer the arena: kill one stress child
         // mid-run; the others finish and the arena stays consistent.
         let n = 3;
