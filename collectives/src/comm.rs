@@ -107,6 +107,8 @@ struct Inner {
     config: CollectiveConfig,
     /// Wait by polling and yielding the core (node oversubscribed).
     yield_wait: bool,
+    /// Whether each member shares this rank's node.
+    local: Vec<bool>,
     /// Schedules by kind and root (`kind * size + root`), see `cached`.
     schedules: Vec<OnceLock<Box<[Step]>>>,
     /// `outstanding`, readable without the lock (fast path of `enter`).
@@ -253,6 +255,7 @@ impl Communicator {
         let comm = Communicator {
             inner: Arc::new(Inner {
                 yield_wait,
+                local: members.iter().map(|&m| endpoint.is_local(m)).collect(),
                 schedules: (0..SCHEDULE_KINDS * members_len)
                     .map(|_| OnceLock::new())
                     .collect(),
@@ -581,14 +584,18 @@ impl Communicator {
         Ok(())
     }
 
-    /// Runs a schedule whose peers are communicator ranks over `buffer`.
-    /// Elements per pipelined segment (0: no segmentation). On an
-    /// oversubscribed node segments stay within the transport's eager limit:
-    /// a larger message is a rendezvous whose sender waits for the
-    /// receiver's copy, spinning on a core the receiver needs.
-    fn segment_elements<T>(&self) -> usize {
+    /// Elements per pipelined segment of a transfer with `peer` (0: no
+    /// segmentation). On an oversubscribed node, transfers between ranks of
+    /// the node stay within the transport's eager limit: a larger message is
+    /// a rendezvous whose sender waits for the receiver's copy, spinning on
+    /// a core the receiver needs. TCP sends stream without waiting for the
+    /// receiver, so transfers across nodes keep the configured segment (and
+    /// both ends agree: they read the same settings, while `yield_wait` is
+    /// only known to agree within a node).
+    fn segment_elements<T>(&self, peer: usize) -> usize {
         let config = &self.inner.config;
-        let bytes = if self.inner.yield_wait {
+        let local = self.inner.local.get(peer).copied().unwrap_or(false);
+        let bytes = if self.inner.yield_wait && local {
             match config.segment {
                 0 => config.eager_limit,
                 s => s.min(config.eager_limit),
@@ -625,21 +632,25 @@ impl Communicator {
         own: Option<(usize, &[T])>,
     ) -> Result<()> {
         let sequence = self.next_sequence();
-        let segment = self.segment_elements::<T>();
         for step in steps {
             let tag = self.tag(sequence, step.round);
             let rounds = step
                 .sends
                 .iter()
-                .map(|t| &t.blocks)
-                .chain(step.recvs.iter().map(|(t, _)| &t.blocks))
-                .map(|blocks| pieces(&layout.elements(blocks), segment))
+                .chain(step.recvs.iter().map(|(t, _)| t))
+                .map(|t| {
+                    pieces(
+                        &layout.elements(&t.blocks),
+                        self.segment_elements::<T>(t.peer),
+                    )
+                })
                 .max()
                 .unwrap_or(0);
             // Segment i of every send, then segment i of every receive: the
             // peer's segment i arrives while we send ours.
             for i in 0..rounds {
                 for t in &step.sends {
+                    let segment = self.segment_elements::<T>(t.peer);
                     if let Some(range) = piece(layout.elements(&t.blocks), segment, i) {
                         let source = match own {
                             Some((block, data)) if t.blocks == (block..block + 1) => {
@@ -652,6 +663,7 @@ impl Communicator {
                     }
                 }
                 for (t, combine) in &step.recvs {
+                    let segment = self.segment_elements::<T>(t.peer);
                     if let Some(range) = piece(layout.elements(&t.blocks), segment, i) {
                         self.recv_into(op, t.peer, tag, &mut buffer[range], *combine, reduce)?;
                     }
@@ -1157,7 +1169,6 @@ impl Communicator {
         }
         recv[own_recv].copy_from_slice(&send[own_send]);
         let sequence = self.next_sequence();
-        let segment = self.segment_elements::<T>();
         for step in schedule::pairwise_alltoall(r, p) {
             let tag = self.tag(sequence, step.round);
             let (Some(t), Some((u, _))) = (step.sends.first(), step.recvs.first()) else {
@@ -1165,11 +1176,15 @@ impl Communicator {
             };
             let out = sends.elements(&t.blocks);
             let into = recvs.elements(&(u.blocks.start - p..u.blocks.end - p));
-            for i in 0..pieces(&out, segment).max(pieces(&into, segment)) {
-                if let Some(range) = piece(out.clone(), segment, i) {
+            let (out_segment, into_segment) = (
+                self.segment_elements::<T>(t.peer),
+                self.segment_elements::<T>(u.peer),
+            );
+            for i in 0..pieces(&out, out_segment).max(pieces(&into, into_segment)) {
+                if let Some(range) = piece(out.clone(), out_segment, i) {
                     self.send_bytes("alltoall", t.peer, tag, bytemuck::cast_slice(&send[range]))?;
                 }
-                if let Some(range) = piece(into.clone(), segment, i) {
+                if let Some(range) = piece(into.clone(), into_segment, i) {
                     self.recv_into(
                         "alltoall",
                         u.peer,

@@ -2,9 +2,9 @@
 //! {1..5} under `lumen run`, each rank checking element for element against
 //! a reference it computes itself (see examples/coll_check.rs for the
 //! tolerance); two and three communicators driven at once from threads; and
-//! large buffers (1 Mi elements for every type and operation at 3 ranks,
-//! 1 Mi and 16 Mi + 1 elements of allreduce f32/f64/i64 with every
-//! algorithm at 2, 4 and 5 ranks).
+//! large buffers (1 Mi elements for every operation of f32, bf16, i8 and u64
+//! at 3 ranks; 1 Mi and 16 Mi + 1 elements of allreduce f32/f64/i64 with
+//! every algorithm at 2 and 4 ranks, 1 Mi at 5).
 
 mod common;
 use common::*;
@@ -52,8 +52,14 @@ fn five_ranks_every_op_and_type_and_concurrent_communicators() {
 }
 
 #[test]
-fn three_ranks_one_mi_elements_every_op_and_type() {
-    coll_check(3, &["--sizes", "1048576"], 240);
+fn three_ranks_one_mi_elements_every_op_four_types() {
+    // One float, one half, one narrow and one wide integer type: the big
+    // size exercises segmentation, which does not depend on the type.
+    coll_check(
+        3,
+        &["--sizes", "1048576", "--types", "f32,bf16,i8,u64"],
+        240,
+    );
 }
 
 #[test]
