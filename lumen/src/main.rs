@@ -361,9 +361,11 @@ fn bench_collectives(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
 
 fn bench_collectives_worker(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
     let job = lumen::bootstrap::join()?;
+    // Pin only when every rank of the job gets a core of its own on this
+    // machine (namespace "nodes" share it, so the local rank is no guide).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if job.world.local_size as usize <= cores {
-        lumen::bench::pin_to_core(job.world.local_rank as usize);
+    if job.size() as usize <= cores {
+        lumen::bench::pin_to_core(job.world.rank as usize);
     }
     let world = lumen::world_communicator(&job)?;
     lumen::bench::collectives::worker(&world, &args.sizes, &args.ops, args.scale)?;
