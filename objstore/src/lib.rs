@@ -71,6 +71,45 @@
 //! Critical sections are short (a hash probe, a first-fit walk), except that
 //! spilling and restoring do their file IO under the lock (simple, and rare).
 //!
+//! # Using it from the runtime
+//! - Local rank 0 of each node: `NodeArena::create(&arena_name(job, node),
+//!   capacity, ArenaOptions { spill_dir: Some(dir), .. })`; the other local
+//!   ranks: `NodeArena::open_wait(&name, timeout)` (or open after a barrier).
+//!   Local rank 0 calls [`NodeArena::unlink`] when the job ends (it also
+//!   deletes the spill files; do not unlink earlier).
+//! - Ids: the store only needs them unique per node and non-zero; the owner
+//!   rank in `hi` and a per-owner counter in `lo` is enough.
+//! - Owner side: `put_*` creates an owner-referenced object; call
+//!   [`NodeArena::release`] once the owner's reference count reaches zero
+//!   (borrowers' views keep the bytes alive until they drop). A task's
+//!   result written by a worker is an object like any other: the worker
+//!   puts it, the owner releases it.
+//! - Readers on the node: [`NodeArena::get`]; keep the [`ObjectView`] for as
+//!   long as the bytes are used (it pins them).
+//! - Every rank that may be pulled from registers an [`ObjectServer`] on its
+//!   endpoint and keeps driving progress (for example
+//!   `Endpoint::spawn_progress_thread`). A rank needing an object that lives
+//!   on another node calls [`pull`] with the rank holding a copy and the
+//!   object's length (which the owner knows): the copy lands in the local
+//!   arena (marked evictable by default), visible to the whole node.
+//!   `pull` returns the local copy at once if the node already has it, and
+//!   a rank pulling an id that another rank of the node is pulling at that
+//!   moment waits for that pull's seal instead of transferring it twice.
+//! - Tags: requests use [`PULL_REQUEST_TAG`], replies `0xB1..`; the runtime
+//!   must not register handlers in `0xB000_..`-`0xBFFF_..`.
+//!
+//! ```no_run
+//! # fn demo(ep: &lumen_transport::Endpoint) -> Result<(), lumen_objstore::ObjectStoreError> {
+//! use lumen_objstore::{arena_name, pull, NodeArena, ObjectId, ObjectServer, PullOptions};
+//! let arena = NodeArena::open_wait(&arena_name("job1", 1), std::time::Duration::from_secs(10))?;
+//! let _server = ObjectServer::register(ep, &arena)?; // serve this node's objects
+//! ep.spawn_progress_thread();
+//! let id = ObjectId::new(0, 7); // created by rank 0 on node 0, 1 MiB
+//! let view = pull(&arena, ep, 0, id, 1 << 20, &PullOptions::default())?;
+//! assert_eq!(view.len(), 1 << 20);
+//! # Ok(()) }
+//! ```
+//!
 //! # Example
 //! ```
 //! use lumen_objstore::{ArenaOptions, NodeArena, ObjectId};
@@ -90,6 +129,13 @@
 //! NodeArena::unlink(&name)?;
 //! # Ok(()) }
 //! ```
+
+/// The recommended arena name of node `node` in job `job_id`:
+/// `lumen-{job_id}-objects-n{node}`. The `lumen-{job_id}-` prefix lets the
+/// launcher's cleanup of `/dev/shm/lumen-{job_id}-*` remove it after a crash.
+pub fn arena_name(job_id: &str, node: u32) -> String {
+    format!("lumen-{job_id}-objects-n{node}")
+}
 
 mod arena;
 mod error;

@@ -243,7 +243,8 @@ static PULL_SEQUENCE: AtomicU64 = AtomicU64::new(1);
 /// [`ObjectServer`]) into `arena`, keeping `options.window` chunk requests of
 /// `options.chunk_bytes` outstanding and copying each chunk straight into the
 /// new object; seals it and returns a pinned view. If `id` is already sealed
-/// (or spilled) here, returns it without any transfer.
+/// (or spilled) here, returns it without any transfer; if another process of
+/// the node is creating it right now (a concurrent pull), waits for its seal.
 pub fn pull(
     arena: &NodeArena,
     endpoint: &Endpoint,
@@ -267,7 +268,14 @@ pub fn pull(
             "pulling {len} bytes in chunks of {chunk} needs more than 2^32 chunks; raise chunk_bytes"
         )));
     }
-    let mut writer = arena.create_object(id, len)?;
+    let mut writer = match arena.create_object(id, len) {
+        Ok(w) => w,
+        Err(ObjectStoreError::AlreadyExists { .. }) => {
+            // Another rank of this node is pulling (or writing) it: wait for its seal.
+            return wait_for_other_writer(arena, endpoint, from, id, len, options);
+        }
+        Err(e) => return Err(e),
+    };
     let sequence = PULL_SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let chunk_range = |i: u64| {
         let offset = i * chunk;
@@ -326,6 +334,37 @@ pub fn pull(
         arena.set_evictable(id, true);
     }
     Ok(view)
+}
+
+fn wait_for_other_writer(
+    arena: &NodeArena,
+    endpoint: &Endpoint,
+    from: Rank,
+    id: ObjectId,
+    len: u64,
+    options: &PullOptions,
+) -> Result<ObjectView, ObjectStoreError> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(view) = arena.get(id)? {
+            return Ok(view);
+        }
+        if arena.state(id).is_none() {
+            // The other writer gave up (its pull failed): try ourselves.
+            return pull(arena, endpoint, from, id, len, options);
+        }
+        if start.elapsed() > options.chunk_timeout {
+            return Err(ObjectStoreError::PullRefused {
+                id,
+                rank: from,
+                detail: format!(
+                    "another process of this node has been writing the object for {:?}                      without sealing it",
+                    options.chunk_timeout
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 #[cfg(test)]

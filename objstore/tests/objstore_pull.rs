@@ -116,3 +116,53 @@ fn pull_between_arenas_on_one_node_over_shared_memory() {
         &[(1, 40 << 20, DEFAULT), (2, 777_777, SMALL), (4, 0, SMALL)],
     );
 }
+
+#[test]
+fn two_ranks_of_a_node_pulling_one_object_share_a_single_copy() {
+    with_time_limit(LIMIT, || {
+        let server_arena = unique_name("pull");
+        let shared_arena = unique_name("pull");
+        let len: u64 = 48 << 20;
+        job(&[0, 1, 1], move |ep| {
+            let me = ep.rank();
+            let id = ObjectId::new(77, 1);
+            let arena = match me {
+                0 => NodeArena::create(&server_arena, len + (1 << 20), Default::default()),
+                1 => NodeArena::create(&shared_arena, len + (1 << 20), Default::default()),
+                _ => NodeArena::open_wait(&shared_arena, Duration::from_secs(30)),
+            }
+            .unwrap();
+            if me == 0 {
+                let _server = ObjectServer::register(&ep, &arena).unwrap();
+                let mut w = arena.create_object(id, len).unwrap();
+                fill_pattern(&mut w, 5);
+                let sum = checksum(&w);
+                w.seal().unwrap();
+                for r in [1, 2] {
+                    ep.send(r, CHECKSUM_TAG, &sum.to_le_bytes()).unwrap();
+                }
+                for r in [1, 2] {
+                    ep.recv(Source::Rank(r), DONE_TAG).unwrap();
+                }
+                drop(arena);
+                NodeArena::unlink(&server_arena).unwrap();
+            } else {
+                let sum = ep.recv(Source::Rank(0), CHECKSUM_TAG).unwrap();
+                let sum = u64::from_le_bytes(sum.data.try_into().unwrap());
+                let view = pull(&arena, &ep, 0, id, len, &PullOptions::default()).unwrap();
+                assert_eq!(checksum(&view), sum);
+                assert_eq!(arena.live_objects(), 1, "one copy on the node");
+                drop(view);
+                ep.send(0, DONE_TAG, &[]).unwrap();
+                // Both ranks are past their pulls before the arena goes.
+                let peer = 3 - me;
+                ep.send(peer, DONE_TAG, &[]).unwrap();
+                ep.recv(Source::Rank(peer), DONE_TAG).unwrap();
+                if me == 1 {
+                    drop(arena);
+                    NodeArena::unlink(&shared_arena).unwrap();
+                }
+            }
+        });
+    });
+}
