@@ -1,7 +1,8 @@
 //! A rank program for launcher tests: joins the job however it was started
 //! (`srun`, `srun --mpi=pmi2`, `mpiexec.mpich`, `mpirun`, `lumen run`),
-//! sends every other rank its host name, checks what it receives, and rank 0
-//! prints one line saying how many ranks on which hosts:
+//! sends every other rank its host name, checks what it receives, runs a
+//! 1 MiB allreduce over all ranks, and rank 0 prints one line saying how
+//! many ranks on which hosts:
 //!
 //! ```text
 //! srun -N 3 --ntasks-per-node=2 target/debug/examples/slurm_probe
@@ -73,7 +74,19 @@ fn main() -> anyhow::Result<()> {
         );
         hosts[message.src as usize] = name.to_owned();
     }
+    // An allreduce over the world communicator: 1 MiB of u64, rank r
+    // contributes r + 1 everywhere, so every element must sum to n(n+1)/2.
+    let world = lumen::world_communicator(&job)?;
+    let mut buffer = vec![u64::from(me) + 1; 1 << 17];
+    world.allreduce(&mut buffer, lumen::collectives::ReduceOp::Sum)?;
+    let expected = u64::from(n) * (u64::from(n) + 1) / 2;
+    anyhow::ensure!(
+        buffer.iter().all(|&x| x == expected),
+        "rank {me}: allreduce gave {} instead of {expected}",
+        buffer[0]
+    );
     if me == 0 {
+        println!("probe: allreduce of 1 MiB over {n} ranks = {expected} everywhere");
         let mut distinct = hosts.clone();
         distinct.sort();
         distinct.dedup();

@@ -55,6 +55,10 @@ fn slurm_srun_six_ranks_on_three_hosts_exchange_messages() {
         120,
     ));
     assert!(all.contains(THREE_HOSTS), "{all}");
+    assert!(
+        all.contains("allreduce of 1 MiB over 6 ranks = 21 everywhere"),
+        "{all}"
+    );
     assert!(all.contains("via Slurm { pmi2: false }"), "{all}");
 }
 
@@ -344,6 +348,21 @@ fn slurm_cpus_per_task_binds_each_rank_and_gpus_are_split() {
         assert!(
             all.contains(&format!("local {rank}/2 cpus Some([{cpu}]) allowed {cpu} ")),
             "rank {rank} should be bound to CPU {cpu}:\n{all}"
+        );
+    }
+}
+
+#[test]
+fn slurm_remote_tasks_run_on_every_host() {
+    let Some(cluster) = cluster() else { return };
+    for extra in [&[][..], &["--mpi=pmi2"][..]] {
+        let all = assert_ok(&run_with_timeout(
+            &mut srun6(&cluster, extra, "slurm_tasks", &[]),
+            120,
+        ));
+        assert!(
+            all.contains(r#"tasks: 12 tasks on 3 nodes ran on hosts ["h1", "h2", "h3"]"#),
+            "{extra:?}:\n{all}"
         );
     }
 }
