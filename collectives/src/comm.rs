@@ -170,29 +170,44 @@ impl<T> Request<T> {
 /// CPUs of the machine (not of this thread's affinity mask: a rank pinned to
 /// one core is not a sign of oversubscription).
 fn online_cpus() -> usize {
-    let parse = |text: &str| -> Option<usize> {
-        let mut n = 0;
-        for part in text.trim().split(',') {
-            n += match part.split_once('-') {
-                Some((a, b)) => {
-                    b.parse::<usize>()
-                        .ok()?
-                        .checked_sub(a.parse::<usize>().ok()?)?
-                        + 1
-                }
-                None => {
-                    part.parse::<usize>().ok()?;
-                    1
-                }
-            };
-        }
-        Some(n)
-    };
     std::fs::read_to_string("/sys/devices/system/cpu/online")
         .ok()
-        .and_then(|t| parse(&t))
+        .and_then(|t| parse_cpu_list(&t))
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Counts the CPUs of a kernel CPU list such as `0-3,6,8-9`.
+fn parse_cpu_list(text: &str) -> Option<usize> {
+    let mut n = 0usize;
+    for part in text.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                b.parse::<usize>()
+                    .ok()?
+                    .checked_sub(a.parse::<usize>().ok()?)?
+                    + 1
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    Some(n)
+}
+
+/// The tag of round `round` of collective number `sequence` on `context`.
+fn collective_tag(context: u32, sequence: u32, round: u32) -> u64 {
+    tags::COLLECTIVES
+        | (u64::from(context) << 40)
+        | ((u64::from(sequence) & 0x7f_ffff) << 16)
+        | (u64::from(round) & 0xffff)
+}
+
+/// The tag of a point-to-point message with user tag `tag` on `context`.
+fn p2p_tag(context: u32, tag: u32) -> u64 {
+    tags::COLLECTIVES | (u64::from(context) << 40) | P2P_BIT | u64::from(tag)
 }
 
 /// Number of segments `range` is cut into (at least one, even when empty:
@@ -465,14 +480,11 @@ impl Communicator {
     }
 
     fn tag(&self, sequence: u32, round: u32) -> u64 {
-        tags::COLLECTIVES
-            | (u64::from(self.inner.context) << 40)
-            | ((u64::from(sequence) & 0x7f_ffff) << 16)
-            | (u64::from(round) & 0xffff)
+        collective_tag(self.inner.context, sequence, round)
     }
 
     fn p2p_tag(&self, tag: u32) -> u64 {
-        tags::COLLECTIVES | (u64::from(self.inner.context) << 40) | P2P_BIT | u64::from(tag)
+        p2p_tag(self.inner.context, tag)
     }
 
     fn transport_error(&self, op: &'static str, source: TransportError) -> CollectiveError {
@@ -1416,5 +1428,54 @@ impl Communicator {
             c.alltoallv_impl(&send, &counts, &mut recv, &counts)
                 .map(|_| recv)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_of_contexts_operations_and_rounds_never_collide() {
+        let mut seen = std::collections::HashSet::new();
+        for context in [0, 1, 2, MAX_CONTEXT] {
+            for sequence in [0, 1, 0x7f_fffe] {
+                for round in [0, 1, 0xffff] {
+                    let tag = collective_tag(context, sequence, round);
+                    assert_eq!(tag >> 60, 0xC, "collectives' range");
+                    assert!(tag < lumen_transport::RESERVED_TAGS);
+                    assert!(seen.insert(tag), "duplicate tag {tag:#x}");
+                }
+            }
+            for user in [0, 7, u32::MAX] {
+                assert!(seen.insert(p2p_tag(context, user)), "p2p collides");
+            }
+        }
+        // The liveness probe's context is never allocated.
+        assert!(u64::from(MAX_CONTEXT) < PROBE_CONTEXT);
+    }
+
+    #[test]
+    fn segments_cover_a_range_exactly_once() {
+        for (len, segment) in [(0, 4), (1, 4), (8, 4), (9, 4), (9, 0), (3, 100)] {
+            let range = 10..10 + len;
+            let n = pieces(&range, segment);
+            let parts: Vec<_> = (0..n + 1)
+                .filter_map(|i| piece(range.clone(), segment, i))
+                .collect();
+            assert_eq!(parts.len(), n, "len {len} segment {segment}");
+            assert_eq!(parts.first().map(|r| r.start), Some(10));
+            assert_eq!(parts.last().map(|r| r.end), Some(10 + len));
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+        }
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(2));
+        assert_eq!(parse_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(parse_cpu_list("5"), Some(1));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
     }
 }
