@@ -70,6 +70,34 @@ fn child_entry() {
             }
             say("verified");
         }
+        "reader" => {
+            // Reads evictable objects while the parent evicts them to make
+            // room; a view must keep its bytes until dropped.
+            let arena = NodeArena::open(&args[0]).unwrap();
+            let stop = ObjectId::new(8, u64::MAX);
+            let (mut seen, mut x) = (0u64, 88172645463325252u64 ^ std::process::id() as u64);
+            let mut latest = 1;
+            while !arena.contains(stop) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                while arena.contains(ObjectId::new(8, latest + 1)) {
+                    latest += 1;
+                }
+                let id = ObjectId::new(8, latest.saturating_sub(x % 16).max(1));
+                if let Some(view) = arena.get(id).unwrap() {
+                    let before = checksum(&view);
+                    std::thread::yield_now();
+                    assert!(
+                        matches_pattern(&view, seed(id)),
+                        "object {id} changed under a view"
+                    );
+                    assert_eq!(checksum(&view), before);
+                    seen += 1;
+                }
+            }
+            say(&format!("read {seen}"));
+        }
         "die_mid_update" => {
             let arena = NodeArena::open(&args[0]).unwrap();
             arena.scramble_allocator_for_test().unwrap();
@@ -290,6 +318,46 @@ fn a_pin_in_another_process_blocks_eviction_and_spill() {
         arena.check_consistency().unwrap();
         NodeArena::unlink(&name).unwrap();
         assert!(!spill.join(&name).exists(), "unlink removes spill files");
+    });
+}
+
+#[test]
+fn views_in_other_processes_survive_concurrent_eviction() {
+    with_time_limit(LIMIT, || {
+        let name = unique_name("evictrace");
+        let arena = NodeArena::create(&name, 4 << 20, ArenaOptions::default()).unwrap();
+        let readers: Vec<_> = (0..2)
+            .map(|_| ChildProc::spawn("reader", std::slice::from_ref(&name)))
+            .collect();
+        // 1500 objects of 256 KiB through a 4 MiB arena: evictions all the way.
+        for i in 1..=1500u64 {
+            let id = ObjectId::new(8, i);
+            let mut w = loop {
+                match arena.create_object(id, 256 << 10) {
+                    Ok(w) => break w,
+                    // Everything left is pinned by the readers right now.
+                    Err(ObjectStoreError::OutOfMemory { .. }) => std::thread::yield_now(),
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            w.copy_from_slice(&pattern(256 << 10, seed(id)));
+            w.seal().unwrap();
+            arena.set_evictable(id, true);
+        }
+        arena
+            .put_bytes(ObjectId::new(8, u64::MAX), b"stop")
+            .unwrap();
+        let mut total = 0;
+        for mut r in readers {
+            let line = r.read_line();
+            total += line.strip_prefix("read ").unwrap().parse::<u64>().unwrap();
+            r.wait_ok(LIMIT);
+        }
+        assert!(total > 0);
+        assert!(arena.stats().evictions >= 1400);
+        assert_eq!(arena.stats().pinned_objects, 0);
+        arena.check_consistency().unwrap();
+        NodeArena::unlink(&name).unwrap();
     });
 }
 
