@@ -4,7 +4,7 @@
 //! # How `init` finds its job
 //! - Started by `lumen run`, `srun`, `mpirun` (any launcher that
 //!   `lumen_launcher::env::detect` recognises): every rank joins with
-//!   [`bootstrap::join`](crate::bootstrap::join).
+//!   [`crate::bootstrap::join`].
 //! - Started bare (`./app`, `cargo run --example ...`): the process becomes
 //!   rank 0 of an **embedded local cluster**. It hosts the rendezvous store
 //!   itself and starts `LUMEN_NUM_WORKERS` (default: the number of cores)
