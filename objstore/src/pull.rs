@@ -61,6 +61,11 @@ pub struct PullOptions {
     pub evictable: bool,
     /// How long to wait for any one chunk before failing. Default 60 s.
     pub chunk_timeout: Duration,
+    /// Copy arrived chunks into the arena on a helper thread, so that the
+    /// next chunk's transfer overlaps the copy. Default false: on the
+    /// 2-core, oversubscribed machines measured it was no faster (see
+    /// `examples/objstore_bench.rs`); worth enabling where cores are idle.
+    pub copy_thread: bool,
 }
 
 impl Default for PullOptions {
@@ -70,6 +75,7 @@ impl Default for PullOptions {
             window: 4,
             evictable: true,
             chunk_timeout: Duration::from_secs(60),
+            copy_thread: false,
         }
     }
 }
@@ -298,7 +304,7 @@ pub fn pull(
     for i in 0..window {
         request(i)?;
     }
-    for i in 0..chunks {
+    let receive = |i: u64| -> Result<(u64, Vec<u8>), ObjectStoreError> {
         let reply = endpoint
             .recv_timeout(
                 Source::Rank(from),
@@ -324,9 +330,60 @@ pub fn pull(
                 detail,
             });
         }
-        writer[offset as usize..(offset + n) as usize].copy_from_slice(&reply.data);
         if i + window < chunks {
             request(i + window)?;
+        }
+        Ok((offset, reply.data))
+    };
+    if options.copy_thread && chunks > 1 {
+        // The receiving thread keeps the wire busy while a helper copies the
+        // previous chunk into the arena.
+        let base = writer.as_mut_ptr() as usize;
+        std::thread::scope(|scope| -> Result<(), ObjectStoreError> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(window as usize);
+            let copier = scope.spawn(move || {
+                for (offset, data) in rx {
+                    // SAFETY: chunks are disjoint ranges inside the writer's
+                    // `len` bytes (checked against `chunk_range` on receipt);
+                    // the writer outlives this scope and nobody else touches
+                    // its bytes until it is sealed after the scope.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            data.as_ptr(),
+                            (base + offset as usize) as *mut u8,
+                            data.len(),
+                        );
+                    }
+                }
+            });
+            let mut result = Ok(());
+            for i in 0..chunks {
+                match receive(i) {
+                    Ok(chunk) => {
+                        if tx.send(chunk).is_err() {
+                            break; // the copier died: its panic surfaces at join
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            if copier.join().is_err() {
+                return Err(ObjectStoreError::PullRefused {
+                    id,
+                    rank: from,
+                    detail: "the local copy thread panicked".into(),
+                });
+            }
+            result
+        })?;
+    } else {
+        for i in 0..chunks {
+            let (offset, data) = receive(i)?;
+            writer[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
         }
     }
     let view = writer.seal_and_get()?;

@@ -48,6 +48,7 @@ fn pull_between(nodes: &'static [u32], objects: &'static [(u64, u64, PullOptions
                     let options = PullOptions {
                         chunk_bytes: spec.chunk,
                         window: spec.window,
+                        copy_thread: spec.copy_thread,
                         ..PullOptions::default()
                     };
                     let id = ObjectId::new(42, lo);
@@ -86,15 +87,23 @@ fn pull_between(nodes: &'static [u32], objects: &'static [(u64, u64, PullOptions
 struct PullOptionsSpec {
     chunk: u64,
     window: u32,
+    copy_thread: bool,
 }
 
 const DEFAULT: PullOptionsSpec = PullOptionsSpec {
     chunk: 8 << 20,
     window: 4,
+    copy_thread: false,
+};
+const COPIER: PullOptionsSpec = PullOptionsSpec {
+    chunk: 4 << 20,
+    window: 2,
+    copy_thread: true,
 };
 const SMALL: PullOptionsSpec = PullOptionsSpec {
     chunk: 100_000,
     window: 3,
+    copy_thread: false,
 };
 
 #[test]
@@ -105,6 +114,7 @@ fn pull_256_mib_between_nodes_over_tcp() {
             (1, 256 << 20, DEFAULT),
             (2, 3_000_001, SMALL),
             (3, 1, SMALL),
+            (5, 50_000_007, COPIER),
         ],
     );
 }
