@@ -258,7 +258,12 @@ pub fn join() -> Result<Job> {
     if world.num_nodes == 0 {
         if let Some(Exchange::Rendezvous(client)) = exchange.as_mut() {
             // Open MPI does not say which ranks share a node: ask the store.
-            let table = client.allgather("host", hostname().as_bytes(), timeout)?;
+            let table = keep_store_for_others(
+                &server,
+                client
+                    .allgather("host", hostname().as_bytes(), timeout)
+                    .map_err(Into::into),
+            )?;
             let hosts: Vec<String> = table
                 .iter()
                 .map(|name| String::from_utf8_lossy(name).into_owned())
@@ -293,9 +298,17 @@ pub fn join() -> Result<Job> {
             builder.connect(&[me], || Ok::<(), String>(()))?
         }
         Some(Exchange::Rendezvous(client)) => {
-            let table = client.allgather("endpoint", &builder.address().encode(), timeout)?;
+            let table = keep_store_for_others(
+                &server,
+                client
+                    .allgather("endpoint", &builder.address().encode(), timeout)
+                    .map_err(Into::into),
+            )?;
             let peers = decode_peers(&table)?;
-            builder.connect(&peers, || client.barrier(timeout))?
+            let connected = builder
+                .connect(&peers, || client.barrier(timeout))
+                .map_err(Into::into);
+            keep_store_for_others(&server, connected)?
         }
         Some(other) => {
             let mine = builder.address().encode();
@@ -430,6 +443,20 @@ pub fn join_mpi<C: mpi::traits::Communicator>(comm: &C) -> Result<Job> {
         exchange: None,
         server: None,
     })
+}
+
+/// When this rank hosts the store and its bootstrap failed, keeps the store
+/// up (a few seconds at most) until the other ranks have failed too, so that
+/// each of them reports the real cause (say, "rank 4 never arrived") rather
+/// than "the rank hosting the store left".
+fn keep_store_for_others<T>(server: &Option<RendezvousServer>, result: Result<T>) -> Result<T> {
+    if let (Err(_), Some(server)) = (&result, server) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while server.status().connected.len() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    result
 }
 
 fn decode_peers(table: &[Vec<u8>]) -> Result<Vec<PeerAddress>> {

@@ -250,6 +250,12 @@ fn slurm_a_rank_that_never_starts_fails_the_job_naming_it() {
         all.contains("rank 4 never arrived (of 6)"),
         "the missing rank is named:\n{all}"
     );
+    // Every one of the five started ranks names it, not only the first to time out.
+    assert_eq!(
+        all.matches("rank 4 never arrived").count(),
+        5,
+        "each started rank names the missing one:\n{all}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",

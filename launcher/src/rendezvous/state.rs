@@ -227,18 +227,22 @@ impl StoreState {
         }
         state.presence = Presence::Departed;
         let gone = *self.departed_first.get_or_insert(rank);
+        let absent: Vec<u32> = (0..self.size)
+            .filter(|&r| self.presence(r) == Some(Presence::Absent))
+            .collect();
         let mut out: Vec<(u32, ReplyFrame)> = std::mem::take(&mut self.waiting_gets)
             .into_iter()
             .filter(|get| get.rank != rank)
             .map(|get| {
-                let reason = get_failure(gone, get.rank, &get.key);
+                let reason = get_failure(gone, get.rank, &get.key) + &never_arrived(&absent);
                 (get.rank, error_frame(get.id, reason))
             })
             .collect();
         for (_, inside) in std::mem::take(&mut self.barriers) {
             for (waiter, id) in inside {
                 if waiter != rank {
-                    out.push((waiter, error_frame(id, barrier_failure(gone))));
+                    let reason = barrier_failure(gone) + &never_arrived(&absent);
+                    out.push((waiter, error_frame(id, reason)));
                 }
             }
         }
@@ -376,6 +380,18 @@ fn barrier_failure(gone: u32) -> String {
     )
 }
 
+/// The tail of a failure message when some ranks never connected: then the
+/// rank that left most likely gave up waiting for them (its own timeout).
+fn never_arrived(absent: &[u32]) -> String {
+    match absent {
+        [] => String::new(),
+        [rank] => format!(" (rank {rank} never arrived, so it probably gave up waiting for it)"),
+        ranks => {
+            format!(" (ranks {ranks:?} never arrived, so it probably gave up waiting for them)")
+        }
+    }
+}
+
 fn get_failure(gone: u32, waiter: u32, key: &str) -> String {
     format!(
         "rank {gone} left the rendezvous while rank {waiter} waited for key {key:?}: it probably crashed; see its output"
@@ -508,6 +524,24 @@ mod tests {
         assert!(ConnectRefusal::Duplicate { rank: 1 }
             .to_string()
             .contains("already connected"));
+    }
+
+    #[test]
+    fn a_rank_giving_up_on_absent_ones_says_so() {
+        // Ranks 0..3 of 5 arrive, 3 and 4 never do; rank 1 times out and leaves.
+        let mut store = StoreState::new(5);
+        for rank in 0..3 {
+            assert_eq!(store.connect(rank), Ok(()));
+        }
+        assert!(store
+            .handle(0, frame(1, Request::Barrier { epoch: 0 }))
+            .is_empty());
+        let out = store.disconnected(1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            error_text(&out[0].1),
+            "rank 1 left the rendezvous before the barrier: it probably crashed; see its output (ranks [3, 4] never arrived, so it probably gave up waiting for them)"
+        );
     }
 
     #[test]
