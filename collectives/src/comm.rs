@@ -95,7 +95,7 @@ struct Hierarchy {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Kinds of cached schedules (`cached`'s `kind` is below this).
-const SCHEDULE_KINDS: usize = 8;
+const SCHEDULE_KINDS: usize = 11;
 
 struct Inner {
     endpoint: Endpoint,
@@ -987,7 +987,11 @@ impl Communicator {
             n * self.size() as usize,
         )?;
         let (r, p) = (self.rank() as usize, self.size() as usize);
-        let steps = self.cached(6, 0, || schedule::ring_allgather(r, p, 0));
+        let steps = if self.inner.config.direct(std::mem::size_of_val(send), p) {
+            self.cached(8, 0, || schedule::direct_allgather(r, p))
+        } else {
+            self.cached(6, 0, || schedule::ring_allgather(r, p, 0))
+        };
         {
             let _guard = self.enter();
             let layout = BlockLayout::equal(recv.len(), p);
@@ -1125,8 +1129,12 @@ impl Communicator {
             self.check_len("alltoall", "send buffer", send.len(), send.len() / p * p)?;
         }
         let counts = vec![send.len() / p; p];
+        let direct = self
+            .inner
+            .config
+            .direct(counts[0] * std::mem::size_of::<T>(), p);
         let _guard = self.enter();
-        self.alltoallv_impl(send, &counts, recv, &counts)
+        self.alltoallv_impl(send, &counts, recv, &counts, direct)
     }
 
     /// All-to-all with a count per peer: `send_counts[j]` elements go to rank
@@ -1154,7 +1162,9 @@ impl Communicator {
             recv_counts.iter().sum(),
         )?;
         let _guard = self.enter();
-        self.alltoallv_impl(send, send_counts, recv, recv_counts)
+        // Counts differ between ranks, so no rank could know that all
+        // others chose the direct exchange: always pairwise.
+        self.alltoallv_impl(send, send_counts, recv, recv_counts, false)
     }
 
     fn alltoallv_impl<T: Element>(
@@ -1163,6 +1173,7 @@ impl Communicator {
         send_counts: &[usize],
         recv: &mut [T],
         recv_counts: &[usize],
+        direct: bool,
     ) -> Result<()> {
         let (r, p) = (self.rank() as usize, self.size() as usize);
         let sends = BlockLayout::from_counts(send_counts);
@@ -1181,30 +1192,60 @@ impl Communicator {
         }
         recv[own_recv].copy_from_slice(&send[own_send]);
         let sequence = self.next_sequence();
-        for step in schedule::pairwise_alltoall(r, p) {
+        let steps = if direct {
+            self.cached(9, 0, || schedule::direct_alltoall(r, p))
+        } else {
+            self.cached(10, 0, || schedule::pairwise_alltoall(r, p))
+        };
+        for step in steps.iter() {
             let tag = self.tag(sequence, step.round);
-            let (Some(t), Some((u, _))) = (step.sends.first(), step.recvs.first()) else {
-                continue;
-            };
-            let out = sends.elements(&t.blocks);
-            let into = recvs.elements(&(u.blocks.start - p..u.blocks.end - p));
-            let (out_segment, into_segment) = (
-                self.segment_elements::<T>(t.peer),
-                self.segment_elements::<T>(u.peer),
-            );
-            for i in 0..pieces(&out, out_segment).max(pieces(&into, into_segment)) {
-                if let Some(range) = piece(out.clone(), out_segment, i) {
-                    self.send_bytes("alltoall", t.peer, tag, bytemuck::cast_slice(&send[range]))?;
-                }
-                if let Some(range) = piece(into.clone(), into_segment, i) {
-                    self.recv_into(
-                        "alltoall",
+            // Blocks `0..p` of the schedule are `send`'s, `p..2p` `recv`'s.
+            let outs: Vec<_> = step
+                .sends
+                .iter()
+                .map(|t| {
+                    (
+                        t.peer,
+                        sends.elements(&t.blocks),
+                        self.segment_elements::<T>(t.peer),
+                    )
+                })
+                .collect();
+            let ins: Vec<_> = step
+                .recvs
+                .iter()
+                .map(|(u, _)| {
+                    let blocks = u.blocks.start.saturating_sub(p)..u.blocks.end.saturating_sub(p);
+                    (
                         u.peer,
-                        tag,
-                        &mut recv[range],
-                        Combine::Copy,
-                        ReduceOp::Sum,
-                    )?;
+                        recvs.elements(&blocks),
+                        self.segment_elements::<T>(u.peer),
+                    )
+                })
+                .collect();
+            let rounds = outs
+                .iter()
+                .chain(ins.iter())
+                .map(|(_, range, segment)| pieces(range, *segment))
+                .max()
+                .unwrap_or(0);
+            for i in 0..rounds {
+                for (peer, range, segment) in &outs {
+                    if let Some(part) = piece(range.clone(), *segment, i) {
+                        self.send_bytes("alltoall", *peer, tag, bytemuck::cast_slice(&send[part]))?;
+                    }
+                }
+                for (peer, range, segment) in &ins {
+                    if let Some(part) = piece(range.clone(), *segment, i) {
+                        self.recv_into(
+                            "alltoall",
+                            *peer,
+                            tag,
+                            &mut recv[part],
+                            Combine::Copy,
+                            ReduceOp::Sum,
+                        )?;
+                    }
                 }
             }
         }
@@ -1425,7 +1466,11 @@ impl Communicator {
             let counts = vec![send.len() / p; p];
             c.check_len("alltoall", "send buffer", send.len(), counts[0] * p)?;
             let mut recv = vec![T::zeroed(); send.len()];
-            c.alltoallv_impl(&send, &counts, &mut recv, &counts)
+            let direct = c
+                .inner
+                .config
+                .direct(counts[0] * std::mem::size_of::<T>(), p);
+            c.alltoallv_impl(&send, &counts, &mut recv, &counts, direct)
                 .map(|_| recv)
         })
     }

@@ -12,6 +12,7 @@
 //! | `LUMEN_COLL_RING_MIN` | bytes: ring at or above (Rabenseifner between) | 262144 |
 //! | `LUMEN_COLL_BCAST_LARGE` | bytes: scatter+allgather bcast at or above | 1048576 |
 //! | `LUMEN_COLL_SEGMENT` | bytes per pipelined segment, 0 = none | 262144 |
+//! | `LUMEN_COLL_DIRECT_MAX` | bytes per block: direct (one-round) allgather and alltoall at or below, over 2 ranks | 1024 |
 //! | `LUMEN_EAGER_LIMIT` | the transport's eager limit (segments stay below it when yielding) | 16384 |
 //! | `LUMEN_COLL_YIELD` | `auto`, `on`, `off`: wait by polling and yielding the core | `auto`: on when this node has more ranks than cores |
 //!
@@ -75,6 +76,10 @@ pub struct CollectiveConfig {
     /// The transport's eager limit (`LUMEN_EAGER_LIMIT`): segments stay
     /// below it on oversubscribed nodes.
     pub eager_limit: usize,
+    /// Allgather and alltoall blocks up to this many bytes go in one round
+    /// (every send, then every receive) instead of the ring / pairwise
+    /// exchange, when there are more than two ranks.
+    pub direct_max: usize,
 }
 
 impl Default for CollectiveConfig {
@@ -88,6 +93,7 @@ impl Default for CollectiveConfig {
             segment: 256 * 1024,
             yield_when_idle: None,
             eager_limit: 16 * 1024,
+            direct_max: 1024,
         }
     }
 }
@@ -171,6 +177,7 @@ impl CollectiveConfig {
             ("LUMEN_COLL_BCAST_LARGE", &mut config.bcast_large),
             ("LUMEN_COLL_SEGMENT", &mut config.segment),
             ("LUMEN_EAGER_LIMIT", &mut config.eager_limit),
+            ("LUMEN_COLL_DIRECT_MAX", &mut config.direct_max),
         ] {
             if let Some(v) = lookup(name) {
                 *slot = bytes(name, &v)?;
@@ -198,6 +205,12 @@ impl CollectiveConfig {
             AllreduceAlgorithm::Hierarchical if !hierarchy => flat(bytes),
             forced => forced,
         }
+    }
+
+    /// Whether an allgather or alltoall with blocks of `block_bytes` over
+    /// `p` ranks goes in one direct round.
+    pub fn direct(&self, block_bytes: usize, p: usize) -> bool {
+        p > 2 && block_bytes <= self.direct_max
     }
 
     /// The broadcast algorithm for `bytes` bytes over `p` ranks;

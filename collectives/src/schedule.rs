@@ -42,6 +42,8 @@
 //!   communications in multiport message-passing systems", IEEE TPDS 8(11),
 //!   1997) needs `log2 p` rounds but moves `n log2 p / 2` data and local
 //!   rotations; it is not implemented (listed as missing in the crate docs).
+//!   For small blocks a **direct** exchange (every send, then every receive,
+//!   in one round; MPICH's and Open MPI's "basic linear") costs one latency.
 //! - **Dissemination** barrier: round `k` signals `rank + 2^k` and waits for
 //!   `rank - 2^k`. D. Hensgen, R. Finkel and U. Manber, "Two algorithms for
 //!   barrier synchronization", IJPP 17(1), 1988.
@@ -593,6 +595,67 @@ pub fn pairwise_alltoall(rank: usize, p: usize) -> Vec<Step> {
         .collect()
 }
 
+/// Direct all-to-all over the same `2p` blocks as [`pairwise_alltoall`]:
+/// one round in which every rank sends all its blocks, then receives all.
+/// For small blocks, whose sends are eager (they return at once), this
+/// costs one message latency instead of `p - 1`.
+pub fn direct_alltoall(rank: usize, p: usize) -> Vec<Step> {
+    if p < 2 {
+        return Vec::new();
+    }
+    let others = || (1..p).map(move |k| (rank + k) % p);
+    vec![Step {
+        round: 0,
+        sends: others()
+            .map(|j| Transfer {
+                peer: j,
+                blocks: j..j + 1,
+            })
+            .collect(),
+        recvs: others()
+            .map(|j| {
+                (
+                    Transfer {
+                        peer: j,
+                        blocks: p + j..p + j + 1,
+                    },
+                    Combine::Copy,
+                )
+            })
+            .collect(),
+    }]
+}
+
+/// Direct allgather over `p` blocks: one round in which every rank sends its
+/// block to all others and receives theirs (small blocks, see
+/// [`direct_alltoall`]).
+pub fn direct_allgather(rank: usize, p: usize) -> Vec<Step> {
+    if p < 2 {
+        return Vec::new();
+    }
+    let others = || (1..p).map(move |k| (rank + k) % p);
+    vec![Step {
+        round: 0,
+        sends: others()
+            .map(|j| Transfer {
+                peer: j,
+                blocks: rank..rank + 1,
+            })
+            .collect(),
+        recvs: others()
+            .map(|j| {
+                (
+                    Transfer {
+                        peer: j,
+                        blocks: j..j + 1,
+                    },
+                    Combine::Copy,
+                )
+            })
+            .collect(),
+    }]
+}
+
 /// Dissemination barrier: zero-byte messages, `ceil(log2 p)` rounds.
 pub fn dissemination_barrier(rank: usize, p: usize) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -803,8 +866,12 @@ mod tests {
                 })
                 .collect();
             let schedules: Vec<_> = (0..p).map(|r| ring_allgather(r, p, 3)).collect();
-            for b in simulate(start, &layout, &schedules) {
+            for b in simulate(start.clone(), &layout, &schedules) {
                 assert_eq!(b, full, "allgather p={p}");
+            }
+            let schedules: Vec<_> = (0..p).map(|r| direct_allgather(r, p)).collect();
+            for b in simulate(start, &layout, &schedules) {
+                assert_eq!(b, full, "direct allgather p={p}");
             }
         }
     }
@@ -877,10 +944,12 @@ mod tests {
                     v
                 })
                 .collect();
-            let s: Vec<_> = (0..p).map(|r| pairwise_alltoall(r, p)).collect();
-            for (r, b) in simulate(start, &layout, &s).iter().enumerate() {
-                let expected: Vec<i64> = (0..p).map(|j| (j * 100 + r) as i64).collect();
-                assert_eq!(&b[p..], &expected[..], "alltoall p={p} r={r}");
+            for algo in [pairwise_alltoall, direct_alltoall] {
+                let s: Vec<_> = (0..p).map(|r| algo(r, p)).collect();
+                for (r, b) in simulate(start.clone(), &layout, &s).iter().enumerate() {
+                    let expected: Vec<i64> = (0..p).map(|j| (j * 100 + r) as i64).collect();
+                    assert_eq!(&b[p..], &expected[..], "alltoall p={p} r={r}");
+                }
             }
             let layout = BlockLayout::equal(0, 1);
             let s: Vec<_> = (0..p).map(|r| dissemination_barrier(r, p)).collect();
