@@ -126,6 +126,12 @@ fn embedded_worker_killed_mid_task_is_retried_or_reported() {
 }
 
 #[test]
+fn embedded_owner_death_fails_borrowers_instead_of_hanging() {
+    // Four workers: the scenario kills one.
+    embedded_with("owner_dies", 4);
+}
+
+#[test]
 fn embedded_cluster_leaves_nothing_behind() {
     let all = embedded("prints_job_id");
     let job = printed_job_id(&all);
@@ -690,6 +696,45 @@ mod scenarios {
         // The survivors still serve.
         assert_eq!(add::remote(&rt, 1, 1)?.get()?, 2);
         done("worker_killed_mid_task");
+        Ok(())
+    }
+
+    /// Puts a value on this rank (which then owns it) and returns the ref.
+    #[lumen::remote]
+    fn own_something(len: u64) -> lumen::Result<(ObjectRef<[u8]>, ObjectRef<u64>)> {
+        let rt = lumen::current()?;
+        Ok((rt.put_slice(&vec![3u8; len as usize])?, rt.put(&len)?))
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn owner_dies() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let (big, small) = own_something::options()
+            .rank(1)
+            .remote(&rt, 1 << 20)?
+            .get()?;
+        // Rank 1 owns both (neither read yet: a value already read stays
+        // readable from the borrower's cache); kill it.
+        let killed = die_always::options().rank(1).max_retries(0).remote(&rt)?;
+        assert!(killed.get_timeout(Duration::from_secs(30)).is_err());
+        // Passing a dead owner's ref on fails: nobody can register it.
+        assert!(matches!(
+            rt.put(&small),
+            Err(LumenError::Runtime(RuntimeError::OwnerDied { .. }))
+        ));
+        let e = big.get_timeout(Duration::from_secs(30));
+        assert!(e.is_err(), "the value of a dead owner came back");
+        match small.get_timeout(Duration::from_secs(30)) {
+            Ok(v) => panic!("value {v} of a dead owner"),
+            Err(LumenError::Runtime(RuntimeError::Task(e))) => {
+                assert_eq!(e.kind, TaskErrorKind::OwnerDied, "{e}")
+            }
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+        // The others still serve.
+        assert_eq!(add::remote(&rt, 2, 2)?.get()?, 4);
+        done("owner_dies");
         Ok(())
     }
 
