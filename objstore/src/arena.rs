@@ -669,9 +669,13 @@ impl NodeArena {
             )
         };
         if fd < 0 {
-            return Err(io_err(format!("creating arena /dev/shm/{name}"))(
-                std::io::Error::last_os_error(),
-            ));
+            let err = std::io::Error::last_os_error();
+            let hint = if err.kind() == std::io::ErrorKind::AlreadyExists {
+                " (left over from an earlier job? NodeArena::unlink it, or remove the file)"
+            } else {
+                ""
+            };
+            return Err(io_err(format!("creating arena /dev/shm/{name}{hint}"))(err));
         }
         let fd = Fd(fd);
         // SAFETY: valid fd; ftruncate extends the object with zero bytes.
