@@ -286,9 +286,10 @@ fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         command: args.command,
     };
     use lumen::submit::SubmitOutcome;
-    match lumen::submit::submit(&spec, args.dry_run, args.wait)? {
+    let announce = |job_id: &str| println!("submitted batch job {job_id}");
+    match lumen::submit::submit(&spec, args.dry_run, args.wait, announce)? {
         SubmitOutcome::DryRun(script) => print!("{script}"),
-        SubmitOutcome::Submitted { job_id } => println!("submitted batch job {job_id}"),
+        SubmitOutcome::Submitted { .. } => {}
         SubmitOutcome::Finished { job_id, exit_code } => {
             println!("batch job {job_id} finished with exit code {exit_code}");
             return Ok(ExitCode::from(u8::try_from(exit_code).unwrap_or(1)));

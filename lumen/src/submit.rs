@@ -75,8 +75,14 @@ pub enum SubmitOutcome {
 }
 
 /// Renders `spec`, and unless `dry_run`, submits it with `sbatch`; with
-/// `wait`, follows the job until it ends.
-pub fn submit(spec: &BatchSpec, dry_run: bool, wait: bool) -> Result<SubmitOutcome, SubmitError> {
+/// `wait`, follows the job until it ends. `on_submitted` hears the job id
+/// as soon as Slurm gives it (before the wait), e.g. to print it.
+pub fn submit(
+    spec: &BatchSpec,
+    dry_run: bool,
+    wait: bool,
+    on_submitted: impl FnOnce(&str),
+) -> Result<SubmitOutcome, SubmitError> {
     let script = render(spec)?;
     if dry_run {
         return Ok(SubmitOutcome::DryRun(script));
@@ -116,6 +122,7 @@ pub fn submit(spec: &BatchSpec, dry_run: bool, wait: bool) -> Result<SubmitOutco
     let status = output.status.code().unwrap_or(1);
     match job_id {
         Some(job_id) if output.status.success() => {
+            on_submitted(&job_id);
             if !wait {
                 return Ok(SubmitOutcome::Submitted { job_id });
             }
@@ -358,13 +365,13 @@ mod tests {
             command: vec!["./app".into()],
             ..BatchSpec::default()
         };
-        match submit(&spec, true, false).unwrap() {
+        match submit(&spec, true, false, |_| {}).unwrap() {
             SubmitOutcome::DryRun(script) => assert!(script.ends_with("srun ./app\n")),
             other => panic!("{other:?}"),
         }
         let bad = BatchSpec::default();
         assert!(matches!(
-            submit(&bad, true, false),
+            submit(&bad, true, false, |_| {}),
             Err(SubmitError::Script(_))
         ));
     }
