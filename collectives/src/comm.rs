@@ -963,6 +963,21 @@ impl Communicator {
                 let layout = BlockLayout::equal(buffer.len(), schedule::rabenseifner_blocks(p));
                 self.run("allreduce", &steps, buffer, &layout, op)
             }
+            AllreduceAlgorithm::Direct => {
+                let n = buffer.len();
+                let mut all = vec![T::zeroed(); n * p];
+                all[me * n..(me + 1) * n].copy_from_slice(buffer);
+                let steps = self.cached(8, 0, || schedule::direct_allgather(me, p));
+                let layout = BlockLayout::equal(n * p, p);
+                self.run("allreduce", &steps, &mut all, &layout, op)?;
+                // Rank order, the same on every rank: identical results.
+                let (first, rest) = all.split_at(n);
+                buffer.copy_from_slice(first);
+                for block in rest.chunks_exact(n.max(1)) {
+                    T::reduce_slices(op, buffer, block);
+                }
+                Ok(())
+            }
             AllreduceAlgorithm::RecursiveDoubling | AllreduceAlgorithm::Auto => {
                 let steps = self.cached(5, 0, || schedule::recursive_doubling_allreduce(me, p));
                 self.run(

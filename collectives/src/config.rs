@@ -6,7 +6,7 @@
 //!
 //! | variable | values | default |
 //! |---|---|---|
-//! | `LUMEN_COLL_ALLREDUCE` | `auto`, `ring`, `rd`, `rabenseifner`, `hier` | `auto` |
+//! | `LUMEN_COLL_ALLREDUCE` | `auto`, `ring`, `rd`, `rabenseifner`, `direct`, `hier` | `auto` |
 //! | `LUMEN_COLL_BCAST` | `auto`, `binomial`, `scatter_allgather` | `auto` |
 //! | `LUMEN_COLL_RD_MAX` | bytes: recursive doubling at or below | 16384 |
 //! | `LUMEN_COLL_RING_MIN` | bytes: ring at or above (Rabenseifner between) | 262144 |
@@ -18,7 +18,8 @@
 //!
 //! `auto` picks, in this order: the hierarchical variant when the
 //! communicator spans several nodes and some node holds several of its ranks;
-//! recursive doubling up to `rd_max` bytes (latency-bound: `log2 p` rounds);
+//! the direct exchange up to `direct_max` bytes over 3 to 8 ranks (one
+//! round of `p - 1` messages); recursive doubling up to `rd_max` bytes (latency-bound: `log2 p` rounds);
 //! the ring from `ring_min` bytes (bandwidth-bound: every rank sends
 //! `2(p-1)/p` of the data, in `2(p-1)` rounds); Rabenseifner in between
 //! (`2 log2 p` rounds, ring-like volume). The thresholds are where the curves
@@ -37,6 +38,10 @@ pub enum AllreduceAlgorithm {
     RecursiveDoubling,
     /// Recursive halving + recursive doubling (Rabenseifner).
     Rabenseifner,
+    /// Every rank sends its buffer to every other in one round, then
+    /// reduces all buffers in rank order (so every rank gets bit-identical
+    /// results); for short buffers over more than two ranks.
+    Direct,
     /// Reduce inside each node, allreduce among node leaders, broadcast inside.
     Hierarchical,
 }
@@ -133,12 +138,13 @@ impl CollectiveConfig {
                 "ring" => AllreduceAlgorithm::Ring,
                 "rd" | "recursive_doubling" => AllreduceAlgorithm::RecursiveDoubling,
                 "rabenseifner" => AllreduceAlgorithm::Rabenseifner,
+                "direct" => AllreduceAlgorithm::Direct,
                 "hier" | "hierarchical" => AllreduceAlgorithm::Hierarchical,
                 _ => {
                     return Err(CollectiveError::Config {
                         variable: "LUMEN_COLL_ALLREDUCE",
                         value: v,
-                        expected: "one of auto, ring, rd, rabenseifner, hier",
+                        expected: "one of auto, ring, rd, rabenseifner, direct, hier",
                     })
                 }
             };
@@ -191,7 +197,11 @@ impl CollectiveConfig {
     /// Never returns `Auto`; `Hierarchical` only when `hierarchy` is true.
     pub fn choose_allreduce(&self, bytes: usize, p: usize, hierarchy: bool) -> AllreduceAlgorithm {
         let flat = |bytes: usize| {
-            if bytes <= self.rd_max || p <= 2 && bytes < self.ring_min {
+            // Direct sends p - 1 copies of the buffer where recursive
+            // doubling sends log2 p: worth it only for few ranks.
+            if p <= 8 && self.direct(bytes, p) {
+                AllreduceAlgorithm::Direct
+            } else if bytes <= self.rd_max || p <= 2 && bytes < self.ring_min {
                 AllreduceAlgorithm::RecursiveDoubling
             } else if bytes >= self.ring_min {
                 AllreduceAlgorithm::Ring
@@ -267,7 +277,10 @@ mod tests {
     fn selection_by_size_and_topology() {
         let c = CollectiveConfig::default();
         use AllreduceAlgorithm::*;
-        assert_eq!(c.choose_allreduce(8, 4, false), RecursiveDoubling);
+        assert_eq!(c.choose_allreduce(8, 4, false), Direct);
+        assert_eq!(c.choose_allreduce(8, 2, false), RecursiveDoubling);
+        assert_eq!(c.choose_allreduce(4096, 4, false), RecursiveDoubling);
+        assert_eq!(c.choose_allreduce(8, 16, false), RecursiveDoubling);
         assert_eq!(c.choose_allreduce(65536, 4, false), Rabenseifner);
         assert_eq!(c.choose_allreduce(4 << 20, 4, false), Ring);
         assert_eq!(c.choose_allreduce(8, 6, true), Hierarchical);
@@ -275,7 +288,7 @@ mod tests {
             allreduce: Hierarchical,
             ..c.clone()
         };
-        assert_eq!(forced.choose_allreduce(8, 4, false), RecursiveDoubling);
+        assert_eq!(forced.choose_allreduce(8, 4, false), Direct);
         assert_eq!(
             c.choose_bcast(8 << 20, 4, false),
             BcastAlgorithm::ScatterAllgather

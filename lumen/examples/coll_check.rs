@@ -235,7 +235,8 @@ fn reductions<T: Value>() -> Vec<ReduceOp> {
         .collect()
 }
 
-const ALGORITHMS: [AllreduceAlgorithm; 4] = [
+const ALGORITHMS: [AllreduceAlgorithm; 5] = [
+    AllreduceAlgorithm::Direct,
     AllreduceAlgorithm::Auto,
     AllreduceAlgorithm::Ring,
     AllreduceAlgorithm::RecursiveDoubling,
