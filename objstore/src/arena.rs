@@ -5,7 +5,7 @@
 //!  offset 0              4096                    heap_offset (4096-aligned)
 //!  ┌─────────────────────┬───────────────────────┬──────────────────────────┐
 //!  │ Header (#[repr(C)]) │ table: slots × Entry  │ heap: blocks (heap.rs)   │
-//!  │ magic, version,     │ (table.rs), 64 B each │ 64-B headers, 64-B       │
+//!  │ magic, version,     │ (table.rs), 128 B each│ 64-B headers, 64-B       │
 //!  │ sizes, lock, stats  │                       │ aligned payloads         │
 //!  └─────────────────────┴───────────────────────┴──────────────────────────┘
 //! ```
@@ -13,7 +13,10 @@
 //! Invariants (all under the header's [`RobustLock`]):
 //! - every table entry with a block (`CREATED`, `SEALED`) owns exactly that
 //!   used heap block, and every used block is owned by one entry;
-//! - `pins` counts live [`ObjectView`]s in all processes; an entry with
+//! - pins are tracked per process: each mapping of the arena claims one of
+//!   256 process slots in the header (its pid); an entry's `pinners` bitmask
+//!   has the bits of the slots holding views of it, `pins` counts those bits,
+//!   and each process counts its own views in process memory. An entry with
 //!   `pins > 0` or in state `CREATED` is never evicted, spilled or freed;
 //! - a `SEALED` block's bytes never change; a `CREATED` block is written only
 //!   by its [`ObjectWriter`], without the lock.
@@ -22,9 +25,12 @@
 //! the table (re-inserting each valid entry once) and then the heap from the
 //! table ([`Heap::rebuild`]): the table is the source of truth, so an
 //! allocation interrupted before its entry was written is simply reclaimed.
-//! Pins held by views of a dead process are not tracked per process and stay
-//! (the object leaks until the arena goes); writers of dead processes are
-//! reclaimed when space runs out.
+//! The pins of a process that died (its slot's pid is no longer alive) and
+//! its unsealed writers are reclaimed when space runs out, when a recovery
+//! runs, when a new process claims a slot, and on
+//! [`NodeArena::reclaim_dead_processes`] (for the runtime to call when it
+//! learns that a local rank died): its bits are cleared, and objects the
+//! owner had released while that process pinned them are freed.
 
 use std::cell::UnsafeCell;
 use std::ffi::CString;
@@ -36,13 +42,15 @@ use std::time::{Duration, Instant};
 
 use crate::heap::{block_size_for, Heap, HeapState, Memory, HEADER, NONE};
 use crate::lock::{process_alive, Acquired, RobustLock};
-use crate::table::{self, Entry, CREATED, EMPTY, FLAG_EVICTABLE, FLAG_RELEASED, SEALED, SPILLED};
+use crate::table::{
+    self, Entry, CREATED, EMPTY, FLAG_EVICTABLE, FLAG_RELEASED, MAX_PROCESSES, SEALED, SPILLED,
+};
 use crate::{ObjectId, ObjectStoreError};
 
 /// "LUMENARN" in ASCII.
 const MAGIC: u64 = 0x4c55_4d45_4e41_524e;
 /// Bumped on any change of the header, entry or block layout.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const PAGE: u64 = 4096;
 const SPILL_DIR_MAX: usize = 1024;
 /// `Header::flags`: a recovery failed; the arena is unusable.
@@ -52,7 +60,7 @@ const ARENA_CORRUPTED: u32 = 1;
 #[derive(Debug, Clone)]
 pub struct ArenaOptions {
     /// Most objects alive at once. The table has twice as many (a power of
-    /// two) 64-byte slots. Default 32 768 (4 MiB of table).
+    /// two) 128-byte slots. Default 16 384 (4 MiB of table).
     pub max_objects: u32,
     /// Directory for spilled objects (a subdirectory named after the arena is
     /// made in it). `None`: never spill; a full arena fails the put instead.
@@ -62,7 +70,7 @@ pub struct ArenaOptions {
 impl Default for ArenaOptions {
     fn default() -> Self {
         ArenaOptions {
-            max_objects: 32_768,
+            max_objects: 16_384,
             spill_dir: None,
         }
     }
@@ -142,6 +150,8 @@ struct Header {
     spill_dir_len: u32,
     _pad: u32,
     spill_dir: [u8; SPILL_DIR_MAX],
+    /// Process slots: pid of the mapping's process, 0 when free (under the lock).
+    procs: [u32; MAX_PROCESSES],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() as u64 <= PAGE);
@@ -172,6 +182,10 @@ struct Inner {
     /// `{spill_dir}/{name}`, if spilling is configured.
     spill_dir: Option<PathBuf>,
     pid: u32,
+    /// This mapping's process slot.
+    slot: usize,
+    /// Views of this mapping per object (only touched under the arena lock).
+    local_pins: std::sync::Mutex<std::collections::HashMap<ObjectId, u32>>,
 }
 
 // SAFETY: the mapping is shared memory; all metadata is changed under the
@@ -305,12 +319,102 @@ impl Inner {
         Ok(locked)
     }
 
+    /// Takes a free process slot for this mapping (after reclaiming the
+    /// slots of dead processes).
+    fn claim_slot(&mut self) -> Result<(), ObjectStoreError> {
+        let slot = {
+            let mut g = self.lock()?;
+            g.reap_dead_processes();
+            let me = self.pid;
+            let procs = g.procs();
+            let free = procs.iter().position(|&p| p == 0);
+            match free {
+                Some(s) => {
+                    procs[s] = me;
+                    s
+                }
+                None => {
+                    return Err(ObjectStoreError::TooManyProcesses {
+                        arena: self.name.clone(),
+                        max: MAX_PROCESSES,
+                    })
+                }
+            }
+        };
+        self.slot = slot;
+        Ok(())
+    }
+
     fn spill_path(&self, id: ObjectId) -> Option<PathBuf> {
         self.spill_dir.as_ref().map(|d| d.join(id.to_string()))
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.slot >= MAX_PROCESSES {
+            return;
+        }
+        // Every view holds the Arc of this mapping, so none is left: the slot
+        // pins nothing. Clear it anyway (defensive), then free the slot.
+        if let Ok(mut g) = self.lock() {
+            g.clear_process_slot(self.slot);
+        }
+    }
+}
+
 impl Locked<'_> {
+    /// The header's process slots.
+    fn procs(&mut self) -> &mut [u32; MAX_PROCESSES] {
+        // SAFETY: `procs` is only accessed under the lock we hold, through
+        // `&mut self`, so this is the only reference.
+        unsafe { &mut (*self.inner.map.ptr.cast::<Header>()).procs }
+    }
+
+    /// Drops slot `s`'s pins everywhere (freeing released objects it was the
+    /// last to pin) and frees the slot.
+    fn clear_process_slot(&mut self, s: usize) {
+        let pinned: Vec<ObjectId> = self
+            .table()
+            .iter()
+            .filter(|e| e.state != EMPTY && e.pinned_by(s))
+            .map(|e| e.id)
+            .collect();
+        let header = self.inner.header();
+        for id in pinned {
+            let Some(slot) = self.find(id) else { continue };
+            let e = &mut self.table()[slot];
+            e.set_pinner(s, false);
+            let e = *e;
+            if e.pins == 0 {
+                header.pinned.fetch_sub(1, Ordering::Relaxed);
+                if e.flags & FLAG_RELEASED != 0 && e.state != CREATED {
+                    self.drop_entry(slot);
+                }
+            }
+        }
+        self.procs()[s] = 0;
+    }
+
+    /// Clears the slots of processes that are no longer alive; returns how many.
+    fn reap_dead_processes(&mut self) -> usize {
+        let me = self.inner.pid;
+        let dead: Vec<usize> = (0..MAX_PROCESSES)
+            .filter(|&s| {
+                let pid = self.procs()[s];
+                pid != 0 && pid != me && !process_alive(pid)
+            })
+            .collect();
+        for &s in &dead {
+            tracing::warn!(
+                pid = self.procs()[s],
+                "object arena: dropping the pins of a process that died"
+            );
+            self.clear_process_slot(s);
+        }
+        dead.len()
+    }
+
     fn table(&mut self) -> &mut [Entry] {
         let inner = self.inner;
         // SAFETY: the table lies at PAGE..PAGE + slots*64 inside the mapping,
@@ -409,8 +513,8 @@ impl Locked<'_> {
                     }
                 }
             }
-            // 3. Writers of processes that died.
-            if self.reclaim_dead_writers() > 0 {
+            // 3. Writers and pins of processes that died.
+            if self.reclaim_dead_writers() + self.reap_dead_processes() > 0 {
                 if let Some(b) = self.heap(|h| h.alloc(block)) {
                     return Ok(b);
                 }
@@ -609,6 +713,7 @@ impl Locked<'_> {
             objects = kept.len(),
             "object arena rebuilt after its lock holder died"
         );
+        self.reap_dead_processes();
         Ok(())
     }
 }
@@ -658,7 +763,8 @@ impl NodeArena {
         let max_objects = u64::from(options.max_objects);
         let slots = table::slots_for(max_objects);
         let table_offset = PAGE;
-        let heap_offset = (table_offset + slots * 64).div_ceil(PAGE) * PAGE;
+        let heap_offset =
+            (table_offset + slots * std::mem::size_of::<Entry>() as u64).div_ceil(PAGE) * PAGE;
         let total = heap_offset + capacity;
         // SAFETY: valid C string; flags and mode are plain integers.
         let fd = unsafe {
@@ -733,11 +839,11 @@ impl NodeArena {
                 spill_dir_len: spill_bytes.len() as u32,
                 _pad: 0,
                 spill_dir,
+                procs: [0; MAX_PROCESSES],
             });
         }
-        let arena = Self::from_mapping(name, map, true)?;
+        let mut inner = Self::from_mapping(name, map, true)?;
         {
-            let inner = &arena.inner;
             let mut mem = ShmMemory {
                 base: inner.heap_base(),
             };
@@ -745,6 +851,10 @@ impl NodeArena {
             let guarded = unsafe { &mut *inner.header().guarded.get() };
             Heap::format(&mut mem, &mut guarded.heap, capacity);
         }
+        inner.claim_slot()?;
+        let arena = NodeArena {
+            inner: Arc::new(inner),
+        };
         if let Some(dir) = &arena.inner.spill_dir {
             std::fs::create_dir_all(dir).map_err(|source| ObjectStoreError::Spill {
                 id: ObjectId::default(),
@@ -787,7 +897,11 @@ impl NodeArena {
             });
         }
         let map = map_fd(fd.0, size as usize, name)?;
-        Self::from_mapping(name, map, false)
+        let mut inner = Self::from_mapping(name, map, false)?;
+        inner.claim_slot()?;
+        Ok(NodeArena {
+            inner: Arc::new(inner),
+        })
     }
 
     /// As [`NodeArena::open`], retrying while the arena does not exist or is
@@ -810,7 +924,7 @@ impl NodeArena {
         }
     }
 
-    fn from_mapping(name: &str, map: Mapping, creating: bool) -> Result<Self, ObjectStoreError> {
+    fn from_mapping(name: &str, map: Mapping, creating: bool) -> Result<Inner, ObjectStoreError> {
         let bad = |detail: String| ObjectStoreError::BadArena {
             name: name.into(),
             detail,
@@ -842,7 +956,7 @@ impl NodeArena {
             && header
                 .heap_offset
                 .checked_sub(PAGE)
-                .is_some_and(|t| t >= slots.saturating_mul(64))
+                .is_some_and(|t| t >= slots.saturating_mul(std::mem::size_of::<Entry>() as u64))
             && header.heap_offset.checked_add(header.capacity) == Some(header.total_size);
         if !ok {
             return Err(bad(format!(
@@ -866,11 +980,11 @@ impl NodeArena {
             max_objects: header.max_objects,
             spill_dir,
             pid: std::process::id(),
+            slot: usize::MAX,
+            local_pins: Default::default(),
             map,
         };
-        Ok(NodeArena {
-            inner: Arc::new(inner),
-        })
+        Ok(inner)
     }
 
     /// Removes the name from /dev/shm and the arena's spill files. Existing
@@ -937,6 +1051,8 @@ impl NodeArena {
                 block_size,
                 len,
                 last_use,
+                pinners: [0; 4],
+                reserved: [0; 4],
             },
         )
         .ok_or_else(|| ObjectStoreError::TableFull {
@@ -996,13 +1112,23 @@ impl NodeArena {
             name: self.inner.name.clone(),
             detail: format!("object {id} vanished while being pinned"),
         })?;
+        let me = self.inner.slot;
+        let mut local = self
+            .inner
+            .local_pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let count = local.entry(id).or_insert(0);
+        *count += 1;
         let e = &mut g.table()[slot];
-        e.pins += 1;
         e.last_use = now;
-        let e = *e;
-        if e.pins == 1 {
-            self.inner.header().pinned.fetch_add(1, Ordering::Relaxed);
+        if *count == 1 {
+            e.set_pinner(me, true);
+            if e.pins == 1 {
+                self.inner.header().pinned.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        let e = *e;
         Ok(ObjectView {
             arena: self.clone(),
             id,
@@ -1017,9 +1143,33 @@ impl NodeArena {
         let Ok(mut g) = self.inner.lock() else {
             return;
         };
+        let last_here = {
+            let mut local = self
+                .inner
+                .local_pins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match local.get_mut(&id) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                _ => {
+                    local.remove(&id);
+                    true
+                }
+            }
+        };
+        if !last_here {
+            return;
+        }
         let Some(slot) = g.find(id) else { return };
+        let me = self.inner.slot;
         let e = &mut g.table()[slot];
-        e.pins = e.pins.saturating_sub(1);
+        if !e.pinned_by(me) {
+            return; // already cleared (this process was taken for dead)
+        }
+        e.set_pinner(me, false);
         let e = *e;
         if e.pins == 0 {
             self.inner.header().pinned.fetch_sub(1, Ordering::Relaxed);
@@ -1119,6 +1269,15 @@ impl NodeArena {
         }
     }
 
+    /// Drops the pins and unsealed objects of processes that died (the
+    /// runtime calls this when it learns a local rank died; it also happens
+    /// by itself when space runs out). Returns how many processes' state was
+    /// reclaimed.
+    pub fn reclaim_dead_processes(&self) -> Result<usize, ObjectStoreError> {
+        let mut g = self.inner.lock()?;
+        Ok(g.reap_dead_processes() + g.reclaim_dead_writers())
+    }
+
     /// Verifies the allocator and table invariants under the lock (for tests
     /// and debugging); the error says what is broken.
     pub fn check_consistency(&self) -> Result<(), ObjectStoreError> {
@@ -1143,6 +1302,16 @@ impl NodeArena {
         spans.sort_unstable();
         if spans.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
             return Err(corrupted("two objects' blocks overlap".into()));
+        }
+        if let Some(e) = g
+            .table()
+            .iter()
+            .find(|e| e.state != EMPTY && e.pins != e.pinners.iter().map(|w| w.count_ones()).sum())
+        {
+            return Err(corrupted(format!(
+                "object {} pin count disagrees with its pinners",
+                e.id
+            )));
         }
         let live = g.table().iter().filter(|e| e.state != EMPTY).count() as u64;
         if live != self.live_objects() {
@@ -1348,10 +1517,14 @@ impl Clone for ObjectView {
     fn clone(&self) -> Self {
         // Pin again under the lock. If the lock is unusable (corrupted
         // arena), the clone still refers to pinned bytes: ours.
-        if let Ok(mut g) = self.arena.inner.lock() {
-            if let Some(slot) = g.find(self.id) {
-                g.table()[slot].pins += 1;
-            }
+        if let Ok(_g) = self.arena.inner.lock() {
+            let mut local = self
+                .arena
+                .inner
+                .local_pins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *local.entry(self.id).or_insert(0) += 1;
         }
         ObjectView {
             arena: self.arena.clone(),

@@ -39,6 +39,17 @@ pub enum ObjectStoreError {
         /// Table size.
         slots: u64,
     },
+    /// Every process slot of the arena is taken.
+    #[error(
+        "object arena {arena} is mapped by {max} live processes already, its limit; \
+         run fewer ranks per node"
+    )]
+    TooManyProcesses {
+        /// Arena name.
+        arena: String,
+        /// The limit.
+        max: usize,
+    },
     /// An object with this id already exists in the arena.
     #[error("object {id} already exists in this node's arena (ids must be unique)")]
     AlreadyExists {

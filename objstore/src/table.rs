@@ -1,4 +1,4 @@
-//! The object table: a fixed-size open-addressing hash table of 64-byte
+//! The object table: a fixed-size open-addressing hash table of 128-byte
 //! entries in shared memory, id → (block, length, state, pins, flags).
 //!
 //! Linear probing with backward-shift deletion (Knuth, TAOCP vol. 3, 6.4,
@@ -37,7 +37,7 @@ pub(crate) struct Entry {
     pub(crate) state: u32,
     /// `FLAG_*` bits.
     pub(crate) flags: u32,
-    /// Live views, across all processes.
+    /// Processes holding at least one view (the number of bits set in `pinners`).
     pub(crate) pins: u32,
     /// Process that created it (to reclaim writers of dead processes).
     pub(crate) creator: u32,
@@ -49,9 +49,36 @@ pub(crate) struct Entry {
     pub(crate) len: u64,
     /// LRU clock value of the last seal or get.
     pub(crate) last_use: u64,
+    /// Bit `s` set: the process in process slot `s` holds views of this object.
+    pub(crate) pinners: [u64; 4],
+    /// Zero; room for later fields without changing the entry size.
+    pub(crate) reserved: [u64; 4],
 }
 
-const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+/// Process slots an arena tracks (bits of [`Entry::pinners`]).
+pub(crate) const MAX_PROCESSES: usize = 256;
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 128);
+
+impl Entry {
+    /// Whether process slot `s` pins this entry.
+    pub(crate) fn pinned_by(&self, s: usize) -> bool {
+        self.pinners[s / 64] & (1 << (s % 64)) != 0
+    }
+
+    /// Marks or clears process slot `s` as a pinner, keeping `pins` in step.
+    pub(crate) fn set_pinner(&mut self, s: usize, on: bool) {
+        let bit = 1u64 << (s % 64);
+        let word = &mut self.pinners[s / 64];
+        if on && *word & bit == 0 {
+            *word |= bit;
+            self.pins += 1;
+        } else if !on && *word & bit != 0 {
+            *word &= !bit;
+            self.pins -= 1;
+        }
+    }
+}
 
 /// Slots for `max_objects`: a power of two, at least twice as many.
 pub(crate) fn slots_for(max_objects: u64) -> u64 {
@@ -147,6 +174,8 @@ mod tests {
             block_size: 128,
             len: lo,
             last_use: 0,
+            pinners: [0; 4],
+            reserved: [0; 4],
         }
     }
 
@@ -179,6 +208,19 @@ mod tests {
             table.iter().filter(|e| e.state != EMPTY).count(),
             present.len()
         );
+    }
+
+    #[test]
+    fn pinner_bits_track_the_count() {
+        let mut e = entry(1, 1);
+        e.set_pinner(3, true);
+        e.set_pinner(3, true);
+        e.set_pinner(200, true);
+        assert_eq!(e.pins, 2);
+        assert!(e.pinned_by(200) && !e.pinned_by(4));
+        e.set_pinner(3, false);
+        e.set_pinner(3, false);
+        assert_eq!(e.pins, 1);
     }
 
     #[test]

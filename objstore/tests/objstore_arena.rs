@@ -571,6 +571,43 @@ fn a_process_dying_with_the_lock_does_not_wedge_the_others() {
 }
 
 #[test]
+fn pins_of_a_dead_process_are_reclaimed() {
+    with_time_limit(LIMIT, || {
+        let name = unique_name("deadpin");
+        let arena = NodeArena::create(&name, 4 << 20, ArenaOptions::default()).unwrap();
+        let id = ObjectId::new(4, 4);
+        arena.put_bytes(id, &pattern(3 << 20, seed(id))).unwrap();
+        let mut child = ChildProc::spawn("pin", &[name.clone(), "4".into(), "4".into()]);
+        assert_eq!(child.read_line(), "pinned");
+        // Our own view and the child's: the object is pinned by two processes.
+        let view = arena.get(id).unwrap().unwrap();
+        let view2 = view.clone();
+        assert!(arena.release(id).unwrap());
+        child.kill();
+        drop((view, view2));
+        // Still pinned by the dead child: present, and its space is not free.
+        assert_eq!(arena.live_objects(), 1);
+        assert_eq!(arena.stats().pinned_objects, 1);
+        assert_eq!(arena.reclaim_dead_processes().unwrap(), 1);
+        assert_eq!((arena.live_objects(), arena.used_bytes()), (0, 0));
+        assert_eq!(arena.stats().pinned_objects, 0);
+        // The same happens by itself when space runs out.
+        arena.put_bytes(id, &pattern(3 << 20, seed(id))).unwrap();
+        arena.set_evictable(id, false);
+        let mut child = ChildProc::spawn("pin", &[name.clone(), "4".into(), "4".into()]);
+        assert_eq!(child.read_line(), "pinned");
+        child.kill();
+        assert!(arena.release(id).unwrap());
+        arena
+            .put_bytes(ObjectId::new(4, 5), &[1u8; 3 << 20])
+            .unwrap();
+        assert!(arena.state(id).is_none());
+        arena.check_consistency().unwrap();
+        NodeArena::unlink(&name).unwrap();
+    });
+}
+
+#[test]
 fn open_checks_the_header() {
     let name = unique_name("hdr");
     assert!(matches!(
