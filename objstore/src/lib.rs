@@ -70,6 +70,11 @@
 //! writer owns its unsealed block exclusively; sealed blocks are immutable.
 //! Critical sections are short (a hash probe, a first-fit walk), except that
 //! spilling and restoring do their file IO under the lock (simple, and rare).
+//! Pins are counted per process (each mapping takes one of 256 process slots
+//! in the header; an entry records which slots pin it), so the pins and
+//! unsealed writers of a process that dies are reclaimed: when space runs
+//! out, after a lock recovery, when another process opens the arena, or on
+//! [`NodeArena::reclaim_dead_processes`].
 //!
 //! # Using it from the runtime
 //! - Local rank 0 of each node: `NodeArena::create(&arena_name(job, node),
