@@ -47,12 +47,12 @@ use lumen_transport::{
     TransportConfig,
 };
 
+use super::config::RuntimeConfig;
 use super::core::{set_current, Inner, Mode};
 use super::error::RuntimeError;
-use super::options::Resources;
 use super::protocol::{decode, encode, RankInfo, Welcome, HELLO_TAG};
 use super::registry;
-use super::store::{arena_capacity, Arena};
+use super::store::Arena;
 use crate::bootstrap::{self, Job};
 use crate::error::{LumenError, Result};
 
@@ -68,6 +68,7 @@ const WORKER_EXIT_GRACE: Duration = Duration::from_secs(5);
 pub struct InitOptions {
     spmd: bool,
     num_workers: Option<u32>,
+    config: Option<RuntimeConfig>,
 }
 
 impl InitOptions {
@@ -89,6 +90,12 @@ impl InitOptions {
         self
     }
 
+    /// Settings to use instead of reading them from the environment.
+    pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
     /// Starts the runtime; see [`crate::init`].
     pub fn init(self) -> Result<super::Runtime> {
         // Keep the worker entry in the link (see the module docs).
@@ -96,19 +103,16 @@ impl InitOptions {
         let mode = if self.spmd { Mode::Spmd } else { Mode::Driver };
         let world = detect(|name| std::env::var(name).ok())
             .map_err(|e| LumenError::Bootstrap(e.to_string()))?;
-        let workers = match self.num_workers {
-            Some(n) => n,
-            None => match std::env::var(NUM_WORKERS_VAR) {
-                Ok(text) => text.trim().parse().map_err(|_| {
-                    LumenError::Bootstrap(format!(
-                        "{NUM_WORKERS_VAR}={text:?} is not a number of worker processes"
-                    ))
-                })?,
-                Err(_) => std::thread::available_parallelism()
-                    .map(|n| n.get() as u32)
-                    .unwrap_or(1),
-            },
+        let config = match self.config {
+            Some(config) => config,
+            None => RuntimeConfig::from_env(|name| std::env::var(name).ok())
+                .map_err(|e| LumenError::Bootstrap(e.to_string()))?,
         };
+        let workers = self.num_workers.or(config.num_workers).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        });
         if world.kind != LaunchKind::Singleton || workers == 0 {
             let job = bootstrap::join()?;
             let node = job.world.node_index;
@@ -120,6 +124,7 @@ impl InitOptions {
                 (node, local_rank),
                 job_id,
                 Membership::Job(Box::new(job)),
+                config,
             );
         }
         let (endpoint, cluster) = EmbeddedCluster::start(workers, mode)?;
@@ -130,6 +135,7 @@ impl InitOptions {
             (0, 0),
             job_id,
             Membership::Embedded(Box::new(cluster)),
+            config,
         )
     }
 }
@@ -160,16 +166,25 @@ fn start(
     (node, local_rank): (u32, u32),
     job_id: String,
     membership: Membership,
+    config: RuntimeConfig,
 ) -> Result<super::Runtime> {
     // The node's first rank creates the object arena, the others map it;
     // after the hello exchange (a barrier) all have, and its name goes.
-    let capacity = arena_capacity();
+    let capacity = config.arena_capacity();
     let arena = if capacity == 0 {
         None
     } else {
         let name = format!("{}arena{node}", shm_segment_prefix(&job_id));
         let timeout = Duration::from_secs(30);
-        match Arena::attach(&endpoint, &name, capacity, local_rank == 0, timeout) {
+        let creator = local_rank == 0;
+        match Arena::attach(
+            &endpoint,
+            &name,
+            capacity,
+            creator,
+            &config.spill_dir,
+            timeout,
+        ) {
             Ok(arena) => Some(arena),
             Err(e) => {
                 tracing::warn!("no node arena ({e}); large objects stay in process memory");
@@ -177,11 +192,11 @@ fn start(
             }
         }
     };
-    let ranks = hello(&endpoint, node)?;
+    let ranks = hello(&endpoint, node, &config)?;
     if let Some(arena) = &arena {
         arena.forget_name();
     }
-    let inner = Inner::start(endpoint, mode, ranks, job_id, arena)?;
+    let inner = Inner::start(endpoint, mode, ranks, job_id, arena, &config)?;
     if mode == Mode::Driver && inner.rank != 0 {
         serve_until_shutdown(inner, membership);
     }
@@ -229,9 +244,9 @@ fn serve_until_shutdown(inner: Arc<Inner>, membership: Membership) -> ! {
 /// This binary's build id: a hash of the executable's bytes and of the
 /// registered function ids; `LUMEN_BUILD_ID` overrides it (tests, and
 /// deployments that stamp their own).
-fn build_id() -> u64 {
-    if let Ok(text) = std::env::var("LUMEN_BUILD_ID") {
-        return registry::stable_id(&text);
+fn build_id(config: &RuntimeConfig) -> u64 {
+    if let Some(text) = &config.build_id {
+        return registry::stable_id(text);
     }
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut mix = |word: u64| {
@@ -260,53 +275,16 @@ fn build_id() -> u64 {
     hash
 }
 
-fn parse_amount(name: &str, text: &str) -> Result<f64> {
-    text.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| {
-            LumenError::Bootstrap(format!("{name}={text:?} is not a non-negative number"))
-        })
-}
-
-/// What this rank offers: `LUMEN_NUM_CPUS` (default 1 per rank),
-/// `LUMEN_NUM_GPUS` (default 0), `LUMEN_RESOURCES=name=amount,...`.
-fn rank_resources() -> Result<Resources> {
-    let mut resources = Resources {
-        cpus: 1.0,
-        ..Resources::default()
-    };
-    if let Ok(text) = std::env::var("LUMEN_NUM_CPUS") {
-        resources.cpus = parse_amount("LUMEN_NUM_CPUS", &text)?;
-    }
-    if let Ok(text) = std::env::var("LUMEN_NUM_GPUS") {
-        resources.gpus = parse_amount("LUMEN_NUM_GPUS", &text)?;
-    }
-    if let Ok(text) = std::env::var("LUMEN_RESOURCES") {
-        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (name, amount) = item.split_once('=').ok_or_else(|| {
-                LumenError::Bootstrap(format!("LUMEN_RESOURCES entry {item:?} is not name=amount"))
-            })?;
-            resources.custom.insert(
-                name.trim().to_string(),
-                parse_amount("LUMEN_RESOURCES", amount)?,
-            );
-        }
-    }
-    Ok(resources)
-}
-
 /// Exchanges build ids and resources through rank 0, which refuses a job
 /// whose ranks run different builds.
-fn hello(endpoint: &Endpoint, node: u32) -> Result<Vec<RankInfo>> {
+fn hello(endpoint: &Endpoint, node: u32, config: &RuntimeConfig) -> Result<Vec<RankInfo>> {
     let rank = endpoint.rank();
     let size = endpoint.size();
     let mine = RankInfo {
         rank,
         node,
-        build_id: build_id(),
-        resources: rank_resources()?,
+        build_id: build_id(config),
+        resources: config.resources.clone(),
     };
     let welcome = if rank == 0 {
         let mut infos = vec![mine.clone()];

@@ -18,6 +18,7 @@ use serde::Serialize;
 use lumen_transport::{Endpoint, Rank, Source, TransportError};
 
 use super::actor::{ActorHost, RawActorHandle};
+use super::config::RuntimeConfig;
 use super::error::{RuntimeError, TaskError, TaskErrorKind};
 use super::executor::Executor;
 use super::ids::{ActorId, ObjectId};
@@ -43,8 +44,6 @@ pub enum Mode {
     Spmd,
 }
 
-/// Values up to this many encoded bytes travel inline (Ray: 100 KiB).
-const DEFAULT_INLINE_MAX: usize = 100 * 1024;
 /// How often the monitor looks for dead peers.
 const MONITOR_PERIOD: Duration = Duration::from_millis(20);
 /// Longest single sleep of a waiting caller (it re-checks peers after).
@@ -166,6 +165,7 @@ impl Inner {
         ranks: Vec<RankInfo>,
         job_id: String,
         arena: Option<Arena>,
+        config: &RuntimeConfig,
     ) -> Result<Arc<Self>> {
         let rank = endpoint.rank();
         let size = endpoint.size();
@@ -184,14 +184,11 @@ impl Inner {
                 actors: 0,
             })
             .collect();
-        let inline_max = std::env::var("LUMEN_INLINE_MAX")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_INLINE_MAX);
+        let inline_max = config.inline_max;
         let cpus = me.resources.cpus.max(1.0);
         let nodes: Vec<u32> = ranks.iter().map(|r| r.node).collect();
         let inner = Arc::new(Inner {
-            store: ValueStore::new(endpoint.clone(), nodes, arena),
+            store: ValueStore::new(endpoint.clone(), nodes, arena, config.pull_chunk_bytes),
             endpoint,
             rank,
             size,
@@ -217,12 +214,7 @@ impl Inner {
             stopping: AtomicBool::new(false),
             shutdown_requested: (Mutex::new(false), Condvar::new()),
             inline_max,
-            spin: Duration::from_micros(
-                std::env::var("LUMEN_RT_SPIN_US")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            ),
+            spin: config.wait_spin,
             names: Mutex::new(HashMap::new()),
             tasks_executed: AtomicU64::new(0),
         });

@@ -40,6 +40,7 @@
 
 mod actor;
 pub mod cluster;
+mod config;
 mod core;
 mod error;
 mod executor;
@@ -59,6 +60,7 @@ use serde::Serialize;
 pub use self::core::Mode;
 pub use actor::{ActorClass, ActorHandle, RawActorHandle};
 pub use cluster::InitOptions;
+pub use config::{RuntimeConfig, RuntimeConfigError};
 pub use error::{RuntimeError, TaskError, TaskErrorKind};
 pub use ids::{ActorId, ObjectId};
 pub use object_ref::{wait, ObjectRef, ObjectRefFuture, SliceView, Waited};

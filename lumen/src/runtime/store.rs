@@ -54,6 +54,8 @@ pub(crate) struct Arena {
     _server: ObjectServer,
     /// This rank created the segment (and removes its name at the end).
     creator: bool,
+    /// Where it spills (objects go to `{spill_dir}/{name}/`).
+    spill_dir: std::path::PathBuf,
 }
 
 impl Arena {
@@ -63,11 +65,12 @@ impl Arena {
         name: &str,
         capacity: u64,
         creator: bool,
+        spill_dir: &std::path::Path,
         timeout: Duration,
     ) -> Result<Self, ObjectStoreError> {
         let arena = if creator {
             let options = lumen_objstore::ArenaOptions {
-                spill_dir: Some(spill_root()),
+                spill_dir: Some(spill_dir.to_path_buf()),
                 ..lumen_objstore::ArenaOptions::default()
             };
             NodeArena::create(name, capacity, options)?
@@ -79,6 +82,7 @@ impl Arena {
             arena,
             _server: server,
             creator,
+            spill_dir: spill_dir.to_path_buf(),
         })
     }
 
@@ -104,6 +108,7 @@ pub(crate) struct ValueStore {
     arena: Option<Arena>,
     values: Mutex<HashMap<u64, Arc<[u8]>>>,
     next_key: AtomicU64,
+    pull_chunk_bytes: u64,
 }
 
 /// Arena ids: `hi` = storing rank + 1 (never nil), `lo` = its key.
@@ -112,13 +117,19 @@ fn arena_id(rank: Rank, key: u64) -> lumen_objstore::ObjectId {
 }
 
 impl ValueStore {
-    pub(crate) fn new(endpoint: Endpoint, nodes: Vec<u32>, arena: Option<Arena>) -> Self {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        nodes: Vec<u32>,
+        arena: Option<Arena>,
+        pull_chunk_bytes: u64,
+    ) -> Self {
         ValueStore {
             endpoint,
             nodes,
             arena,
             values: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
+            pull_chunk_bytes,
         }
     }
 
@@ -208,10 +219,7 @@ impl ValueStore {
         len: u64,
     ) -> Result<Bytes, FetchError> {
         let options = PullOptions {
-            chunk_bytes: std::env::var("LUMEN_PULL_CHUNK_BYTES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(8 << 20),
+            chunk_bytes: self.pull_chunk_bytes,
             ..PullOptions::default()
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -264,32 +272,8 @@ impl ValueStore {
     pub(crate) fn unlink(&self) {
         if let Some(arena) = &self.arena {
             if arena.creator {
-                let _ = std::fs::remove_dir_all(spill_root().join(arena.arena.name()));
+                let _ = std::fs::remove_dir_all(arena.spill_dir.join(arena.arena.name()));
             }
         }
     }
-}
-
-/// Where arenas spill: `LUMEN_SPILL_DIR`, else the temporary directory
-/// (each arena in a subdirectory named after it).
-fn spill_root() -> std::path::PathBuf {
-    std::env::var_os("LUMEN_SPILL_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-}
-
-/// Arena size: `LUMEN_ARENA_BYTES`, else half of what /dev/shm has free,
-/// capped at 4 GiB (the file is sparse: pages are used as objects need
-/// them). 0 disables the arena.
-pub(crate) fn arena_capacity() -> u64 {
-    if let Ok(text) = std::env::var("LUMEN_ARENA_BYTES") {
-        if let Ok(bytes) = text.trim().parse::<u64>() {
-            return bytes;
-        }
-        tracing::warn!("LUMEN_ARENA_BYTES={text:?} is not a number of bytes; using the default");
-    }
-    let free = rustix::fs::statvfs("/dev/shm")
-        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-        .unwrap_or(0);
-    (free / 2).min(4 << 30)
 }
