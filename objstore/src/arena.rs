@@ -185,7 +185,37 @@ struct Inner {
     /// This mapping's process slot.
     slot: usize,
     /// Views of this mapping per object (only touched under the arena lock).
-    local_pins: std::sync::Mutex<std::collections::HashMap<ObjectId, u32>>,
+    local_pins: std::sync::Mutex<std::collections::HashMap<ObjectId, u32, IdHash>>,
+}
+
+/// Hashes an [`ObjectId`] with its own mixer (SipHash would double the cost
+/// of a `get`; ids are not attacker-chosen keys here).
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
 }
 
 // SAFETY: the mapping is shared memory; all metadata is changed under the
