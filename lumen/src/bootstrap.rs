@@ -182,6 +182,7 @@ fn transport_config(config: &Config, world: &World) -> Result<TransportConfig> {
             TcpBackendChoice::Epoll => TcpBackend::Epoll,
         },
         tcp_bind,
+        tcp_conns: config.tcp_conns_per_peer as usize,
         connect_timeout: config.rendezvous_timeout,
         ..TransportConfig::default()
     })
