@@ -318,6 +318,7 @@ fn a_pin_in_another_process_blocks_eviction_and_spill() {
         arena.check_consistency().unwrap();
         NodeArena::unlink(&name).unwrap();
         assert!(!spill.join(&name).exists(), "unlink removes spill files");
+        std::fs::remove_dir(&spill).unwrap();
     });
 }
 
@@ -414,6 +415,7 @@ fn eviction_spill_and_restore_byte_for_byte_across_processes() {
         let leftover = std::fs::read_dir(spill.join(&name)).unwrap().count();
         assert_eq!(leftover, 0, "released spilled objects leave no files");
         NodeArena::unlink(&name).unwrap();
+        std::fs::remove_dir(&spill).unwrap();
     });
 }
 
