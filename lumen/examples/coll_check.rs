@@ -438,9 +438,10 @@ fn check_all_types(
 fn check_big<T: Value>(c: &Communicator, n: usize, checks: &mut Checks) -> anyhow::Result<()> {
     let op = ReduceOp::Sum;
     let reference = expected::<T>(c.size(), n, 21, op);
-    for algorithm in ALGORITHMS {
+    // Direct is for short buffers (it sends the whole buffer to every rank).
+    for algorithm in &ALGORITHMS[1..] {
         let mut buffer = inputs::<T>(c.rank(), n, 21, op);
-        c.allreduce_with(&mut buffer, op, algorithm)?;
+        c.allreduce_with(&mut buffer, op, *algorithm)?;
         compare(
             &format!("big allreduce {} n={n} {algorithm:?}", T::KIND.name()),
             &buffer,
