@@ -187,6 +187,23 @@ fn mismatched_binary_is_refused_at_bootstrap() {
     assert!(all.contains("rank 1 runs a different build"), "{all}");
 }
 
+#[test]
+fn a_different_executable_is_refused_at_bootstrap() {
+    // Rank 1 runs another program (the quickstart example) than rank 0.
+    let script = r#"if [ "$LUMEN_RANK" = 1 ]; then exec "$1"; fi; shift; exec "$0" "$@""#;
+    let mut command = Command::new(lumen());
+    command
+        .args(["run", "-n", "2", "--", "sh", "-c", script])
+        .arg(this_binary())
+        .arg(example("quickstart"))
+        .args(scenario_args("prints_job_id"))
+        .env_remove("LUMEN_BUILD_ID");
+    let output = run_with_timeout(&mut command, 60);
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(all.contains("rank 1 runs a different build"), "{all}");
+}
+
 /// The scenarios; each runs as rank 0 (driver) of its job.
 mod scenarios {
     use std::time::{Duration, Instant};

@@ -254,20 +254,41 @@ fn build_id(config: &RuntimeConfig) -> u64 {
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .rotate_left(29);
     };
-    match std::fs::read("/proc/self/exe") {
-        Ok(bytes) => {
-            let mut chunks = bytes.chunks_exact(8);
-            for chunk in &mut chunks {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(chunk);
-                mix(u64::from_le_bytes(word));
+    // Streamed in 1 MiB blocks: test binaries are tens of MiB.
+    match std::fs::File::open("/proc/self/exe") {
+        Ok(mut file) => {
+            let mut block = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let mut filled = 0;
+                while filled < block.len() {
+                    match std::io::Read::read(&mut file, &mut block[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::warn!("reading /proc/self/exe for the build id: {e}");
+                            break;
+                        }
+                    }
+                }
+                let mut words = block[..filled].chunks_exact(8);
+                for chunk in &mut words {
+                    let mut word = [0u8; 8];
+                    word.copy_from_slice(chunk);
+                    mix(u64::from_le_bytes(word));
+                }
+                for &b in words.remainder() {
+                    mix(u64::from(b));
+                }
+                total += filled as u64;
+                if filled < block.len() {
+                    break;
+                }
             }
-            for &b in chunks.remainder() {
-                mix(u64::from(b));
-            }
-            mix(bytes.len() as u64);
+            mix(total);
         }
-        Err(e) => tracing::warn!("cannot read /proc/self/exe for the build id: {e}"),
+        Err(e) => tracing::warn!("cannot open /proc/self/exe for the build id: {e}"),
     }
     for id in registry::registered_ids() {
         mix(id);
