@@ -427,7 +427,7 @@ impl Inner {
                 drop(s);
                 self.changed.notify_all();
             }
-            RtMsg::FreeCopy { key, arena } => self.store.release(key, arena),
+            RtMsg::FreeCopy { key, arena } => self.store.release(self.rank, key, arena),
             RtMsg::NameRegister {
                 name,
                 address,
@@ -514,8 +514,11 @@ impl Inner {
                         rank, key, arena, ..
                     }) = outcome
                     {
-                        if rank == self.rank {
-                            self.store.release(key, arena);
+                        if rank == self.rank || (arena && self.store.same_node(rank)) {
+                            // Any rank of a node may release what any rank
+                            // of the node stored in its arena (also when that
+                            // rank has died).
+                            self.store.release(rank, key, arena);
                         } else if !self.lock().dead.contains(&rank) {
                             self.send_or_log(rank, &RtMsg::FreeCopy { key, arena });
                         }

@@ -496,6 +496,98 @@ mod tests {
         assert_eq!(t.add_borrower(a, 1, 1), Err(RefError::AlreadyFreed(a)));
     }
 
+    /// Random interleavings of the protocol over 4 ranks and a few objects:
+    /// handles cloned and dropped, references forwarded (the sender
+    /// registers the receiver first), holds released. Whatever the order, an
+    /// object is freed exactly once, and only after every handle and hold
+    /// anywhere is gone.
+    #[test]
+    fn random_interleavings_free_exactly_once_and_never_early() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..300 {
+            let ranks = 4u32;
+            let mut c = Cluster::new(ranks);
+            let objects: Vec<ObjectId> = (0..3)
+                .map(|i| id(i % ranks, round * 10 + i as u64))
+                .collect();
+            // What each rank holds: (object, is_handle) entries.
+            let mut held: Vec<Vec<(ObjectId, bool)>> = vec![Vec::new(); ranks as usize];
+            for &o in &objects {
+                c.tables[o.owner as usize].create(o, ready());
+                held[o.owner as usize].push((o, true));
+            }
+            for _ in 0..200 {
+                let r = next(ranks as usize);
+                if held[r].is_empty() {
+                    continue;
+                }
+                let at = next(held[r].len());
+                let (o, is_handle) = held[r][at];
+                match next(4) {
+                    // Clone a handle (only from something alive here).
+                    0 => {
+                        c.tables[r].handle_added(o);
+                        held[r].push((o, true));
+                    }
+                    // Forward to another rank: register, then the receiver holds.
+                    1 => {
+                        let to = next(ranks as usize) as u32;
+                        if o.owner == r as u32 {
+                            c.tables[r]
+                                .add_borrower(o, to, 1)
+                                .expect("alive while held");
+                        } else {
+                            // A borrower asks the owner (acknowledged) first.
+                            c.tables[o.owner as usize]
+                                .add_borrower(o, to, 1)
+                                .expect("alive while held");
+                        }
+                        c.tables[to as usize].hold(o);
+                        held[to as usize].push((o, false));
+                    }
+                    // Drop what we picked.
+                    _ => {
+                        held[r].swap_remove(at);
+                        if is_handle {
+                            c.drop_handle(r as u32, o);
+                        } else {
+                            c.release(r as u32, o);
+                        }
+                    }
+                }
+                for &o in &objects {
+                    let anywhere = held.iter().any(|h| h.iter().any(|(x, _)| *x == o));
+                    let freed = c.frees.iter().filter(|&&f| f == o).count();
+                    assert!(freed <= 1, "{o} freed twice");
+                    assert!(!(anywhere && freed == 1), "{o} freed while still held");
+                }
+            }
+            // Everyone lets go.
+            for (r, list) in held.iter_mut().enumerate() {
+                for (o, is_handle) in std::mem::take(list) {
+                    if is_handle {
+                        c.drop_handle(r as u32, o);
+                    } else {
+                        c.release(r as u32, o);
+                    }
+                }
+            }
+            for &o in &objects {
+                assert_eq!(c.frees.iter().filter(|&&f| f == o).count(), 1, "{o}");
+            }
+            assert!(c
+                .tables
+                .iter()
+                .all(|t| t.owned_count() == 0 && t.borrowed_count() == 0));
+        }
+    }
+
     #[test]
     fn owner_holds_its_own_object_sent_back_to_it() {
         // Rank 1 sends rank 0's object back to rank 0 in a task.

@@ -133,7 +133,8 @@ impl ValueStore {
         }
     }
 
-    fn same_node(&self, rank: Rank) -> bool {
+    /// True when `rank` shares this rank's node (and arena).
+    pub(crate) fn same_node(&self, rank: Rank) -> bool {
         let me = self.endpoint.rank();
         self.nodes.get(rank as usize) == self.nodes.get(me as usize)
     }
@@ -239,15 +240,19 @@ impl ValueStore {
         }
     }
 
-    /// Frees a value this rank stored.
-    pub(crate) fn release(&self, key: u64, in_arena: bool) {
+    /// Frees a value stored by `rank`: in the arena (a rank of this node),
+    /// or in this rank's process memory (`rank` is this rank).
+    pub(crate) fn release(&self, rank: Rank, key: u64, in_arena: bool) {
         if in_arena {
             if let Some(arena) = &self.arena {
-                let id = arena_id(self.endpoint.rank(), key);
+                let id = arena_id(rank, key);
                 if let Err(e) = arena.arena.release(id) {
                     tracing::warn!("releasing {id:?} from the node arena: {e}");
                 }
             }
+            return;
+        }
+        if rank != self.endpoint.rank() {
             return;
         }
         self.endpoint.unregister_region(RegionKey(key));
