@@ -8,9 +8,11 @@
 //! range (`0xC000_...`, [`lumen_transport::tags::COLLECTIVES`]):
 //!
 //! ```text
-//!  63   60 59          40 39 38                16 15        0
-//! | 0xC   | context (20) | 0 | sequence (23)     | round (16) |   collectives
+//!  63   60 59          40 39 38 37             16 15        0
+//! | 0xC   | context (20) | 0 | c | sequence (22) | round (16) |   collectives
 //! | 0xC   | context (20) | 1 | user tag (32, bits 31..0)       |   send / recv
+//!
+//! (`c`: a flow-control credit of that round, see `flow_controlled`.)
 //! ```
 //!
 //! The context id is unique among the communicators that share a rank: world
@@ -201,13 +203,36 @@ fn parse_cpu_list(text: &str) -> Option<usize> {
 fn collective_tag(context: u32, sequence: u32, round: u32) -> u64 {
     tags::COLLECTIVES
         | (u64::from(context) << 40)
-        | ((u64::from(sequence) & 0x7f_ffff) << 16)
+        | ((u64::from(sequence) & 0x3f_ffff) << 16)
         | (u64::from(round) & 0xffff)
 }
 
 /// The tag of a point-to-point message with user tag `tag` on `context`.
 fn p2p_tag(context: u32, tag: u32) -> u64 {
     tags::COLLECTIVES | (u64::from(context) << 40) | P2P_BIT | u64::from(tag)
+}
+
+/// Segments a sender may have in flight to one peer before it waits for
+/// credit (with 16 KiB segments: half of a default 1 MiB ring).
+const CREDIT_WINDOW: usize = 32;
+/// Segments per credit message.
+const CREDIT_EVERY: usize = 8;
+/// Marks a credit message's tag (the top bit of the sequence field).
+const CREDIT_BIT: u64 = 1 << 38;
+
+/// Credits a receiver of `nseg` flow-controlled segments sends.
+fn credits(nseg: usize) -> usize {
+    nseg.saturating_sub(CREDIT_WINDOW).div_ceil(CREDIT_EVERY)
+}
+
+/// Whether the sender must take a credit before sending segment `i` of `nseg`.
+fn credit_before(i: usize, nseg: usize) -> bool {
+    i >= CREDIT_WINDOW && (i - CREDIT_WINDOW) % CREDIT_EVERY == 0 && i < nseg
+}
+
+/// Whether the receiver sends a credit after receiving segment `j` of `nseg`.
+fn credit_after(j: usize, nseg: usize) -> bool {
+    (j + 1) % CREDIT_EVERY == 0 && (j + 1) / CREDIT_EVERY <= credits(nseg)
 }
 
 /// Number of segments `range` is cut into (at least one, even when empty:
@@ -487,6 +512,28 @@ impl Communicator {
         p2p_tag(self.inner.context, tag)
     }
 
+    /// Whether transfers with `peer` are flow-controlled by credits: on an
+    /// oversubscribed node, long transfers between ranks of the node travel
+    /// as eager segments, and a sender that fills the shared-memory ring
+    /// waits for room in 2 ms naps (the transport wakes it only when a
+    /// message arrives for it). A credit is such a message: the receiver
+    /// sends one every `CREDIT_EVERY` segments, and the sender keeps at most
+    /// `CREDIT_WINDOW` segments ahead of the credits it has, so it neither
+    /// overruns the ring nor naps. A sender's wait for credit `c` depends on
+    /// a receive of an earlier segment index, so the waits cannot form a
+    /// cycle.
+    fn flow_controlled(&self, peer: usize) -> bool {
+        self.inner.yield_wait && self.inner.local.get(peer).copied().unwrap_or(false)
+    }
+
+    fn take_credit(&self, op: &'static str, peer: usize, tag: u64) -> Result<()> {
+        self.recv_bytes(op, peer, tag | CREDIT_BIT).map(|_| ())
+    }
+
+    fn give_credit(&self, op: &'static str, peer: usize, tag: u64) -> Result<()> {
+        self.send_bytes(op, peer, tag | CREDIT_BIT, &[])
+    }
+
     fn transport_error(&self, op: &'static str, source: TransportError) -> CollectiveError {
         CollectiveError::Transport {
             op,
@@ -663,7 +710,12 @@ impl Communicator {
             for i in 0..rounds {
                 for t in &step.sends {
                     let segment = self.segment_elements::<T>(t.peer);
-                    if let Some(range) = piece(layout.elements(&t.blocks), segment, i) {
+                    let whole = layout.elements(&t.blocks);
+                    let nseg = pieces(&whole, segment);
+                    if let Some(range) = piece(whole, segment, i) {
+                        if self.flow_controlled(t.peer) && credit_before(i, nseg) {
+                            self.take_credit(op, t.peer, tag)?;
+                        }
                         let source = match own {
                             Some((block, data)) if t.blocks == (block..block + 1) => {
                                 let start = layout.elements(&t.blocks).start;
@@ -676,8 +728,13 @@ impl Communicator {
                 }
                 for (t, combine) in &step.recvs {
                     let segment = self.segment_elements::<T>(t.peer);
-                    if let Some(range) = piece(layout.elements(&t.blocks), segment, i) {
+                    let whole = layout.elements(&t.blocks);
+                    let nseg = pieces(&whole, segment);
+                    if let Some(range) = piece(whole, segment, i) {
                         self.recv_into(op, t.peer, tag, &mut buffer[range], *combine, reduce)?;
+                        if self.flow_controlled(t.peer) && credit_after(i, nseg) {
+                            self.give_credit(op, t.peer, tag)?;
+                        }
                     }
                 }
             }
@@ -1247,6 +1304,10 @@ impl Communicator {
             for i in 0..rounds {
                 for (peer, range, segment) in &outs {
                     if let Some(part) = piece(range.clone(), *segment, i) {
+                        if self.flow_controlled(*peer) && credit_before(i, pieces(range, *segment))
+                        {
+                            self.take_credit("alltoall", *peer, tag)?;
+                        }
                         self.send_bytes("alltoall", *peer, tag, bytemuck::cast_slice(&send[part]))?;
                     }
                 }
@@ -1260,6 +1321,9 @@ impl Communicator {
                             Combine::Copy,
                             ReduceOp::Sum,
                         )?;
+                        if self.flow_controlled(*peer) && credit_after(i, pieces(range, *segment)) {
+                            self.give_credit("alltoall", *peer, tag)?;
+                        }
                     }
                 }
             }
@@ -1499,12 +1563,13 @@ mod tests {
     fn tags_of_contexts_operations_and_rounds_never_collide() {
         let mut seen = std::collections::HashSet::new();
         for context in [0, 1, 2, MAX_CONTEXT] {
-            for sequence in [0, 1, 0x7f_fffe] {
+            for sequence in [0, 1, 0x3f_fffe] {
                 for round in [0, 1, 0xffff] {
                     let tag = collective_tag(context, sequence, round);
                     assert_eq!(tag >> 60, 0xC, "collectives' range");
                     assert!(tag < lumen_transport::RESERVED_TAGS);
                     assert!(seen.insert(tag), "duplicate tag {tag:#x}");
+                    assert!(seen.insert(tag | CREDIT_BIT), "credit collides");
                 }
             }
             for user in [0, 7, u32::MAX] {
@@ -1527,6 +1592,23 @@ mod tests {
             assert_eq!(parts.first().map(|r| r.start), Some(10));
             assert_eq!(parts.last().map(|r| r.end), Some(10 + len));
             assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+        }
+    }
+
+    #[test]
+    fn credits_sent_match_credits_taken_and_come_in_time() {
+        for nseg in [0, 1, 31, 32, 33, 40, 41, 100, 1000] {
+            let taken: Vec<usize> = (0..nseg).filter(|&i| credit_before(i, nseg)).collect();
+            let given: Vec<usize> = (0..nseg).filter(|&j| credit_after(j, nseg)).collect();
+            assert_eq!(taken.len(), given.len(), "nseg {nseg}");
+            assert_eq!(taken.len(), credits(nseg));
+            // Credit c is given after an earlier segment than the one it
+            // unlocks, so waits never form a cycle.
+            assert!(taken.iter().zip(&given).all(|(t, g)| g < t), "nseg {nseg}");
+            // Never more than the window ahead.
+            for (c, &t) in taken.iter().enumerate() {
+                assert!(t - (c * CREDIT_EVERY) <= CREDIT_WINDOW);
+            }
         }
     }
 

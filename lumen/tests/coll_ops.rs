@@ -11,8 +11,13 @@ use common::*;
 use std::process::Command;
 
 fn coll_check(ranks: u32, args: &[&str], seconds: u64) {
+    coll_check_env(ranks, args, seconds, &[]);
+}
+
+fn coll_check_env(ranks: u32, args: &[&str], seconds: u64, env: &[(&str, &str)]) {
     let out = run_with_timeout(
         Command::new(lumen())
+            .envs(env.iter().copied())
             .args(["run", "-n", &ranks.to_string(), "--label", "--"])
             .arg(example("coll_check"))
             .args(args),
@@ -75,4 +80,16 @@ fn big_allreduce_four_ranks() {
 #[test]
 fn big_allreduce_five_ranks() {
     coll_check(5, &["--sizes", "", "--big", "1048576"], 240);
+}
+
+#[test]
+fn three_ranks_yielding_waits_with_credit_flow_control() {
+    // Forced on, so that machines with many cores test this path too: eager
+    // segments between ranks of a node, credits every 8 segments.
+    coll_check_env(
+        3,
+        &["--sizes", "4099,1048576", "--types", "f32,u8"],
+        240,
+        &[("LUMEN_COLL_YIELD", "on")],
+    );
 }
