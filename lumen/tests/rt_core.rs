@@ -622,6 +622,20 @@ mod scenarios {
         // .await
         let fut = add::remote(&rt, 20, 22)?;
         assert_eq!(block_on(fut.into_future())?, 42);
+        let many: Vec<ObjectRef<u64>> = (0..50)
+            .map(|i| add::remote(&rt, i, 1))
+            .collect::<lumen::Result<_>>()?;
+        let total = block_on(async {
+            let mut total = 0;
+            for f in many {
+                total += f.await?;
+            }
+            Ok::<u64, LumenError>(total)
+        })?;
+        assert_eq!(total, (1..=50).sum::<u64>());
+        // A borrowed reference (owned by the rank that ran the task).
+        let (_, borrowed) = own_something::remote(&rt, 8)?.get()?;
+        assert_eq!(block_on(borrowed.into_future())?, 8);
         // whoami: tasks run on serving ranks only.
         let ranks: Vec<u32> = (0..8)
             .map(|_| whoami::remote(&rt))

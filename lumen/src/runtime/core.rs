@@ -127,6 +127,8 @@ pub(crate) struct Inner {
     inline_max: usize,
     /// How long a waiting caller drives progress itself before sleeping.
     spin: Duration,
+    /// Futures (`.await`) waiting for objects.
+    wakers: Mutex<HashMap<ObjectId, Vec<std::task::Waker>>>,
     /// Named actors (rank 0 only).
     names: Mutex<HashMap<String, ActorAddress>>,
     tasks_executed: AtomicU64,
@@ -215,6 +217,7 @@ impl Inner {
             shutdown_requested: (Mutex::new(false), Condvar::new()),
             inline_max,
             spin: config.wait_spin,
+            wakers: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             tasks_executed: AtomicU64::new(0),
         });
@@ -419,13 +422,17 @@ impl Inner {
             }
             RtMsg::Value { request, outcome } => {
                 let mut s = self.lock();
-                if let Some(object) = s.value_requests.remove(&request) {
+                let object = s.value_requests.remove(&request);
+                if let Some(object) = object {
                     if let Some(slot) = s.remote_values.get_mut(&object) {
                         *slot = Some(outcome);
                     }
                 }
                 drop(s);
                 self.changed.notify_all();
+                if let Some(object) = object {
+                    self.wake(object);
+                }
             }
             RtMsg::FreeCopy { key, arena } => self.store.release(self.rank, key, arena),
             RtMsg::NameRegister {
@@ -781,6 +788,7 @@ impl Inner {
                 .finished(rank);
         }
         self.changed.notify_all();
+        self.wake(object);
         for (rank, request) in waiters {
             self.send_or_log(
                 rank,
@@ -979,6 +987,39 @@ impl Inner {
                 s = self.pause(s, spin_until, slice);
             }
         })
+    }
+
+    /// Wakes `waker` when `object` is ready (or something failed).
+    pub(crate) fn register_waker(&self, object: ObjectId, waker: &std::task::Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        let list = wakers.entry(object).or_default();
+        if !list.iter().any(|w| w.will_wake(waker)) {
+            list.push(waker.clone());
+        }
+    }
+
+    fn wake(&self, object: ObjectId) {
+        let woken = self
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&object);
+        for waker in woken.into_iter().flatten() {
+            waker.wake();
+        }
+    }
+
+    fn wake_all(&self) {
+        let all: Vec<std::task::Waker> = self
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .flat_map(|(_, list)| list)
+            .collect();
+        for waker in all {
+            waker.wake();
+        }
     }
 
     pub(crate) fn is_ready(self: &Arc<Self>, object: ObjectId) -> bool {
@@ -1322,6 +1363,7 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .rank_died(rank);
         self.changed.notify_all();
+        self.wake_all();
         self.apply(effects);
         self.fail_actor_calls(rank, &format!("its rank {rank} died"));
         self.actors.forget_dead_rank(rank);

@@ -14,8 +14,8 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -309,72 +309,40 @@ pub fn wait<T: ?Sized>(
     Ok((done, pending))
 }
 
-/// The future behind `ObjectRef::into_future` (`.await`): a helper thread
-/// blocks in `get` and wakes the task (simple, and cheap next to a task's
-/// round trip; no async runtime is assumed).
+/// The future behind `ObjectRef::into_future` (`.await`): polls the
+/// object's readiness and registers its waker with the runtime, which wakes
+/// it when the task's result (or the owner's answer) arrives. No async
+/// runtime is assumed. Once ready, the value is read as `get` would: a
+/// large value on another node is pulled by the polling thread.
 pub struct ObjectRefFuture<T> {
-    state: Arc<Mutex<FutureState<T>>>,
+    reference: ObjectRef<T>,
 }
 
-struct FutureState<T> {
-    result: Option<Result<T>>,
-    waker: Option<Waker>,
-    started: bool,
-}
-
-impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {
+impl<T: DeserializeOwned> IntoFuture for ObjectRef<T> {
     type Output = Result<T>;
     type IntoFuture = ObjectRefFuture<T>;
 
     fn into_future(self) -> ObjectRefFuture<T> {
-        let state = Arc::new(Mutex::new(FutureState {
-            result: None,
-            waker: None,
-            started: false,
-        }));
-        let future = ObjectRefFuture {
-            state: state.clone(),
-        };
-        let spawn = std::thread::Builder::new()
-            .name("lumen-await".into())
-            .spawn(move || {
-                let result = self.get();
-                let waker = {
-                    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                    s.result = Some(result);
-                    s.waker.take()
-                };
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
-            });
-        if let Err(e) = spawn {
-            let mut s = future.state.lock().unwrap_or_else(|p| p.into_inner());
-            s.result = Some(Err(LumenError::Runtime(RuntimeError::Cluster(format!(
-                "no thread for .await: {e}"
-            )))));
-        }
-        future
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .started = true;
-        future
+        ObjectRefFuture { reference: self }
     }
 }
 
-impl<T> Future for ObjectRefFuture<T> {
+impl<T: DeserializeOwned> Future for ObjectRefFuture<T> {
     type Output = Result<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match s.result.take() {
-            Some(result) => Poll::Ready(result),
-            None => {
-                s.waker = Some(cx.waker().clone());
-                Poll::Pending
+        let reference = &self.reference;
+        let Some(rt) = &reference.rt else {
+            return Poll::Ready(Err(LumenError::Runtime(RuntimeError::NoRuntime)));
+        };
+        if !rt.is_ready(reference.id) {
+            rt.register_waker(reference.id, cx.waker());
+            // The answer may have come between the check and the registration.
+            if !rt.is_ready(reference.id) {
+                return Poll::Pending;
             }
         }
+        Poll::Ready(reference.get())
     }
 }
 
