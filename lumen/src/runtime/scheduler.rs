@@ -10,7 +10,8 @@
 //! 2. Data locality: a candidate holding the largest argument is taken when
 //!    it is not busier than the least-loaded candidate by more than its CPUs.
 //! 3. Otherwise the least loaded (tasks this submitter has outstanding there,
-//!    per CPU), ties broken round-robin so equal ranks share work.
+//!    per CPU); ties go to the rank used last (still warm: its threads spin
+//!    before sleeping), then round-robin.
 
 use lumen_transport::Rank;
 
@@ -129,7 +130,10 @@ impl Scheduler {
                 best = at;
             }
         }
-        self.next = (best + 1) % n.max(1);
+        // Ties go to the rank used last: an idle rank that just ran a task
+        // is still polling (its threads spin before they sleep), so a chain
+        // of dependent calls stays on a warm rank; loaded ranks still spread.
+        self.next = best;
         self.ranks[best].outstanding += 1;
         Ok(best as Rank)
     }
@@ -209,6 +213,21 @@ mod tests {
         s.finished(1);
         s.finished(1);
         assert_eq!(s.place_task(&request), Ok(1), "least loaded first");
+    }
+
+    #[test]
+    fn a_chain_of_dependent_tasks_stays_on_a_warm_rank() {
+        let mut s = Scheduler::new(slots(4, 1, true), 0);
+        let need = cpu();
+        let request = Request {
+            resources: Some(&need),
+            ..Request::default()
+        };
+        let first = s.place_task(&request).expect("fits");
+        for _ in 0..5 {
+            s.finished(first);
+            assert_eq!(s.place_task(&request), Ok(first));
+        }
     }
 
     #[test]
