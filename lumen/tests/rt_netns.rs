@@ -96,6 +96,24 @@ mod scenario {
         Ok(checksum(&data.get()?))
     }
 
+    /// Sums what it is given; lives on the other node.
+    #[lumen::actor]
+    struct Accumulator {
+        total: u64,
+    }
+
+    #[lumen::actor]
+    impl Accumulator {
+        fn new() -> Self {
+            Accumulator { total: 0 }
+        }
+
+        fn add_all(&mut self, data: ObjectRef<[u8]>) -> lumen::Result<u64> {
+            self.total += data.get()?.iter().map(|&b| u64::from(b)).sum::<u64>();
+            Ok(self.total)
+        }
+    }
+
     #[test]
     #[ignore = "run by tasks_and_objects_across_two_nodes"]
     fn across_nodes() -> lumen::Result<()> {
@@ -115,6 +133,12 @@ mod scenario {
             .remote(&rt, mine_ref)?
             .get()?;
         assert_eq!(there, checksum(&mine));
+        // An actor on node 1, called from here with a driver object.
+        let acc = Accumulator::actor_options().node(1).new_remote(&rt)?;
+        assert_eq!(rt.node_of(acc.raw().rank()), Some(1));
+        let ones = rt.put_slice(&vec![1u8; 1 << 20])?;
+        acc.add_all(ones.clone())?;
+        assert_eq!(acc.add_all(ones)?.get()?, 2 << 20);
         // 256 MiB made on node 1, pulled back here.
         let len = 256u64 << 20;
         let (big, sum) = make_big::options().node(1).remote(&rt, len, 42)?.get()?;
