@@ -132,6 +132,12 @@ fn embedded_owner_death_fails_borrowers_instead_of_hanging() {
 }
 
 #[test]
+fn embedded_actor_restarts_after_its_rank_dies() {
+    // Four workers: the scenario kills two.
+    embedded_with("actor_restarts", 4);
+}
+
+#[test]
 fn embedded_cluster_leaves_nothing_behind() {
     let all = embedded("prints_job_id");
     let job = printed_job_id(&all);
@@ -518,6 +524,10 @@ mod scenarios {
         fn fail(&self) -> Result<u64, String> {
             Err(format!("counter at {}", self.n))
         }
+
+        fn rank_of_self(&self) -> lumen::Result<u32> {
+            Ok(lumen::current()?.rank())
+        }
     }
 
     /// Uses an actor handle received as an argument.
@@ -767,6 +777,66 @@ mod scenarios {
         assert_eq!(add::remote(&rt, 2, 2)?.get()?, 4);
         done("owner_dies");
         Ok(())
+    }
+
+    /// Kills the rank hosting `counter` (via a task pinned there).
+    fn kill_host(rt: &Runtime, counter: &ActorHandle<Counter>) -> lumen::Result<()> {
+        let killed = die_always::options()
+            .rank(counter.raw().rank())
+            .max_retries(0)
+            .remote(rt)?;
+        assert!(killed.get_timeout(Duration::from_secs(30)).is_err());
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn actor_restarts() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let counter = Counter::actor_options()
+            .rank(1)
+            .max_restarts(1)
+            .new_remote(&rt, 100)?;
+        assert_eq!(counter.incr(1)?.get()?, 101);
+        kill_host(&rt, &counter)?;
+        // Restarted on another rank with fresh state; the old handle finds it.
+        assert_eq!(counter.incr(1)?.get_timeout(Duration::from_secs(30))?, 101);
+        // A task elsewhere holding a copy of the old handle finds it too
+        // (its rank may not have seen the death yet: a call it sends to the
+        // dead rank fails, as calls in flight do; the next one goes through).
+        assert_eq!(bump_after_death::remote(&rt, counter.clone())?.get()?, 102);
+        // No restarts left: the second death is final.
+        let moved = counter.rank_of_self()?.get()?;
+        assert_ne!(moved, 1);
+        let killed = die_always::options()
+            .rank(moved)
+            .max_retries(0)
+            .remote(&rt)?;
+        assert!(killed.get_timeout(Duration::from_secs(30)).is_err());
+        match counter
+            .incr(1)
+            .and_then(|r| r.get_timeout(Duration::from_secs(30)))
+        {
+            Err(LumenError::Runtime(RuntimeError::ActorDied { .. })) => {}
+            Err(LumenError::Runtime(RuntimeError::Task(e)))
+                if e.kind == TaskErrorKind::ActorDied => {}
+            other => panic!("expected ActorDied, got {other:?}"),
+        }
+        done("actor_restarts");
+        Ok(())
+    }
+
+    /// One increment, retried once if the first call went to the dead rank.
+    #[lumen::remote]
+    fn bump_after_death(counter: ActorHandle<Counter>) -> lumen::Result<u64> {
+        match counter.incr(1).and_then(|r| r.get()) {
+            Err(LumenError::Runtime(RuntimeError::Task(e)))
+                if e.kind == TaskErrorKind::ActorDied =>
+            {
+                counter.incr(1)?.get()
+            }
+            other => other,
+        }
     }
 
     #[test]

@@ -86,6 +86,8 @@ enum Reply {
     Ack(Option<String>),
     Name(Option<ActorAddress>),
     Stats(RankStats),
+    /// The creator's answer to `ActorLocate`.
+    Located(Option<Rank>),
     Failed,
 }
 
@@ -102,6 +104,21 @@ struct State {
     replies: HashMap<u64, Reply>,
     dead: HashSet<Rank>,
     dead_actors: HashMap<ActorId, String>,
+    /// (creator side) restartable actors this rank created.
+    created_actors: HashMap<ActorId, CreatedActor>,
+    /// Where actors moved after a restart (overrides the handle's host).
+    actor_hosts: HashMap<ActorId, Rank>,
+}
+
+/// What the creator keeps to restart an actor (`max_restarts`).
+#[derive(Debug)]
+struct CreatedActor {
+    address: ActorAddress,
+    args: Vec<u8>,
+    /// Keeps the constructor's `ObjectRef` arguments alive for restarts.
+    pinned: Pinned,
+    options: ActorOptions,
+    restarts_left: u32,
 }
 
 /// One rank's runtime (shared by `Runtime` handles, `ObjectRef`s, the
@@ -206,6 +223,8 @@ impl Inner {
                 replies: HashMap::new(),
                 dead: HashSet::new(),
                 dead_actors: HashMap::new(),
+                created_actors: HashMap::new(),
+                actor_hosts: HashMap::new(),
             }),
             changed: Condvar::new(),
             scheduler: Mutex::new(Scheduler::new(slots, rank as usize + 1)),
@@ -371,7 +390,24 @@ impl Inner {
                 self.actors
                     .call(self, actor, method, name, object, args, refs);
             }
-            RtMsg::ActorKill { actor } => self.actors.kill(self, actor),
+            RtMsg::ActorKill { actor } => {
+                // Dropped after the lock: the record's pins unpin (lock again).
+                let _record = {
+                    let mut s = self.lock();
+                    s.dead_actors.insert(actor, "killed".to_string());
+                    s.created_actors.remove(&actor)
+                };
+                self.actors.kill(self, actor);
+            }
+            RtMsg::ActorLocate { actor, request } => {
+                let host = self
+                    .lock()
+                    .created_actors
+                    .get(&actor)
+                    .map(|a| a.address.host);
+                self.send_or_log(src, &RtMsg::ActorLocation { request, host });
+            }
+            RtMsg::ActorLocation { request, host } => self.answer(request, Reply::Located(host)),
             RtMsg::AddBorrower {
                 object,
                 borrower,
@@ -1150,15 +1186,160 @@ impl Inner {
             }
         }
         self.register(&refs, host)?;
-        self.send(
-            host,
-            &RtMsg::ActorCreate {
-                address: address.clone(),
-                args,
-                refs,
-            },
-        )?;
+        let message = RtMsg::ActorCreate {
+            address: address.clone(),
+            args: args.clone(),
+            refs,
+        };
+        if options.max_restarts > 0 {
+            self.lock().created_actors.insert(
+                address.id,
+                CreatedActor {
+                    address: address.clone(),
+                    args,
+                    pinned,
+                    options: options.clone(),
+                    restarts_left: options.max_restarts,
+                },
+            );
+        }
+        self.send(host, &message)?;
         Ok(RawActorHandle::new(address, options.name))
+    }
+
+    /// (Creator) restarts the actors that lived on `rank`, while they have
+    /// restarts left; the others are dead for good.
+    fn restart_actors(self: &Arc<Self>, rank: Rank) {
+        let lost: Vec<ActorId> = self
+            .lock()
+            .created_actors
+            .iter()
+            .filter(|(_, a)| a.address.host == rank)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            let placed = {
+                let s = self.lock();
+                let Some(record) = s.created_actors.get(&id) else {
+                    continue;
+                };
+                if record.restarts_left == 0 {
+                    None
+                } else {
+                    let options = record.options.clone();
+                    drop(s);
+                    self.scheduler
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .place_actor(&Request {
+                            resources: Some(&options.resources),
+                            node: options.node,
+                            // A pinned rank that died cannot host it again.
+                            rank: None,
+                            data_at: None,
+                        })
+                        .ok()
+                }
+            };
+            let Some(host) = placed else {
+                let _record = {
+                    let mut s = self.lock();
+                    s.dead_actors.insert(
+                        id,
+                        format!("its rank {rank} died and it has no restarts left"),
+                    );
+                    s.created_actors.remove(&id)
+                };
+                continue;
+            };
+            let message = {
+                let mut s = self.lock();
+                let Some(record) = s.created_actors.get_mut(&id) else {
+                    continue;
+                };
+                record.restarts_left -= 1;
+                record.address.host = host;
+                let refs = record.pinned.ids();
+                let message = RtMsg::ActorCreate {
+                    address: record.address.clone(),
+                    args: record.args.clone(),
+                    refs: refs.clone(),
+                };
+                s.actor_hosts.insert(id, host);
+                (message, refs)
+            };
+            tracing::info!("restarting {id} on rank {host} (its rank {rank} died)");
+            if self.register(&message.1, host).is_ok() {
+                self.send_or_log(host, &message.0);
+            }
+        }
+    }
+
+    /// Where actor `address` lives now: its handle's host, or, when that
+    /// rank died, wherever its creator restarted it.
+    fn actor_host(self: &Arc<Self>, address: &ActorAddress) -> Result<Rank> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (host, dead_host) = {
+                let s = self.lock();
+                let host = s
+                    .actor_hosts
+                    .get(&address.id)
+                    .copied()
+                    .unwrap_or(address.host);
+                (host, s.dead.contains(&host))
+            };
+            if !dead_host {
+                return Ok(host);
+            }
+            let creator = address.id.creator;
+            let dead = || {
+                runtime_error(RuntimeError::ActorDied {
+                    actor: address.id,
+                    reason: format!("its rank {host} died"),
+                })
+            };
+            let located = if creator == self.rank {
+                self.lock()
+                    .created_actors
+                    .get(&address.id)
+                    .map(|a| a.address.host)
+            } else if self.is_dead(creator) {
+                None
+            } else {
+                let request = self.new_request();
+                self.lock().replies.insert(request, Reply::Waiting(creator));
+                self.send(
+                    creator,
+                    &RtMsg::ActorLocate {
+                        actor: address.id,
+                        request,
+                    },
+                )?;
+                match self.await_reply(request, None)? {
+                    Reply::Located(host) => host,
+                    _ => None,
+                }
+            };
+            match located {
+                None => {
+                    let error = dead();
+                    self.lock()
+                        .dead_actors
+                        .insert(address.id, format!("its rank {host} died"));
+                    return Err(error);
+                }
+                Some(new) if new != host && !self.is_dead(new) => {
+                    self.lock().actor_hosts.insert(address.id, new);
+                    return Ok(new);
+                }
+                // The creator has not noticed the death yet.
+                Some(_) if Instant::now() < deadline => {
+                    std::thread::sleep(MONITOR_PERIOD);
+                }
+                Some(_) => return Err(dead()),
+            }
+        }
     }
 
     /// Submits a method call to an actor.
@@ -1183,7 +1364,8 @@ impl Inner {
                 detail: e.to_string(),
             })
         })?;
-        self.register(&refs, address.host)?;
+        let host = self.actor_host(address)?;
+        self.register(&refs, host)?;
         let object = self.new_object();
         {
             let mut s = self.lock();
@@ -1191,19 +1373,19 @@ impl Inner {
             s.in_flight.insert(
                 object,
                 InFlight::ActorCall {
-                    host: address.host,
+                    host,
                     actor: address.id,
                     name: name.to_string(),
                 },
             );
-            if s.dead.contains(&address.host) {
+            if s.dead.contains(&host) {
                 drop(s);
-                self.fail_actor_calls(address.host, "its rank died");
+                self.fail_actor_calls(host, "its rank died");
                 return Ok(object);
             }
         }
         if let Err(e) = self.send(
-            address.host,
+            host,
             &RtMsg::ActorCall {
                 actor: address.id,
                 method,
@@ -1223,9 +1405,16 @@ impl Inner {
         address: &ActorAddress,
         name: Option<&str>,
     ) -> Result<()> {
-        self.lock()
-            .dead_actors
-            .insert(address.id, "killed".to_string());
+        let host = self.actor_host(address).unwrap_or(address.host);
+        let _record = {
+            let mut s = self.lock();
+            s.dead_actors.insert(address.id, "killed".to_string());
+            s.created_actors.remove(&address.id)
+        };
+        let creator = address.id.creator;
+        if creator != self.rank && creator != host {
+            self.send_or_log(creator, &RtMsg::ActorKill { actor: address.id });
+        }
         if let Some(name) = name {
             self.send_or_log(
                 0,
@@ -1234,7 +1423,7 @@ impl Inner {
                 },
             );
         }
-        self.send(address.host, &RtMsg::ActorKill { actor: address.id })?;
+        self.send(host, &RtMsg::ActorKill { actor: address.id })?;
         Ok(())
     }
 
@@ -1298,7 +1487,6 @@ impl Inner {
             let mut out = Vec::new();
             for id in ids {
                 if let Some(InFlight::ActorCall { actor, name, .. }) = s.in_flight.remove(&id) {
-                    s.dead_actors.insert(actor, reason.to_string());
                     out.push((id, actor, name));
                 }
             }
@@ -1366,6 +1554,7 @@ impl Inner {
         self.wake_all();
         self.apply(effects);
         self.fail_actor_calls(rank, &format!("its rank {rank} died"));
+        self.restart_actors(rank);
         self.actors.forget_dead_rank(rank);
         for spec in failed {
             let error = TaskError {

@@ -40,6 +40,12 @@ pub(crate) struct Pinned {
     refs: Vec<RefPin>,
 }
 
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.ids()).finish()
+    }
+}
+
 impl Pinned {
     /// The ids, in serialisation order.
     pub(crate) fn ids(&self) -> Vec<ObjectId> {

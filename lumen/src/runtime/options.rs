@@ -69,6 +69,9 @@ pub struct ActorOptions {
     pub rank: Option<Rank>,
     /// Register it under this job-wide name (see `Runtime::get_actor`).
     pub name: Option<String>,
+    /// How often the creator restarts it (fresh state, on another rank)
+    /// when its rank dies (default 0, as Ray). Calls in flight then fail.
+    pub max_restarts: u32,
 }
 
 /// Builder methods shared by the generated per-function call types
@@ -149,6 +152,12 @@ macro_rules! __actor_option_methods {
         /// Registers the actor under a job-wide name.
         $($vis)* fn name(mut self, name: &str) -> Self {
             self.options.name = Some(name.to_string());
+            self
+        }
+        /// Restarts the actor (fresh state) up to this many times when its
+        /// rank dies.
+        $($vis)* fn max_restarts(mut self, restarts: u32) -> Self {
+            self.options.max_restarts = restarts;
             self
         }
     };

@@ -110,8 +110,12 @@ pub(crate) enum RtMsg {
         args: Vec<u8>,
         refs: Vec<ObjectId>,
     },
-    /// Stop an actor hosted here.
+    /// Stop an actor hosted here (and, at its creator, never restart it).
     ActorKill { actor: ActorId },
+    /// (to the creator) where does this actor live now?
+    ActorLocate { actor: ActorId, request: u64 },
+    /// The creator's answer: the current host, or `None` (dead for good).
+    ActorLocation { request: u64, host: Option<Rank> },
     /// (to the owner) `borrower` holds `count` more registrations of `object`;
     /// answer `Ack { request }` when `request` is given.
     AddBorrower {
