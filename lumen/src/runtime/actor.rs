@@ -9,8 +9,11 @@
 //! before the actor's creation message (a handle passed on to a third rank
 //! that calls at once) waits in a per-actor early queue. Killing an actor
 //! stops its thread after the running call and fails queued and later calls
-//! with `ActorDied`. A dead hosting rank fails the calls in flight; actors
-//! are not restarted (`max_restarts` is not implemented).
+//! with `ActorDied`. A dead hosting rank fails the calls in flight (Ray's
+//! default, `max_task_retries = 0`). With `max_restarts(n)` the actor's
+//! creator keeps its constructor arguments and restarts it, with fresh
+//! state, on another rank, up to `n` times; a caller whose handle names the
+//! dead rank asks the creator where the actor went (see `core`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::marker::PhantomData;
@@ -311,9 +314,6 @@ impl ActorHost {
         }
     }
 
-    /// Nothing to do for actors hosted elsewhere; kept as the place where
-    /// restarts (`max_restarts`) would go.
-    pub(crate) fn forget_dead_rank(&self, _rank: Rank) {}
 }
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {

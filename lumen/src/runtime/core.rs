@@ -1555,7 +1555,6 @@ impl Inner {
         self.apply(effects);
         self.fail_actor_calls(rank, &format!("its rank {rank} died"));
         self.restart_actors(rank);
-        self.actors.forget_dead_rank(rank);
         for spec in failed {
             let error = TaskError {
                 function: spec.name.clone(),
