@@ -313,7 +313,6 @@ impl ActorHost {
             slot.ready.notify_all();
         }
     }
-
 }
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
