@@ -35,8 +35,20 @@
 //!
 //! # Objects
 //! Values up to 100 KiB (`LUMEN_INLINE_MAX`) travel inline in replies and
-//! live in the owner's table; larger ones stay in the memory of the rank
-//! that produced them (see `store`), read by others with one copy.
+//! live in the owner's table. Larger ones go into the node's shared arena
+//! (`lumen-objstore`, created by the node's first rank): every rank of the
+//! node reads them as zero-copy views, ranks of other nodes pull them in
+//! chunks into their own arena; without an arena (or when it is full) they
+//! stay in the producing rank's memory and are read with one copy (see
+//! `store`). The owner frees an object exactly once, when the last
+//! reference anywhere is gone (see `refs`).
+//!
+//! # Failures
+//! A task whose rank dies is retried elsewhere (`max_retries`, default 3);
+//! an actor whose rank dies is restarted by its creator (`max_restarts`,
+//! default 0); an object whose owner died fails with `OwnerDied`. Errors
+//! and panics in tasks come back as [`TaskError`] with the remote message,
+//! rank and function.
 
 mod actor;
 pub mod cluster;
