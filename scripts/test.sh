@@ -34,6 +34,7 @@ echo "== tests"
 cargo nextest run --workspace --no-fail-fast
 echo "== MPI interop (feature mpi: Lumen's world from MPI_COMM_WORLD)"
 cargo clippy -p lumen --features mpi --all-targets --quiet -- -D warnings
+cargo build -p lumen --features mpi --examples --quiet
 cargo nextest run -p lumen --features mpi --test mpi_launch --no-fail-fast
 cargo test --workspace --doc --quiet
 
