@@ -141,31 +141,8 @@ pub fn worker(
     Ok(())
 }
 
-fn fxhash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 fn build_mpi() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("lumen-mpi-coll-{:016x}", fxhash(MPI_SOURCE)));
-    let binary = dir.join("mpi_coll");
-    if binary.exists() {
-        return Ok(binary);
-    }
-    std::fs::create_dir_all(&dir)?;
-    let source = dir.join("mpi_coll.c");
-    std::fs::write(&source, MPI_SOURCE)?;
-    let status = Command::new("mpicc")
-        .args(["-O2", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .status()
-        .context("running mpicc (install Open MPI: scripts/install-deps.sh)")?;
-    if !status.success() {
-        bail!("mpicc failed with {status}");
-    }
-    Ok(binary)
+    super::mpi::compile("mpi_coll", MPI_SOURCE)
 }
 
 fn cores() -> usize {

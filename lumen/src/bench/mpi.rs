@@ -21,15 +21,17 @@ pub struct MpiRow {
     pub mbps: Option<f64>,
 }
 
-fn build() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("lumen-mpi-baseline-{:016x}", fxhash(SOURCE)));
-    let binary = dir.join("mpi_pingpong");
+/// Compiles an embedded MPI C program with `mpicc` once per source text
+/// (cached in the temp dir under a hash of the source) and returns the binary.
+pub(crate) fn compile(name: &str, source_text: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lumen-{name}-{:016x}", fxhash(source_text)));
+    let binary = dir.join(name);
     if binary.exists() {
         return Ok(binary);
     }
     std::fs::create_dir_all(&dir)?;
-    let source = dir.join("mpi_pingpong.c");
-    std::fs::write(&source, SOURCE)?;
+    let source = dir.join(format!("{name}.c"));
+    std::fs::write(&source, source_text)?;
     let status = Command::new("mpicc")
         .args(["-O2", "-o"])
         .arg(&binary)
@@ -40,6 +42,10 @@ fn build() -> anyhow::Result<PathBuf> {
         bail!("mpicc failed with {status}");
     }
     Ok(binary)
+}
+
+fn build() -> anyhow::Result<PathBuf> {
+    compile("mpi_pingpong", SOURCE)
 }
 
 fn fxhash(text: &str) -> u64 {
