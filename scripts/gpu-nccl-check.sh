@@ -16,19 +16,22 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
 fi
 nvidia-smi -L
 
-# libnccl from the system, or from pip's nvidia-nccl-cu12 wheel if installed.
+# libnccl from the system, or from pip's nvidia-nccl-cu12/cu13 wheel if installed.
 if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so'; then
-    for dir in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true); do
-        if [ -d "$dir/nvidia/nccl/lib" ]; then
-            export LD_LIBRARY_PATH="$dir/nvidia/nccl/lib:${LD_LIBRARY_PATH:-}"
-            # cudarc looks for libnccl.so; the wheel ships libnccl.so.2.
-            if [ ! -e "$dir/nvidia/nccl/lib/libnccl.so" ]; then
-                mkdir -p "${TMPDIR:-/tmp}/lumen-nccl-lib"
-                ln -sf "$dir/nvidia/nccl/lib/libnccl.so.2" "${TMPDIR:-/tmp}/lumen-nccl-lib/libnccl.so"
-                export LD_LIBRARY_PATH="${TMPDIR:-/tmp}/lumen-nccl-lib:$LD_LIBRARY_PATH"
-            fi
-        fi
+    found=""
+    for dir in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true) /usr/local /opt; do
+        [ -d "$dir" ] || continue
+        found=$(find "$dir" -maxdepth 6 -name 'libnccl.so*' -print -quit 2>/dev/null || true)
+        [ -n "$found" ] && break
     done
+    if [ -n "$found" ]; then
+        libdir=$(dirname "$found")
+        echo "gpu-nccl-check: using $found"
+        # cudarc looks for libnccl.so; the wheels ship libnccl.so.2.
+        mkdir -p "${TMPDIR:-/tmp}/lumen-nccl-lib"
+        ln -sf "$found" "${TMPDIR:-/tmp}/lumen-nccl-lib/libnccl.so"
+        export LD_LIBRARY_PATH="${TMPDIR:-/tmp}/lumen-nccl-lib:$libdir:${LD_LIBRARY_PATH:-}"
+    fi
 fi
 
 bin="${NCCL_CHECK_BIN:-}"

@@ -69,6 +69,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gpu.allreduce(&mut a, ReduceOp::BitXor).is_err(),
         "bitwise on floats is refused"
     );
+    // Timing on one rank. An in-place allreduce on one rank is a no-op for
+    // NCCL (it only enqueues), so the bandwidth line uses an out-of-place
+    // allgather, which on one rank is a device-to-device copy of the buffer.
+    for &bytes in &[8usize, 64 << 10, 4 << 20, 256 << 20] {
+        let count = (bytes / 4).max(1);
+        let mut buf = stream.alloc_zeros::<f32>(count)?;
+        let mut out = stream.alloc_zeros::<f32>(count)?;
+        let iters = if bytes >= 64 << 20 { 20 } else { 200 };
+        let time = |f: &mut dyn FnMut() -> Result<(), Box<dyn std::error::Error>>| {
+            for _ in 0..5 {
+                f()?;
+            }
+            gpu.synchronize()?;
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                f()?;
+            }
+            gpu.synchronize()?;
+            Ok::<f64, Box<dyn std::error::Error>>(
+                start.elapsed().as_secs_f64() * 1e6 / iters as f64,
+            )
+        };
+        let reduce_us = time(&mut || Ok(gpu.allreduce(&mut buf, ReduceOp::Sum)?))?;
+        let gather_us = time(&mut || Ok(gpu.allgather(&buf, &mut out)?))?;
+        println!(
+            "nccl_check: {bytes:>10} B, 1 rank: allreduce in place {reduce_us:8.2} us/op; allgather (device copy) {gather_us:8.2} us/op, {:8.1} GB/s",
+            (count * 4) as f64 / gather_us / 1e3
+        );
+    }
+
     println!("nccl_check: PASSED on GPU 0 (1 rank): allreduce, bcast, reduce, allgather, reduce_scatter, f32/i64/f16");
     Ok(())
 }
