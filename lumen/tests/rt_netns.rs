@@ -1,6 +1,8 @@
 //! The runtime across two "nodes" (network namespaces joined by a bridge,
 //! two ranks each, TCP between them): tasks placed on the other node, and
 //! objects living there pulled back — a 256 MiB one verified by checksum.
+//! Every pulled copy is deleted with its object: both nodes' arenas return
+//! to their starting object count.
 //! Needs root and iproute2; skips with a message otherwise.
 
 mod common;
@@ -45,7 +47,7 @@ fn tasks_and_objects_across_two_nodes() {
 }
 
 mod scenario {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use lumen::prelude::*;
 
@@ -114,11 +116,34 @@ mod scenario {
         }
     }
 
+    /// Live objects in the arenas of node 0 (ranks 0, 1) and node 1 (2, 3).
+    fn arenas(rt: &Runtime) -> lumen::Result<(u64, u64)> {
+        Ok((rt.stats(0)?.arena_objects, rt.stats(2)?.arena_objects))
+    }
+
+    /// Waits until both arenas hold `expected` objects: deletions travel as
+    /// messages and may land a little after the last reference drops.
+    fn wait_for_arenas(rt: &Runtime, expected: (u64, u64), what: &str) -> lumen::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = arenas(rt)?;
+            if now == expected {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: arenas hold {now:?} objects, expected {expected:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     #[test]
     #[ignore = "run by tasks_and_objects_across_two_nodes"]
     fn across_nodes() -> lumen::Result<()> {
         let rt = lumen::init()?;
         assert_eq!(rt.num_nodes(), 2);
+        let before = arenas(&rt)?;
         // Placement on the other node.
         for _ in 0..4 {
             let (rank, node) = where_am_i::options().node(1).remote(&rt)?.get()?;
@@ -130,15 +155,20 @@ mod scenario {
         let mine_ref = rt.put_slice(&mine)?;
         let there = remote_checksum::options()
             .node(1)
-            .remote(&rt, mine_ref)?
+            .remote(&rt, mine_ref.clone())?
             .get()?;
         assert_eq!(there, checksum(&mine));
+        // The primary on node 0 and the copy pulled to node 1.
+        assert_eq!(arenas(&rt)?, (before.0 + 1, before.1 + 1));
+        drop(mine_ref);
+        wait_for_arenas(&rt, before, "driver object pulled by a task")?;
         // An actor on node 1, called from here with a driver object.
         let acc = Accumulator::actor_options().node(1).new_remote(&rt)?;
         assert_eq!(rt.node_of(acc.raw().rank()), Some(1));
         let ones = rt.put_slice(&vec![1u8; 1 << 20])?;
         acc.add_all(ones.clone())?;
         assert_eq!(acc.add_all(ones)?.get()?, 2 << 20);
+        wait_for_arenas(&rt, before, "driver object pulled by an actor")?;
         // 256 MiB made on node 1, pulled back here.
         let len = 256u64 << 20;
         let (big, sum) = make_big::options().node(1).remote(&rt, len, 42)?.get()?;
@@ -151,8 +181,11 @@ mod scenario {
             "256 MiB pulled from node 1 in {seconds:.3} s ({:.0} MB/s)",
             len as f64 / seconds / 1e6
         );
+        // Owned by the rank on node 1 that made it, pulled here.
+        assert_eq!(arenas(&rt)?, (before.0 + 1, before.1 + 1));
         drop(view);
         drop(big);
+        wait_for_arenas(&rt, before, "node 1 object pulled by the driver")?;
         println!("scenario across_nodes: ok");
         Ok(())
     }

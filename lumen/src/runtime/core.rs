@@ -97,6 +97,8 @@ struct State {
     in_flight: HashMap<ObjectId, InFlight>,
     /// Values of borrowed objects: `None` while the owner has not answered.
     remote_values: HashMap<ObjectId, Option<Outcome>>,
+    /// Secondary copies of borrowed objects, as the owner last reported.
+    remote_copies: HashMap<ObjectId, Vec<Rank>>,
     /// Request id of each outstanding `GetValue`.
     value_requests: HashMap<u64, ObjectId>,
     /// (owner side) borrowers waiting for a pending object's value.
@@ -218,6 +220,7 @@ impl Inner {
                 refs: RefTable::new(rank),
                 in_flight: HashMap::new(),
                 remote_values: HashMap::new(),
+                remote_copies: HashMap::new(),
                 value_requests: HashMap::new(),
                 value_waiters: HashMap::new(),
                 replies: HashMap::new(),
@@ -436,7 +439,9 @@ impl Inner {
                 let reply = {
                     let mut s = self.lock();
                     match s.refs.state(object) {
-                        Some(ObjectState::Ready(outcome)) => Some(outcome.clone()),
+                        Some(ObjectState::Ready(outcome)) => {
+                            Some((outcome.clone(), s.refs.copies(object)))
+                        }
                         Some(ObjectState::Pending) => {
                             s.value_waiters
                                 .entry(object)
@@ -444,24 +449,39 @@ impl Inner {
                                 .push((src, request));
                             None
                         }
-                        None => Some(Outcome::Failed(TaskError {
-                            function: String::new(),
-                            rank: self.rank,
-                            kind: TaskErrorKind::OwnerDied,
-                            message: format!("{object} was already freed by its owner"),
-                        })),
+                        None => Some((
+                            Outcome::Failed(TaskError {
+                                function: String::new(),
+                                rank: self.rank,
+                                kind: TaskErrorKind::OwnerDied,
+                                message: format!("{object} was already freed by its owner"),
+                            }),
+                            Vec::new(),
+                        )),
                     }
                 };
-                if let Some(outcome) = reply {
-                    self.send_or_log(src, &RtMsg::Value { request, outcome });
+                if let Some((outcome, copies)) = reply {
+                    self.send_or_log(
+                        src,
+                        &RtMsg::Value {
+                            request,
+                            outcome,
+                            copies,
+                        },
+                    );
                 }
             }
-            RtMsg::Value { request, outcome } => {
+            RtMsg::Value {
+                request,
+                outcome,
+                copies,
+            } => {
                 let mut s = self.lock();
                 let object = s.value_requests.remove(&request);
                 if let Some(object) = object {
                     if let Some(slot) = s.remote_values.get_mut(&object) {
                         *slot = Some(outcome);
+                        s.remote_copies.insert(object, copies);
                     }
                 }
                 drop(s);
@@ -470,7 +490,26 @@ impl Inner {
                     self.wake(object);
                 }
             }
-            RtMsg::FreeCopy { key, arena } => self.store.release(self.rank, key, arena),
+            RtMsg::FreeCopy { rank, key, arena } => self.store.release(rank, key, arena),
+            RtMsg::AddCopy {
+                object,
+                holder,
+                rank,
+                key,
+            } => {
+                let added = self.lock().refs.add_copy(object, holder);
+                if let Err(e) = added {
+                    tracing::debug!(rank = self.rank, "{e}; deleting it");
+                    self.send_or_log(
+                        src,
+                        &RtMsg::FreeCopy {
+                            rank,
+                            key,
+                            arena: true,
+                        },
+                    );
+                }
+            }
             RtMsg::NameRegister {
                 name,
                 address,
@@ -552,19 +591,13 @@ impl Inner {
                     object,
                     outcome,
                     contained,
+                    copies,
                 } => {
                     if let Some(Outcome::Stored {
                         rank, key, arena, ..
                     }) = outcome
                     {
-                        if rank == self.rank || (arena && self.store.same_node(rank)) {
-                            // Any rank of a node may release what any rank
-                            // of the node stored in its arena (also when that
-                            // rank has died).
-                            self.store.release(rank, key, arena);
-                        } else if !self.lock().dead.contains(&rank) {
-                            self.send_or_log(rank, &RtMsg::FreeCopy { key, arena });
-                        }
+                        self.delete_copies(rank, key, arena, &copies);
                     }
                     let mut s = self.lock();
                     s.value_waiters.remove(&object);
@@ -576,6 +609,7 @@ impl Inner {
                     let owner_dead = {
                         let mut s = self.lock();
                         s.remote_values.remove(&object);
+                        s.remote_copies.remove(&object);
                         s.dead.contains(&object.owner)
                     };
                     if !owner_dead {
@@ -593,6 +627,124 @@ impl Inner {
         }
     }
 
+    /// Deletes every copy of a freed value stored by `rank` under `key`:
+    /// the primary and the secondary copies pulled by `copies`, one release
+    /// per node (any rank of a node may release what its arena holds, also
+    /// when the rank that stored or pulled it has died).
+    fn delete_copies(self: &Arc<Self>, rank: Rank, key: u64, arena: bool, copies: &[Rank]) {
+        if !arena {
+            if rank == self.rank {
+                self.store.release(rank, key, false);
+            } else if !self.is_dead(rank) {
+                self.send_or_log(
+                    rank,
+                    &RtMsg::FreeCopy {
+                        rank,
+                        key,
+                        arena: false,
+                    },
+                );
+            }
+            return;
+        }
+        let mut nodes: Vec<(u32, Rank)> = Vec::new();
+        for &holder in std::iter::once(&rank).chain(copies) {
+            let Some(node) = self.node_of(holder) else {
+                continue;
+            };
+            if !nodes.iter().any(|&(n, _)| n == node) {
+                nodes.push((node, holder));
+            }
+        }
+        for (node, holder) in nodes {
+            if self.node_of(self.rank) == Some(node) {
+                self.store.release(rank, key, true);
+                continue;
+            }
+            match self.live_rank_on(node, holder) {
+                Some(to) => self.send_or_log(
+                    to,
+                    &RtMsg::FreeCopy {
+                        rank,
+                        key,
+                        arena: true,
+                    },
+                ),
+                None => tracing::debug!(
+                    rank = self.rank,
+                    "no live rank on node {node} to delete a copy of value {key} of rank {rank}"
+                ),
+            }
+        }
+    }
+
+    fn node_of(&self, rank: Rank) -> Option<u32> {
+        self.ranks.get(rank as usize).map(|r| r.node)
+    }
+
+    /// `preferred` if alive, else some live rank of `node`.
+    fn live_rank_on(&self, node: u32, preferred: Rank) -> Option<Rank> {
+        let s = self.lock();
+        if !s.dead.contains(&preferred) && self.node_of(preferred) == Some(node) {
+            return Some(preferred);
+        }
+        self.ranks
+            .iter()
+            .find(|r| r.node == node && !s.dead.contains(&r.rank))
+            .map(|r| r.rank)
+    }
+
+    /// Where to pull an arena value stored by `rank` from: one live rank
+    /// per other node holding a copy (the storing rank's node and those of
+    /// `copies`), starting at a place that depends on this rank so that
+    /// many readers of one object spread over its copies.
+    fn pull_sources(&self, rank: Rank, copies: &[Rank]) -> Vec<Rank> {
+        let mine = self.node_of(self.rank);
+        let mut sources: Vec<Rank> = Vec::new();
+        let mut nodes: Vec<u32> = Vec::new();
+        for &holder in std::iter::once(&rank).chain(copies) {
+            let Some(node) = self.node_of(holder) else {
+                continue;
+            };
+            if Some(node) == mine || nodes.contains(&node) {
+                continue;
+            }
+            nodes.push(node);
+            if let Some(live) = self.live_rank_on(node, holder) {
+                sources.push(live);
+            }
+        }
+        if !sources.is_empty() {
+            let start = self.rank as usize % sources.len();
+            sources.rotate_left(start);
+        }
+        sources
+    }
+
+    /// Tells the owner of `object` that this rank pulled a copy of its
+    /// value (stored by `rank` under `key`) into this node's arena.
+    fn report_copy(self: &Arc<Self>, object: ObjectId, rank: Rank, key: u64) {
+        if object.owner == self.rank {
+            let added = self.lock().refs.add_copy(object, self.rank);
+            if added.is_err() {
+                self.store.release(rank, key, true);
+            }
+            return;
+        }
+        if self.is_dead(object.owner) {
+            return;
+        }
+        self.send_or_log(
+            object.owner,
+            &RtMsg::AddCopy {
+                object,
+                holder: self.rank,
+                rank,
+                key,
+            },
+        );
+    }
+
     pub(crate) fn handle_added(&self, object: ObjectId) {
         self.lock().refs.handle_added(object);
     }
@@ -603,6 +755,7 @@ impl Inner {
             let effects = s.refs.handle_dropped(object);
             if object.owner != self.rank && !s.refs.borrows(object) {
                 s.remote_values.remove(&object);
+                s.remote_copies.remove(&object);
             }
             effects
         };
@@ -831,6 +984,7 @@ impl Inner {
                 &RtMsg::Value {
                     request,
                     outcome: outcome.clone(),
+                    copies: Vec::new(),
                 },
             );
         }
@@ -929,9 +1083,24 @@ impl Inner {
                 key,
                 len,
                 arena,
-            } => self
-                .blocking(|| self.store.fetch(rank, key, len, arena))
-                .map_err(|e| match e {
+            } => {
+                let sources = if arena {
+                    let s = self.lock();
+                    let copies = if object.owner == self.rank {
+                        s.refs.copies(object)
+                    } else {
+                        s.remote_copies.get(&object).cloned().unwrap_or_default()
+                    };
+                    drop(s);
+                    self.pull_sources(rank, &copies)
+                } else {
+                    Vec::new()
+                };
+                let fetched = self.blocking(|| self.store.fetch(rank, key, len, arena, &sources));
+                if let Ok((_, true)) = &fetched {
+                    self.report_copy(object, rank, key);
+                }
+                fetched.map(|(bytes, _)| bytes).map_err(|e| match e {
                     FetchError::Transport(
                         TransportError::PeerDied { .. } | TransportError::PeerClosed { .. },
                     ) => runtime_error(RuntimeError::RankDied {
@@ -943,7 +1112,8 @@ impl Inner {
                         object,
                         detail: other.to_string(),
                     }),
-                }),
+                })
+            }
             Outcome::Failed(error) => Err(runtime_error(RuntimeError::Task(error))),
         }
     }

@@ -38,10 +38,15 @@
 //! live in the owner's table. Larger ones go into the node's shared arena
 //! (`lumen-objstore`, created by the node's first rank): every rank of the
 //! node reads them as zero-copy views, ranks of other nodes pull them in
-//! chunks into their own arena; without an arena (or when it is full) they
-//! stay in the producing rank's memory and are read with one copy (see
-//! `store`). The owner frees an object exactly once, when the last
-//! reference anywhere is gone (see `refs`).
+//! chunks into their own arena (from any node that holds a copy: the
+//! owner's answer names them all); without an arena (or when it is full)
+//! they stay in the producing rank's memory and are read with one copy (see
+//! `store`). A rank that pulls a copy reports it to the owner, so the owner
+//! knows every node holding the object. The owner frees an object exactly
+//! once, when the last reference anywhere is gone (see `refs`), and then
+//! deletes every copy: the primary, each pulled secondary copy (one message
+//! per node; any live rank of a node can delete from its arena) and spilled
+//! files with them. A copy reported after the free is deleted on arrival.
 //!
 //! # Failures
 //! A task whose rank dies is retried elsewhere (`max_retries`, default 3);

@@ -134,10 +134,25 @@ pub(crate) enum RtMsg {
     Ack { request: u64, error: Option<String> },
     /// (to the owner) send me the value of `object` when it is ready.
     GetValue { object: ObjectId, request: u64 },
-    /// The owner's answer to `GetValue`.
-    Value { request: u64, outcome: Outcome },
-    /// (to the rank storing a copy) free it.
-    FreeCopy { key: u64, arena: bool },
+    /// The owner's answer to `GetValue`, with the ranks that reported
+    /// secondary copies (pull sources besides the primary).
+    Value {
+        request: u64,
+        outcome: Outcome,
+        copies: Vec<Rank>,
+    },
+    /// (to a rank of the node holding a copy, or to the storing rank for
+    /// process memory) delete the copy of the value stored by `rank` under
+    /// `key`.
+    FreeCopy { rank: Rank, key: u64, arena: bool },
+    /// (to the owner) `holder` pulled a secondary copy of `object` (stored
+    /// by `rank` under `key`) into its node's arena.
+    AddCopy {
+        object: ObjectId,
+        holder: Rank,
+        rank: Rank,
+        key: u64,
+    },
     /// (to rank 0) register a named actor.
     NameRegister {
         name: String,

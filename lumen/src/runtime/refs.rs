@@ -34,8 +34,18 @@
 //! owner, which holds them as long as the result object lives.
 //!
 //! A rank that dies loses all its registrations ([`RefTable::rank_died`]).
+//!
+//! # Copies
+//! The owner also knows where an object's bytes are: the location in its
+//! [`ObjectState::Ready`] outcome (the primary copy) and the ranks that
+//! pulled a secondary copy into their node's arena ([`RefTable::add_copy`],
+//! reported by the puller while it still holds a reference, so the report
+//! reaches the owner before the puller's registration can be dropped). The
+//! `Free` effect lists them all, and the runtime deletes every copy. A
+//! report for an object already freed is refused, and the runtime deletes
+//! that late copy at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lumen_transport::Rank;
 
@@ -58,6 +68,8 @@ struct Owned {
     state: ObjectState,
     /// Objects referenced by the value; released when this one is freed.
     contained: Vec<ObjectId>,
+    /// Ranks that pulled a secondary copy into their node's arena.
+    copies: BTreeSet<Rank>,
 }
 
 #[derive(Debug, Default)]
@@ -70,12 +82,14 @@ struct Borrowed {
 /// What the runtime must do after an event.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Effect {
-    /// An owned object is free: release its stored value (if any) and give
-    /// back one hold on each object it contained (call [`RefTable::release`]).
+    /// An owned object is free: release its stored value (if any) and every
+    /// secondary copy (on the nodes of `copies`), and give back one hold on
+    /// each object it contained (call [`RefTable::release`]).
     Free {
         object: ObjectId,
         outcome: Option<Outcome>,
         contained: Vec<ObjectId>,
+        copies: Vec<Rank>,
     },
     /// Tell `object.owner` this rank dropped `count` registrations.
     RemoveBorrower { object: ObjectId, count: u32 },
@@ -87,6 +101,9 @@ pub(crate) enum RefError {
     /// A borrower registration for an object that is already freed.
     #[error("{0} was already freed when a borrower registered; the reference was not covered by a registration")]
     AlreadyFreed(ObjectId),
+    /// A copy reported for an object that is already freed.
+    #[error("a copy of {0} was reported after the object was freed")]
+    CopyOfFreed(ObjectId),
 }
 
 /// One rank's reference table.
@@ -119,6 +136,7 @@ impl RefTable {
                 borrowers: BTreeMap::new(),
                 state,
                 contained: Vec::new(),
+                copies: BTreeSet::new(),
             },
         );
     }
@@ -192,6 +210,26 @@ impl RefTable {
         self.check_owned(object)
     }
 
+    /// (Owner) `holder` pulled a secondary copy of `object` into its node's
+    /// arena. Refused when the object is already freed (the caller then
+    /// deletes that copy itself).
+    pub(crate) fn add_copy(&mut self, object: ObjectId, holder: Rank) -> Result<(), RefError> {
+        let entry = self
+            .owned
+            .get_mut(&object)
+            .ok_or(RefError::CopyOfFreed(object))?;
+        entry.copies.insert(holder);
+        Ok(())
+    }
+
+    /// (Owner) the ranks that reported secondary copies of `object`.
+    pub(crate) fn copies(&self, object: ObjectId) -> Vec<Rank> {
+        self.owned
+            .get(&object)
+            .map(|e| e.copies.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// A message carrying a reference to `object` arrived, and its sender
     /// registered this rank: hold it until [`RefTable::release`].
     pub(crate) fn hold(&mut self, object: ObjectId) {
@@ -244,6 +282,7 @@ impl RefTable {
                     object,
                     outcome: Some(outcome),
                     contained,
+                    copies: Vec::new(),
                 }]
             }
         }
@@ -282,6 +321,7 @@ impl RefTable {
                     object,
                     outcome: Some(outcome),
                     contained: entry.contained,
+                    copies: entry.copies.into_iter().collect(),
                 }]
             }
         }
@@ -485,6 +525,30 @@ mod tests {
         let effects = c.tables[0].rank_died(2);
         c.apply(0, effects);
         assert_eq!(c.frees, vec![a]);
+    }
+
+    #[test]
+    fn free_lists_every_reported_copy_and_late_reports_are_refused() {
+        let mut t = RefTable::new(0);
+        let a = id(0, 1);
+        let stored = Outcome::Stored {
+            rank: 1,
+            key: 9,
+            len: 1 << 20,
+            arena: true,
+        };
+        t.create(a, ObjectState::Ready(stored));
+        t.add_copy(a, 2).expect("alive");
+        t.add_copy(a, 3).expect("alive");
+        t.add_copy(a, 2).expect("alive");
+        assert_eq!(t.copies(a), vec![2, 3]);
+        let effects = t.handle_dropped(a);
+        match effects.as_slice() {
+            [Effect::Free { copies, .. }] => assert_eq!(copies, &vec![2, 3]),
+            other => panic!("expected one Free, got {other:?}"),
+        }
+        assert_eq!(t.add_copy(a, 4), Err(RefError::CopyOfFreed(a)));
+        assert!(t.copies(a).is_empty());
     }
 
     #[test]

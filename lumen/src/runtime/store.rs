@@ -9,8 +9,11 @@
 //!   node, created by the node's first rank, mapped by the others. A value
 //!   stored by any rank of the node is read by every rank of the node as a
 //!   zero-copy view (`ObjectView`, pinned while alive); a rank on another
-//!   node pulls it in pipelined chunks (`lumen_objstore::pull`) into its own
-//!   arena (a secondary copy, marked evictable) and reads it there.
+//!   node pulls it in pipelined chunks (`lumen_objstore::pull`) from any
+//!   node holding a copy into its own arena (a secondary copy, marked
+//!   evictable, under the same id) and reads it there. The runtime reports
+//!   each pulled copy to the object's owner, which deletes every copy when
+//!   the object is freed.
 //! - **Process memory** (fallback when the arena is disabled with
 //!   `LUMEN_ARENA_BYTES=0`, or full): the bytes stay in the storing rank's
 //!   heap, registered as a one-sided region of the endpoint; other ranks
@@ -175,26 +178,51 @@ impl ValueStore {
     }
 
     /// The bytes at (`rank`, `key`): a view of the arena, shared when they
-    /// are ours, one copy (or a pull) otherwise.
+    /// are ours, one copy (or a pull) otherwise. An arena value that is not
+    /// on this node is pulled from the first of `sources` (ranks of other
+    /// nodes holding a copy; the storing rank when empty) that serves it.
+    /// The flag says whether this call pulled a new copy into the node's
+    /// arena (which the owner must then learn about).
     pub(crate) fn fetch(
         &self,
         rank: Rank,
         key: u64,
         len: u64,
         in_arena: bool,
-    ) -> Result<Bytes, FetchError> {
+        sources: &[Rank],
+    ) -> Result<(Bytes, bool), FetchError> {
         if in_arena {
             let Some(arena) = &self.arena else {
                 return Err(FetchError::Missing { rank, key });
             };
             let id = arena_id(rank, key);
             if let Some(view) = arena.arena.get(id)? {
-                return Ok(Bytes::View(Arc::new(view)));
+                return Ok((Bytes::View(Arc::new(view)), false));
             }
             if self.same_node(rank) {
                 return Err(FetchError::Missing { rank, key });
             }
-            return self.pull(arena, rank, id, len);
+            let primary = [rank];
+            let sources = if sources.is_empty() {
+                &primary[..]
+            } else {
+                sources
+            };
+            let mut last = None;
+            for &source in sources {
+                match self.pull(arena, source, id, len) {
+                    Ok(bytes) => return Ok((bytes, true)),
+                    Err(e) => {
+                        tracing::debug!(
+                            rank = self.endpoint.rank(),
+                            source,
+                            "pulling {id:?} failed, trying the next copy: {e}"
+                        );
+                        last = Some(e);
+                    }
+                }
+            }
+            return Err(last.unwrap_or(FetchError::Missing { rank, key }));
         }
         if rank == self.endpoint.rank() {
             if let Some(bytes) = self
@@ -203,13 +231,15 @@ impl ValueStore {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&key)
             {
-                return Ok(Bytes::Shared(bytes.clone()));
+                return Ok((Bytes::Shared(bytes.clone()), false));
             }
         }
-        Ok(self
-            .endpoint
-            .get(rank, RegionKey(key), 0, len)
-            .map(|v| Bytes::Owned(Arc::new(v)))?)
+        Ok((
+            self.endpoint
+                .get(rank, RegionKey(key), 0, len)
+                .map(|v| Bytes::Owned(Arc::new(v)))?,
+            false,
+        ))
     }
 
     fn pull(
@@ -240,8 +270,10 @@ impl ValueStore {
         }
     }
 
-    /// Frees a value stored by `rank`: in the arena (a rank of this node),
-    /// or in this rank's process memory (`rank` is this rank).
+    /// Frees a value stored by `rank`: its copy in this node's arena (the
+    /// primary when `rank` is of this node, else a pulled secondary copy; a
+    /// spilled copy's file goes too), or in this rank's process memory
+    /// (`rank` is this rank).
     pub(crate) fn release(&self, rank: Rank, key: u64, in_arena: bool) {
         if in_arena {
             if let Some(arena) = &self.arena {
