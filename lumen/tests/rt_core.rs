@@ -113,6 +113,9 @@ both_ways!(
     errors_and_panics_come_back_typed,
     actors_named_passed_and_killed,
     put_get_wait_cancel,
+    actor_dropped_with_its_last_handle,
+    actor_handle_in_a_task_keeps_it_alive,
+    named_actor_outlives_its_handles,
 );
 
 #[test]
@@ -589,6 +592,193 @@ mod scenarios {
             other => panic!("expected ActorDied, got {other:?}"),
         }
         done("actors_named_passed_and_killed");
+        Ok(())
+    }
+
+    /// Writes its count to `marker` when dropped (on its host rank).
+    #[lumen::actor]
+    struct Tracked {
+        marker: String,
+        n: u64,
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.marker, self.n.to_string());
+        }
+    }
+
+    #[lumen::actor]
+    impl Tracked {
+        fn new(marker: String) -> Self {
+            Tracked { marker, n: 0 }
+        }
+
+        fn incr(&mut self, by: u64) -> u64 {
+            self.n += by;
+            self.n
+        }
+
+        fn slow_incr(&mut self, by: u64, ms: u64) -> u64 {
+            std::thread::sleep(Duration::from_millis(ms));
+            self.n += by;
+            self.n
+        }
+    }
+
+    /// A fresh directory for this driver's marker files.
+    fn marker_dir(scenario: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lumen-{scenario}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+        dir
+    }
+
+    /// Polls `done` until it holds; actor shutdown travels as messages.
+    fn wait_until(what: &str, mut done: impl FnMut() -> lumen::Result<bool>) -> lumen::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done()? {
+            assert!(Instant::now() < deadline, "still waiting: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// What an actor wrote when it was dropped.
+    fn marker_text(path: &std::path::Path) -> Option<String> {
+        std::fs::read_to_string(path).ok().filter(|t| !t.is_empty())
+    }
+
+    /// Actors running on every rank.
+    fn actors_hosted(rt: &Runtime) -> lumen::Result<Vec<u64>> {
+        (0..rt.size())
+            .map(|r| rt.stats(r).map(|s| s.actors_hosted))
+            .collect()
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn actor_dropped_with_its_last_handle() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let dir = marker_dir("actor-gc");
+        let marker = dir.join("dropped");
+        let hosted = actors_hosted(&rt)?;
+        let tracked = Tracked::actor_options()
+            .rank(1)
+            .new_remote(&rt, marker.display().to_string())?;
+        let copy = tracked.clone();
+        // Calls submitted before the last handle drops (most still queued
+        // when it does) run, and their results come back.
+        let pending: Vec<ObjectRef<u64>> = (0..5)
+            .map(|_| copy.slow_incr(1, 20))
+            .collect::<lumen::Result<_>>()?;
+        drop(tracked);
+        drop(copy);
+        let results: Vec<u64> = pending
+            .iter()
+            .map(|r| r.get())
+            .collect::<lumen::Result<_>>()?;
+        assert_eq!(results, vec![1, 2, 3, 4, 5]);
+        wait_until("the actor's Drop writes its marker", || {
+            Ok(marker_text(&marker).is_some())
+        })?;
+        // Dropped after every call ran.
+        assert_eq!(marker_text(&marker).as_deref(), Some("5"));
+        wait_until("the actor's thread ends", || {
+            Ok(actors_hosted(&rt)? == hosted)
+        })?;
+        let _ = std::fs::remove_dir_all(&dir);
+        done("actor_dropped_with_its_last_handle");
+        Ok(())
+    }
+
+    /// Waits for the file `go`, then reports whether the actor was already
+    /// dropped and calls it.
+    #[lumen::remote]
+    fn call_when_told(
+        tracked: ActorHandle<Tracked>,
+        go: String,
+        marker: String,
+    ) -> lumen::Result<(bool, u64)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::path::Path::new(&go).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let dropped = std::path::Path::new(&marker).exists();
+        Ok((dropped, tracked.incr(10)?.get()?))
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn actor_handle_in_a_task_keeps_it_alive() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let dir = marker_dir("actor-borrowed");
+        let marker = dir.join("dropped");
+        let go = dir.join("go");
+        let tracked = Tracked::actor_options()
+            .rank(1)
+            .new_remote(&rt, marker.display().to_string())?;
+        assert_eq!(tracked.incr(1)?.get()?, 1);
+        let task = call_when_told::options().rank(2).remote(
+            &rt,
+            tracked.clone(),
+            go.display().to_string(),
+            marker.display().to_string(),
+        )?;
+        // The driver's last handle goes; the task's copy keeps the actor.
+        drop(tracked);
+        std::fs::write(&go, b"go").expect("writing the go file");
+        let (dropped_before_call, n) = task.get()?;
+        assert!(
+            !dropped_before_call,
+            "the actor was dropped while a task held a handle"
+        );
+        assert_eq!(n, 11);
+        wait_until("the actor's Drop writes its marker", || {
+            Ok(marker_text(&marker).is_some())
+        })?;
+        assert_eq!(marker_text(&marker).as_deref(), Some("11"));
+        let _ = std::fs::remove_dir_all(&dir);
+        done("actor_handle_in_a_task_keeps_it_alive");
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn named_actor_outlives_its_handles() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let dir = marker_dir("actor-named");
+        let named_marker = dir.join("named");
+        let unnamed_marker = dir.join("unnamed");
+        let named = Tracked::actor_options()
+            .name("kept")
+            .rank(1)
+            .new_remote(&rt, named_marker.display().to_string())?;
+        assert_eq!(named.incr(1)?.get()?, 1);
+        drop(named);
+        // An unnamed actor on the same rank, dropped after it: once it is
+        // gone, the named one would have been released too if it counted.
+        let unnamed = Tracked::actor_options()
+            .rank(1)
+            .new_remote(&rt, unnamed_marker.display().to_string())?;
+        assert_eq!(unnamed.incr(1)?.get()?, 1);
+        drop(unnamed);
+        wait_until("the unnamed actor is dropped", || {
+            Ok(marker_text(&unnamed_marker).is_some())
+        })?;
+        assert!(!named_marker.exists(), "the named actor was dropped");
+        let again = rt.get_actor::<Tracked>("kept")?;
+        assert_eq!(again.incr(1)?.get()?, 2);
+        drop(again);
+        let again = rt.get_actor::<Tracked>("kept")?;
+        assert_eq!(again.incr(1)?.get()?, 3);
+        // Until killed.
+        again.kill()?;
+        wait_until("the killed actor is dropped", || {
+            Ok(marker_text(&named_marker).is_some())
+        })?;
+        assert_eq!(marker_text(&named_marker).as_deref(), Some("3"));
+        let _ = std::fs::remove_dir_all(&dir);
+        done("named_actor_outlives_its_handles");
         Ok(())
     }
 

@@ -14,10 +14,26 @@
 //! creator keeps its constructor arguments and restarts it, with fresh
 //! state, on another rank, up to `n` times; a caller whose handle names the
 //! dead rank asks the creator where the actor went (see `core`).
+//!
+//! # Lifetime
+//! An unnamed actor lives as long as some handle to it does, anywhere
+//! (Ray's actor garbage collection). Each [`RawActorHandle`] of it carries a
+//! counted reference to the actor's handle count, which its creator owns
+//! (see `refs`): clones, handles passed to tasks and actors and handles
+//! returned in results are counted like `ObjectRef`s, and a caller also
+//! counts while each of its calls is in flight. When the count reaches zero
+//! the creator sends `ActorRelease` to the host, which runs the calls still
+//! queued, then stops the actor's thread: the actor value is dropped there
+//! (its `Drop` runs) and the creator's placement count for that rank goes
+//! down. A **named** actor is not counted (any rank may look it up again by
+//! name): it lives until [`RawActorHandle::kill`] or the end of the job, like
+//! a detached actor in Ray. An actor that holds a handle to itself is never
+//! collected, as in Ray.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -45,16 +61,35 @@ pub trait ActorClass: Send + 'static {
 }
 
 /// An untyped actor handle: which actor, where. Serialisable, so handles can
-/// be passed to tasks and other actors.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// be passed to tasks and other actors. The handles of an unnamed actor are
+/// counted: the actor stops once none is left (see the module docs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RawActorHandle {
     address: ActorAddress,
     name: Option<String>,
+    /// A counted reference to the actor's handle count (unnamed actors).
+    handles: Option<ObjectRef<()>>,
 }
 
+impl PartialEq for RawActorHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.address == other.address && self.name == other.name
+    }
+}
+
+impl Eq for RawActorHandle {}
+
 impl RawActorHandle {
-    pub(crate) fn new(address: ActorAddress, name: Option<String>) -> Self {
-        RawActorHandle { address, name }
+    pub(crate) fn new(
+        address: ActorAddress,
+        name: Option<String>,
+        handles: Option<ObjectRef<()>>,
+    ) -> Self {
+        RawActorHandle {
+            address,
+            name,
+            handles,
+        }
     }
 
     /// The actor's id.
@@ -76,7 +111,8 @@ impl RawActorHandle {
         args: &A,
     ) -> Result<ObjectRef<T>> {
         let inner = current_inner().ok_or(LumenError::Runtime(RuntimeError::NoRuntime))?;
-        let object = inner.call_actor(&self.address, method, name, args)?;
+        let handles = self.handles.as_ref().map(ObjectRef::id);
+        let object = inner.call_actor(&self.address, handles, method, name, args)?;
         Ok(owned_ref(&inner, object))
     }
 
@@ -181,7 +217,10 @@ struct Call {
 #[derive(Debug, Default)]
 struct Mailbox {
     calls: VecDeque<Call>,
+    /// Killed: stop after the running call.
     stopped: bool,
+    /// No handle is left: stop once the queued calls have run.
+    retiring: bool,
 }
 
 #[derive(Debug, Default)]
@@ -195,8 +234,14 @@ struct Slot {
 pub(crate) struct ActorHost {
     actors: Mutex<HashMap<ActorId, Arc<Slot>>>,
     early: Mutex<HashMap<ActorId, Vec<Call>>>,
-    killed: Mutex<HashSet<ActorId>>,
+    /// Actors stopped here, and why (later calls fail with it).
+    killed: Mutex<HashMap<ActorId, &'static str>>,
+    /// Actor threads running here (until the actor value is dropped).
+    live: Arc<AtomicU64>,
 }
+
+const KILLED: &str = "it was killed";
+const UNREFERENCED: &str = "all its handles were dropped";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -210,6 +255,12 @@ impl ActorHost {
         args: Vec<u8>,
         refs: Vec<ObjectId>,
     ) {
+        if lock(&self.killed).contains_key(&address.id) {
+            // Killed before its creation message arrived (the kill came
+            // from another rank than the creator).
+            inner.release_all(&refs);
+            return;
+        }
         let slot = Arc::new(Slot::default());
         {
             let early = lock(&self.early).remove(&address.id).unwrap_or_default();
@@ -217,9 +268,13 @@ impl ActorHost {
             lock(&self.actors).insert(address.id, slot.clone());
         }
         let runtime = Arc::downgrade(inner);
+        let live = self.live.clone();
+        live.fetch_add(1, Ordering::Relaxed);
+        let counted = live.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("lumen-actor-{}", address.id.seq))
             .spawn(move || {
+                let _live = LiveActor(counted);
                 let Some(inner) = runtime.upgrade() else {
                     return;
                 };
@@ -243,6 +298,7 @@ impl ActorHost {
                 serve(runtime, address, slot, constructed);
             });
         if let Err(e) = spawned {
+            live.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("could not start an actor thread: {e}");
         }
     }
@@ -269,28 +325,36 @@ impl ActorHost {
         match slot {
             Some(slot) => {
                 let mut mailbox = lock(&slot.mailbox);
-                if mailbox.stopped {
+                if mailbox.stopped || mailbox.retiring {
+                    let reason = if mailbox.stopped {
+                        KILLED
+                    } else {
+                        UNREFERENCED
+                    };
                     drop(mailbox);
-                    fail_call(inner, actor, call, "it was killed");
+                    fail_call(inner, actor, call, reason);
                     return;
                 }
                 mailbox.calls.push_back(call);
                 drop(mailbox);
                 slot.ready.notify_one();
             }
-            None if lock(&self.killed).contains(&actor) => {
-                fail_call(inner, actor, call, "it was killed")
+            None => {
+                let killed = lock(&self.killed).get(&actor).copied();
+                match killed {
+                    Some(reason) => fail_call(inner, actor, call, reason),
+                    None => lock(&self.early).entry(actor).or_default().push(call),
+                }
             }
-            None => lock(&self.early).entry(actor).or_default().push(call),
         }
     }
 
     pub(crate) fn kill(&self, inner: &Arc<Inner>, actor: ActorId) {
-        lock(&self.killed).insert(actor);
+        lock(&self.killed).insert(actor, KILLED);
         let slot = lock(&self.actors).remove(&actor);
         let early = lock(&self.early).remove(&actor).unwrap_or_default();
         for call in early {
-            fail_call(inner, actor, call, "it was killed");
+            fail_call(inner, actor, call, KILLED);
         }
         if let Some(slot) = slot {
             let queued: Vec<Call> = {
@@ -300,9 +364,29 @@ impl ActorHost {
             };
             slot.ready.notify_all();
             for call in queued {
-                fail_call(inner, actor, call, "it was killed");
+                fail_call(inner, actor, call, KILLED);
             }
         }
+    }
+
+    /// No handle of `actor` is left (its creator says): it stops once the
+    /// calls already queued have run, and its value is dropped.
+    pub(crate) fn release(&self, inner: &Arc<Inner>, actor: ActorId) {
+        lock(&self.killed).entry(actor).or_insert(UNREFERENCED);
+        let slot = lock(&self.actors).remove(&actor);
+        let early = lock(&self.early).remove(&actor).unwrap_or_default();
+        for call in early {
+            fail_call(inner, actor, call, UNREFERENCED);
+        }
+        if let Some(slot) = slot {
+            lock(&slot.mailbox).retiring = true;
+            slot.ready.notify_all();
+        }
+    }
+
+    /// Actor threads running on this rank.
+    pub(crate) fn live(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
     }
 
     /// Stops every actor (shutdown).
@@ -312,6 +396,15 @@ impl ActorHost {
             lock(&slot.mailbox).stopped = true;
             slot.ready.notify_all();
         }
+    }
+}
+
+/// Counts an actor thread as live until it ends (also when it unwinds).
+struct LiveActor(Arc<AtomicU64>);
+
+impl Drop for LiveActor {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -337,11 +430,32 @@ fn fail_call(inner: &Arc<Inner>, actor: ActorId, call: Call, reason: &str) {
     inner.release_all(&call.refs);
 }
 
+/// Runs the actor's calls until it is killed, released with nothing left
+/// to run, or the runtime is gone; then drops the actor value (its `Drop`
+/// runs here, a panic in it is logged).
 fn serve(
     runtime: std::sync::Weak<Inner>,
     address: ActorAddress,
     slot: Arc<Slot>,
     mut state: std::result::Result<Box<dyn std::any::Any + Send>, TaskFailure>,
+) {
+    run_calls(&runtime, &address, &slot, &mut state);
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(state)));
+    if let Err(payload) = dropped {
+        tracing::error!(
+            "dropping {} ({}) panicked: {}",
+            address.id,
+            address.class_name,
+            panic_text(&*payload)
+        );
+    }
+}
+
+fn run_calls(
+    runtime: &std::sync::Weak<Inner>,
+    address: &ActorAddress,
+    slot: &Slot,
+    state: &mut std::result::Result<Box<dyn std::any::Any + Send>, TaskFailure>,
 ) {
     loop {
         let call = {
@@ -353,13 +467,16 @@ fn serve(
                 if let Some(call) = mailbox.calls.pop_front() {
                     break call;
                 }
+                if mailbox.retiring {
+                    return;
+                }
                 mailbox = slot.ready.wait(mailbox).unwrap_or_else(|p| p.into_inner());
             }
         };
         let Some(inner) = runtime.upgrade() else {
             return;
         };
-        let result = match &mut state {
+        let result = match state {
             Err(failure) => Err(TaskFailure::new(
                 TaskErrorKind::ActorDied,
                 format!(

@@ -76,6 +76,9 @@ enum InFlight {
         host: Rank,
         actor: ActorId,
         name: String,
+        /// The actor's handle count, held while the call is in flight
+        /// (unnamed actors), so the actor outlives the calls made to it.
+        handles: Option<ObjectId>,
     },
 }
 
@@ -110,6 +113,9 @@ struct State {
     created_actors: HashMap<ActorId, CreatedActor>,
     /// Where actors moved after a restart (overrides the handle's host).
     actor_hosts: HashMap<ActorId, Rank>,
+    /// (creator side) where this rank's scheduler placed the actors it
+    /// created and that are not stopped yet (counted in its placement).
+    placed_actors: HashMap<ActorId, Rank>,
 }
 
 /// What the creator keeps to restart an actor (`max_restarts`).
@@ -228,6 +234,7 @@ impl Inner {
                 dead_actors: HashMap::new(),
                 created_actors: HashMap::new(),
                 actor_hosts: HashMap::new(),
+                placed_actors: HashMap::new(),
             }),
             changed: Condvar::new(),
             scheduler: Mutex::new(Scheduler::new(slots, rank as usize + 1)),
@@ -400,8 +407,10 @@ impl Inner {
                     s.dead_actors.insert(actor, "killed".to_string());
                     s.created_actors.remove(&actor)
                 };
+                self.forget_placement(actor);
                 self.actors.kill(self, actor);
             }
+            RtMsg::ActorRelease { actor } => self.actors.release(self, actor),
             RtMsg::ActorLocate { actor, request } => {
                 let host = self
                     .lock()
@@ -605,6 +614,7 @@ impl Inner {
                         queue.extend(s.refs.release(id));
                     }
                 }
+                Effect::ActorUnreferenced { actor } => self.retire_actor(actor),
                 Effect::RemoveBorrower { object, count } => {
                     let owner_dead = {
                         let mut s = self.lock();
@@ -743,6 +753,41 @@ impl Inner {
                 key,
             },
         );
+    }
+
+    /// (Creator) no handle of `actor` is left and none of its calls is in
+    /// flight: it will never be restarted, and its host stops it once the
+    /// calls queued there have run.
+    fn retire_actor(self: &Arc<Self>, actor: ActorId) {
+        // The record (constructor arguments, pinned) is dropped after the lock.
+        let (host, _record) = {
+            let mut s = self.lock();
+            let record = s.created_actors.remove(&actor);
+            let moved = s.actor_hosts.remove(&actor);
+            let host = s.placed_actors.get(&actor).copied().or(moved);
+            let stopped = s.dead_actors.contains_key(&actor);
+            let host = host.filter(|h| !stopped && !s.dead.contains(h));
+            (host, record)
+        };
+        self.forget_placement(actor);
+        if let Some(host) = host {
+            tracing::debug!(
+                rank = self.rank,
+                "{actor} on rank {host} has no handles left"
+            );
+            self.send_or_log(host, &RtMsg::ActorRelease { actor });
+        }
+    }
+
+    /// (Creator) `actor` no longer counts in this rank's placement of actors.
+    fn forget_placement(&self, actor: ActorId) {
+        let placed = self.lock().placed_actors.remove(&actor);
+        if let Some(rank) = placed {
+            self.scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .actor_gone(rank);
+        }
     }
 
     pub(crate) fn handle_added(&self, object: ObjectId) {
@@ -960,15 +1005,16 @@ impl Inner {
     }
 
     fn on_done(self: &Arc<Self>, object: ObjectId, outcome: Outcome, refs: Vec<ObjectId>) {
-        let (placed, effects, waiters) = {
+        let (placed, actor_handles, effects, waiters) = {
             let mut s = self.lock();
-            let placed = match s.in_flight.remove(&object) {
-                Some(InFlight::Task { rank, .. }) => Some(rank),
-                _ => None,
+            let (placed, actor_handles) = match s.in_flight.remove(&object) {
+                Some(InFlight::Task { rank, .. }) => (Some(rank), None),
+                Some(InFlight::ActorCall { handles, .. }) => (None, handles),
+                None => (None, None),
             };
             let effects = s.refs.complete(object, outcome.clone(), refs);
             let waiters = s.value_waiters.remove(&object).unwrap_or_default();
-            (placed, effects, waiters)
+            (placed, actor_handles, effects, waiters)
         };
         if let Some(rank) = placed {
             self.scheduler
@@ -989,6 +1035,9 @@ impl Inner {
             );
         }
         self.apply(effects);
+        if let Some(handles) = actor_handles {
+            self.handle_dropped(handles);
+        }
     }
 
     /// Runs a task on this (executor) thread and reports its outcome.
@@ -1297,7 +1346,6 @@ impl Inner {
         options: ActorOptions,
     ) -> Result<RawActorHandle> {
         let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
-        let refs = pinned.ids();
         let args = encoded.map_err(|e| {
             runtime_error(RuntimeError::Codec {
                 what: format!("the arguments of {class_name}::new"),
@@ -1329,6 +1377,23 @@ impl Inner {
             class_id,
             class_name: class_name.to_string(),
         };
+        self.lock().placed_actors.insert(address.id, host);
+        let id = address.id;
+        self.launch_actor(address, args, pinned, options)
+            .inspect_err(|_| self.forget_placement(id))
+    }
+
+    /// Registers the name of a placed actor, sends its creation message and
+    /// returns its first handle (counted, for an unnamed actor).
+    fn launch_actor(
+        self: &Arc<Self>,
+        address: ActorAddress,
+        args: Vec<u8>,
+        pinned: Pinned,
+        options: ActorOptions,
+    ) -> Result<RawActorHandle> {
+        let host = address.host;
+        let refs = pinned.ids();
         if let Some(name) = &options.name {
             let request = self.new_request();
             self.lock().replies.insert(request, Reply::Waiting(0));
@@ -1374,7 +1439,14 @@ impl Inner {
             );
         }
         self.send(host, &message)?;
-        Ok(RawActorHandle::new(address, options.name))
+        let handles = match options.name {
+            Some(_) => None,
+            None => {
+                let id = self.lock().refs.create_actor_handles(address.id);
+                Some(owned_ref(self, id))
+            }
+        };
+        Ok(RawActorHandle::new(address, options.name, handles))
     }
 
     /// (Creator) restarts the actors that lived on `rank`, while they have
@@ -1425,6 +1497,12 @@ impl Inner {
             let message = {
                 let mut s = self.lock();
                 let Some(record) = s.created_actors.get_mut(&id) else {
+                    // Stopped meanwhile (killed, or no handle left).
+                    drop(s);
+                    self.scheduler
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .actor_gone(host);
                     continue;
                 };
                 record.restarts_left -= 1;
@@ -1436,6 +1514,7 @@ impl Inner {
                     refs: refs.clone(),
                 };
                 s.actor_hosts.insert(id, host);
+                s.placed_actors.insert(id, host);
                 (message, refs)
             };
             tracing::info!("restarting {id} on rank {host} (its rank {rank} died)");
@@ -1516,6 +1595,7 @@ impl Inner {
     pub(crate) fn call_actor(
         self: &Arc<Self>,
         address: &ActorAddress,
+        handles: Option<ObjectId>,
         method: u64,
         name: &str,
         args: &impl Serialize,
@@ -1540,12 +1620,16 @@ impl Inner {
         {
             let mut s = self.lock();
             s.refs.create(object, ObjectState::Pending);
+            if let Some(handles) = handles {
+                s.refs.handle_added(handles);
+            }
             s.in_flight.insert(
                 object,
                 InFlight::ActorCall {
                     host,
                     actor: address.id,
                     name: name.to_string(),
+                    handles,
                 },
             );
             if s.dead.contains(&host) {
@@ -1582,6 +1666,9 @@ impl Inner {
             s.created_actors.remove(&address.id)
         };
         let creator = address.id.creator;
+        if creator == self.rank {
+            self.forget_placement(address.id);
+        }
         if creator != self.rank && creator != host {
             self.send_or_log(creator, &RtMsg::ActorKill { actor: address.id });
         }
@@ -1625,6 +1712,7 @@ impl Inner {
             arena_objects: self.store.arena_live().unwrap_or(0),
             freed_objects: s.refs.freed_count(),
             tasks_executed: self.tasks_executed.load(Ordering::Relaxed),
+            actors_hosted: self.actors.live(),
         }
     }
 
@@ -1646,7 +1734,7 @@ impl Inner {
     }
 
     fn fail_actor_calls(self: &Arc<Self>, host: Rank, reason: &str) {
-        let failed: Vec<(ObjectId, ActorId, String)> = {
+        let failed: Vec<(ObjectId, ActorId, String, Option<ObjectId>)> = {
             let mut s = self.lock();
             let ids: Vec<ObjectId> = s
                 .in_flight
@@ -1656,13 +1744,19 @@ impl Inner {
                 .collect();
             let mut out = Vec::new();
             for id in ids {
-                if let Some(InFlight::ActorCall { actor, name, .. }) = s.in_flight.remove(&id) {
-                    out.push((id, actor, name));
+                if let Some(InFlight::ActorCall {
+                    actor,
+                    name,
+                    handles,
+                    ..
+                }) = s.in_flight.remove(&id)
+                {
+                    out.push((id, actor, name, handles));
                 }
             }
             out
         };
-        for (object, actor, name) in failed {
+        for (object, actor, name, handles) in failed {
             let error = TaskError {
                 function: name,
                 rank: host,
@@ -1670,6 +1764,9 @@ impl Inner {
                 message: format!("{actor} is dead: {reason}"),
             };
             self.on_done(object, Outcome::Failed(error), Vec::new());
+            if let Some(handles) = handles {
+                self.handle_dropped(handles);
+            }
         }
     }
 

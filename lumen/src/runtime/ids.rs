@@ -16,9 +16,35 @@ pub struct ObjectId {
     pub seq: u64,
 }
 
+/// The bit of `ObjectId::seq` that marks an actor's handle count (see
+/// [`ObjectId::handles_of`]); object sequence numbers never reach it.
+const ACTOR_HANDLES: u64 = 1 << 63;
+
+impl ObjectId {
+    /// The id under which the creator of `actor` counts the actor's handles
+    /// (an entry of its reference table like an object's, never stored).
+    pub(crate) fn handles_of(actor: ActorId) -> ObjectId {
+        ObjectId {
+            owner: actor.creator,
+            seq: actor.seq | ACTOR_HANDLES,
+        }
+    }
+
+    /// The actor whose handles this id counts, if it is such an id.
+    pub(crate) fn counted_actor(&self) -> Option<ActorId> {
+        (self.seq & ACTOR_HANDLES != 0).then_some(ActorId {
+            creator: self.owner,
+            seq: self.seq & !ACTOR_HANDLES,
+        })
+    }
+}
+
 impl std::fmt::Display for ObjectId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "object {}:{}", self.owner, self.seq)
+        match self.counted_actor() {
+            Some(actor) => write!(f, "handles of {actor}"),
+            None => write!(f, "object {}:{}", self.owner, self.seq),
+        }
     }
 }
 

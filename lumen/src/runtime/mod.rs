@@ -48,12 +48,24 @@
 //! per node; any live rank of a node can delete from its arena) and spilled
 //! files with them. A copy reported after the free is deleted on arrival.
 //!
+//! # Actors
+//! An actor runs on one rank, its calls one at a time (see `actor`). An
+//! unnamed actor lives while any handle to it does, anywhere: its creator
+//! counts the handles with the same ownership protocol as objects (clones,
+//! handles passed to tasks and actors, handles in results, and each call in
+//! flight), and when none is left the host runs the calls still queued,
+//! then drops the actor (its `Drop` runs) and frees its thread (Ray's actor
+//! garbage collection). A named actor is kept until `kill` or the end of
+//! the job, like Ray's detached actors (Ray also collects named actors that
+//! are not detached; here a name is what keeps an actor reachable).
+//!
 //! # Failures
 //! A task whose rank dies is retried elsewhere (`max_retries`, default 3);
 //! an actor whose rank dies is restarted by its creator (`max_restarts`,
-//! default 0); an object whose owner died fails with `OwnerDied`. Errors
-//! and panics in tasks come back as [`TaskError`] with the remote message,
-//! rank and function.
+//! default 0; calls in flight to the dead rank fail with `ActorDied`, as
+//! with Ray's default `max_task_retries = 0`); an object whose owner died
+//! fails with `OwnerDied`. Errors and panics in tasks come back as
+//! [`TaskError`] with the remote message, rank and function.
 
 mod actor;
 pub mod cluster;
@@ -265,6 +277,7 @@ impl Runtime {
         Ok(ActorHandle::new(RawActorHandle::new(
             address,
             Some(name.to_string()),
+            None,
         )))
     }
 

@@ -112,6 +112,9 @@ pub(crate) enum RtMsg {
     },
     /// Stop an actor hosted here (and, at its creator, never restart it).
     ActorKill { actor: ActorId },
+    /// (from the creator to the host) no handle of the actor is left: stop
+    /// it once the calls queued here have run.
+    ActorRelease { actor: ActorId },
     /// (to the creator) where does this actor live now?
     ActorLocate { actor: ActorId, request: u64 },
     /// The creator's answer: the current host, or `None` (dead for good).
@@ -192,6 +195,8 @@ pub struct RankStats {
     pub freed_objects: u64,
     /// Tasks executed here.
     pub tasks_executed: u64,
+    /// Actors running on this rank (until their value is dropped).
+    pub actors_hosted: u64,
 }
 
 /// Encodes a message.

@@ -35,6 +35,17 @@
 //!
 //! A rank that dies loses all its registrations ([`RefTable::rank_died`]).
 //!
+//! # Actor handles
+//! An actor's handles are counted the same way, under an id of its own
+//! ([`ObjectId::handles_of`]) owned by the actor's creator: every
+//! `ActorHandle` of an unnamed actor carries a counted reference to it, so
+//! cloning, passing (registration of the receiver first) and dropping
+//! handles anywhere update these counts exactly as for objects, and a
+//! caller also holds one while each of its calls is in flight. When the
+//! count reaches zero the table returns [`Effect::ActorUnreferenced`]
+//! instead of `Free`: no handle is left and every call has completed, so
+//! the runtime stops the actor (Ray's actor garbage collection).
+//!
 //! # Copies
 //! The owner also knows where an object's bytes are: the location in its
 //! [`ObjectState::Ready`] outcome (the primary copy) and the ranks that
@@ -49,7 +60,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lumen_transport::Rank;
 
-use super::ids::ObjectId;
+use super::ids::{ActorId, ObjectId};
 use super::protocol::Outcome;
 
 /// State of an owned object.
@@ -93,6 +104,9 @@ pub(crate) enum Effect {
     },
     /// Tell `object.owner` this rank dropped `count` registrations.
     RemoveBorrower { object: ObjectId, count: u32 },
+    /// (Creator) no handle of `actor` is left anywhere and none of its
+    /// calls is in flight: stop it.
+    ActorUnreferenced { actor: ActorId },
 }
 
 /// A misuse of the protocol reported by a peer (logged, never a panic).
@@ -139,6 +153,14 @@ impl RefTable {
                 copies: BTreeSet::new(),
             },
         );
+    }
+
+    /// (Creator) starts counting the handles of `actor`, with one handle
+    /// (the `ActorHandle` just returned).
+    pub(crate) fn create_actor_handles(&mut self, actor: ActorId) -> ObjectId {
+        let id = ObjectId::handles_of(actor);
+        self.create(id, ObjectState::Ready(Outcome::Inline(Vec::new())));
+        id
     }
 
     /// State of an owned object; `None` when not owned here or freed.
@@ -312,6 +334,9 @@ impl RefTable {
         let Some(entry) = self.owned.remove(&object) else {
             return Vec::new();
         };
+        if let Some(actor) = object.counted_actor() {
+            return vec![Effect::ActorUnreferenced { actor }];
+        }
         match entry.state {
             // Counted when the result arrives (see `complete`).
             ObjectState::Pending => Vec::new(),
@@ -357,12 +382,18 @@ impl RefTable {
 
     /// Owned objects not yet freed.
     pub(crate) fn owned_count(&self) -> usize {
-        self.owned.len()
+        self.owned
+            .keys()
+            .filter(|id| id.counted_actor().is_none())
+            .count()
     }
 
     /// Objects borrowed now.
     pub(crate) fn borrowed_count(&self) -> usize {
-        self.borrowed.len()
+        self.borrowed
+            .keys()
+            .filter(|id| id.counted_actor().is_none())
+            .count()
     }
 
     /// Owned objects freed so far.
@@ -414,6 +445,9 @@ mod tests {
                         let more =
                             self.tables[object.owner as usize].remove_borrower(object, from, count);
                         self.apply(object.owner, more);
+                    }
+                    Effect::ActorUnreferenced { actor } => {
+                        self.frees.push(ObjectId::handles_of(actor));
                     }
                 }
             }
@@ -549,6 +583,31 @@ mod tests {
         }
         assert_eq!(t.add_copy(a, 4), Err(RefError::CopyOfFreed(a)));
         assert!(t.copies(a).is_empty());
+    }
+
+    #[test]
+    fn actor_is_unreferenced_after_its_last_handle_and_call_anywhere() {
+        // Rank 0 creates the actor and passes a handle to a task on 1,
+        // which calls it (holding one more while the call is in flight)
+        // and passes it on to 2; the creator drops its handle first.
+        let mut c = Cluster::new(3);
+        let actor = ActorId { creator: 0, seq: 5 };
+        let handles = c.tables[0].create_actor_handles(actor);
+        assert_eq!(handles.counted_actor(), Some(actor));
+        assert_eq!(c.tables[0].owned_count(), 0, "not an object");
+        c.send(handles, 1);
+        c.tables[1].handle_added(handles); // deserialised in the task
+        c.drop_handle(0, handles);
+        c.tables[1].handle_added(handles); // a call in flight
+        c.send(handles, 2);
+        c.drop_handle(1, handles); // the task's copy
+        c.release(1, handles); // the task ends
+        c.release(2, handles);
+        assert!(c.frees.is_empty(), "rank 1's call is still in flight");
+        c.drop_handle(1, handles); // its reply came
+        assert_eq!(c.frees, vec![handles]);
+        assert!(matches!(c.tables[0].handle_dropped(handles).as_slice(), []));
+        assert_eq!(c.tables[0].freed_count(), 0, "no object was freed");
     }
 
     #[test]

@@ -159,6 +159,13 @@ impl Scheduler {
         }
     }
 
+    /// An actor placed on `rank` stopped (killed or out of handles).
+    pub(crate) fn actor_gone(&mut self, rank: Rank) {
+        if let Some(slot) = self.ranks.get_mut(rank as usize) {
+            slot.actors = slot.actors.saturating_sub(1);
+        }
+    }
+
     /// `rank` died: never placed on again.
     pub(crate) fn rank_died(&mut self, rank: Rank) {
         if let Some(slot) = self.ranks.get_mut(rank as usize) {
