@@ -116,6 +116,9 @@ struct Inner {
     /// `outstanding`, readable without the lock (fast path of `enter`).
     pending: AtomicUsize,
     hierarchy: OnceLock<Option<Hierarchy>>,
+    /// The node's shared segment (all members on one node), set up by the
+    /// first collective that can use it.
+    shm: OnceLock<Option<crate::shm::Segment>>,
     /// Held while an operation executes.
     exec: Mutex<()>,
     /// Queued or running non-blocking operations, and its condition.
@@ -307,6 +310,7 @@ impl Communicator {
                 sequence: AtomicU32::new(0),
                 config,
                 hierarchy: OnceLock::new(),
+                shm: OnceLock::new(),
                 exec: Mutex::new(()),
                 outstanding: Mutex::new(0),
                 drained: Condvar::new(),
@@ -356,6 +360,105 @@ impl Communicator {
             return Ok(None);
         }
         Ok(Some(Hierarchy { node, leaders }))
+    }
+
+    /// The node's shared segment, set up on first use (collective: every
+    /// member reaches this in the same operation, as every member calls the
+    /// same collectives in the same order).
+    fn shm(&self) -> Option<&crate::shm::Segment> {
+        self.inner.shm.get_or_init(|| self.setup_shm()).as_ref()
+    }
+
+    /// Creates the segment at rank 0, maps it everywhere, agrees that every
+    /// member has it, and unlinks its name. Uses only point-to-point
+    /// algorithms (this runs inside `shm`'s initialisation). Any failure
+    /// leaves every member on the point-to-point algorithms, with a warning.
+    fn setup_shm(&self) -> Option<crate::shm::Segment> {
+        use crate::shm::{unlink, Segment};
+        let p = self.size() as usize;
+        if !self.inner.config.shm || p < 2 || self.inner.local.iter().any(|&l| !l) {
+            return None;
+        }
+        // At most 64 MiB per communicator and node, whatever the rank count.
+        let cap = (64 << 20) / (p * crate::shm::SLOTS);
+        let slot = (self.inner.config.shm_slot.min(cap) / 4096).max(1) * 4096;
+        let mut name_buf = [0u8; 128];
+        let mut segment = None;
+        let mut created_name = None;
+        if self.rank() == 0 {
+            match Segment::create(p, slot) {
+                Ok((name, s)) if name.len() < name_buf.len() => {
+                    name_buf[..name.len()].copy_from_slice(name.as_bytes());
+                    created_name = Some(name);
+                    segment = Some(s);
+                }
+                Ok((name, _)) => unlink(&name),
+                Err(e) => tracing::warn!(
+                    "collectives: no shared-memory segment ({e}); using point-to-point algorithms"
+                ),
+            }
+        }
+        if let Err(e) = self.bcast_p2p(&mut name_buf, 0) {
+            tracing::warn!("collectives: shared-memory setup failed: {e}");
+            return None;
+        }
+        if self.rank() != 0 && name_buf[0] != 0 {
+            let end = name_buf
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_buf.len());
+            match std::str::from_utf8(&name_buf[..end]) {
+                Ok(name) => match Segment::open(name, p, self.rank() as usize, slot) {
+                    Ok(s) => segment = Some(s),
+                    Err(e) => tracing::warn!(
+                        "collectives: rank {} cannot map the shared segment ({e}); using point-to-point algorithms",
+                        self.rank()
+                    ),
+                },
+                Err(_) => tracing::warn!("collectives: shared segment name is not UTF-8"),
+            }
+        }
+        let mut everyone = [u64::from(segment.is_some())];
+        let agreed = self
+            .allreduce_impl(
+                &mut everyone,
+                ReduceOp::Min,
+                AllreduceAlgorithm::RecursiveDoubling,
+            )
+            .is_ok();
+        if let Some(name) = created_name {
+            unlink(&name);
+        }
+        if agreed && everyone[0] == 1 {
+            segment
+        } else {
+            None
+        }
+    }
+
+    /// The segment, for an operation moving `bytes` bytes per rank (the
+    /// same on every member), when the shared-memory algorithms apply.
+    fn shm_for(&self, bytes: usize) -> Option<&crate::shm::Segment> {
+        if bytes <= self.inner.config.shm_max {
+            self.shm()
+        } else {
+            None
+        }
+    }
+
+    /// The liveness check of a shared-memory wait: a short blocking receive
+    /// (which runs the transport's checks of local peers), then whether any
+    /// rank of the job has died.
+    fn shm_alive(&self, op: &'static str) -> Result<()> {
+        let probe = tags::COLLECTIVES | (PROBE_CONTEXT << 40);
+        match self
+            .inner
+            .endpoint
+            .recv_timeout(Source::Any, probe, LIVENESS_CHECK)
+        {
+            Ok(_) | Err(TransportError::Timeout { .. }) => self.check_alive(op),
+            Err(e) => Err(self.transport_error(op, e)),
+        }
     }
 
     /// This rank within the communicator.
@@ -837,6 +940,13 @@ impl Communicator {
     }
 
     fn barrier_impl(&self) -> Result<()> {
+        if let Some(segment) = self.shm() {
+            return segment.barrier(self.inner.yield_wait, &mut || self.shm_alive("barrier"));
+        }
+        self.barrier_p2p()
+    }
+
+    fn barrier_p2p(&self) -> Result<()> {
         let steps = self.cached(0, 0, || {
             schedule::dissemination_barrier(self.rank() as usize, self.size() as usize)
         });
@@ -857,6 +967,22 @@ impl Communicator {
     }
 
     fn bcast_impl<T: Element>(&self, buffer: &mut [T], root: u32) -> Result<()> {
+        let bytes = std::mem::size_of_val(buffer);
+        if matches!(
+            self.inner.config.bcast,
+            BcastAlgorithm::Auto | BcastAlgorithm::Shm
+        ) && bytes <= self.inner.config.shm_max
+        {
+            if let Some(segment) = self.shm() {
+                return segment.bcast(buffer, root as usize, self.inner.yield_wait, &mut || {
+                    self.shm_alive("bcast")
+                });
+            }
+        }
+        self.bcast_p2p(buffer, root)
+    }
+
+    fn bcast_p2p<T: Element>(&self, buffer: &mut [T], root: u32) -> Result<()> {
         let (me, p, root) = (self.rank() as usize, self.size() as usize, root as usize);
         let bytes = std::mem::size_of_val(buffer);
         match self
@@ -983,6 +1109,22 @@ impl Communicator {
             return Ok(());
         }
         let bytes = std::mem::size_of_val(buffer);
+        if matches!(
+            algorithm,
+            AllreduceAlgorithm::Auto | AllreduceAlgorithm::Shm
+        ) && bytes <= self.inner.config.shm_max
+        {
+            if let Some(segment) = self.shm() {
+                let config = &self.inner.config;
+                return segment.allreduce(
+                    buffer,
+                    op,
+                    config.shm_small,
+                    self.inner.yield_wait,
+                    &mut || self.shm_alive("allreduce"),
+                );
+            }
+        }
         let config = CollectiveConfig {
             allreduce: algorithm,
             ..self.inner.config.clone()
@@ -1035,7 +1177,9 @@ impl Communicator {
                 }
                 Ok(())
             }
-            AllreduceAlgorithm::RecursiveDoubling | AllreduceAlgorithm::Auto => {
+            AllreduceAlgorithm::RecursiveDoubling
+            | AllreduceAlgorithm::Auto
+            | AllreduceAlgorithm::Shm => {
                 let steps = self.cached(5, 0, || schedule::recursive_doubling_allreduce(me, p));
                 self.run(
                     "allreduce",
@@ -1059,6 +1203,21 @@ impl Communicator {
             n * self.size() as usize,
         )?;
         let (r, p) = (self.rank() as usize, self.size() as usize);
+        {
+            let _guard = self.enter();
+            if let Some(segment) = self.shm_for(std::mem::size_of_val(recv)) {
+                let offsets: Vec<usize> = (0..=p).map(|q| q * n).collect();
+                segment.allgatherv(
+                    Some(send),
+                    recv,
+                    &offsets,
+                    self.inner.yield_wait,
+                    &mut || self.shm_alive("allgather"),
+                )?;
+                recv[r * n..(r + 1) * n].copy_from_slice(send);
+                return Ok(());
+            }
+        }
         let steps = if self.inner.config.direct(std::mem::size_of_val(send), p) {
             self.cached(8, 0, || schedule::direct_allgather(r, p))
         } else {
@@ -1094,6 +1253,16 @@ impl Communicator {
 
     fn allgather_in_place_impl<T: Element>(&self, buffer: &mut [T]) -> Result<()> {
         let p = self.size() as usize;
+        if let Some(segment) = self.shm_for(std::mem::size_of_val(buffer)) {
+            let layout = BlockLayout::equal(buffer.len(), p);
+            let offsets: Vec<usize> = (0..p)
+                .map(|q| layout.elements(&(q..q + 1)).start)
+                .chain(std::iter::once(buffer.len()))
+                .collect();
+            return segment.allgatherv(None, buffer, &offsets, self.inner.yield_wait, &mut || {
+                self.shm_alive("allgather")
+            });
+        }
         let steps = self.cached(6, 0, || {
             schedule::ring_allgather(self.rank() as usize, p, 0)
         });
@@ -1120,6 +1289,24 @@ impl Communicator {
         self.check_len("allgatherv", "send buffer", send.len(), counts[r])?;
         let layout = BlockLayout::from_counts(counts);
         self.check_len("allgatherv", "receive buffer", recv.len(), layout.total())?;
+        {
+            let _guard = self.enter();
+            if let Some(segment) = self.shm_for(std::mem::size_of_val(recv)) {
+                let offsets: Vec<usize> = (0..p)
+                    .map(|q| layout.elements(&(q..q + 1)).start)
+                    .chain(std::iter::once(layout.total()))
+                    .collect();
+                segment.allgatherv(
+                    Some(send),
+                    recv,
+                    &offsets,
+                    self.inner.yield_wait,
+                    &mut || self.shm_alive("allgatherv"),
+                )?;
+                recv[layout.elements(&(r..r + 1))].copy_from_slice(send);
+                return Ok(());
+            }
+        }
         let steps = self.cached(6, 0, || schedule::ring_allgather(r, p, 0));
         {
             let _guard = self.enter();
@@ -1180,6 +1367,13 @@ impl Communicator {
 
     fn reduce_scatter_impl<T: Element>(&self, buffer: &mut [T], op: ReduceOp) -> Result<()> {
         let p = self.size() as usize;
+        if let Some(segment) = self.shm_for(std::mem::size_of_val(buffer)) {
+            if buffer.len() % p == 0 && segment.capacity::<T>() >= p {
+                return segment.reduce_scatter(buffer, op, self.inner.yield_wait, &mut || {
+                    self.shm_alive("reduce_scatter")
+                });
+            }
+        }
         let steps = self.cached(7, 0, || {
             schedule::ring_reduce_scatter(self.rank() as usize, p, 0)
         });
@@ -1201,6 +1395,16 @@ impl Communicator {
             self.check_len("alltoall", "send buffer", send.len(), send.len() / p * p)?;
         }
         let counts = vec![send.len() / p; p];
+        {
+            let _guard = self.enter();
+            if let Some(segment) = self.shm_for(std::mem::size_of_val(send)) {
+                if segment.capacity::<T>() >= p {
+                    return segment.alltoall(send, recv, self.inner.yield_wait, &mut || {
+                        self.shm_alive("alltoall")
+                    });
+                }
+            }
+        }
         let direct = self
             .inner
             .config

@@ -15,8 +15,14 @@
 //! | `LUMEN_COLL_DIRECT_MAX` | bytes per block: direct (one-round) allgather and alltoall at or below, over 2 ranks | 1024 |
 //! | `LUMEN_EAGER_LIMIT` | the transport's eager limit (segments stay below it when yielding) | 16384 |
 //! | `LUMEN_COLL_YIELD` | `auto`, `on`, `off`: wait by polling and yielding the core | `auto`: on when this node has more ranks than cores |
+//! | `LUMEN_COLL_SHM` | `on`, `off`: shared-memory collectives inside a node ([`crate::shm`]) | `on` |
+//! | `LUMEN_COLL_SHM_SLOT` | bytes per rank and step in the shared segment (the pipeline chunk) | 262144 |
+//! | `LUMEN_COLL_SHM_SMALL` | bytes: a chunk this short is reduced whole by every rank (one handshake instead of two) | 4096 |
+//! | `LUMEN_COLL_SHM_MAX` | bytes: shared-memory allreduce/bcast up to this size, point-to-point above | unlimited |
 //!
-//! `auto` picks, in this order: the hierarchical variant when the
+//! On a communicator whose members all share one node, `auto` uses the
+//! shared-memory algorithms for allreduce, bcast and barrier (see
+//! [`crate::shm`] for why). Otherwise `auto` picks, in this order: the hierarchical variant when the
 //! communicator spans several nodes and some node holds several of its ranks;
 //! the direct exchange up to `direct_max` bytes over 3 to 8 ranks (one
 //! round of `p - 1` messages); recursive doubling up to `rd_max` bytes (latency-bound: `log2 p` rounds);
@@ -44,6 +50,9 @@ pub enum AllreduceAlgorithm {
     Direct,
     /// Reduce inside each node, allreduce among node leaders, broadcast inside.
     Hierarchical,
+    /// Through a segment all members map (communicators inside one node;
+    /// elsewhere `Auto`'s choice).
+    Shm,
 }
 
 /// Broadcast algorithms.
@@ -55,6 +64,9 @@ pub enum BcastAlgorithm {
     Binomial,
     /// Binomial scatter, then ring allgather (van de Geijn).
     ScatterAllgather,
+    /// Through a segment all members map (communicators inside one node;
+    /// elsewhere `Auto`'s choice).
+    Shm,
 }
 
 /// Settings of the collectives.
@@ -85,6 +97,14 @@ pub struct CollectiveConfig {
     /// (every send, then every receive) instead of the ring / pairwise
     /// exchange, when there are more than two ranks.
     pub direct_max: usize,
+    /// Shared-memory collectives inside a node.
+    pub shm: bool,
+    /// Bytes per rank and step of the shared segment.
+    pub shm_slot: usize,
+    /// Chunks up to this many bytes are reduced whole by every rank.
+    pub shm_small: usize,
+    /// Shared-memory allreduce and bcast up to this many bytes.
+    pub shm_max: usize,
 }
 
 impl Default for CollectiveConfig {
@@ -99,6 +119,10 @@ impl Default for CollectiveConfig {
             yield_when_idle: None,
             eager_limit: 16 * 1024,
             direct_max: 1024,
+            shm: true,
+            shm_slot: 256 * 1024,
+            shm_small: 4096,
+            shm_max: usize::MAX,
         }
     }
 }
@@ -140,11 +164,12 @@ impl CollectiveConfig {
                 "rabenseifner" => AllreduceAlgorithm::Rabenseifner,
                 "direct" => AllreduceAlgorithm::Direct,
                 "hier" | "hierarchical" => AllreduceAlgorithm::Hierarchical,
+                "shm" => AllreduceAlgorithm::Shm,
                 _ => {
                     return Err(CollectiveError::Config {
                         variable: "LUMEN_COLL_ALLREDUCE",
                         value: v,
-                        expected: "one of auto, ring, rd, rabenseifner, direct, hier",
+                        expected: "one of auto, ring, rd, rabenseifner, direct, hier, shm",
                     })
                 }
             };
@@ -154,11 +179,12 @@ impl CollectiveConfig {
                 "auto" | "" => BcastAlgorithm::Auto,
                 "binomial" => BcastAlgorithm::Binomial,
                 "scatter_allgather" => BcastAlgorithm::ScatterAllgather,
+                "shm" => BcastAlgorithm::Shm,
                 _ => {
                     return Err(CollectiveError::Config {
                         variable: "LUMEN_COLL_BCAST",
                         value: v,
-                        expected: "one of auto, binomial, scatter_allgather",
+                        expected: "one of auto, binomial, scatter_allgather, shm",
                     })
                 }
             };
@@ -177,6 +203,19 @@ impl CollectiveConfig {
                 }
             };
         }
+        if let Some(v) = lookup("LUMEN_COLL_SHM") {
+            config.shm = match v.trim() {
+                "on" | "1" | "true" | "" => true,
+                "off" | "0" | "false" => false,
+                _ => {
+                    return Err(CollectiveError::Config {
+                        variable: "LUMEN_COLL_SHM",
+                        value: v,
+                        expected: "on or off",
+                    })
+                }
+            };
+        }
         for (name, slot) in [
             ("LUMEN_COLL_RD_MAX", &mut config.rd_max),
             ("LUMEN_COLL_RING_MIN", &mut config.ring_min),
@@ -184,6 +223,9 @@ impl CollectiveConfig {
             ("LUMEN_COLL_SEGMENT", &mut config.segment),
             ("LUMEN_EAGER_LIMIT", &mut config.eager_limit),
             ("LUMEN_COLL_DIRECT_MAX", &mut config.direct_max),
+            ("LUMEN_COLL_SHM_SLOT", &mut config.shm_slot),
+            ("LUMEN_COLL_SHM_SMALL", &mut config.shm_small),
+            ("LUMEN_COLL_SHM_MAX", &mut config.shm_max),
         ] {
             if let Some(v) = lookup(name) {
                 *slot = bytes(name, &v)?;
@@ -213,6 +255,8 @@ impl CollectiveConfig {
             AllreduceAlgorithm::Auto if hierarchy => AllreduceAlgorithm::Hierarchical,
             AllreduceAlgorithm::Auto => flat(bytes),
             AllreduceAlgorithm::Hierarchical if !hierarchy => flat(bytes),
+            // Only reached where no segment exists.
+            AllreduceAlgorithm::Shm => flat(bytes),
             forced => forced,
         }
     }
@@ -236,8 +280,10 @@ impl CollectiveConfig {
             self.bcast_large
         };
         match self.bcast {
-            BcastAlgorithm::Auto if p > 2 && bytes >= large => BcastAlgorithm::ScatterAllgather,
-            BcastAlgorithm::Auto => BcastAlgorithm::Binomial,
+            BcastAlgorithm::Auto | BcastAlgorithm::Shm if p > 2 && bytes >= large => {
+                BcastAlgorithm::ScatterAllgather
+            }
+            BcastAlgorithm::Auto | BcastAlgorithm::Shm => BcastAlgorithm::Binomial,
             forced => forced,
         }
     }

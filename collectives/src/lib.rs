@@ -57,6 +57,7 @@ pub mod error;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod schedule;
+pub mod shm;
 
 pub use comm::{Communicator, Request};
 pub use config::{AllreduceAlgorithm, BcastAlgorithm, CollectiveConfig};
