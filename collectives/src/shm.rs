@@ -620,10 +620,10 @@ impl Segment {
                 .map(|b| &send[b * n + range.start..b * n + range.end])
                 .collect();
             let (step, slot) = self.post(&parts, yield_wait, alive)?;
-            for q in 0..p {
+            for (q, part) in parts.iter().enumerate() {
                 let to = q * n + range.start..q * n + range.end;
                 if q == self.rank {
-                    recv[to].copy_from_slice(parts[q]);
+                    recv[to].copy_from_slice(part);
                     continue;
                 }
                 self.check_len("alltoall", q, step, m * p)?;
