@@ -141,6 +141,12 @@ fn embedded_actor_restarts_after_its_rank_dies() {
 }
 
 #[test]
+fn embedded_actor_call_in_flight_is_retried_after_its_rank_dies() {
+    // Four workers: the scenario kills one.
+    embedded_with("actor_call_retried", 4);
+}
+
+#[test]
 fn embedded_cluster_leaves_nothing_behind() {
     let all = embedded("prints_job_id");
     let job = printed_job_id(&all);
@@ -530,6 +536,16 @@ mod scenarios {
 
         fn rank_of_self(&self) -> lumen::Result<u32> {
             Ok(lumen::current()?.rank())
+        }
+
+        /// Waits (up to 30 s) for the file `go`, then adds `by`.
+        fn wait_then_incr(&mut self, go: String, by: u64) -> u64 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !std::path::Path::new(&go).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.n += by;
+            self.n
         }
     }
 
@@ -1013,6 +1029,45 @@ mod scenarios {
             other => panic!("expected ActorDied, got {other:?}"),
         }
         done("actor_restarts");
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn actor_call_retried() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let dir = marker_dir("actor-retry");
+        let go = dir.join("go").display().to_string();
+        let counter = Counter::actor_options()
+            .rank(1)
+            .max_restarts(1)
+            .max_task_retries(1)
+            .new_remote(&rt, 100)?;
+        assert_eq!(counter.incr(1)?.get()?, 101);
+        // Without task retries (Ray's default) a call in flight fails.
+        let plain = Counter::actor_options()
+            .rank(1)
+            .max_restarts(1)
+            .new_remote(&rt, 0)?;
+        assert_eq!(plain.incr(1)?.get()?, 1);
+        // Both calls wait on rank 1 when it dies.
+        let retried = counter.wait_then_incr(go.clone(), 5)?;
+        let lost = plain.wait_then_incr(go.clone(), 5)?;
+        kill_host(&rt, &counter)?;
+        std::fs::write(&go, b"go").expect("writing the go file");
+        // Sent again to the restarted actor (fresh state: 100 + 5).
+        assert_eq!(retried.get_timeout(Duration::from_secs(60))?, 105);
+        assert_ne!(counter.rank_of_self()?.get()?, 1);
+        match lost.get_timeout(Duration::from_secs(60)) {
+            Err(LumenError::Runtime(RuntimeError::Task(e)))
+                if e.kind == TaskErrorKind::ActorDied => {}
+            other => panic!("expected ActorDied, got {other:?}"),
+        }
+        // The restarted actors serve later calls.
+        assert_eq!(counter.incr(1)?.get()?, 106);
+        assert_eq!(plain.incr(1)?.get_timeout(Duration::from_secs(60))?, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+        done("actor_call_retried");
         Ok(())
     }
 

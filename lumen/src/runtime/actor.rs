@@ -9,11 +9,15 @@
 //! before the actor's creation message (a handle passed on to a third rank
 //! that calls at once) waits in a per-actor early queue. Killing an actor
 //! stops its thread after the running call and fails queued and later calls
-//! with `ActorDied`. A dead hosting rank fails the calls in flight (Ray's
-//! default, `max_task_retries = 0`). With `max_restarts(n)` the actor's
-//! creator keeps its constructor arguments and restarts it, with fresh
-//! state, on another rank, up to `n` times; a caller whose handle names the
-//! dead rank asks the creator where the actor went (see `core`).
+//! with `ActorDied`. With `max_restarts(n)` the actor's creator keeps its
+//! constructor arguments and restarts it, with fresh state, on another
+//! rank, up to `n` times; a caller whose handle names the dead rank asks the
+//! creator where the actor went (see `core`). A dead hosting rank fails the
+//! calls in flight (Ray's default, `max_task_retries = 0`); with
+//! `max_task_retries(k)` (and restarts) each caller keeps its calls'
+//! arguments until they complete and sends a call lost with the rank again
+//! to the restarted actor, up to `k` times, in the order it made them: such
+//! a call may run twice (at least once, as in Ray).
 //!
 //! # Lifetime
 //! An unnamed actor lives as long as some handle to it does, anywhere

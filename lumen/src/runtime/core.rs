@@ -79,8 +79,33 @@ enum InFlight {
         /// The actor's handle count, held while the call is in flight
         /// (unnamed actors), so the actor outlives the calls made to it.
         handles: Option<ObjectId>,
+        /// What it takes to send the call again (`max_task_retries`).
+        retry: Option<Box<CallRetry>>,
     },
 }
+
+/// What a caller keeps to send an actor call again when the actor's rank
+/// dies (`max_task_retries`). Dropped outside the state lock (`pinned`
+/// unpins through it).
+#[derive(Debug)]
+struct CallRetry {
+    address: ActorAddress,
+    method: u64,
+    args: Vec<u8>,
+    /// Keeps the objects the arguments reference alive while the call may
+    /// be sent again (the dead rank's registrations are gone).
+    pinned: Pinned,
+    retries_left: u32,
+}
+
+/// An actor call taken out of flight because its host died.
+type LostCall = (
+    ObjectId,
+    ActorId,
+    String,
+    Option<ObjectId>,
+    Option<Box<CallRetry>>,
+);
 
 /// An answer awaited by a blocked caller.
 #[derive(Debug)]
@@ -1005,16 +1030,18 @@ impl Inner {
     }
 
     fn on_done(self: &Arc<Self>, object: ObjectId, outcome: Outcome, refs: Vec<ObjectId>) {
-        let (placed, actor_handles, effects, waiters) = {
+        // The entry is dropped after the lock (a retry record unpins).
+        let (entry, effects, waiters) = {
             let mut s = self.lock();
-            let (placed, actor_handles) = match s.in_flight.remove(&object) {
-                Some(InFlight::Task { rank, .. }) => (Some(rank), None),
-                Some(InFlight::ActorCall { handles, .. }) => (None, handles),
-                None => (None, None),
-            };
+            let entry = s.in_flight.remove(&object);
             let effects = s.refs.complete(object, outcome.clone(), refs);
             let waiters = s.value_waiters.remove(&object).unwrap_or_default();
-            (placed, actor_handles, effects, waiters)
+            (entry, effects, waiters)
+        };
+        let (placed, actor_handles) = match &entry {
+            Some(InFlight::Task { rank, .. }) => (Some(*rank), None),
+            Some(InFlight::ActorCall { handles, .. }) => (None, *handles),
+            None => (None, None),
         };
         if let Some(rank) = placed {
             self.scheduler
@@ -1035,6 +1062,7 @@ impl Inner {
             );
         }
         self.apply(effects);
+        drop(entry);
         if let Some(handles) = actor_handles {
             self.handle_dropped(handles);
         }
@@ -1376,6 +1404,11 @@ impl Inner {
             host,
             class_id,
             class_name: class_name.to_string(),
+            max_task_retries: if options.max_restarts > 0 {
+                options.max_task_retries
+            } else {
+                0
+            },
         };
         self.lock().placed_actors.insert(address.id, host);
         let id = address.id;
@@ -1617,6 +1650,15 @@ impl Inner {
         let host = self.actor_host(address)?;
         self.register(&refs, host)?;
         let object = self.new_object();
+        let retry = (address.max_task_retries > 0).then(|| {
+            Box::new(CallRetry {
+                address: address.clone(),
+                method,
+                args: args.clone(),
+                pinned,
+                retries_left: address.max_task_retries,
+            })
+        });
         {
             let mut s = self.lock();
             s.refs.create(object, ObjectState::Pending);
@@ -1630,6 +1672,7 @@ impl Inner {
                     actor: address.id,
                     name: name.to_string(),
                     handles,
+                    retry,
                 },
             );
             if s.dead.contains(&host) {
@@ -1733,8 +1776,12 @@ impl Inner {
         }
     }
 
+    /// The calls in flight to `host` (which died): those with retries left
+    /// are sent again to wherever the actor's creator restarts it (on a
+    /// thread of their own: finding the actor may wait for the creator);
+    /// the others fail with `ActorDied`.
     fn fail_actor_calls(self: &Arc<Self>, host: Rank, reason: &str) {
-        let failed: Vec<(ObjectId, ActorId, String, Option<ObjectId>)> = {
+        let (failed, mut retried): (Vec<LostCall>, Vec<LostCall>) = {
             let mut s = self.lock();
             let ids: Vec<ObjectId> = s
                 .in_flight
@@ -1742,30 +1789,114 @@ impl Inner {
                 .filter(|(_, f)| matches!(f, InFlight::ActorCall { host: h, .. } if *h == host))
                 .map(|(id, _)| *id)
                 .collect();
-            let mut out = Vec::new();
+            let mut lost = Vec::new();
             for id in ids {
                 if let Some(InFlight::ActorCall {
                     actor,
                     name,
                     handles,
+                    retry,
                     ..
                 }) = s.in_flight.remove(&id)
                 {
-                    out.push((id, actor, name, handles));
+                    lost.push((id, actor, name, handles, retry));
                 }
             }
-            out
+            lost.into_iter()
+                .partition(|(.., retry)| retry.as_ref().is_none_or(|r| r.retries_left == 0))
         };
-        for (object, actor, name, handles) in failed {
-            let error = TaskError {
-                function: name,
-                rank: host,
-                kind: TaskErrorKind::ActorDied,
-                message: format!("{actor} is dead: {reason}"),
+        for (object, actor, name, handles, _retry) in failed {
+            self.fail_lost_call(object, actor, name, handles, host, reason);
+        }
+        if retried.is_empty() {
+            return;
+        }
+        // In the order they were made (ids grow at the caller).
+        retried.sort_by_key(|(object, ..)| object.seq);
+        let inner = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lumen-actor-retry".into())
+            .spawn(move || inner.resend_actor_calls(host, retried));
+        if let Err(e) = spawned {
+            tracing::error!("could not start a thread to resend actor calls: {e}");
+        }
+    }
+
+    fn fail_lost_call(
+        self: &Arc<Self>,
+        object: ObjectId,
+        actor: ActorId,
+        name: String,
+        handles: Option<ObjectId>,
+        host: Rank,
+        reason: &str,
+    ) {
+        let error = TaskError {
+            function: name,
+            rank: host,
+            kind: TaskErrorKind::ActorDied,
+            message: format!("{actor} is dead: {reason}"),
+        };
+        self.on_done(object, Outcome::Failed(error), Vec::new());
+        if let Some(handles) = handles {
+            self.handle_dropped(handles);
+        }
+    }
+
+    /// Sends calls lost with `dead` again to the actor's new host.
+    fn resend_actor_calls(self: &Arc<Self>, dead: Rank, calls: Vec<LostCall>) {
+        for (object, actor, name, handles, retry) in calls {
+            let Some(mut retry) = retry else {
+                continue;
             };
-            self.on_done(object, Outcome::Failed(error), Vec::new());
-            if let Some(handles) = handles {
-                self.handle_dropped(handles);
+            if retry.retries_left != u32::MAX {
+                retry.retries_left -= 1;
+            }
+            let host = match self.actor_host(&retry.address) {
+                Ok(host) => host,
+                Err(e) => {
+                    let reason = format!("its rank {dead} died and it was not restarted ({e})");
+                    self.fail_lost_call(object, actor, name, handles, dead, &reason);
+                    continue;
+                }
+            };
+            let refs = retry.pinned.ids();
+            if let Err(e) = self.register(&refs, host) {
+                let reason = format!("its rank {dead} died; resending the call failed: {e}");
+                self.fail_lost_call(object, actor, name, handles, dead, &reason);
+                continue;
+            }
+            let message = RtMsg::ActorCall {
+                actor,
+                method: retry.method,
+                name: name.clone(),
+                object,
+                args: retry.args.clone(),
+                refs,
+            };
+            tracing::info!(
+                "resending {name} ({object}) to {actor} on rank {host} (rank {dead} died); \
+                 {} retries left",
+                retry.retries_left
+            );
+            let host_dead = {
+                let mut s = self.lock();
+                s.in_flight.insert(
+                    object,
+                    InFlight::ActorCall {
+                        host,
+                        actor,
+                        name,
+                        handles,
+                        retry: Some(retry),
+                    },
+                );
+                s.dead.contains(&host)
+            };
+            if host_dead {
+                self.fail_actor_calls(host, &format!("its rank {host} died"));
+            } else {
+                self.send_or_log(host, &message);
             }
         }
     }

@@ -62,8 +62,9 @@
 //! # Failures
 //! A task whose rank dies is retried elsewhere (`max_retries`, default 3);
 //! an actor whose rank dies is restarted by its creator (`max_restarts`,
-//! default 0; calls in flight to the dead rank fail with `ActorDied`, as
-//! with Ray's default `max_task_retries = 0`); an object whose owner died
+//! default 0; calls in flight to the dead rank fail with `ActorDied`, or
+//! are sent again to the restarted actor with `max_task_retries`); an
+//! object whose owner died
 //! fails with `OwnerDied`. Errors and panics in tasks come back as
 //! [`TaskError`] with the remote message, rank and function.
 

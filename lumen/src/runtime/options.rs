@@ -70,8 +70,14 @@ pub struct ActorOptions {
     /// Register it under this job-wide name (see `Runtime::get_actor`).
     pub name: Option<String>,
     /// How often the creator restarts it (fresh state, on another rank)
-    /// when its rank dies (default 0, as Ray). Calls in flight then fail.
+    /// when its rank dies (default 0, as Ray). Calls in flight then fail,
+    /// unless `max_task_retries` allows them to run again.
     pub max_restarts: u32,
+    /// How often a method call whose actor's rank died is sent again, to the
+    /// restarted actor (default 0, as Ray; `u32::MAX` for Ray's -1). A call
+    /// may then run twice (once partly, on the dead rank): retry only calls
+    /// that can be repeated.
+    pub max_task_retries: u32,
 }
 
 /// Builder methods shared by the generated per-function call types
@@ -158,6 +164,12 @@ macro_rules! __actor_option_methods {
         /// rank dies.
         $($vis)* fn max_restarts(mut self, restarts: u32) -> Self {
             self.options.max_restarts = restarts;
+            self
+        }
+        /// Sends a call in flight when the actor's rank dies again, to the
+        /// restarted actor, up to this many times (needs `max_restarts`).
+        $($vis)* fn max_task_retries(mut self, retries: u32) -> Self {
+            self.options.max_task_retries = retries;
             self
         }
     };

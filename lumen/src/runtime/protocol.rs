@@ -61,6 +61,8 @@ pub(crate) struct ActorAddress {
     pub host: Rank,
     pub class_id: u64,
     pub class_name: String,
+    /// How often a caller resends a call in flight when the host dies.
+    pub max_task_retries: u32,
 }
 
 /// Per-rank facts exchanged at bootstrap.
