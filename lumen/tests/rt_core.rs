@@ -147,6 +147,12 @@ fn embedded_actor_call_in_flight_is_retried_after_its_rank_dies() {
 }
 
 #[test]
+fn embedded_task_retry_keeps_its_object_arguments() {
+    // Three workers: the scenario kills one.
+    embedded_with("task_retried_with_object_arguments", 3);
+}
+
+#[test]
 fn embedded_cluster_leaves_nothing_behind() {
     let all = embedded("prints_job_id");
     let job = printed_job_id(&all);
@@ -896,6 +902,47 @@ mod scenarios {
             }
         }
         lumen::current().map(|rt| rt.rank()).unwrap_or(u32::MAX)
+    }
+
+    /// Kills its own rank on the first attempt, then sums its arguments.
+    #[lumen::remote]
+    fn sum_or_die_once(
+        data: ObjectRef<[u64]>,
+        extra: ObjectRef<u64>,
+        marker: String,
+    ) -> lumen::Result<u64> {
+        if std::fs::metadata(&marker).is_err() {
+            let _ = std::fs::write(&marker, b"attempted");
+            // SAFETY: plain system call on our own process.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+        Ok(data.get()?.iter().sum::<u64>() + extra.get()?)
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn task_retried_with_object_arguments() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let dir = marker_dir("task-retry-args");
+        let marker = dir.join("attempted").display().to_string();
+        let values: Vec<u64> = (0..(1u64 << 17)).collect(); // 1 MiB: stored
+                                                            // The driver keeps no handle: while the task is in flight only its
+                                                            // submission keeps the arguments alive, also across the retry.
+        let sum = sum_or_die_once::options().max_retries(1).remote(
+            &rt,
+            rt.put_slice(&values)?,
+            rt.put(&7u64)?,
+            marker,
+        )?;
+        assert_eq!(
+            sum.get_timeout(Duration::from_secs(60))?,
+            values.iter().sum::<u64>() + 7
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        done("task_retried_with_object_arguments");
+        Ok(())
     }
 
     #[lumen::remote]

@@ -71,6 +71,10 @@ enum InFlight {
     Task {
         spec: TaskSpec,
         rank: Rank,
+        /// Keeps the objects the arguments reference alive while the task
+        /// may be retried (the dead rank's registrations go with it; Ray's
+        /// submitted-task references). Dropped outside the state lock.
+        pinned: Option<Pinned>,
     },
     ActorCall {
         host: Rank,
@@ -976,6 +980,7 @@ impl Inner {
             options,
             attempt: 1,
         };
+        let pinned = (spec.options.max_retries > 0 && !spec.refs.is_empty()).then_some(pinned);
         {
             let mut s = self.lock();
             s.refs.create(object, ObjectState::Pending);
@@ -984,6 +989,7 @@ impl Inner {
                 InFlight::Task {
                     spec: spec.clone(),
                     rank: target,
+                    pinned,
                 },
             );
         }
@@ -1919,11 +1925,11 @@ impl Inner {
             let mut retry = Vec::new();
             let mut failed = Vec::new();
             for id in lost {
-                if let Some(InFlight::Task { spec, .. }) = s.in_flight.remove(&id) {
+                if let Some(InFlight::Task { spec, pinned, .. }) = s.in_flight.remove(&id) {
                     if spec.attempt <= spec.options.max_retries {
-                        retry.push(spec);
+                        retry.push((spec, pinned));
                     } else {
-                        failed.push(spec);
+                        failed.push((spec, pinned));
                     }
                 }
             }
@@ -1953,7 +1959,7 @@ impl Inner {
         self.apply(effects);
         self.fail_actor_calls(rank, &format!("its rank {rank} died"));
         self.restart_actors(rank);
-        for spec in failed {
+        for (spec, _pinned) in failed {
             let error = TaskError {
                 function: spec.name.clone(),
                 rank,
@@ -1967,7 +1973,7 @@ impl Inner {
             };
             self.on_done(spec.object, Outcome::Failed(error), Vec::new());
         }
-        for mut spec in retry {
+        for (mut spec, pinned) in retry {
             spec.attempt += 1;
             let object = spec.object;
             let name = spec.name.clone();
@@ -2018,6 +2024,7 @@ impl Inner {
                 InFlight::Task {
                     spec: spec.clone(),
                     rank: target,
+                    pinned,
                 },
             );
             self.send_or_log(target, &RtMsg::Submit(spec));
