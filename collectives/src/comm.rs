@@ -418,6 +418,9 @@ impl Communicator {
                 Err(_) => tracing::warn!("collectives: shared segment name is not UTF-8"),
             }
         }
+        if let Some(s) = &segment {
+            s.announce();
+        }
         let mut everyone = [u64::from(segment.is_some())];
         let agreed = self
             .allreduce_impl(
@@ -429,11 +432,30 @@ impl Communicator {
         if let Some(name) = created_name {
             unlink(&name);
         }
-        if agreed && everyone[0] == 1 {
-            segment
-        } else {
-            None
+        if !agreed || everyone[0] != 1 {
+            return None;
         }
+        let segment = segment?;
+        // Every member has announced itself before the agreement above.
+        let mut readable = [u64::from(segment.probe_single_copy())];
+        if self
+            .allreduce_impl(
+                &mut readable,
+                ReduceOp::Min,
+                AllreduceAlgorithm::RecursiveDoubling,
+            )
+            .is_err()
+        {
+            return None;
+        }
+        if readable[0] == 1 {
+            segment.enable_single_copy();
+        } else {
+            tracing::info!(
+                "collectives: process_vm_readv refused between ranks of this node; large blocks go through the shared segment"
+            );
+        }
+        Some(segment)
     }
 
     /// The segment, for an operation moving `bytes` bytes per rank (the
@@ -444,6 +466,11 @@ impl Communicator {
         } else {
             None
         }
+    }
+
+    /// Whether blocks of `block_bytes` go by single-copy reads.
+    fn single_copy_for(&self, segment: &crate::shm::Segment, block_bytes: usize) -> bool {
+        segment.single_copy() && block_bytes >= self.inner.config.shm_copy_min
     }
 
     /// The liveness check of a shared-memory wait: a short blocking receive
@@ -974,9 +1001,16 @@ impl Communicator {
         ) && bytes <= self.inner.config.shm_max
         {
             if let Some(segment) = self.shm() {
-                return segment.bcast(buffer, root as usize, self.inner.yield_wait, &mut || {
-                    self.shm_alive("bcast")
-                });
+                let alive = &mut || self.shm_alive("bcast");
+                if self.single_copy_for(segment, bytes) {
+                    return segment.bcast_single_copy(
+                        buffer,
+                        root as usize,
+                        self.inner.yield_wait,
+                        alive,
+                    );
+                }
+                return segment.bcast(buffer, root as usize, self.inner.yield_wait, alive);
             }
         }
         self.bcast_p2p(buffer, root)
@@ -1207,13 +1241,18 @@ impl Communicator {
             let _guard = self.enter();
             if let Some(segment) = self.shm_for(std::mem::size_of_val(recv)) {
                 let offsets: Vec<usize> = (0..=p).map(|q| q * n).collect();
-                segment.allgatherv(
-                    Some(send),
-                    recv,
-                    &offsets,
-                    self.inner.yield_wait,
-                    &mut || self.shm_alive("allgather"),
-                )?;
+                let alive = &mut || self.shm_alive("allgather");
+                if self.single_copy_for(segment, std::mem::size_of_val(send)) {
+                    segment.allgatherv_single_copy(
+                        Some(send),
+                        recv,
+                        &offsets,
+                        self.inner.yield_wait,
+                        alive,
+                    )?;
+                } else {
+                    segment.allgatherv(Some(send), recv, &offsets, self.inner.yield_wait, alive)?;
+                }
                 recv[r * n..(r + 1) * n].copy_from_slice(send);
                 return Ok(());
             }
@@ -1259,9 +1298,17 @@ impl Communicator {
                 .map(|q| layout.elements(&(q..q + 1)).start)
                 .chain(std::iter::once(buffer.len()))
                 .collect();
-            return segment.allgatherv(None, buffer, &offsets, self.inner.yield_wait, &mut || {
-                self.shm_alive("allgather")
-            });
+            let alive = &mut || self.shm_alive("allgather");
+            if self.single_copy_for(segment, std::mem::size_of_val(buffer) / p) {
+                return segment.allgatherv_single_copy(
+                    None,
+                    buffer,
+                    &offsets,
+                    self.inner.yield_wait,
+                    alive,
+                );
+            }
+            return segment.allgatherv(None, buffer, &offsets, self.inner.yield_wait, alive);
         }
         let steps = self.cached(6, 0, || {
             schedule::ring_allgather(self.rank() as usize, p, 0)
@@ -1296,13 +1343,20 @@ impl Communicator {
                     .map(|q| layout.elements(&(q..q + 1)).start)
                     .chain(std::iter::once(layout.total()))
                     .collect();
-                segment.allgatherv(
-                    Some(send),
-                    recv,
-                    &offsets,
-                    self.inner.yield_wait,
-                    &mut || self.shm_alive("allgatherv"),
-                )?;
+                let alive = &mut || self.shm_alive("allgatherv");
+                // The smallest block decides (the same on every rank).
+                let smallest = counts.iter().min().copied().unwrap_or(0);
+                if self.single_copy_for(segment, smallest * std::mem::size_of::<T>()) {
+                    segment.allgatherv_single_copy(
+                        Some(send),
+                        recv,
+                        &offsets,
+                        self.inner.yield_wait,
+                        alive,
+                    )?;
+                } else {
+                    segment.allgatherv(Some(send), recv, &offsets, self.inner.yield_wait, alive)?;
+                }
                 recv[layout.elements(&(r..r + 1))].copy_from_slice(send);
                 return Ok(());
             }
@@ -1398,10 +1452,12 @@ impl Communicator {
         {
             let _guard = self.enter();
             if let Some(segment) = self.shm_for(std::mem::size_of_val(send)) {
+                let alive = &mut || self.shm_alive("alltoall");
+                if self.single_copy_for(segment, std::mem::size_of_val(send) / p) {
+                    return segment.alltoall_single_copy(send, recv, self.inner.yield_wait, alive);
+                }
                 if segment.capacity::<T>() >= p {
-                    return segment.alltoall(send, recv, self.inner.yield_wait, &mut || {
-                        self.shm_alive("alltoall")
-                    });
+                    return segment.alltoall(send, recv, self.inner.yield_wait, alive);
                 }
             }
         }

@@ -18,6 +18,7 @@
 //! | `LUMEN_COLL_SHM` | `on`, `off`: shared-memory collectives inside a node ([`crate::shm`]) | `on` |
 //! | `LUMEN_COLL_SHM_SLOT` | bytes per rank and step in the shared segment (the pipeline chunk) | 262144 |
 //! | `LUMEN_COLL_SHM_SMALL` | bytes: a chunk this short is reduced whole by every rank (one handshake instead of two) | 4096 |
+//! | `LUMEN_COLL_SHM_COPY_MIN` | bytes per block: allgather, alltoall and bcast read peers' buffers directly (`process_vm_readv`, one copy) from this size | 32768 |
 //! | `LUMEN_COLL_SHM_MAX` | bytes: shared-memory allreduce/bcast up to this size, point-to-point above | unlimited |
 //!
 //! On a communicator whose members all share one node, `auto` uses the
@@ -105,6 +106,9 @@ pub struct CollectiveConfig {
     pub shm_small: usize,
     /// Shared-memory allreduce and bcast up to this many bytes.
     pub shm_max: usize,
+    /// Blocks of at least this many bytes are read straight from the
+    /// peer's buffer (allgather, alltoall, bcast) where the node allows it.
+    pub shm_copy_min: usize,
 }
 
 impl Default for CollectiveConfig {
@@ -123,6 +127,7 @@ impl Default for CollectiveConfig {
             shm_slot: 256 * 1024,
             shm_small: 4096,
             shm_max: usize::MAX,
+            shm_copy_min: 32 * 1024,
         }
     }
 }
@@ -226,6 +231,7 @@ impl CollectiveConfig {
             ("LUMEN_COLL_SHM_SLOT", &mut config.shm_slot),
             ("LUMEN_COLL_SHM_SMALL", &mut config.shm_small),
             ("LUMEN_COLL_SHM_MAX", &mut config.shm_max),
+            ("LUMEN_COLL_SHM_COPY_MIN", &mut config.shm_copy_min),
         ] {
             if let Some(v) = lookup(name) {
                 *slot = bytes(name, &v)?;

@@ -92,6 +92,17 @@ pub enum CollectiveError {
         /// Why.
         detail: String,
     },
+    /// A single-copy read of a peer's buffer on this node failed (the peer
+    /// died or unmapped the buffer in the middle of the collective).
+    #[error("{op}: reading rank {peer}'s buffer on this node failed: {detail}; every rank of the communicator gets an error, end the job")]
+    SingleCopy {
+        /// The operation.
+        op: &'static str,
+        /// The rank read from (within the communicator).
+        peer: u32,
+        /// The system's error.
+        detail: String,
+    },
     /// A GPU (NCCL/CUDA) operation failed or is unavailable.
     #[error("{0}")]
     Device(String),

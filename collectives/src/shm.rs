@@ -74,6 +74,8 @@ const HEADER: usize = 4096;
 const CONTROL: usize = 128;
 const DONE_OFFSET: usize = 64;
 const LEN_OFFSET: usize = 8;
+const PID_OFFSET: usize = 72;
+const PROBE_OFFSET: usize = 80;
 
 /// Slots per rank (`D`): how many steps a writer may run ahead of the
 /// slowest reader, plus one. At most 7 (the lengths share a cache line
@@ -97,6 +99,11 @@ pub(crate) struct Segment {
     step: AtomicU64,
     /// The arrival of each member this rank last observed (`begin_write`).
     seen: Vec<AtomicU64>,
+    /// Whether members read each other's buffers with `process_vm_readv`
+    /// (agreed by all at setup, see [`Segment::probe_single_copy`]).
+    single_copy: std::sync::atomic::AtomicBool,
+    /// This process's probe word, whose address the others try to read.
+    probe: Box<AtomicU64>,
 }
 
 // SAFETY: the segment is plain shared memory; all cross-process and
@@ -258,6 +265,8 @@ impl Segment {
             data: layout(size, slot_bytes).0,
             step: AtomicU64::new(0),
             seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
+            single_copy: std::sync::atomic::AtomicBool::new(false),
+            probe: Box::new(AtomicU64::new(MAGIC ^ rank as u64)),
         }
     }
 
@@ -524,6 +533,244 @@ impl Segment {
         Ok((step, slot))
     }
 
+    /// Publishes this process's pid and the address of its probe word in its
+    /// control line (before the setup's agreement, which orders it before
+    /// the others' [`Segment::probe_single_copy`]).
+    pub(crate) fn announce(&self) {
+        let base = HEADER + self.rank * CONTROL;
+        self.word(base + PID_OFFSET)
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
+        self.word(base + PROBE_OFFSET)
+            .store(&*self.probe as *const AtomicU64 as u64, Ordering::Release);
+    }
+
+    /// Whether this rank can read every other member's memory with
+    /// `process_vm_readv` (refused under some ptrace policies and
+    /// containers): reads each member's probe word.
+    pub(crate) fn probe_single_copy(&self) -> bool {
+        (0..self.size).filter(|&q| q != self.rank).all(|q| {
+            let base = HEADER + q * CONTROL;
+            let addr = self.word(base + PROBE_OFFSET).load(Ordering::Acquire);
+            let mut word = [0u8; 8];
+            addr != 0
+                && self.read_peer(q, addr, &mut word).is_ok()
+                && u64::from_ne_bytes(word) == MAGIC ^ q as u64
+        })
+    }
+
+    /// Turns the single-copy algorithms on (every member agreed).
+    pub(crate) fn enable_single_copy(&self) {
+        self.single_copy.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the single-copy algorithms are on.
+    pub(crate) fn single_copy(&self) -> bool {
+        self.single_copy.load(Ordering::Relaxed)
+    }
+
+    /// Copies `dst.len()` bytes at address `addr` of member `q` into `dst`.
+    fn read_peer(&self, q: usize, addr: u64, dst: &mut [u8]) -> std::io::Result<()> {
+        let pid = self
+            .word(HEADER + q * CONTROL + PID_OFFSET)
+            .load(Ordering::Relaxed) as libc::pid_t;
+        let mut done = 0usize;
+        while done < dst.len() {
+            let local = libc::iovec {
+                iov_base: dst[done..].as_mut_ptr().cast(),
+                iov_len: dst.len() - done,
+            };
+            let remote = libc::iovec {
+                iov_base: (addr as usize + done) as *mut libc::c_void,
+                iov_len: dst.len() - done,
+            };
+            // SAFETY: `local` covers the rest of `dst`, which we borrow
+            // mutably; the kernel checks the remote range (EFAULT if it is
+            // not mapped in `pid`) and never writes to it.
+            let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "process_vm_readv read nothing",
+                ));
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    fn read_elements<T: Element>(
+        &self,
+        op: &'static str,
+        q: usize,
+        addr: u64,
+        dst: &mut [T],
+    ) -> Result<()> {
+        self.read_peer(q, addr, bytemuck::cast_slice_mut(dst))
+            .map_err(|e| CollectiveError::SingleCopy {
+                op,
+                peer: q as u32,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Publishes where this rank's data lies (address and element count)
+    /// in a new step and waits until every member in `wait_for` has
+    /// published theirs; returns the step and slot index.
+    fn post_address<T>(
+        &self,
+        data: &[T],
+        wait_for: Option<usize>,
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(u64, usize)> {
+        let step = self.next_step();
+        let slot = slot_index(step);
+        self.begin_write(step, yield_wait, alive)?;
+        self.write_own(slot, 0, &[data.as_ptr() as u64, data.len() as u64]);
+        self.publish(step, Some(2));
+        match wait_for {
+            None => self.wait_all(Segment::arrive, step, yield_wait, alive)?,
+            Some(q) if q == self.rank => {}
+            Some(q) => Self::wait(
+                || self.arrive(q).load(Ordering::Acquire) >= step,
+                yield_wait,
+                alive,
+            )?,
+        }
+        Ok((step, slot))
+    }
+
+    /// The address and element count member `q` published in `slot`.
+    fn address_of(
+        &self,
+        op: &'static str,
+        q: usize,
+        step: u64,
+        slot: usize,
+    ) -> Result<(u64, usize)> {
+        self.check_len(op, q, step, 2)?;
+        // SAFETY: member q published this step after writing the two words,
+        // and rewrites them only after this rank has published a later step.
+        let words = unsafe { self.slot::<u64>(q, slot, 0..2) };
+        Ok((words[0], words[1] as usize))
+    }
+
+    /// Publishes `done = step` and waits until the members in `wait_for`
+    /// (all when `None`) have: nobody's buffer is released while read.
+    fn finish(
+        &self,
+        step: u64,
+        wait_for: Option<usize>,
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.done(self.rank).store(step, Ordering::Release);
+        match wait_for {
+            None => self.wait_all(Segment::done, step, yield_wait, alive),
+            Some(q) if q == self.rank => Ok(()),
+            Some(q) => Self::wait(
+                || self.done(q).load(Ordering::Acquire) >= step,
+                yield_wait,
+                alive,
+            ),
+        }
+    }
+
+    /// Allgather(v) by single-copy reads: every rank publishes where its
+    /// block lies and reads the others' blocks straight into `recv`. The
+    /// own block must already be in `recv` or be `send`.
+    pub(crate) fn allgatherv_single_copy<T: Element>(
+        &self,
+        send: Option<&[T]>,
+        recv: &mut [T],
+        offsets: &[usize],
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let own = offsets[self.rank]..offsets[self.rank + 1];
+        let (step, slot) = match send {
+            Some(send) => self.post_address(send, None, yield_wait, alive)?,
+            None => self.post_address(&recv[own], None, yield_wait, alive)?,
+        };
+        for q in (0..self.size).filter(|&q| q != self.rank) {
+            let (addr, count) = self.address_of("allgather", q, step, slot)?;
+            let want = offsets[q + 1] - offsets[q];
+            if count != want {
+                return Err(CollectiveError::Mismatch {
+                    op: "allgather",
+                    peer: q as u32,
+                    got: count * std::mem::size_of::<T>(),
+                    expected: want * std::mem::size_of::<T>(),
+                });
+            }
+            self.read_elements("allgather", q, addr, &mut recv[offsets[q]..offsets[q + 1]])?;
+        }
+        self.finish(step, None, yield_wait, alive)
+    }
+
+    /// All-to-all by single-copy reads: this rank reads block `rank` of
+    /// every member's `send` into block `q` of `recv`.
+    pub(crate) fn alltoall_single_copy<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let p = self.size;
+        let n = send.len() / p;
+        let (step, slot) = self.post_address(send, None, yield_wait, alive)?;
+        for q in 0..p {
+            let to = q * n..(q + 1) * n;
+            if q == self.rank {
+                recv[to].copy_from_slice(&send[self.rank * n..(self.rank + 1) * n]);
+                continue;
+            }
+            let (addr, count) = self.address_of("alltoall", q, step, slot)?;
+            if count != send.len() {
+                return Err(CollectiveError::Mismatch {
+                    op: "alltoall",
+                    peer: q as u32,
+                    got: count * std::mem::size_of::<T>(),
+                    expected: std::mem::size_of_val(send),
+                });
+            }
+            let from = addr + (self.rank * n * std::mem::size_of::<T>()) as u64;
+            self.read_elements("alltoall", q, from, &mut recv[to])?;
+        }
+        self.finish(step, None, yield_wait, alive)
+    }
+
+    /// Broadcast by single-copy reads from the root's buffer; the root
+    /// returns once every member has read it.
+    pub(crate) fn bcast_single_copy<T: Element>(
+        &self,
+        buffer: &mut [T],
+        root: usize,
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let (step, slot) = self.post_address(buffer, Some(root), yield_wait, alive)?;
+        if self.rank == root {
+            self.done(self.rank).store(step, Ordering::Release);
+            return self.wait_all(Segment::done, step, yield_wait, alive);
+        }
+        let (addr, count) = self.address_of("bcast", root, step, slot)?;
+        if count != buffer.len() {
+            return Err(CollectiveError::Mismatch {
+                op: "bcast",
+                peer: root as u32,
+                got: count * std::mem::size_of::<T>(),
+                expected: std::mem::size_of_val(buffer),
+            });
+        }
+        self.read_elements("bcast", root, addr, buffer)?;
+        self.finish(step, Some(self.rank), yield_wait, alive)
+    }
+
     /// Elements of `T` a slot holds.
     pub(crate) fn capacity<T>(&self) -> usize {
         self.slot_bytes / std::mem::size_of::<T>().max(1)
@@ -784,6 +1031,56 @@ mod tests {
                             assert_eq!(got[q * n + i], ((r * n + i) * 10 + q) as u32);
                         }
                     }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn single_copy_exchanges_agree_across_threads() {
+        let p = 3;
+        let (name, first) = Segment::create(p, 4096).unwrap();
+        let mut all = vec![first];
+        all.extend((1..p).map(|r| Segment::open(&name, p, r, 4096).unwrap()));
+        unlink(&name);
+        for seg in &all {
+            seg.announce();
+        }
+        for seg in &all {
+            assert!(seg.probe_single_copy(), "process_vm_readv on our own pid");
+        }
+        std::thread::scope(|s| {
+            for (r, seg) in all.iter().enumerate() {
+                s.spawn(move || {
+                    let mut alive = || Ok(());
+                    let n = 5000;
+                    let offsets: Vec<usize> = (0..=p).map(|q| q * n).collect();
+                    let mine: Vec<u64> = (0..n as u64).map(|i| i * 7 + r as u64).collect();
+                    let mut recv = vec![0u64; n * p];
+                    seg.allgatherv_single_copy(Some(&mine), &mut recv, &offsets, false, &mut alive)
+                        .unwrap();
+                    recv[r * n..(r + 1) * n].copy_from_slice(&mine);
+                    for q in 0..p {
+                        for i in 0..n {
+                            assert_eq!(recv[q * n + i], (i * 7 + q) as u64);
+                        }
+                    }
+                    let send: Vec<u32> = (0..(n * p) as u32).map(|i| i * 10 + r as u32).collect();
+                    let mut got = vec![0u32; n * p];
+                    seg.alltoall_single_copy(&send, &mut got, false, &mut alive)
+                        .unwrap();
+                    for q in 0..p {
+                        for i in 0..n {
+                            assert_eq!(got[q * n + i], ((r * n + i) * 10 + q) as u32);
+                        }
+                    }
+                    let mut b: Vec<i32> = if r == 1 {
+                        (0..n as i32).collect()
+                    } else {
+                        vec![0; n]
+                    };
+                    seg.bcast_single_copy(&mut b, 1, false, &mut alive).unwrap();
+                    assert_eq!(b, (0..n as i32).collect::<Vec<_>>());
                 });
             }
         });
