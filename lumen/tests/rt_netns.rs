@@ -2,7 +2,8 @@
 //! two ranks each, TCP between them): tasks placed on the other node, and
 //! objects living there pulled back — a 256 MiB one verified by checksum.
 //! Every pulled copy is deleted with its object: both nodes' arenas return
-//! to their starting object count.
+//! to their starting object count. On three nodes, a reader on the third
+//! pulls from a secondary copy that the second node pulled and reported.
 //! Needs root and iproute2; skips with a message otherwise.
 
 mod common;
@@ -10,27 +11,33 @@ mod common;
 use common::*;
 use lumen_testkit::{netns_unavailable_reason, unique_prefix, NetnsCluster};
 
-#[test]
-fn tasks_and_objects_across_two_nodes() {
+/// Runs `scenario` under `lumen run` on `nodes` namespaces with the given
+/// ranks per node; returns its output.
+fn run_on_nodes(tag: &str, per_node: &[u32], scenario: &str) -> Option<String> {
     if let Some(reason) = netns_unavailable_reason() {
         eprintln!("SKIPPED: network namespaces unavailable here: {reason}");
-        return;
+        return None;
     }
-    let cluster = NetnsCluster::create(&unique_prefix("lrt"), 2).expect("creating namespaces");
-    let hosts: Vec<String> = (0..2)
-        .map(|i| format!("{}:2", cluster.namespace(i)))
+    let nodes = per_node.len();
+    let cluster = NetnsCluster::create(&unique_prefix(tag), nodes).expect("creating namespaces");
+    let hosts: Vec<String> = per_node
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{}:{n}", cluster.namespace(i)))
         .collect();
+    let ranks: u32 = per_node.iter().sum();
     let mut command = cluster.command(0, "timeout");
     command
         .args(["-k", "5", "180"])
         .arg(lumen())
-        .args(["run", "-n", "4", "--label", "--hosts", &hosts.join(",")])
+        .args(["run", "-n", &ranks.to_string(), "--label"])
+        .args(["--hosts", &hosts.join(",")])
         .args(["--launch-agent", "ip netns exec {host}"])
         .args(["--rendezvous-bind", &cluster.host_addr(0).to_string()])
         .arg("--")
         .arg(std::env::current_exe().expect("test binary"))
         .args([
-            "scenario::across_nodes",
+            &format!("scenario::{scenario}"),
             "--exact",
             "--ignored",
             "--nocapture",
@@ -38,12 +45,26 @@ fn tasks_and_objects_across_two_nodes() {
         .env("LUMEN_TCP_IF", cluster.subnet_cidr());
     let output = command.output().expect("running lumen in the namespace");
     let all = text(&output);
+    cluster.destroy().expect("removing namespaces");
     assert!(output.status.success(), "job failed:\n{all}");
-    assert!(all.contains("scenario across_nodes: ok"), "{all}");
+    assert!(all.contains(&format!("scenario {scenario}: ok")), "{all}");
+    Some(all)
+}
+
+#[test]
+fn tasks_and_objects_across_two_nodes() {
+    let Some(all) = run_on_nodes("lrt", &[2, 2], "across_nodes") else {
+        return;
+    };
     for line in all.lines().filter(|l| l.contains("MB/s")) {
         eprintln!("{line}");
     }
-    cluster.destroy().expect("removing namespaces");
+}
+
+#[test]
+fn third_node_pulls_from_a_secondary_copy() {
+    // Rank 0 (driver) on node 0, rank 1 on node 1, ranks 2 and 3 on node 2.
+    run_on_nodes("lrc", &[1, 1, 2], "from_any_copy");
 }
 
 mod scenario {
@@ -136,6 +157,59 @@ mod scenario {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    #[ignore = "run by third_node_pulls_from_a_secondary_copy"]
+    fn from_any_copy() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        assert_eq!(rt.num_nodes(), 3);
+        // One rank per node to read each arena: 0, 1 and 2.
+        let counts = |rt: &Runtime| -> lumen::Result<Vec<u64>> {
+            [0, 1, 2]
+                .iter()
+                .map(|&r| rt.stats(r).map(|s| s.arena_objects))
+                .collect()
+        };
+        let before = counts(&rt)?;
+        let data = pattern(8 << 20, 11);
+        let sum = checksum(&data);
+        let object = rt.put_slice(&data)?;
+        // Node 1 pulls from the primary (node 0) and reports its copy.
+        let on_node1 = remote_checksum::options()
+            .rank(1)
+            .remote(&rt, object.clone())?;
+        assert_eq!(on_node1.get()?, sum);
+        // Rank 3 (node 2) learns both copies from the owner; its first
+        // source is chosen by its rank (3 mod 2 copies: the second one,
+        // node 1's), so node 1 serves it.
+        let served = rt.stats(1)?.chunks_served;
+        let on_node2 = remote_checksum::options()
+            .rank(3)
+            .remote(&rt, object.clone())?;
+        assert_eq!(on_node2.get()?, sum);
+        assert!(
+            rt.stats(1)?.chunks_served > served,
+            "node 2 did not pull from node 1's copy"
+        );
+        let during: Vec<u64> = before.iter().map(|n| n + 1).collect();
+        assert_eq!(counts(&rt)?, during);
+        // Freed: the owner deletes all three copies.
+        drop(object);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = counts(&rt)?;
+            if now == before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "arenas hold {now:?} objects, expected {before:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!("scenario from_any_copy: ok");
+        Ok(())
     }
 
     #[test]

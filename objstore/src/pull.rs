@@ -170,16 +170,23 @@ fn reply_tag(sequence: u64, chunk: u64) -> u64 {
 #[derive(Debug)]
 pub struct ObjectServer {
     arena: NodeArena,
+    served: Arc<AtomicU64>,
 }
 
 impl ObjectServer {
     /// Registers the chunk-request handler on `endpoint`, answering from `arena`.
     pub fn register(endpoint: &Endpoint, arena: &NodeArena) -> Result<Self, ObjectStoreError> {
-        let served = arena.clone();
+        let served_arena = arena.clone();
+        let served = Arc::new(AtomicU64::new(0));
+        let count = served.clone();
         endpoint
             .register_handler(
                 PULL_REQUEST_TAG,
-                Arc::new(move |ep: &Endpoint, message: Message| serve(ep, &served, message)),
+                Arc::new(move |ep: &Endpoint, message: Message| {
+                    if serve(ep, &served_arena, message) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }),
             )
             .map_err(|source| ObjectStoreError::Transport {
                 id: ObjectId::default(),
@@ -188,6 +195,7 @@ impl ObjectServer {
             })?;
         Ok(ObjectServer {
             arena: arena.clone(),
+            served,
         })
     }
 
@@ -195,20 +203,29 @@ impl ObjectServer {
     pub fn arena(&self) -> &NodeArena {
         &self.arena
     }
+
+    /// Chunks of object data this server has sent so far (error replies
+    /// not counted).
+    pub fn chunks_served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
 }
 
-fn serve(ep: &Endpoint, arena: &NodeArena, message: Message) {
+/// Answers one chunk request; true when it sent the chunk's data.
+fn serve(ep: &Endpoint, arena: &NodeArena, message: Message) -> bool {
     let src = message.src;
     let request = match ChunkRequest::decode(&message.data) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(peer = src, "malformed object chunk request ignored: {e}");
-            return;
+            return false;
         }
     };
     let range = request.offset as usize..(request.offset + request.len) as usize;
+    let mut data = false;
     let result = match arena.get(request.id) {
         Ok(Some(view)) if view.len() as u64 == request.object_len => {
+            data = true;
             ep.send(src, request.reply_tag, &view[range])
         }
         Ok(Some(view)) => ep.send(
@@ -238,8 +255,12 @@ fn serve(ep: &Endpoint, arena: &NodeArena, message: Message) {
             &error_reply(&e.to_string(), request.len),
         ),
     };
-    if let Err(e) = result {
-        tracing::warn!(peer = src, object = %request.id, "could not answer a chunk request: {e}");
+    match result {
+        Ok(()) => data,
+        Err(e) => {
+            tracing::warn!(peer = src, object = %request.id, "could not answer a chunk request: {e}");
+            false
+        }
     }
 }
 

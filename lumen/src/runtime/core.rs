@@ -1762,6 +1762,7 @@ impl Inner {
             freed_objects: s.refs.freed_count(),
             tasks_executed: self.tasks_executed.load(Ordering::Relaxed),
             actors_hosted: self.actors.live(),
+            chunks_served: self.store.chunks_served(),
         }
     }
 

@@ -199,6 +199,8 @@ pub struct RankStats {
     pub tasks_executed: u64,
     /// Actors running on this rank (until their value is dropped).
     pub actors_hosted: u64,
+    /// Chunks of arena objects this rank sent to ranks of other nodes.
+    pub chunks_served: u64,
 }
 
 /// Encodes a message.

@@ -54,7 +54,7 @@ pub(crate) enum FetchError {
 #[derive(Debug)]
 pub(crate) struct Arena {
     arena: NodeArena,
-    _server: ObjectServer,
+    server: ObjectServer,
     /// This rank created the segment (and removes its name at the end).
     creator: bool,
     /// Where it spills (objects go to `{spill_dir}/{name}/`).
@@ -83,7 +83,7 @@ impl Arena {
         let server = ObjectServer::register(endpoint, &arena)?;
         Ok(Arena {
             arena,
-            _server: server,
+            server,
             creator,
             spill_dir: spill_dir.to_path_buf(),
         })
@@ -297,6 +297,11 @@ impl ValueStore {
     /// Values held now in process memory.
     pub(crate) fn len(&self) -> usize {
         self.values.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Chunks of arena objects this rank has served to pullers.
+    pub(crate) fn chunks_served(&self) -> u64 {
+        self.arena.as_ref().map_or(0, |a| a.server.chunks_served())
     }
 
     /// Live objects in the node arena (all ranks of the node), if any.
