@@ -63,13 +63,12 @@
 //! A task whose rank dies is retried elsewhere (`max_retries`, default 3;
 //! the submitter keeps the objects its arguments reference alive until the
 //! task completes, so a retry finds them even when the caller dropped its
-//! references);
-//! an actor whose rank dies is restarted by its creator (`max_restarts`,
-//! default 0; calls in flight to the dead rank fail with `ActorDied`, or
-//! are sent again to the restarted actor with `max_task_retries`); an
-//! object whose owner died
-//! fails with `OwnerDied`. Errors and panics in tasks come back as
-//! [`TaskError`] with the remote message, rank and function.
+//! references). An actor whose rank dies is restarted by its creator
+//! (`max_restarts`, default 0); calls in flight to the dead rank fail with
+//! `ActorDied`, or are sent again to the restarted actor with
+//! `max_task_retries`. An object whose owner died fails with `OwnerDied`.
+//! Errors and panics in tasks come back as [`TaskError`] with the remote
+//! message, rank and function.
 
 mod actor;
 pub mod cluster;
