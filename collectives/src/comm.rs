@@ -1002,6 +1002,14 @@ impl Communicator {
         {
             if let Some(segment) = self.shm() {
                 let alive = &mut || self.shm_alive("bcast");
+                if bytes <= crate::shm::INLINE_BYTES {
+                    return segment.bcast_inline(
+                        buffer,
+                        root as usize,
+                        self.inner.yield_wait,
+                        alive,
+                    );
+                }
                 if self.single_copy_for(segment, bytes) {
                     return segment.bcast_single_copy(
                         buffer,
@@ -1150,12 +1158,20 @@ impl Communicator {
         {
             if let Some(segment) = self.shm() {
                 let config = &self.inner.config;
+                let alive = &mut || self.shm_alive("allreduce");
+                if bytes <= crate::shm::INLINE_BYTES {
+                    return segment.allreduce_inline(buffer, op, self.inner.yield_wait, alive);
+                }
+                if segment.single_copy() && bytes >= config.shm_reduce_copy_min && buffer.len() >= p
+                {
+                    return segment.allreduce_single_copy(buffer, op, self.inner.yield_wait, alive);
+                }
                 return segment.allreduce(
                     buffer,
                     op,
                     config.shm_small,
                     self.inner.yield_wait,
-                    &mut || self.shm_alive("allreduce"),
+                    alive,
                 );
             }
         }

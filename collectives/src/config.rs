@@ -19,6 +19,7 @@
 //! | `LUMEN_COLL_SHM_SLOT` | bytes per rank and step in the shared segment (the pipeline chunk) | 262144 |
 //! | `LUMEN_COLL_SHM_SMALL` | bytes: a chunk this short is reduced whole by every rank (one handshake instead of two) | 4096 |
 //! | `LUMEN_COLL_SHM_COPY_MIN` | bytes per block: allgather, alltoall and bcast read peers' buffers directly (`process_vm_readv`, one copy) from this size | 32768 |
+//! | `LUMEN_COLL_SHM_REDUCE_COPY_MIN` | bytes: allreduce reads peers' buffers directly (single copy) from this size | 1048576 |
 //! | `LUMEN_COLL_SHM_MAX` | bytes: shared-memory allreduce/bcast up to this size, point-to-point above | unlimited |
 //!
 //! On a communicator whose members all share one node, `auto` uses the
@@ -109,6 +110,8 @@ pub struct CollectiveConfig {
     /// Blocks of at least this many bytes are read straight from the
     /// peer's buffer (allgather, alltoall, bcast) where the node allows it.
     pub shm_copy_min: usize,
+    /// Allreduce of at least this many bytes reads peers' buffers directly.
+    pub shm_reduce_copy_min: usize,
 }
 
 impl Default for CollectiveConfig {
@@ -128,6 +131,7 @@ impl Default for CollectiveConfig {
             shm_small: 4096,
             shm_max: usize::MAX,
             shm_copy_min: 32 * 1024,
+            shm_reduce_copy_min: 1024 * 1024,
         }
     }
 }
@@ -232,6 +236,10 @@ impl CollectiveConfig {
             ("LUMEN_COLL_SHM_SMALL", &mut config.shm_small),
             ("LUMEN_COLL_SHM_MAX", &mut config.shm_max),
             ("LUMEN_COLL_SHM_COPY_MIN", &mut config.shm_copy_min),
+            (
+                "LUMEN_COLL_SHM_REDUCE_COPY_MIN",
+                &mut config.shm_reduce_copy_min,
+            ),
         ] {
             if let Some(v) = lookup(name) {
                 *slot = bytes(name, &v)?;

@@ -15,7 +15,9 @@
 //!
 //! ```text
 //! 0                    Header   magic (written last), version, size, slot_bytes
-//! 4096 + 128 r         Control of rank r: arrive, len[D] (line 1); done (line 2)
+//! 4096 + C r           Control of rank r (C = 128 + 64 D bytes): arrive, len[D]
+//!                      (line 1); done, pid, probe address (line 2); D inline
+//!                      lines: stamp, length, 48 bytes of data
 //! data + (D r + k) S   slot k of rank r (k = step % D, D = SLOTS), S = slot_bytes
 //! ```
 //!
@@ -43,6 +45,10 @@
 //! - bcast: the root writes its slot and arrives; the others arrive, wait
 //!   for the root, copy out.
 //! - barrier: arrive, wait for all.
+//! - data of at most 48 bytes (allreduce, bcast) travels in the writer's
+//!   inline line of that step, next to a stamp: a reader waits on the line
+//!   it then reads, so a step costs one cache-line transfer per reader
+//!   instead of two (flag, then slot).
 //!
 //! Buffers longer than a slot go through in chunks of one slot, in
 //! successive slots, so the copies of chunk `i + 1` overlap the reduction of chunk
@@ -69,13 +75,17 @@ use crate::element::{Element, ReduceOp};
 use crate::error::{CollectiveError, Result};
 
 const MAGIC: u64 = 0x4c55_4d45_4e43_4f4c;
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
 const HEADER: usize = 4096;
-const CONTROL: usize = 128;
+const CONTROL: usize = INLINE_OFFSET + SLOTS * 64;
 const DONE_OFFSET: usize = 64;
 const LEN_OFFSET: usize = 8;
 const PID_OFFSET: usize = 72;
 const PROBE_OFFSET: usize = 80;
+/// Inline lines (one per slot index): stamp, length, then the data.
+const INLINE_OFFSET: usize = 128;
+/// Bytes of data an inline line carries.
+pub const INLINE_BYTES: usize = 48;
 
 /// Slots per rank (`D`): how many steps a writer may run ahead of the
 /// slowest reader, plus one. At most 7 (the lengths share a cache line
@@ -510,6 +520,114 @@ impl Segment {
         Ok(())
     }
 
+    fn inline_line(&self, rank: usize, step: u64) -> usize {
+        HEADER + rank * CONTROL + INLINE_OFFSET + 64 * slot_index(step)
+    }
+
+    /// Writes `data` (at most [`INLINE_BYTES`]) into this rank's inline line
+    /// of `step` and stamps it.
+    fn write_inline<T: Element>(&self, step: u64, data: &[T]) {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        debug_assert!(bytes.len() <= INLINE_BYTES);
+        let line = self.inline_line(self.rank, step);
+        // SAFETY: the 48 data bytes of this rank's inline line are written
+        // only by this rank, and only after `begin_write` (no reader of the
+        // step that last used the line is left); inside the control area.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.base.as_ptr().add(line + 16),
+                bytes.len(),
+            )
+        };
+        self.word(line + 8)
+            .store(bytes.len() as u64, Ordering::Relaxed);
+        self.word(line).store(step, Ordering::Release);
+    }
+
+    /// Waits for member `q`'s inline line of `step` and returns its data.
+    fn read_inline<T: Element>(
+        &self,
+        op: &'static str,
+        q: usize,
+        step: u64,
+        n: usize,
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<&[T]> {
+        let line = self.inline_line(q, step);
+        let stamp = self.word(line);
+        Self::wait(|| stamp.load(Ordering::Acquire) >= step, yield_wait, alive)?;
+        let got = self.word(line + 8).load(Ordering::Relaxed) as usize;
+        let expected = n * std::mem::size_of::<T>();
+        if got != expected {
+            return Err(CollectiveError::Mismatch {
+                op,
+                peer: q as u32,
+                got,
+                expected,
+            });
+        }
+        // SAFETY: the line is 16-aligned at +16 (aligned for every element
+        // type), `expected <= INLINE_BYTES`, and q rewrites it only after
+        // this rank has published a later step.
+        Ok(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(line + 16).cast::<T>(), n) })
+    }
+
+    /// Allreduce of at most [`INLINE_BYTES`] through inline lines; every
+    /// rank reduces in rank order, so all get the same bits.
+    pub(crate) fn allreduce_inline<T: Element>(
+        &self,
+        buffer: &mut [T],
+        op: ReduceOp,
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let n = buffer.len();
+        let step = self.next_step();
+        self.begin_write(step, yield_wait, alive)?;
+        self.write_inline(step, buffer);
+        self.publish(step, None);
+        let mut own = [0u64; INLINE_BYTES / 8];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut own)[..std::mem::size_of_val(buffer)]
+            .copy_from_slice(bytemuck::cast_slice(buffer));
+        let own: &[T] = &bytemuck::cast_slice::<u64, T>(&own)[..n];
+        for q in 0..self.size {
+            let data = if q == self.rank {
+                own
+            } else {
+                self.read_inline("allreduce", q, step, n, yield_wait, alive)?
+            };
+            if q == 0 {
+                buffer.copy_from_slice(data);
+            } else {
+                T::reduce_slices(op, buffer, data);
+            }
+        }
+        Ok(())
+    }
+
+    /// Broadcast of at most [`INLINE_BYTES`] through the root's inline line.
+    pub(crate) fn bcast_inline<T: Element>(
+        &self,
+        buffer: &mut [T],
+        root: usize,
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let step = self.next_step();
+        if self.rank == root {
+            self.begin_write(step, yield_wait, alive)?;
+            self.write_inline(step, buffer);
+            self.publish(step, None);
+            return Ok(());
+        }
+        self.publish(step, None);
+        let data = self.read_inline("bcast", root, step, buffer.len(), yield_wait, alive)?;
+        buffer.copy_from_slice(data);
+        Ok(())
+    }
+
     /// Writes `parts` one after the other into this rank's slot of a new
     /// step, publishes it and waits until every member has published it;
     /// returns the step and its slot index. The caller then reads the other
@@ -709,6 +827,65 @@ impl Segment {
             self.read_elements("allgather", q, addr, &mut recv[offsets[q]..offsets[q + 1]])?;
         }
         self.finish(step, None, yield_wait, alive)
+    }
+
+    /// Allreduce by single-copy reads, for long buffers: rank `r` reads
+    /// portion `r` of every other member's buffer (in pieces that stay in
+    /// cache), reduces it into its own buffer, and once all have done so,
+    /// reads the other portions' results straight from their owners. Each
+    /// byte crosses between processes twice and is copied nowhere else.
+    pub(crate) fn allreduce_single_copy<T: Element>(
+        &self,
+        buffer: &mut [T],
+        op: ReduceOp,
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let p = self.size;
+        let n = buffer.len();
+        let size = std::mem::size_of::<T>() as u64;
+        let (step, slot) = self.post_address(buffer, None, yield_wait, alive)?;
+        let mut peers = Vec::with_capacity(p);
+        for q in 0..p {
+            if q == self.rank {
+                peers.push(0);
+                continue;
+            }
+            let (addr, count) = self.address_of("allreduce", q, step, slot)?;
+            if count != n {
+                return Err(CollectiveError::Mismatch {
+                    op: "allreduce",
+                    peer: q as u32,
+                    got: count * size as usize,
+                    expected: n * size as usize,
+                });
+            }
+            peers.push(addr);
+        }
+        let portion = |q: usize| q * n / p..(q + 1) * n / p;
+        let mine = portion(self.rank);
+        let piece = (64 * 1024 / size as usize).max(1);
+        let mut scratch = vec![T::zeroed(); piece.min(mine.len())];
+        let mut at = mine.start;
+        while at < mine.end {
+            let end = (at + piece).min(mine.end);
+            let tmp = &mut scratch[..end - at];
+            for q in (0..p).filter(|&q| q != self.rank) {
+                self.read_elements("allreduce", q, peers[q] + at as u64 * size, tmp)?;
+                T::reduce_slices(op, &mut buffer[at..end], tmp);
+            }
+            at = end;
+        }
+        // Every portion is reduced (and nobody reads inputs any more).
+        self.done(self.rank).store(step, Ordering::Release);
+        self.wait_all(Segment::done, step, yield_wait, alive)?;
+        for q in (0..p).filter(|&q| q != self.rank) {
+            let theirs = portion(q);
+            let addr = peers[q] + theirs.start as u64 * size;
+            self.read_elements("allreduce", q, addr, &mut buffer[theirs])?;
+        }
+        // Nobody returns (and lets its buffer change) while it is read.
+        self.barrier(yield_wait, alive)
     }
 
     /// All-to-all by single-copy reads: this rank reads block `rank` of
@@ -1073,6 +1250,19 @@ mod tests {
                         for i in 0..n {
                             assert_eq!(got[q * n + i], ((r * n + i) * 10 + q) as u32);
                         }
+                    }
+                    let mut v: Vec<f64> = (0..n).map(|i| (i * 3 + r) as f64).collect();
+                    seg.allreduce_single_copy(&mut v, ReduceOp::Sum, false, &mut alive)
+                        .unwrap();
+                    assert!(v.iter().enumerate().all(|(i, &x)| x == (9 * i + 3) as f64));
+                    for len in [1usize, 5, 6] {
+                        let mut w: Vec<u64> = vec![r as u64 + 1; len];
+                        seg.allreduce_inline(&mut w, ReduceOp::Prod, false, &mut alive)
+                            .unwrap();
+                        assert_eq!(w, vec![6; len]);
+                        let mut b: Vec<u64> = vec![r as u64; len];
+                        seg.bcast_inline(&mut b, 2, false, &mut alive).unwrap();
+                        assert_eq!(b, vec![2; len]);
                     }
                     let mut b: Vec<i32> = if r == 1 {
                         (0..n as i32).collect()
