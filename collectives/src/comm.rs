@@ -1102,6 +1102,22 @@ impl Communicator {
     }
 
     fn reduce_impl<T: Element>(&self, buffer: &mut [T], op: ReduceOp, root: u32) -> Result<()> {
+        // Inside a node the shared-memory allreduce costs less than the
+        // binomial tree's messages; every rank then holds the result, which
+        // the contract (partial results elsewhere) allows.
+        if let Some(segment) = self.shm_for(std::mem::size_of_val(buffer)) {
+            let alive = &mut || self.shm_alive("reduce");
+            if std::mem::size_of_val(buffer) <= crate::shm::INLINE_BYTES {
+                return segment.allreduce_inline(buffer, op, self.inner.yield_wait, alive);
+            }
+            return segment.allreduce(
+                buffer,
+                op,
+                self.inner.config.shm_small,
+                self.inner.yield_wait,
+                alive,
+            );
+        }
         let steps = self.cached(2, root as usize, || {
             schedule::binomial_reduce(self.rank() as usize, self.size() as usize, root as usize)
         });

@@ -15,9 +15,10 @@
 //!
 //! ```text
 //! 0                    Header   magic (written last), version, size, slot_bytes
-//! 4096 + C r           Control of rank r (C = 128 + 64 D bytes): arrive, len[D]
-//!                      (line 1); done, pid, probe address (line 2); D inline
-//!                      lines: stamp, length, 48 bytes of data
+//! 4096 + C r           Control of rank r (C = 128 + 64 I bytes): arrive, len[D]
+//!                      (line 1); done, pid, probe address (line 2); I inline
+//!                      entries of two lines (I = INLINE_DEPTH): stamp, length,
+//!                      112 bytes of data
 //! data + (D r + k) S   slot k of rank r (k = step % D, D = SLOTS), S = slot_bytes
 //! ```
 //!
@@ -45,10 +46,10 @@
 //! - bcast: the root writes its slot and arrives; the others arrive, wait
 //!   for the root, copy out.
 //! - barrier: arrive, wait for all.
-//! - data of at most 48 bytes (allreduce, bcast) travels in the writer's
-//!   inline line of that step, next to a stamp: a reader waits on the line
-//!   it then reads, so a step costs one cache-line transfer per reader
-//!   instead of two (flag, then slot).
+//! - data of at most 112 bytes (allreduce, bcast) travels in the writer's
+//!   inline entry of that step, next to a stamp: a reader waits on the line
+//!   it then reads (the second line follows it), so a step costs about one
+//!   cache-line transfer per reader instead of two (flag, then slot).
 //!
 //! Buffers longer than a slot go through in chunks of one slot, in
 //! successive slots, so the copies of chunk `i + 1` overlap the reduction of chunk
@@ -77,7 +78,7 @@ use crate::error::{CollectiveError, Result};
 const MAGIC: u64 = 0x4c55_4d45_4e43_4f4c;
 const VERSION: u64 = 2;
 const HEADER: usize = 4096;
-const CONTROL: usize = INLINE_OFFSET + SLOTS * 64;
+const CONTROL: usize = INLINE_OFFSET + INLINE_DEPTH * INLINE_ENTRY;
 const DONE_OFFSET: usize = 64;
 const LEN_OFFSET: usize = 8;
 const PID_OFFSET: usize = 72;
@@ -85,7 +86,13 @@ const PROBE_OFFSET: usize = 80;
 /// Inline lines (one per slot index): stamp, length, then the data.
 const INLINE_OFFSET: usize = 128;
 /// Bytes of data an inline line carries.
-pub const INLINE_BYTES: usize = 48;
+pub const INLINE_BYTES: usize = INLINE_ENTRY - 16;
+/// Bytes of an inline entry (stamp, length, data).
+const INLINE_ENTRY: usize = 128;
+/// Inline lines per rank: how far an inline writer (a broadcast root) may
+/// run ahead of the slowest reader, plus one. Deeper than [`SLOTS`]
+/// because a line costs 64 bytes where a slot costs `slot_bytes`.
+const INLINE_DEPTH: usize = 32;
 
 /// Slots per rank (`D`): how many steps a writer may run ahead of the
 /// slowest reader, plus one. At most 7 (the lengths share a cache line
@@ -427,7 +434,19 @@ impl Segment {
         yield_wait: bool,
         alive: &mut dyn FnMut() -> Result<()>,
     ) -> Result<()> {
-        let at_least = step.saturating_sub(SLOTS as u64 - 1);
+        self.begin_write_depth(step, SLOTS, yield_wait, alive)
+    }
+
+    /// [`Segment::begin_write`] for a ring of `depth` entries (slots or
+    /// inline lines): every member has arrived at `step - depth + 1`.
+    fn begin_write_depth(
+        &self,
+        step: u64,
+        depth: usize,
+        yield_wait: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let at_least = step.saturating_sub(depth as u64 - 1);
         for q in 0..self.size {
             if q == self.rank || self.seen[q].load(Ordering::Relaxed) >= at_least {
                 continue;
@@ -521,7 +540,10 @@ impl Segment {
     }
 
     fn inline_line(&self, rank: usize, step: u64) -> usize {
-        HEADER + rank * CONTROL + INLINE_OFFSET + 64 * slot_index(step)
+        HEADER
+            + rank * CONTROL
+            + INLINE_OFFSET
+            + INLINE_ENTRY * (step % INLINE_DEPTH as u64) as usize
     }
 
     /// Writes `data` (at most [`INLINE_BYTES`]) into this rank's inline line
@@ -530,7 +552,7 @@ impl Segment {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         debug_assert!(bytes.len() <= INLINE_BYTES);
         let line = self.inline_line(self.rank, step);
-        // SAFETY: the 48 data bytes of this rank's inline line are written
+        // SAFETY: the data bytes of this rank's inline entry are written
         // only by this rank, and only after `begin_write` (no reader of the
         // step that last used the line is left); inside the control area.
         unsafe {
@@ -585,7 +607,7 @@ impl Segment {
     ) -> Result<()> {
         let n = buffer.len();
         let step = self.next_step();
-        self.begin_write(step, yield_wait, alive)?;
+        self.begin_write_depth(step, INLINE_DEPTH, yield_wait, alive)?;
         self.write_inline(step, buffer);
         self.publish(step, None);
         let mut own = [0u64; INLINE_BYTES / 8];
@@ -617,7 +639,7 @@ impl Segment {
     ) -> Result<()> {
         let step = self.next_step();
         if self.rank == root {
-            self.begin_write(step, yield_wait, alive)?;
+            self.begin_write_depth(step, INLINE_DEPTH, yield_wait, alive)?;
             self.write_inline(step, buffer);
             self.publish(step, None);
             return Ok(());

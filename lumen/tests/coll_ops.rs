@@ -52,6 +52,37 @@ fn four_ranks_every_op_and_type_and_concurrent_communicators() {
 }
 
 #[test]
+fn point_to_point_algorithms_every_op_three_and_four_ranks() {
+    // Inside one node the shared-memory algorithms are chosen; these runs
+    // turn them off so the point-to-point schedules (the ones used across
+    // nodes) are checked on every operation too.
+    for ranks in [3, 4] {
+        coll_check_env(
+            ranks,
+            &["--sizes", "0,1,7,4099", "--two-comms"],
+            120,
+            &[("LUMEN_COLL_SHM", "off")],
+        );
+    }
+}
+
+#[test]
+fn shared_memory_paths_every_op_two_ranks_with_tiny_slots() {
+    // Slots of one page and single-copy reads from 1 KiB: every operation
+    // crosses many pipelined slots and the single-copy paths.
+    coll_check_env(
+        2,
+        &["--sizes", "1,7,4099,70000", "--types", "f64,u8,i32"],
+        120,
+        &[
+            ("LUMEN_COLL_SHM_SLOT", "4096"),
+            ("LUMEN_COLL_SHM_COPY_MIN", "1024"),
+            ("LUMEN_COLL_SHM_REDUCE_COPY_MIN", "4096"),
+        ],
+    );
+}
+
+#[test]
 fn five_ranks_every_op_and_type_and_concurrent_communicators() {
     coll_check(5, &["--sizes", "0,1,7,4099", "--two-comms"], 180);
 }
