@@ -1362,40 +1362,49 @@ impl Communicator {
         recv: &mut [T],
         counts: &[usize],
     ) -> Result<()> {
+        self.check_allgatherv(send, recv, counts)?;
+        let _guard = self.enter();
+        self.allgatherv_impl(send, recv, counts)
+    }
+
+    fn check_allgatherv<T: Element>(&self, send: &[T], recv: &[T], counts: &[usize]) -> Result<()> {
         let p = self.size() as usize;
         self.check_len("allgatherv", "counts", counts.len(), p)?;
         let r = self.rank() as usize;
         self.check_len("allgatherv", "send buffer", send.len(), counts[r])?;
+        let total = counts.iter().sum();
+        self.check_len("allgatherv", "receive buffer", recv.len(), total)
+    }
+
+    fn allgatherv_impl<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+    ) -> Result<()> {
+        let (r, p) = (self.rank() as usize, self.size() as usize);
         let layout = BlockLayout::from_counts(counts);
-        self.check_len("allgatherv", "receive buffer", recv.len(), layout.total())?;
-        {
-            let _guard = self.enter();
-            if let Some(segment) = self.shm_for(std::mem::size_of_val(recv)) {
-                let offsets: Vec<usize> = (0..p)
-                    .map(|q| layout.elements(&(q..q + 1)).start)
-                    .chain(std::iter::once(layout.total()))
-                    .collect();
-                let alive = &mut || self.shm_alive("allgatherv");
-                // The smallest block decides (the same on every rank).
-                let smallest = counts.iter().min().copied().unwrap_or(0);
-                if self.single_copy_for(segment, smallest * std::mem::size_of::<T>()) {
-                    segment.allgatherv_single_copy(
-                        Some(send),
-                        recv,
-                        &offsets,
-                        self.inner.yield_wait,
-                        alive,
-                    )?;
-                } else {
-                    segment.allgatherv(Some(send), recv, &offsets, self.inner.yield_wait, alive)?;
-                }
-                recv[layout.elements(&(r..r + 1))].copy_from_slice(send);
-                return Ok(());
+        if let Some(segment) = self.shm_for(std::mem::size_of_val(recv)) {
+            let offsets: Vec<usize> = (0..p)
+                .map(|q| layout.elements(&(q..q + 1)).start)
+                .chain(std::iter::once(layout.total()))
+                .collect();
+            let alive = &mut || self.shm_alive("allgatherv");
+            // The smallest block decides (the same on every rank).
+            let smallest = counts.iter().min().copied().unwrap_or(0);
+            if self.single_copy_for(segment, smallest * std::mem::size_of::<T>()) {
+                segment.allgatherv_single_copy(
+                    Some(send),
+                    recv,
+                    &offsets,
+                    self.inner.yield_wait,
+                    alive,
+                )?;
+            } else {
+                segment.allgatherv(Some(send), recv, &offsets, self.inner.yield_wait, alive)?;
             }
-        }
-        let steps = self.cached(6, 0, || schedule::ring_allgather(r, p, 0));
-        {
-            let _guard = self.enter();
+        } else {
+            let steps = self.cached(6, 0, || schedule::ring_allgather(r, p, 0));
             self.run_own(
                 "allgatherv",
                 &steps,
@@ -1842,6 +1851,40 @@ impl Communicator {
                 .config
                 .direct(counts[0] * std::mem::size_of::<T>(), p);
             c.alltoallv_impl(&send, &counts, &mut recv, &counts, direct)
+                .map(|_| recv)
+        })
+    }
+
+    /// Non-blocking [`Communicator::allgatherv`]: the result has
+    /// `counts.iter().sum()` elements, rank `i`'s in block `i`.
+    pub fn iallgatherv<T: Element>(&self, send: Vec<T>, counts: Vec<usize>) -> Request<Vec<T>> {
+        self.submit("allgatherv", move |c| {
+            let mut recv = vec![T::zeroed(); counts.iter().sum()];
+            c.check_allgatherv(&send, &recv, &counts)?;
+            c.allgatherv_impl(&send, &mut recv, &counts).map(|_| recv)
+        })
+    }
+
+    /// Non-blocking [`Communicator::alltoallv`]: the result has
+    /// `recv_counts.iter().sum()` elements.
+    pub fn ialltoallv<T: Element>(
+        &self,
+        send: Vec<T>,
+        send_counts: Vec<usize>,
+        recv_counts: Vec<usize>,
+    ) -> Request<Vec<T>> {
+        self.submit("alltoallv", move |c| {
+            let p = c.size() as usize;
+            c.check_len("alltoallv", "send counts", send_counts.len(), p)?;
+            c.check_len("alltoallv", "receive counts", recv_counts.len(), p)?;
+            c.check_len(
+                "alltoallv",
+                "send buffer",
+                send.len(),
+                send_counts.iter().sum(),
+            )?;
+            let mut recv = vec![T::zeroed(); recv_counts.iter().sum()];
+            c.alltoallv_impl(&send, &send_counts, &mut recv, &recv_counts, false)
                 .map(|_| recv)
         })
     }
