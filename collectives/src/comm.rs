@@ -74,7 +74,10 @@ pub const LIVENESS_POLL: Duration = Duration::from_millis(100);
 const LIVENESS_CHECK: Duration = Duration::from_millis(10);
 
 /// Largest context id (20 bits); the last one is kept for the liveness probe.
-const MAX_CONTEXT: u32 = (1 << 20) - 2;
+const MAX_CONTEXT: u32 = GROUP_CONTEXT - 1;
+/// Context ids `GROUP_CONTEXT + tag` carry the agreement of
+/// `create_group` calls (one per 16-bit tag), below the probe's.
+const GROUP_CONTEXT: u32 = (1 << 20) - 2 - (1 << 16);
 const PROBE_CONTEXT: u64 = (1 << 20) - 1;
 const P2P_BIT: u64 = 1 << 39;
 
@@ -548,6 +551,67 @@ impl Communicator {
         let _guard = self.enter();
         let position = ranks.iter().position(|&r| r == self.rank());
         self.split_with(position.map(|_| 0), position.unwrap_or(0) as i64, true)
+    }
+
+    /// A communicator of `ranks` (in that order), collective over those
+    /// ranks only (`MPI_Comm_create_group`): the others need not call it,
+    /// so a subset of ranks — the ranks hosting a placement group's bundles,
+    /// say — can build its communicator on its own. Every member passes the
+    /// same `ranks` and `tag`; concurrent calls whose groups share a rank
+    /// must use different tags.
+    pub fn create_group(&self, ranks: &[u32], tag: u16) -> Result<Communicator> {
+        for &r in ranks {
+            self.check_rank("create_group", r)?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(&twice) = ranks.iter().find(|&&r| !seen.insert(r)) {
+            return Err(CollectiveError::DuplicateRank {
+                op: "create_group",
+                rank: twice,
+                ranks: ranks.to_vec(),
+            });
+        }
+        if !ranks.contains(&self.rank()) {
+            return Err(CollectiveError::NotMember {
+                op: "create_group",
+                rank: self.rank(),
+                ranks: ranks.to_vec(),
+            });
+        }
+        let members: Vec<Rank> = ranks
+            .iter()
+            .map(|&r| self.inner.members[r as usize])
+            .collect();
+        // Agree on a context id among the members only, through a
+        // communicator in the reserved context of this tag.
+        let agreement = Communicator::build(
+            self.inner.endpoint.clone(),
+            members.clone(),
+            GROUP_CONTEXT + u32::from(tag),
+            CollectiveConfig {
+                shm: false,
+                ..self.inner.config.clone()
+            },
+            false,
+        )?;
+        let mut next = [u64::from(NEXT_CONTEXT.load(Ordering::Acquire))];
+        agreement.allreduce_impl(
+            &mut next,
+            ReduceOp::Max,
+            AllreduceAlgorithm::RecursiveDoubling,
+        )?;
+        let context = next[0] as u32;
+        if context > MAX_CONTEXT {
+            return Err(CollectiveError::ContextsExhausted(context));
+        }
+        NEXT_CONTEXT.fetch_max(context + 1, Ordering::AcqRel);
+        Communicator::build(
+            self.inner.endpoint.clone(),
+            members,
+            context,
+            self.inner.config.clone(),
+            true,
+        )
     }
 
     fn split_with(

@@ -48,6 +48,26 @@ pub enum CollectiveError {
         /// Communicator size.
         size: u32,
     },
+    /// A rank called a group operation for a group it is not part of.
+    #[error("{op}: rank {rank} called it but is not among the group's ranks {ranks:?}; only the group's members call create_group")]
+    NotMember {
+        /// The operation.
+        op: &'static str,
+        /// The calling rank (in the parent communicator).
+        rank: u32,
+        /// The group asked for.
+        ranks: Vec<u32>,
+    },
+    /// A rank list names a rank twice.
+    #[error("{op}: rank {rank} is listed twice in {ranks:?}; list each rank once")]
+    DuplicateRank {
+        /// The operation.
+        op: &'static str,
+        /// The repeated rank.
+        rank: u32,
+        /// The list given.
+        ranks: Vec<u32>,
+    },
     /// A reduction the element type does not support (bitwise on floats).
     #[error("{op}: reduction {reduce} is not defined for {} elements; bitwise operations need an integer type", kind.name())]
     UnsupportedOp {

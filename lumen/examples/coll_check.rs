@@ -387,6 +387,62 @@ fn check_type<T: Value>(c: &Communicator, n: usize, checks: &mut Checks) -> anyh
     let rb = b.wait()?;
     compare(&ctx("iallreduce"), &ra, &expected::<T>(p, n, 15, op))?;
     exact(&ctx("ibcast"), &rb, &inputs::<T>(0, n, 16, op))?;
+    // A group communicator made by its members only (ranks p-1, 0, 1 in
+    // that order; the others go on without calling).
+    if p >= 3 {
+        let group = [p - 1, 0, 1];
+        if let Some(position) = group.iter().position(|&r| r == me) {
+            let g = c.create_group(&group, 7)?;
+            if g.rank() != position as u32 || g.size() != 3 {
+                bail!(
+                    "{}: create_group gave rank {} of {}",
+                    ctx("create_group"),
+                    g.rank(),
+                    g.size()
+                );
+            }
+            let mut x = inputs::<T>(me, n, 17, op);
+            g.allreduce(&mut x, op)?;
+            let all: Vec<Vec<T>> = group.iter().map(|&r| inputs::<T>(r, n, 17, op)).collect();
+            let want: Vec<(f64, f64)> = (0..n)
+                .map(|i| T::reference(&all.iter().map(|v| v[i]).collect::<Vec<T>>(), op))
+                .collect();
+            compare(&ctx("create_group allreduce"), &x, &want)?;
+            let mut b = if position == 0 {
+                inputs::<T>(p - 1, n, 18, op)
+            } else {
+                vec![T::zeroed(); n]
+            };
+            g.bcast(&mut b, 0)?;
+            exact(
+                &ctx("create_group bcast"),
+                &b,
+                &inputs::<T>(p - 1, n, 18, op),
+            )?;
+        }
+    }
+    // Non-blocking v-variants, both in flight.
+    let counts: Vec<usize> = (0..p as usize).map(|r| n + r % 3).collect();
+    let gv = c.iallgatherv(inputs::<T>(me, counts[me as usize], 9, op), counts.clone());
+    let send_counts: Vec<usize> = (0..p).map(|j| count(me, j)).collect();
+    let recv_counts: Vec<usize> = (0..p).map(|i| count(i, me)).collect();
+    let av = c.ialltoallv(
+        inputs::<T>(me, send_counts.iter().sum(), 12, op),
+        send_counts,
+        recv_counts,
+    );
+    let want: Vec<T> = (0..p)
+        .flat_map(|r| inputs::<T>(r, counts[r as usize], 9, op))
+        .collect();
+    exact(&ctx("iallgatherv"), &gv.wait()?, &want)?;
+    let want: Vec<T> = (0..p)
+        .flat_map(|r| {
+            let all = inputs::<T>(r, (0..p).map(|j| count(r, j)).sum(), 12, op);
+            let start: usize = (0..me).map(|j| count(r, j)).sum();
+            all[start..start + count(r, me)].to_vec()
+        })
+        .collect();
+    exact(&ctx("ialltoallv"), &av.wait()?, &want)?;
     // Non-blocking gather and scatter at the last rank, behind an ialltoall.
     let root = p - 1;
     let a = c.ialltoall(inputs::<T>(me, pn, 10, op));
