@@ -9,10 +9,14 @@
 //! reported latency is the average over ranks. One node: `lumen run -n N`
 //! (shared memory) beside `mpirun -n N --mca btl self,vader`. With `--netns`:
 //! 3 network-namespace nodes × 2 ranks (shared memory inside, TCP across),
-//! and an attempt at the Open MPI side launched into the namespaces through
-//! `plm_rsh_agent` (an `ip netns exec` wrapper). That attempt fails on the
-//! development VM (`exec of " orted" failed`: mpirun never calls the agent
-//! from inside the namespace), so those rows have no baseline yet.
+//! and Open MPI launched into the same namespaces: `mpirun` runs its `orted`
+//! on each "host" through `plm_rsh_agent` (a script that does `ip netns
+//! exec`), with `routed=direct` (the default tree routing cannot reach
+//! namespaces from each other's daemons), a vader backing directory per
+//! namespace (Open MPI names its segments after the host name, which all
+//! namespaces share, so ranks of different "nodes" would map the same
+//! segment and crash), and `mpi_yield_when_idle` (six ranks on two cores,
+//! as `LUMEN_COLL_YIELD=on` on Lumen's side).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -262,7 +266,11 @@ fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<NetnsRows> {
             let agent = binary.with_file_name("netns-agent.sh");
             std::fs::write(
                 &agent,
-                "#!/bin/sh\nhost=\"$1\"; shift\nexec ip netns exec \"$host\" /bin/sh -c \"$*\"\n",
+                // Open MPI names its shared-memory segments after the host
+                // name, which every namespace shares: give each "node" its
+                // own directory for them, or ranks of different nodes map
+                // the same segment.
+                "#!/bin/sh\nhost=\"$1\"; shift\ndir=/tmp/lumen-vader-$host\nmkdir -p \"$dir\"\nexport OMPI_MCA_btl_vader_backing_directory=\"$dir\"\nexec ip netns exec \"$host\" /bin/sh -c \"$*\"\n",
             )?;
             std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
             cluster
@@ -270,13 +278,12 @@ fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<NetnsRows> {
                 .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
                 .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
                 .args(["-n", "6", "--host", &hosts.join(","), "--oversubscribe"])
-                .args([
-                    "--bind-to",
-                    "none",
-                    "--mca",
-                    "plm_rsh_agent",
-                    "ip netns exec",
-                ])
+                .args(["--bind-to", "none", "--mca", "plm_rsh_agent"])
+                .arg(&agent)
+                .args(["--mca", "routed", "direct"])
+                // As Lumen's LUMEN_COLL_YIELD=on above: six ranks share two
+                // cores, which no "node" can see by itself.
+                .args(["--mca", "mpi_yield_when_idle", "1"])
                 .args(["--mca", "pml", "ob1", "--mca", "btl", "self,vader,tcp"])
                 .args(["--mca", "btl_tcp_if_include", &subnet])
                 .args(["--mca", "oob_tcp_if_include", &subnet])
