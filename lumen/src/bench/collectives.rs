@@ -311,6 +311,10 @@ fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<NetnsRows> {
     } else {
         Vec::new()
     };
+    for i in 0..3 {
+        // The agent's per-namespace segment directories (see the agent).
+        let _ = std::fs::remove_dir_all(format!("/tmp/lumen-vader-{}", cluster.namespace(i)));
+    }
     cluster.destroy()?;
     if !output.status.success() {
         bail!(
