@@ -1074,7 +1074,10 @@ impl Communicator {
                         alive,
                     );
                 }
-                if self.single_copy_for(segment, bytes) {
+                if segment.single_copy()
+                    && !self.inner.yield_wait
+                    && bytes >= self.inner.config.shm_bcast_copy_min
+                {
                     return segment.bcast_single_copy(
                         buffer,
                         root as usize,

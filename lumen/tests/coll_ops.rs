@@ -78,6 +78,7 @@ fn shared_memory_paths_every_op_two_ranks_with_tiny_slots() {
             ("LUMEN_COLL_SHM_SLOT", "4096"),
             ("LUMEN_COLL_SHM_COPY_MIN", "1024"),
             ("LUMEN_COLL_SHM_REDUCE_COPY_MIN", "4096"),
+            ("LUMEN_COLL_SHM_BCAST_COPY_MIN", "1024"),
         ],
     );
 }
