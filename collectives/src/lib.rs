@@ -2,7 +2,7 @@
 //! transport, and (feature `nccl`) NCCL communicators over GPU buffers.
 //!
 //! ```text
-//!   Communicator::world(endpoint)          split(color, key) / create(ranks)
+//!   Communicator::world(endpoint)    split(color, key) / create(ranks) / create_group
 //!            │                                       │
 //!            ▼                                       ▼
 //!   allreduce / bcast / reduce / allgather(v) / reduce_scatter / alltoall(v)
@@ -14,7 +14,21 @@
 //!            │  comm.rs: executes steps; tags 0xC | context | sequence | round
 //!            ▼
 //!   lumen_transport::Endpoint (shared memory on a node, TCP across nodes)
+//!
+//!   shm.rs: communicators inside one node skip the messages: one segment
+//!   mapped by all members, flag handshakes, inline cache lines for tiny
+//!   data, pipelined slots, single-copy reads (process_vm_readv) of peers'
+//!   buffers for long ones
 //! ```
+//!
+//! Inside one node (every member on this rank's node) `auto` selects the
+//! shared-memory algorithms of [`shm`] for allreduce, reduce, bcast,
+//! barrier, allgather(v), reduce_scatter and alltoall: a message through the
+//! transport costs a ring record, a tag match and a receive buffer each,
+//! where a collective through the segment costs one or two cache-line
+//! handshakes (the approach of Open MPI's `coll/sm`/`xhc` and MPICH's
+//! release/gather collectives). `LUMEN_COLL_SHM=off` returns to the
+//! point-to-point schedules, which are what runs across nodes.
 //!
 //! A communicator that spans several nodes also holds a node communicator
 //! and (at node leaders) a leaders communicator: the hierarchical allreduce
@@ -39,14 +53,19 @@
 //! ([`ReduceOp`]).
 //!
 //! Non-blocking variants (a [`Request`] to wait on): `ibarrier`, `ibcast`,
-//! `ireduce`, `iallreduce`, `iallgather`, `ireduce_scatter`, `ialltoall`,
-//! `igather`, `iscatter`; they run in order on a helper thread per
-//! communicator (see [`comm`]).
+//! `ireduce`, `iallreduce`, `iallgather`, `iallgatherv`, `ireduce_scatter`,
+//! `ialltoall`, `ialltoallv`, `igather`, `iscatter`; they run in order on a
+//! helper thread per communicator (see [`comm`]).
 //!
-//! Not implemented (yet): Bruck's all-to-all, gatherv/scatterv and
-//! non-blocking v-variants, hierarchical variants of operations other than
-//! allreduce, communicators from placement groups (there are none yet),
-//! overlap between two operations of one communicator.
+//! [`Communicator::create_group`] builds a communicator collectively over
+//! its members only (`MPI_Comm_create_group`), which is how the ranks of a
+//! runtime placement group get theirs (`lumen::placement_communicator`).
+//!
+//! Not implemented (yet): Bruck's all-to-all (all-to-all is pairwise or
+//! direct), gatherv/scatterv, hierarchical variants of operations other than
+//! allreduce (bcast, reduce and barrier use the node segment inside each
+//! node, but across nodes they are flat), overlap between two operations of
+//! one communicator.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
