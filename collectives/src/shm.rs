@@ -347,7 +347,11 @@ impl Segment {
     }
 
     fn next_step(&self) -> u64 {
-        self.step.fetch_add(1, Ordering::Relaxed) + 1
+        // Only the thread holding the communicator's execution lock gets
+        // here, so a load and a store do (no locked read-modify-write).
+        let step = self.step.load(Ordering::Relaxed) + 1;
+        self.step.store(step, Ordering::Relaxed);
+        step
     }
 
     /// Publishes `arrive = step`, with the length of the data this rank
