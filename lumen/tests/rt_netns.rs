@@ -67,6 +67,16 @@ fn third_node_pulls_from_a_secondary_copy() {
     run_on_nodes("lrc", &[1, 1, 2], "from_any_copy");
 }
 
+#[test]
+fn strict_spread_placement_group_across_two_nodes() {
+    // Rank 0 (driver) and rank 1 on node 0, ranks 2 and 3 on node 1.
+    if let Some(all) = run_on_nodes("lpg", &[2, 2], "strict_spread_across_nodes") {
+        for line in all.lines().filter(|l| l.contains("STRICT_SPREAD")) {
+            eprintln!("{line}");
+        }
+    }
+}
+
 mod scenario {
     use std::time::{Duration, Instant};
 
@@ -209,6 +219,43 @@ mod scenario {
             std::thread::sleep(Duration::from_millis(20));
         }
         println!("scenario from_any_copy: ok");
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "run by strict_spread_placement_group_across_two_nodes"]
+    fn strict_spread_across_nodes() -> lumen::Result<()> {
+        use lumen::runtime::{PlacementStrategy, Resources, RuntimeError};
+        let rt = lumen::init()?;
+        assert_eq!(rt.num_nodes(), 2);
+        let pg = rt.placement_group(
+            vec![Resources::cpus(1.0); 2],
+            PlacementStrategy::StrictSpread,
+        )?;
+        pg.ready()?;
+        let (ranks, nodes) = (pg.ranks()?, pg.nodes()?);
+        println!("STRICT_SPREAD 2 x 1 CPU: ranks {ranks:?}, nodes {nodes:?}");
+        assert_ne!(nodes[0], nodes[1]);
+        for i in 0..2 {
+            let seen = where_am_i::options()
+                .placement_group(&pg, Some(i as u32))
+                .remote(&rt)?
+                .get()?;
+            assert_eq!(seen, (ranks[i], nodes[i]));
+        }
+        // Three bundles need three nodes.
+        let three = rt.placement_group(
+            vec![Resources::cpus(1.0); 3],
+            PlacementStrategy::StrictSpread,
+        );
+        match three {
+            Err(LumenError::Runtime(RuntimeError::Infeasible { detail, .. })) => {
+                assert!(detail.contains("needs 3 distinct nodes"), "{detail}");
+            }
+            other => panic!("expected Infeasible, got {other:?}"),
+        }
+        rt.remove_placement_group(&pg)?;
+        println!("scenario strict_spread_across_nodes: ok");
         Ok(())
     }
 

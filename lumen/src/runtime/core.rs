@@ -23,7 +23,8 @@ use super::error::{RuntimeError, TaskError, TaskErrorKind};
 use super::executor::Executor;
 use super::ids::{ActorId, ObjectId};
 use super::object_ref::{collect_refs, Bytes, ObjectRef, Pinned};
-use super::options::{ActorOptions, TaskOptions};
+use super::options::{ActorOptions, PlacementGroupScheduling, TaskOptions};
+use super::placement::{GroupAnswer, GroupRuntime, Host};
 use super::protocol::{
     decode, encode, ActorAddress, Outcome, RankInfo, RankStats, RtMsg, TaskSpec, PROBE_TAG,
     RUNTIME_TAG,
@@ -120,6 +121,8 @@ enum Reply {
     Stats(RankStats),
     /// The creator's answer to `ActorLocate`.
     Located(Option<Rank>),
+    /// The head's answer about a placement group.
+    Group(GroupAnswer),
     Failed,
 }
 
@@ -185,6 +188,9 @@ pub(crate) struct Inner {
     wakers: Mutex<HashMap<ObjectId, Vec<std::task::Waker>>>,
     /// Named actors (rank 0 only).
     names: Mutex<HashMap<String, ActorAddress>>,
+    /// Placement groups: the head's table (rank 0), known groups, actors
+    /// hosted in groups (see `placement`).
+    pub(crate) groups: GroupRuntime,
     tasks_executed: AtomicU64,
 }
 
@@ -240,6 +246,16 @@ impl Inner {
                 actors: 0,
             })
             .collect();
+        let hosts: Vec<Host> = slots
+            .iter()
+            .map(|slot| Host {
+                node: slot.node,
+                capacity: slot.capacity.clone(),
+                available: slot.capacity.clone(),
+                serving: slot.serving,
+                alive: true,
+            })
+            .collect();
         let inline_max = config.inline_max;
         let cpus = me.resources.cpus.max(1.0);
         let nodes: Vec<u32> = ranks.iter().map(|r| r.node).collect();
@@ -277,6 +293,7 @@ impl Inner {
             spin: config.wait_spin,
             wakers: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            groups: GroupRuntime::new(rank, hosts),
             tasks_executed: AtomicU64::new(0),
         });
         // Tasks may arrive as soon as the handler is in: they need `current`.
@@ -356,7 +373,7 @@ impl Inner {
     }
 
     /// Sends, logging failures (a dead peer is handled by the monitor).
-    fn send_or_log(self: &Arc<Self>, to: Rank, message: &RtMsg) {
+    pub(crate) fn send_or_log(self: &Arc<Self>, to: Rank, message: &RtMsg) {
         if let Err(e) = self.send(to, message) {
             tracing::debug!(rank = self.rank, to, "runtime message not sent: {e}");
         }
@@ -383,7 +400,9 @@ impl Inner {
                         s.refs.hold(id);
                     }
                 }
-                self.executor.push(spec, src);
+                if let Err(spec) = self.executor.push(spec, src) {
+                    self.fail_removed(*spec);
+                }
             }
             RtMsg::Done {
                 object,
@@ -413,9 +432,14 @@ impl Inner {
                 address,
                 args,
                 refs,
+                placement_group,
             } => {
                 self.hold_all(&refs);
+                let id = address.id;
                 self.actors.create(self, address, args, refs);
+                if let Some(group) = placement_group {
+                    self.actor_in_group(group, id);
+                }
             }
             RtMsg::ActorCall {
                 actor,
@@ -593,7 +617,69 @@ impl Inner {
                 *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
                 cv.notify_all();
             }
+            message @ (RtMsg::PgCreate { .. }
+            | RtMsg::PgWait { .. }
+            | RtMsg::PgRemove { .. }
+            | RtMsg::PgAnswer { .. }
+            | RtMsg::BundleReserve { .. }
+            | RtMsg::BundleReserved { .. }
+            | RtMsg::BundleRelease { .. }) => self.on_group_message(src, message),
         }
+    }
+
+    /// Sends a placement-group request (`message` is given its request
+    /// id) to `to`, the head, and waits for the answer.
+    pub(crate) fn ask_group(
+        self: &Arc<Self>,
+        to: Rank,
+        message: impl FnOnce(u64) -> RtMsg,
+        timeout: Option<Duration>,
+    ) -> Result<GroupAnswer> {
+        let request = self.new_request();
+        self.lock().replies.insert(request, Reply::Waiting(to));
+        self.send(to, &message(request))?;
+        match self.await_reply(request, timeout)? {
+            Reply::Group(answer) => Ok(answer),
+            _ => Err(runtime_error(RuntimeError::RankDied {
+                rank: to,
+                what: "asking the head about a placement group".into(),
+            })),
+        }
+    }
+
+    pub(crate) fn answer_group(&self, request: u64, answer: GroupAnswer) {
+        self.answer(request, Reply::Group(answer));
+    }
+
+    /// A task sent to a placement group that was removed here fails.
+    pub(crate) fn fail_removed(self: &Arc<Self>, spec: TaskSpec) {
+        let group = spec.options.placement_group.map(|p| p.group);
+        let failure = TaskFailure::new(
+            TaskErrorKind::PlacementGroupRemoved,
+            match group {
+                Some(group) => format!("{group} was removed before the task started"),
+                None => "its placement group was removed before it started".to_string(),
+            },
+        );
+        self.finish(spec.object, &spec.name, Err(failure));
+        self.release_all(&spec.refs);
+    }
+
+    /// (host) Kills an actor hosted here because its placement group was
+    /// removed; its creator learns it too (no restart).
+    pub(crate) fn kill_hosted_actor(self: &Arc<Self>, actor: ActorId) {
+        self.send_or_log(self.rank, &RtMsg::ActorKill { actor });
+        if actor.creator != self.rank && !self.is_dead(actor.creator) {
+            self.send_or_log(actor.creator, &RtMsg::ActorKill { actor });
+        }
+    }
+
+    /// Tasks this rank has outstanding on `rank`, and actors it placed there.
+    fn load_on(&self, rank: Rank) -> (u32, u32) {
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .load(rank)
     }
 
     fn answer(&self, request: u64, reply: Reply) {
@@ -939,7 +1025,7 @@ impl Inner {
         function: u64,
         name: &str,
         args: &impl Serialize,
-        options: TaskOptions,
+        mut options: TaskOptions,
     ) -> Result<ObjectId> {
         if self.stopping.load(Ordering::Acquire) {
             return Err(runtime_error(RuntimeError::ShuttingDown));
@@ -952,6 +1038,22 @@ impl Inner {
                 detail: e.to_string(),
             })
         })?;
+        if let Some(scheduling) = options.placement_group {
+            let (index, host) = self.choose_bundle(
+                name,
+                scheduling,
+                &options.resources,
+                options.rank,
+                options.node,
+                |r| self.load_on(r).0,
+            )?;
+            options.placement_group = Some(PlacementGroupScheduling {
+                bundle_index: Some(index),
+                ..scheduling
+            });
+            // A retry after this rank dies finds it dead and fails.
+            options.rank = Some(host);
+        }
         let data_at = self.largest_argument(&refs);
         let target = self
             .scheduler
@@ -1377,7 +1479,7 @@ impl Inner {
         class_id: u64,
         class_name: &str,
         args: &impl Serialize,
-        options: ActorOptions,
+        mut options: ActorOptions,
     ) -> Result<RawActorHandle> {
         let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
         let args = encoded.map_err(|e| {
@@ -1386,6 +1488,21 @@ impl Inner {
                 detail: e.to_string(),
             })
         })?;
+        if let Some(scheduling) = options.placement_group {
+            let (index, host) = self.choose_bundle(
+                class_name,
+                scheduling,
+                &options.resources,
+                options.rank,
+                options.node,
+                |r| self.load_on(r).1,
+            )?;
+            options.placement_group = Some(PlacementGroupScheduling {
+                bundle_index: Some(index),
+                ..scheduling
+            });
+            options.rank = Some(host);
+        }
         let host = self
             .scheduler
             .lock()
@@ -1464,6 +1581,7 @@ impl Inner {
             address: address.clone(),
             args: args.clone(),
             refs,
+            placement_group: options.placement_group.map(|p| p.group),
         };
         if options.max_restarts > 0 {
             self.lock().created_actors.insert(
@@ -1547,10 +1665,13 @@ impl Inner {
                 record.restarts_left -= 1;
                 record.address.host = host;
                 let refs = record.pinned.ids();
+                // Restarted outside its placement group (its bundle's
+                // rank is the one that died).
                 let message = RtMsg::ActorCreate {
                     address: record.address.clone(),
                     args: record.args.clone(),
                     refs: refs.clone(),
+                    placement_group: None,
                 };
                 s.actor_hosts.insert(id, host);
                 s.placed_actors.insert(id, host);
@@ -1955,6 +2076,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .rank_died(rank);
+        self.group_rank_died(rank);
         self.changed.notify_all();
         self.wake_all();
         self.apply(effects);

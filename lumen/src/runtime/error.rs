@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ids::{ActorId, ObjectId};
+use super::placement::PlacementGroupId;
 
 /// Why a task, an actor call or an actor creation failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +34,9 @@ pub enum TaskErrorKind {
     ActorDied,
     /// The owner of the object died, so its value can no longer be found.
     OwnerDied,
+    /// The task was queued in a placement group that was removed before
+    /// it started (or sent to it after).
+    PlacementGroupRemoved,
 }
 
 /// A failure reported by the rank that ran (or was to run) a task.
@@ -150,6 +154,20 @@ pub enum RuntimeError {
         rank: u32,
         /// What failed.
         what: String,
+    },
+    /// The placement group was removed.
+    #[error("{group} was removed")]
+    PlacementGroupRemoved {
+        /// The group.
+        group: PlacementGroupId,
+    },
+    /// The placement group could not be created.
+    #[error("{group} could not be created: {reason}")]
+    PlacementGroupFailed {
+        /// The group.
+        group: PlacementGroupId,
+        /// Why.
+        reason: String,
     },
     /// Starting the embedded local cluster failed.
     #[error("could not start the local cluster: {0}")]

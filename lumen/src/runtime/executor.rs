@@ -7,23 +7,61 @@
 //! idle thread is left to use them the pool grows by one (up to
 //! [`MAX_THREADS`]), so a chain of nested tasks can never deadlock a rank
 //! whose slots are all held by waiting parents.
+//!
+//! Placement groups: a bundle reserved on this rank moves its CPUs out of
+//! the free pool into a pool of its own. A task of a group takes slots from
+//! its bundle's pool only, every other task from the free pool only; each
+//! pool serves its tasks in FIFO order, and a task that does not fit its
+//! pool does not hold back the tasks of other pools. Releasing the group
+//! gives its pools' CPUs back (slots still held by its running tasks come
+//! back as they finish) and returns its queued tasks, which then fail.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
 use lumen_transport::Rank;
 
 use super::core::Inner;
 use super::ids::ObjectId;
+use super::placement::PlacementGroupId;
 use super::protocol::TaskSpec;
 
 /// Upper bound on executor threads per rank (blocked tasks included).
 pub(crate) const MAX_THREADS: usize = 256;
 
+/// A bundle of a placement group: the pool its tasks take slots from.
+type Bundle = (PlacementGroupId, u32);
+
 thread_local! {
-    /// Slots held by the task this thread runs (0: not an executor thread).
-    static HELD: Cell<f64> = const { Cell::new(0.0) };
+    /// Slots held by the task this thread runs (0: not an executor thread),
+    /// and the bundle they came from (`None`: the free pool).
+    static HELD: Cell<(f64, Option<Bundle>)> = const { Cell::new((0.0, None)) };
+    /// The bundle of the slots lent out by `blocking`, for `unblocked`.
+    static BLOCKED_IN: Cell<Option<Bundle>> = const { Cell::new(None) };
+}
+
+/// The slots of one bundle reserved here.
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    free: f64,
+    total: f64,
+}
+
+impl Pool {
+    /// A task needing `need` may start: it fits, or it is larger than the
+    /// whole pool and the pool is idle (feasibility was checked by the
+    /// submitter against the rank's total or the bundle's).
+    fn admits(&self, need: f64) -> bool {
+        need <= self.free + 1e-9 || (need > self.total && self.free >= self.total - 1e-9)
+    }
+}
+
+/// The bundle a task runs in, if any.
+fn bundle_of(spec: &TaskSpec) -> Option<Bundle> {
+    spec.options
+        .placement_group
+        .and_then(|p| p.bundle_index.map(|b| (p.group, b)))
 }
 
 #[derive(Debug)]
@@ -35,8 +73,13 @@ struct Queued {
 #[derive(Debug)]
 struct State {
     queue: VecDeque<Queued>,
+    /// The free pool: CPUs not reserved by bundles.
     free: f64,
     total: f64,
+    /// Bundles reserved here.
+    bundles: HashMap<Bundle, Pool>,
+    /// Groups released here (their late tasks fail).
+    released: HashSet<PlacementGroupId>,
     threads: usize,
     idle: usize,
     stopping: bool,
@@ -57,6 +100,8 @@ impl Executor {
                 queue: VecDeque::new(),
                 free: cpus,
                 total: cpus,
+                bundles: HashMap::new(),
+                released: HashSet::new(),
                 threads: 0,
                 idle: 0,
                 stopping: false,
@@ -96,21 +141,86 @@ impl Executor {
         }
     }
 
-    /// Queues a task.
-    pub(crate) fn push(self: &Arc<Self>, spec: TaskSpec, from: Rank) {
-        let grow = {
+    /// Queues a task; gives it back when its placement group was
+    /// released here.
+    pub(crate) fn push(self: &Arc<Self>, spec: TaskSpec, from: Rank) -> Result<(), Box<TaskSpec>> {
+        let (grow, wake) = {
             let mut s = self.lock();
+            let bundle = bundle_of(&spec);
+            if bundle.is_some_and(|(group, _)| s.released.contains(&group)) {
+                return Err(Box::new(spec));
+            }
+            let free = match bundle {
+                None => s.free,
+                Some(b) => s.bundles.get(&b).map_or(0.0, |p| p.free),
+            };
             s.queue.push_back(Queued { spec, from });
             // Every thread may be blocked in a `get` with its slots lent
-            // out: then nobody would pick this task up.
-            s.idle == 0 && s.free > 1e-9
+            // out: then nobody would pick this task up. A notify with no
+            // idle thread would only cost a system call (std's condvar
+            // makes one on every notify).
+            (s.idle == 0 && free > 1e-9, s.idle > 0)
         };
         if grow {
             if let Some(runtime) = self.runtime.get() {
                 self.spawn_thread(runtime.clone());
             }
         }
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Reserves bundles of `group` here (index, CPUs): their CPUs leave the
+    /// free pool (which may go below zero while tasks started before the
+    /// reservation finish).
+    pub(crate) fn reserve(&self, group: PlacementGroupId, bundles: &[(u32, f64)]) {
+        let mut s = self.lock();
+        for &(index, cpus) in bundles {
+            let cpus = cpus.max(0.0);
+            if s.bundles.contains_key(&(group, index)) {
+                continue;
+            }
+            s.free -= cpus;
+            s.total -= cpus;
+            s.bundles.insert(
+                (group, index),
+                Pool {
+                    free: cpus,
+                    total: cpus,
+                },
+            );
+        }
+    }
+
+    /// Releases every bundle of `group` here; returns its queued tasks.
+    pub(crate) fn release(&self, group: PlacementGroupId) -> Vec<TaskSpec> {
+        let dropped = {
+            let mut s = self.lock();
+            s.released.insert(group);
+            let mine: Vec<Bundle> = s.bundles.keys().filter(|b| b.0 == group).copied().collect();
+            for bundle in mine {
+                if let Some(pool) = s.bundles.remove(&bundle) {
+                    // Slots held by running tasks come back when they end.
+                    s.free += pool.free;
+                    s.total += pool.total;
+                }
+            }
+            let (dropped, kept): (VecDeque<Queued>, VecDeque<Queued>) = s
+                .queue
+                .drain(..)
+                .partition(|q| bundle_of(&q.spec).is_some_and(|(g, _)| g == group));
+            s.queue = kept;
+            dropped
+        };
+        self.ready.notify_all();
+        dropped.into_iter().map(|q| q.spec).collect()
+    }
+
+    /// True once `group` was released here.
+    pub(crate) fn is_released(&self, group: PlacementGroupId) -> bool {
+        self.lock().released.contains(&group)
     }
 
     /// Removes a queued task; true when it had not started.
@@ -126,27 +236,67 @@ impl Executor {
         self.ready.notify_all();
     }
 
+    /// The first queued task that may start now, FIFO within each pool.
+    fn next_runnable(s: &State) -> Option<(usize, f64, Option<Bundle>)> {
+        let need_of = |q: &Queued| q.spec.options.resources.cpus.max(0.0);
+        if s.bundles.is_empty() {
+            // No reservation here: the plain FIFO of the free pool (a task
+            // larger than the rank still runs when the rank is otherwise
+            // idle; feasibility was checked by the submitter).
+            let q = s.queue.front()?;
+            let need = need_of(q);
+            let bundle = bundle_of(&q.spec);
+            let fits = bundle.is_none() && (need <= s.free + 1e-9 || s.free >= s.total - 1e-9);
+            return fits.then_some((0, need, None));
+        }
+        let mut blocked: Vec<Option<Bundle>> = Vec::new();
+        for (at, q) in s.queue.iter().enumerate() {
+            let bundle = bundle_of(&q.spec);
+            if blocked.contains(&bundle) {
+                continue;
+            }
+            let need = need_of(q);
+            let fits = match bundle {
+                // Strictly: what the free pool lacks is reserved, not busy.
+                None => need <= s.free + 1e-9,
+                Some(b) => s.bundles.get(&b).is_some_and(|p| p.admits(need)),
+            };
+            if fits {
+                return Some((at, need, bundle));
+            }
+            blocked.push(bundle);
+            if blocked.len() > s.bundles.len() {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Gives `slots` back to the pool they came from (the free pool when
+    /// their bundle was released meanwhile).
+    fn give_back(s: &mut State, slots: f64, bundle: Option<Bundle>) {
+        match bundle.and_then(|b| s.bundles.get_mut(&b)) {
+            Some(pool) => pool.free += slots,
+            None => s.free += slots,
+        }
+    }
+
     fn run(self: Arc<Self>, runtime: Weak<Inner>) {
         loop {
-            let (job, need) = {
+            let (job, need, bundle) = {
                 let mut s = self.lock();
                 loop {
                     if s.stopping {
                         s.threads -= 1;
                         return;
                     }
-                    let fits = s.queue.front().map(|q| {
-                        let need = q.spec.options.resources.cpus.max(0.0);
-                        // A task larger than the rank still runs when the
-                        // rank is otherwise idle (feasibility was checked
-                        // by the submitter against the rank's total).
-                        (need <= s.free + 1e-9 || s.free >= s.total - 1e-9, need)
-                    });
-                    if let Some((true, need)) = fits {
-                        let job = s.queue.pop_front();
-                        if let Some(job) = job {
-                            s.free -= need;
-                            break (job, need);
+                    if let Some((at, need, bundle)) = Self::next_runnable(&s) {
+                        if let Some(job) = s.queue.remove(at) {
+                            match bundle.and_then(|b| s.bundles.get_mut(&b)) {
+                                Some(pool) => pool.free -= need,
+                                None => s.free -= need,
+                            }
+                            break (job, need, bundle);
                         }
                     }
                     s.idle += 1;
@@ -157,25 +307,32 @@ impl Executor {
             let Some(inner) = runtime.upgrade() else {
                 return;
             };
-            HELD.with(|h| h.set(need));
+            HELD.with(|h| h.set((need, bundle)));
             inner.run_task(job.spec, job.from);
-            HELD.with(|h| h.set(0.0));
+            HELD.with(|h| h.set((0.0, None)));
             drop(inner);
-            self.lock().free += need;
-            self.ready.notify_one();
+            let wake = {
+                let mut s = self.lock();
+                Self::give_back(&mut s, need, bundle);
+                s.idle > 0 && !s.queue.is_empty()
+            };
+            if wake {
+                self.ready.notify_one();
+            }
         }
     }
 
     /// The calling thread is about to block inside a task: lend its slots.
     /// Returns a token for [`Executor::unblocked`].
     pub(crate) fn blocking(self: &Arc<Self>, runtime: &Arc<Inner>) -> f64 {
-        let held = HELD.with(|h| h.replace(0.0));
+        let (held, bundle) = HELD.with(|h| h.replace((0.0, None)));
         if held == 0.0 {
             return 0.0;
         }
+        BLOCKED_IN.with(|b| b.set(bundle));
         let grow = {
             let mut s = self.lock();
-            s.free += held;
+            Self::give_back(&mut s, held, bundle);
             s.idle == 0 && !s.queue.is_empty()
         };
         self.ready.notify_one();
@@ -191,7 +348,82 @@ impl Executor {
         if held == 0.0 {
             return;
         }
-        self.lock().free -= held;
-        HELD.with(|h| h.set(held));
+        // The bundle is still this thread's task's (set by `run`).
+        let bundle = BLOCKED_IN.with(|b| b.take());
+        {
+            let mut s = self.lock();
+            match bundle.and_then(|b| s.bundles.get_mut(&b)) {
+                Some(pool) => pool.free -= held,
+                None => s.free -= held,
+            }
+        }
+        HELD.with(|h| h.set((held, bundle)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::options::{PlacementGroupScheduling, TaskOptions};
+
+    fn spec(seq: u64, cpus: f64, bundle: Option<Bundle>) -> TaskSpec {
+        let mut options = TaskOptions::default();
+        options.resources.cpus = cpus;
+        options.placement_group = bundle.map(|(group, index)| PlacementGroupScheduling {
+            group,
+            bundle_index: Some(index),
+        });
+        TaskSpec {
+            object: ObjectId { owner: 0, seq },
+            function: 0,
+            name: format!("task {seq}"),
+            args: Vec::new(),
+            refs: Vec::new(),
+            options,
+            attempt: 1,
+        }
+    }
+
+    /// Starts the task `next_runnable` picks, as a worker would.
+    fn start(executor: &Executor) -> Option<(u64, f64, Option<Bundle>)> {
+        let mut s = executor.lock();
+        let (at, need, bundle) = Executor::next_runnable(&s)?;
+        let job = s.queue.remove(at)?;
+        match bundle.and_then(|b| s.bundles.get_mut(&b)) {
+            Some(pool) => pool.free -= need,
+            None => s.free -= need,
+        }
+        Some((job.spec.object.seq, need, bundle))
+    }
+
+    #[test]
+    fn bundles_hold_their_cpus_and_do_not_block_each_other() {
+        let group = PlacementGroupId { creator: 0, seq: 1 };
+        let executor = Executor::new(2.0);
+        executor.reserve(group, &[(0, 1.0)]);
+        // Outside the group: one CPU is free, the second task waits for it.
+        executor.push(spec(1, 1.0, None), 0).expect("queued");
+        executor.push(spec(2, 1.0, None), 0).expect("queued");
+        executor
+            .push(spec(3, 1.0, Some((group, 0))), 0)
+            .expect("queued");
+        assert_eq!(start(&executor), Some((1, 1.0, None)));
+        // Task 2 waits for the free pool, task 3 runs in its bundle anyway.
+        assert_eq!(start(&executor), Some((3, 1.0, Some((group, 0)))));
+        assert_eq!(start(&executor), None);
+        // Releasing the group: its CPU comes back once task 3 ends.
+        executor
+            .push(spec(4, 1.0, Some((group, 0))), 0)
+            .expect("queued");
+        let dropped = executor.release(group);
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].object.seq, 4);
+        assert_eq!(start(&executor), None, "task 3 still holds the CPU");
+        Executor::give_back(&mut executor.lock(), 1.0, Some((group, 0)));
+        assert_eq!(start(&executor), Some((2, 1.0, None)));
+        // Late tasks of a released group are refused.
+        assert!(executor.push(spec(5, 1.0, Some((group, 0))), 0).is_err());
+        let s = executor.lock();
+        assert!((s.free - 0.0).abs() < 1e-9 && (s.total - 2.0).abs() < 1e-9);
     }
 }

@@ -21,6 +21,8 @@
 //! - [`refs`](self) (private): ownership and reference counting, the pure
 //!   state machine, after Ray's ownership paper (NSDI '21).
 //! - `scheduler` (private): placement policy, pure.
+//! - `placement` (private): placement groups: the head's
+//!   reservation table (pure) and the messages around it.
 //! - `core` (private): the IO shell: messages, submission, `get`, failure
 //!   handling (retries on rank death).
 //! - `executor`, `actor`: where tasks and actor methods run.
@@ -59,6 +61,22 @@
 //! the job, like Ray's detached actors (Ray also collects named actors that
 //! are not detached; here a name is what keeps an actor reachable).
 //!
+//! # Placement groups
+//! [`Runtime::placement_group`] reserves bundles of resources together
+//! (all or none) with Ray's strategies `PACK`, `SPREAD`, `STRICT_PACK` and
+//! `STRICT_SPREAD`, each bundle on one serving rank and the strict ones
+//! over nodes; tasks and actors then run in a bundle with
+//! `.placement_group(&group, Some(index))` (or `None`: any bundle that
+//! fits), out of its reserved CPUs, on its rank. Ordinary placement stays
+//! with each submitter, but groups are decided by rank 0 (the head
+//! service), which keeps what every rank offers and what the groups hold,
+//! so two groups never reserve the same resources; each host's executor
+//! moves a reserved bundle's CPUs out of the pool that other tasks use.
+//! [`PlacementGroup::ranks`] lists the bundles' ranks in bundle order (to
+//! build a communicator over them). Removing a group frees its resources,
+//! fails its tasks that have not started and kills its actors. See the
+//! `placement` module for the protocol and its limits.
+//!
 //! # Failures
 //! A task whose rank dies is retried elsewhere (`max_retries`, default 3;
 //! the submitter keeps the objects its arguments reference alive until the
@@ -79,6 +97,7 @@ mod executor;
 mod ids;
 mod object_ref;
 mod options;
+mod placement;
 mod protocol;
 mod refs;
 mod registry;
@@ -96,7 +115,8 @@ pub use config::{RuntimeConfig, RuntimeConfigError};
 pub use error::{RuntimeError, TaskError, TaskErrorKind};
 pub use ids::{ActorId, ObjectId};
 pub use object_ref::{wait, ObjectRef, ObjectRefFuture, SliceView, Waited};
-pub use options::{ActorOptions, Resources, TaskOptions};
+pub use options::{ActorOptions, PlacementGroupScheduling, Resources, TaskOptions};
+pub use placement::{PlacementGroup, PlacementGroupId, PlacementStrategy};
 pub use protocol::RankStats;
 pub use registry::IntoArg;
 
@@ -282,6 +302,46 @@ impl Runtime {
             Some(name.to_string()),
             None,
         )))
+    }
+
+    /// Reserves `bundles` of resources together, laid out by `strategy`
+    /// (Ray's `placement_group`): all of them or none, on ranks that rank
+    /// 0 chooses (see [`PlacementStrategy`]). Returns at once with the
+    /// group's handle; [`PlacementGroup::ready`] waits until every bundle
+    /// is reserved (a group that fits the job but not what other groups
+    /// left free waits for them to be removed). Fails with
+    /// [`RuntimeError::Infeasible`], naming what was asked and what the
+    /// job offers, when the group can never fit. Schedule tasks and actors
+    /// into it with `.placement_group(&group, bundle)`.
+    ///
+    /// ```no_run
+    /// # use lumen::prelude::*;
+    /// # use lumen::runtime::{PlacementStrategy, Resources};
+    /// # #[lumen::remote] fn work(x: u64) -> u64 { x }
+    /// # fn main() -> lumen::Result<()> {
+    /// let rt = lumen::init()?;
+    /// let pg = rt.placement_group(vec![Resources::cpus(1.0); 2], PlacementStrategy::Spread)?;
+    /// pg.ready()?;
+    /// let ranks = pg.ranks()?; // bundle i's rank
+    /// let on_first = work::options().placement_group(&pg, Some(0)).remote(&rt, 7)?;
+    /// assert_eq!(on_first.get()?, 7);
+    /// rt.remove_placement_group(&pg)?;
+    /// # let _ = ranks; Ok(()) }
+    /// ```
+    pub fn placement_group(
+        &self,
+        bundles: Vec<Resources>,
+        strategy: PlacementStrategy,
+    ) -> Result<PlacementGroup> {
+        self.inner.create_group(bundles, strategy)
+    }
+
+    /// Removes a placement group (Ray's `remove_placement_group`): its
+    /// resources become free again, its tasks that have not started fail
+    /// (`TaskErrorKind::PlacementGroupRemoved`; running ones finish), its
+    /// actors are killed. Removing a group twice is not an error.
+    pub fn remove_placement_group(&self, group: &PlacementGroup) -> Result<()> {
+        self.inner.remove_group(group.id())
     }
 
     /// Counters of `rank` (objects owned, borrowed, stored, freed; tasks run).

@@ -1,12 +1,15 @@
 //! Per-call options, with Ray's names: `num_cpus`, `num_gpus`, custom
-//! `resources`, `max_retries`, node affinity (`node`), and Lumen's exact
-//! placement (`rank`).
+//! `resources`, `max_retries`, node affinity (`node`), placement groups
+//! (`placement_group`, Ray's `PlacementGroupSchedulingStrategy`), and
+//! Lumen's exact placement (`rank`).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use lumen_transport::Rank;
+
+use super::placement::PlacementGroupId;
 
 /// Amounts of resources: what a rank offers, or what a task needs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +31,74 @@ impl Resources {
                 self.custom.get(name).copied().unwrap_or(0.0) + 1e-9 >= *amount
             })
     }
+
+    /// CPUs only (the usual bundle and task shape).
+    pub fn cpus(cpus: f64) -> Self {
+        Resources {
+            cpus,
+            ..Resources::default()
+        }
+    }
+
+    /// True when nothing is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.cpus == 0.0 && self.gpus == 0.0 && self.custom.values().all(|&a| a == 0.0)
+    }
+
+    /// True when some amount is negative or not a number.
+    pub(crate) fn is_invalid(&self) -> bool {
+        let bad = |a: f64| a.is_nan() || a < 0.0;
+        bad(self.cpus) || bad(self.gpus) || self.custom.values().any(|&a| bad(a))
+    }
+
+    /// Takes `used` out of `self` (a reservation).
+    pub(crate) fn subtract(&mut self, used: &Resources) {
+        self.cpus -= used.cpus;
+        self.gpus -= used.gpus;
+        for (name, amount) in &used.custom {
+            *self.custom.entry(name.clone()).or_insert(0.0) -= amount;
+        }
+    }
+
+    /// Gives `freed` back to `self` (a released reservation).
+    pub(crate) fn add(&mut self, freed: &Resources) {
+        self.cpus += freed.cpus;
+        self.gpus += freed.gpus;
+        for (name, amount) in &freed.custom {
+            *self.custom.entry(name.clone()).or_insert(0.0) += amount;
+        }
+    }
+}
+
+/// `{cpus: 1, gpus: 0.5, ssd: 2}`; amounts of zero are left out.
+impl std::fmt::Display for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if self.cpus != 0.0 {
+            parts.push(format!("cpus: {}", self.cpus));
+        }
+        if self.gpus != 0.0 {
+            parts.push(format!("gpus: {}", self.gpus));
+        }
+        for (name, amount) in &self.custom {
+            if *amount != 0.0 {
+                parts.push(format!("{name}: {amount}"));
+            }
+        }
+        write!(f, "{{{}}}", parts.join(", "))
+    }
+}
+
+/// Runs a task or hosts an actor in a placement group (Ray's
+/// `PlacementGroupSchedulingStrategy`): on the rank of one of its bundles,
+/// out of that bundle's reserved resources instead of the rank's free ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementGroupScheduling {
+    /// The group.
+    pub group: PlacementGroupId,
+    /// The bundle (Ray's `placement_group_bundle_index`); `None`: any
+    /// bundle whose resources fit the request (Ray's -1).
+    pub bundle_index: Option<u32>,
 }
 
 /// Options of one task submission (see `f::options()` of a remote function).
@@ -41,6 +112,8 @@ pub struct TaskOptions {
     pub node: Option<u32>,
     /// Run on exactly this rank.
     pub rank: Option<Rank>,
+    /// Run in this placement group, out of its bundle's resources.
+    pub placement_group: Option<PlacementGroupScheduling>,
 }
 
 impl Default for TaskOptions {
@@ -53,6 +126,7 @@ impl Default for TaskOptions {
             max_retries: 3,
             node: None,
             rank: None,
+            placement_group: None,
         }
     }
 }
@@ -67,6 +141,9 @@ pub struct ActorOptions {
     pub node: Option<u32>,
     /// Host it on exactly this rank.
     pub rank: Option<Rank>,
+    /// Host it on the rank of a bundle of this placement group (its
+    /// resources must fit the bundle's).
+    pub placement_group: Option<PlacementGroupScheduling>,
     /// Register it under this job-wide name (see `Runtime::get_actor`).
     pub name: Option<String>,
     /// How often the creator restarts it (fresh state, on another rank)
@@ -116,6 +193,20 @@ macro_rules! __task_option_methods {
             self.options.rank = Some(rank);
             self
         }
+        /// Runs in a placement group, out of the resources reserved for
+        /// bundle `bundle_index` (`None`: any bundle they fit in), on that
+        /// bundle's rank.
+        $($vis)* fn placement_group(
+            mut self,
+            group: &$crate::runtime::PlacementGroup,
+            bundle_index: Option<u32>,
+        ) -> Self {
+            self.options.placement_group = Some($crate::runtime::PlacementGroupScheduling {
+                group: group.id(),
+                bundle_index,
+            });
+            self
+        }
         /// All options at once.
         $($vis)* fn with_options(mut self, options: $crate::TaskOptions) -> Self {
             self.options = options;
@@ -153,6 +244,20 @@ macro_rules! __actor_option_methods {
         /// Hosts the actor on exactly this rank.
         $($vis)* fn rank(mut self, rank: u32) -> Self {
             self.options.rank = Some(rank);
+            self
+        }
+        /// Hosts the actor on the rank of bundle `bundle_index` of a
+        /// placement group (`None`: any bundle its resources fit in).
+        /// Removing the group kills the actor.
+        $($vis)* fn placement_group(
+            mut self,
+            group: &$crate::runtime::PlacementGroup,
+            bundle_index: Option<u32>,
+        ) -> Self {
+            self.options.placement_group = Some($crate::runtime::PlacementGroupScheduling {
+                group: group.id(),
+                bundle_index,
+            });
             self
         }
         /// Registers the actor under a job-wide name.

@@ -9,6 +9,7 @@ use lumen_transport::Rank;
 use super::error::TaskError;
 use super::ids::{ActorId, ObjectId};
 use super::options::{Resources, TaskOptions};
+use super::placement::{GroupAnswer, PlacementGroupId, PlacementStrategy};
 
 /// Tag of every runtime message (the runtime's range is 0xA000_...).
 pub(crate) const RUNTIME_TAG: u64 = 0xA000_0000_0000_0001;
@@ -102,6 +103,8 @@ pub(crate) enum RtMsg {
         address: ActorAddress,
         args: Vec<u8>,
         refs: Vec<ObjectId>,
+        /// The placement group it is hosted in (killed when it is removed).
+        placement_group: Option<PlacementGroupId>,
     },
     /// Run a method of an actor hosted here; reply `Done` to `object`'s owner.
     ActorCall {
@@ -179,6 +182,37 @@ pub(crate) enum RtMsg {
     StatsReply { request: u64, stats: RankStats },
     /// The driver is done: stop serving and leave.
     Shutdown,
+    /// (to rank 0, the head) create a placement group; answered `PgAnswer`
+    /// (`Accepted` or `Infeasible`).
+    PgCreate {
+        group: PlacementGroupId,
+        bundles: Vec<Resources>,
+        strategy: PlacementStrategy,
+        request: u64,
+    },
+    /// (to the head) answer `PgAnswer` once the group is created (or ended).
+    PgWait {
+        group: PlacementGroupId,
+        request: u64,
+    },
+    /// (to the head) remove a group; answered `PgAnswer(Removed)`.
+    PgRemove {
+        group: PlacementGroupId,
+        request: u64,
+    },
+    /// The head's answer about a group.
+    PgAnswer { request: u64, answer: GroupAnswer },
+    /// (head to host) reserve these bundles (index, resources) here;
+    /// answered `BundleReserved`.
+    BundleReserve {
+        group: PlacementGroupId,
+        bundles: Vec<(u32, Resources)>,
+    },
+    /// (host to head) the bundles of `group` are reserved here.
+    BundleReserved { group: PlacementGroupId },
+    /// (head to host) `group` is removed: release its bundles here, fail
+    /// its queued tasks, kill its actors.
+    BundleRelease { group: PlacementGroupId },
 }
 
 /// Counters of one rank, for tests and tools.

@@ -12,6 +12,13 @@
 //! 3. Otherwise the least loaded (tasks this submitter has outstanding there,
 //!    per CPU); ties go to the rank used last (still warm: its threads spin
 //!    before sleeping), then round-robin.
+//!
+//! Placement groups are not placed here: rank 0's table reserves them (see
+//! `placement`), and a task or actor in a group arrives with its bundle's
+//! rank as the exact rank asked for (the bundle itself chosen by
+//! [`Scheduler::load`] when any bundle will do). Feasibility here is
+//! against a rank's total resources, reserved or not: a task that needs
+//! reserved CPUs is not refused, it waits in the rank's queue.
 
 use lumen_transport::Rank;
 
@@ -150,6 +157,14 @@ impl Scheduler {
         self.next = (best + 1) % n.max(1);
         self.ranks[best].actors += 1;
         Ok(best as Rank)
+    }
+
+    /// Tasks this submitter has outstanding on `rank`, and actors it
+    /// placed there (to pick the least loaded bundle of a placement group).
+    pub(crate) fn load(&self, rank: Rank) -> (u32, u32) {
+        self.ranks
+            .get(rank as usize)
+            .map_or((0, 0), |slot| (slot.outstanding, slot.actors))
     }
 
     /// A task placed on `rank` finished (or was moved away).
