@@ -276,6 +276,16 @@ impl Communicator {
         Self::world_with_config(endpoint, config)
     }
 
+    /// A handle on every rank of the job, made without communication (no
+    /// two-level structure): the parent for [`Communicator::create_group`]
+    /// where not every rank takes part, e.g. inside a runtime task or actor.
+    /// Collectives on it need every rank of the job, as on `world`.
+    pub fn world_handle(endpoint: Endpoint) -> Result<Self> {
+        let config = CollectiveConfig::from_env(|k| std::env::var(k).ok())?;
+        let members: Vec<Rank> = (0..endpoint.size()).collect();
+        Self::build(endpoint, members, 0, config, false)
+    }
+
     /// [`Communicator::world`] with explicit settings.
     pub fn world_with_config(endpoint: Endpoint, config: CollectiveConfig) -> Result<Self> {
         let members: Vec<Rank> = (0..endpoint.size()).collect();

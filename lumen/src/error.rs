@@ -17,6 +17,9 @@ pub enum LumenError {
     /// A task, actor or object call of the runtime failed.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    /// A collective operation or communicator failed.
+    #[error(transparent)]
+    Collective(#[from] lumen_collectives::CollectiveError),
 }
 
 /// Result with [`LumenError`].

@@ -101,3 +101,25 @@ pub fn world_communicator(
 ) -> std::result::Result<collectives::Communicator, collectives::CollectiveError> {
     collectives::Communicator::world(job.endpoint.clone())
 }
+
+/// The communicator of the ranks hosting `group`'s bundles: each rank once,
+/// in the order of its first bundle (communicator rank `i` is the `i`-th
+/// distinct rank of [`runtime::PlacementGroup::ranks`]). Collective over
+/// those ranks only (`MPI_Comm_create_group`): call it from a task or actor
+/// on every one of them — typically one actor per bundle, as model shards
+/// are — with the same `tag`; other ranks do not take part. Groups built
+/// concurrently on shared ranks need different tags.
+pub fn placement_communicator(
+    group: &runtime::PlacementGroup,
+    tag: u16,
+) -> Result<collectives::Communicator> {
+    let rt = runtime::current()?;
+    let mut ranks: Vec<u32> = Vec::new();
+    for rank in group.ranks()? {
+        if !ranks.contains(&rank) {
+            ranks.push(rank);
+        }
+    }
+    let parent = collectives::Communicator::world_handle(rt.endpoint().clone())?;
+    Ok(parent.create_group(&ranks, tag)?)
+}

@@ -83,6 +83,7 @@ both_ways!(
     strict_spread_on_one_node_is_infeasible,
     reserved_resources_are_held_until_removed,
     actor_in_a_bundle_runs_on_its_rank,
+    communicator_from_a_placement_group,
 );
 
 /// The scenarios; each runs as rank 0 (driver) of its job.
@@ -126,6 +127,35 @@ mod scenarios {
         fn rank(&mut self) -> lumen::Result<u32> {
             self.calls += 1;
             Ok(lumen::current()?.rank())
+        }
+    }
+
+    /// One shard of a model: builds its group's communicator and
+    /// allreduces with the other shards.
+    #[lumen::actor]
+    struct Shard {}
+
+    #[lumen::actor]
+    impl Shard {
+        fn new() -> Self {
+            Shard {}
+        }
+        /// (communicator rank, size, allreduced job rank, job rank).
+        fn allreduce_ranks(
+            &mut self,
+            group: PlacementGroup,
+        ) -> lumen::Result<(u32, u32, f64, u32)> {
+            let comm = lumen::placement_communicator(&group, 5)?;
+            let me = lumen::current()?.rank();
+            let mut x = [f64::from(me)];
+            comm.allreduce(&mut x, lumen::collectives::ReduceOp::Sum)?;
+            let mut word = [0u64; 1];
+            if comm.rank() == 0 {
+                word[0] = 42;
+            }
+            comm.bcast(&mut word, 0)?;
+            assert_eq!(word[0], 42);
+            Ok((comm.rank(), comm.size(), x[0], me))
         }
     }
 
@@ -397,6 +427,45 @@ mod scenarios {
             }
         }
         done("actor_in_a_bundle_runs_on_its_rank");
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn communicator_from_a_placement_group() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let serving = serving(&rt);
+        let pg = rt.placement_group(
+            vec![Resources::cpus(0.5); serving.len()],
+            PlacementStrategy::Spread,
+        )?;
+        let ranks = pg.ranks()?;
+        let shards: Vec<_> = (0..pg.bundle_count() as u32)
+            .map(|i| {
+                Shard::actor_options()
+                    .placement_group(&pg, Some(i))
+                    .new_remote(&rt)
+            })
+            .collect::<lumen::Result<_>>()?;
+        // Every member must be in the collective at once: submit all, then get.
+        let calls: Vec<_> = shards
+            .iter()
+            .map(|s| s.allreduce_ranks(pg.clone()))
+            .collect::<lumen::Result<_>>()?;
+        let want: f64 = ranks.iter().map(|&r| f64::from(r)).sum();
+        for (i, call) in calls.into_iter().enumerate() {
+            let (comm_rank, size, sum, job_rank) = call.get_timeout(Duration::from_secs(60))?;
+            println!("shard {i}: job rank {job_rank}, communicator rank {comm_rank} of {size}, sum {sum}");
+            assert_eq!(job_rank, ranks[i]);
+            assert_eq!(size as usize, ranks.len());
+            assert_eq!(
+                comm_rank as usize,
+                ranks.iter().position(|&r| r == job_rank).unwrap()
+            );
+            assert_eq!(sum, want);
+        }
+        rt.remove_placement_group(&pg)?;
+        done("communicator_from_a_placement_group");
         Ok(())
     }
 }
