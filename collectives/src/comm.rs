@@ -95,6 +95,35 @@ struct Hierarchy {
     node: Communicator,
     /// The node leaders, present at leaders only.
     leaders: Option<Communicator>,
+    /// Node leader (communicator rank) of every member.
+    leader_of: Vec<u32>,
+}
+
+impl Hierarchy {
+    /// Position of `leader` among the leaders (the leaders communicator is
+    /// ordered by communicator rank).
+    fn leader_index(&self, leader: u32) -> u32 {
+        let mut leaders: Vec<u32> = self.leader_of.clone();
+        leaders.sort_unstable();
+        leaders.dedup();
+        leaders.iter().position(|&l| l == leader).unwrap_or(0) as u32
+    }
+
+    /// Position of `rank` within its node communicator.
+    fn node_index(&self, rank: u32) -> u32 {
+        let leader = self.leader_of[rank as usize];
+        (0..rank)
+            .filter(|&r| self.leader_of[r as usize] == leader)
+            .count() as u32
+    }
+
+    /// Members in the order of the two-level gather: by node (leaders'
+    /// order), then by rank within the node.
+    fn gather_order(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.leader_of.len() as u32).collect();
+        order.sort_by_key(|&r| (self.leader_index(self.leader_of[r as usize]), r));
+        order
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -372,7 +401,14 @@ impl Communicator {
         if widest[0] < 2 {
             return Ok(None);
         }
-        Ok(Some(Hierarchy { node, leaders }))
+        let mut leader_of = vec![0u32; self.size() as usize];
+        leader_of[self.rank() as usize] = leader;
+        self.allgather_in_place_impl(&mut leader_of)?;
+        Ok(Some(Hierarchy {
+            node,
+            leaders,
+            leader_of,
+        }))
     }
 
     /// The node's shared segment, set up on first use (collective: every
@@ -1069,6 +1105,22 @@ impl Communicator {
 
     fn bcast_impl<T: Element>(&self, buffer: &mut [T], root: u32) -> Result<()> {
         let bytes = std::mem::size_of_val(buffer);
+        if let (Some(h), BcastAlgorithm::Auto) = (self.hierarchy(), self.inner.config.bcast) {
+            // Two levels: inside the root's node, among the leaders, inside
+            // the other nodes.
+            let root_leader = h.leader_of[root as usize];
+            let mine = h.leader_of[self.rank() as usize];
+            if mine == root_leader {
+                h.node.bcast_impl(buffer, h.node_index(root))?;
+            }
+            if let Some(leaders) = &h.leaders {
+                leaders.bcast_impl(buffer, h.leader_index(root_leader))?;
+            }
+            if mine != root_leader {
+                h.node.bcast_impl(buffer, 0)?;
+            }
+            return Ok(());
+        }
         if matches!(
             self.inner.config.bcast,
             BcastAlgorithm::Auto | BcastAlgorithm::Shm
@@ -1346,6 +1398,10 @@ impl Communicator {
             n * self.size() as usize,
         )?;
         let (r, p) = (self.rank() as usize, self.size() as usize);
+        if let Some(h) = self.hierarchy() {
+            let _guard = self.enter();
+            return self.allgather_two_level(h, send, recv);
+        }
         {
             let _guard = self.enter();
             if let Some(segment) = self.shm_for(std::mem::size_of_val(recv)) {
@@ -1385,6 +1441,35 @@ impl Communicator {
         }
         // The ring sends the own block only from `send`, so it can land last.
         recv[r * n..(r + 1) * n].copy_from_slice(send);
+        Ok(())
+    }
+
+    /// Two-level allgather: inside each node (shared memory), among the
+    /// leaders (each contributes its node's blocks), then the whole result
+    /// inside each node; the blocks arrive grouped by node and are put in
+    /// rank order at the end.
+    fn allgather_two_level<T: Element>(
+        &self,
+        h: &Hierarchy,
+        send: &[T],
+        recv: &mut [T],
+    ) -> Result<()> {
+        let n = send.len();
+        let mut node_blocks = vec![T::zeroed(); h.node.size() as usize * n];
+        h.node.allgather(send, &mut node_blocks)?;
+        let mut grouped = vec![T::zeroed(); recv.len()];
+        if let Some(leaders) = &h.leaders {
+            let mut counts = vec![0usize; leaders.size() as usize];
+            for &leader in &h.leader_of {
+                counts[h.leader_index(leader) as usize] += n;
+            }
+            leaders.allgatherv_impl(&node_blocks, &mut grouped, &counts)?;
+        }
+        h.node.bcast_impl(&mut grouped, 0)?;
+        for (i, &rank) in h.gather_order().iter().enumerate() {
+            let rank = rank as usize;
+            recv[rank * n..(rank + 1) * n].copy_from_slice(&grouped[i * n..(i + 1) * n]);
+        }
         Ok(())
     }
 

@@ -33,7 +33,10 @@
 //! A communicator that spans several nodes also holds a node communicator
 //! and (at node leaders) a leaders communicator: the hierarchical allreduce
 //! reduces over shared memory inside each node, allreduces among the leaders
-//! across nodes and broadcasts back inside the node.
+//! across nodes and broadcasts back inside the node; bcast goes inside the
+//! root's node, among the leaders, then inside the other nodes; allgather
+//! gathers inside each node, exchanges whole nodes' blocks among the leaders
+//! and broadcasts the result inside each node.
 //!
 //! ```no_run
 //! # fn demo(endpoint: lumen_transport::Endpoint) -> lumen_collectives::Result<()> {
@@ -62,10 +65,9 @@
 //! runtime placement group get theirs (`lumen::placement_communicator`).
 //!
 //! Not implemented (yet): Bruck's all-to-all (all-to-all is pairwise or
-//! direct), gatherv/scatterv, hierarchical variants of operations other than
-//! allreduce (bcast, reduce and barrier use the node segment inside each
-//! node, but across nodes they are flat), overlap between two operations of
-//! one communicator.
+//! direct), gatherv/scatterv, two-level variants of alltoall,
+//! reduce_scatter, allgatherv, reduce, gather/scatter and barrier (flat
+//! across nodes), overlap between two operations of one communicator.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
