@@ -841,6 +841,12 @@ mod scenarios {
         let e = task_error(queued.get());
         assert_eq!(e.kind, TaskErrorKind::Cancelled);
         assert_eq!(slow.get()?, 2000);
+        // All of `refs` have finished (rank 1 ran the slow one before
+        // `slow`): a wait by value moves the first `num_returns`, in order.
+        let (first, rest) = lumen::wait(refs.clone(), 2, None)?;
+        let ids = |v: &[ObjectRef<u64>]| v.iter().map(ObjectRef::id).collect::<Vec<_>>();
+        assert_eq!(ids(&first), ids(&refs[..2]));
+        assert_eq!(ids(&rest), ids(&refs[2..]));
         // .await
         let fut = add::remote(&rt, 20, 22)?;
         assert_eq!(block_on(fut.into_future())?, 42);

@@ -225,6 +225,9 @@ struct Mailbox {
     stopped: bool,
     /// No handle is left: stop once the queued calls have run.
     retiring: bool,
+    /// The actor's thread sleeps on `ready` (a call notifies only then:
+    /// std's condvar makes a system call on every notify).
+    waiting: bool,
 }
 
 #[derive(Debug, Default)]
@@ -340,8 +343,11 @@ impl ActorHost {
                     return;
                 }
                 mailbox.calls.push_back(call);
+                let waiting = mailbox.waiting;
                 drop(mailbox);
-                slot.ready.notify_one();
+                if waiting {
+                    slot.ready.notify_one();
+                }
             }
             None => {
                 let killed = lock(&self.killed).get(&actor).copied();
@@ -474,7 +480,9 @@ fn run_calls(
                 if mailbox.retiring {
                     return;
                 }
+                mailbox.waiting = true;
                 mailbox = slot.ready.wait(mailbox).unwrap_or_else(|p| p.into_inner());
+                mailbox.waiting = false;
             }
         };
         let Some(inner) = runtime.upgrade() else {

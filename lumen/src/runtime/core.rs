@@ -9,7 +9,7 @@
 //! after a state change is collected under the lock and done after it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use super::protocol::{
     decode, encode, ActorAddress, Outcome, RankInfo, RankStats, RtMsg, TaskSpec, PROBE_TAG,
     RUNTIME_TAG,
 };
-use super::refs::{Effect, ObjectState, RefTable};
+use super::refs::{Effect, IdMap, ObjectState, RefTable};
 use super::registry::{self, TaskFailure};
 use super::scheduler::{RankSlot, Request, Scheduler};
 use super::store::{Arena, FetchError, ValueStore};
@@ -129,9 +129,9 @@ enum Reply {
 #[derive(Debug)]
 struct State {
     refs: RefTable,
-    in_flight: HashMap<ObjectId, InFlight>,
+    in_flight: IdMap<ObjectId, InFlight>,
     /// Values of borrowed objects: `None` while the owner has not answered.
-    remote_values: HashMap<ObjectId, Option<Outcome>>,
+    remote_values: IdMap<ObjectId, Option<Outcome>>,
     /// Secondary copies of borrowed objects, as the owner last reported.
     remote_copies: HashMap<ObjectId, Vec<Rank>>,
     /// Request id of each outstanding `GetValue`.
@@ -161,6 +161,54 @@ struct CreatedActor {
     restarts_left: u32,
 }
 
+/// Serialises as `RtMsg::Submit(spec)` (a newtype variant, index 0)
+/// without owning the spec; a test checks the bytes are the same.
+struct SubmitRef<'a>(&'a TaskSpec);
+
+impl Serialize for SubmitRef<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_variant("RtMsg", 0, "Submit", self.0)
+    }
+}
+
+/// A condition variable that skips the wake-up system call when nobody
+/// waits: std's futex condvar makes one on every notify, and `on_done`
+/// notifies once per task (the caller of a batch is rarely waiting).
+/// Waiters count themselves under the mutex the state changes under, so
+/// a notifier that changed the state (holding that mutex) and then reads
+/// zero knows every later waiter will see the change before it sleeps.
+#[derive(Debug, Default)]
+struct Changed {
+    condvar: Condvar,
+    waiters: AtomicUsize,
+}
+
+impl Changed {
+    fn notify_all(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.condvar.notify_all();
+        }
+    }
+
+    fn wait_timeout<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, T> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let guard = self
+            .condvar
+            .wait_timeout(guard, timeout)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+}
+
 /// One rank's runtime (shared by `Runtime` handles, `ObjectRef`s, the
 /// message handler and the executor).
 pub(crate) struct Inner {
@@ -171,7 +219,7 @@ pub(crate) struct Inner {
     pub(crate) ranks: Vec<RankInfo>,
     pub(crate) job_id: String,
     state: Mutex<State>,
-    changed: Condvar,
+    changed: Changed,
     scheduler: Mutex<Scheduler>,
     pub(crate) store: ValueStore,
     pub(crate) executor: Arc<Executor>,
@@ -186,6 +234,9 @@ pub(crate) struct Inner {
     spin: Duration,
     /// Futures (`.await`) waiting for objects.
     wakers: Mutex<HashMap<ObjectId, Vec<std::task::Waker>>>,
+    /// Entries in `wakers` (read without its lock: `wake` skips the lock
+    /// when no future waits, the common case).
+    waker_entries: AtomicUsize,
     /// Named actors (rank 0 only).
     names: Mutex<HashMap<String, ActorAddress>>,
     /// Placement groups: the head's table (rank 0), known groups, actors
@@ -269,8 +320,8 @@ impl Inner {
             job_id,
             state: Mutex::new(State {
                 refs: RefTable::new(rank),
-                in_flight: HashMap::new(),
-                remote_values: HashMap::new(),
+                in_flight: IdMap::default(),
+                remote_values: IdMap::default(),
                 remote_copies: HashMap::new(),
                 value_requests: HashMap::new(),
                 value_waiters: HashMap::new(),
@@ -281,7 +332,7 @@ impl Inner {
                 actor_hosts: HashMap::new(),
                 placed_actors: HashMap::new(),
             }),
-            changed: Condvar::new(),
+            changed: Changed::default(),
             scheduler: Mutex::new(Scheduler::new(slots, rank as usize + 1)),
             executor: Executor::new(cpus),
             actors: ActorHost::default(),
@@ -292,6 +343,7 @@ impl Inner {
             inline_max,
             spin: config.wait_spin,
             wakers: Mutex::new(HashMap::new()),
+            waker_entries: AtomicUsize::new(0),
             names: Mutex::new(HashMap::new()),
             groups: GroupRuntime::new(rank, hosts),
             tasks_executed: AtomicU64::new(0),
@@ -329,6 +381,9 @@ impl Inner {
     /// for `slice`. The spin is off by default (`LUMEN_RT_SPIN_US`): on the
     /// 2-core test machine, with 3 processes, spinning 50 us doubled the
     /// sync task latency (89 -> 175 us) by taking the core the worker needed.
+    /// An idle poll yields the core rather than pausing: `perf sched` showed
+    /// the threads of a round trip queued on one core behind a thread that
+    /// spins without yielding, each hop then waiting out the whole spin.
     fn pause<'a>(
         &'a self,
         s: MutexGuard<'a, State>,
@@ -338,14 +393,11 @@ impl Inner {
         if Instant::now() < spin_until {
             drop(s);
             if let Ok(false) = self.endpoint.progress() {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
             return self.lock();
         }
-        self.changed
-            .wait_timeout(s, slice)
-            .map(|(g, _)| g)
-            .unwrap_or_else(|p| p.into_inner().0)
+        self.changed.wait_timeout(s, slice)
     }
 
     fn new_object(&self) -> ObjectId {
@@ -394,12 +446,7 @@ impl Inner {
     fn dispatch(self: &Arc<Self>, src: Rank, message: RtMsg) {
         match message {
             RtMsg::Submit(spec) => {
-                {
-                    let mut s = self.lock();
-                    for &id in &spec.refs {
-                        s.refs.hold(id);
-                    }
-                }
+                self.hold_all(&spec.refs);
                 if let Err(spec) = self.executor.push(spec, src) {
                     self.fail_removed(*spec);
                 }
@@ -692,6 +739,9 @@ impl Inner {
     }
 
     fn hold_all(&self, refs: &[ObjectId]) {
+        if refs.is_empty() {
+            return;
+        }
         let mut s = self.lock();
         for &id in refs {
             s.refs.hold(id);
@@ -699,16 +749,33 @@ impl Inner {
     }
 
     pub(crate) fn release_all(self: &Arc<Self>, refs: &[ObjectId]) {
-        let effects: Vec<Effect> = {
+        if refs.is_empty() {
+            return;
+        }
+        let io = {
             let mut s = self.lock();
-            refs.iter().flat_map(|&id| s.refs.release(id)).collect()
+            let effects: Vec<Effect> = refs.iter().flat_map(|&id| s.refs.release(id)).collect();
+            Self::settle(&mut s, effects)
         };
-        self.apply(effects);
+        self.carry_out(io);
     }
 
     /// Carries out the reference table's effects (and those they cause).
     fn apply(self: &Arc<Self>, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        let io = Self::settle(&mut self.lock(), effects);
+        self.carry_out(io);
+    }
+
+    /// The table side of `effects` and of those they cause, done under the
+    /// state lock the caller holds (so that dropping a reference takes the
+    /// lock once); returns what is left to do after the lock: messages and
+    /// store releases ([`Inner::carry_out`]).
+    fn settle(s: &mut State, effects: Vec<Effect>) -> Vec<Effect> {
         let mut queue = effects;
+        let mut io = Vec::new();
         while let Some(effect) = queue.pop() {
             match effect {
                 Effect::Free {
@@ -717,37 +784,56 @@ impl Inner {
                     contained,
                     copies,
                 } => {
-                    if let Some(Outcome::Stored {
-                        rank, key, arena, ..
-                    }) = outcome
-                    {
-                        self.delete_copies(rank, key, arena, &copies);
-                    }
-                    let mut s = self.lock();
                     s.value_waiters.remove(&object);
-                    for id in contained {
+                    for &id in &contained {
                         queue.extend(s.refs.release(id));
                     }
-                }
-                Effect::ActorUnreferenced { actor } => self.retire_actor(actor),
-                Effect::RemoveBorrower { object, count } => {
-                    let owner_dead = {
-                        let mut s = self.lock();
-                        s.remote_values.remove(&object);
-                        s.remote_copies.remove(&object);
-                        s.dead.contains(&object.owner)
-                    };
-                    if !owner_dead {
-                        self.send_or_log(
-                            object.owner,
-                            &RtMsg::RemoveBorrower {
-                                object,
-                                borrower: self.rank,
-                                count,
-                            },
-                        );
+                    if let Some(Outcome::Stored { .. }) = outcome {
+                        io.push(Effect::Free {
+                            object,
+                            outcome,
+                            contained: Vec::new(),
+                            copies,
+                        });
                     }
                 }
+                Effect::RemoveBorrower { object, count } => {
+                    s.remote_values.remove(&object);
+                    s.remote_copies.remove(&object);
+                    if !s.dead.contains(&object.owner) {
+                        io.push(Effect::RemoveBorrower { object, count });
+                    }
+                }
+                Effect::ActorUnreferenced { actor } => {
+                    io.push(Effect::ActorUnreferenced { actor });
+                }
+            }
+        }
+        io
+    }
+
+    /// The part of settled effects that runs without the state lock.
+    fn carry_out(self: &Arc<Self>, io: Vec<Effect>) {
+        for effect in io {
+            match effect {
+                Effect::Free {
+                    outcome:
+                        Some(Outcome::Stored {
+                            rank, key, arena, ..
+                        }),
+                    copies,
+                    ..
+                } => self.delete_copies(rank, key, arena, &copies),
+                Effect::Free { .. } => {}
+                Effect::ActorUnreferenced { actor } => self.retire_actor(actor),
+                Effect::RemoveBorrower { object, count } => self.send_or_log(
+                    object.owner,
+                    &RtMsg::RemoveBorrower {
+                        object,
+                        borrower: self.rank,
+                        count,
+                    },
+                ),
             }
         }
     }
@@ -910,18 +996,26 @@ impl Inner {
     }
 
     pub(crate) fn handle_dropped(self: &Arc<Self>, object: ObjectId) {
-        let effects = {
+        let io = {
             let mut s = self.lock();
-            let effects = s.refs.handle_dropped(object);
-            if object.owner != self.rank && !s.refs.borrows(object) {
-                s.remote_values.remove(&object);
-                s.remote_copies.remove(&object);
+            let effects = self.drop_handle_locked(&mut s, object);
+            if effects.is_empty() {
+                return;
             }
-            effects
+            Self::settle(&mut s, effects)
         };
-        if !effects.is_empty() {
-            self.apply(effects);
+        self.carry_out(io);
+    }
+
+    /// The table side of dropping a handle of `object`; the caller settles
+    /// the effects.
+    fn drop_handle_locked(&self, s: &mut State, object: ObjectId) -> Vec<Effect> {
+        let effects = s.refs.handle_dropped(object);
+        if object.owner != self.rank && !s.refs.borrows(object) {
+            s.remote_values.remove(&object);
+            s.remote_copies.remove(&object);
         }
+        effects
     }
 
     /// Runs `wait` with this thread's executor slots lent out.
@@ -936,6 +1030,9 @@ impl Inner {
     /// carrying them leaves (see `refs`): locally for ours, with an
     /// acknowledged request to the owner for borrowed ones.
     fn register(self: &Arc<Self>, refs: &[ObjectId], to: Rank) -> Result<()> {
+        if refs.is_empty() {
+            return Ok(());
+        }
         let mut requests = Vec::new();
         {
             let mut s = self.lock();
@@ -1083,19 +1180,30 @@ impl Inner {
             attempt: 1,
         };
         let pinned = (spec.options.max_retries > 0 && !spec.refs.is_empty()).then_some(pinned);
+        // Encoded from a borrow: the spec itself moves into `in_flight`
+        // (kept for retries) instead of being cloned.
+        let message = if target == self.rank {
+            Err(RtMsg::Submit(spec.clone()))
+        } else {
+            Ok(encode(&SubmitRef(&spec)))
+        };
         {
             let mut s = self.lock();
             s.refs.create(object, ObjectState::Pending);
             s.in_flight.insert(
                 object,
                 InFlight::Task {
-                    spec: spec.clone(),
+                    spec,
                     rank: target,
                     pinned,
                 },
             );
         }
-        if let Err(e) = self.send(target, &RtMsg::Submit(spec)) {
+        let sent = match message {
+            Ok(bytes) => self.endpoint.send(target, RUNTIME_TAG, &bytes),
+            Err(local) => self.send(target, &local),
+        };
+        if let Err(e) = sent {
             // The monitor retries it once it sees the rank dead.
             tracing::debug!("submitting {name} to rank {target} failed: {e}");
         }
@@ -1104,6 +1212,9 @@ impl Inner {
 
     /// The rank holding the largest stored value among `refs` we own.
     fn largest_argument(&self, refs: &[ObjectId]) -> Option<Rank> {
+        if refs.is_empty() {
+            return None;
+        }
         let s = self.lock();
         refs.iter()
             .filter_map(|&id| match s.refs.state(id) {
@@ -1138,42 +1249,47 @@ impl Inner {
     }
 
     fn on_done(self: &Arc<Self>, object: ObjectId, outcome: Outcome, refs: Vec<ObjectId>) {
-        // The entry is dropped after the lock (a retry record unpins).
-        let (entry, effects, waiters) = {
+        // The entry is dropped after the lock (a retry record unpins). One
+        // lock for the table, the borrowers waiting for the value and the
+        // actor handle count an actor call held while in flight.
+        let (entry, io, waiters) = {
             let mut s = self.lock();
             let entry = s.in_flight.remove(&object);
-            let effects = s.refs.complete(object, outcome.clone(), refs);
             let waiters = s.value_waiters.remove(&object).unwrap_or_default();
-            (entry, effects, waiters)
+            let copy = (!waiters.is_empty()).then(|| outcome.clone());
+            let mut effects = s.refs.complete(object, outcome, refs);
+            if let Some(InFlight::ActorCall {
+                handles: Some(handles),
+                ..
+            }) = &entry
+            {
+                effects.extend(self.drop_handle_locked(&mut s, *handles));
+            }
+            let io = Self::settle(&mut s, effects);
+            (entry, io, copy.map(|outcome| (waiters, outcome)))
         };
-        let (placed, actor_handles) = match &entry {
-            Some(InFlight::Task { rank, .. }) => (Some(*rank), None),
-            Some(InFlight::ActorCall { handles, .. }) => (None, *handles),
-            None => (None, None),
-        };
-        if let Some(rank) = placed {
+        if let Some(InFlight::Task { rank, .. }) = &entry {
             self.scheduler
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .finished(rank);
+                .finished(*rank);
         }
         self.changed.notify_all();
         self.wake(object);
-        for (rank, request) in waiters {
-            self.send_or_log(
-                rank,
-                &RtMsg::Value {
-                    request,
-                    outcome: outcome.clone(),
-                    copies: Vec::new(),
-                },
-            );
+        if let Some((waiters, outcome)) = waiters {
+            for (rank, request) in waiters {
+                self.send_or_log(
+                    rank,
+                    &RtMsg::Value {
+                        request,
+                        outcome: outcome.clone(),
+                        copies: Vec::new(),
+                    },
+                );
+            }
         }
-        self.apply(effects);
+        self.carry_out(io);
         drop(entry);
-        if let Some(handles) = actor_handles {
-            self.handle_dropped(handles);
-        }
     }
 
     /// Runs a task on this (executor) thread and reports its outcome.
@@ -1262,7 +1378,7 @@ impl Inner {
     ) -> Result<Bytes> {
         let outcome = self.wait_outcome(object, timeout)?;
         match outcome {
-            Outcome::Inline(bytes) => Ok(Bytes::Owned(Arc::new(bytes))),
+            Outcome::Inline(bytes) => Ok(Bytes::Inline(bytes)),
             Outcome::Stored {
                 rank,
                 key,
@@ -1347,6 +1463,15 @@ impl Inner {
         object: ObjectId,
         timeout: Option<Duration>,
     ) -> Result<Outcome> {
+        // Ready already (a batch's later results): no clock, no lending of
+        // the executor's slots.
+        let (outcome, send) = self.ready_outcome(&mut self.lock(), object);
+        if let Some(outcome) = outcome {
+            return Ok(outcome);
+        }
+        if let Some(message) = send {
+            self.send_or_log(object.owner, &message);
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         self.blocking(|| {
             let spin_until = Instant::now() + self.spin;
@@ -1387,73 +1512,102 @@ impl Inner {
         if !list.iter().any(|w| w.will_wake(waker)) {
             list.push(waker.clone());
         }
+        // Published before the future re-checks readiness (under the state
+        // lock), so the `wake` of a completion it misses sees the entry.
+        self.waker_entries.store(wakers.len(), Ordering::SeqCst);
     }
 
     fn wake(&self, object: ObjectId) {
-        let woken = self
-            .wakers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&object);
+        if self.waker_entries.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let woken = {
+            let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            let woken = wakers.remove(&object);
+            self.waker_entries.store(wakers.len(), Ordering::SeqCst);
+            woken
+        };
         for waker in woken.into_iter().flatten() {
             waker.wake();
         }
     }
 
     fn wake_all(&self) {
-        let all: Vec<std::task::Waker> = self
-            .wakers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .flat_map(|(_, list)| list)
-            .collect();
+        let all: Vec<std::task::Waker> = {
+            let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            let all = wakers.drain().flat_map(|(_, list)| list).collect();
+            self.waker_entries.store(0, Ordering::SeqCst);
+            all
+        };
         for waker in all {
             waker.wake();
         }
     }
 
+    /// Whether `object` is ready, without copying its outcome; for a
+    /// borrowed object, also the request to send to its owner if none was.
+    fn readiness(&self, s: &mut State, object: ObjectId) -> (bool, Option<RtMsg>) {
+        if object.owner == self.rank {
+            // A missing entry is ready: `get` reports it as freed.
+            return (
+                !matches!(s.refs.state(object), Some(ObjectState::Pending)),
+                None,
+            );
+        }
+        let send = self.request_value(s, object);
+        (matches!(s.remote_values.get(&object), Some(Some(_))), send)
+    }
+
     pub(crate) fn is_ready(self: &Arc<Self>, object: ObjectId) -> bool {
-        let (outcome, send) = {
+        let (ready, send) = {
             let mut s = self.lock();
-            self.ready_outcome(&mut s, object)
+            self.readiness(&mut s, object)
         };
         if let Some(message) = send {
             self.send_or_log(object.owner, &message);
         }
-        outcome.is_some()
+        ready
     }
 
+    /// Waits until `want` of the `count` objects named by `id` (by index)
+    /// are ready or `deadline` passes; returns the indices of the first
+    /// ready ones in index order, at most `want`. Each scan takes the state
+    /// lock once, copies no outcome and stops at the `want`-th ready object.
     pub(crate) fn wait_ready(
         self: &Arc<Self>,
-        objects: &[ObjectId],
+        count: usize,
+        id: impl Fn(usize) -> ObjectId,
         want: usize,
         deadline: Option<Instant>,
-    ) -> Vec<bool> {
+    ) -> Vec<usize> {
         self.blocking(|| {
             let spin_until = Instant::now() + self.spin;
+            let mut ready = Vec::with_capacity(want.min(count));
+            let mut sends = Vec::new();
             let mut s = self.lock();
             loop {
-                let mut sends = Vec::new();
-                let ready: Vec<bool> = objects
-                    .iter()
-                    .map(|&id| {
-                        let (outcome, send) = self.ready_outcome(&mut s, id);
-                        sends.extend(send.map(|m| (id.owner, m)));
-                        outcome.is_some()
-                    })
-                    .collect();
+                ready.clear();
+                for index in 0..count {
+                    if ready.len() == want {
+                        break;
+                    }
+                    let object = id(index);
+                    let (is_ready, send) = self.readiness(&mut s, object);
+                    sends.extend(send.map(|m| (object.owner, m)));
+                    if is_ready {
+                        ready.push(index);
+                    }
+                }
                 if !sends.is_empty() {
                     drop(s);
-                    for (to, message) in sends {
+                    for (to, message) in sends.drain(..) {
                         self.send_or_log(to, &message);
                     }
                     s = self.lock();
                     continue;
                 }
-                let count = ready.iter().filter(|&&r| r).count();
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                if count >= want || left.is_some_and(|l| l.is_zero()) {
+                if ready.len() >= want || left.is_some_and(|l| l.is_zero()) {
                     return ready;
                 }
                 let slice = left.map_or(WAIT_SLICE, |l| l.min(WAIT_SLICE));
@@ -1760,12 +1914,22 @@ impl Inner {
         name: &str,
         args: &impl Serialize,
     ) -> Result<ObjectId> {
-        if let Some(reason) = self.lock().dead_actors.get(&address.id) {
-            return Err(runtime_error(RuntimeError::ActorDied {
-                actor: address.id,
-                reason: reason.clone(),
-            }));
-        }
+        // One lock for the common case: the actor is alive on a live rank.
+        let known_host = {
+            let s = self.lock();
+            if let Some(reason) = s.dead_actors.get(&address.id) {
+                return Err(runtime_error(RuntimeError::ActorDied {
+                    actor: address.id,
+                    reason: reason.clone(),
+                }));
+            }
+            let host = s
+                .actor_hosts
+                .get(&address.id)
+                .copied()
+                .unwrap_or(address.host);
+            (!s.dead.contains(&host)).then_some(host)
+        };
         let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
         let refs = pinned.ids();
         let args = encoded.map_err(|e| {
@@ -1774,7 +1938,10 @@ impl Inner {
                 detail: e.to_string(),
             })
         })?;
-        let host = self.actor_host(address)?;
+        let host = match known_host {
+            Some(host) => host,
+            None => self.actor_host(address)?,
+        };
         self.register(&refs, host)?;
         let object = self.new_object();
         let retry = (address.max_task_retries > 0).then(|| {
@@ -2222,4 +2389,26 @@ fn monitor(runtime: Weak<Inner>) {
 /// Shared by `submit` and friends: a typed `ObjectRef` for an owned id.
 pub(crate) fn owned_ref<T: ?Sized>(inner: &Arc<Inner>, object: ObjectId) -> ObjectRef<T> {
     ObjectRef::owned(object, inner.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submit_ref_encodes_as_the_submit_message() {
+        let spec = TaskSpec {
+            object: ObjectId { owner: 3, seq: 7 },
+            function: 0x1234,
+            name: "module::function".into(),
+            args: vec![1, 2, 3],
+            refs: vec![ObjectId { owner: 1, seq: 2 }],
+            options: TaskOptions::default(),
+            attempt: 1,
+        };
+        assert_eq!(
+            encode(&SubmitRef(&spec)),
+            encode(&RtMsg::Submit(spec.clone()))
+        );
+    }
 }
