@@ -310,7 +310,10 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
     timed("single client wait 1k refs", "rounds/s", 1.0, &mut || {
         let mut not_ready = submit_batch(batch)?;
         for _ in 0..batch {
-            let (_ready, rest) = crate::wait(&not_ready, 1, None)?;
+            // Ray's loop rebinds `not_ready` to wait's answer; handing the
+            // list over by value is the same (wait moves the refs instead
+            // of cloning them).
+            let (_ready, rest) = crate::wait(not_ready, 1, None)?;
             not_ready = rest;
         }
         Ok(())
