@@ -20,7 +20,8 @@
 //! 4. Forwards each rank's stdout and stderr line by line (whole lines, never
 //!    interleaved), prefixed `[rank] ` when asked.
 //! 5. Waits. The first rank that fails (non-zero exit, or killed by a signal)
-//!    stops the job: the others get [`FAILURE_REPORT_WINDOW`] (1 s) to notice
+//!    stops the job (with [`JobSpec::keep_going`], only rank 0's failure does;
+//!    the others are reported and the job goes on): the others get [`FAILURE_REPORT_WINDOW`] (1 s) to notice
 //!    the dead peer and exit with their own error, then SIGTERM and, after a
 //!    2 s grace period, SIGKILL. SIGINT, SIGTERM or SIGHUP to the spawning process is forwarded
 //!    to the ranks the same way.
@@ -84,6 +85,11 @@ pub struct JobSpec {
     pub launch_agent: Option<String>,
     /// Address for the rendezvous server when ranks run on other hosts.
     pub rendezvous_bind: Option<IpAddr>,
+    /// A rank other than 0 that fails does not stop the job (`lumen run
+    /// --keep-going`): for runtime jobs, whose driver (rank 0) retries the
+    /// lost rank's tasks elsewhere and restarts its actors. Rank 0's failure
+    /// still stops the job; the job's status is rank 0's.
+    pub keep_going: bool,
 }
 
 impl JobSpec {
@@ -98,6 +104,7 @@ impl JobSpec {
             label_output: false,
             launch_agent: None,
             rendezvous_bind: None,
+            keep_going: false,
         }
     }
 }
@@ -657,6 +664,12 @@ pub fn run_job(spec: &JobSpec) -> Result<JobOutcome, SpawnError> {
             };
             rank.exit = Some(status);
             running -= 1;
+            if !status.success() && spec.keep_going && index != 0 && stopping_since.is_none() {
+                notice(&format!(
+                    "rank {index} {status}; the job goes on without it (--keep-going)"
+                ));
+                continue;
+            }
             if !status.success() && first_failure.is_none() && stopping_since.is_none() {
                 // Bounded by spec.ranks, a u32.
                 let failed = u32::try_from(index).unwrap_or(u32::MAX);

@@ -106,6 +106,31 @@ fn failing_rank_stops_the_job_with_its_code() {
 }
 
 #[test]
+fn keep_going_outlives_a_failing_rank_but_not_rank_0() {
+    let mut going = spec(4, &["exit", "2", "3", "sleep", "300", "nobarrier"]);
+    going.keep_going = true;
+    let (outcome, _) = run(&going);
+    assert_eq!(outcome.exit_code, 0, "{outcome:?}");
+    assert_eq!(outcome.first_failure, None);
+    assert_eq!(outcome.exits[2], ExitCause::Code(3));
+    for rank in [0usize, 1, 3] {
+        assert_eq!(outcome.exits[rank], ExitCause::Code(0), "{outcome:?}");
+    }
+    // Rank 0 failing still stops the job, with its code.
+    let mut driver_fails = spec(3, &["exit", "0", "4", "hang"]);
+    driver_fails.keep_going = true;
+    let (outcome, _) = run(&driver_fails);
+    assert_eq!(outcome.exit_code, 4, "{outcome:?}");
+    assert_eq!(
+        outcome.first_failure,
+        Some(RankFailure {
+            rank: 0,
+            cause: ExitCause::Code(4)
+        })
+    );
+}
+
+#[test]
 fn killed_rank_fails_the_job_and_shm_is_cleaned() {
     let dir = temp_dir("kill");
     let dir_arg = dir.to_string_lossy().into_owned();

@@ -181,6 +181,12 @@ struct RunArgs {
     /// Prefix each output line with `[rank] `.
     #[arg(long)]
     label: bool,
+    /// A rank other than 0 that fails does not stop the job (rank 0's status
+    /// is the job's): runtime jobs then retry the lost rank's tasks and
+    /// restart its actors elsewhere, as Ray does when a worker dies. (Inside a
+    /// Slurm allocation, where this runs srun, Slurm's own policy applies.)
+    #[arg(long)]
+    keep_going: bool,
     /// Address the rendezvous listens on when ranks run on other hosts
     /// (default: chosen from LUMEN_TCP_IF and the interfaces).
     #[arg(long, value_name = "IP")]
@@ -252,6 +258,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         label_output: args.label,
         launch_agent: args.launch_agent,
         rendezvous_bind: args.rendezvous_bind,
+        keep_going: args.keep_going,
     };
     let outcome = run_job(&spec)?;
     // Exit codes above 255 cannot be returned; clamp to a failure.

@@ -128,6 +128,33 @@ fn embedded_worker_killed_mid_task_is_retried_or_reported() {
     assert!(processes_of_job(&job).is_empty(), "orphans:\n{all}");
 }
 
+/// Runs a scenario under `lumen run -n N --keep-going`: a rank that dies
+/// does not stop the job, so the runtime's own recovery is what is tested.
+fn launched_keep_going(name: &str, ranks: u32) -> String {
+    let mut command = Command::new(lumen());
+    command
+        .args(["run", "-n", &ranks.to_string(), "--keep-going", "--"])
+        .arg(this_binary())
+        .args(scenario_args(name));
+    let output = run_with_timeout(&mut command, 120);
+    let all = text(&output);
+    assert!(output.status.success(), "scenario {name} failed:\n{all}");
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    all
+}
+
+#[test]
+fn lumen_run_keep_going_worker_killed_mid_task_is_retried_or_reported() {
+    // Rank 0 drives, ranks 1-4 serve; three of them die in the scenario.
+    let all = launched_keep_going("worker_killed_mid_task", 5);
+    assert!(all.contains("the job goes on without it"), "{all}");
+}
+
+#[test]
+fn lumen_run_keep_going_actor_restarts_after_its_rank_dies() {
+    launched_keep_going("actor_restarts", 5);
+}
+
 #[test]
 fn embedded_owner_death_fails_borrowers_instead_of_hanging() {
     // Four workers: the scenario kills one.
