@@ -260,6 +260,22 @@ pub struct EndpointBuilder {
     listener: TcpListener,
     segment: Option<NodeSegment>,
     address: PeerAddress,
+    /// Removes the node segment's name when the builder is dropped or
+    /// `connect` returns, successful or not (a job that fails before every
+    /// local rank has mapped the segment, e.g. a rank that never starts
+    /// under `srun`, where no spawner cleans up, would otherwise leave it in
+    /// /dev/shm).
+    _created: Option<UnlinkOnDrop>,
+}
+
+/// Unlinks a shared-memory name when dropped.
+#[derive(Debug)]
+struct UnlinkOnDrop(String);
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        let _ = SharedMapping::unlink(&self.0);
+    }
 }
 
 impl EndpointBuilder {
@@ -278,15 +294,16 @@ impl EndpointBuilder {
         let tcp = listener
             .local_addr()
             .map_err(io_err("reading the listener address"))?;
-        let segment = if options.local_size > 1 && options.local_rank == 0 {
+        let (segment, created) = if options.local_size > 1 && options.local_rank == 0 {
             let name = segment_name(&options.job_id, options.node);
-            Some(NodeSegment::create(
+            let segment = NodeSegment::create(
                 &name,
                 options.local_size as usize,
                 options.config.ring_bytes,
-            )?)
+            )?;
+            (Some(segment), Some(UnlinkOnDrop(name)))
         } else {
-            None
+            (None, None)
         };
         let address = PeerAddress {
             rank: options.rank,
@@ -300,6 +317,7 @@ impl EndpointBuilder {
             listener,
             segment,
             address,
+            _created: created,
         })
     }
 
@@ -316,11 +334,14 @@ impl EndpointBuilder {
         peers: &[PeerAddress],
         mut barrier: impl FnMut() -> Result<(), E>,
     ) -> Result<Endpoint, TransportError> {
+        // `_created` lives to the end of this call: the name goes once every
+        // local rank has mapped the segment (below), or when this fails.
         let EndpointBuilder {
             options,
             listener,
             segment,
             address,
+            _created,
         } = self;
         let listen_addr = address.tcp;
         let size = options.size as usize;
@@ -1599,5 +1620,39 @@ mod tests {
         assert!(m.take(Source::Any, 5).is_none());
         assert_eq!(m.take(Source::Any, 6).unwrap().data, vec![4]);
         assert_eq!(m.len, 0);
+    }
+
+    #[test]
+    fn node_segment_name_goes_when_the_job_fails_before_everyone_mapped_it() {
+        let options = |job: &str| EndpointOptions {
+            rank: 0,
+            size: 2,
+            node: 0,
+            local_rank: 0,
+            local_size: 2,
+            job_id: job.to_string(),
+            secret: JobSecret::random(),
+            config: TransportConfig::default(),
+        };
+        let exists = |job: &str| {
+            std::path::Path::new("/dev/shm")
+                .join(segment_name(job, 0))
+                .exists()
+        };
+        // Dropped before connecting (the rendezvous failed).
+        let job = format!("unlinktest-{}-a", std::process::id());
+        let builder = EndpointBuilder::new(options(&job)).unwrap();
+        assert!(exists(&job));
+        drop(builder);
+        assert!(
+            !exists(&job),
+            "segment of a builder dropped before connect left behind"
+        );
+        // connect fails (a peer table that does not match).
+        let job = format!("unlinktest-{}-b", std::process::id());
+        let builder = EndpointBuilder::new(options(&job)).unwrap();
+        let me = builder.address().clone();
+        assert!(builder.connect(&[me], || Ok::<(), String>(())).is_err());
+        assert!(!exists(&job), "segment of a failed connect left behind");
     }
 }
