@@ -1398,47 +1398,28 @@ impl Communicator {
             n * self.size() as usize,
         )?;
         let (r, p) = (self.rank() as usize, self.size() as usize);
+        let _guard = self.enter();
         if let Some(h) = self.hierarchy() {
-            let _guard = self.enter();
             return self.allgather_two_level(h, send, recv);
         }
-        {
-            let _guard = self.enter();
-            if let Some(segment) = self.shm_for(std::mem::size_of_val(recv)) {
-                let offsets: Vec<usize> = (0..=p).map(|q| q * n).collect();
-                let alive = &mut || self.shm_alive("allgather");
-                if self.single_copy_for(segment, std::mem::size_of_val(send)) {
-                    segment.allgatherv_single_copy(
-                        Some(send),
-                        recv,
-                        &offsets,
-                        self.inner.yield_wait,
-                        alive,
-                    )?;
-                } else {
-                    segment.allgatherv(Some(send), recv, &offsets, self.inner.yield_wait, alive)?;
-                }
-                recv[r * n..(r + 1) * n].copy_from_slice(send);
-                return Ok(());
-            }
+        if self.shm_for(std::mem::size_of_val(recv)).is_some() {
+            // Equal counts: the shared-memory allgatherv.
+            return self.allgatherv_impl(send, recv, &vec![n; p]);
         }
         let steps = if self.inner.config.direct(std::mem::size_of_val(send), p) {
             self.cached(8, 0, || schedule::direct_allgather(r, p))
         } else {
             self.cached(6, 0, || schedule::ring_allgather(r, p, 0))
         };
-        {
-            let _guard = self.enter();
-            let layout = BlockLayout::equal(recv.len(), p);
-            self.run_own(
-                "allgather",
-                &steps,
-                recv,
-                &layout,
-                ReduceOp::Sum,
-                Some((r, send)),
-            )?;
-        }
+        let layout = BlockLayout::equal(recv.len(), p);
+        self.run_own(
+            "allgather",
+            &steps,
+            recv,
+            &layout,
+            ReduceOp::Sum,
+            Some((r, send)),
+        )?;
         // The ring sends the own block only from `send`, so it can land last.
         recv[r * n..(r + 1) * n].copy_from_slice(send);
         Ok(())

@@ -716,33 +716,8 @@ impl Segment {
     fn read_peer(&self, q: usize, addr: u64, dst: &mut [u8]) -> std::io::Result<()> {
         let pid = self
             .word(HEADER + q * CONTROL + PID_OFFSET)
-            .load(Ordering::Relaxed) as libc::pid_t;
-        let mut done = 0usize;
-        while done < dst.len() {
-            let local = libc::iovec {
-                iov_base: dst[done..].as_mut_ptr().cast(),
-                iov_len: dst.len() - done,
-            };
-            let remote = libc::iovec {
-                iov_base: (addr as usize + done) as *mut libc::c_void,
-                iov_len: dst.len() - done,
-            };
-            // SAFETY: `local` covers the rest of `dst`, which we borrow
-            // mutably; the kernel checks the remote range (EFAULT if it is
-            // not mapped in `pid`) and never writes to it.
-            let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "process_vm_readv read nothing",
-                ));
-            }
-            done += n as usize;
-        }
-        Ok(())
+            .load(Ordering::Relaxed) as i32;
+        lumen_transport::read_process_memory(pid, addr, dst)
     }
 
     fn read_elements<T: Element>(

@@ -70,3 +70,4 @@ pub use endpoint::{
     segment_name, Endpoint, EndpointBuilder, EndpointOptions, Handler, Message, PeerAddress, Rank,
     RegionKey, Source, TransportError, RESERVED_TAGS,
 };
+pub use sys::read_process_memory;

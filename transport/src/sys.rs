@@ -69,8 +69,9 @@ impl ProcessWatch {
 }
 
 /// Copies `dst.len()` bytes from address `addr` of process `pid` into `dst`
-/// (single copy, kernel to kernel). Fails with EPERM where ptrace rules forbid it.
-pub(crate) fn read_process_memory(pid: i32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
+/// (`process_vm_readv`: a single copy, kernel to kernel). Fails with EPERM
+/// where ptrace rules forbid it, EFAULT where the range is not mapped there.
+pub fn read_process_memory(pid: i32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
     let mut done = 0usize;
     while done < dst.len() {
         let local = libc::iovec {
