@@ -33,7 +33,6 @@
 //! owner had released while that process pinned them are freed.
 
 use std::cell::UnsafeCell;
-use std::ffi::CString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -41,7 +40,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::heap::{block_size_for, Heap, HeapState, Memory, HEADER, NONE};
-use crate::lock::{process_alive, Acquired, RobustLock};
+use lumen_transport::sys::{process_alive, SharedMapping, SharedObject};
+
+use crate::lock::{Acquired, RobustLock};
 use crate::table::{
     self, Entry, CREATED, EMPTY, FLAG_EVICTABLE, FLAG_RELEASED, MAX_PROCESSES, SEALED, SPILLED,
 };
@@ -156,25 +157,11 @@ struct Header {
 
 const _: () = assert!(std::mem::size_of::<Header>() as u64 <= PAGE);
 
-/// A shared mapping of the whole segment.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len come from a successful mmap and are unmapped once;
-        // every view and writer holds the `Arc<Inner>` owning this mapping.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
-        }
-    }
-}
-
 struct Inner {
     name: String,
-    map: Mapping,
+    /// The whole segment; every view and writer holds the `Arc<Inner>`
+    /// owning it, so it is unmapped only after the last of them.
+    map: SharedMapping,
     table_slots: usize,
     heap_offset: u64,
     capacity: u64,
@@ -245,45 +232,21 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ObjectSt
     move |source| ObjectStoreError::Io { context, source }
 }
 
-fn shm_name(name: &str) -> Result<CString, ObjectStoreError> {
+/// Checks an arena name: it becomes `/dev/shm/{name}`, so it must be
+/// non-empty and free of `/` (the platform layer would refuse it with a less
+/// specific error).
+fn check_name(name: &str) -> Result<(), ObjectStoreError> {
     if name.is_empty() || name.contains('/') {
         return Err(ObjectStoreError::InvalidOptions(format!(
             "arena name {name:?} must be non-empty and contain no '/'"
         )));
     }
-    CString::new(format!("/{name}"))
-        .map_err(|_| ObjectStoreError::InvalidOptions(format!("NUL in arena name {name:?}")))
-}
-
-fn map_fd(fd: i32, len: usize, name: &str) -> Result<Mapping, ObjectStoreError> {
-    // SAFETY: a fresh shared mapping of a valid fd; the kernel picks the address.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io_err(format!("mapping arena {name}"))(
-            std::io::Error::last_os_error(),
-        ));
+    if name.contains('\0') {
+        return Err(ObjectStoreError::InvalidOptions(format!(
+            "NUL in arena name {name:?}"
+        )));
     }
-    Ok(Mapping {
-        ptr: ptr.cast(),
-        len,
-    })
-}
-
-struct Fd(i32);
-impl Drop for Fd {
-    fn drop(&mut self) {
-        // SAFETY: we own this descriptor and close it once.
-        unsafe { libc::close(self.0) };
-    }
+    Ok(())
 }
 
 /// Memory of the heap inside the mapping (word access by byte offset).
@@ -318,12 +281,12 @@ impl Inner {
     fn header(&self) -> &Header {
         // SAFETY: the mapping starts with a Header (checked at open), is
         // page-aligned and outlives `self`.
-        unsafe { &*self.map.ptr.cast::<Header>() }
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
     }
 
     fn heap_base(&self) -> *mut u8 {
         // SAFETY: heap_offset + capacity <= mapping length (checked at open).
-        unsafe { self.map.ptr.add(self.heap_offset as usize) }
+        unsafe { self.map.as_ptr().add(self.heap_offset as usize) }
     }
 
     fn lock(&self) -> Result<Locked<'_>, ObjectStoreError> {
@@ -398,7 +361,7 @@ impl Locked<'_> {
     fn procs(&mut self) -> &mut [u32; MAX_PROCESSES] {
         // SAFETY: `procs` is only accessed under the lock we hold, through
         // `&mut self`, so this is the only reference.
-        unsafe { &mut (*self.inner.map.ptr.cast::<Header>()).procs }
+        unsafe { &mut (*self.inner.map.as_ptr().cast::<Header>()).procs }
     }
 
     /// Drops slot `s`'s pins everywhere (freeing released objects it was the
@@ -452,7 +415,7 @@ impl Locked<'_> {
         // reference in this process.
         unsafe {
             std::slice::from_raw_parts_mut(
-                inner.map.ptr.add(PAGE as usize).cast::<Entry>(),
+                inner.map.as_ptr().add(PAGE as usize).cast::<Entry>(),
                 inner.table_slots,
             )
         }
@@ -757,7 +720,7 @@ impl NodeArena {
         capacity: u64,
         options: ArenaOptions,
     ) -> Result<Self, ObjectStoreError> {
-        let cname = shm_name(name)?;
+        check_name(name)?;
         let capacity = capacity
             .checked_add(63)
             .map(|c| c & !63)
@@ -796,40 +759,31 @@ impl NodeArena {
         let heap_offset =
             (table_offset + slots * std::mem::size_of::<Entry>() as u64).div_ceil(PAGE) * PAGE;
         let total = heap_offset + capacity;
-        // SAFETY: valid C string; flags and mode are plain integers.
-        let fd = unsafe {
-            libc::shm_open(
-                cname.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-                0o600,
-            )
-        };
-        if fd < 0 {
-            let err = std::io::Error::last_os_error();
+        let object = SharedObject::create(name).map_err(|err| {
             let hint = if err.kind() == std::io::ErrorKind::AlreadyExists {
                 " (left over from an earlier job? NodeArena::unlink it, or remove the file)"
             } else {
                 ""
             };
-            return Err(io_err(format!("creating arena /dev/shm/{name}{hint}"))(err));
-        }
-        let fd = Fd(fd);
-        // SAFETY: valid fd; ftruncate extends the object with zero bytes.
-        if unsafe { libc::ftruncate(fd.0, total as libc::off_t) } != 0 {
-            let err = std::io::Error::last_os_error();
-            // SAFETY: valid C string.
-            unsafe { libc::shm_unlink(cname.as_ptr()) };
-            return Err(io_err(format!("sizing arena {name} to {total} bytes"))(err));
-        }
-        let map = match map_fd(fd.0, total as usize, name) {
-            Ok(m) => m,
+            io_err(format!("creating arena /dev/shm/{name}{hint}"))(err)
+        })?;
+        let map = object
+            .set_len(total)
+            .map_err(io_err(format!("sizing arena {name} to {total} bytes")))
+            .and_then(|()| {
+                object
+                    .map(total as usize)
+                    .map_err(io_err(format!("mapping arena {name}")))
+            });
+        let map = match map {
+            Ok(map) => map,
             Err(e) => {
-                // SAFETY: valid C string.
-                unsafe { libc::shm_unlink(cname.as_ptr()) };
+                let _ = SharedMapping::unlink(name);
                 return Err(e);
             }
         };
-        let header = map.ptr.cast::<Header>();
+        drop(object);
+        let header = map.as_ptr().cast::<Header>();
         let mut spill_dir = [0u8; SPILL_DIR_MAX];
         spill_dir[..spill_bytes.len()].copy_from_slice(&spill_bytes);
         // SAFETY: the mapping is fresh, zeroed, page-aligned and at least PAGE
@@ -899,34 +853,26 @@ impl NodeArena {
 
     /// Maps an existing arena; checks magic, version and sizes.
     pub fn open(name: &str) -> Result<Self, ObjectStoreError> {
-        let cname = shm_name(name)?;
-        // SAFETY: valid C string.
-        let fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR, 0) };
-        if fd < 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(if err.kind() == std::io::ErrorKind::NotFound {
+        check_name(name)?;
+        let object = SharedObject::open(name).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::NotFound {
                 ObjectStoreError::NoSuchArena { name: name.into() }
             } else {
                 io_err(format!("opening arena /dev/shm/{name}"))(err)
-            });
-        }
-        let fd = Fd(fd);
-        // SAFETY: `stat` is plain old data, fully written by fstat on success.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid fd and out pointer.
-        if unsafe { libc::fstat(fd.0, &mut stat) } != 0 {
-            return Err(io_err(format!("stat of arena {name}"))(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let size = u64::try_from(stat.st_size).unwrap_or(0);
+            }
+        })?;
+        let size = object
+            .len()
+            .map_err(io_err(format!("stat of arena {name}")))?;
         if size < PAGE {
             return Err(ObjectStoreError::BadArena {
                 name: name.into(),
                 detail: format!("{size} bytes, smaller than a header (still being created?)"),
             });
         }
-        let map = map_fd(fd.0, size as usize, name)?;
+        let map = object
+            .map(size as usize)
+            .map_err(io_err(format!("mapping arena {name}")))?;
         let mut inner = Self::from_mapping(name, map, false)?;
         inner.claim_slot()?;
         Ok(NodeArena {
@@ -954,14 +900,18 @@ impl NodeArena {
         }
     }
 
-    fn from_mapping(name: &str, map: Mapping, creating: bool) -> Result<Inner, ObjectStoreError> {
+    fn from_mapping(
+        name: &str,
+        map: SharedMapping,
+        creating: bool,
+    ) -> Result<Inner, ObjectStoreError> {
         let bad = |detail: String| ObjectStoreError::BadArena {
             name: name.into(),
             detail,
         };
         // SAFETY: the mapping is at least PAGE >= size_of::<Header>() bytes and
         // page-aligned; every bit pattern is valid for Header's fields.
-        let header = unsafe { &*map.ptr.cast::<Header>() };
+        let header = unsafe { &*map.as_ptr().cast::<Header>() };
         let magic = header.magic.load(Ordering::Acquire);
         if magic != MAGIC && !(creating && magic == 0) {
             return Err(bad(format!(
@@ -980,7 +930,7 @@ impl NodeArena {
             return Err(bad("header or entry size differs from this build's".into()));
         }
         let slots = header.table_slots;
-        let ok = header.total_size == map.len as u64
+        let ok = header.total_size == map.len() as u64
             && header.table_offset == PAGE
             && slots.is_power_of_two()
             && header
@@ -991,7 +941,11 @@ impl NodeArena {
         if !ok {
             return Err(bad(format!(
                 "sizes inconsistent: total {} (mapped {}), table {} slots, heap at {} of {} bytes",
-                header.total_size, map.len, slots, header.heap_offset, header.capacity
+                header.total_size,
+                map.len(),
+                slots,
+                header.heap_offset,
+                header.capacity
             )));
         }
         let dir_len = (header.spill_dir_len as usize).min(SPILL_DIR_MAX);
@@ -1020,15 +974,13 @@ impl NodeArena {
     /// Removes the name from /dev/shm and the arena's spill files. Existing
     /// mappings stay valid until dropped.
     pub fn unlink(name: &str) -> Result<(), ObjectStoreError> {
-        let cname = shm_name(name)?;
+        check_name(name)?;
         if let Ok(arena) = Self::open(name) {
             if let Some(dir) = &arena.inner.spill_dir {
                 let _ = std::fs::remove_dir_all(dir);
             }
         }
-        // SAFETY: valid C string.
-        if unsafe { libc::shm_unlink(cname.as_ptr()) } != 0 {
-            let err = std::io::Error::last_os_error();
+        if let Err(err) = SharedMapping::unlink(name) {
             if err.kind() == std::io::ErrorKind::NotFound {
                 return Err(ObjectStoreError::NoSuchArena { name: name.into() });
             }

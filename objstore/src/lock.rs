@@ -17,13 +17,16 @@
 //! registered in the kernel's robust list, which Rust's standard library does
 //! not expose and which is per thread, not per process; the pid word gives the
 //! same guarantee for our use (whole processes die, threads do not die while
-//! holding it: the guard unlocks on unwind) in a few lines. Limits: every
+//! holding it: the guard unlocks on unwind) in a few lines. The futex and
+//! liveness calls are the platform layer's (`lumen_transport::sys`). Limits: every
 //! process of the node must share a pid namespace, and a holder's pid reused
 //! by a new process within the 5 ms check would look alive (the lock then waits
 //! for that process instead; it does not break mutual exclusion).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+use lumen_transport::sys::{futex_wait, futex_wake_one, process_alive};
 
 /// The lock's two words, `#[repr(C)]` inside the arena header.
 #[repr(C)]
@@ -106,58 +109,6 @@ impl RobustLock {
     pub(crate) fn holder(&self) -> u32 {
         self.owner.load(Ordering::Relaxed)
     }
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `word` is a valid, aligned u32 for the call; the kernel only reads
-    // it. A spurious or failed wait is harmless: the caller loops.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-        );
-    }
-}
-
-fn futex_wake_one(word: &AtomicU32) {
-    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE does not dereference it.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1);
-    }
-}
-
-/// Whether process `pid` still runs. An exited process that its parent has
-/// not reaped yet (a zombie) counts as dead: its pidfd is readable.
-pub(crate) fn process_alive(pid: u32) -> bool {
-    // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd >= 0 {
-        let mut poll = libc::pollfd {
-            fd: fd as i32,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-        // SAFETY: we own fd (just returned by the kernel) and close it once.
-        unsafe { libc::close(fd as i32) };
-        return !(ready > 0 && poll.revents & libc::POLLIN != 0);
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        return false;
-    }
-    // pidfd refused (old kernel, seccomp): fall back to a null signal.
-    // SAFETY: signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 #[cfg(test)]

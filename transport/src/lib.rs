@@ -42,7 +42,7 @@ pub mod frame;
 pub mod handshake;
 pub mod shm;
 mod stripe;
-mod sys;
+pub mod sys;
 mod tcp;
 mod uring;
 pub mod wire;

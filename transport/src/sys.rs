@@ -1,16 +1,40 @@
-//! Thin wrappers over the few Linux calls the transport needs (futex, pidfd,
-//! process_vm_readv, shared-memory objects). Every `unsafe` block of the crate
-//! that talks to the kernel lives here or in `shm.rs`/`uring.rs`.
+//! The one platform layer of Lumen: thin wrappers over the few Linux calls
+//! the runtime needs. Public as `lumen_transport::sys` so that the object
+//! store and the collectives map shared memory and sleep on futexes through
+//! the same code as the transport, instead of copies of it.
+//!
+//! What is public:
+//! - [`SharedObject`] and [`SharedMapping`]: POSIX shared-memory objects
+//!   (`/dev/shm/{name}`): exclusive create, open of an existing object whose
+//!   size is read with `fstat`, `ftruncate`, `mmap`, `shm_unlink`. A mapping
+//!   is unmapped once, when dropped; the object's fd is closed once, when
+//!   its [`SharedObject`] is dropped (a mapping outlives its fd).
+//! - [`futex_wait`], [`futex_wake_one`], [`futex_wake_all`]: process-shared
+//!   futexes (no `FUTEX_PRIVATE_FLAG`: the word may live in a shared mapping).
+//! - [`ProcessWatch`] and [`process_alive`]: whether another process of the
+//!   node has exited (pidfd, a null signal as fallback).
+//! - [`read_process_memory`]: a single-copy read of a peer's memory.
+//!
+//! The socket helpers (non-blocking receive, `MSG_ZEROCOPY`, epoll) stay
+//! crate-private: only the TCP backend uses them. Every `unsafe` block of the
+//! transport that talks to the kernel lives here or in `shm.rs`/`uring.rs`.
+//!
+//! Names of shared-memory objects are given without or with one leading `/`
+//! (`"lumen-x"` and `"/lumen-x"` name the same object, `/dev/shm/lumen-x`);
+//! any other `/`, an empty name or a NUL is refused with `InvalidInput`.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 /// Sleeps while `*word == expected`, at most `timeout`. Works across processes
 /// (the word may live in a shared mapping: no FUTEX_PRIVATE_FLAG).
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+///
+/// Returns on a wake-up, on the timeout, when `*word != expected` already,
+/// or spuriously (a signal): callers re-check their condition in a loop.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -28,23 +52,32 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     }
 }
 
-/// Wakes every waiter sleeping on `word`.
-pub(crate) fn futex_wake_all(word: &AtomicU32) {
+/// Wakes every waiter sleeping on `word` (in any process).
+pub fn futex_wake_all(word: &AtomicU32) {
+    futex_wake(word, i32::MAX);
+}
+
+/// Wakes at most one waiter sleeping on `word` (in any process).
+pub fn futex_wake_one(word: &AtomicU32) {
+    futex_wake(word, 1);
+}
+
+fn futex_wake(word: &AtomicU32, count: i32) {
     // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE does not dereference it.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, count);
     }
 }
 
 /// A handle that tells whether another process has exited (pidfd).
 #[derive(Debug)]
-pub(crate) struct ProcessWatch {
+pub struct ProcessWatch {
     fd: OwnedFd,
 }
 
 impl ProcessWatch {
     /// Opens a pidfd for `pid`.
-    pub(crate) fn open(pid: i32) -> io::Result<Self> {
+    pub fn open(pid: i32) -> io::Result<Self> {
         // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd < 0 {
@@ -56,7 +89,7 @@ impl ProcessWatch {
     }
 
     /// True once the process has exited (a zombie counts as exited).
-    pub(crate) fn exited(&self) -> bool {
+    pub fn exited(&self) -> bool {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -65,6 +98,25 @@ impl ProcessWatch {
         // SAFETY: one valid pollfd, zero timeout.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
         n > 0 && pfd.revents & libc::POLLIN != 0
+    }
+}
+
+/// Whether process `pid` still runs. An exited process that its parent has
+/// not reaped yet (a zombie) counts as dead: its pidfd is readable. Where
+/// pidfds are refused (old kernel, seccomp) a null signal decides, which
+/// counts a zombie as alive.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false; // no such pid on Linux
+    };
+    match ProcessWatch::open(pid) {
+        Ok(watch) => !watch.exited(),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => false,
+        Err(_) => {
+            // SAFETY: signal 0 only checks for existence and permission.
+            let r = unsafe { libc::kill(pid, 0) };
+            r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+        }
     }
 }
 
@@ -369,27 +421,36 @@ impl Epoll {
     }
 }
 
-/// A shared-memory object mapped into this process.
+/// A POSIX shared-memory object (`/dev/shm/{name}`) opened by this process,
+/// before or beside its mapping: the steps of [`SharedMapping::create`] and
+/// [`SharedMapping::open`] one by one, for callers that report each step's
+/// failure in their own words or check the size against their layout.
 #[derive(Debug)]
-pub(crate) struct SharedMapping {
-    ptr: *mut u8,
-    len: usize,
+pub struct SharedObject {
+    fd: OwnedFd,
 }
-
-// SAFETY: the mapping is plain memory; all concurrent access to it goes through
-// atomics or through ring protocols documented in `shm.rs`.
-unsafe impl Send for SharedMapping {}
-// SAFETY: as above.
-unsafe impl Sync for SharedMapping {}
 
 fn shm_name(name: &str) -> io::Result<CString> {
-    CString::new(format!("/{name}"))
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in segment name"))
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    if bare.is_empty() || bare.contains('/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("shared-memory name {name:?} must be non-empty and contain no '/' but a leading one"),
+        ));
+    }
+    CString::new(format!("/{bare}")).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("NUL in shared-memory name {name:?}"),
+        )
+    })
 }
 
-impl SharedMapping {
-    /// Creates `/dev/shm/{name}` of `len` zeroed bytes (fails if it exists).
-    pub(crate) fn create(name: &str, len: usize) -> io::Result<Self> {
+impl SharedObject {
+    /// Creates `/dev/shm/{name}` empty, readable and writable by this user
+    /// only; fails with `AlreadyExists` if it exists (`O_CREAT | O_EXCL`).
+    /// Size it with [`SharedObject::set_len`].
+    pub fn create(name: &str) -> io::Result<Self> {
         let cname = shm_name(name)?;
         // SAFETY: valid C string; flags and mode are plain integers.
         let fd = unsafe {
@@ -399,49 +460,117 @@ impl SharedMapping {
                 0o600,
             )
         };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just returned by shm_open and is owned by us alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: valid fd; ftruncate extends the object with zero bytes.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            let err = io::Error::last_os_error();
-            let _ = Self::unlink(name);
-            return Err(err);
-        }
-        Self::map(&fd, len)
+        Self::from_result(fd)
     }
 
-    /// Maps an existing `/dev/shm/{name}`; returns `Ok(None)` while it does not exist yet.
-    pub(crate) fn open(name: &str) -> io::Result<Option<Self>> {
+    /// Opens an existing `/dev/shm/{name}` for reading and writing; fails
+    /// with `NotFound` if it does not exist.
+    pub fn open(name: &str) -> io::Result<Self> {
         let cname = shm_name(name)?;
         // SAFETY: valid C string.
         let fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR, 0) };
+        Self::from_result(fd)
+    }
+
+    fn from_result(fd: libc::c_int) -> io::Result<Self> {
         if fd < 0 {
-            let err = io::Error::last_os_error();
-            return if err.kind() == io::ErrorKind::NotFound {
-                Ok(None)
-            } else {
-                Err(err)
-            };
+            return Err(io::Error::last_os_error());
         }
         // SAFETY: fd was just returned by shm_open and is owned by us alone.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(SharedObject { fd })
+    }
+
+    /// Sets the object's size; bytes added read as zero (`ftruncate`).
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        let len = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size beyond off_t"))?;
+        // SAFETY: valid fd; ftruncate extends the object with zero bytes.
+        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The object's current size in bytes (`fstat`); 0 while its creator has
+    /// not sized it yet.
+    pub fn len(&self) -> io::Result<u64> {
         // SAFETY: `stat` is plain old data, fully written by fstat on success.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: valid fd and a valid out pointer.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
+        if unsafe { libc::fstat(self.fd.as_raw_fd(), &mut stat) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        if stat.st_size <= 0 {
-            return Ok(None); // created but not yet sized by its creator
-        }
-        Self::map(&fd, stat.st_size as usize).map(Some)
+        Ok(u64::try_from(stat.st_size).unwrap_or(0))
     }
 
-    fn map(fd: &OwnedFd, len: usize) -> io::Result<Self> {
-        // SAFETY: a fresh shared mapping of a valid fd; we never alias it as `&mut`.
+    /// Maps the first `len` bytes, shared and writable. The mapping stays
+    /// valid after this object (its fd) is dropped.
+    pub fn map(&self, len: usize) -> io::Result<SharedMapping> {
+        SharedMapping::map_fd(self.fd.as_fd(), len)
+    }
+}
+
+impl AsFd for SharedObject {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A shared mapping (`mmap(MAP_SHARED)`, read and write) in this process,
+/// unmapped when dropped. The memory is shared with every other process that
+/// maps the same object: users must only touch it through atomics or through
+/// protocols that give one writer at a time (and say so in their docs).
+#[derive(Debug)]
+pub struct SharedMapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; all concurrent access to it goes through
+// atomics or through the protocols of its users (rings in `shm.rs`, the
+// object store's lock, the collectives' flags), which is why the raw pointer
+// is only handed out by `as_ptr`.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMapping {}
+
+impl SharedMapping {
+    /// Creates `/dev/shm/{name}` of `len` zeroed bytes (fails with
+    /// `AlreadyExists` if it exists) and maps it. On a failure after the
+    /// create, the name is removed again.
+    pub fn create(name: &str, len: usize) -> io::Result<Self> {
+        let object = SharedObject::create(name)?;
+        let mapped = object.set_len(len as u64).and_then(|()| object.map(len));
+        if mapped.is_err() {
+            let _ = Self::unlink(name);
+        }
+        mapped
+    }
+
+    /// Maps an existing `/dev/shm/{name}` whole; returns `Ok(None)` while it
+    /// does not exist yet, or exists but its creator has not sized it yet.
+    pub fn open(name: &str) -> io::Result<Option<Self>> {
+        let object = match SharedObject::open(name) {
+            Ok(object) => object,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let len = object.len()?;
+        if len == 0 {
+            return Ok(None); // created but not yet sized by its creator
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "object beyond usize"))?;
+        object.map(len).map(Some)
+    }
+
+    /// Maps the first `len` bytes of the shared-memory object or file `fd`,
+    /// shared and writable, at an address the kernel picks. The fd may be
+    /// closed afterwards; the mapping keeps the object alive.
+    pub fn map_fd(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping of a valid fd at an address the kernel
+        // picks, so it aliases no Rust object; we never hand out `&mut` to it.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -462,7 +591,7 @@ impl SharedMapping {
     }
 
     /// Removes the name; mappings stay valid until unmapped.
-    pub(crate) fn unlink(name: &str) -> io::Result<()> {
+    pub fn unlink(name: &str) -> io::Result<()> {
         let cname = shm_name(name)?;
         // SAFETY: valid C string.
         if unsafe { libc::shm_unlink(cname.as_ptr()) } != 0 {
@@ -471,20 +600,28 @@ impl SharedMapping {
         Ok(())
     }
 
-    /// Base address.
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
+    /// Base address: page-aligned, valid for reads and writes of
+    /// [`len`](Self::len) bytes for as long as `self` lives.
+    pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
 
     /// Length in bytes.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// True for a mapping of zero bytes (never produced: `mmap` refuses them).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
 impl Drop for SharedMapping {
     fn drop(&mut self) {
-        // SAFETY: ptr/len come from a successful mmap and are unmapped once.
+        // SAFETY: ptr/len come from a successful mmap and are unmapped once;
+        // users that hand out references into the mapping keep it alive
+        // for as long as those live (documented at each user).
         unsafe {
             libc::munmap(self.ptr.cast(), self.len);
         }
