@@ -1,6 +1,32 @@
 //! Collectives for Lumen: communicators and MPI-class algorithms over the
 //! transport, and (feature `nccl`) NCCL communicators over GPU buffers.
 //!
+//! # What this crate owns
+//!
+//! - [`Communicator`]: a group of ranks with its own message space (world,
+//!   `split`, `create`, `create_group`), the blocking collectives and their
+//!   non-blocking [`Request`]s, point-to-point `send`/`recv` ([`comm`]);
+//! - the schedules, as pure functions stepped by a simulator in the tests
+//!   ([`schedule`]), and the choice among them ([`config`],
+//!   [`CollectiveConfig`], `LUMEN_COLL_*`);
+//! - the shared-memory algorithms inside a node ([`shm`]);
+//! - element types and reductions ([`Element`], [`ReduceOp`]), errors
+//!   ([`CollectiveError`]);
+//! - NCCL communicators over device buffers (`nccl`, feature `nccl`).
+//!
+//! # What it must not depend on
+//!
+//! Among Lumen crates only `lumen-transport`: the
+//! [`lumen_transport::Endpoint`] it sends through, and the transport's
+//! platform layer for shared mappings and cross-process reads. It knows
+//! nothing of the runtime, the object store, the scheduler or the
+//! launcher: `lumen` builds communicators on top
+//! (`lumen::world_communicator`, `lumen::placement_communicator`), never
+//! the other way round. Inside the crate the dependencies go one way too:
+//! `comm` uses `shm`, `schedule` and `config`; `shm` uses neither `comm`
+//! nor `schedule` (the liveness period both need is in a small module
+//! below both).
+//!
 //! ```text
 //!   Communicator::world(endpoint)    split(color, key) / create(ranks) / create_group
 //!            │                                       │
@@ -11,11 +37,11 @@
 //!            ▼
 //!   schedule.rs: pure schedules (ring, recursive doubling, Rabenseifner,
 //!   binomial trees, pairwise exchange, dissemination), simulated in tests
-//!            │  comm.rs: executes steps; tags 0xC | context | sequence | round
+//!            │  comm/: executes steps; tags 0xC | context | sequence | round
 //!            ▼
 //!   lumen_transport::Endpoint (shared memory on a node, TCP across nodes)
 //!
-//!   shm.rs: communicators inside one node skip the messages: one segment
+//!   shm/: communicators inside one node skip the messages: one segment
 //!   mapped by all members, flag handshakes, inline cache lines for tiny
 //!   data, pipelined slots, single-copy reads (process_vm_readv) of peers'
 //!   buffers for long ones
@@ -75,6 +101,7 @@ pub mod comm;
 pub mod config;
 pub mod element;
 pub mod error;
+mod liveness;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod schedule;
