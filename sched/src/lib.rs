@@ -1,0 +1,110 @@
+//! Lumen's scheduling core: what ranks offer, where tasks and actors run,
+//! and how placement groups reserve resources. Everything here is sans-IO:
+//! no threads, sockets, clocks or processes. The `lumen` runtime drives
+//! these types from its submitters, its executors and rank 0's head
+//! service, and re-exports the ones users name (`lumen::Resources`,
+//! `lumen::PlacementStrategy`, `lumen::runtime::PlacementGroupId`, ...).
+//!
+//! **Rule:** this crate depends on no other Lumen crate (only `serde`,
+//! `thiserror` and `std`). The runtime, the launcher and the benchmarks
+//! build on it; a policy that needs a transport or a process to be tested
+//! is in the wrong crate. Ranks are plain [`Rank`] numbers (`u32`, the
+//! same integers as the transport's ranks).
+//!
+//! # What lives here
+//! - [`Resources`]: amounts of CPUs, GPUs and custom resources (Ray's
+//!   `num_cpus`, `num_gpus`, `resources`).
+//! - [`Scheduler`] (module `policy`): the placement policy of one
+//!   submitting rank, over [`RankSlot`]s: exact rank, node affinity,
+//!   feasibility against total resources ([`Infeasible`] otherwise), data
+//!   locality, least load, a warm rank for chains of dependent tasks.
+//! - Placement groups: their names ([`PlacementGroupId`],
+//!   [`PlacementStrategy`], [`PlacementGroupScheduling`]), the strategies
+//!   PACK / SPREAD / STRICT_PACK / STRICT_SPREAD ([`place`]) and the
+//!   job-wide [`PlacementTable`], stepped by its callers and answering in
+//!   [`Action`]s (reserve, release, answer).
+//! - [`CpuSlots`]: a rank's CPU accounting as its executor sees it, the
+//!   free pool and one pool per bundle reserved there.
+//!
+//! # What comes next, and where
+//! Machine topology (hwloc, a sysfs fallback, XML for synthetic machines:
+//! packages, NUMA nodes, cores, GPUs, NICs and their affinity) goes into a
+//! `topology` module; binding ranks and workers to cores near their GPU
+//! and NIC into `binding`; the model-shard planner (TP/PP/DP/EP onto
+//! NVLink islands and nodes) into `shard`; topology-aware policies
+//! (locality-aware spillback, GPU affinity) extend `policy`. They stay
+//! pure like the rest, fed with discovered facts by the layer above.
+//!
+//! # Example
+//! A placement group of two one-CPU bundles spread over a two-node job,
+//! stepped as rank 0's head service steps it, then a task placed by a
+//! submitter's policy:
+//!
+//! ```
+//! use lumen_sched::{
+//!     Action, GroupAnswer, Host, PlacementGroupId, PlacementStrategy, PlacementTable,
+//!     RankSlot, Request, Resources, Scheduler,
+//! };
+//!
+//! // Four ranks, two per node, two CPUs each.
+//! let hosts: Vec<Host> = (0..4)
+//!     .map(|rank| Host {
+//!         node: rank / 2,
+//!         capacity: Resources::cpus(2.0),
+//!         available: Resources::cpus(2.0),
+//!         serving: true,
+//!         alive: true,
+//!     })
+//!     .collect();
+//! let mut table = PlacementTable::new(hosts);
+//! let group = PlacementGroupId { creator: 0, seq: 1 };
+//! let bundles = vec![Resources::cpus(1.0); 2];
+//! let actions = table.create(group, bundles, PlacementStrategy::StrictSpread, 0, 7);
+//! assert!(matches!(actions[0], Action::Answer { answer: GroupAnswer::Accepted, .. }));
+//!
+//! // The caller sends the reservations; each host acknowledges.
+//! for action in &actions {
+//!     if let Action::Reserve { host, .. } = action {
+//!         table.reserved(group, *host);
+//!     }
+//! }
+//! let created = table.wait(group, 0, 8);
+//! let Some(Action::Answer { answer: GroupAnswer::Created(view), .. }) = created.first() else {
+//!     panic!("not created: {created:?}");
+//! };
+//! // STRICT_SPREAD: one bundle per node.
+//! assert_ne!(view.ranks[0] / 2, view.ranks[1] / 2);
+//!
+//! // A submitter's policy: a task with its data on rank 3 runs there.
+//! let slots: Vec<RankSlot> = (0..4)
+//!     .map(|rank| RankSlot {
+//!         node: rank / 2,
+//!         capacity: Resources::cpus(2.0),
+//!         serving: true,
+//!         alive: true,
+//!         outstanding: 0,
+//!         actors: 0,
+//!     })
+//!     .collect();
+//! let mut scheduler = Scheduler::new(slots, 1);
+//! let need = Resources::cpus(1.0);
+//! let request = Request { resources: Some(&need), data_at: Some(3), ..Request::default() };
+//! assert_eq!(scheduler.place_task(&request), Ok(3));
+//! ```
+
+mod group;
+mod policy;
+mod resources;
+mod slots;
+mod strategy;
+mod table;
+
+pub use group::{Bundle, PlacementGroupId, PlacementGroupScheduling, PlacementStrategy};
+pub use policy::{Infeasible, RankSlot, Request, Scheduler};
+pub use resources::Resources;
+pub use slots::CpuSlots;
+pub use strategy::place;
+pub use table::{Action, GroupAnswer, GroupView, Host, PlacementTable};
+
+/// A rank of the job: `0..size`, the same numbers as the transport's ranks.
+pub type Rank = u32;

@@ -1,0 +1,341 @@
+//! Placement-group strategies over ranks and nodes: where each bundle of
+//! a group goes, given what every rank has free. Pure functions; the
+//! [`crate::PlacementTable`] calls [`place`] with what is free now (to
+//! reserve) and with the ranks' whole capacity (to tell a group that must
+//! wait from one that can never fit).
+//!
+//! A bundle is placed on one serving rank (in driver mode rank 0 only
+//! submits). `PACK` puts the bundles on as few nodes, then ranks, as fit
+//! (all on one node when possible); `STRICT_PACK` requires one node;
+//! `SPREAD` puts each bundle on another rank, other nodes first, and falls
+//! back to packing when that does not fit; `STRICT_SPREAD` requires a
+//! distinct node per bundle (a bipartite matching of bundles to nodes,
+//! Kuhn's augmenting paths: H. W. Kuhn, "The Hungarian method for the
+//! assignment problem", 1955). Bundles are placed largest first (GPUs
+//! weigh most), so first fit fails less often.
+
+use std::collections::HashMap;
+
+use crate::{Host, PlacementStrategy, Rank, Resources};
+
+/// Lays `bundles` out on the live serving `hosts` given what each has
+/// free (`available`, by rank): bundle `i`'s rank, or `None` when the
+/// strategy cannot fit them (see the module docs).
+pub fn place(
+    bundles: &[Resources],
+    strategy: PlacementStrategy,
+    hosts: &[Host],
+    available: &[Resources],
+) -> Option<Vec<Rank>> {
+    let eligible: Vec<usize> = (0..hosts.len().min(available.len()))
+        .filter(|&i| hosts[i].alive && hosts[i].serving)
+        .collect();
+    if eligible.is_empty() || bundles.is_empty() {
+        return None;
+    }
+    // Largest bundles first: first-fit then fails less often.
+    let mut order: Vec<usize> = (0..bundles.len()).collect();
+    order.sort_by(|&a, &b| size_key(&bundles[b]).total_cmp(&size_key(&bundles[a])));
+    match strategy {
+        PlacementStrategy::StrictPack => strict_pack(bundles, &order, hosts, available, &eligible),
+        PlacementStrategy::Pack => strict_pack(bundles, &order, hosts, available, &eligible)
+            .or_else(|| pack(bundles, &order, hosts, available, &eligible)),
+        PlacementStrategy::Spread => spread(bundles, &order, hosts, available, &eligible)
+            .or_else(|| pack(bundles, &order, hosts, available, &eligible)),
+        PlacementStrategy::StrictSpread => {
+            strict_spread(bundles, &order, hosts, available, &eligible)
+        }
+    }
+}
+
+fn size_key(r: &Resources) -> f64 {
+    // GPUs are the scarce ones: weigh them first.
+    r.gpus * 1e6 + r.cpus + r.custom.values().sum::<f64>() * 1e-3
+}
+
+/// Nodes of `eligible` hosts, most free CPUs first (then lowest id).
+fn nodes_by_room(hosts: &[Host], available: &[Resources], eligible: &[usize]) -> Vec<u32> {
+    let mut room: Vec<(u32, f64)> = Vec::new();
+    for &i in eligible {
+        match room.iter_mut().find(|(n, _)| *n == hosts[i].node) {
+            Some((_, cpus)) => *cpus += available[i].cpus,
+            None => room.push((hosts[i].node, available[i].cpus)),
+        }
+    }
+    room.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    room.into_iter().map(|(n, _)| n).collect()
+}
+
+/// First fit of the bundles (in `order`) onto `candidates` (in order).
+fn first_fit(
+    bundles: &[Resources],
+    order: &[usize],
+    available: &[Resources],
+    candidates: &[usize],
+) -> Option<Vec<Rank>> {
+    let mut free: Vec<Resources> = available.to_vec();
+    let mut ranks = vec![0 as Rank; bundles.len()];
+    for &b in order {
+        let &host = candidates.iter().find(|&&h| free[h].fits(&bundles[b]))?;
+        free[host].subtract(&bundles[b]);
+        ranks[b] = host as Rank;
+    }
+    Some(ranks)
+}
+
+/// Hosts of `node`, most free CPUs first (then lowest rank): packing onto
+/// the roomiest rank first fills few ranks.
+fn hosts_of(node: u32, hosts: &[Host], available: &[Resources], eligible: &[usize]) -> Vec<usize> {
+    let mut list: Vec<usize> = eligible
+        .iter()
+        .copied()
+        .filter(|&i| hosts[i].node == node)
+        .collect();
+    list.sort_by(|&a, &b| {
+        available[b]
+            .cpus
+            .total_cmp(&available[a].cpus)
+            .then(a.cmp(&b))
+    });
+    list
+}
+
+fn strict_pack(
+    bundles: &[Resources],
+    order: &[usize],
+    hosts: &[Host],
+    available: &[Resources],
+    eligible: &[usize],
+) -> Option<Vec<Rank>> {
+    nodes_by_room(hosts, available, eligible)
+        .into_iter()
+        .find_map(|node| {
+            let candidates = hosts_of(node, hosts, available, eligible);
+            first_fit(bundles, order, available, &candidates)
+        })
+}
+
+fn pack(
+    bundles: &[Resources],
+    order: &[usize],
+    hosts: &[Host],
+    available: &[Resources],
+    eligible: &[usize],
+) -> Option<Vec<Rank>> {
+    let candidates: Vec<usize> = nodes_by_room(hosts, available, eligible)
+        .into_iter()
+        .flat_map(|node| hosts_of(node, hosts, available, eligible))
+        .collect();
+    first_fit(bundles, order, available, &candidates)
+}
+
+fn spread(
+    bundles: &[Resources],
+    order: &[usize],
+    hosts: &[Host],
+    available: &[Resources],
+    eligible: &[usize],
+) -> Option<Vec<Rank>> {
+    let mut free: Vec<Resources> = available.to_vec();
+    let mut on_rank = vec![0u32; hosts.len()];
+    let mut on_node: HashMap<u32, u32> = HashMap::new();
+    let mut ranks = vec![0 as Rank; bundles.len()];
+    for &b in order {
+        let &host = eligible
+            .iter()
+            .filter(|&&h| free[h].fits(&bundles[b]))
+            .min_by(|&&x, &&y| {
+                let key = |h: usize| {
+                    (
+                        on_node.get(&hosts[h].node).copied().unwrap_or(0),
+                        on_rank[h],
+                    )
+                };
+                key(x)
+                    .cmp(&key(y))
+                    .then(free[y].cpus.total_cmp(&free[x].cpus))
+                    .then(x.cmp(&y))
+            })?;
+        free[host].subtract(&bundles[b]);
+        on_rank[host] += 1;
+        *on_node.entry(hosts[host].node).or_insert(0) += 1;
+        ranks[b] = host as Rank;
+    }
+    Some(ranks)
+}
+
+fn strict_spread(
+    bundles: &[Resources],
+    order: &[usize],
+    hosts: &[Host],
+    available: &[Resources],
+    eligible: &[usize],
+) -> Option<Vec<Rank>> {
+    let nodes = nodes_by_room(hosts, available, eligible);
+    if bundles.len() > nodes.len() {
+        return None;
+    }
+    // The roomiest rank of `node` that fits bundle `b`.
+    let host_for = |node: u32, b: usize| {
+        hosts_of(node, hosts, available, eligible)
+            .into_iter()
+            .find(|&h| available[h].fits(&bundles[b]))
+    };
+    let fits: Vec<Vec<usize>> = (0..bundles.len())
+        .map(|b| {
+            (0..nodes.len())
+                .filter(|&n| host_for(nodes[n], b).is_some())
+                .collect()
+        })
+        .collect();
+    // Kuhn's augmenting paths: match each bundle to a node of its own.
+    let mut node_of_bundle: Vec<Option<usize>> = vec![None; bundles.len()];
+    let mut bundle_of_node: Vec<Option<usize>> = vec![None; nodes.len()];
+    fn augment(
+        b: usize,
+        fits: &[Vec<usize>],
+        seen: &mut [bool],
+        node_of_bundle: &mut [Option<usize>],
+        bundle_of_node: &mut [Option<usize>],
+    ) -> bool {
+        for &n in &fits[b] {
+            if seen[n] {
+                continue;
+            }
+            seen[n] = true;
+            let free = match bundle_of_node[n] {
+                None => true,
+                Some(other) => augment(other, fits, seen, node_of_bundle, bundle_of_node),
+            };
+            if free {
+                bundle_of_node[n] = Some(b);
+                node_of_bundle[b] = Some(n);
+                return true;
+            }
+        }
+        false
+    }
+    for &b in order {
+        let mut seen = vec![false; nodes.len()];
+        if !augment(
+            b,
+            &fits,
+            &mut seen,
+            &mut node_of_bundle,
+            &mut bundle_of_node,
+        ) {
+            return None;
+        }
+    }
+    node_of_bundle
+        .iter()
+        .enumerate()
+        .map(|(b, n)| n.and_then(|n| host_for(nodes[n], b)).map(|h| h as Rank))
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::PlacementGroupId;
+
+    pub(crate) fn hosts(per_node: &[u32], cpus: f64, driver: bool) -> Vec<Host> {
+        let mut list = Vec::new();
+        for (node, &n) in per_node.iter().enumerate() {
+            for _ in 0..n {
+                list.push(Host {
+                    node: node as u32,
+                    capacity: Resources::cpus(cpus),
+                    available: Resources::cpus(cpus),
+                    serving: true,
+                    alive: true,
+                });
+            }
+        }
+        if driver {
+            list[0].serving = false;
+        }
+        list
+    }
+
+    pub(crate) fn avail(h: &[Host]) -> Vec<Resources> {
+        h.iter().map(|h| h.available.clone()).collect()
+    }
+
+    pub(crate) fn cpus(n: usize, each: f64) -> Vec<Resources> {
+        vec![Resources::cpus(each); n]
+    }
+
+    pub(crate) fn id(seq: u64) -> PlacementGroupId {
+        PlacementGroupId { creator: 0, seq }
+    }
+
+    #[test]
+    fn pack_fills_few_ranks_and_nodes() {
+        let h = hosts(&[3, 3], 2.0, true);
+        // 4 x 1 CPU: node 1 has 6 free CPUs, node 0 has 4: all on node 1,
+        // two ranks.
+        let ranks = place(&cpus(4, 1.0), PlacementStrategy::Pack, &h, &avail(&h)).unwrap();
+        let mut distinct = ranks.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 2, "{ranks:?}");
+        assert!(ranks.iter().all(|&r| h[r as usize].node == 1), "{ranks:?}");
+        // 8 x 1 CPU do not fit on one node: PACK still fits, over both.
+        let ranks = place(&cpus(8, 1.0), PlacementStrategy::Pack, &h, &avail(&h)).unwrap();
+        assert!(!ranks.contains(&0), "the driver serves nothing: {ranks:?}");
+        assert!(place(&cpus(8, 1.0), PlacementStrategy::StrictPack, &h, &avail(&h)).is_none());
+    }
+
+    #[test]
+    fn spread_uses_other_nodes_then_ranks_then_packs() {
+        let h = hosts(&[2, 2], 2.0, false);
+        let ranks = place(&cpus(2, 1.0), PlacementStrategy::Spread, &h, &avail(&h)).unwrap();
+        assert_ne!(h[ranks[0] as usize].node, h[ranks[1] as usize].node);
+        let ranks = place(&cpus(4, 1.0), PlacementStrategy::Spread, &h, &avail(&h)).unwrap();
+        let mut sorted = ranks.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2, 3]);
+        // 8 bundles on 4 ranks of 2 CPUs: best effort, two per rank.
+        let ranks = place(&cpus(8, 1.0), PlacementStrategy::Spread, &h, &avail(&h)).unwrap();
+        for r in 0..4 {
+            assert_eq!(ranks.iter().filter(|&&x| x == r).count(), 2);
+        }
+    }
+
+    #[test]
+    fn strict_spread_needs_distinct_nodes() {
+        let h = hosts(&[3], 1.0, true);
+        assert!(place(
+            &cpus(2, 1.0),
+            PlacementStrategy::StrictSpread,
+            &h,
+            &avail(&h)
+        )
+        .is_none());
+        let h = hosts(&[2, 2, 1], 1.0, true);
+        let ranks = place(
+            &cpus(3, 1.0),
+            PlacementStrategy::StrictSpread,
+            &h,
+            &avail(&h),
+        )
+        .unwrap();
+        let mut nodes: Vec<u32> = ranks.iter().map(|&r| h[r as usize].node).collect();
+        nodes.sort_unstable();
+        assert_eq!(nodes, vec![0, 1, 2]);
+        assert!(ranks.contains(&1), "node 0's only serving rank: {ranks:?}");
+    }
+
+    #[test]
+    fn strict_spread_matches_a_big_bundle_to_the_only_node_that_holds_it() {
+        // Node 0 has small ranks, node 1 one big rank: a greedy choice that
+        // gives the small bundle node 1 would fail; the matching does not.
+        let mut h = hosts(&[1, 1], 1.0, false);
+        h[1].capacity = Resources::cpus(4.0);
+        h[1].available = Resources::cpus(4.0);
+        let bundles = vec![Resources::cpus(1.0), Resources::cpus(3.0)];
+        let ranks = place(&bundles, PlacementStrategy::StrictSpread, &h, &avail(&h)).unwrap();
+        assert_eq!(ranks, vec![0, 1]);
+    }
+}
