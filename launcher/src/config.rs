@@ -18,6 +18,9 @@
 //! accepted: a typo in a tuning knob should stop the job, not silently run it
 //! with the default.
 //!
+//! [`Config::transport_config`] is the one mapping of these knobs onto the
+//! transport's [`TransportConfig`].
+//!
 //! [`select_interface_addr`] is the pure policy that picks the address to
 //! listen on from [`local_interfaces`] and `LUMEN_TCP_IF`, like Open MPI's
 //! `btl_tcp_if_include`.
@@ -28,6 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::time::Duration;
 
+use lumen_transport::{TcpBackend, TransportConfig};
 use thiserror::Error;
 
 /// `LUMEN_EAGER_LIMIT`.
@@ -115,30 +119,24 @@ pub enum ConfigError {
     },
 }
 
-/// Which event mechanism the TCP transport uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum TcpBackendChoice {
-    /// io_uring when the kernel supports it, else epoll.
-    #[default]
-    Auto,
-    /// io_uring; fail when it is unavailable.
-    Uring,
-    /// epoll readiness with non-blocking sockets.
-    Epoll,
-}
-
-impl FromStr for TcpBackendChoice {
-    type Err = ConfigError;
-
-    fn from_str(value: &str) -> Result<Self, ConfigError> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "uring" | "io_uring" | "io-uring" => Ok(Self::Uring),
-            "epoll" => Ok(Self::Epoll),
-            _ => Err(ConfigError::InvalidBackend {
-                value: value.to_owned(),
-            }),
-        }
+/// Parses a `LUMEN_TCP_BACKEND` value into the transport's own
+/// [`TcpBackend`]: `auto`, `uring` (or `io_uring`, `io-uring`), `epoll`,
+/// case-insensitive.
+///
+/// ```
+/// use lumen_launcher::config::parse_tcp_backend;
+/// use lumen_transport::TcpBackend;
+/// assert_eq!(parse_tcp_backend("IO_URING"), Ok(TcpBackend::Uring));
+/// assert!(parse_tcp_backend("rdma").is_err());
+/// ```
+pub fn parse_tcp_backend(value: &str) -> Result<TcpBackend, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(TcpBackend::Auto),
+        "uring" | "io_uring" | "io-uring" => Ok(TcpBackend::Uring),
+        "epoll" => Ok(TcpBackend::Epoll),
+        _ => Err(ConfigError::InvalidBackend {
+            value: value.to_owned(),
+        }),
     }
 }
 
@@ -222,7 +220,7 @@ pub struct Config {
     /// larger ones use the rendezvous protocol.
     pub eager_limit: usize,
     /// `LUMEN_TCP_BACKEND`: event mechanism of the TCP transport.
-    pub tcp_backend: TcpBackendChoice,
+    pub tcp_backend: TcpBackend,
     /// `LUMEN_TCP_IF`: interfaces the TCP transport may use, in order of
     /// preference; empty means any (see [`select_interface_addr`]).
     pub tcp_interfaces: Vec<InterfaceSelector>,
@@ -245,7 +243,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             eager_limit: 16384,
-            tcp_backend: TcpBackendChoice::Auto,
+            tcp_backend: TcpBackend::Auto,
             tcp_interfaces: Vec::new(),
             tcp_conns_per_peer: 1,
             rendezvous_timeout: Duration::from_millis(30_000),
@@ -261,14 +259,15 @@ impl Config {
     /// `|name| std::env::var(name).ok()`; unset variables keep their defaults.
     ///
     /// ```
-    /// use lumen_launcher::config::{Config, TcpBackendChoice};
+    /// use lumen_launcher::config::Config;
+    /// use lumen_transport::TcpBackend;
     /// let config = Config::from_env(|name| match name {
     ///     "LUMEN_EAGER_LIMIT" => Some("64K".into()),
     ///     "LUMEN_TCP_BACKEND" => Some("epoll".into()),
     ///     _ => None,
     /// })?;
     /// assert_eq!(config.eager_limit, 65536);
-    /// assert_eq!(config.tcp_backend, TcpBackendChoice::Epoll);
+    /// assert_eq!(config.tcp_backend, TcpBackend::Epoll);
     /// # Ok::<(), lumen_launcher::config::ConfigError>(())
     /// ```
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -285,7 +284,7 @@ impl Config {
             config.eager_limit = to_usize(EAGER_LIMIT_VAR, &value, bytes)?;
         }
         if let Some(value) = set(TCP_BACKEND_VAR) {
-            config.tcp_backend = value.parse()?;
+            config.tcp_backend = parse_tcp_backend(&value)?;
         }
         if let Some(value) = set(TCP_IF_VAR) {
             config.tcp_interfaces = value
@@ -344,6 +343,33 @@ impl Config {
             config.spin = Duration::from_micros(us);
         }
         Ok(config)
+    }
+
+    /// The transport's settings for an endpoint whose TCP listener binds
+    /// `tcp_bind`: the one mapping from these knobs to
+    /// [`TransportConfig`], used by every bootstrap path (joined jobs, MPI,
+    /// the embedded local cluster). Settings without a variable keep the
+    /// transport's defaults.
+    ///
+    /// ```
+    /// use lumen_launcher::config::Config;
+    /// use std::net::{IpAddr, Ipv4Addr};
+    /// let config = Config::from_env(|name| (name == "LUMEN_SHM_RING_BYTES").then(|| "64K".into()))?;
+    /// let transport = config.transport_config(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    /// assert_eq!(transport.ring_bytes, 65536);
+    /// # Ok::<(), lumen_launcher::config::ConfigError>(())
+    /// ```
+    pub fn transport_config(&self, tcp_bind: IpAddr) -> TransportConfig {
+        TransportConfig {
+            eager_limit: self.eager_limit,
+            ring_bytes: self.shm_ring_bytes,
+            spin: self.spin,
+            tcp_backend: self.tcp_backend,
+            tcp_bind,
+            tcp_conns: self.tcp_conns_per_peer as usize,
+            connect_timeout: self.rendezvous_timeout,
+            ..TransportConfig::default()
+        }
     }
 }
 
@@ -570,7 +596,7 @@ mod tests {
         let config = from(&[]).expect("empty environment");
         assert_eq!(config, Config::default());
         assert_eq!(config.eager_limit, 16384);
-        assert_eq!(config.tcp_backend, TcpBackendChoice::Auto);
+        assert_eq!(config.tcp_backend, TcpBackend::Auto);
         assert!(config.tcp_interfaces.is_empty());
         assert_eq!(config.tcp_conns_per_peer, 1);
         assert_eq!(config.rendezvous_timeout, Duration::from_secs(30));
@@ -601,7 +627,7 @@ mod tests {
             config,
             Config {
                 eager_limit: 65536,
-                tcp_backend: TcpBackendChoice::Uring,
+                tcp_backend: TcpBackend::Uring,
                 tcp_interfaces: vec![
                     InterfaceSelector::Name("ib0".into()),
                     InterfaceSelector::Subnet(ip("10.77.0.0"), 24),
@@ -617,7 +643,7 @@ mod tests {
         );
         assert_eq!(
             from(&[(TCP_BACKEND_VAR, "EPOLL")]).map(|c| c.tcp_backend),
-            Ok(TcpBackendChoice::Epoll)
+            Ok(TcpBackend::Epoll)
         );
         assert_eq!(
             from(&[(EAGER_LIMIT_VAR, "0")]).map(|c| c.eager_limit),
