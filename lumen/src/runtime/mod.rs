@@ -103,6 +103,7 @@ mod refs;
 mod registry;
 mod scheduler;
 mod store;
+mod task_table;
 
 use std::sync::{Arc, Mutex};
 
@@ -133,6 +134,84 @@ pub mod __private {
         ConstructFn, MethodFn, RemoteEntry, TaskFailure, TaskReturn, ACTOR_CLASSES, ACTOR_METHODS,
         REMOTE_FUNCTIONS,
     };
+
+    use super::ids::ObjectId;
+    use super::protocol::Outcome;
+    use super::refs::{ObjectState, RefTable};
+    use lumen_transport::Rank;
+
+    /// The ownership table (`refs.rs`, crate-private) stepped from outside
+    /// for `lumen-benches`' criterion benchmarks of its hot steps. Values
+    /// are inline; each step that yields effects returns how many (the
+    /// effects themselves name crate-private types). Not a stable API.
+    #[derive(Debug)]
+    pub struct RefTableSteps(RefTable);
+
+    impl RefTableSteps {
+        /// An empty table for rank `me`.
+        pub fn new(me: Rank) -> Self {
+            RefTableSteps(RefTable::new(me))
+        }
+
+        /// A new owned object with one handle and an inline value (`put`).
+        pub fn create_ready(&mut self, object: ObjectId, value: Vec<u8>) {
+            self.0
+                .create(object, ObjectState::Ready(Outcome::Inline(value)));
+        }
+
+        /// A new owned object with one handle whose task has not reported
+        /// (a submission).
+        pub fn create_pending(&mut self, object: ObjectId) {
+            self.0.create(object, ObjectState::Pending);
+        }
+
+        /// (Owner) the task computing `object` returned `value` inline.
+        pub fn complete_inline(&mut self, object: ObjectId, value: Vec<u8>) -> usize {
+            self.0
+                .complete(object, Outcome::Inline(value), Vec::new())
+                .len()
+        }
+
+        /// A new `ObjectRef` handle on this rank.
+        pub fn handle_added(&mut self, object: ObjectId) {
+            self.0.handle_added(object);
+        }
+
+        /// An `ObjectRef` handle dropped on this rank.
+        pub fn handle_dropped(&mut self, object: ObjectId) -> usize {
+            self.0.handle_dropped(object).len()
+        }
+
+        /// (Owner) registers `borrower`; false when `object` is already freed.
+        pub fn add_borrower(&mut self, object: ObjectId, borrower: Rank, count: u32) -> bool {
+            self.0.add_borrower(object, borrower, count).is_ok()
+        }
+
+        /// (Owner) `borrower` dropped `count` registrations.
+        pub fn remove_borrower(&mut self, object: ObjectId, borrower: Rank, count: u32) -> usize {
+            self.0.remove_borrower(object, borrower, count).len()
+        }
+
+        /// A message carrying a reference to `object` arrived.
+        pub fn hold(&mut self, object: ObjectId) {
+            self.0.hold(object);
+        }
+
+        /// Gives back a hold.
+        pub fn release(&mut self, object: ObjectId) -> usize {
+            self.0.release(object).len()
+        }
+
+        /// Owned objects not yet freed.
+        pub fn owned_count(&self) -> usize {
+            self.0.owned_count()
+        }
+
+        /// Objects borrowed now.
+        pub fn borrowed_count(&self) -> usize {
+            self.0.borrowed_count()
+        }
+    }
 }
 
 /// A remote function (implemented by `#[lumen::remote]` on the type named

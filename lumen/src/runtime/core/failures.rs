@@ -1,0 +1,271 @@
+//! Failures: the monitor that notices dead peers, and what a rank's death
+//! does here — its registrations go, its tasks are retried or fail (the
+//! decisions are the task table's), calls to its actors fail or are sent
+//! again to the restarted actor, the actors this rank created on it
+//! restart, and everyone waiting on it is woken with an error.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use lumen_transport::{Rank, Source, TransportError};
+
+use super::{Inner, Mode, Reply, MONITOR_PERIOD};
+use crate::runtime::error::{TaskError, TaskErrorKind};
+use crate::runtime::ids::ObjectId;
+use crate::runtime::object_ref::Pinned;
+use crate::runtime::protocol::{Outcome, RtMsg, PROBE_TAG};
+use crate::runtime::scheduler::Request;
+use crate::runtime::task_table::{actor_died, worker_died, ActorCall, TaskEffect};
+
+impl Inner {
+    /// The calls in flight to `host` (which died): those with retries left
+    /// are sent again to wherever the actor's creator restarts it (on a
+    /// thread of their own: finding the actor may wait for the creator);
+    /// the others fail with `ActorDied`.
+    pub(super) fn fail_actor_calls(self: &Arc<Self>, host: Rank, reason: &str) {
+        let lost = self.lock().tasks.calls_lost(host);
+        for call in lost.failed {
+            self.fail_lost_call(call, host, reason);
+        }
+        if lost.resend.is_empty() {
+            return;
+        }
+        let inner = self.clone();
+        let resend = lost.resend;
+        let spawned = std::thread::Builder::new()
+            .name("lumen-actor-retry".into())
+            .spawn(move || inner.resend_actor_calls(host, resend));
+        if let Err(e) = spawned {
+            tracing::error!("could not start a thread to resend actor calls: {e}");
+        }
+    }
+
+    /// Completes a call lost with its actor's `host` with `ActorDied`.
+    pub(super) fn fail_lost_call(
+        self: &Arc<Self>,
+        call: ActorCall<Pinned>,
+        host: Rank,
+        reason: &str,
+    ) {
+        let outcome = actor_died(call.name, call.actor, host, reason);
+        self.on_done(call.object, outcome, Vec::new());
+        if let Some(handles) = call.handles {
+            self.handle_dropped(handles);
+        }
+    }
+
+    /// Sends calls lost with `dead` again to the actor's new host (their
+    /// sends are already counted by the task table).
+    pub(super) fn resend_actor_calls(self: &Arc<Self>, dead: Rank, calls: Vec<ActorCall<Pinned>>) {
+        for mut call in calls {
+            let Some(retry) = call.retry.as_ref() else {
+                continue;
+            };
+            let host = match self.actor_host(&retry.address) {
+                Ok(host) => host,
+                Err(e) => {
+                    let reason = format!("its rank {dead} died and it was not restarted ({e})");
+                    self.fail_lost_call(call, dead, &reason);
+                    continue;
+                }
+            };
+            let refs = retry.pinned.ids();
+            if let Err(e) = self.register(&refs, host) {
+                let reason = format!("its rank {dead} died; resending the call failed: {e}");
+                self.fail_lost_call(call, dead, &reason);
+                continue;
+            }
+            let message = RtMsg::ActorCall {
+                actor: call.actor,
+                method: retry.method,
+                name: call.name.clone(),
+                object: call.object,
+                args: retry.args.clone(),
+                refs,
+            };
+            tracing::info!(
+                "resending {} ({}) to {} on rank {host} (rank {dead} died); {} retries left",
+                call.name,
+                call.object,
+                call.actor,
+                retry.retries_left
+            );
+            call.host = host;
+            let host_dead = {
+                let mut s = self.lock();
+                s.tasks.call_sent(call);
+                s.dead.contains(&host)
+            };
+            if host_dead {
+                self.fail_actor_calls(host, &format!("its rank {host} died"));
+            } else {
+                self.send_or_log(host, &message);
+            }
+        }
+    }
+
+    /// A peer is gone: drop its registrations, retry or fail its tasks,
+    /// fail what waited on it.
+    pub(super) fn on_rank_dead(self: &Arc<Self>, rank: Rank) {
+        let (effects, task_effects) = {
+            let mut s = self.lock();
+            if !s.dead.insert(rank) {
+                return;
+            }
+            let effects = s.refs.rank_died(rank);
+            let task_effects = s.tasks.rank_died(rank);
+            for reply in s.replies.values_mut() {
+                if matches!(reply, Reply::Waiting(r) if *r == rank) {
+                    *reply = Reply::Failed;
+                }
+            }
+            let orphaned: Vec<ObjectId> = s
+                .remote_values
+                .iter()
+                .filter(|(id, v)| id.owner == rank && v.is_none())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in orphaned {
+                s.remote_values.insert(id, Some(owner_died(id)));
+            }
+            (effects, task_effects)
+        };
+        tracing::warn!(rank = self.rank, dead = rank, "rank {rank} died");
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rank_died(rank);
+        self.group_rank_died(rank);
+        self.changed.notify_all();
+        self.wake_all();
+        self.apply(effects);
+        self.fail_actor_calls(rank, &format!("its rank {rank} died"));
+        self.restart_actors(rank);
+        for effect in task_effects {
+            match effect {
+                TaskEffect::Fail {
+                    object,
+                    outcome,
+                    pinned,
+                } => {
+                    self.on_done(object, outcome, Vec::new());
+                    drop(pinned);
+                }
+                TaskEffect::Retry { spec, pinned } => self.retry_task(rank, spec, pinned),
+            }
+        }
+        if rank == 0 && self.mode == Mode::Driver && self.rank != 0 {
+            // The driver is gone: nothing will ever be asked of us again.
+            let (flag, cv) = &self.shutdown_requested;
+            *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+    }
+
+    /// Places and sends again a task whose rank `dead` died (the task table
+    /// counted the attempt); it fails if no rank can take it.
+    fn retry_task(
+        self: &Arc<Self>,
+        dead: Rank,
+        spec: crate::runtime::protocol::TaskSpec,
+        pinned: Option<Pinned>,
+    ) {
+        let object = spec.object;
+        let placed = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .place_task(&Request {
+                resources: Some(&spec.options.resources),
+                node: spec.options.node,
+                rank: spec.options.rank,
+                data_at: None,
+            });
+        let target = match placed {
+            Ok(target) => target,
+            Err(e) => {
+                let detail = format!("rank {dead} died and no rank can take the retry: {}", e.0);
+                let outcome = worker_died(&spec, dead, spec.attempt - 1, detail);
+                self.on_done(object, outcome, Vec::new());
+                return;
+            }
+        };
+        tracing::info!(
+            "retrying {} ({object}) on rank {target}, attempt {}",
+            spec.name,
+            spec.attempt
+        );
+        if let Err(e) = self.register(&spec.refs, target) {
+            let error = TaskError {
+                function: spec.name.clone(),
+                rank: dead,
+                kind: TaskErrorKind::DependencyFailed,
+                message: format!("retry after rank {dead} died: {e}"),
+            };
+            self.on_done(object, Outcome::Failed(error), Vec::new());
+            return;
+        }
+        self.lock().tasks.task_sent(spec.clone(), target, pinned);
+        self.send_or_log(target, &RtMsg::Submit(spec));
+    }
+
+    /// True once some rank is known dead.
+    pub(crate) fn any_dead(&self) -> bool {
+        !self.lock().dead.is_empty()
+    }
+
+    /// True once `rank` is known dead.
+    pub(crate) fn is_dead(&self, rank: Rank) -> bool {
+        self.lock().dead.contains(&rank)
+    }
+
+    /// Tells every live rank to stop serving (driver mode).
+    pub(crate) fn broadcast_shutdown(self: &Arc<Self>) {
+        for rank in 0..self.size {
+            if rank != self.rank && !self.is_dead(rank) {
+                self.send_or_log(rank, &RtMsg::Shutdown);
+            }
+        }
+    }
+}
+
+/// The outcome of an object whose owner died (fate sharing).
+pub(super) fn owner_died(object: ObjectId) -> Outcome {
+    Outcome::Failed(TaskError {
+        function: String::new(),
+        rank: object.owner,
+        kind: TaskErrorKind::OwnerDied,
+        message: format!("the owner (rank {}) of {object} died", object.owner),
+    })
+}
+
+/// Watches peers: a receive on a tag nobody uses, without waiting, reports a
+/// dead or departed peer (the transport's progress thread notices deaths
+/// through pidfds and closed sockets).
+pub(super) fn monitor(runtime: Weak<Inner>) {
+    loop {
+        std::thread::sleep(MONITOR_PERIOD);
+        let Some(inner) = runtime.upgrade() else {
+            return;
+        };
+        if inner.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        for rank in 0..inner.size {
+            if rank == inner.rank || inner.is_dead(rank) {
+                continue;
+            }
+            let probe = inner
+                .endpoint
+                .recv_timeout(Source::Rank(rank), PROBE_TAG, Duration::ZERO);
+            if let Err(TransportError::PeerDied { .. } | TransportError::PeerClosed { .. }) = probe
+            {
+                if inner.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                inner.on_rank_dead(rank);
+            }
+        }
+    }
+}

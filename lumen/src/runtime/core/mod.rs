@@ -1,0 +1,495 @@
+//! The core worker of a rank: the IO shell around the pure tables — the
+//! reference table ([`refs`](super::refs)), the task table
+//! ([`task_table`](super::task_table)) and the scheduler (`lumen-sched`).
+//! It submits tasks and actor calls, serves the runtime's messages (an
+//! active-message handler on the transport's progress thread, which never
+//! blocks: it updates tables, queues work and sends small replies), fetches
+//! values, watches peers for death and retries tasks.
+//!
+//! One file per concern, each an `impl Inner` block:
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | `Inner` and its state, start-up, sending, [`Inner::dispatch`] (one line per message kind) |
+//! | `tasks.rs` | submitting, running and finishing tasks; cancel |
+//! | `objects.rs` | reference counting glue, `put`, `get`/`wait`, copies and their deletion |
+//! | `actors.rs` | creating, calling, locating, killing and restarting actors; actor names |
+//! | `failures.rs` | the peer monitor, what a rank's death does (retries, restarts, failed calls) |
+//! | `requests.rs` | blocking request/reply with other ranks, counters, shutdown |
+//! | `groups.rs` | placement-group requests to the head |
+//!
+//! Locks: `state` (reference table, task table, requests) is never held
+//! while sending or while running user code; everything that must happen
+//! after a state change is collected under the lock and done after it.
+
+mod actors;
+mod failures;
+mod groups;
+mod objects;
+mod requests;
+mod tasks;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use lumen_transport::{Endpoint, Rank, TransportError};
+
+use super::actor::ActorHost;
+use super::config::RuntimeConfig;
+use super::error::RuntimeError;
+use super::executor::Executor;
+use super::ids::{ActorId, ObjectId};
+use super::object_ref::{ObjectRef, Pinned};
+use super::options::ActorOptions;
+use super::placement::{GroupAnswer, GroupRuntime, Host};
+use super::protocol::{
+    decode, encode, ActorAddress, Outcome, RankInfo, RankStats, RtMsg, RUNTIME_TAG,
+};
+use super::refs::{IdMap, RefTable};
+use super::scheduler::{RankSlot, Scheduler};
+use super::store::{Arena, ValueStore};
+use super::task_table::TaskTable;
+use crate::error::{LumenError, Result};
+
+/// How `main` runs on the ranks of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Rank 0 runs `main` and submits; the other ranks only serve (Ray's
+    /// style). `init` does not return on ranks other than 0.
+    Driver,
+    /// Every rank runs `main`, submits work anywhere and serves (MPI's style).
+    Spmd,
+}
+
+/// How often the monitor looks for dead peers.
+const MONITOR_PERIOD: Duration = Duration::from_millis(20);
+/// Longest single sleep of a waiting caller (it re-checks peers after).
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+static CURRENT: RwLock<Option<Arc<Inner>>> = RwLock::new(None);
+
+/// The runtime of this process, if one is running.
+pub(crate) fn current_inner() -> Option<Arc<Inner>> {
+    CURRENT.read().ok().and_then(|c| c.clone())
+}
+
+pub(crate) fn set_current(inner: Option<Arc<Inner>>) -> Result<()> {
+    let mut slot = CURRENT.write().unwrap_or_else(|p| p.into_inner());
+    if inner.is_some() && slot.is_some() {
+        return Err(LumenError::Runtime(RuntimeError::AlreadyInitialized));
+    }
+    *slot = inner;
+    Ok(())
+}
+
+/// An answer awaited by a blocked caller.
+#[derive(Debug)]
+enum Reply {
+    Waiting(Rank),
+    Ack(Option<String>),
+    Name(Option<ActorAddress>),
+    Stats(RankStats),
+    /// The creator's answer to `ActorLocate`.
+    Located(Option<Rank>),
+    /// The head's answer about a placement group.
+    Group(GroupAnswer),
+    Failed,
+}
+
+#[derive(Debug)]
+struct State {
+    refs: RefTable,
+    /// Tasks and actor calls in flight (pure, see `task_table`).
+    tasks: TaskTable<Pinned>,
+    /// Values of borrowed objects: `None` while the owner has not answered.
+    remote_values: IdMap<ObjectId, Option<Outcome>>,
+    /// Secondary copies of borrowed objects, as the owner last reported.
+    remote_copies: HashMap<ObjectId, Vec<Rank>>,
+    /// Request id of each outstanding `GetValue`.
+    value_requests: HashMap<u64, ObjectId>,
+    /// (owner side) borrowers waiting for a pending object's value.
+    value_waiters: HashMap<ObjectId, Vec<(Rank, u64)>>,
+    replies: HashMap<u64, Reply>,
+    dead: HashSet<Rank>,
+    dead_actors: HashMap<ActorId, String>,
+    /// (creator side) restartable actors this rank created.
+    created_actors: HashMap<ActorId, CreatedActor>,
+    /// Where actors moved after a restart (overrides the handle's host).
+    actor_hosts: HashMap<ActorId, Rank>,
+    /// (creator side) where this rank's scheduler placed the actors it
+    /// created and that are not stopped yet (counted in its placement).
+    placed_actors: HashMap<ActorId, Rank>,
+}
+
+/// What the creator keeps to restart an actor (`max_restarts`).
+#[derive(Debug)]
+struct CreatedActor {
+    address: ActorAddress,
+    args: Vec<u8>,
+    /// Keeps the constructor's `ObjectRef` arguments alive for restarts.
+    pinned: Pinned,
+    options: ActorOptions,
+    restarts_left: u32,
+}
+
+/// A condition variable that skips the wake-up system call when nobody
+/// waits: std's futex condvar makes one on every notify, and `on_done`
+/// notifies once per task (the caller of a batch is rarely waiting).
+/// Waiters count themselves under the mutex the state changes under, so
+/// a notifier that changed the state (holding that mutex) and then reads
+/// zero knows every later waiter will see the change before it sleeps.
+#[derive(Debug, Default)]
+struct Changed {
+    condvar: Condvar,
+    waiters: AtomicUsize,
+}
+
+impl Changed {
+    fn notify_all(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.condvar.notify_all();
+        }
+    }
+
+    fn wait_timeout<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, T> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let guard = self
+            .condvar
+            .wait_timeout(guard, timeout)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+}
+
+/// One rank's runtime (shared by `Runtime` handles, `ObjectRef`s, the
+/// message handler and the executor).
+pub(crate) struct Inner {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) rank: Rank,
+    pub(crate) size: u32,
+    pub(crate) mode: Mode,
+    pub(crate) ranks: Vec<RankInfo>,
+    pub(crate) job_id: String,
+    state: Mutex<State>,
+    changed: Changed,
+    scheduler: Mutex<Scheduler>,
+    pub(crate) store: ValueStore,
+    pub(crate) executor: Arc<Executor>,
+    pub(crate) actors: ActorHost,
+    next_object: AtomicU64,
+    next_request: AtomicU64,
+    pub(crate) stopping: AtomicBool,
+    /// Set when the driver sent `Shutdown` (serving ranks leave).
+    pub(crate) shutdown_requested: (Mutex<bool>, Condvar),
+    inline_max: usize,
+    /// How long a waiting caller drives progress itself before sleeping.
+    spin: Duration,
+    /// Futures (`.await`) waiting for objects.
+    wakers: Mutex<HashMap<ObjectId, Vec<std::task::Waker>>>,
+    /// Entries in `wakers` (read without its lock: `wake` skips the lock
+    /// when no future waits, the common case).
+    waker_entries: AtomicUsize,
+    /// Named actors (rank 0 only).
+    names: Mutex<HashMap<String, ActorAddress>>,
+    /// Placement groups: the head's table (rank 0), known groups, actors
+    /// hosted in groups (see `placement`).
+    pub(crate) groups: GroupRuntime,
+    tasks_executed: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+fn runtime_error(error: RuntimeError) -> LumenError {
+    LumenError::Runtime(error)
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+impl Inner {
+    /// Builds the runtime of this rank over a connected endpoint and starts
+    /// its threads (progress, executor, monitor).
+    pub(crate) fn start(
+        endpoint: Endpoint,
+        mode: Mode,
+        ranks: Vec<RankInfo>,
+        job_id: String,
+        arena: Option<Arena>,
+        config: &RuntimeConfig,
+    ) -> Result<Arc<Self>> {
+        let rank = endpoint.rank();
+        let size = endpoint.size();
+        let me = ranks
+            .get(rank as usize)
+            .cloned()
+            .ok_or_else(|| LumenError::Bootstrap(format!("no facts for rank {rank}")))?;
+        let slots: Vec<RankSlot> = ranks
+            .iter()
+            .map(|info| RankSlot {
+                node: info.node,
+                capacity: info.resources.clone(),
+                serving: !(mode == Mode::Driver && info.rank == 0 && size > 1),
+                alive: true,
+                outstanding: 0,
+                actors: 0,
+            })
+            .collect();
+        let hosts: Vec<Host> = slots
+            .iter()
+            .map(|slot| Host {
+                node: slot.node,
+                capacity: slot.capacity.clone(),
+                available: slot.capacity.clone(),
+                serving: slot.serving,
+                alive: true,
+            })
+            .collect();
+        let inline_max = config.inline_max;
+        let cpus = me.resources.cpus.max(1.0);
+        let nodes: Vec<u32> = ranks.iter().map(|r| r.node).collect();
+        let inner = Arc::new(Inner {
+            store: ValueStore::new(endpoint.clone(), nodes, arena, config.pull_chunk_bytes),
+            endpoint,
+            rank,
+            size,
+            mode,
+            ranks,
+            job_id,
+            state: Mutex::new(State {
+                refs: RefTable::new(rank),
+                tasks: TaskTable::default(),
+                remote_values: IdMap::default(),
+                remote_copies: HashMap::new(),
+                value_requests: HashMap::new(),
+                value_waiters: HashMap::new(),
+                replies: HashMap::new(),
+                dead: HashSet::new(),
+                dead_actors: HashMap::new(),
+                created_actors: HashMap::new(),
+                actor_hosts: HashMap::new(),
+                placed_actors: HashMap::new(),
+            }),
+            changed: Changed::default(),
+            scheduler: Mutex::new(Scheduler::new(slots, rank as usize + 1)),
+            executor: Executor::new(cpus),
+            actors: ActorHost::default(),
+            next_object: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            shutdown_requested: (Mutex::new(false), Condvar::new()),
+            inline_max,
+            spin: config.wait_spin,
+            wakers: Mutex::new(HashMap::new()),
+            waker_entries: AtomicUsize::new(0),
+            names: Mutex::new(HashMap::new()),
+            groups: GroupRuntime::new(rank, hosts),
+            tasks_executed: AtomicU64::new(0),
+        });
+        // Tasks may arrive as soon as the handler is in: they need `current`.
+        set_current(Some(inner.clone()))?;
+        let weak = Arc::downgrade(&inner);
+        inner.endpoint.register_handler(
+            RUNTIME_TAG,
+            Arc::new(move |_endpoint, message| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.on_message(message.src, &message.data);
+                }
+            }),
+        )?;
+        inner.endpoint.spawn_progress_thread();
+        inner
+            .executor
+            .start(Arc::downgrade(&inner), cpus.ceil() as usize);
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("lumen-monitor".into())
+            .spawn(move || failures::monitor(weak))
+            .map_err(|e| runtime_error(RuntimeError::Cluster(format!("no monitor thread: {e}"))))?;
+        Ok(inner)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a state change: first drives the transport from this
+    /// thread until `spin_until` (a reply then runs its handler here instead
+    /// of waking a sleeping thread), then sleeps on the condition variable
+    /// for `slice`. The spin is off by default (`LUMEN_RT_SPIN_US`): on the
+    /// 2-core test machine, with 3 processes, spinning 50 us doubled the
+    /// sync task latency (89 -> 175 us) by taking the core the worker needed.
+    /// An idle poll yields the core rather than pausing: `perf sched` showed
+    /// the threads of a round trip queued on one core behind a thread that
+    /// spins without yielding, each hop then waiting out the whole spin.
+    fn pause<'a>(
+        &'a self,
+        s: MutexGuard<'a, State>,
+        spin_until: Instant,
+        slice: Duration,
+    ) -> MutexGuard<'a, State> {
+        if Instant::now() < spin_until {
+            drop(s);
+            if let Ok(false) = self.endpoint.progress() {
+                std::thread::yield_now();
+            }
+            return self.lock();
+        }
+        self.changed.wait_timeout(s, slice)
+    }
+
+    fn new_object(&self) -> ObjectId {
+        ObjectId {
+            owner: self.rank,
+            seq: self.next_object.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn new_request(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a runtime message; to ourselves it is handled in place.
+    fn send(
+        self: &Arc<Self>,
+        to: Rank,
+        message: &RtMsg,
+    ) -> std::result::Result<(), TransportError> {
+        if to == self.rank {
+            self.dispatch(self.rank, message.clone());
+            return Ok(());
+        }
+        self.endpoint.send(to, RUNTIME_TAG, &encode(message))
+    }
+
+    /// Sends, logging failures (a dead peer is handled by the monitor).
+    pub(crate) fn send_or_log(self: &Arc<Self>, to: Rank, message: &RtMsg) {
+        if let Err(e) = self.send(to, message) {
+            tracing::debug!(rank = self.rank, to, "runtime message not sent: {e}");
+        }
+    }
+
+    fn on_message(self: &Arc<Self>, src: Rank, data: &[u8]) {
+        match decode::<RtMsg>(data) {
+            Ok(message) => self.dispatch(src, message),
+            Err(e) => tracing::error!(
+                rank = self.rank,
+                from = src,
+                "malformed runtime message ({} bytes) ignored: {e}",
+                data.len()
+            ),
+        }
+    }
+
+    /// Routes one runtime message to its handler (one line per kind; the
+    /// handlers live with their concern: tasks, objects, actors, requests,
+    /// groups).
+    fn dispatch(self: &Arc<Self>, src: Rank, message: RtMsg) {
+        use RtMsg as M;
+        match message {
+            M::Submit(spec) => self.on_submit(src, spec),
+            M::Done {
+                object,
+                outcome,
+                refs,
+            } => self.on_done(object, outcome, refs),
+            M::Cancel { object } => self.on_cancel(object),
+            M::ActorCreate {
+                address,
+                args,
+                refs,
+                placement_group,
+            } => self.on_actor_create(address, args, refs, placement_group),
+            M::ActorCall {
+                actor,
+                method,
+                name,
+                object,
+                args,
+                refs,
+            } => self.on_actor_call(actor, method, name, object, args, refs),
+            M::ActorKill { actor } => self.on_actor_kill(actor),
+            M::ActorRelease { actor } => self.actors.release(self, actor),
+            M::ActorLocate { actor, request } => self.on_actor_locate(src, actor, request),
+            M::ActorLocation { request, host } => self.answer(request, Reply::Located(host)),
+            M::AddBorrower {
+                object,
+                borrower,
+                count,
+                request,
+            } => self.on_add_borrower(src, object, borrower, count, request),
+            M::RemoveBorrower {
+                object,
+                borrower,
+                count,
+            } => self.on_remove_borrower(object, borrower, count),
+            M::Ack { request, error } => self.answer(request, Reply::Ack(error)),
+            M::GetValue { object, request } => self.on_get_value(src, object, request),
+            M::Value {
+                request,
+                outcome,
+                copies,
+            } => self.on_value(request, outcome, copies),
+            M::FreeCopy { rank, key, arena } => self.store.release(rank, key, arena),
+            M::AddCopy {
+                object,
+                holder,
+                rank,
+                key,
+            } => self.on_add_copy(src, object, holder, rank, key),
+            M::NameRegister {
+                name,
+                address,
+                request,
+            } => self.on_name_register(src, name, address, request),
+            M::NameRemove { name } => self.on_name_remove(&name),
+            M::NameLookup { name, request } => self.on_name_lookup(src, &name, request),
+            M::NameReply { request, address } => self.answer(request, Reply::Name(address)),
+            M::Stats { request } => self.on_stats(src, request),
+            M::StatsReply { request, stats } => self.answer(request, Reply::Stats(stats)),
+            M::Shutdown => self.on_shutdown(),
+            message @ (M::PgCreate { .. }
+            | M::PgWait { .. }
+            | M::PgRemove { .. }
+            | M::PgAnswer { .. }
+            | M::BundleReserve { .. }
+            | M::BundleReserved { .. }
+            | M::BundleRelease { .. }) => self.on_group_message(src, message),
+        }
+    }
+
+    /// Runs `wait` with this thread's executor slots lent out.
+    fn blocking<R>(self: &Arc<Self>, wait: impl FnOnce() -> R) -> R {
+        let token = self.executor.blocking(self);
+        let result = wait();
+        self.executor.unblocked(token);
+        result
+    }
+}
+
+/// Shared by `submit` and friends: a typed `ObjectRef` for an owned id.
+pub(crate) fn owned_ref<T: ?Sized>(inner: &Arc<Inner>, object: ObjectId) -> ObjectRef<T> {
+    ObjectRef::owned(object, inner.clone())
+}

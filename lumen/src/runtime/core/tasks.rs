@@ -1,0 +1,350 @@
+//! Tasks: submission (placement, registration of argument references, the
+//! task table), running a task on an executor thread, reporting and
+//! receiving its outcome, cancelling.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use lumen_transport::Rank;
+
+use super::{panic_message, runtime_error, Inner};
+use crate::error::Result;
+use crate::runtime::error::{RuntimeError, TaskError, TaskErrorKind};
+use crate::runtime::ids::ObjectId;
+use crate::runtime::object_ref::{collect_refs, Pinned};
+use crate::runtime::options::{PlacementGroupScheduling, TaskOptions};
+use crate::runtime::protocol::{encode, Outcome, RtMsg, TaskSpec, RUNTIME_TAG};
+use crate::runtime::refs::ObjectState;
+use crate::runtime::registry::{self, TaskFailure};
+use crate::runtime::scheduler::Request;
+use crate::runtime::task_table::{ActorCall, InFlight};
+
+/// Serialises as `RtMsg::Submit(spec)` (a newtype variant, index 0)
+/// without owning the spec; a test checks the bytes are the same.
+struct SubmitRef<'a>(&'a TaskSpec);
+
+impl Serialize for SubmitRef<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_variant("RtMsg", 0, "Submit", self.0)
+    }
+}
+
+impl Inner {
+    /// (host) A task to run here: its argument objects are held until it
+    /// ran (`release_all` in `run_task`).
+    pub(super) fn on_submit(self: &Arc<Self>, src: Rank, spec: TaskSpec) {
+        self.hold_all(&spec.refs);
+        if let Err(spec) = self.executor.push(spec, src) {
+            self.fail_removed(*spec);
+        }
+    }
+
+    /// (host) The owner cancels `object`'s task; it fails with `Cancelled`
+    /// if it has not started, else it runs to its end.
+    pub(super) fn on_cancel(self: &Arc<Self>, object: ObjectId) {
+        let Some(spec) = self.executor.remove(object) else {
+            return;
+        };
+        let failure = TaskError {
+            function: spec.name.clone(),
+            rank: self.rank,
+            kind: TaskErrorKind::Cancelled,
+            message: "cancelled before it started".into(),
+        };
+        self.send_or_log(
+            object.owner,
+            &RtMsg::Done {
+                object,
+                outcome: Outcome::Failed(failure),
+                refs: Vec::new(),
+            },
+        );
+        self.release_all(&spec.refs);
+    }
+
+    /// Submits a task of function `F` (see `#[lumen::remote]`).
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        function: u64,
+        name: &str,
+        args: &impl Serialize,
+        mut options: TaskOptions,
+    ) -> Result<ObjectId> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(runtime_error(RuntimeError::ShuttingDown));
+        }
+        let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
+        let refs = pinned.ids();
+        let args = encoded.map_err(|e| {
+            runtime_error(RuntimeError::Codec {
+                what: format!("the arguments of {name}"),
+                detail: e.to_string(),
+            })
+        })?;
+        if let Some(scheduling) = options.placement_group {
+            let (index, host) = self.choose_bundle(
+                name,
+                scheduling,
+                &options.resources,
+                options.rank,
+                options.node,
+                |r| self.load_on(r).0,
+            )?;
+            options.placement_group = Some(PlacementGroupScheduling {
+                bundle_index: Some(index),
+                ..scheduling
+            });
+            // A retry after this rank dies finds it dead and fails.
+            options.rank = Some(host);
+        }
+        let data_at = self.largest_argument(&refs);
+        let target = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .place_task(&Request {
+                resources: Some(&options.resources),
+                node: options.node,
+                rank: options.rank,
+                data_at,
+            })
+            .map_err(|e| {
+                runtime_error(RuntimeError::Infeasible {
+                    what: name.to_string(),
+                    detail: e.0,
+                })
+            })?;
+        self.register(&refs, target)?;
+        let object = self.new_object();
+        let spec = TaskSpec {
+            object,
+            function,
+            name: name.to_string(),
+            args,
+            refs,
+            options,
+            attempt: 1,
+        };
+        let pinned = (spec.options.max_retries > 0 && !spec.refs.is_empty()).then_some(pinned);
+        // Encoded from a borrow: the spec itself moves into the task table
+        // (kept for retries) instead of being cloned.
+        let message = if target == self.rank {
+            Err(RtMsg::Submit(spec.clone()))
+        } else {
+            Ok(encode(&SubmitRef(&spec)))
+        };
+        {
+            let mut s = self.lock();
+            s.refs.create(object, ObjectState::Pending);
+            s.tasks.task_sent(spec, target, pinned);
+        }
+        let sent = match message {
+            Ok(bytes) => self.endpoint.send(target, RUNTIME_TAG, &bytes),
+            Err(local) => self.send(target, &local),
+        };
+        if let Err(e) = sent {
+            // The monitor retries it once it sees the rank dead.
+            tracing::debug!("submitting {name} to rank {target} failed: {e}");
+        }
+        Ok(object)
+    }
+
+    /// The rank holding the largest stored value among `refs` we own.
+    pub(super) fn largest_argument(&self, refs: &[ObjectId]) -> Option<Rank> {
+        if refs.is_empty() {
+            return None;
+        }
+        let s = self.lock();
+        refs.iter()
+            .filter_map(|&id| match s.refs.state(id) {
+                Some(ObjectState::Ready(Outcome::Stored { rank, len, .. })) => Some((*len, *rank)),
+                _ => None,
+            })
+            .max()
+            .map(|(_, rank)| rank)
+    }
+
+    pub(super) fn on_done(
+        self: &Arc<Self>,
+        object: ObjectId,
+        outcome: Outcome,
+        refs: Vec<ObjectId>,
+    ) {
+        // The entry is dropped after the lock (a retry record unpins). One
+        // lock for the table, the borrowers waiting for the value and the
+        // actor handle count an actor call held while in flight.
+        let (entry, io, waiters) = {
+            let mut s = self.lock();
+            let entry = s.tasks.completed(object);
+            let waiters = s.value_waiters.remove(&object).unwrap_or_default();
+            let copy = (!waiters.is_empty()).then(|| outcome.clone());
+            let mut effects = s.refs.complete(object, outcome, refs);
+            if let Some(InFlight::ActorCall(ActorCall {
+                handles: Some(handles),
+                ..
+            })) = &entry
+            {
+                effects.extend(self.drop_handle_locked(&mut s, *handles));
+            }
+            let io = Self::settle(&mut s, effects);
+            (entry, io, copy.map(|outcome| (waiters, outcome)))
+        };
+        if let Some(InFlight::Task { rank, .. }) = &entry {
+            self.scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .finished(*rank);
+        }
+        self.changed.notify_all();
+        self.wake(object);
+        if let Some((waiters, outcome)) = waiters {
+            for (rank, request) in waiters {
+                self.send_or_log(
+                    rank,
+                    &RtMsg::Value {
+                        request,
+                        outcome: outcome.clone(),
+                        copies: Vec::new(),
+                    },
+                );
+            }
+        }
+        self.carry_out(io);
+        drop(entry);
+    }
+
+    /// Runs a task on this (executor) thread and reports its outcome.
+    pub(crate) fn run_task(self: &Arc<Self>, spec: TaskSpec, _from: Rank) {
+        self.tasks_executed.fetch_add(1, Ordering::Relaxed);
+        let result = match registry::function(spec.function) {
+            None => Err(TaskFailure::new(
+                TaskErrorKind::UnknownFunction,
+                format!(
+                    "rank {} has no remote function with id {:#018x} ({}); do all ranks run the same binary?",
+                    self.rank, spec.function, spec.name
+                ),
+            )),
+            Some(entry) => {
+                let (result, pinned) = collect_refs(|| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        (entry.invoke)(&spec.args)
+                    }))
+                    .unwrap_or_else(|payload| {
+                        Err(TaskFailure::new(TaskErrorKind::Panic, panic_message(&*payload)))
+                    })
+                });
+                result.map(|bytes| (bytes, pinned))
+            }
+        };
+        self.finish(spec.object, &spec.name, result);
+        self.release_all(&spec.refs);
+    }
+
+    /// Reports a finished task or actor call to the owner of `object`.
+    pub(crate) fn finish(
+        self: &Arc<Self>,
+        object: ObjectId,
+        function: &str,
+        result: std::result::Result<(Vec<u8>, Pinned), TaskFailure>,
+    ) {
+        let failure = |failure: TaskFailure| {
+            Outcome::Failed(TaskError {
+                function: function.to_string(),
+                rank: self.rank,
+                kind: failure.kind,
+                message: failure.message,
+            })
+        };
+        // `pinned` keeps the result's references alive until the owner of
+        // the task is registered for them and the reply is sent.
+        let (outcome, refs, _pinned) = match result {
+            Ok((bytes, pinned)) => {
+                let refs = pinned.ids();
+                match self.register(&refs, object.owner) {
+                    Ok(()) => {
+                        let outcome = if bytes.len() > self.inline_max {
+                            self.store.store(&bytes)
+                        } else {
+                            Outcome::Inline(bytes)
+                        };
+                        (outcome, refs, Some(pinned))
+                    }
+                    Err(e) => (
+                        failure(TaskFailure::new(
+                            TaskErrorKind::DependencyFailed,
+                            e.to_string(),
+                        )),
+                        Vec::new(),
+                        Some(pinned),
+                    ),
+                }
+            }
+            Err(e) => (failure(e), Vec::new(), None),
+        };
+        self.send_or_log(
+            object.owner,
+            &RtMsg::Done {
+                object,
+                outcome,
+                refs,
+            },
+        );
+    }
+
+    pub(crate) fn cancel(self: &Arc<Self>, object: ObjectId) -> Result<()> {
+        let target = self.lock().tasks.task_rank(object);
+        if let Some(rank) = target {
+            self.send_or_log(rank, &RtMsg::Cancel { object });
+        }
+        Ok(())
+    }
+
+    /// A task sent to a placement group that was removed here fails.
+    pub(crate) fn fail_removed(self: &Arc<Self>, spec: TaskSpec) {
+        let group = spec.options.placement_group.map(|p| p.group);
+        let failure = TaskFailure::new(
+            TaskErrorKind::PlacementGroupRemoved,
+            match group {
+                Some(group) => format!("{group} was removed before the task started"),
+                None => "its placement group was removed before it started".to_string(),
+            },
+        );
+        self.finish(spec.object, &spec.name, Err(failure));
+        self.release_all(&spec.refs);
+    }
+
+    /// Tasks this rank has outstanding on `rank`, and actors it placed there.
+    pub(super) fn load_on(&self, rank: Rank) -> (u32, u32) {
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .load(rank)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submit_ref_encodes_as_the_submit_message() {
+        let spec = TaskSpec {
+            object: ObjectId { owner: 3, seq: 7 },
+            function: 0x1234,
+            name: "module::function".into(),
+            args: vec![1, 2, 3],
+            refs: vec![ObjectId { owner: 1, seq: 2 }],
+            options: TaskOptions::default(),
+            attempt: 1,
+        };
+        assert_eq!(
+            encode(&SubmitRef(&spec)),
+            encode(&RtMsg::Submit(spec.clone()))
+        );
+    }
+}
