@@ -3,6 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+#[macro_use]
+pub mod scenario;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

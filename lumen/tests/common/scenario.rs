@@ -1,0 +1,121 @@
+//! Running scenarios: a scenario is an ignored test in the test binary's
+//! `scenarios` module that calls `lumen::init()` itself; a runner test
+//! starts this same binary with the scenario's name, bare (the embedded
+//! local cluster, the binary re-executed as workers) or under `lumen run`,
+//! with a time limit, and checks it printed `scenario NAME: ok`.
+
+#![allow(unused_macros)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::*;
+
+pub fn this_binary() -> PathBuf {
+    std::env::current_exe().expect("test binary path")
+}
+
+pub fn scenario_args(name: &str) -> Vec<String> {
+    vec![
+        format!("scenarios::{name}"),
+        "--exact".into(),
+        "--ignored".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ]
+}
+
+/// Runs a scenario on the embedded cluster (3 workers); returns its output.
+pub fn embedded(name: &str) -> String {
+    embedded_with(name, 3)
+}
+
+pub fn embedded_with(name: &str, workers: u32) -> String {
+    let mut command = Command::new(this_binary());
+    command
+        .args(scenario_args(name))
+        .env("LUMEN_NUM_WORKERS", workers.to_string())
+        .env_remove("LUMEN_RANK");
+    let output = run_with_timeout(&mut command, 120);
+    let all = text(&output);
+    assert!(output.status.success(), "scenario {name} failed:\n{all}");
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    all
+}
+
+/// Runs a scenario under `lumen run -n 4`; returns its output.
+pub fn launched(name: &str) -> String {
+    let mut command = Command::new(lumen());
+    command
+        .args(["run", "-n", "4", "--"])
+        .arg(this_binary())
+        .args(scenario_args(name));
+    let output = run_with_timeout(&mut command, 120);
+    let all = text(&output);
+    assert!(output.status.success(), "scenario {name} failed:\n{all}");
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    all
+}
+
+/// Processes still running with this job id in their environment.
+pub fn processes_of_job(job_id: &str) -> Vec<u32> {
+    let needle = format!("LUMEN_JOB_ID={job_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+pub fn printed_job_id(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.split("job id ").nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no job id printed:\n{output}"))
+}
+
+/// Runs a scenario under `lumen run -n N --keep-going`: a rank that dies
+/// does not stop the job, so the runtime's own recovery is what is tested.
+pub fn launched_keep_going(name: &str, ranks: u32) -> String {
+    let mut command = Command::new(lumen());
+    command
+        .args(["run", "-n", &ranks.to_string(), "--keep-going", "--"])
+        .arg(this_binary())
+        .args(scenario_args(name));
+    let output = run_with_timeout(&mut command, 120);
+    let all = text(&output);
+    assert!(output.status.success(), "scenario {name} failed:\n{all}");
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    all
+}
+
+/// Runner tests for each named scenario, on the embedded cluster and under
+/// `lumen run` (modules `embedded_cluster` and `lumen_run`).
+macro_rules! both_ways {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_cluster {
+            $(
+                #[test]
+                fn $name() {
+                    super::embedded(stringify!($name));
+                }
+            )*
+        }
+        mod lumen_run {
+            $(
+                #[test]
+                fn $name() {
+                    super::launched(stringify!($name));
+                }
+            )*
+        }
+    };
+}
