@@ -9,9 +9,8 @@
 //!   `mpirun`, MPICH's Hydra), the job secret, the exchange of endpoint
 //!   addresses, the rank's CPU and GPU binding. `bootstrap::join_mpi`
 //!   (feature `mpi`) builds the job from an MPI communicator instead.
-//! - **Where ranks meet**: the TCP [`rendezvous`] store (a sans-IO
-//!   [`StoreState`](rendezvous) behind a thread-per-connection server, and
-//!   its client) and the PMI-1/PMI-2 clients of `srun` and Hydra (`pmi`,
+//! - **Where ranks meet**: the TCP [`rendezvous`] store (a sans-IO state
+//!   machine behind a thread-per-connection server, and its client) and the PMI-1/PMI-2 clients of `srun` and Hydra (`pmi`,
 //!   crate-private: sans-IO codecs and a socket driver), with the wire
 //!   schema of the store in [`wire`].
 //! - **The one spawner** ([`spawn`]): [`spawn::run_job`] behind `lumen run`

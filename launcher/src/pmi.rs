@@ -2,30 +2,32 @@
 //! Hydra (`mpiexec.mpich`) give their tasks: a key-value space shared by the
 //! ranks of a job with put, fence (a barrier that publishes the puts) and get.
 //! Lumen uses it at bootstrap to exchange endpoint addresses without any
-//! rendezvous port of its own.
+//! rendezvous port of its own. Only [`PmiError`] is public (it reaches users
+//! inside [`BootstrapError::Pmi`](crate::bootstrap::BootstrapError::Pmi));
+//! the clients and codecs are the bootstrap's internals.
 //!
 //! Two wire protocols, both spoken over the already-connected socket whose
 //! descriptor the launcher passes in `PMI_FD`, neither needing `libpmi`:
 //!
-//! - [`pmi2`]: PMI-2 (`srun --mpi=pmi2`): a PMI-1 style `cmd=init
+//! - `pmi2`: PMI-2 (`srun --mpi=pmi2`): a PMI-1 style `cmd=init
 //!   pmi_version=2 pmi_subversion=0` line, then commands framed by a 6-byte
 //!   ASCII length and written as `cmd=kvs-put;key=K;value=V;` records.
-//! - [`pmi1`]: PMI-1 (Hydra, and Slurm's PMI-1 mode): newline-terminated
+//! - `pmi1`: PMI-1 (Hydra, and Slurm's PMI-1 mode): newline-terminated
 //!   `cmd=put kvsname=K key=K value=V` lines.
 //!
 //! Both modules are sans-IO codecs (bytes in, messages out) tested without
-//! sockets; [`client`] drives them over the descriptor with deadlines, and
-//! [`exchange`] gives both the same put/fence/get face, with values
+//! sockets; `client` drives them over the descriptor with deadlines, and
+//! `exchange` gives both the same put/fence/get face, with values
 //! hex-encoded and split into chunks below the servers' value limit.
 //!
 //! References: MPICH's `src/pmi/simple` (PMI-1) and `src/pmi/pmi2/simple`
 //! (PMI-2) clients, Slurm's `src/plugins/mpi/pmi2` server, and Flux RFC 13
 //! (a written description of the PMI-1 wire protocol).
 
-pub mod client;
-pub mod exchange;
-pub mod pmi1;
-pub mod pmi2;
+pub(crate) mod client;
+pub(crate) mod exchange;
+pub(crate) mod pmi1;
+pub(crate) mod pmi2;
 
 use thiserror::Error;
 

@@ -5,9 +5,14 @@ use thiserror::Error;
 /// Everything that can fail in the `lumen` facade.
 #[derive(Debug, Error)]
 pub enum LumenError {
-    /// The process could not join its job (environment, rendezvous, secret).
+    /// Starting the runtime failed for a reason of the runtime's own (a
+    /// malformed hello, the embedded cluster's settings).
     #[error("bootstrap failed: {0}")]
     Bootstrap(String),
+    /// The process could not join its job (environment, rendezvous, PMI,
+    /// secret, binding): see [`BootstrapError`](lumen_launcher::bootstrap::BootstrapError).
+    #[error("bootstrap failed: {0}")]
+    Join(#[from] lumen_launcher::bootstrap::BootstrapError),
     /// The rendezvous store failed.
     #[error(transparent)]
     Rendezvous(#[from] lumen_launcher::rendezvous::RendezvousError),

@@ -61,7 +61,7 @@
 extern crate self as lumen;
 
 pub mod bench;
-pub mod bootstrap;
+pub use lumen_launcher::bootstrap;
 pub mod error;
 pub mod runtime;
 pub mod submit;

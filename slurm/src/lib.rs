@@ -4,6 +4,10 @@
 //! network. Callers hand in an environment lookup (`impl Fn(&str) -> Option<String>`)
 //! so that the same code is tested with a `HashMap` and used with `std::env::var`.
 //!
+//! The bottom of the house: it depends on no other Lumen crate (only
+//! `thiserror`), and must not. The launcher (bootstrap under `srun`) and the
+//! `lumen submit` command use it.
+//!
 //! - [`hostlist`]: expand and compress Slurm hostlist expressions
 //!   (`nid[001-004,010],gpu-a[01-02]`).
 //! - [`tasks_per_node`]: decode and encode `SLURM_TASKS_PER_NODE` (`2(x3),1`).

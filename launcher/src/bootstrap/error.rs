@@ -73,7 +73,9 @@ pub enum BootstrapError {
     #[error("listing network interfaces: {0}")]
     Interfaces(#[source] io::Error),
     /// `LUMEN_TCP_IF` selects no interface of this host.
-    #[error("no network interface matches LUMEN_TCP_IF={selection:?}; interfaces here: {candidates:?}")]
+    #[error(
+        "no network interface matches LUMEN_TCP_IF={selection:?}; interfaces here: {candidates:?}"
+    )]
     NoInterface {
         /// The variable's value.
         selection: String,

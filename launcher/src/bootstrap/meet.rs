@@ -71,7 +71,11 @@ pub(super) fn key_file_secret(context: &str, env: Env<'_>) -> Result<JobSecret, 
 
 /// The address the TCP transport listens on: loopback when every rank runs
 /// on this host, else the interface `LUMEN_TCP_IF` selects.
-pub(super) fn tcp_bind(config: &Config, world: &World, env: Env<'_>) -> Result<IpAddr, BootstrapError> {
+pub(super) fn tcp_bind(
+    config: &Config,
+    world: &World,
+    env: Env<'_>,
+) -> Result<IpAddr, BootstrapError> {
     let single_host = world.num_nodes <= 1 && world.hosts.len() <= 1;
     if single_host && matches!(world.kind, LaunchKind::Lumen | LaunchKind::OpenMpi)
         || world.num_nodes == 1 && config.tcp_interfaces.is_empty()

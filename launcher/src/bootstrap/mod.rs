@@ -34,18 +34,18 @@
 
 mod error;
 mod meet;
+mod resources;
 #[cfg(feature = "mpi")]
 mod with_mpi;
-mod resources;
 
 use std::time::Duration;
 
 use lumen_transport::{Endpoint, EndpointBuilder, EndpointOptions, JobSecret};
 
 pub use error::BootstrapError;
+pub use resources::RankResources;
 #[cfg(feature = "mpi")]
 pub use with_mpi::join_mpi;
-pub use resources::RankResources;
 
 use crate::config::Config;
 use crate::env::{detect, job_secret_from_env, LaunchKind, World};

@@ -71,7 +71,10 @@ pub fn join_mpi<C: Communicator>(comm: &C) -> Result<Job, BootstrapError> {
         .collect();
     let (node_index, nodes) = node_layout(&hosts, rank);
     let here = hosts.get(rank as usize).cloned().unwrap_or_default();
-    let local_rank = hosts[..rank as usize].iter().filter(|h| **h == here).count() as u32;
+    let local_rank = hosts[..rank as usize]
+        .iter()
+        .filter(|h| **h == here)
+        .count() as u32;
     let local_size = hosts.iter().filter(|h| **h == here).count() as u32;
 
     // Rank 0 draws the secret and a job id; everyone else receives them.

@@ -131,7 +131,7 @@ fn read_pmi1(
 
 /// A PMI-2 client (`srun --mpi=pmi2`).
 #[derive(Debug)]
-pub struct Pmi2Client {
+pub(crate) struct Pmi2Client {
     socket: PmiSocket,
     decoder: Pmi2Decoder,
     jobid: String,
@@ -141,7 +141,12 @@ pub struct Pmi2Client {
 impl Pmi2Client {
     /// Adopts the socket `fd` and runs the init handshake and `fullinit` for
     /// rank `rank` of PMI job `jobid`. `timeout` bounds every later wait.
-    pub fn connect(fd: RawFd, jobid: &str, rank: u32, timeout: Duration) -> Result<Self, PmiError> {
+    pub(crate) fn connect(
+        fd: RawFd,
+        jobid: &str,
+        rank: u32,
+        timeout: Duration,
+    ) -> Result<Self, PmiError> {
         let mut socket = PmiSocket::adopt(fd, rank, timeout)?;
         socket.write(pmi2::INIT_LINE.as_bytes())?;
         // The init reply must be read before anything else is written: Slurm
@@ -175,7 +180,7 @@ impl Pmi2Client {
     }
 
     /// Rank and size as the server gave them.
-    pub fn init(&self) -> FullInit {
+    pub(crate) fn init(&self) -> FullInit {
         self.init
     }
 
@@ -199,7 +204,7 @@ impl Pmi2Client {
     }
 
     /// `kvs-put`: publishes `key` at the next fence.
-    pub fn put(&mut self, key: &str, value: &str) -> Result<(), PmiError> {
+    pub(crate) fn put(&mut self, key: &str, value: &str) -> Result<(), PmiError> {
         let frame = pmi2::encode("kvs-put", &[("key", key), ("value", value)])?;
         self.request(
             &frame,
@@ -210,14 +215,14 @@ impl Pmi2Client {
     }
 
     /// `kvs-fence`: waits until every rank has fenced.
-    pub fn fence(&mut self) -> Result<(), PmiError> {
+    pub(crate) fn fence(&mut self) -> Result<(), PmiError> {
         let frame = pmi2::encode("kvs-fence", &[])?;
         self.request(&frame, "kvs-fence-response", FENCE_HINT)?
             .expect("kvs-fence-response", "kvs-fence")
     }
 
     /// `kvs-get` of a key published before the last fence.
-    pub fn get(&mut self, key: &str) -> Result<String, PmiError> {
+    pub(crate) fn get(&mut self, key: &str) -> Result<String, PmiError> {
         let jobid = self.jobid.clone();
         let frame = pmi2::encode(
             "kvs-get",
@@ -240,7 +245,7 @@ impl Pmi2Client {
     }
 
     /// `finalize`: tells the server this rank is done with PMI.
-    pub fn finalize(mut self) -> Result<(), PmiError> {
+    pub(crate) fn finalize(mut self) -> Result<(), PmiError> {
         let frame = pmi2::encode("finalize", &[])?;
         self.request(
             &frame,
@@ -253,7 +258,7 @@ impl Pmi2Client {
 
 /// A PMI-1 client (MPICH Hydra's `mpiexec`, over `PMI_FD`).
 #[derive(Debug)]
-pub struct Pmi1Client {
+pub(crate) struct Pmi1Client {
     socket: PmiSocket,
     decoder: Pmi1Decoder,
     kvsname: String,
@@ -262,7 +267,7 @@ pub struct Pmi1Client {
 
 impl Pmi1Client {
     /// Adopts `fd`, runs init, and asks for the limits and the KVS name.
-    pub fn connect(fd: RawFd, rank: u32, timeout: Duration) -> Result<Self, PmiError> {
+    pub(crate) fn connect(fd: RawFd, rank: u32, timeout: Duration) -> Result<Self, PmiError> {
         let socket = PmiSocket::adopt(fd, rank, timeout)?;
         let mut client = Pmi1Client {
             socket,
@@ -298,7 +303,7 @@ impl Pmi1Client {
     }
 
     /// Longest value the server takes.
-    pub fn max_value(&self) -> usize {
+    pub(crate) fn max_value(&self) -> usize {
         self.max_value
     }
 
@@ -321,7 +326,7 @@ impl Pmi1Client {
     }
 
     /// `put` into this job's KVS.
-    pub fn put(&mut self, key: &str, value: &str) -> Result<(), PmiError> {
+    pub(crate) fn put(&mut self, key: &str, value: &str) -> Result<(), PmiError> {
         let kvsname = self.kvsname.clone();
         let line = pmi1::encode(
             "put",
@@ -332,13 +337,13 @@ impl Pmi1Client {
     }
 
     /// `barrier_in`/`barrier_out`: waits for every rank.
-    pub fn barrier(&mut self) -> Result<(), PmiError> {
+    pub(crate) fn barrier(&mut self) -> Result<(), PmiError> {
         self.request(&pmi1::encode("barrier_in", &[])?, "barrier_out")?
             .expect("barrier_out", "barrier_in")
     }
 
     /// `get` from this job's KVS.
-    pub fn get(&mut self, key: &str) -> Result<String, PmiError> {
+    pub(crate) fn get(&mut self, key: &str) -> Result<String, PmiError> {
         let kvsname = self.kvsname.clone();
         let line = pmi1::encode("get", &[("kvsname", &kvsname), ("key", key)])?;
         let reply = self.request(&line, "get_result")?;
@@ -357,7 +362,7 @@ impl Pmi1Client {
     }
 
     /// `finalize`, answered by `finalize_ack`.
-    pub fn finalize(mut self) -> Result<(), PmiError> {
+    pub(crate) fn finalize(mut self) -> Result<(), PmiError> {
         self.request(&pmi1::encode("finalize", &[])?, "finalize_ack")?
             .expect("finalize_ack", "finalize")
     }

@@ -10,7 +10,7 @@ use super::client::{Pmi1Client, Pmi2Client};
 use super::PmiError;
 
 /// What both PMI clients offer.
-pub trait KeyValueSpace {
+pub(crate) trait KeyValueSpace {
     /// Publishes `value` under `key` at the next fence.
     fn put(&mut self, key: &str, value: &str) -> Result<(), PmiError>;
     /// Waits for every rank; afterwards all puts before it are visible.
@@ -53,12 +53,12 @@ impl KeyValueSpace for Pmi1Client {
 }
 
 /// Lowercase hex of `bytes`.
-pub fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Bytes of a hex string; `None` when it is not hex of whole bytes.
-pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn from_hex(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;
     }
@@ -74,7 +74,7 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
 /// The `(key suffix, value)` pairs that store `bytes` with values of at most
 /// `max_value` characters: `("", "h<hex>")` when it fits, else
 /// `("", "c<count>")` and `(".i", piece)` for every piece.
-pub fn encode_value(bytes: &[u8], max_value: usize) -> Vec<(String, String)> {
+pub(crate) fn encode_value(bytes: &[u8], max_value: usize) -> Vec<(String, String)> {
     let hex = to_hex(bytes);
     let max_value = max_value.max(4);
     if hex.len() < max_value {
@@ -98,7 +98,7 @@ pub fn encode_value(bytes: &[u8], max_value: usize) -> Vec<(String, String)> {
 
 /// What the value under a key says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ValueHeader {
+pub(crate) enum ValueHeader {
     /// The bytes themselves.
     Inline(Vec<u8>),
     /// The bytes are split over this many pieces.
@@ -107,7 +107,7 @@ pub enum ValueHeader {
 
 impl ValueHeader {
     /// Parses the value stored under the key itself.
-    pub fn parse(value: &str) -> Option<ValueHeader> {
+    pub(crate) fn parse(value: &str) -> Option<ValueHeader> {
         if let Some(hex) = value.strip_prefix('h') {
             return from_hex(hex).map(ValueHeader::Inline);
         }
@@ -119,7 +119,11 @@ impl ValueHeader {
 }
 
 /// Puts `bytes` under `key` (split when needed).
-pub fn put_bytes(kvs: &mut dyn KeyValueSpace, key: &str, bytes: &[u8]) -> Result<(), PmiError> {
+pub(crate) fn put_bytes(
+    kvs: &mut dyn KeyValueSpace,
+    key: &str,
+    bytes: &[u8],
+) -> Result<(), PmiError> {
     for (suffix, value) in encode_value(bytes, kvs.max_value()) {
         kvs.put(&format!("{key}{suffix}"), &value)?;
     }
@@ -127,7 +131,7 @@ pub fn put_bytes(kvs: &mut dyn KeyValueSpace, key: &str, bytes: &[u8]) -> Result
 }
 
 /// Gets the bytes that [`put_bytes`] stored under `key`.
-pub fn get_bytes(kvs: &mut dyn KeyValueSpace, key: &str) -> Result<Vec<u8>, PmiError> {
+pub(crate) fn get_bytes(kvs: &mut dyn KeyValueSpace, key: &str) -> Result<Vec<u8>, PmiError> {
     let bad = |reason: &str| PmiError::BadValue {
         key: key.to_owned(),
         reason: reason.to_owned(),
@@ -147,7 +151,7 @@ pub fn get_bytes(kvs: &mut dyn KeyValueSpace, key: &str) -> Result<Vec<u8>, PmiE
 
 /// Every rank's `mine`, in rank order: each rank puts under
 /// `{prefix}.{rank}`, all fence, then each gets everyone's.
-pub fn allgather(
+pub(crate) fn allgather(
     kvs: &mut dyn KeyValueSpace,
     prefix: &str,
     rank: u32,

@@ -18,24 +18,24 @@
 use super::{excerpt, PmiError};
 
 /// The first line a PMI-1 client sends.
-pub const INIT_LINE: &str = "cmd=init pmi_version=1 pmi_subversion=1\n";
+pub(crate) const INIT_LINE: &str = "cmd=init pmi_version=1 pmi_subversion=1\n";
 /// Longest line the servers read (`PMIU_MAXLINE`).
-pub const MAX_LINE: usize = 1024;
+pub(crate) const MAX_LINE: usize = 1024;
 /// Value limit assumed when the server does not say (`vallen_max`).
-pub const DEFAULT_MAX_VALUE: usize = 256;
+pub(crate) const DEFAULT_MAX_VALUE: usize = 256;
 
 /// One PMI-1 message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pmi1Message {
+pub(crate) struct Pmi1Message {
     /// The `cmd` attribute.
-    pub cmd: String,
+    pub(crate) cmd: String,
     /// The other attributes in order.
-    pub attributes: Vec<(String, String)>,
+    pub(crate) attributes: Vec<(String, String)>,
 }
 
 impl Pmi1Message {
     /// The first value of `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.attributes
             .iter()
             .find(|(k, _)| k == key)
@@ -43,7 +43,11 @@ impl Pmi1Message {
     }
 
     /// Fails unless this is `expected` and its `rc` (when present) is 0.
-    pub fn expect(&self, expected: &'static str, command: &'static str) -> Result<(), PmiError> {
+    pub(crate) fn expect(
+        &self,
+        expected: &'static str,
+        command: &'static str,
+    ) -> Result<(), PmiError> {
         if self.cmd != expected {
             return Err(PmiError::UnexpectedReply {
                 expected,
@@ -96,7 +100,7 @@ fn check(what: &'static str, text: &str) -> Result<(), PmiError> {
 ///            "cmd=put kvsname=kvs_1 key=a value=b\n");
 /// # Ok::<(), lumen_launcher::pmi::PmiError>(())
 /// ```
-pub fn encode(cmd: &str, attributes: &[(&str, &str)]) -> Result<String, PmiError> {
+pub(crate) fn encode(cmd: &str, attributes: &[(&str, &str)]) -> Result<String, PmiError> {
     check("key", cmd)?;
     let mut line = format!("cmd={cmd}");
     for (key, value) in attributes {
@@ -119,7 +123,7 @@ pub fn encode(cmd: &str, attributes: &[(&str, &str)]) -> Result<String, PmiError
 }
 
 /// Parses one line (without its newline).
-pub fn parse_line(line: &str) -> Result<Pmi1Message, PmiError> {
+pub(crate) fn parse_line(line: &str) -> Result<Pmi1Message, PmiError> {
     let malformed = |reason| PmiError::Malformed {
         message: excerpt(line),
         reason,
@@ -140,23 +144,23 @@ pub fn parse_line(line: &str) -> Result<Pmi1Message, PmiError> {
 
 /// Collects bytes and yields whole lines as messages.
 #[derive(Debug, Default)]
-pub struct Pmi1Decoder {
+pub(crate) struct Pmi1Decoder {
     buffer: Vec<u8>,
 }
 
 impl Pmi1Decoder {
     /// An empty decoder.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Appends bytes read from the socket.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
     }
 
     /// The next complete line as a message; `None` when more bytes are needed.
-    pub fn next_message(&mut self) -> Result<Option<Pmi1Message>, PmiError> {
+    pub(crate) fn next_message(&mut self) -> Result<Option<Pmi1Message>, PmiError> {
         let Some(end) = self.buffer.iter().position(|&b| b == b'\n') else {
             if self.buffer.len() > 64 * MAX_LINE {
                 return Err(PmiError::Malformed {

@@ -24,28 +24,28 @@
 use super::{excerpt, PmiError};
 
 /// The first line a PMI-2 client sends.
-pub const INIT_LINE: &str = "cmd=init pmi_version=2 pmi_subversion=0\n";
+pub(crate) const INIT_LINE: &str = "cmd=init pmi_version=2 pmi_subversion=0\n";
 /// Width of the length prefix.
-pub const LENGTH_BYTES: usize = 6;
+pub(crate) const LENGTH_BYTES: usize = 6;
 /// Largest body a 6-digit length can announce.
-pub const MAX_BODY: usize = 999_999;
+pub(crate) const MAX_BODY: usize = 999_999;
 /// Longest value the servers accept (Slurm's and MPICH's `PMI2_MAX_VALLEN`).
-pub const MAX_VALUE: usize = 1024;
+pub(crate) const MAX_VALUE: usize = 1024;
 /// Longest key (`PMI2_MAX_KEYLEN`).
-pub const MAX_KEY: usize = 64;
+pub(crate) const MAX_KEY: usize = 64;
 
 /// One PMI-2 message: a command and its `key=value` attributes, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pmi2Message {
+pub(crate) struct Pmi2Message {
     /// The `cmd` attribute.
-    pub cmd: String,
+    pub(crate) cmd: String,
     /// The other attributes, in wire order (keys may repeat).
-    pub attributes: Vec<(String, String)>,
+    pub(crate) attributes: Vec<(String, String)>,
 }
 
 impl Pmi2Message {
     /// The first value of `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.attributes
             .iter()
             .find(|(k, _)| k == key)
@@ -54,7 +54,7 @@ impl Pmi2Message {
 
     /// The `rc` attribute as a number; a missing `rc` counts as success (the
     /// `kvs-fence-response` of some servers carries none).
-    pub fn rc(&self) -> Result<i64, PmiError> {
+    pub(crate) fn rc(&self) -> Result<i64, PmiError> {
         match self.get("rc") {
             None => Ok(0),
             Some(rc) => rc.trim().parse().map_err(|_| PmiError::Malformed {
@@ -65,7 +65,11 @@ impl Pmi2Message {
     }
 
     /// Fails unless this is `expected` with `rc=0`.
-    pub fn expect(&self, expected: &'static str, command: &'static str) -> Result<(), PmiError> {
+    pub(crate) fn expect(
+        &self,
+        expected: &'static str,
+        command: &'static str,
+    ) -> Result<(), PmiError> {
         if self.cmd != expected {
             return Err(PmiError::UnexpectedReply {
                 expected,
@@ -116,7 +120,7 @@ fn check_text(what: &'static str, text: &str, max: usize) -> Result<(), PmiError
 /// assert_eq!(frame, b"26    cmd=kvs-put;key=a;value=b;");
 /// # Ok::<(), lumen_launcher::pmi::PmiError>(())
 /// ```
-pub fn encode(cmd: &str, attributes: &[(&str, &str)]) -> Result<Vec<u8>, PmiError> {
+pub(crate) fn encode(cmd: &str, attributes: &[(&str, &str)]) -> Result<Vec<u8>, PmiError> {
     check_text("key", cmd, MAX_KEY)?;
     let mut body = format!("cmd={cmd};");
     for (key, value) in attributes {
@@ -141,7 +145,7 @@ pub fn encode(cmd: &str, attributes: &[(&str, &str)]) -> Result<Vec<u8>, PmiErro
 
 /// Parses one message body (without its length prefix): `cmd=X;k=v;...`,
 /// with `;;` standing for a literal `;` inside a value.
-pub fn parse_body(body: &[u8]) -> Result<Pmi2Message, PmiError> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<Pmi2Message, PmiError> {
     let text = std::str::from_utf8(body).map_err(|_| PmiError::Malformed {
         message: String::from_utf8_lossy(body).into_owned(),
         reason: "not UTF-8",
@@ -184,28 +188,29 @@ pub fn parse_body(body: &[u8]) -> Result<Pmi2Message, PmiError> {
 
 /// Collects bytes from the socket and yields whole PMI-2 messages.
 #[derive(Debug, Default)]
-pub struct Pmi2Decoder {
+pub(crate) struct Pmi2Decoder {
     buffer: Vec<u8>,
 }
 
 impl Pmi2Decoder {
     /// An empty decoder.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Appends bytes read from the socket.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
     }
 
     /// Bytes received and not yet decoded.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.buffer.len()
     }
 
     /// The next complete message, `None` when more bytes are needed.
-    pub fn next_message(&mut self) -> Result<Option<Pmi2Message>, PmiError> {
+    pub(crate) fn next_message(&mut self) -> Result<Option<Pmi2Message>, PmiError> {
         if self.buffer.len() < LENGTH_BYTES {
             return Ok(None);
         }
@@ -232,7 +237,7 @@ impl Pmi2Decoder {
 }
 
 /// The `fullinit` request for rank `rank` of PMI job `jobid` (`PMI_JOBID`).
-pub fn fullinit(jobid: &str, rank: u32) -> Result<Vec<u8>, PmiError> {
+pub(crate) fn fullinit(jobid: &str, rank: u32) -> Result<Vec<u8>, PmiError> {
     encode(
         "fullinit",
         &[
@@ -245,15 +250,15 @@ pub fn fullinit(jobid: &str, rank: u32) -> Result<Vec<u8>, PmiError> {
 
 /// What `fullinit-response` says about this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FullInit {
+pub(crate) struct FullInit {
     /// This rank.
-    pub rank: u32,
+    pub(crate) rank: u32,
     /// Ranks in the job.
-    pub size: u32,
+    pub(crate) size: u32,
 }
 
 /// Reads a `fullinit-response`.
-pub fn parse_fullinit(reply: &Pmi2Message) -> Result<FullInit, PmiError> {
+pub(crate) fn parse_fullinit(reply: &Pmi2Message) -> Result<FullInit, PmiError> {
     reply.expect("fullinit-response", "fullinit")?;
     let number = |key: &'static str| {
         reply

@@ -104,7 +104,7 @@ impl RendezvousClient {
     /// [`RendezvousServer::bind_derived`](super::RendezvousServer::bind_derived)
     /// on `ip`: walks the derived ports, skipping servers of other jobs, until
     /// its own answers or `timeout` has passed.
-    pub fn connect_derived(
+    pub(crate) fn connect_derived(
         ip: IpAddr,
         job_id: &str,
         step_id: &str,
@@ -117,7 +117,7 @@ impl RendezvousClient {
         Self::connect_from_port(ip, base, &job, rank, secret, timeout)
     }
 
-    /// Like [`connect_derived`](Self::connect_derived) with an explicit first
+    /// Like `connect_derived` with an explicit first
     /// port and the handshake job id as given (the test hook matching
     /// [`RendezvousServer::bind_from_port`](super::RendezvousServer::bind_from_port)).
     pub fn connect_from_port(

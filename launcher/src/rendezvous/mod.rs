@@ -10,11 +10,11 @@
 //!                                    └──────────────────────────────┘
 //! ```
 //!
-//! - [`StoreState`] is the protocol: a pure state machine, stepped in unit
+//! - `StoreState` is the protocol: a pure state machine, stepped in unit
 //!   tests without sockets.
 //! - [`RendezvousServer`] is its IO shell: it accepts connections, runs the
 //!   handshake of [`lumen_transport::handshake`] (the client's rank is the
-//!   initiator rank; the server uses [`SERVER_RANK`]), and moves
+//!   initiator rank; the server uses `SERVER_RANK`), and moves
 //!   [`FrameKind::Store`](lumen_transport::frame::FrameKind::Store) frames
 //!   carrying [`crate::wire`] messages between the sockets and the state.
 //! - [`RendezvousClient`] is what a rank uses: [`put`](RendezvousClient::put),
@@ -30,7 +30,7 @@
 //! by one rank) and the clients derive it: the port comes from a hash of job
 //! id and step id into [`DERIVED_PORTS`], and when that port is taken (by
 //! another job, or by anything else) the server takes the next of
-//! [`DERIVED_PORT_ATTEMPTS`] ports. Clients walk the same ports and skip any
+//! `DERIVED_PORT_ATTEMPTS` ports. Clients walk the same ports and skip any
 //! server that refuses them as belonging to another job, so two jobs on one
 //! host never meet each other's store. The job id of the handshake is then
 //! `{job_id}.{step_id}`, so two steps of one allocation are told apart too.
@@ -56,17 +56,17 @@ use thiserror::Error;
 
 pub use client::RendezvousClient;
 pub use server::RendezvousServer;
-pub use state::{ConnectRefusal, StoreState};
+pub(crate) use state::StoreState;
 
 /// Rank the server names itself in the handshake.
-pub const SERVER_RANK: u32 = u32::MAX;
+pub(crate) const SERVER_RANK: u32 = u32::MAX;
 /// Largest frame either side accepts after the handshake (16 MiB).
 pub const MAX_FRAME: u32 = 16 << 20;
-/// Ports that [`derived_port`] hashes into.
+/// Ports that `derived_port` hashes into.
 pub const DERIVED_PORTS: Range<u16> = 20000..40000;
 /// How many consecutive ports from the derived one a server tries to bind
 /// and a client tries to reach.
-pub const DERIVED_PORT_ATTEMPTS: u16 = 32;
+pub(crate) const DERIVED_PORT_ATTEMPTS: u16 = 32;
 
 /// The first port of the derived sequence for a job step: a stable hash
 /// (64-bit FNV-1a, the same in every build) of job id and step id into
@@ -78,7 +78,7 @@ pub const DERIVED_PORT_ATTEMPTS: u16 = 32;
 /// assert!(DERIVED_PORTS.contains(&port));
 /// assert_eq!(port, derived_port("4711", "0"));
 /// ```
-pub fn derived_port(job_id: &str, step_id: &str) -> u16 {
+pub(crate) fn derived_port(job_id: &str, step_id: &str) -> u16 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in job_id.bytes().chain([0]).chain(step_id.bytes()) {
         hash ^= u64::from(byte);
@@ -90,12 +90,12 @@ pub fn derived_port(job_id: &str, step_id: &str) -> u16 {
 }
 
 /// The ports a server binds and clients try, in order, starting at `base`.
-pub fn port_sequence(base: u16) -> impl Iterator<Item = u16> + Clone {
+pub(crate) fn port_sequence(base: u16) -> impl Iterator<Item = u16> + Clone {
     (0..DERIVED_PORT_ATTEMPTS).filter_map(move |step| base.checked_add(step))
 }
 
 /// The job id used in the handshake for a derived rendezvous of a job step.
-pub fn derived_job_id(job_id: &str, step_id: &str) -> String {
+pub(crate) fn derived_job_id(job_id: &str, step_id: &str) -> String {
     format!("{job_id}.{step_id}")
 }
 

@@ -132,7 +132,7 @@ impl RendezvousServer {
     /// Listens on the port derived from job and step id ([`derived_port`]) or,
     /// when that is taken, the next free port of its sequence. Ranks find it
     /// with [`RendezvousClient::connect_derived`](super::RendezvousClient::connect_derived).
-    pub fn bind_derived(
+    pub(crate) fn bind_derived(
         ip: IpAddr,
         job_id: &str,
         step_id: &str,
@@ -143,7 +143,7 @@ impl RendezvousServer {
         Self::bind_from_port(ip, base, &derived_job_id(job_id, step_id), size, secret)
     }
 
-    /// Like [`bind_derived`](Self::bind_derived) with an explicit first port
+    /// Like `bind_derived` with an explicit first port
     /// and the handshake job id as given: tests use it to force two jobs onto
     /// the same sequence.
     pub fn bind_from_port(

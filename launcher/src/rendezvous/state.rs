@@ -56,7 +56,7 @@ struct WaitingGet {
 
 /// Why a rank's connection was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ConnectRefusal {
+pub(crate) enum ConnectRefusal {
     /// The rank number is not below the job size.
     #[error("rank {rank} is outside this job of {size} ranks; check LUMEN_RANK and LUMEN_SIZE of that process")]
     OutOfRange {
@@ -96,7 +96,7 @@ pub enum ConnectRefusal {
 /// assert_eq!(replies[0].1.reply, Reply::Value { key: "k".into(), value: b"v".to_vec() });
 /// ```
 #[derive(Debug)]
-pub struct StoreState {
+pub(crate) struct StoreState {
     size: u32,
     ranks: Vec<RankState>,
     values: HashMap<String, Vec<u8>>,
@@ -109,7 +109,7 @@ pub struct StoreState {
 
 impl StoreState {
     /// An empty store for a job of `size` ranks.
-    pub fn new(size: u32) -> Self {
+    pub(crate) fn new(size: u32) -> Self {
         StoreState {
             size,
             ranks: vec![
@@ -127,7 +127,7 @@ impl StoreState {
     }
 
     /// Ranks in the job.
-    pub fn size(&self) -> u32 {
+    pub(crate) fn size(&self) -> u32 {
         self.size
     }
 
@@ -136,7 +136,7 @@ impl StoreState {
     /// On success the shell sends [`Reply::Welcome`]; on refusal it sends the
     /// refusal as [`Reply::Error`] and closes that connection, leaving the
     /// rank's existing connection (if any) alone.
-    pub fn connect(&mut self, rank: u32) -> Result<(), ConnectRefusal> {
+    pub(crate) fn connect(&mut self, rank: u32) -> Result<(), ConnectRefusal> {
         let size = self.size;
         let state = self
             .ranks
@@ -154,7 +154,7 @@ impl StoreState {
 
     /// Applies one request from `from` (which must be connected) and returns
     /// the replies to send, each with its destination rank.
-    pub fn handle(&mut self, from: u32, frame: RequestFrame) -> Vec<(u32, ReplyFrame)> {
+    pub(crate) fn handle(&mut self, from: u32, frame: RequestFrame) -> Vec<(u32, ReplyFrame)> {
         let id = frame.id;
         let error = |reason: String| {
             vec![(
@@ -218,7 +218,7 @@ impl StoreState {
     /// The connection of `rank` ended. Without a prior `Finalize` this fails
     /// the rendezvous: the returned replies answer every waiting `Get` and
     /// `Barrier` with an error that names `rank`.
-    pub fn disconnected(&mut self, rank: u32) -> Vec<(u32, ReplyFrame)> {
+    pub(crate) fn disconnected(&mut self, rank: u32) -> Vec<(u32, ReplyFrame)> {
         let Some(state) = self.ranks.get_mut(rank as usize) else {
             return Vec::new();
         };
@@ -250,7 +250,7 @@ impl StoreState {
     }
 
     /// Who is connected, gone and waiting in barriers.
-    pub fn status(&self) -> StoreStatus {
+    pub(crate) fn status(&self) -> StoreStatus {
         let with = |presence: Presence| -> Vec<u32> {
             (0..self.size)
                 .filter(|&rank| self.presence(rank) == Some(presence))

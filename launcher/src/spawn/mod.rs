@@ -30,7 +30,18 @@
 //!
 //! Ranks fill hosts in order: with `--hosts a:2,b:2` and 3 ranks, ranks 0 and 1
 //! run on `a` (node 0) and rank 2 on `b` (node 1).
-
+//!
+//! The embedded local cluster of `lumen::init` spawns through the same code
+//! without waiting: [`LocalRanks`] starts ranks `1..n` beside the calling
+//! process (rank 0) and hands back a handle to stop them.
+//!
+//! | module | concern |
+//! |---|---|
+//! | `layout` | host lists, ranks onto hosts, each rank's variables, launch agents (pure) |
+//! | `process` | commands, `PR_SET_PDEATHSIG`, output forwarding, `/dev/shm` clean-up |
+//! | `signals` | SIGINT/SIGTERM/SIGHUP forwarding |
+//! | `job` | [`run_job`]'s wait loop |
+//! | `local` | [`LocalRanks`] |
 
 mod job;
 mod layout;

@@ -4,13 +4,17 @@
 //! # How `init` finds its job
 //! - Started by `lumen run`, `srun`, `mpirun` (any launcher that
 //!   `lumen_launcher::env::detect` recognises): every rank joins with
-//!   [`crate::bootstrap::join`].
+//!   [`lumen_launcher::bootstrap::join`].
 //! - Started bare (`./app`, `cargo run --example ...`): the process becomes
-//!   rank 0 of an **embedded local cluster**. It hosts the rendezvous store
-//!   itself and starts `LUMEN_NUM_WORKERS` (default: the number of cores)
-//!   worker processes that re-execute the same binary (`/proc/self/exe`)
-//!   with the `LUMEN_*` variables `lumen run` would set, plus
-//!   `LUMEN_EMBEDDED_WORKER=serve`.
+//!   rank 0 of an **embedded local cluster**. The launcher's spawner
+//!   ([`lumen_launcher::spawn::LocalRanks`], the code behind `lumen run`)
+//!   hosts the rendezvous store in this process and starts
+//!   `LUMEN_NUM_WORKERS` (default: the number of cores) worker processes
+//!   that re-execute the same binary (`/proc/self/exe`) with the `LUMEN_*`
+//!   variables `lumen run` would set, plus `LUMEN_EMBEDDED_WORKER=serve`;
+//!   this process then joins with rank 0's variables, as its workers do.
+//!   What stays here is the runtime's part: membership, the hello and
+//!   welcome, and the worker entry.
 //!
 //! # The worker entry runs before `main`
 //! A worker must serve tasks, not run the program's `main` (a test binary
@@ -27,25 +31,18 @@
 //! barrier and closes. The embedded cluster then waits for its workers (5 s,
 //! then SIGKILL) and removes the job's `/dev/shm` files. When the driver
 //! panics, unwinding drops the runtime the same way; when it is killed, its
-//! workers die with it (`PR_SET_PDEATHSIG(SIGKILL)`, set for the thread
-//! that spawned them, which lives as long as the process), and the
+//! workers die with it (`PR_SET_PDEATHSIG(SIGKILL)`, set by the launcher
+//! for the thread that spawned them, which lives as long as they do), and the
 //! transport's node segment is already unlinked once every rank mapped it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use lumen_launcher::config::{Config, TcpBackendChoice};
-use lumen_launcher::env::{detect, LaunchKind, JOB_SECRET_VAR};
-use lumen_launcher::rendezvous::{RendezvousClient, RendezvousServer};
-use lumen_launcher::spawn::{new_job_id, shm_segment_prefix};
-use lumen_transport::{
-    Endpoint, EndpointBuilder, EndpointOptions, JobSecret, PeerAddress, Source, TcpBackend,
-    TransportConfig,
-};
+use lumen_launcher::bootstrap::{self, Job};
+use lumen_launcher::env::{detect, LaunchKind};
+use lumen_launcher::spawn::{shm_segment_prefix, LocalRanks, LocalRanksSpec};
+use lumen_transport::{Endpoint, Source};
 
 use super::config::RuntimeConfig;
 use super::core::{set_current, Inner, Mode};
@@ -53,7 +50,6 @@ use super::error::RuntimeError;
 use super::protocol::{decode, encode, RankInfo, Welcome, HELLO_TAG};
 use super::registry;
 use super::store::Arena;
-use crate::bootstrap::{self, Job};
 use crate::error::{LumenError, Result};
 
 /// Variable that makes a re-executed binary serve as an embedded worker.
@@ -128,7 +124,7 @@ impl InitOptions {
             );
         }
         let (endpoint, cluster) = EmbeddedCluster::start(workers, mode)?;
-        let job_id = cluster.job_id.clone();
+        let job_id = cluster.job.world.job_id.clone();
         start(
             endpoint,
             mode,
@@ -152,7 +148,7 @@ impl Membership {
     /// and (embedded) wait for the workers.
     pub(crate) fn finish(self, all_alive: bool) -> Result<()> {
         match self {
-            Membership::Job(job) => (*job).finish(),
+            Membership::Job(job) => Ok((*job).finish()?),
             Membership::Embedded(cluster) => (*cluster).finish(all_alive),
         }
     }
@@ -351,33 +347,12 @@ fn hello(endpoint: &Endpoint, node: u32, config: &RuntimeConfig) -> Result<Vec<R
     }
 }
 
-/// The embedded local cluster (driver side): the rendezvous store, the
-/// thread that spawned the workers, and how to stop them.
+/// The embedded local cluster (driver side): this rank's membership of the
+/// job, and the worker processes the launcher started for it.
 #[derive(Debug)]
 pub(crate) struct EmbeddedCluster {
-    endpoint: Endpoint,
-    job_id: String,
-    client: Option<RendezvousClient>,
-    server: Option<RendezvousServer>,
-    stop: mpsc::Sender<Duration>,
-    stopped: mpsc::Receiver<()>,
-}
-
-fn transport_config(config: &Config) -> TransportConfig {
-    TransportConfig {
-        eager_limit: config.eager_limit,
-        ring_bytes: config.shm_ring_bytes,
-        spin: config.spin,
-        tcp_backend: match config.tcp_backend {
-            TcpBackendChoice::Auto => TcpBackend::Auto,
-            TcpBackendChoice::Uring => TcpBackend::Uring,
-            TcpBackendChoice::Epoll => TcpBackend::Epoll,
-        },
-        tcp_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        connect_timeout: config.rendezvous_timeout,
-        tcp_conns: config.tcp_conns_per_peer as usize,
-        ..TransportConfig::default()
-    }
+    job: Job,
+    workers: LocalRanks,
 }
 
 fn cluster_error(what: impl std::fmt::Display) -> LumenError {
@@ -385,198 +360,45 @@ fn cluster_error(what: impl std::fmt::Display) -> LumenError {
 }
 
 impl EmbeddedCluster {
-    /// Starts `workers` worker processes and joins them as rank 0.
+    /// Starts `workers` worker processes (the launcher's spawner, as `lumen
+    /// run` uses) and joins them as rank 0, with the variables they got.
     fn start(workers: u32, mode: Mode) -> Result<(Endpoint, EmbeddedCluster)> {
-        let config = Config::from_env(|name| std::env::var(name).ok())
-            .map_err(|e| LumenError::Bootstrap(e.to_string()))?;
-        let timeout = config.rendezvous_timeout;
-        let size = workers + 1;
-        let job_id = new_job_id();
-        let secret = JobSecret::random();
-        let server = RendezvousServer::bind(
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            &job_id,
-            size,
-            secret.clone(),
-        )?;
-        let rendezvous = server.local_addr();
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
-        let common: Vec<(String, String)> = vec![
-            ("LUMEN_SIZE".into(), size.to_string()),
-            ("LUMEN_LOCAL_SIZE".into(), size.to_string()),
-            ("LUMEN_NODE_INDEX".into(), "0".into()),
-            ("LUMEN_NUM_NODES".into(), "1".into()),
-            ("LUMEN_HOSTS".into(), host),
-            ("LUMEN_JOB_ID".into(), job_id.clone()),
-            ("LUMEN_RENDEZVOUS".into(), rendezvous.to_string()),
-            (JOB_SECRET_VAR.into(), secret.to_hex()),
-        ];
-        let role = match mode {
-            Mode::Driver => Some("serve"),
-            Mode::Spmd => None,
-        };
-        let (stop, stop_rx) = mpsc::channel::<Duration>();
-        let (stopped_tx, stopped) = mpsc::channel::<()>();
-        let (ready_tx, ready) = mpsc::channel::<std::result::Result<(), String>>();
-        let shm_prefix = shm_segment_prefix(&job_id);
-        // PR_SET_PDEATHSIG fires when the spawning *thread* ends: this one
-        // lives until the workers are gone (or the process dies).
-        std::thread::Builder::new()
-            .name("lumen-cluster".into())
-            .spawn(move || {
-                let mut children: Vec<Child> = Vec::new();
-                for rank in 1..size {
-                    let mut command = Command::new("/proc/self/exe");
-                    command
-                        .args(std::env::args_os().skip(1))
-                        .envs(common.iter().map(|(k, v)| (k, v)))
-                        .env("LUMEN_RANK", rank.to_string())
-                        .env("LUMEN_LOCAL_RANK", rank.to_string())
-                        .stdin(Stdio::null());
-                    match role {
-                        Some(role) => command.env(EMBEDDED_WORKER_VAR, role),
-                        None => command.env_remove(EMBEDDED_WORKER_VAR),
-                    };
-                    let parent = rustix::process::getpid();
-                    // SAFETY: the closure runs in the forked child before
-                    // exec and makes only two raw system calls (prctl,
-                    // getppid) that allocate nothing and take no locks.
-                    unsafe {
-                        command.pre_exec(move || {
-                            rustix::process::set_parent_process_death_signal(Some(
-                                rustix::process::Signal::KILL,
-                            ))?;
-                            if rustix::process::getppid() != Some(parent) {
-                                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                            }
-                            Ok(())
-                        });
-                    }
-                    match command.spawn() {
-                        Ok(child) => children.push(child),
-                        Err(e) => {
-                            for child in &mut children {
-                                let _ = child.kill();
-                                let _ = child.wait();
-                            }
-                            let _ = ready_tx.send(Err(format!("spawning worker {rank}: {e}")));
-                            return;
-                        }
-                    }
-                }
-                let _ = ready_tx.send(Ok(()));
-                // Until told to stop (or the driver side is dropped), reap
-                // nothing: the workers are needed.
-                let grace = stop_rx.recv().unwrap_or(Duration::ZERO);
-                let deadline = Instant::now() + grace;
-                loop {
-                    let mut running = 0;
-                    for child in &mut children {
-                        if matches!(child.try_wait(), Ok(None)) {
-                            running += 1;
-                        }
-                    }
-                    if running == 0 {
-                        break;
-                    }
-                    if Instant::now() >= deadline {
-                        for child in &mut children {
-                            let _ = child.kill();
-                        }
-                        for child in &mut children {
-                            let _ = child.wait();
-                        }
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                remove_shm(&shm_prefix);
-                let _ = stopped_tx.send(());
+        let mut spec = LocalRanksSpec::new(workers + 1, "/proc/self/exe");
+        spec.args = std::env::args_os().skip(1).collect();
+        match mode {
+            Mode::Driver => spec.env.push((EMBEDDED_WORKER_VAR.into(), "serve".into())),
+            Mode::Spmd => spec.env_remove.push(EMBEDDED_WORKER_VAR.into()),
+        }
+        let workers = LocalRanks::start(&spec).map_err(cluster_error)?;
+        let joined = {
+            let mine = workers.caller_env();
+            bootstrap::join_with(|name| {
+                mine.iter()
+                    .find(|(key, _)| key == name)
+                    .map(|(_, value)| value.clone())
+                    .or_else(|| std::env::var(name).ok())
             })
-            .map_err(|e| cluster_error(format!("no thread to spawn workers: {e}")))?;
-        ready
-            .recv()
-            .map_err(|_| cluster_error("the spawning thread died"))?
-            .map_err(cluster_error)?;
-
-        let options = EndpointOptions {
-            rank: 0,
-            size,
-            node: 0,
-            local_rank: 0,
-            local_size: size,
-            job_id: job_id.clone(),
-            secret: secret.clone(),
-            config: transport_config(&config),
         };
-        let joined = (|| -> Result<(Endpoint, RendezvousClient)> {
-            let builder = EndpointBuilder::new(options)?;
-            let mut client = RendezvousClient::connect(rendezvous, &job_id, 0, &secret, timeout)?;
-            let table = client.allgather("endpoint", &builder.address().encode(), timeout)?;
-            let peers = table
-                .iter()
-                .map(|bytes| PeerAddress::decode(bytes))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let endpoint = builder.connect(&peers, || client.barrier(timeout))?;
-            Ok((endpoint, client))
-        })();
         match joined {
-            Ok((endpoint, client)) => Ok((
-                endpoint.clone(),
-                EmbeddedCluster {
-                    endpoint,
-                    job_id,
-                    client: Some(client),
-                    server: Some(server),
-                    stop,
-                    stopped,
-                },
-            )),
+            Ok(job) => Ok((job.endpoint.clone(), EmbeddedCluster { job, workers })),
             Err(e) => {
-                let _ = stop.send(Duration::ZERO);
-                let _ = stopped.recv_timeout(WORKER_EXIT_GRACE);
-                Err(e)
+                workers.kill();
+                Err(e.into())
             }
         }
     }
 
-    /// Leaves in order and waits for the workers.
-    fn finish(mut self, barrier: bool) -> Result<()> {
+    /// Leaves in order and waits for the workers (they finalize with the
+    /// store before they exit: it stays up until they are gone).
+    fn finish(self, barrier: bool) -> Result<()> {
         let left = if barrier {
-            self.endpoint.barrier()
+            self.job.finish()
         } else {
-            Ok(())
+            self.job.finish_without_barrier()
         };
-        self.endpoint.close();
-        // The workers finalize with the store before they exit: keep it up
-        // until they are gone.
-        let _ = self.stop.send(WORKER_EXIT_GRACE);
-        let _ = self
-            .stopped
-            .recv_timeout(WORKER_EXIT_GRACE + Duration::from_secs(2));
-        let finalized = match self.client.take() {
-            Some(client) => client.finalize().map_err(LumenError::from),
-            None => Ok(()),
-        };
-        if let Some(mut server) = self.server.take() {
-            server.shutdown();
-        }
-        tracing::debug!(job = %self.job_id, "embedded cluster stopped");
-        left?;
-        finalized
-    }
-}
-
-fn remove_shm(prefix: &str) {
-    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
+        self.workers.stop(WORKER_EXIT_GRACE);
+        tracing::debug!("embedded cluster stopped");
+        Ok(left?)
     }
 }
 
