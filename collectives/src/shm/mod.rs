@@ -86,6 +86,8 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
+use lumen_transport::sys::SharedMapping;
+
 mod handshake;
 mod inline;
 mod segment;
@@ -130,8 +132,10 @@ const _: () = assert!(LEN_OFFSET + 8 * SLOTS <= DONE_OFFSET);
 
 /// A mapped collective segment.
 pub(crate) struct Segment {
+    /// Start of `mapping` (kept as `NonNull` for the pointer arithmetic).
     base: NonNull<u8>,
-    len: usize,
+    /// The shared mapping; `base` is valid as long as it lives.
+    mapping: SharedMapping,
     size: usize,
     rank: usize,
     slot_bytes: usize,
@@ -148,10 +152,11 @@ pub(crate) struct Segment {
     probe: Box<AtomicU64>,
 }
 
-// SAFETY: the segment is plain shared memory; all cross-process and
-// cross-thread accesses go through atomics (flags) or through regions the
-// protocol gives to one writer at a time, and the communicator's execution
-// lock serialises this rank's use of it.
+// SAFETY: `base` points into `mapping`, which the segment owns. The
+// segment is plain shared memory: all cross-process and cross-thread
+// accesses go through atomics (flags) or through regions the protocol gives
+// to one writer at a time, and the communicator's execution lock serialises
+// this rank's use of it.
 unsafe impl Send for Segment {}
 // SAFETY: as above.
 unsafe impl Sync for Segment {}

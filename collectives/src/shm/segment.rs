@@ -1,6 +1,8 @@
 //! The mapping: creating a segment under a fresh name, opening it at the
 //! other members, checking its header, and the addresses of the words,
-//! slots and inline lines inside it.
+//! slots and inline lines inside it. The mapping itself is the
+//! transport's platform layer ([`lumen_transport::sys::SharedMapping`]),
+//! unmapped when the segment is dropped.
 //!
 //! Invariants: the header's magic is written last (release) by the
 //! creator, and a member that opens the segment checks magic, version,
@@ -8,16 +10,13 @@
 //! foreign object with the same name is refused. Slots start on 4096-byte
 //! boundaries, so a slot is aligned for every element type.
 
-use std::ffi::CString;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use lumen_transport::sys::{SharedMapping, SharedObject};
+
 use super::{layout, Segment, CONTROL, DONE_OFFSET, HEADER, LEN_OFFSET, MAGIC, SLOTS, VERSION};
 use crate::element::Element;
-
-fn os_error(what: &str, name: &str) -> String {
-    format!("{what} {name}: {}", std::io::Error::last_os_error())
-}
 
 /// A fresh segment name: pid, time and a counter.
 fn fresh_name() -> String {
@@ -33,13 +32,10 @@ fn fresh_name() -> String {
     )
 }
 
-/// Removes a segment name (the mappings stay valid).
+/// Removes a segment name (the mappings stay valid). A name already gone
+/// is not an error: the segment works without it.
 pub(crate) fn unlink(name: &str) {
-    if let Ok(c) = CString::new(name) {
-        // SAFETY: `c` is a valid NUL-terminated string; shm_unlink only
-        // removes the name.
-        unsafe { libc::shm_unlink(c.as_ptr()) };
-    }
+    let _ = SharedMapping::unlink(name);
 }
 
 impl Segment {
@@ -49,30 +45,16 @@ impl Segment {
         slot_bytes: usize,
     ) -> std::result::Result<(String, Segment), String> {
         let name = fresh_name();
-        let c = CString::new(name.clone()).map_err(|e| e.to_string())?;
         let (_, len) = layout(size, slot_bytes);
-        // SAFETY: valid C string; flags create a new object or fail.
-        let fd = unsafe {
-            libc::shm_open(
-                c.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
-                0o600,
-            )
+        let object = SharedObject::create(&name).map_err(|e| format!("shm_open {name}: {e}"))?;
+        let mapping = match object.set_len(len as u64).and_then(|()| object.map(len)) {
+            Ok(mapping) => mapping,
+            Err(e) => {
+                unlink(&name);
+                return Err(format!("sizing or mapping {name}: {e}"));
+            }
         };
-        if fd < 0 {
-            return Err(os_error("shm_open", &name));
-        }
-        // SAFETY: `fd` is the descriptor just opened.
-        let sized = unsafe { libc::ftruncate(fd, len as libc::off_t) } == 0;
-        let mapped = if sized { Self::map(fd, len) } else { None };
-        let error = os_error("sizing or mapping", &name);
-        // SAFETY: `fd` is ours; the mapping (if any) keeps the object alive.
-        unsafe { libc::close(fd) };
-        let Some(base) = mapped else {
-            unlink(&name);
-            return Err(error);
-        };
-        let segment = Segment::attach(base, len, size, 0, slot_bytes);
+        let segment = Segment::attach(mapping, size, 0, slot_bytes)?;
         let header = segment.word(0);
         segment.word(8).store(VERSION, Ordering::Relaxed);
         segment.word(16).store(size as u64, Ordering::Relaxed);
@@ -88,23 +70,20 @@ impl Segment {
         rank: usize,
         slot_bytes: usize,
     ) -> std::result::Result<Segment, String> {
-        let c = CString::new(name).map_err(|e| e.to_string())?;
         let (_, len) = layout(size, slot_bytes);
-        // SAFETY: valid C string; opens an existing object.
-        let fd = unsafe { libc::shm_open(c.as_ptr(), libc::O_RDWR, 0) };
-        if fd < 0 {
-            return Err(os_error("shm_open", name));
+        let object = SharedObject::open(name).map_err(|e| format!("shm_open {name}: {e}"))?;
+        let found = object
+            .size()
+            .map_err(|e| format!("sizing or mapping {name}: {e}"))?;
+        if found != len as u64 {
+            return Err(format!(
+                "{name}: {found} bytes, not the {len} of {size} ranks with {slot_bytes}-byte slots"
+            ));
         }
-        // SAFETY: an all-zero `stat` is a valid value for fstat to fill.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is open and `st` is a valid out-pointer.
-        let ok = unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_size as usize == len;
-        let mapped = if ok { Self::map(fd, len) } else { None };
-        let error = os_error("sizing or mapping", name);
-        // SAFETY: `fd` is ours.
-        unsafe { libc::close(fd) };
-        let base = mapped.ok_or(error)?;
-        let segment = Segment::attach(base, len, size, rank, slot_bytes);
+        let mapping = object
+            .map(len)
+            .map_err(|e| format!("sizing or mapping {name}: {e}"))?;
+        let segment = Segment::attach(mapping, size, rank, slot_bytes)?;
         let valid = segment.word(0).load(Ordering::Acquire) == MAGIC
             && segment.word(8).load(Ordering::Relaxed) == VERSION
             && segment.word(16).load(Ordering::Relaxed) == size as u64
@@ -117,36 +96,17 @@ impl Segment {
         Ok(segment)
     }
 
-    pub(super) fn map(fd: libc::c_int, len: usize) -> Option<NonNull<u8>> {
-        // SAFETY: maps `len` bytes of an object of at least that size,
-        // shared, at an address the kernel chooses.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            None
-        } else {
-            NonNull::new(p.cast())
-        }
-    }
-
-    pub(super) fn attach(
-        base: NonNull<u8>,
-        len: usize,
+    /// Wraps a mapping of `layout(size, slot_bytes).1` bytes.
+    fn attach(
+        mapping: SharedMapping,
         size: usize,
         rank: usize,
         slot_bytes: usize,
-    ) -> Self {
-        Segment {
+    ) -> std::result::Result<Self, String> {
+        let base = NonNull::new(mapping.as_ptr()).ok_or("mmap returned a null mapping")?;
+        Ok(Segment {
             base,
-            len,
+            mapping,
             size,
             rank,
             slot_bytes,
@@ -155,7 +115,7 @@ impl Segment {
             seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
             single_copy: AtomicBool::new(false),
             probe: Box::new(AtomicU64::new(MAGIC ^ rank as u64)),
-        }
+        })
     }
 
     /// The 8-byte word at `offset` (8-aligned, inside the header/controls).
@@ -184,7 +144,7 @@ impl Segment {
 
     pub(super) fn slot_ptr(&self, rank: usize, index: usize) -> *mut u8 {
         let offset = self.data + (SLOTS * rank + index) * self.slot_bytes;
-        debug_assert!(offset + self.slot_bytes <= self.len);
+        debug_assert!(offset + self.slot_bytes <= self.mapping.len());
         // SAFETY: inside the mapping by construction of the layout.
         unsafe { self.base.as_ptr().add(offset) }
     }
@@ -220,13 +180,5 @@ impl Segment {
     /// Elements of `T` a slot holds.
     pub(crate) fn capacity<T>(&self) -> usize {
         self.slot_bytes / std::mem::size_of::<T>().max(1)
-    }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are the mapping made in `create`/`open`, and
-        // no reference into it outlives `self`.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
