@@ -862,7 +862,7 @@ impl NodeArena {
             }
         })?;
         let size = object
-            .len()
+            .size()
             .map_err(io_err(format!("stat of arena {name}")))?;
         if size < PAGE {
             return Err(ObjectStoreError::BadArena {

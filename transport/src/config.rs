@@ -1,5 +1,10 @@
 //! Transport settings. The launcher reads them from the environment (one typed
 //! config, `lumen_launcher::config`) and hands them over; tests build them directly.
+//!
+//! A [`TransportConfig`] is plain data with public fields, so whoever builds
+//! one may put anything in them: [`TransportConfig::validate`] says whether
+//! the transport can run with it, and the endpoint builder calls it first and
+//! returns [`ConfigError`] (never panics) when it cannot.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -73,6 +78,66 @@ impl Default for TransportConfig {
             tcp_conns: 1,
             tcp_stripe_min: 1 << 20,
             connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Smallest shared-memory ring ([`TransportConfig::ring_bytes`]).
+pub const MIN_RING_BYTES: usize = 4096;
+
+/// Why a [`TransportConfig`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `ring_bytes` is not a power of two of at least [`MIN_RING_BYTES`].
+    #[error(
+        "ring_bytes is {0}: a shared-memory ring must be a power of two of at least \
+         {MIN_RING_BYTES} bytes (4 KiB, 8 KiB, ..., 1 MiB by default; LUMEN_SHM_RING_BYTES)"
+    )]
+    RingBytes(usize),
+}
+
+impl TransportConfig {
+    /// Checks that the transport can run with these settings. Called by
+    /// [`EndpointBuilder::new`](crate::EndpointBuilder::new), which returns
+    /// the error instead of setting anything up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.ring_bytes.is_power_of_two() || self.ring_bytes < MIN_RING_BYTES {
+            return Err(ConfigError::RingBytes(self.ring_bytes));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(TransportConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_ring_sizes_are_refused_with_what_is_allowed() {
+        for bad in [0, 1000, 2048, 4097, 3 << 20] {
+            let config = TransportConfig {
+                ring_bytes: bad,
+                ..TransportConfig::default()
+            };
+            let err = config.validate().unwrap_err();
+            assert_eq!(err, ConfigError::RingBytes(bad));
+            let text = err.to_string();
+            assert!(
+                text.contains(&bad.to_string()) && text.contains("power of two"),
+                "{text}"
+            );
+        }
+        for good in [4096, 1 << 20] {
+            let config = TransportConfig {
+                ring_bytes: good,
+                ..TransportConfig::default()
+            };
+            assert_eq!(config.validate(), Ok(()));
         }
     }
 }

@@ -38,13 +38,14 @@
 pub mod auth;
 pub mod config;
 pub mod endpoint;
+mod error;
 pub mod frame;
 pub mod handshake;
 pub mod shm;
 mod stripe;
 pub mod sys;
 mod tcp;
-mod uring;
+mod types;
 pub mod wire;
 
 /// Tag ranges by owner (top nibble), so layers of Lumen never read each
@@ -65,7 +66,7 @@ pub mod tags {
 }
 
 pub use auth::JobSecret;
-pub use config::{TcpBackend, TransportConfig};
+pub use config::{ConfigError, TcpBackend, TransportConfig};
 pub use endpoint::{
     segment_name, Endpoint, EndpointBuilder, EndpointOptions, Handler, Message, PeerAddress, Rank,
     RegionKey, Source, TransportError, RESERVED_TAGS,

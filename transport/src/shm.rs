@@ -147,10 +147,8 @@ impl NodeSegment {
         local_size: usize,
         ring_bytes: usize,
     ) -> Result<Self, ShmError> {
-        assert!(
-            ring_bytes.is_power_of_two() && ring_bytes >= 4096,
-            "ring size checked by the config"
-        );
+        // The endpoint builder validated the config (`TransportConfig::validate`).
+        debug_assert!(ring_bytes.is_power_of_two() && ring_bytes >= crate::config::MIN_RING_BYTES);
         let (slots_at, controls_at, data_at, total) = layout(local_size, ring_bytes);
         let os = |source| ShmError::Os {
             name: name.to_string(),

@@ -37,7 +37,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::endpoint::{Message, Rank};
+use crate::types::{Message, Rank};
 
 /// What the primary connection announced, in arrival order.
 #[derive(Debug)]

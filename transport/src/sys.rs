@@ -494,7 +494,7 @@ impl SharedObject {
 
     /// The object's current size in bytes (`fstat`); 0 while its creator has
     /// not sized it yet.
-    pub fn len(&self) -> io::Result<u64> {
+    pub fn size(&self) -> io::Result<u64> {
         // SAFETY: `stat` is plain old data, fully written by fstat on success.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: valid fd and a valid out pointer.
@@ -556,7 +556,7 @@ impl SharedMapping {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(err),
         };
-        let len = object.len()?;
+        let len = object.size()?;
         if len == 0 {
             return Ok(None); // created but not yet sized by its creator
         }

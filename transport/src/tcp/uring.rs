@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types, IoUring};
 
-use crate::endpoint::Shared;
-use crate::tcp::{ConnState, NewConnection};
+use super::conn::{ConnState, NewConnection};
+use super::Inbox;
 
 const BUFFER_GROUP: u16 = 7;
 const ENTRIES: u16 = 64;
@@ -138,7 +138,7 @@ impl UringReceiver {
     /// The receiver loop.
     pub(crate) fn run(
         mut self,
-        shared: Weak<Shared>,
+        shared: Weak<dyn Inbox>,
         rx: mpsc::Receiver<NewConnection>,
         stop: Arc<AtomicBool>,
         spin: Duration,
@@ -207,7 +207,7 @@ impl UringReceiver {
                 } else if result == 0 {
                     Some("closed without a goodbye".to_string())
                 } else if let Some(bid) = cqueue::buffer_select(flags) {
-                    let fed = conn.feed(&shared, self.buffers.buffer(bid, result as usize));
+                    let fed = conn.feed(&*shared, self.buffers.buffer(bid, result as usize));
                     self.buffers.provide(bid);
                     fed.err().map(|e| {
                         tracing::error!(
@@ -221,7 +221,7 @@ impl UringReceiver {
                 };
                 match outcome {
                     Some(why) => {
-                        conn.closed(&shared, &why);
+                        conn.closed(&*shared, &why);
                         let _ = conn.stream.shutdown(std::net::Shutdown::Both);
                         conns.remove(&key);
                     }

@@ -1,0 +1,340 @@
+//! The [`Endpoint`]: tagged, reliable, per-pair ordered messages to any rank of
+//! the job, active-message handlers, and one-sided reads of registered regions.
+//!
+//! # Progress
+//! There is no async runtime and, by default, no progress thread: every blocking
+//! call (`recv`, `send` of a large message, `get`, `barrier`) drives progress
+//! itself, as MPI implementations do. Incoming shared-memory rings are polled by
+//! whichever thread wins a `try_lock`; TCP sockets likewise (per connection,
+//! see `tcp`), with a background receiver thread that reads only while no
+//! caller polls and rings this rank's doorbell. Waiting spins for
+//! [`TransportConfig::spin`], then sleeps on the doorbell (a futex in the node
+//! segment), which senders ring only when somebody sleeps.
+//! [`Endpoint::spawn_progress_thread`] adds a background thread for ranks that
+//! must serve active messages or one-sided gets while computing.
+//!
+//! The small-message fast path avoids shared state where it can: a receive
+//! that pops the message it waits for while nothing older could match (empty
+//! mailbox, no handlers) takes it straight from the ring without the mailbox
+//! or a doorbell; the mailbox and handler table are skipped through atomic
+//! counts while empty; the producer caches the consumer's `head`; the spin
+//! loop reads the clock every 16 rounds. 8 B shm ping-pong: 0.69 -> 0.39 us
+//! (Open MPI 0.35 us). Large single-copy reads land in uninitialised buffers
+//! (no zeroing), and a rendezvous sender spins through the expected copy time
+//! (up to 2 MiB) instead of sleeping: 1 MiB ping-pong 150 -> 90 us.
+//!
+//! # Large messages
+//! On a node, above the eager limit the sender publishes a ready-to-send record
+//! naming its buffer and waits; the receiver's progress copies the bytes straight
+//! out of the sender with `process_vm_readv` (a single copy) and bumps the pair's
+//! completion counter. Where `process_vm_readv` is refused, large messages are
+//! streamed through the ring in chunks instead. On TCP, every message streams
+//! (in frames of at most `max_frame` bytes): TCP's own flow control bounds the
+//! receiver's buffering, so a separate ready-to-send round trip would only add
+//! latency; the chosen trade-off is noted in the crate docs.
+//!
+//! # Failure
+//! A local peer's exit is seen through a pidfd, a remote peer's by its socket
+//! closing without a goodbye. Any call waiting on a dead peer returns
+//! [`TransportError::PeerDied`] within a few milliseconds of the death; a call
+//! waiting on "any source" fails when any peer has died, because the job can no
+//! longer complete.
+//!
+//! # Layout
+//! - `mod.rs`: [`Endpoint`] and its public calls other than send, receive and
+//!   progress (handlers, regions, one-sided get, barrier, close);
+//! - `builder`: the two setup phases ([`EndpointBuilder`]);
+//! - `shared`: the state all clones of an endpoint share, and what the TCP
+//!   readers may call on it (`tcp::Inbox`);
+//! - `waiter`: the spin-then-sleep clock of every blocking call;
+//! - `send`, `recv`, `progress`: the data path.
+//!
+//! The plain types (`Rank`, `Message`, `PeerAddress`, ...) live in `types`
+//! and the error in `error`, so that the backends (`tcp`, `stripe`) never
+//! import this module; they are re-exported here under their old paths.
+
+mod builder;
+mod progress;
+mod recv;
+mod send;
+mod shared;
+mod waiter;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::io_err;
+use crate::frame::{FrameHeader, FrameKind};
+use crate::tcp::TcpDomain;
+use crate::types::Route;
+use crate::wire::GetRequestMsg;
+
+pub use crate::error::TransportError;
+pub use crate::types::{
+    segment_name, EndpointOptions, Message, PeerAddress, Rank, RegionKey, Source, RESERVED_TAGS,
+};
+pub use builder::EndpointBuilder;
+
+use shared::{lock, GetSlot, Shared};
+use waiter::Waiter;
+
+const BARRIER_TAG: u64 = RESERVED_TAGS | 1;
+
+/// An active-message handler: runs on the thread that drives progress.
+pub type Handler = Arc<dyn Fn(&Endpoint, Message) + Send + Sync>;
+
+/// A rank's endpoint. Cheap to clone; all clones share one connection set.
+#[derive(Clone)]
+pub struct Endpoint {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("rank", &self.shared.rank)
+            .field("size", &self.shared.size)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// This rank.
+    pub fn rank(&self) -> Rank {
+        self.shared.rank
+    }
+
+    /// Ranks in the job.
+    pub fn size(&self) -> u32 {
+        self.shared.size
+    }
+
+    /// True when `peer` shares this rank's node segment.
+    pub fn is_local(&self, peer: Rank) -> bool {
+        matches!(
+            self.shared.routes.get(peer as usize),
+            Some(Route::Local(_) | Route::Myself)
+        )
+    }
+
+    /// Where this rank listens for TCP connections.
+    pub fn tcp_address(&self) -> SocketAddr {
+        self.shared.tcp_address
+    }
+
+    /// The TCP receiver in use ("io_uring", "epoll" or "none" when all peers are local).
+    pub fn tcp_backend(&self) -> &'static str {
+        lock(&self.shared.tcp)
+            .as_ref()
+            .map(TcpDomain::backend_name)
+            .unwrap_or("none")
+    }
+
+    fn check_rank(&self, rank: Rank) -> Result<(), TransportError> {
+        if rank >= self.shared.size {
+            return Err(TransportError::InvalidRank {
+                rank,
+                size: self.shared.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers `handler` for `tag`: matching messages are passed to it instead
+    /// of the mailbox, on whichever thread drives progress.
+    pub fn register_handler(&self, tag: u64, handler: Handler) -> Result<(), TransportError> {
+        if tag >= RESERVED_TAGS {
+            return Err(TransportError::ReservedTag(tag));
+        }
+        if let Ok(mut h) = self.shared.handlers.write() {
+            h.insert(tag, handler);
+            self.shared.handler_count.store(h.len(), Ordering::Release);
+        }
+        // Messages that arrived before the handler existed go to it now.
+        let queued = {
+            let mut mailbox = lock(&self.shared.mailbox);
+            let queued = mailbox.remove_tag(tag);
+            self.shared
+                .mailbox_len
+                .store(mailbox.len, Ordering::Release);
+            queued
+        };
+        if let Some(queued) = queued {
+            lock(&self.shared.pending_handlers).extend(queued);
+        }
+        Ok(())
+    }
+
+    /// Makes `data` readable by other ranks through [`Endpoint::get`]. The bytes
+    /// are immutable while registered (they are shared, as an `Arc<[u8]>`).
+    pub fn register_region(&self, data: Arc<[u8]>) -> RegionKey {
+        let key = self.shared.next_region.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut r) = self.shared.regions.write() {
+            r.insert(key, data);
+        }
+        RegionKey(key)
+    }
+
+    /// Withdraws a region; gets already granted may still be reading it.
+    pub fn unregister_region(&self, key: RegionKey) -> Option<Arc<[u8]>> {
+        self.shared
+            .regions
+            .write()
+            .ok()
+            .and_then(|mut r| r.remove(&key.0))
+    }
+
+    /// Reads `len` bytes at `offset` of region `key` registered at `rank`.
+    /// The target serves the request when it drives progress (any call, or
+    /// its progress thread).
+    pub fn get(
+        &self,
+        rank: Rank,
+        key: RegionKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, TransportError> {
+        self.check_rank(rank)?;
+        let shared = &*self.shared;
+        if let Route::Myself = shared.routes[rank as usize] {
+            let region = shared
+                .regions
+                .read()
+                .ok()
+                .and_then(|r| r.get(&key.0).cloned());
+            let end = offset.checked_add(len);
+            return match (region, end) {
+                (Some(data), Some(end)) if end <= data.len() as u64 => {
+                    Ok(data[offset as usize..end as usize].to_vec())
+                }
+                _ => Err(TransportError::NoSuchRegion {
+                    rank,
+                    key: key.0,
+                    offset,
+                    len,
+                }),
+            };
+        }
+        let request = shared.next_get.fetch_add(1, Ordering::Relaxed);
+        lock(&shared.gets).insert(request, GetSlot::Waiting);
+        let message = GetRequestMsg {
+            request,
+            region: key.0,
+            offset,
+            len,
+        };
+        let payload = message.encode();
+        let header = FrameHeader::control(FrameKind::GetRequest, shared.rank, payload.len() as u32);
+        let sent = match shared.routes[rank as usize] {
+            Route::Local(to) => {
+                let mut producer = lock(&shared.ring_producers[to]);
+                self.push_record(&mut producer, rank, to, &header, &payload)
+            }
+            _ => self
+                .remote(rank)?
+                .send_control(&header, &payload)
+                .map_err(io_err(format!("sending a get request to rank {rank}"))),
+        };
+        if let Err(e) = sent {
+            lock(&shared.gets).remove(&request);
+            return Err(e);
+        }
+        let mut waiter = Waiter::new(shared, None);
+        loop {
+            let done = {
+                let mut gets = lock(&shared.gets);
+                if matches!(gets.get(&request), Some(GetSlot::Done(_))) {
+                    gets.remove(&request)
+                } else {
+                    None
+                }
+            };
+            if let Some(GetSlot::Done(result)) = done {
+                return result;
+            }
+            if let Some(e) = shared.peer_error(rank) {
+                lock(&shared.gets).remove(&request);
+                return Err(e);
+            }
+            if !self.progress_inner(true)? {
+                waiter.pause(|| matches!(lock(&shared.gets).get(&request), Some(GetSlot::Done(_))));
+            }
+        }
+    }
+
+    /// Blocks until every rank has entered the barrier (dissemination algorithm,
+    /// Hensgen, Finkel and Manber 1988: ceil(log2 n) rounds of one message).
+    pub fn barrier(&self) -> Result<(), TransportError> {
+        let n = self.shared.size;
+        let me = self.shared.rank;
+        let epoch = self.shared.barrier_epoch.fetch_add(1, Ordering::Relaxed);
+        let mut distance = 1u32;
+        let mut round = 0u64;
+        while distance < n {
+            let tag = BARRIER_TAG ^ ((epoch & 0xffff_ffff) << 8) ^ round;
+            let tag = RESERVED_TAGS | (tag & !RESERVED_TAGS);
+            self.send_any((me + distance) % n, tag, &[])?;
+            self.recv(Source::Rank((me + n - distance) % n), tag)?;
+            distance *= 2;
+            round += 1;
+        }
+        Ok(())
+    }
+
+    /// Starts a background thread that drives progress while the application
+    /// computes (needed to serve handlers and gets without blocking calls).
+    pub fn spawn_progress_thread(&self) {
+        let mut slot = lock(&self.shared.progress_thread);
+        if slot.is_some() {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let endpoint = Endpoint {
+            shared: self.shared.clone(),
+        };
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("lumen-progress-{}", self.shared.rank))
+            .spawn(move || {
+                let shared = endpoint.shared.clone();
+                let mut waiter = Waiter::new(&shared, None);
+                while !flag.load(Ordering::Acquire) {
+                    match endpoint.progress_inner(true) {
+                        Ok(true) => waiter = Waiter::new(&shared, None),
+                        Ok(false) => waiter.pause(|| {
+                            !lock(&shared.pending_handlers).is_empty()
+                                || !lock(&shared.get_requests).is_empty()
+                        }),
+                        Err(_) => break,
+                    }
+                }
+            });
+        match handle {
+            Ok(handle) => *slot = Some((stop, handle)),
+            Err(e) => tracing::error!("could not start the progress thread: {e}"),
+        }
+    }
+
+    /// Closes in order: tells peers this rank is leaving, stops threads. Peers
+    /// that later try to reach this rank get [`TransportError::PeerClosed`].
+    pub fn close(&self) {
+        let shared = &*self.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some((stop, handle)) = lock(&shared.progress_thread).take() {
+            stop.store(true, Ordering::Release);
+            shared.wake_self();
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+        if let Some(seg) = &shared.segment {
+            seg.depart(shared.my_local);
+        }
+        if let Some(tcp) = lock(&shared.tcp).take() {
+            tcp.shutdown(shared.rank);
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The state every clone of an [`Endpoint`](super::Endpoint) shares
+//! ([`Shared`]): routes, the node segment, ring producer locks, the mailbox,
+//! handlers, regions, pending gets, and what is known of each peer's life.
+//!
+//! Invariants: the atomic counts `mailbox_len` and `handler_count` mirror
+//! their tables (updated under the table's lock) so hot paths may skip the
+//! lock while they read 0; a peer's state only ever leaves `PEER_ALIVE` once
+//! (first cause wins). The TCP readers reach this state only through the
+//! [`Inbox`] trait, which keeps `tcp` from importing the endpoint.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use crate::config::TransportConfig;
+use crate::error::TransportError;
+use crate::shm::{NodeSegment, STATE_DEPARTED};
+use crate::sys::{futex_wait, futex_wake_all, ProcessWatch};
+use crate::tcp::Inbox;
+use crate::tcp::{TcpDomain, TcpReaders};
+use crate::types::{Message, Rank, Route, Source, PEER_ALIVE, PEER_DEAD, PEER_DEPARTED};
+use crate::wire::GetRequestMsg;
+
+use super::Handler;
+
+#[derive(Default)]
+pub(super) struct Mailbox {
+    pub(super) queues: HashMap<u64, VecDeque<Message>>,
+    pub(super) len: usize,
+}
+
+impl Mailbox {
+    pub(super) fn push(&mut self, message: Message) {
+        self.queues
+            .entry(message.tag)
+            .or_default()
+            .push_back(message);
+        self.len += 1;
+    }
+
+    pub(super) fn take(&mut self, src: Source, tag: u64) -> Option<Message> {
+        let queue = self.queues.get_mut(&tag)?;
+        let at = match src {
+            Source::Any => 0,
+            Source::Rank(r) => queue.iter().position(|m| m.src == r)?,
+        };
+        let message = queue.remove(at);
+        if queue.is_empty() {
+            self.queues.remove(&tag);
+        }
+        if message.is_some() {
+            self.len -= 1;
+        }
+        message
+    }
+
+    pub(super) fn remove_tag(&mut self, tag: u64) -> Option<VecDeque<Message>> {
+        let queue = self.queues.remove(&tag)?;
+        self.len -= queue.len();
+        Some(queue)
+    }
+}
+
+/// Producer side of ring (me → dst), under its lock.
+#[derive(Default)]
+pub(super) struct Producer {
+    /// Rendezvous messages announced so far (the cookie of the last one).
+    pub(super) cookies: u64,
+    /// Last `head` seen: reloaded only when the ring looks full, so the
+    /// consumer's cache line is not pulled over on every push.
+    pub(super) head: u64,
+}
+
+pub(super) struct ConsumerState {
+    pub(super) partial: Vec<Option<(u64, Vec<u8>)>>,
+}
+
+/// A doorbell for ranks without a node segment (alone on their node).
+#[derive(Default)]
+pub(super) struct Bell {
+    pub(super) word: AtomicU32,
+    pub(super) sleepers: AtomicU32,
+}
+
+pub(super) enum GetSlot {
+    Waiting,
+    Done(Result<Vec<u8>, TransportError>),
+}
+
+pub(crate) struct Shared {
+    pub(crate) rank: Rank,
+    pub(super) size: u32,
+    pub(crate) config: TransportConfig,
+    pub(super) routes: Vec<Route>,
+    pub(super) local_ranks: Vec<Rank>,
+    pub(super) my_local: usize,
+    pub(super) segment: Option<NodeSegment>,
+    pub(super) own_bell: Bell,
+    /// Per local destination: producer lock of ring (me, dst) and its rendezvous cookie count.
+    pub(super) ring_producers: Vec<Mutex<Producer>>,
+    pub(super) consumer: Mutex<ConsumerState>,
+    pub(super) mailbox: Mutex<Mailbox>,
+    /// Messages in the mailbox, readable without its lock (a waiting receive
+    /// skips the lock while this is 0).
+    pub(super) mailbox_len: AtomicUsize,
+    pub(super) handlers: RwLock<HashMap<u64, Handler>>,
+    /// Registered handlers (delivery skips the handler table while this is 0).
+    pub(super) handler_count: AtomicUsize,
+    pub(super) pending_handlers: Mutex<VecDeque<Message>>,
+    pub(super) get_requests: Mutex<VecDeque<(Rank, GetRequestMsg)>>,
+    pub(super) regions: RwLock<HashMap<u64, Arc<[u8]>>>,
+    pub(super) next_region: AtomicU64,
+    pub(super) gets: Mutex<HashMap<u64, GetSlot>>,
+    pub(super) next_get: AtomicU64,
+    pub(super) peer_state: Vec<AtomicU8>,
+    pub(super) death: Mutex<Vec<Option<String>>>,
+    pub(super) watches: Vec<Option<ProcessWatch>>,
+    pub(super) single_copy: Vec<bool>,
+    pub(super) tcp: Mutex<Option<TcpDomain>>,
+    pub(super) tcp_address: SocketAddr,
+    pub(super) barrier_epoch: AtomicU64,
+    pub(super) closed: AtomicBool,
+    pub(super) progress_thread: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
+    /// TCP connections that waiting callers read themselves (see `tcp`).
+    pub(crate) tcp_readers: Arc<TcpReaders>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking handler must not take the transport down with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Hands a complete message to its handler or to the mailbox, and wakes waiters.
+    pub(crate) fn deliver(&self, message: Message) {
+        let has_handler = self.handler_count.load(Ordering::Acquire) > 0
+            && self
+                .handlers
+                .read()
+                .map(|h| h.contains_key(&message.tag))
+                .unwrap_or(false);
+        if has_handler {
+            lock(&self.pending_handlers).push_back(message);
+        } else {
+            self.mailbox_push(message);
+        }
+        self.wake_self();
+    }
+
+    pub(super) fn mailbox_push(&self, message: Message) {
+        let mut mailbox = lock(&self.mailbox);
+        mailbox.push(message);
+        self.mailbox_len.store(mailbox.len, Ordering::Release);
+    }
+
+    pub(super) fn mailbox_take(&self, src: Source, tag: u64) -> Option<Message> {
+        if self.mailbox_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut mailbox = lock(&self.mailbox);
+        let message = mailbox.take(src, tag);
+        self.mailbox_len.store(mailbox.len, Ordering::Release);
+        message
+    }
+
+    pub(crate) fn wake_self(&self) {
+        match &self.segment {
+            Some(seg) => seg.ring_own_doorbell(self.my_local),
+            None => {
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if self.own_bell.sleepers.load(Ordering::Relaxed) > 0 {
+                    self.own_bell.word.fetch_add(1, Ordering::SeqCst);
+                    futex_wake_all(&self.own_bell.word);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn queue_get_request(&self, from: Rank, request: GetRequestMsg) {
+        lock(&self.get_requests).push_back((from, request));
+        self.wake_self();
+    }
+
+    pub(crate) fn finish_get(&self, request: u64, result: Result<Vec<u8>, TransportError>) {
+        if let Some(slot) = lock(&self.gets).get_mut(&request) {
+            *slot = GetSlot::Done(result);
+        }
+        self.wake_self();
+    }
+
+    /// Records that a peer is gone (first cause wins) and wakes waiters.
+    pub(crate) fn mark_peer(&self, rank: Rank, state: u8, detail: String) {
+        let Some(cell) = self.peer_state.get(rank as usize) else {
+            return;
+        };
+        if cell
+            .compare_exchange(PEER_ALIVE, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if state == PEER_DEAD {
+                tracing::error!(peer = rank, "peer died: {detail}");
+            }
+            lock(&self.death)[rank as usize] = Some(detail);
+        }
+        self.wake_self();
+    }
+
+    pub(super) fn sleep(&self, timeout: Duration, ready: impl FnOnce() -> bool) {
+        match &self.segment {
+            Some(seg) => seg.sleep(self.my_local, timeout, ready),
+            None => {
+                let bell = &self.own_bell;
+                bell.sleepers.fetch_add(1, Ordering::SeqCst);
+                let seen = bell.word.load(Ordering::SeqCst);
+                if !ready() {
+                    futex_wait(&bell.word, seen, timeout);
+                }
+                bell.sleepers.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Checks local peers' pidfds; called every millisecond or so while waiting.
+    pub(super) fn check_local_peers(&self) {
+        let Some(seg) = &self.segment else { return };
+        for (local, watch) in self.watches.iter().enumerate() {
+            let rank = self.local_ranks[local];
+            if self.peer_state[rank as usize].load(Ordering::Acquire) != PEER_ALIVE {
+                continue;
+            }
+            if seg.state(local) == STATE_DEPARTED {
+                self.mark_peer(rank, PEER_DEPARTED, "closed its endpoint".into());
+            } else if watch.as_ref().is_some_and(ProcessWatch::exited) {
+                self.mark_peer(
+                    rank,
+                    PEER_DEAD,
+                    format!(
+                        "process {} exited without closing its endpoint",
+                        seg.pid(local)
+                    ),
+                );
+            }
+        }
+    }
+
+    pub(super) fn peer_error(&self, rank: Rank) -> Option<TransportError> {
+        match self.peer_state.get(rank as usize)?.load(Ordering::Acquire) {
+            PEER_ALIVE => None,
+            state => {
+                let detail = lock(&self.death)[rank as usize].clone().unwrap_or_default();
+                Some(if state == PEER_DEAD {
+                    TransportError::PeerDied { rank, detail }
+                } else {
+                    TransportError::PeerClosed { rank }
+                })
+            }
+        }
+    }
+
+    pub(super) fn any_dead(&self) -> Option<TransportError> {
+        (0..self.size)
+            .find(|&r| self.peer_state[r as usize].load(Ordering::Acquire) == PEER_DEAD)
+            .and_then(|r| self.peer_error(r))
+    }
+
+    pub(super) fn rings_pending(&self) -> bool {
+        let Some(seg) = &self.segment else {
+            return false;
+        };
+        (0..seg.local_size())
+            .any(|from| from != self.my_local && seg.has_record(from, self.my_local))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(seg) = &self.segment {
+            seg.depart(self.my_local);
+        }
+        if let Some(tcp) = lock(&self.tcp).take() {
+            tcp.shutdown(self.rank);
+        }
+    }
+}
+
+impl Inbox for Shared {
+    fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn readers(&self) -> &Arc<TcpReaders> {
+        &self.tcp_readers
+    }
+
+    fn deliver(&self, message: Message) {
+        Shared::deliver(self, message);
+    }
+
+    fn queue_get_request(&self, from: Rank, request: GetRequestMsg) {
+        Shared::queue_get_request(self, from, request);
+    }
+
+    fn finish_get(&self, request: u64, result: Result<Vec<u8>, TransportError>) {
+        Shared::finish_get(self, request, result);
+    }
+
+    fn mark_peer(&self, rank: Rank, state: u8, detail: String) {
+        Shared::mark_peer(self, rank, state, detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_matches_source_and_tag_in_order() {
+        let mut m = Mailbox::default();
+        for (src, tag, b) in [(1, 5, 1u8), (2, 5, 2), (1, 5, 3), (1, 6, 4)] {
+            m.push(Message {
+                src,
+                tag,
+                data: vec![b],
+            });
+        }
+        assert_eq!(m.len, 4);
+        assert_eq!(m.take(Source::Rank(2), 5).unwrap().data, vec![2]);
+        assert_eq!(m.take(Source::Any, 5).unwrap().data, vec![1]);
+        assert_eq!(m.take(Source::Rank(1), 5).unwrap().data, vec![3]);
+        assert!(m.take(Source::Any, 5).is_none());
+        assert_eq!(m.take(Source::Any, 6).unwrap().data, vec![4]);
+        assert_eq!(m.len, 0);
+    }
+}
