@@ -15,11 +15,17 @@
 //! pool does not hold back the tasks of other pools. Releasing the group
 //! gives its pools' CPUs back (slots still held by its running tasks come
 //! back as they finish) and returns its queued tasks, which then fail.
+//!
+//! The slot accounting (the pools, which queued task may start) is pure
+//! and lives in `lumen_sched` ([`CpuSlots`], with its invariants and
+//! tests); this module is the threads around it: the queue of task specs,
+//! the pool of workers, blocking and waking.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
+use lumen_sched::{Bundle, CpuSlots};
 use lumen_transport::Rank;
 
 use super::core::Inner;
@@ -30,31 +36,12 @@ use super::protocol::TaskSpec;
 /// Upper bound on executor threads per rank (blocked tasks included).
 pub(crate) const MAX_THREADS: usize = 256;
 
-/// A bundle of a placement group: the pool its tasks take slots from.
-type Bundle = (PlacementGroupId, u32);
-
 thread_local! {
     /// Slots held by the task this thread runs (0: not an executor thread),
     /// and the bundle they came from (`None`: the free pool).
     static HELD: Cell<(f64, Option<Bundle>)> = const { Cell::new((0.0, None)) };
     /// The bundle of the slots lent out by `blocking`, for `unblocked`.
     static BLOCKED_IN: Cell<Option<Bundle>> = const { Cell::new(None) };
-}
-
-/// The slots of one bundle reserved here.
-#[derive(Debug, Clone, Copy)]
-struct Pool {
-    free: f64,
-    total: f64,
-}
-
-impl Pool {
-    /// A task needing `need` may start: it fits, or it is larger than the
-    /// whole pool and the pool is idle (feasibility was checked by the
-    /// submitter against the rank's total or the bundle's).
-    fn admits(&self, need: f64) -> bool {
-        need <= self.free + 1e-9 || (need > self.total && self.free >= self.total - 1e-9)
-    }
 }
 
 /// The bundle a task runs in, if any.
@@ -73,13 +60,8 @@ struct Queued {
 #[derive(Debug)]
 struct State {
     queue: VecDeque<Queued>,
-    /// The free pool: CPUs not reserved by bundles.
-    free: f64,
-    total: f64,
-    /// Bundles reserved here.
-    bundles: HashMap<Bundle, Pool>,
-    /// Groups released here (their late tasks fail).
-    released: HashSet<PlacementGroupId>,
+    /// The free pool and the pools of the bundles reserved here.
+    slots: CpuSlots,
     threads: usize,
     idle: usize,
     stopping: bool,
@@ -98,10 +80,7 @@ impl Executor {
         Arc::new(Executor {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                free: cpus,
-                total: cpus,
-                bundles: HashMap::new(),
-                released: HashSet::new(),
+                slots: CpuSlots::new(cpus),
                 threads: 0,
                 idle: 0,
                 stopping: false,
@@ -147,13 +126,10 @@ impl Executor {
         let (grow, wake) = {
             let mut s = self.lock();
             let bundle = bundle_of(&spec);
-            if bundle.is_some_and(|(group, _)| s.released.contains(&group)) {
+            if bundle.is_some_and(|(group, _)| s.slots.is_released(group)) {
                 return Err(Box::new(spec));
             }
-            let free = match bundle {
-                None => s.free,
-                Some(b) => s.bundles.get(&b).map_or(0.0, |p| p.free),
-            };
+            let free = s.slots.free_in(bundle);
             s.queue.push_back(Queued { spec, from });
             // Every thread may be blocked in a `get` with its slots lent
             // out: then nobody would pick this task up. A notify with no
@@ -176,37 +152,15 @@ impl Executor {
     /// free pool (which may go below zero while tasks started before the
     /// reservation finish).
     pub(crate) fn reserve(&self, group: PlacementGroupId, bundles: &[(u32, f64)]) {
-        let mut s = self.lock();
-        for &(index, cpus) in bundles {
-            let cpus = cpus.max(0.0);
-            if s.bundles.contains_key(&(group, index)) {
-                continue;
-            }
-            s.free -= cpus;
-            s.total -= cpus;
-            s.bundles.insert(
-                (group, index),
-                Pool {
-                    free: cpus,
-                    total: cpus,
-                },
-            );
-        }
+        self.lock().slots.reserve(group, bundles);
     }
 
     /// Releases every bundle of `group` here; returns its queued tasks.
     pub(crate) fn release(&self, group: PlacementGroupId) -> Vec<TaskSpec> {
         let dropped = {
             let mut s = self.lock();
-            s.released.insert(group);
-            let mine: Vec<Bundle> = s.bundles.keys().filter(|b| b.0 == group).copied().collect();
-            for bundle in mine {
-                if let Some(pool) = s.bundles.remove(&bundle) {
-                    // Slots held by running tasks come back when they end.
-                    s.free += pool.free;
-                    s.total += pool.total;
-                }
-            }
+            // Slots held by running tasks come back when they end.
+            s.slots.release(group);
             let (dropped, kept): (VecDeque<Queued>, VecDeque<Queued>) = s
                 .queue
                 .drain(..)
@@ -220,7 +174,7 @@ impl Executor {
 
     /// True once `group` was released here.
     pub(crate) fn is_released(&self, group: PlacementGroupId) -> bool {
-        self.lock().released.contains(&group)
+        self.lock().slots.is_released(group)
     }
 
     /// Removes a queued task; true when it had not started.
@@ -236,49 +190,20 @@ impl Executor {
         self.ready.notify_all();
     }
 
-    /// The first queued task that may start now, FIFO within each pool.
+    /// The first queued task that may start now, FIFO within each pool
+    /// (see [`CpuSlots::next_runnable`]).
     fn next_runnable(s: &State) -> Option<(usize, f64, Option<Bundle>)> {
-        let need_of = |q: &Queued| q.spec.options.resources.cpus.max(0.0);
-        if s.bundles.is_empty() {
-            // No reservation here: the plain FIFO of the free pool (a task
-            // larger than the rank still runs when the rank is otherwise
-            // idle; feasibility was checked by the submitter).
-            let q = s.queue.front()?;
-            let need = need_of(q);
-            let bundle = bundle_of(&q.spec);
-            let fits = bundle.is_none() && (need <= s.free + 1e-9 || s.free >= s.total - 1e-9);
-            return fits.then_some((0, need, None));
-        }
-        let mut blocked: Vec<Option<Bundle>> = Vec::new();
-        for (at, q) in s.queue.iter().enumerate() {
-            let bundle = bundle_of(&q.spec);
-            if blocked.contains(&bundle) {
-                continue;
-            }
-            let need = need_of(q);
-            let fits = match bundle {
-                // Strictly: what the free pool lacks is reserved, not busy.
-                None => need <= s.free + 1e-9,
-                Some(b) => s.bundles.get(&b).is_some_and(|p| p.admits(need)),
-            };
-            if fits {
-                return Some((at, need, bundle));
-            }
-            blocked.push(bundle);
-            if blocked.len() > s.bundles.len() {
-                return None;
-            }
-        }
-        None
+        s.slots.next_runnable(
+            s.queue
+                .iter()
+                .map(|q| (q.spec.options.resources.cpus, bundle_of(&q.spec))),
+        )
     }
 
     /// Gives `slots` back to the pool they came from (the free pool when
     /// their bundle was released meanwhile).
     fn give_back(s: &mut State, slots: f64, bundle: Option<Bundle>) {
-        match bundle.and_then(|b| s.bundles.get_mut(&b)) {
-            Some(pool) => pool.free += slots,
-            None => s.free += slots,
-        }
+        s.slots.give_back(slots, bundle);
     }
 
     fn run(self: Arc<Self>, runtime: Weak<Inner>) {
@@ -292,10 +217,7 @@ impl Executor {
                     }
                     if let Some((at, need, bundle)) = Self::next_runnable(&s) {
                         if let Some(job) = s.queue.remove(at) {
-                            match bundle.and_then(|b| s.bundles.get_mut(&b)) {
-                                Some(pool) => pool.free -= need,
-                                None => s.free -= need,
-                            }
+                            s.slots.take(need, bundle);
                             break (job, need, bundle);
                         }
                     }
@@ -350,13 +272,7 @@ impl Executor {
         }
         // The bundle is still this thread's task's (set by `run`).
         let bundle = BLOCKED_IN.with(|b| b.take());
-        {
-            let mut s = self.lock();
-            match bundle.and_then(|b| s.bundles.get_mut(&b)) {
-                Some(pool) => pool.free -= held,
-                None => s.free -= held,
-            }
-        }
+        self.lock().slots.take(held, bundle);
         HELD.with(|h| h.set((held, bundle)));
     }
 }
@@ -389,10 +305,7 @@ mod tests {
         let mut s = executor.lock();
         let (at, need, bundle) = Executor::next_runnable(&s)?;
         let job = s.queue.remove(at)?;
-        match bundle.and_then(|b| s.bundles.get_mut(&b)) {
-            Some(pool) => pool.free -= need,
-            None => s.free -= need,
-        }
+        s.slots.take(need, bundle);
         Some((job.spec.object.seq, need, bundle))
     }
 
@@ -424,6 +337,6 @@ mod tests {
         // Late tasks of a released group are refused.
         assert!(executor.push(spec(5, 1.0, Some((group, 0))), 0).is_err());
         let s = executor.lock();
-        assert!((s.free - 0.0).abs() < 1e-9 && (s.total - 2.0).abs() < 1e-9);
+        assert!((s.slots.free() - 0.0).abs() < 1e-9 && (s.slots.total() - 2.0).abs() < 1e-9);
     }
 }
