@@ -5,7 +5,7 @@
  * osu_allgather, osu_reduce_scatter and osu_alltoall of the OSU
  * Micro-Benchmarks, Ohio State University), built with `mpicc` against the
  * system MPI and run under `mpirun -n N`. Lumen's worker
- * (lumen/src/bench/collectives.rs) runs the identical loop, so the output
+ * (benches/src/collectives.rs) runs the identical loop, so the output
  * format and the size conventions below are a contract.
  *
  * Sizes are bytes of float (4-byte) data:

@@ -60,7 +60,6 @@
 // The macros name `::lumen`; this makes that path work inside the crate too.
 extern crate self as lumen;
 
-pub mod bench;
 pub use lumen_launcher::bootstrap;
 pub mod error;
 pub mod runtime;

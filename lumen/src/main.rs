@@ -1,6 +1,20 @@
 //! The `lumen` command line: `lumen run` starts a job on this machine (or on
-//! hosts reached through a launch agent), like `mpirun`; `lumen bench`
-//! measures Lumen beside its baselines.
+//! hosts reached through a launch agent), like `mpirun`; `lumen submit`
+//! writes and submits an sbatch script; `lumen bench` measures Lumen beside
+//! its baselines.
+//!
+//! # `lumen bench` is an external subcommand
+//!
+//! The benchmark suites live in the `lumen-benches` package (`benches/`),
+//! built as the `lumen-bench` executable. `lumen bench ARGS` runs
+//! `lumen-bench ARGS` the way git and cargo run their external subcommands:
+//! the `lumen-bench` next to this executable, else the first one on `PATH`;
+//! its exit code is passed through. When it is missing, `lumen bench` says
+//! how to build it (`cargo build --release -p lumen-benches`, or a plain
+//! workspace `cargo build`). The suites are not linked into `lumen` because
+//! they need the whole runtime (the runtime suite drives an embedded
+//! cluster through the facade): a `lumen` binary that contained them would
+//! make this package depend on its own benchmark crate.
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -24,12 +38,22 @@ enum Command {
     Run(RunArgs),
     /// Write an sbatch script for a Lumen job and submit it to Slurm.
     Submit(SubmitArgs),
-    /// Benchmarks with their baseline in the same run.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-    /// Internal: one rank of a benchmark (started by `lumen bench`).
-    #[command(hide = true, subcommand)]
-    BenchWorker(BenchCommand),
+    /// Benchmarks with their baseline in the same run: transport,
+    /// collectives, runtime (`lumen bench --help`; runs `lumen-bench`).
+    #[command(disable_help_flag = true)]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// What `lumen-bench` gets: a suite (transport, collectives, runtime)
+    /// and its options.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    args: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -84,87 +108,6 @@ struct SubmitArgs {
     command: Vec<String>,
 }
 
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Point-to-point latency and bandwidth, shared memory and TCP, beside Open MPI.
-    Transport(TransportBenchArgs),
-    /// Collective latency (allreduce, bcast, ...) beside Open MPI.
-    Collectives(CollectivesBenchArgs),
-    /// Tasks, actor calls and put/get beside Ray (its microbenchmark's rows).
-    #[command(alias = "core")]
-    Runtime(RuntimeBenchArgs),
-}
-
-#[derive(Debug, Args)]
-struct RuntimeBenchArgs {
-    /// Worker processes of the embedded cluster (Ray: num_cpus).
-    #[arg(long, default_value_t = 4)]
-    workers: u32,
-    /// Iteration scale: 1.0 for the full counts, 0.05 for a smoke run.
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
-    /// "ray": also run Ray's side (installs Ray into --ray-venv if missing).
-    #[arg(long, value_name = "NAME")]
-    baseline: Option<String>,
-    /// Ray's virtual environment.
-    #[arg(long, default_value = "/opt/lumen/ray-venv")]
-    ray_venv: std::path::PathBuf,
-    /// Also write the rows as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Args)]
-struct CollectivesBenchArgs {
-    /// Sizes in bytes, comma separated.
-    #[arg(long, value_delimiter = ',', default_values_t = lumen::bench::collectives::DEFAULT_SIZES.to_vec())]
-    sizes: Vec<usize>,
-    /// Rank counts on this node, comma separated.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![2u32, 4])]
-    ranks: Vec<u32>,
-    /// Operations, comma separated.
-    #[arg(long, value_delimiter = ',', default_values_t = lumen::bench::collectives::OPS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
-    ops: Vec<String>,
-    /// Iteration scale: 1.0 for OSU-like counts, 0.01 for a smoke run.
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
-    /// Skip the Open MPI baseline.
-    #[arg(long)]
-    no_baseline: bool,
-    /// Also measure 3 network-namespace nodes x 2 ranks (root).
-    #[arg(long)]
-    netns: bool,
-    /// Also write the rows as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Args)]
-struct TransportBenchArgs {
-    /// Message sizes in bytes, comma separated.
-    #[arg(long, value_delimiter = ',', default_values_t = lumen::bench::transport::DEFAULT_SIZES.to_vec())]
-    sizes: Vec<usize>,
-    /// Iteration scale: 1.0 for OSU-like counts, 0.01 for a smoke run.
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
-    /// Only shared memory.
-    #[arg(long, conflicts_with = "tcp_only")]
-    shm_only: bool,
-    /// Only TCP.
-    #[arg(long)]
-    tcp_only: bool,
-    /// Skip the Open MPI baseline.
-    #[arg(long)]
-    no_baseline: bool,
-    /// Also measure TCP between two network-namespace hosts (root) against
-    /// raw sockets and iperf3.
-    #[arg(long)]
-    netns: bool,
-    /// Also write the rows as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<std::path::PathBuf>,
-}
-
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Number of ranks.
@@ -208,14 +151,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Submit(args) => submit(args),
-        Command::Bench(BenchCommand::Transport(args)) => bench_transport(args),
-        Command::BenchWorker(BenchCommand::Transport(args)) => bench_transport_worker(args),
-        Command::Bench(BenchCommand::Collectives(args)) => bench_collectives(args),
-        Command::Bench(BenchCommand::Runtime(args)) => bench_runtime(args),
-        Command::BenchWorker(BenchCommand::Runtime(_)) => Err(anyhow::anyhow!(
-            "the runtime benchmark has no worker command"
-        )),
-        Command::BenchWorker(BenchCommand::Collectives(args)) => bench_collectives_worker(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(code) => code,
@@ -305,97 +241,56 @@ fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
-    let options = lumen::bench::TransportBenchOptions {
-        sizes: args.sizes,
-        scale: args.scale,
-        shm: !args.tcp_only,
-        tcp: !args.shm_only,
-        baseline: !args.no_baseline,
-        netns: args.netns,
-    };
-    let rows = lumen::bench::transport(&options)?;
-    lumen::bench::print_table(&rows);
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
+/// The benchmark executable that `lumen bench` runs (see the module docs).
+const BENCH_EXE: &str = "lumen-bench";
+
+/// `lumen bench ARGS`: runs `lumen-bench ARGS` and passes its exit code on.
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(BENCH_EXE));
+    let program = beside
+        .iter()
+        .cloned()
+        .chain(find_on_path(BENCH_EXE))
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            let beside = beside
+                .as_deref()
+                .map_or_else(|| "this executable".into(), |p| p.display().to_string());
+            anyhow::anyhow!(
+                "`lumen bench` runs the `{BENCH_EXE}` executable, found neither at {beside} \
+                 nor on PATH; build it with `cargo build --release -p lumen-benches` \
+                 (or a plain `cargo build` of the workspace)"
+            )
+        })?;
+    let status = std::process::Command::new(&program)
+        .args(&args.args)
+        .status()
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", program.display()))?;
+    Ok(ExitCode::from(exit_code_of(status)))
 }
 
-fn bench_transport_worker(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
-    use lumen::bench::transport::{bandwidth, iterations, latency};
-    let job = lumen::bootstrap::join()?;
-    anyhow::ensure!(
-        job.size() == 2,
-        "the transport benchmark needs exactly 2 ranks, got {}",
-        job.size()
-    );
-    lumen::bench::pin_to_core(job.world.rank as usize);
-    let ep = job.endpoint.clone();
-    for &size in &args.sizes {
-        let usec = latency(&ep, size, iterations(size, args.scale))?;
-        if ep.rank() == 0 {
-            println!("{{\"test\":\"latency\",\"size\":{size},\"usec\":{usec:.3}}}");
-        }
-    }
-    for &size in &args.sizes {
-        let mbps = bandwidth(&ep, size, iterations(size, args.scale))?;
-        if ep.rank() == 0 {
-            println!("{{\"test\":\"bandwidth\",\"size\":{size},\"mbps\":{mbps:.2}}}");
-        }
-    }
-    job.finish()?;
-    Ok(ExitCode::SUCCESS)
+/// `name` in the directories of `PATH`, in order (existing or not).
+fn find_on_path(name: &str) -> Vec<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
-fn bench_collectives(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
-    let options = lumen::bench::collectives::CollectivesBenchOptions {
-        sizes: args.sizes,
-        ranks: args.ranks,
-        scale: args.scale,
-        ops: args.ops,
-        baseline: !args.no_baseline,
-        netns: args.netns,
-    };
-    let rows = lumen::bench::collectives::run(&options)?;
-    lumen::bench::collectives::print_table(&rows);
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
-        println!("wrote {}", path.display());
+/// A child's exit status as this process's exit code: its code, or 128 +
+/// the signal that ended it (as shells report it).
+fn exit_code_of(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        (None, None) => 1,
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn bench_collectives_worker(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
-    let job = lumen::bootstrap::join()?;
-    // Pin only when every rank of the job gets a core of its own on this
-    // machine (namespace "nodes" share it, so the local rank is no guide).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if job.size() as usize <= cores {
-        lumen::bench::pin_to_core(job.world.rank as usize);
-    }
-    let world = lumen::world_communicator(&job)?;
-    lumen::bench::collectives::worker(&world, &args.sizes, &args.ops, args.scale)?;
-    drop(world);
-    job.finish()?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
-    let options = lumen::bench::runtime::RuntimeBenchOptions {
-        workers: args.workers,
-        scale: args.scale,
-        ray: args.baseline.as_deref() == Some("ray"),
-        ray_venv: args.ray_venv,
-    };
-    let rows = lumen::bench::runtime::run(&options)?;
-    lumen::bench::runtime::print_table(&rows);
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
@@ -419,5 +314,32 @@ mod tests {
             vec![OsString::from("./app"), "-x".into(), "--y".into()]
         );
         assert!(Cli::try_parse_from(["lumen", "run", "-n", "4"]).is_err());
+    }
+
+    #[test]
+    fn bench_arguments_are_passed_on_untouched() {
+        let cli = Cli::try_parse_from([
+            "lumen",
+            "bench",
+            "transport",
+            "--scale",
+            "0.01",
+            "--help",
+            "-x",
+        ])
+        .expect("valid command line");
+        let Command::Bench(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(
+            args.args,
+            vec![
+                OsString::from("transport"),
+                "--scale".into(),
+                "0.01".into(),
+                "--help".into(),
+                "-x".into()
+            ]
+        );
     }
 }

@@ -131,13 +131,13 @@ pub fn run(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
         bail!("network namespaces unavailable ({reason}); run as root with iproute2 installed");
     }
     let cluster = NetnsCluster::create(&unique_prefix("lbench"), 2)?;
-    let exe = std::env::current_exe()?;
+    let exe = crate::bench_exe()?;
     let sizes: Vec<String> = options.sizes.iter().map(ToString::to_string).collect();
     let hosts = format!("{}:1,{}:1", cluster.namespace(0), cluster.namespace(1));
     let output = cluster
         .command(0, &exe)
         .args([
-            "run",
+            "launch",
             "-n",
             "2",
             "--hosts",
@@ -148,7 +148,7 @@ pub fn run(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
         .args(["--rendezvous-bind", &cluster.host_addr(0).to_string(), "--"])
         .arg(&exe)
         .args([
-            "bench-worker",
+            "worker",
             "transport",
             "--scale",
             &options.scale.to_string(),

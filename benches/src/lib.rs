@@ -1,6 +1,51 @@
-//! `lumen bench`: benchmarks that compare Lumen with its anchor in the same run
-//! and report ratios (Lumen time / baseline time, so below 1.0 is better for
-//! latency; Lumen rate / baseline rate, so above 1.0 is better for bandwidth).
+//! Lumen's benchmarks: the comparative suites behind `lumen bench`, each
+//! measuring Lumen beside its anchor in the same run, and criterion
+//! micro-benchmarks of the hot paths (`benches/*.rs`, `cargo bench -p
+//! lumen-benches`).
+//!
+//! This crate sits at the top of the workspace: it depends on `lumen` (the
+//! runtime suite drives an embedded cluster through the facade) and on the
+//! crates below it; nothing depends on it, and it must stay that way — the
+//! suites are not part of the library users link.
+//!
+//! # The suites
+//!
+//! | module | command | compared with |
+//! |---|---|---|
+//! | [`transport`] (+ [`netns`]) | `lumen bench transport` | Open MPI's OSU-style ping-pong ([`mpi`], `mpi/mpi_pingpong.c`); memcpy; raw sockets and iperf3 across network namespaces |
+//! | [`collectives`] | `lumen bench collectives` | Open MPI running `mpi/mpi_coll.c` |
+//! | [`runtime`] | `lumen bench runtime` (alias `core`) | Ray's microbenchmark rows (`ray/ray_micro.py`) |
+//!
+//! Reports are ratios (Lumen time / baseline time, so below 1.0 is better
+//! for latency; Lumen rate / baseline rate, so above 1.0 is better for
+//! bandwidth and rates), printed as tables and optionally written as JSON.
+//!
+//! # One executable: `lumen-bench`
+//!
+//! `lumen bench ARGS` runs `lumen-bench ARGS` the way git and cargo run
+//! their external subcommands: the `lumen-bench` next to the running `lumen`,
+//! else the one on `PATH`, with the exit code passed through. The suites are
+//! a separate executable because they need the whole runtime: a `lumen`
+//! binary that contained them would make the `lumen` package depend on its
+//! own benchmark crate. Build both with a workspace `cargo build` (or
+//! `cargo build --release -p lumen-benches`).
+//!
+//! `lumen-bench` is also its own worker. The transport and collectives
+//! suites start their ranks as `lumen-bench launch -n N -- lumen-bench
+//! worker ...` (`launch` is `lumen run`: the same [`lumen_launcher::spawn`]
+//! code), and the runtime suite's embedded cluster re-executes
+//! `lumen-bench` itself, whose pre-`main` worker entry serves the remote
+//! functions and actors of [`runtime`] (they are linked into this binary).
+//!
+//! # Layout
+//!
+//! ```text
+//! benches/
+//!   src/        the suites (this library) and src/main.rs, the lumen-bench CLI
+//!   benches/    criterion: frame and wire codec, shm ring, ref table, placement
+//!   mpi/        the Open MPI baselines (C, compiled with mpicc on first use)
+//!   ray/        the Ray baseline (Python, run in scripts/install-ray-baseline.sh's venv)
+//! ```
 
 pub mod collectives;
 pub mod mpi;
@@ -8,6 +53,7 @@ pub mod netns;
 pub mod runtime;
 pub mod transport;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -74,6 +120,12 @@ pub fn parse_json_rows(stdout: &[u8]) -> anyhow::Result<Vec<(String, usize, f64)
     Ok(rows)
 }
 
+/// This benchmark executable (`lumen-bench`): the launcher and the worker
+/// of every suite's ranks.
+pub(crate) fn bench_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the lumen-bench binary")
+}
+
 /// Options of `lumen bench transport`.
 #[derive(Debug, Clone)]
 pub struct TransportBenchOptions {
@@ -91,20 +143,20 @@ pub struct TransportBenchOptions {
     pub netns: bool,
 }
 
-/// Runs the two-rank worker under `lumen run` and parses its JSON lines.
+/// Runs the two-rank worker under `lumen-bench launch` and parses its JSON lines.
 fn lumen_rows(
     tcp: bool,
     options: &TransportBenchOptions,
 ) -> anyhow::Result<Vec<(String, usize, f64)>> {
-    let exe = std::env::current_exe().context("locating the lumen binary")?;
+    let exe = bench_exe()?;
     let sizes: Vec<String> = options.sizes.iter().map(ToString::to_string).collect();
     let mut command = Command::new(&exe);
-    command.args(["run", "-n", "2"]);
+    command.args(["launch", "-n", "2"]);
     if tcp {
         command.args(["--hosts", "bench-node-a:1,bench-node-b:1"]);
     }
     command.arg("--").arg(&exe).args([
-        "bench-worker",
+        "worker",
         "transport",
         "--scale",
         &options.scale.to_string(),
@@ -115,7 +167,7 @@ fn lumen_rows(
         // Loopback, as the Open MPI baseline uses (btl_tcp_if_include=lo).
         command.env("LUMEN_TCP_IF", "lo");
     }
-    let output = command.output().context("starting lumen run")?;
+    let output = command.output().context("starting lumen-bench launch")?;
     if !output.status.success() {
         bail!(
             "lumen bench worker failed ({}): {}",

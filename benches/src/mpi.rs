@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-const SOURCE: &str = include_str!("../../../benches/mpi/mpi_pingpong.c");
+const SOURCE: &str = include_str!("../mpi/mpi_pingpong.c");
 
 /// One line of the baseline's JSON output.
 #[derive(Debug, Clone, serde::Deserialize)]

@@ -7,7 +7,7 @@
 //! conventions): per op and size a warm-up, then three trials opened by a
 //! barrier, a rank's time is its best trial's average per iteration, and the
 //! reported latency is the average over ranks. One node: `lumen run -n N`
-//! (shared memory) beside `mpirun -n N --mca btl self,vader`. With `--netns`:
+//! (shared memory; started as `lumen-bench launch`, the same launcher) beside `mpirun -n N --mca btl self,vader`. With `--netns`:
 //! 3 network-namespace nodes × 2 ranks (shared memory inside, TCP across),
 //! and Open MPI launched into the same namespaces: `mpirun` runs its `orted`
 //! on each "host" through `plm_rsh_agent` (a script that does `ip netns
@@ -38,7 +38,7 @@ pub const OPS: &[&str] = &[
     "alltoall",
 ];
 
-const MPI_SOURCE: &str = include_str!("../../../benches/mpi/mpi_coll.c");
+const MPI_SOURCE: &str = include_str!("../mpi/mpi_coll.c");
 
 /// Trials per op and size; the best one counts (both sides).
 const TRIALS: usize = 3;
@@ -92,7 +92,7 @@ fn small_iterations(scale: f64) -> usize {
     ((1000.0 * scale) as usize).max(1)
 }
 
-/// The benchmark loop of one rank (run by `lumen bench-worker collectives`):
+/// The benchmark loop of one rank (run by `lumen-bench worker collectives`):
 /// prints `{"test":op,"size":..,"usec":..}` lines at rank 0.
 pub fn worker(
     comm: &Communicator,
@@ -195,7 +195,7 @@ fn mpi_rows(
 fn worker_args(options: &CollectivesBenchOptions) -> Vec<String> {
     let sizes: Vec<String> = options.sizes.iter().map(ToString::to_string).collect();
     vec![
-        "bench-worker".into(),
+        "worker".into(),
         "collectives".into(),
         "--scale".into(),
         options.scale.to_string(),
@@ -210,13 +210,13 @@ fn lumen_rows(
     ranks: u32,
     options: &CollectivesBenchOptions,
 ) -> anyhow::Result<Vec<(String, usize, f64)>> {
-    let exe = std::env::current_exe().context("locating the lumen binary")?;
+    let exe = crate::bench_exe()?;
     let output = Command::new(&exe)
-        .args(["run", "-n", &ranks.to_string(), "--"])
+        .args(["launch", "-n", &ranks.to_string(), "--"])
         .arg(&exe)
         .args(worker_args(options))
         .output()
-        .context("starting lumen run")?;
+        .context("starting lumen-bench launch")?;
     if !output.status.success() {
         bail!(
             "lumen collectives worker failed ({}): {}",
@@ -237,14 +237,14 @@ fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<NetnsRows> {
     if let Some(reason) = netns_unavailable_reason() {
         bail!("network namespaces unavailable: {reason}");
     }
-    let exe = std::env::current_exe().context("locating the lumen binary")?;
+    let exe = crate::bench_exe()?;
     let cluster = NetnsCluster::create(&unique_prefix("lcb"), 3)?;
     let hosts: Vec<String> = (0..3)
         .map(|i| format!("{}:2", cluster.namespace(i)))
         .collect();
     let output = cluster
         .command(0, &exe)
-        .args(["run", "-n", "6", "--hosts", &hosts.join(",")])
+        .args(["launch", "-n", "6", "--hosts", &hosts.join(",")])
         .args(["--launch-agent", "ip netns exec {host}"])
         .args(["--rendezvous-bind", &cluster.host_addr(0).to_string()])
         .arg("--")

@@ -39,8 +39,9 @@
 //! same array, so put and memcpy are compared on equal terms.
 //!
 //! Lumen runs first, in this process as the driver of an embedded local
-//! cluster (`--workers` worker processes: this binary re-executed; its
-//! pre-`main` worker entry serves). Ray then runs the same rows through
+//! cluster (`--workers` worker processes: `lumen-bench` re-executed; its
+//! pre-`main` worker entry serves the functions and actors below, which
+//! the macros register in this binary). Ray then runs the same rows through
 //! `benches/ray/ray_micro.py` (Ray's definitions copied verbatim, see its
 //! docs) in the venv of `scripts/install-ray-baseline.sh` (installed on
 //! demand), with `num_cpus` equal to `--workers`. Every Ray row is a rate;
@@ -52,19 +53,19 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::runtime::{ActorHandle, InitOptions, ObjectRef, Runtime};
+use lumen::runtime::{ActorHandle, InitOptions, ObjectRef, Runtime};
 
 /// `ray_perf.py`'s `small_value`.
-#[crate::remote]
+#[lumen::remote]
 fn small_value() -> Vec<u8> {
     b"ok".to_vec()
 }
 
 /// `ray_perf.py`'s `Actor` (no state; `small_value` returns two bytes).
-#[crate::actor]
+#[lumen::actor]
 struct BenchActor {}
 
-#[crate::actor]
+#[lumen::actor]
 impl BenchActor {
     fn new() -> Self {
         BenchActor {}
@@ -77,18 +78,18 @@ impl BenchActor {
 
 /// `ray_perf.py`'s `Client`: calls each of its servers `n` times, then
 /// gets every result.
-#[crate::actor]
+#[lumen::actor]
 struct BenchClient {
     servers: Vec<ActorHandle<BenchActor>>,
 }
 
-#[crate::actor]
+#[lumen::actor]
 impl BenchClient {
     fn new(servers: Vec<ActorHandle<BenchActor>>) -> Self {
         BenchClient { servers }
     }
 
-    fn small_value_batch(&self, n: u64) -> crate::Result<u64> {
+    fn small_value_batch(&self, n: u64) -> lumen::Result<u64> {
         let mut results = Vec::with_capacity(self.servers.len() * n as usize);
         for server in &self.servers {
             for _ in 0..n {
@@ -104,14 +105,14 @@ impl BenchClient {
 
 /// `ray_perf.py`'s `work` of the n:n row: `n` calls spread round-robin over
 /// the actors, then every result got.
-#[crate::remote]
-fn work(actors: Vec<ActorHandle<BenchActor>>, n: u64) -> crate::Result<u64> {
+#[lumen::remote]
+fn work(actors: Vec<ActorHandle<BenchActor>>, n: u64) -> lumen::Result<u64> {
     let results = actors
         .iter()
         .cycle()
         .take(n as usize)
         .map(|actor| actor.small_value())
-        .collect::<crate::Result<Vec<_>>>()?;
+        .collect::<lumen::Result<Vec<_>>>()?;
     for result in &results {
         result.get()?;
     }
@@ -120,7 +121,7 @@ fn work(actors: Vec<ActorHandle<BenchActor>>, n: u64) -> crate::Result<u64> {
 
 /// Times this rank's first `get` of `object` (put by the driver); checks
 /// its length. Returns nanoseconds.
-#[crate::remote]
+#[lumen::remote]
 fn timed_first_get(object: ObjectRef<[u8]>, len: u64) -> Result<u64, String> {
     let start = Instant::now();
     let view = object.get().map_err(|e| e.to_string())?;
@@ -262,7 +263,7 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
     // Start every worker so process start-up is not in the first row.
     let warm = (0..options.workers * 4)
         .map(|_| small_value::remote(rt))
-        .collect::<crate::Result<Vec<_>>>()?;
+        .collect::<lumen::Result<Vec<_>>>()?;
     for r in &warm {
         r.get()?;
     }
@@ -294,7 +295,7 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
     let submit_batch = |n: u64| {
         (0..n)
             .map(|_| small_value::remote(rt))
-            .collect::<crate::Result<Vec<_>>>()
+            .collect::<lumen::Result<Vec<_>>>()
     };
     timed(
         "single client tasks and get batch",
@@ -313,7 +314,7 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
             // Ray's loop rebinds `not_ready` to wait's answer; handing the
             // list over by value is the same (wait moves the refs instead
             // of cloning them).
-            let (_ready, rest) = crate::wait(not_ready, 1, None)?;
+            let (_ready, rest) = lumen::wait(not_ready, 1, None)?;
             not_ready = rest;
         }
         Ok(())
@@ -347,7 +348,7 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
         &mut || {
             let calls = (0..batch)
                 .map(|_| actor.small_value())
-                .collect::<crate::Result<Vec<_>>>()?;
+                .collect::<lumen::Result<Vec<_>>>()?;
             for r in &calls {
                 r.get()?;
             }
@@ -357,7 +358,7 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
 
     let servers = (0..n_actors)
         .map(|_| BenchActor::new_remote(rt))
-        .collect::<crate::Result<Vec<_>>>()?;
+        .collect::<lumen::Result<Vec<_>>>()?;
     let client = BenchClient::new_remote(rt, servers.clone())?;
     let multiplier = (calls_per_actor * n_actors as u64) as f64;
     timed("1:n actor calls async", "calls/s", multiplier, &mut || {
@@ -367,12 +368,12 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
 
     let actors = (0..n_actors)
         .map(|_| BenchActor::new_remote(rt))
-        .collect::<crate::Result<Vec<_>>>()?;
+        .collect::<lumen::Result<Vec<_>>>()?;
     let multiplier = (callers * calls_per_actor) as f64;
     timed("n:n actor calls async", "calls/s", multiplier, &mut || {
         let callers = (0..callers)
             .map(|_| work::remote(rt, actors.clone(), calls_per_actor))
-            .collect::<crate::Result<Vec<_>>>()?;
+            .collect::<lumen::Result<Vec<_>>>()?;
         for r in &callers {
             r.get()?;
         }
@@ -408,7 +409,7 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
 }
 
 fn ray_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/ray/ray_micro.py")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ray/ray_micro.py")
 }
 
 fn ray_installer() -> PathBuf {

@@ -1,0 +1,347 @@
+//! `lumen-bench`: the benchmark suites behind `lumen bench` (which runs this
+//! executable with its arguments, see the crate docs), and their workers.
+//!
+//! Users type `lumen bench transport|collectives|runtime ...`; running
+//! `lumen-bench transport ...` directly is the same. Two hidden commands
+//! serve the suites themselves: `launch` starts a job of N ranks as `lumen
+//! run` does (the same `lumen_launcher::spawn` code), and `worker` is one
+//! rank of the transport or collectives suite.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use lumen_benches::{collectives, runtime, transport};
+use lumen_launcher::spawn::{parse_hosts, run_job, JobSpec};
+
+/// Lumen's benchmarks, each with its baseline in the same run (`lumen bench`).
+#[derive(Debug, Parser)]
+#[command(name = "lumen-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Point-to-point latency and bandwidth, shared memory and TCP, beside Open MPI.
+    Transport(TransportBenchArgs),
+    /// Collective latency (allreduce, bcast, ...) beside Open MPI.
+    Collectives(CollectivesBenchArgs),
+    /// Tasks, actor calls and put/get beside Ray (its microbenchmark's rows).
+    #[command(alias = "core")]
+    Runtime(RuntimeBenchArgs),
+    /// Internal: starts the ranks of a suite (as `lumen run`).
+    #[command(hide = true)]
+    Launch(LaunchArgs),
+    /// Internal: one rank of a benchmark (started through `launch`).
+    #[command(hide = true, subcommand)]
+    Worker(WorkerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerCommand {
+    /// A rank of the transport suite.
+    Transport(TransportBenchArgs),
+    /// A rank of the collectives suite.
+    Collectives(CollectivesBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct RuntimeBenchArgs {
+    /// Worker processes of the embedded cluster (Ray: num_cpus).
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
+    /// Iteration scale: 1.0 for the full counts, 0.05 for a smoke run.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// "ray": also run Ray's side (installs Ray into --ray-venv if missing).
+    #[arg(long, value_name = "NAME")]
+    baseline: Option<String>,
+    /// Ray's virtual environment.
+    #[arg(long, default_value = "/opt/lumen/ray-venv")]
+    ray_venv: std::path::PathBuf,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CollectivesBenchArgs {
+    /// Sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = collectives::DEFAULT_SIZES.to_vec())]
+    sizes: Vec<usize>,
+    /// Rank counts on this node, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![2u32, 4])]
+    ranks: Vec<u32>,
+    /// Operations, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = collectives::OPS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    ops: Vec<String>,
+    /// Iteration scale: 1.0 for OSU-like counts, 0.01 for a smoke run.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Skip the Open MPI baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Also measure 3 network-namespace nodes x 2 ranks (root).
+    #[arg(long)]
+    netns: bool,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TransportBenchArgs {
+    /// Message sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = transport::DEFAULT_SIZES.to_vec())]
+    sizes: Vec<usize>,
+    /// Iteration scale: 1.0 for OSU-like counts, 0.01 for a smoke run.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Only shared memory.
+    #[arg(long, conflicts_with = "tcp_only")]
+    shm_only: bool,
+    /// Only TCP.
+    #[arg(long)]
+    tcp_only: bool,
+    /// Skip the Open MPI baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Also measure TCP between two network-namespace hosts (root) against
+    /// raw sockets and iperf3.
+    #[arg(long)]
+    netns: bool,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+/// The part of `lumen run`'s arguments the suites use.
+#[derive(Debug, Args)]
+struct LaunchArgs {
+    /// Number of ranks.
+    #[arg(short = 'n', long = "ranks", value_name = "N")]
+    ranks: u32,
+    /// Hosts and their slots, filled in order: `h1:4,h2:4` (slots default to 1).
+    #[arg(long, value_name = "HOST[:SLOTS],...")]
+    hosts: Option<String>,
+    /// Command that runs a rank on another host (`{host}` is replaced by the
+    /// host name); "local" spawns every rank here.
+    #[arg(long, value_name = "TEMPLATE")]
+    launch_agent: Option<String>,
+    /// Address the rendezvous listens on when ranks run on other hosts.
+    #[arg(long, value_name = "IP")]
+    rendezvous_bind: Option<IpAddr>,
+    /// The program each rank runs, and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM ARGS")]
+    command: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Transport(args) => bench_transport(args),
+        Command::Collectives(args) => bench_collectives(args),
+        Command::Runtime(args) => bench_runtime(args),
+        Command::Launch(args) => launch(args),
+        Command::Worker(WorkerCommand::Transport(args)) => transport_worker(args),
+        Command::Worker(WorkerCommand::Collectives(args)) => collectives_worker(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("lumen bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `lumen run`, as the suites use it: inside a Slurm allocation through
+/// `srun`, else through the launcher's spawner.
+fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
+    let mut command = args.command.into_iter();
+    let program = command
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no program given; usage: launch -n N -- PROGRAM ARGS"))?;
+    if args.hosts.is_none() && args.launch_agent.is_none() {
+        let in_allocation = lumen::submit::srun_in_allocation(
+            |name| std::env::var(name).ok(),
+            args.ranks,
+            false,
+            program.clone(),
+            command.clone().collect(),
+        )?;
+        if let Some(argv) = in_allocation {
+            let status = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .status()
+                .map_err(|e| anyhow::anyhow!("running srun inside the allocation: {e}"))?;
+            return Ok(ExitCode::from(
+                u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
+            ));
+        }
+    }
+    let spec = JobSpec {
+        ranks: args.ranks,
+        hosts: args.hosts.as_deref().map(parse_hosts).transpose()?,
+        program,
+        args: command.collect(),
+        env: Vec::new(),
+        label_output: false,
+        launch_agent: args.launch_agent,
+        rendezvous_bind: args.rendezvous_bind,
+        keep_going: false,
+    };
+    let outcome = run_job(&spec)?;
+    // Exit codes above 255 cannot be returned; clamp to a failure.
+    Ok(ExitCode::from(u8::try_from(outcome.exit_code).unwrap_or(1)))
+}
+
+fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = lumen_benches::TransportBenchOptions {
+        sizes: args.sizes,
+        scale: args.scale,
+        shm: !args.tcp_only,
+        tcp: !args.shm_only,
+        baseline: !args.no_baseline,
+        netns: args.netns,
+    };
+    let rows = lumen_benches::transport(&options)?;
+    lumen_benches::print_table(&rows);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn transport_worker(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
+    use lumen_benches::transport::{bandwidth, iterations, latency};
+    let job = lumen::bootstrap::join()?;
+    anyhow::ensure!(
+        job.size() == 2,
+        "the transport benchmark needs exactly 2 ranks, got {}",
+        job.size()
+    );
+    lumen_benches::pin_to_core(job.world.rank as usize);
+    let ep = job.endpoint.clone();
+    for &size in &args.sizes {
+        let usec = latency(&ep, size, iterations(size, args.scale))?;
+        if ep.rank() == 0 {
+            println!("{{\"test\":\"latency\",\"size\":{size},\"usec\":{usec:.3}}}");
+        }
+    }
+    for &size in &args.sizes {
+        let mbps = bandwidth(&ep, size, iterations(size, args.scale))?;
+        if ep.rank() == 0 {
+            println!("{{\"test\":\"bandwidth\",\"size\":{size},\"mbps\":{mbps:.2}}}");
+        }
+    }
+    job.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_collectives(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = collectives::CollectivesBenchOptions {
+        sizes: args.sizes,
+        ranks: args.ranks,
+        scale: args.scale,
+        ops: args.ops,
+        baseline: !args.no_baseline,
+        netns: args.netns,
+    };
+    let rows = collectives::run(&options)?;
+    collectives::print_table(&rows);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collectives_worker(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
+    let job = lumen::bootstrap::join()?;
+    // Pin only when every rank of the job gets a core of its own on this
+    // machine (namespace "nodes" share it, so the local rank is no guide).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if job.size() as usize <= cores {
+        lumen_benches::pin_to_core(job.world.rank as usize);
+    }
+    let world = lumen::world_communicator(&job)?;
+    collectives::worker(&world, &args.sizes, &args.ops, args.scale)?;
+    drop(world);
+    job.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = runtime::RuntimeBenchOptions {
+        workers: args.workers,
+        scale: args.scale,
+        ray: args.baseline.as_deref() == Some("ray"),
+        ray_venv: args.ray_venv,
+    };
+    let rows = runtime::run(&options)?;
+    runtime::print_table(&rows);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite_and_internal_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "lumen-bench",
+            "collectives",
+            "--scale",
+            "0.01",
+            "--sizes",
+            "8,65536",
+            "--ranks",
+            "2,3",
+        ])
+        .expect("valid command line");
+        let Command::Collectives(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.sizes, vec![8, 65536]);
+        assert_eq!(args.ranks, vec![2, 3]);
+        let cli = Cli::try_parse_from([
+            "lumen-bench",
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "/bin/lumen-bench",
+            "worker",
+            "transport",
+            "--sizes",
+            "8",
+        ])
+        .expect("valid command line");
+        let Command::Launch(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.ranks, 2);
+        assert_eq!(args.command.len(), 5);
+        assert!(matches!(
+            Cli::try_parse_from(["lumen-bench", "core"]).map(|c| c.command),
+            Ok(Command::Runtime(_))
+        ));
+    }
+}
