@@ -348,19 +348,23 @@ impl Config {
     /// The transport's settings for an endpoint whose TCP listener binds
     /// `tcp_bind`: the one mapping from these knobs to
     /// [`TransportConfig`], used by every bootstrap path (joined jobs, MPI,
-    /// the embedded local cluster). Settings without a variable keep the
-    /// transport's defaults.
+    /// the embedded local cluster), checked by
+    /// [`TransportConfig::validate`] where it is built. Settings without a
+    /// variable keep the transport's defaults.
     ///
     /// ```
     /// use lumen_launcher::config::Config;
     /// use std::net::{IpAddr, Ipv4Addr};
     /// let config = Config::from_env(|name| (name == "LUMEN_SHM_RING_BYTES").then(|| "64K".into()))?;
-    /// let transport = config.transport_config(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    /// let transport = config.transport_config(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
     /// assert_eq!(transport.ring_bytes, 65536);
-    /// # Ok::<(), lumen_launcher::config::ConfigError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn transport_config(&self, tcp_bind: IpAddr) -> TransportConfig {
-        TransportConfig {
+    pub fn transport_config(
+        &self,
+        tcp_bind: IpAddr,
+    ) -> Result<TransportConfig, lumen_transport::ConfigError> {
+        let transport = TransportConfig {
             eager_limit: self.eager_limit,
             ring_bytes: self.shm_ring_bytes,
             spin: self.spin,
@@ -369,7 +373,9 @@ impl Config {
             tcp_conns: self.tcp_conns_per_peer as usize,
             connect_timeout: self.rendezvous_timeout,
             ..TransportConfig::default()
-        }
+        };
+        transport.validate()?;
+        Ok(transport)
     }
 }
 

@@ -141,6 +141,9 @@ pub enum BootstrapError {
         #[source]
         source: io::Error,
     },
+    /// The settings would give the transport an invalid configuration.
+    #[error(transparent)]
+    TransportConfig(#[from] lumen_transport::ConfigError),
     /// The transport endpoint could not be built or connected.
     #[error(transparent)]
     Transport(#[from] TransportError),

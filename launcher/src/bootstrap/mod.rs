@@ -195,7 +195,7 @@ fn join_env(env: Env<'_>) -> Result<Job, BootstrapError> {
         }
     }
     let resources = resources::bind_resources(&world, env)?;
-    let transport = config.transport_config(meet::tcp_bind(&config, &world, env)?);
+    let transport = config.transport_config(meet::tcp_bind(&config, &world, env)?)?;
     let job_id = match (&world.kind, &world.step_id) {
         (LaunchKind::Slurm { .. }, Some(step)) => format!("{}.{step}", world.job_id),
         _ => world.job_id.clone(),

@@ -102,7 +102,7 @@ pub fn join_mpi<C: Communicator>(comm: &C) -> Result<Job, BootstrapError> {
         kind,
         rendezvous: None,
     };
-    let transport = config.transport_config(tcp_bind(&config, &world, &env)?);
+    let transport = config.transport_config(tcp_bind(&config, &world, &env)?)?;
     let options = EndpointOptions {
         rank,
         size,
