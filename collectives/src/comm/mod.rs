@@ -70,7 +70,8 @@
 //! ```
 //!
 //! Dependencies go one way: this module uses [`crate::shm`]; `shm` reads
-//! the liveness period from [`crate::liveness`] and never imports `comm`.
+//! the liveness period ([`LIVENESS_POLL`], defined in `liveness.rs` below
+//! both) and never imports `comm`.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};

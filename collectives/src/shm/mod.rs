@@ -58,7 +58,7 @@
 //! A rank that writes its slot also writes the chunk length next to
 //! `arrive` (one word per slot index, guarded like the slot); a reader compares
 //! it with its own, so ranks that pass different counts get
-//! [`CollectiveError::Mismatch`] instead of reading past the data.
+//! [`CollectiveError::Mismatch`](crate::CollectiveError::Mismatch) instead of reading past the data.
 //!
 //! # Lifetime
 //!
@@ -80,8 +80,9 @@
 //! ```
 //!
 //! This module depends on no other part of the communicator: the
-//! liveness period comes from [`crate::liveness`] and the liveness check
-//! itself is the `alive` callback every wait receives.
+//! liveness period comes from `liveness.rs`, below both (re-exported as
+//! [`crate::comm::LIVENESS_POLL`]), and the liveness check itself is the
+//! `alive` callback every wait receives.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64};
