@@ -3,6 +3,15 @@
 //! pinning, eviction, spilling to disk, and a chunked pipelined pull of
 //! objects between nodes over the transport.
 //!
+//! **Owns**: the node's host object arena (layout, allocator, seal, pin,
+//! evict, spill, recovery: `arena/`, `heap`, `table`, `lock`), object ids,
+//! and pulls between nodes (`pull`). **Depends on** only `lumen-transport`
+//! among Lumen's crates: its `Endpoint` for pulls and its platform layer
+//! (`lumen_transport::sys`: shared mappings, futexes, process liveness), so
+//! no shared-memory or futex code of its own. It must not depend on the
+//! runtime (`lumen`), the scheduler, the collectives or the launcher: they
+//! sit above it.
+//!
 //! ```text
 //!   rank A (first on node)          rank B (same node)            rank C (other node)
 //!   NodeArena::create(name) ──┐     NodeArena::open(name)         NodeArena::create(its own)

@@ -1,6 +1,21 @@
 //! Lumen's transport: tagged, reliable, per-pair ordered messages between the
 //! ranks of a job, over shared memory on a node and TCP between nodes.
 //!
+//! **Owns**: the wire schemas and framing (`wire`, `frame`), authentication
+//! (`auth`, `handshake`), the [`Endpoint`] (tagged messages, active-message
+//! handlers, one-sided gets), its backends (`shm` on a node, `tcp` between
+//! nodes, io_uring under `tcp`), and Lumen's one platform layer
+//! ([`sys`]: shared-memory mappings, futexes, pidfds, `process_vm_readv`),
+//! which the object store and the collectives use instead of their own.
+//! **Main types**: [`EndpointBuilder`] → [`Endpoint`], [`TransportConfig`]
+//! (checked by [`TransportConfig::validate`]), [`PeerAddress`], [`Message`],
+//! [`TransportError`], [`sys::SharedMapping`]. **Depends on** no other Lumen
+//! crate: every other crate of the workspace sits above it.
+//!
+//! Modules import downwards only: `types` and `error` (the shared types)
+//! import none of `endpoint`, `tcp`, `stripe`; `tcp` reaches the endpoint's
+//! state only through its `Inbox` trait.
+//!
 //! ```text
 //!            Endpoint::send / recv / get / barrier / register_handler
 //!                 │                         │

@@ -8,7 +8,7 @@
 //! whichever thread wins a `try_lock`; TCP sockets likewise (per connection,
 //! see `tcp`), with a background receiver thread that reads only while no
 //! caller polls and rings this rank's doorbell. Waiting spins for
-//! [`TransportConfig::spin`], then sleeps on the doorbell (a futex in the node
+//! [`TransportConfig::spin`](crate::TransportConfig::spin), then sleeps on the doorbell (a futex in the node
 //! segment), which senders ring only when somebody sleeps.
 //! [`Endpoint::spawn_progress_thread`] adds a background thread for ranks that
 //! must serve active messages or one-sided gets while computing.
