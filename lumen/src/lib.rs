@@ -57,9 +57,6 @@
 //! # Ok::<(), lumen::LumenError>(())
 //! ```
 
-// The macros name `::lumen`; this makes that path work inside the crate too.
-extern crate self as lumen;
-
 pub use lumen_launcher::bootstrap;
 pub mod error;
 pub mod runtime;

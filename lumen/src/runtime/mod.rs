@@ -2,29 +2,36 @@
 //! immutable objects behind futures) over Lumen's transport.
 //!
 //! ```text
-//!  main ─ lumen::init() ─► Runtime ──────────────────────────────┐
-//!           │ (cluster)       │ add::remote(&rt, ..)  put  get    │
-//!           │                 ▼                                  │
-//!           │   ┌──────────── core worker (core.rs) ───────────┐  │
-//!           │   │ RefTable (refs.rs, pure)  Scheduler (pure)   │  │
-//!           │   │ in-flight tasks, requests, borrowed values   │  │
-//!           │   └──┬───────────────┬──────────────┬────────────┘  │
-//!           │  send│ RtMsg (0xA0..)│ handler      │ run            │
-//!           ▼      ▼               │ (progress    ▼                │
-//!   bootstrap / embedded cluster   │  thread)  executor.rs,        │
-//!   (cluster.rs)  Endpoint ◄───────┘           actor.rs            │
-//!                   │ one-sided get of large values (store.rs)      │
+//!  main ─ lumen::init() ─► Runtime ──────────────────────────────────┐
+//!           │ (cluster)       │ add::remote(&rt, ..)  put  get        │
+//!           │                 ▼                                      │
+//!           │   ┌──────────── core worker (core/) ────────────────┐  │
+//!           │   │ pure tables: RefTable (refs.rs), TaskTable      │  │
+//!           │   │ (task_table.rs), Scheduler + PlacementTable     │  │
+//!           │   │ (lumen-sched); requests, borrowed values        │  │
+//!           │   └──┬───────────────┬──────────────┬───────────────┘  │
+//!           │  send│ RtMsg (0xA0..)│ dispatch     │ run               │
+//!           ▼      ▼               │ (progress    ▼                   │
+//!   lumen_launcher::bootstrap      │  thread)  executor.rs,           │
+//!   (cluster.rs: embedded cluster) │           actor.rs               │
+//!        Endpoint ◄────────────────┘  one-sided get of large values   │
+//!                                     (store.rs, lumen-objstore)      │
 //! ```
 //!
-//! - [`cluster`]: `init`, the embedded local cluster, the worker entry
-//!   that runs before `main`, driver and SPMD modes, orderly exit.
-//! - [`refs`](self) (private): ownership and reference counting, the pure
-//!   state machine, after Ray's ownership paper (NSDI '21).
-//! - `scheduler` (private): placement policy, pure.
-//! - `placement` (private): placement groups: the head's
-//!   reservation table (pure) and the messages around it.
-//! - `core` (private): the IO shell: messages, submission, `get`, failure
-//!   handling (retries on rank death).
+//! - [`cluster`]: `init`, the embedded local cluster (spawned by the
+//!   launcher's spawner, as `lumen run` does), the worker entry that runs
+//!   before `main`, driver and SPMD modes, orderly exit.
+//! - `refs` (private): ownership and reference counting, the pure state
+//!   machine, after Ray's ownership paper (NSDI '21).
+//! - `task_table` (private): tasks and actor calls in flight and what a
+//!   rank's death does to them (retry or fail), pure; lineage goes here.
+//! - `scheduler`, `options` (private): the placement policy, resources
+//!   and placement-group types come from `lumen-sched` (pure); the task and
+//!   actor options (retries, restarts, names) are the runtime's.
+//! - `placement`: the [`PlacementGroup`] handle and the protocol's docs;
+//!   the head's table is `lumen_sched::PlacementTable`.
+//! - `core` (private): the IO shell, one file per concern (tasks,
+//!   objects, actors, failures, requests, groups) around those tables.
 //! - `executor`, `actor`: where tasks and actor methods run.
 //! - [`ObjectRef`], [`wait`]: futures to objects.
 //!

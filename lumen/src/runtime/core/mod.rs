@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use lumen_transport::{Endpoint, Rank, TransportError};
 
+use self::groups::GroupRuntime;
 use super::actor::ActorHost;
 use super::config::RuntimeConfig;
 use super::error::RuntimeError;
@@ -43,7 +44,6 @@ use super::executor::Executor;
 use super::ids::{ActorId, ObjectId};
 use super::object_ref::{ObjectRef, Pinned};
 use super::options::ActorOptions;
-use super::placement::{GroupAnswer, GroupRuntime, Host};
 use super::protocol::{
     decode, encode, ActorAddress, Outcome, RankInfo, RankStats, RtMsg, RUNTIME_TAG,
 };
@@ -52,6 +52,7 @@ use super::scheduler::{RankSlot, Scheduler};
 use super::store::{Arena, ValueStore};
 use super::task_table::TaskTable;
 use crate::error::{LumenError, Result};
+use lumen_sched::{GroupAnswer, Host};
 
 /// How `main` runs on the ranks of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
