@@ -17,7 +17,7 @@ use lumen_launcher::spawn::{parse_hosts, run_job, JobSpec};
 
 /// Lumen's benchmarks, each with its baseline in the same run (`lumen bench`).
 #[derive(Debug, Parser)]
-#[command(name = "lumen-bench", version, about)]
+#[command(name = "lumen-bench", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
