@@ -50,7 +50,7 @@ fn mpi_launch_mpiexec_mpich_four_ranks() {
     let output = run_with_timeout(
         Command::new("mpiexec.mpich")
             .args(["-n", "4"])
-            .arg(example("ping"))
+            .arg(ping())
             .args(["--sizes", "0,8,1048576"]),
         120,
     );
@@ -80,7 +80,7 @@ fn mpi_launch_open_mpi_mpirun_four_ranks() {
         open_mpi(
             Command::new("mpirun.openmpi")
                 .args(["-n", "4"])
-                .arg(example("ping"))
+                .arg(ping())
                 .args(["--sizes", "0,8,1048576"]),
         ),
         120,
@@ -192,4 +192,9 @@ fn mpi_launch_world_from_mpi_comm_world() {
         all.contains("mpi_interop: 4 ranks, MPI allreduce 6 = Lumen ring 6, same rank order"),
         "{all}"
     );
+}
+
+/// The transport's all-to-all check (an example of `lumen-transport`).
+fn ping() -> std::path::PathBuf {
+    lumen_testkit::job::workspace_example("lumen-transport", "ping")
 }

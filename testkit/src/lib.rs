@@ -1,4 +1,6 @@
-//! Test support for Lumen: simulated multi-host clusters on one machine.
+//! Test support for Lumen: simulated multi-host clusters on one machine,
+//! and running jobs from integration tests ([`job`]: the workspace's
+//! binaries and examples, time limits, what a job printed and left behind).
 //!
 //! Two kinds: [`NetnsCluster`] (below) for tests that start ranks themselves,
 //! and [`SlurmCluster`] ([`slurm`]), a real Slurm whose hosts are network
@@ -62,6 +64,7 @@
 
 mod cluster;
 mod ip;
+pub mod job;
 mod naming;
 pub mod slurm;
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
@@ -116,4 +117,17 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as u8)
         .collect()
+}
+
+#[allow(unused_imports)]
+pub use lumen_testkit::job::{job_id, leftover_segments, run_with_timeout, text};
+
+/// The `lumen` command line; `lumen run` starts the multi-process jobs.
+pub fn lumen() -> PathBuf {
+    lumen_testkit::job::lumen_binary()
+}
+
+/// An example of this crate (the rank program of the multi-process jobs).
+pub fn example(name: &str) -> PathBuf {
+    lumen_testkit::job::workspace_example("lumen-transport", name)
 }

@@ -26,7 +26,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
-use lumen::collectives::{
+use lumen_collectives::{
     bf16, f16, AllreduceAlgorithm, Communicator, Element, ElementKind, ReduceOp,
 };
 
@@ -647,8 +647,8 @@ fn main() -> anyhow::Result<()> {
     let types: Vec<String> = value("--types")
         .map(|t| t.split(',').map(str::to_string).collect())
         .unwrap_or_default();
-    let job = lumen::bootstrap::join()?;
-    let world = lumen::world_communicator(&job)?;
+    let job = lumen_launcher::bootstrap::join()?;
+    let world = Communicator::world(job.endpoint.clone())?;
     if let Some(victim) = value("--kill-rank") {
         return kill_test(&world, victim.parse()?);
     }

@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use lumen::transport::{Endpoint, Source};
+use lumen_transport::{Endpoint, Source};
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len)
@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         None => vec![0, 1, 8, 4096, 65536, 1 << 20, 16 << 20],
     };
     let kill_rank: Option<u32> = value("--kill-rank").map(|r| r.parse()).transpose()?;
-    let job = lumen::bootstrap::join()?;
+    let job = lumen_launcher::bootstrap::join()?;
     let ep = job.endpoint.clone();
     if ep.rank() == 0 {
         println!(
