@@ -18,6 +18,9 @@
 //!   on failure or signal, remove their shared memory), and
 //!   [`spawn::LocalRanks`], the same spawning for the embedded local
 //!   cluster whose rank 0 is the calling process.
+//! - **Slurm from the command line** ([`submit`]): `lumen submit` (an
+//!   sbatch script, submitted and optionally followed) and the decision to
+//!   start a job's ranks with `srun` inside an allocation.
 //! - **One typed configuration** ([`config::Config`]): the `LUMEN_*`
 //!   tuning variables, parsed and checked once, mapped onto the transport's
 //!   settings by [`config::Config::transport_config`].
@@ -41,4 +44,5 @@ pub mod env;
 pub mod pmi;
 pub mod rendezvous;
 pub mod spawn;
+pub mod submit;
 pub mod wire;

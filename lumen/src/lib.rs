@@ -60,7 +60,7 @@
 pub use lumen_launcher::bootstrap;
 pub mod error;
 pub mod runtime;
-pub mod submit;
+pub use lumen_launcher::submit;
 
 pub use error::{LumenError, Result};
 pub use lumen_macros::{actor, remote};

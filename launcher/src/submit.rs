@@ -1,4 +1,5 @@
-//! Slurm from the `lumen` command line.
+//! Slurm from the `lumen` command line (and `lumen-bench`, which launches
+//! its ranks the same way).
 //!
 //! - `lumen submit`: renders an sbatch script ([`lumen_slurm::sbatch`]) and
 //!   hands it to `sbatch` on standard input; `--dry-run` prints it instead,
