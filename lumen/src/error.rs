@@ -1,4 +1,7 @@
-//! Errors a Lumen program sees.
+//! Errors a Lumen program sees. A leaf of the crate: it names the
+//! runtime's error types (`runtime/error.rs`, which imports only ids) and
+//! the lower crates' errors, never the runtime's machinery, so every
+//! module can return [`Result`] without an import circle.
 
 use thiserror::Error;
 
@@ -21,7 +24,7 @@ pub enum LumenError {
     Transport(#[from] lumen_transport::TransportError),
     /// A task, actor or object call of the runtime failed.
     #[error(transparent)]
-    Runtime(#[from] crate::runtime::RuntimeError),
+    Runtime(#[from] crate::runtime::error::RuntimeError),
     /// A collective operation or communicator failed.
     #[error(transparent)]
     Collective(#[from] lumen_collectives::CollectiveError),

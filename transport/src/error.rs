@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::ConfigError;
 use crate::handshake;
 use crate::shm::ShmError;
-use crate::types::{Rank, RESERVED_TAGS};
+use crate::{Rank, RESERVED_TAGS};
 
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]

@@ -80,10 +80,16 @@ pub mod tags {
     pub const USER_END: u64 = 0x8000_0000_0000_0000;
 }
 
+/// A rank of the job, `0..size`.
+pub type Rank = u32;
+
+/// Tags at or above this value are reserved for Lumen's own protocols.
+pub const RESERVED_TAGS: u64 = 0xffff_0000_0000_0000;
+
 pub use auth::JobSecret;
 pub use config::{ConfigError, TcpBackend, TransportConfig};
 pub use endpoint::{
-    segment_name, Endpoint, EndpointBuilder, EndpointOptions, Handler, Message, PeerAddress, Rank,
-    RegionKey, Source, TransportError, RESERVED_TAGS,
+    segment_name, Endpoint, EndpointBuilder, EndpointOptions, Handler, Message, PeerAddress,
+    RegionKey, Source, TransportError,
 };
 pub use sys::read_process_memory;

@@ -13,11 +13,7 @@ use crate::auth::JobSecret;
 use crate::config::TransportConfig;
 use crate::error::TransportError;
 
-/// A rank of the job, `0..size`.
-pub type Rank = u32;
-
-/// Tags at or above this value are reserved for Lumen's own protocols.
-pub const RESERVED_TAGS: u64 = 0xffff_0000_0000_0000;
+pub use crate::{Rank, RESERVED_TAGS};
 
 /// A received message.
 #[derive(Debug, Clone, PartialEq, Eq)]

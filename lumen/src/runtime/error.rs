@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ids::{ActorId, ObjectId};
-use super::placement::PlacementGroupId;
+use lumen_sched::PlacementGroupId;
 
 /// Why a task, an actor call or an actor creation failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

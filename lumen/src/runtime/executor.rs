@@ -30,8 +30,8 @@ use lumen_transport::Rank;
 
 use super::core::Inner;
 use super::ids::ObjectId;
-use super::placement::PlacementGroupId;
 use super::protocol::TaskSpec;
+use lumen_sched::PlacementGroupId;
 
 /// Upper bound on executor threads per rank (blocked tasks included).
 pub(crate) const MAX_THREADS: usize = 256;

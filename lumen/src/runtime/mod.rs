@@ -35,6 +35,14 @@
 //! - `executor`, `actor`: where tasks and actor methods run.
 //! - [`ObjectRef`], [`wait`]: futures to objects.
 //!
+//! Imports go one way from the pure tables up: `ids`, `error`, `protocol`,
+//! `refs`, `task_table`, `options`, `config` and `lumen-sched` import no
+//! part of the IO shell. The shell itself is one knot on purpose: the core
+//! worker (`core`) owns the executor, the actor host and the handles'
+//! state, and those (`executor`, `actor`, `object_ref`, `placement`'s
+//! handle) call back into it. The crate's [`LumenError`](crate::LumenError)
+//! names only `runtime/error.rs`, so returning it closes no circle.
+//!
 //! # Modes
 //! **Driver mode** ([`crate::init`]): rank 0 runs `main`; on every other
 //! rank `init` serves tasks and actors until the driver's runtime is dropped,
@@ -99,7 +107,7 @@ mod actor;
 pub mod cluster;
 mod config;
 mod core;
-mod error;
+pub(crate) mod error;
 mod executor;
 mod ids;
 mod object_ref;

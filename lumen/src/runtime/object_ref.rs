@@ -31,6 +31,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::core::{current_inner, Inner};
 use super::error::RuntimeError;
 use super::ids::ObjectId;
+use super::store::Bytes;
 use crate::error::{LumenError, Result};
 
 thread_local! {
@@ -82,30 +83,6 @@ pub(crate) fn collect_refs<R>(f: impl FnOnce() -> R) -> (R, Pinned) {
         refs
     });
     (result, Pinned { refs })
-}
-
-/// Bytes of an object's value: owned, or shared with the rank's store.
-#[derive(Debug, Clone)]
-pub(crate) enum Bytes {
-    /// A small value that came inline with its task's reply (no `Arc`:
-    /// one allocation less per `get`).
-    Inline(Vec<u8>),
-    Owned(Arc<Vec<u8>>),
-    Shared(Arc<[u8]>),
-    /// A pinned, zero-copy view of the node arena.
-    View(Arc<lumen_objstore::ObjectView>),
-}
-
-impl Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Inline(v) => v,
-            Bytes::Owned(v) => v,
-            Bytes::Shared(s) => s,
-            Bytes::View(v) => v,
-        }
-    }
 }
 
 /// A reference to an object that is (or will be) in the job's object store:

@@ -9,8 +9,8 @@ use lumen_transport::Rank;
 use super::error::TaskError;
 use super::ids::{ActorId, ObjectId};
 use super::options::{Resources, TaskOptions};
-use super::placement::{PlacementGroupId, PlacementStrategy};
 use lumen_sched::GroupAnswer;
+use lumen_sched::{PlacementGroupId, PlacementStrategy};
 
 /// Tag of every runtime message (the runtime's range is 0xA000_...).
 pub(crate) const RUNTIME_TAG: u64 = 0xA000_0000_0000_0001;

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use lumen_objstore::{NodeArena, ObjectServer, ObjectStoreError, PullOptions};
 use lumen_transport::{Endpoint, Rank, RegionKey};
 
-use super::object_ref::Bytes;
 use super::protocol::Outcome;
+use std::ops::Deref;
 
 /// Why a value could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +316,30 @@ impl ValueStore {
             if arena.creator {
                 let _ = std::fs::remove_dir_all(arena.spill_dir.join(arena.arena.name()));
             }
+        }
+    }
+}
+
+/// Bytes of an object's value: owned, or shared with the rank's store.
+#[derive(Debug, Clone)]
+pub(crate) enum Bytes {
+    /// A small value that came inline with its task's reply (no `Arc`:
+    /// one allocation less per `get`).
+    Inline(Vec<u8>),
+    Owned(Arc<Vec<u8>>),
+    Shared(Arc<[u8]>),
+    /// A pinned, zero-copy view of the node arena.
+    View(Arc<lumen_objstore::ObjectView>),
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Inline(v) => v,
+            Bytes::Owned(v) => v,
+            Bytes::Shared(s) => s,
+            Bytes::View(v) => v,
         }
     }
 }

@@ -15,9 +15,9 @@ use super::{runtime_error, Inner, Reply, State, WAIT_SLICE};
 use crate::error::{LumenError, Result};
 use crate::runtime::error::{RuntimeError, TaskError, TaskErrorKind};
 use crate::runtime::ids::ObjectId;
-use crate::runtime::object_ref::Bytes;
 use crate::runtime::protocol::{Outcome, RtMsg};
 use crate::runtime::refs::{Effect, ObjectState};
+use crate::runtime::store::Bytes;
 use crate::runtime::store::FetchError;
 
 impl Inner {
