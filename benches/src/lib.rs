@@ -12,7 +12,7 @@
 //!
 //! | module | command | compared with |
 //! |---|---|---|
-//! | [`transport`] (+ [`netns`]) | `lumen bench transport` | Open MPI's OSU-style ping-pong ([`mpi`], `mpi/mpi_pingpong.c`); memcpy; raw sockets and iperf3 across network namespaces |
+//! | [`transport`](mod@transport) (+ [`netns`]) | `lumen bench transport` | Open MPI's OSU-style ping-pong ([`mpi`], `mpi/mpi_pingpong.c`); memcpy; raw sockets and iperf3 across network namespaces |
 //! | [`collectives`] | `lumen bench collectives` | Open MPI running `mpi/mpi_coll.c` |
 //! | [`runtime`] | `lumen bench runtime` (alias `core`) | Ray's microbenchmark rows (`ray/ray_micro.py`) |
 //!

@@ -48,7 +48,7 @@ impl Rank {
     }
 }
 
-/// Runs a job to completion (see the [module documentation](self)) and says
+/// Runs a job to completion (see the [module documentation](crate::spawn)) and says
 /// how it ended; `Err` only when the job could not be started.
 ///
 /// Ranks get `PR_SET_PDEATHSIG(SIGKILL)`, which fires when the *thread* that

@@ -66,7 +66,7 @@ impl LocalRanksSpec {
 
 /// Ranks `1..size` of a job on this machine, started and watched by a
 /// thread of their own; the caller is rank 0 (see the [module
-/// documentation](self)). Dropping it kills the ranks at once; [`stop`](Self::stop)
+/// documentation](crate::spawn)). Dropping it kills the ranks at once; [`stop`](Self::stop)
 /// gives them time to leave first.
 #[derive(Debug)]
 pub struct LocalRanks {

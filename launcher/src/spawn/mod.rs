@@ -3,14 +3,14 @@
 //!
 //! [`run_job`] does, in order:
 //!
-//! 1. Makes a job id ([`new_job_id`]) and a fresh [`JobSecret`].
-//! 2. Starts a [`RendezvousServer`] inside the calling process. Hosting it
+//! 1. Makes a job id ([`new_job_id`]) and a fresh [`JobSecret`](lumen_transport::JobSecret).
+//! 2. Starts a [`RendezvousServer`](crate::rendezvous::RendezvousServer) inside the calling process. Hosting it
 //!    here rather than in rank 0 means it exists before any rank starts (no
 //!    rank can race its bind), and it outlives every rank, so when a job
 //!    fails `lumen run` can still ask it which ranks never arrived. It listens
 //!    on 127.0.0.1 when every rank runs on this machine; otherwise on
 //!    [`JobSpec::rendezvous_bind`] or the address that
-//!    [`select_interface_addr`] picks from `LUMEN_TCP_IF`.
+//!    [`select_interface_addr`](crate::config::select_interface_addr) picks from `LUMEN_TCP_IF`.
 //! 3. Spawns each rank with the `LUMEN_*` variables that
 //!    [`env::detect`](crate::env::detect) and
 //!    [`env::job_secret_from_env`](crate::env::job_secret_from_env) read,

@@ -40,7 +40,7 @@
 //! part of the IO shell. The shell itself is one knot on purpose: the core
 //! worker (`core`) owns the executor, the actor host and the handles'
 //! state, and those (`executor`, `actor`, `object_ref`, `placement`'s
-//! handle) call back into it. The crate's [`LumenError`](crate::LumenError)
+//! handle) call back into it. The crate's [`LumenError`]
 //! names only `runtime/error.rs`, so returning it closes no circle.
 //!
 //! # Modes
