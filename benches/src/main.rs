@@ -13,7 +13,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use lumen_benches::{collectives, runtime, transport};
-use lumen_launcher::spawn::{parse_hosts, run_job, JobSpec};
+use lumen_launcher::spawn::{parse_hosts, JobSpec};
+use lumen_launcher::submit::run_job_or_srun;
 
 /// Lumen's benchmarks, each with its baseline in the same run (`lumen bench`).
 #[derive(Debug, Parser)]
@@ -172,24 +173,6 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let program = command
         .next()
         .ok_or_else(|| anyhow::anyhow!("no program given; usage: launch -n N -- PROGRAM ARGS"))?;
-    if args.hosts.is_none() && args.launch_agent.is_none() {
-        let in_allocation = lumen::submit::srun_in_allocation(
-            |name| std::env::var(name).ok(),
-            args.ranks,
-            false,
-            program.clone(),
-            command.clone().collect(),
-        )?;
-        if let Some(argv) = in_allocation {
-            let status = std::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .status()
-                .map_err(|e| anyhow::anyhow!("running srun inside the allocation: {e}"))?;
-            return Ok(ExitCode::from(
-                u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
-            ));
-        }
-    }
     let spec = JobSpec {
         ranks: args.ranks,
         hosts: args.hosts.as_deref().map(parse_hosts).transpose()?,
@@ -201,9 +184,7 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         rendezvous_bind: args.rendezvous_bind,
         keep_going: false,
     };
-    let outcome = run_job(&spec)?;
-    // Exit codes above 255 cannot be returned; clamp to a failure.
-    Ok(ExitCode::from(u8::try_from(outcome.exit_code).unwrap_or(1)))
+    Ok(ExitCode::from(run_job_or_srun(&spec)?))
 }
 
 fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {

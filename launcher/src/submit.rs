@@ -284,6 +284,47 @@ pub fn srun_in_allocation(
     Ok(Some(argv))
 }
 
+/// Why [`run_job_or_srun`] failed.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The allocation cannot hold the job, or `srun` could not be started.
+    #[error(transparent)]
+    Allocation(#[from] SubmitError),
+    /// The launcher's spawner failed.
+    #[error(transparent)]
+    Spawn(#[from] crate::spawn::SpawnError),
+}
+
+/// Runs a job as `lumen run` does and returns the exit code for the
+/// calling process: inside a Slurm allocation, when neither hosts nor a
+/// launch agent are given, its ranks are started by `srun` (see
+/// [`srun_in_allocation`]); otherwise by [`run_job`](crate::spawn::run_job).
+/// Exit codes that do not fit in a byte become 1.
+pub fn run_job_or_srun(spec: &crate::spawn::JobSpec) -> Result<u8, RunError> {
+    if spec.hosts.is_none() && spec.launch_agent.is_none() {
+        let in_allocation = srun_in_allocation(
+            |name| std::env::var(name).ok(),
+            spec.ranks,
+            spec.label_output,
+            spec.program.clone(),
+            spec.args.clone(),
+        )?;
+        if let Some(argv) = in_allocation {
+            let status = Command::new(&argv[0])
+                .args(&argv[1..])
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .status()
+                .map_err(|source| SubmitError::Spawn {
+                    program: "srun".to_string(),
+                    source,
+                })?;
+            return Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1));
+        }
+    }
+    let outcome = crate::spawn::run_job(spec)?;
+    Ok(u8::try_from(outcome.exit_code).unwrap_or(1))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -21,7 +21,8 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use lumen_launcher::spawn::{parse_hosts, run_job, JobSpec};
+use lumen_launcher::spawn::{parse_hosts, JobSpec};
+use lumen_launcher::submit::run_job_or_srun;
 
 /// Lumen: a runtime for remote tasks, actors and collectives on HPC systems.
 #[derive(Debug, Parser)]
@@ -167,24 +168,6 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let program = command.next().ok_or_else(|| {
         anyhow::anyhow!("no program given; usage: lumen run -n N -- PROGRAM ARGS...")
     })?;
-    if args.hosts.is_none() && args.launch_agent.is_none() {
-        let in_allocation = lumen::submit::srun_in_allocation(
-            |name| std::env::var(name).ok(),
-            args.ranks,
-            args.label,
-            program.clone(),
-            command.clone().collect(),
-        )?;
-        if let Some(argv) = in_allocation {
-            let status = std::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .status()
-                .map_err(|e| anyhow::anyhow!("running srun inside the allocation: {e}"))?;
-            return Ok(ExitCode::from(
-                u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
-            ));
-        }
-    }
     let spec = JobSpec {
         ranks: args.ranks,
         hosts: args.hosts.as_deref().map(parse_hosts).transpose()?,
@@ -196,10 +179,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         rendezvous_bind: args.rendezvous_bind,
         keep_going: args.keep_going,
     };
-    let outcome = run_job(&spec)?;
-    // Exit codes above 255 cannot be returned; clamp to a failure.
-    let code = u8::try_from(outcome.exit_code).unwrap_or(1);
-    Ok(ExitCode::from(code))
+    Ok(ExitCode::from(run_job_or_srun(&spec)?))
 }
 
 fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
