@@ -12,13 +12,15 @@ use serde::Serialize;
 
 use lumen_transport::Rank;
 
-use super::{owned_ref, runtime_error, CreatedActor, Inner, Reply, MONITOR_PERIOD};
+use super::{
+    encode_args, infeasible, owned_ref, runtime_error, CreatedActor, Inner, Reply, MONITOR_PERIOD,
+};
 use crate::error::Result;
 use crate::runtime::actor::RawActorHandle;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::ids::{ActorId, ObjectId};
-use crate::runtime::object_ref::{collect_refs, Pinned};
-use crate::runtime::options::{ActorOptions, PlacementGroupScheduling};
+use crate::runtime::object_ref::Pinned;
+use crate::runtime::options::ActorOptions;
 use crate::runtime::placement::PlacementGroupId;
 use crate::runtime::protocol::{ActorAddress, RtMsg};
 use crate::runtime::refs::ObjectState;
@@ -173,28 +175,15 @@ impl Inner {
         args: &impl Serialize,
         mut options: ActorOptions,
     ) -> Result<RawActorHandle> {
-        let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
-        let args = encoded.map_err(|e| {
-            runtime_error(RuntimeError::Codec {
-                what: format!("the arguments of {class_name}::new"),
-                detail: e.to_string(),
-            })
-        })?;
-        if let Some(scheduling) = options.placement_group {
-            let (index, host) = self.choose_bundle(
-                class_name,
-                scheduling,
-                &options.resources,
-                options.rank,
-                options.node,
-                |r| self.load_on(r).1,
-            )?;
-            options.placement_group = Some(PlacementGroupScheduling {
-                bundle_index: Some(index),
-                ..scheduling
-            });
-            options.rank = Some(host);
-        }
+        let (args, pinned) = encode_args(&format_args!("{class_name}::new"), args)?;
+        self.pin_to_bundle(
+            class_name,
+            &mut options.placement_group,
+            &options.resources,
+            &mut options.rank,
+            options.node,
+            |r| self.load_on(r).1,
+        )?;
         let host = self
             .scheduler
             .lock()
@@ -205,12 +194,7 @@ impl Inner {
                 rank: options.rank,
                 data_at: None,
             })
-            .map_err(|e| {
-                runtime_error(RuntimeError::Infeasible {
-                    what: class_name.to_string(),
-                    detail: e.0,
-                })
-            })?;
+            .map_err(infeasible(class_name))?;
         let address = ActorAddress {
             id: ActorId {
                 creator: self.rank,
@@ -468,14 +452,8 @@ impl Inner {
                 .unwrap_or(address.host);
             (!s.dead.contains(&host)).then_some(host)
         };
-        let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
+        let (args, pinned) = encode_args(&name, args)?;
         let refs = pinned.ids();
-        let args = encoded.map_err(|e| {
-            runtime_error(RuntimeError::Codec {
-                what: format!("the arguments of {name}"),
-                detail: e.to_string(),
-            })
-        })?;
         let host = match known_host {
             Some(host) => host,
             None => self.actor_host(address)?,

@@ -132,6 +132,30 @@ impl Inner {
         }
     }
 
+    /// A task or actor scheduled into a placement group: fixes its bundle
+    /// (one that fits, when none is named) and pins `rank` to the bundle's
+    /// host, where the scheduler then sends it. No group: nothing to do.
+    pub(super) fn pin_to_bundle(
+        self: &Arc<Self>,
+        what: &str,
+        scheduling: &mut Option<PlacementGroupScheduling>,
+        resources: &Resources,
+        rank: &mut Option<Rank>,
+        node: Option<u32>,
+        load: impl Fn(Rank) -> u32,
+    ) -> Result<()> {
+        let Some(group) = *scheduling else {
+            return Ok(());
+        };
+        let (index, host) = self.choose_bundle(what, group, resources, *rank, node, load)?;
+        *scheduling = Some(PlacementGroupScheduling {
+            bundle_index: Some(index),
+            ..group
+        });
+        *rank = Some(host);
+        Ok(())
+    }
+
     /// The bundle a task or actor asked into runs it: its index (the
     /// asked one, or the least loaded one that fits when any will do) and
     /// rank. `rank` and `node`, when given too, must agree with it.

@@ -42,7 +42,7 @@ use super::config::RuntimeConfig;
 use super::error::RuntimeError;
 use super::executor::Executor;
 use super::ids::{ActorId, ObjectId};
-use super::object_ref::{ObjectRef, Pinned};
+use super::object_ref::{collect_refs, ObjectRef, Pinned};
 use super::options::ActorOptions;
 use super::protocol::{
     decode, encode, ActorAddress, Outcome, RankInfo, RankStats, RtMsg, RUNTIME_TAG,
@@ -52,7 +52,8 @@ use super::scheduler::{RankSlot, Scheduler};
 use super::store::{Arena, ValueStore};
 use super::task_table::TaskTable;
 use crate::error::{LumenError, Result};
-use lumen_sched::{GroupAnswer, Host};
+use lumen_sched::{GroupAnswer, Host, Infeasible};
+use serde::Serialize;
 
 /// How `main` runs on the ranks of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +219,30 @@ impl std::fmt::Debug for Inner {
 
 fn runtime_error(error: RuntimeError) -> LumenError {
     LumenError::Runtime(error)
+}
+
+/// Serialises the arguments of `what` (a task, an actor's constructor or
+/// method), collecting the `ObjectRef`s inside them: the pin keeps them
+/// alive until the receiver is registered as their borrower.
+fn encode_args(what: &dyn std::fmt::Display, args: &impl Serialize) -> Result<(Vec<u8>, Pinned)> {
+    let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
+    let args = encoded.map_err(|e| {
+        runtime_error(RuntimeError::Codec {
+            what: format!("the arguments of {what}"),
+            detail: e.to_string(),
+        })
+    })?;
+    Ok((args, pinned))
+}
+
+/// The error of a task or actor (`what`) that no rank can take.
+fn infeasible(what: &str) -> impl FnOnce(Infeasible) -> LumenError + '_ {
+    move |e| {
+        runtime_error(RuntimeError::Infeasible {
+            what: what.to_string(),
+            detail: e.0,
+        })
+    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -9,12 +9,12 @@ use serde::Serialize;
 
 use lumen_transport::Rank;
 
-use super::{panic_message, runtime_error, Inner};
+use super::{encode_args, infeasible, panic_message, runtime_error, Inner};
 use crate::error::Result;
 use crate::runtime::error::{RuntimeError, TaskError, TaskErrorKind};
 use crate::runtime::ids::ObjectId;
 use crate::runtime::object_ref::{collect_refs, Pinned};
-use crate::runtime::options::{PlacementGroupScheduling, TaskOptions};
+use crate::runtime::options::TaskOptions;
 use crate::runtime::protocol::{encode, Outcome, RtMsg, TaskSpec, RUNTIME_TAG};
 use crate::runtime::refs::ObjectState;
 use crate::runtime::registry::{self, TaskFailure};
@@ -78,30 +78,18 @@ impl Inner {
         if self.stopping.load(Ordering::Acquire) {
             return Err(runtime_error(RuntimeError::ShuttingDown));
         }
-        let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
+        let (args, pinned) = encode_args(&name, args)?;
         let refs = pinned.ids();
-        let args = encoded.map_err(|e| {
-            runtime_error(RuntimeError::Codec {
-                what: format!("the arguments of {name}"),
-                detail: e.to_string(),
-            })
-        })?;
-        if let Some(scheduling) = options.placement_group {
-            let (index, host) = self.choose_bundle(
-                name,
-                scheduling,
-                &options.resources,
-                options.rank,
-                options.node,
-                |r| self.load_on(r).0,
-            )?;
-            options.placement_group = Some(PlacementGroupScheduling {
-                bundle_index: Some(index),
-                ..scheduling
-            });
-            // A retry after this rank dies finds it dead and fails.
-            options.rank = Some(host);
-        }
+        // Pinned to its bundle's rank: a retry after that rank dies finds
+        // it dead and fails.
+        self.pin_to_bundle(
+            name,
+            &mut options.placement_group,
+            &options.resources,
+            &mut options.rank,
+            options.node,
+            |r| self.load_on(r).0,
+        )?;
         let data_at = self.largest_argument(&refs);
         let target = self
             .scheduler
@@ -113,12 +101,7 @@ impl Inner {
                 rank: options.rank,
                 data_at,
             })
-            .map_err(|e| {
-                runtime_error(RuntimeError::Infeasible {
-                    what: name.to_string(),
-                    detail: e.0,
-                })
-            })?;
+            .map_err(infeasible(name))?;
         self.register(&refs, target)?;
         let object = self.new_object();
         let spec = TaskSpec {
