@@ -1,8 +1,18 @@
 //! Lumen: Ray Core's programming model (tasks, actors, objects) as an HPC
-//! runtime. This crate is the facade: it joins the job a process was started in
-//! ([`bootstrap::join`]) and hosts the `lumen` command line (run, bench).
+//! runtime. This crate is the facade and the core runtime.
 //!
-//! The runtime ([`runtime`]): remote functions, actors and objects.
+//! **Owns**: [`init`] and the [`Runtime`]; remote functions, actors and
+//! [`ObjectRef`]s ([`runtime`]: the core worker of each rank, in
+//! `runtime/core/`, one file per concern, around the pure ownership and
+//! task tables); the [`LumenError`] users see; the `lumen` command line
+//! (`run`, `submit`, and `bench`, which runs the `lumen-bench` executable).
+//!
+//! **Built on, and re-exports where users name them**: `lumen-launcher`
+//! ([`bootstrap`], [`submit`]), `lumen-sched` ([`Resources`],
+//! [`PlacementStrategy`]), `lumen-transport` ([`transport`]),
+//! `lumen-collectives` ([`collectives`]), `lumen-objstore` and
+//! `lumen-macros`. **Must not depend on** `lumen-benches` (the benchmarks
+//! depend on this crate) or on `lumen-testkit` outside its tests.
 //!
 //! ```no_run
 //! use lumen::prelude::*;
