@@ -30,8 +30,10 @@
 //! Machine topology (hwloc, a sysfs fallback, XML for synthetic machines:
 //! packages, NUMA nodes, cores, GPUs, NICs and their affinity) goes into a
 //! `topology` module; binding ranks and workers to cores near their GPU
-//! and NIC into `binding`; the model-shard planner (TP/PP/DP/EP onto
-//! NVLink islands and nodes) into `shard`; topology-aware policies
+//! and NIC into `binding`; the model-shard planner is [`shard`]
+//! (TP/CP/PP/DP/EP onto NVLink islands, nodes and NICs: rank layout,
+//! communicators, predicted cross-node bytes beside Megatron's order
+//! and the naive one); topology-aware policies
 //! (locality-aware spillback, GPU affinity) extend `policy`. They stay
 //! pure like the rest, fed with discovered facts by the layer above.
 //!
@@ -95,6 +97,7 @@
 mod group;
 mod policy;
 mod resources;
+pub mod shard;
 mod slots;
 mod strategy;
 mod table;
