@@ -19,8 +19,10 @@
 //! 1. **TP inside one NVLink island, always.** Tensor parallelism all-reduces
 //!    activations several times per layer, which only NVLink bandwidth
 //!    sustains; Narayanan et al., "Efficient Large-Scale Language Model
-//!    Training on GPU Clusters Using Megatron-LM" (SC'21, §3.2 and Fig. 13)
-//!    measure throughput collapsing once TP leaves a DGX node. An order that
+//!    Training on GPU Clusters Using Megatron-LM" (SC'21, §3.2, takeaway
+//!    #1: tensor parallelism up to the GPUs of a server, pipeline
+//!    parallelism across servers) measure throughput falling steeply once
+//!    TP leaves a DGX node. An order that
 //!    lets a TP group cross an island is never chosen ([`plan_with_order`]
 //!    refuses it), and `tp` must divide the island ([`PlanError`]).
 //! 2. **CP next**, inside the island when it fits: ring attention passes K/V
@@ -46,12 +48,23 @@
 //! Megatron's ([`ShardPlan::reference`]). Without a cost the planner takes
 //! [`RankOrder::PLANNER`].
 //!
+//! Rule 1 is held even where bytes alone would break it, so the plan can
+//! predict more cross-node bytes than the naive layout: when CP sends more
+//! per rank than TP (by the model below, `cp - 1 > 4 (tp - 1)`), the naive
+//! layout, CP fastest, keeps CP's ring inside nodes while the plan cannot
+//! keep both; and with very few tokens per DP replica per step, gradients
+//! can outweigh TP's activations. TP stays on NVLink regardless: its
+//! all-reduces sit on the critical path of every layer, where DP's can
+//! overlap the backward pass (as bucketed gradient all-reduce does). The property tests assert
+//! "≤ naive" where TP outweighs CP and training batches are realistic,
+//! and count the rest.
+//!
 //! # The traffic model (per training step, bytes sent)
 //! With `A` = [`ModelCost::activation_bytes_per_microbatch`] (the activation
 //! tensor of one microbatch at a layer boundary, whole sequence), `m`
 //! microbatches, `L` layers (`L / pp` per stage), `P × b` parameter bytes:
 //! - **TP**: ring all-reduce of the rank's activations (`A / cp`), two
-//!   forward and two backward per layer (Narayanan et al. §2.3): each rank
+//!   forward and two backward per layer (Narayanan et al. §2.3); each rank
 //!   sends `2 (tp-1)/tp × A/cp × m × 4 × L/pp` to its ring neighbour.
 //! - **CP**: ring attention passes the rank's K/V block around the CP ring
 //!   forward and back: `2 (cp-1)/cp × A/tp × m × L/pp` per rank.
@@ -1042,7 +1055,7 @@ mod tests {
             err(Parallelism::new(16, 1, 1), dgx(2)),
             PlanError::TpExceedsIsland { tp: 16, island: 8 }
         );
-        let island4 = ClusterShape {
+        let six_gpus = ClusterShape {
             nodes: 1,
             gpus_per_node: 6,
             nvlink_island: 6,
@@ -1054,7 +1067,7 @@ mod tests {
                 ClusterShape {
                     gpus_per_node: 12,
                     nvlink_island: 6,
-                    ..island4
+                    ..six_gpus
                 }
             ),
             PlanError::TpDoesNotDivideIsland { tp: 4, island: 6 }
