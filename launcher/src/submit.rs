@@ -154,7 +154,7 @@ pub enum JobProgress {
 /// Reads `JobState` and `ExitCode=code:signal` from `scontrol show job -o`.
 ///
 /// ```
-/// use lumen::submit::{job_progress, JobProgress};
+/// use lumen_launcher::submit::{job_progress, JobProgress};
 /// assert_eq!(
 ///     job_progress("JobId=7 JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0"),
 ///     Some(JobProgress::Done { state: "FAILED".into(), exit_code: 3 })
@@ -228,7 +228,7 @@ fn wait_for_job(job_id: &str) -> Result<i32, SubmitError> {
 /// launch inside a step is not what `lumen run` means there).
 ///
 /// ```
-/// use lumen::submit::srun_in_allocation;
+/// use lumen_launcher::submit::srun_in_allocation;
 /// let env = |name: &str| match name {
 ///     "SLURM_JOB_ID" => Some("42".to_string()),
 ///     "SLURM_NTASKS" => Some("8".to_string()),
@@ -237,7 +237,7 @@ fn wait_for_job(job_id: &str) -> Result<i32, SubmitError> {
 /// let argv = srun_in_allocation(env, 4, false, "./app".into(), vec!["-x".into()])?.unwrap();
 /// assert_eq!(argv, ["srun", "--ntasks=4", "--kill-on-bad-exit=1", "./app", "-x"]);
 /// assert!(srun_in_allocation(env, 16, false, "./app".into(), vec![]).is_err());
-/// # Ok::<(), lumen::submit::SubmitError>(())
+/// # Ok::<(), lumen_launcher::submit::SubmitError>(())
 /// ```
 pub fn srun_in_allocation(
     get: impl Fn(&str) -> Option<String>,

@@ -93,13 +93,7 @@ fn check(what: &'static str, text: &str) -> Result<(), PmiError> {
 }
 
 /// One request line: `cmd=CMD k=v ...\n`.
-///
-/// ```
-/// use lumen_launcher::pmi::pmi1::encode;
-/// assert_eq!(encode("put", &[("kvsname", "kvs_1"), ("key", "a"), ("value", "b")])?,
-///            "cmd=put kvsname=kvs_1 key=a value=b\n");
-/// # Ok::<(), lumen_launcher::pmi::PmiError>(())
-/// ```
+/// (Example: the unit test `examples::encode_builds_a_request_line`.)
 pub(crate) fn encode(cmd: &str, attributes: &[(&str, &str)]) -> Result<String, PmiError> {
     check("key", cmd)?;
     let mut line = format!("cmd={cmd}");
@@ -213,5 +207,20 @@ mod tests {
         let mut decoder = Pmi1Decoder::new();
         decoder.push(b"\xff\xfe\n");
         assert!(decoder.next_message().is_err());
+    }
+}
+
+/// The examples of this module's docs, as tests (their items are crate-private).
+#[cfg(test)]
+mod examples {
+    use super::encode;
+
+    #[test]
+    fn encode_builds_a_request_line() -> Result<(), crate::pmi::PmiError> {
+        assert_eq!(
+            encode("put", &[("kvsname", "kvs_1"), ("key", "a"), ("value", "b")])?,
+            "cmd=put kvsname=kvs_1 key=a value=b\n"
+        );
+        Ok(())
     }
 }

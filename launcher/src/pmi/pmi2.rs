@@ -113,13 +113,7 @@ fn check_text(what: &'static str, text: &str, max: usize) -> Result<(), PmiError
 
 /// Frames one command: length prefix, `cmd=...;`, then `key=value;` per
 /// attribute.
-///
-/// ```
-/// use lumen_launcher::pmi::pmi2::encode;
-/// let frame = encode("kvs-put", &[("key", "a"), ("value", "b")])?;
-/// assert_eq!(frame, b"26    cmd=kvs-put;key=a;value=b;");
-/// # Ok::<(), lumen_launcher::pmi::PmiError>(())
-/// ```
+/// (Example: the unit test `examples::encode_frames_a_command`.)
 pub(crate) fn encode(cmd: &str, attributes: &[(&str, &str)]) -> Result<Vec<u8>, PmiError> {
     check_text("key", cmd, MAX_KEY)?;
     let mut body = format!("cmd={cmd};");
@@ -407,5 +401,18 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+}
+
+/// The examples of this module's docs, as tests (their items are crate-private).
+#[cfg(test)]
+mod examples {
+    use super::encode;
+
+    #[test]
+    fn encode_frames_a_command() -> Result<(), crate::pmi::PmiError> {
+        let frame = encode("kvs-put", &[("key", "a"), ("value", "b")])?;
+        assert_eq!(frame, b"26    cmd=kvs-put;key=a;value=b;");
+        Ok(())
     }
 }

@@ -71,13 +71,7 @@ pub(crate) const DERIVED_PORT_ATTEMPTS: u16 = 32;
 /// The first port of the derived sequence for a job step: a stable hash
 /// (64-bit FNV-1a, the same in every build) of job id and step id into
 /// [`DERIVED_PORTS`].
-///
-/// ```
-/// use lumen_launcher::rendezvous::{derived_port, DERIVED_PORTS};
-/// let port = derived_port("4711", "0");
-/// assert!(DERIVED_PORTS.contains(&port));
-/// assert_eq!(port, derived_port("4711", "0"));
-/// ```
+/// (Example: the unit test `examples::derived_port_is_stable_and_in_range`.)
 pub(crate) fn derived_port(job_id: &str, step_id: &str) -> u16 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in job_id.bytes().chain([0]).chain(step_id.bytes()) {
@@ -265,5 +259,18 @@ mod tests {
         assert_eq!(Seconds(Duration::from_micros(505_759)).to_string(), "0.5 s");
         assert_eq!(Seconds(Duration::from_millis(30_004)).to_string(), "30 s");
         assert_eq!(Seconds(Duration::from_millis(1_003)).to_string(), "1 s");
+    }
+}
+
+/// The examples of this module's docs, as tests (their items are crate-private).
+#[cfg(test)]
+mod examples {
+    use super::{derived_port, DERIVED_PORTS};
+
+    #[test]
+    fn derived_port_is_stable_and_in_range() {
+        let port = derived_port("4711", "0");
+        assert!(DERIVED_PORTS.contains(&port));
+        assert_eq!(port, derived_port("4711", "0"));
     }
 }

@@ -80,21 +80,7 @@ pub(crate) enum ConnectRefusal {
 }
 
 /// State of the rendezvous store for one job of `size` ranks.
-///
-/// ```
-/// use lumen_launcher::rendezvous::StoreState;
-/// use lumen_launcher::wire::{Reply, Request, RequestFrame};
-///
-/// let mut store = StoreState::new(2);
-/// store.connect(0).unwrap();
-/// store.connect(1).unwrap();
-/// let put = RequestFrame { id: 1, request: Request::Put { key: "k".into(), value: b"v".to_vec() } };
-/// assert_eq!(store.handle(0, put)[0].1.reply, Reply::Done);
-/// let get = RequestFrame { id: 7, request: Request::Get { key: "k".into() } };
-/// let replies = store.handle(1, get);
-/// assert_eq!(replies[0].0, 1);
-/// assert_eq!(replies[0].1.reply, Reply::Value { key: "k".into(), value: b"v".to_vec() });
-/// ```
+/// (Example: the unit test `examples::store_state_answers_a_get_after_a_put`.)
 #[derive(Debug)]
 pub(crate) struct StoreState {
     size: u32,
@@ -623,5 +609,40 @@ mod tests {
         // Requests from a rank that is not connected are refused.
         assert!(error_text(&store.handle(2, frame(1, Request::Status))[0].1)
             .contains("without being connected"));
+    }
+}
+
+/// The examples of this module's docs, as tests (their items are crate-private).
+#[cfg(test)]
+mod examples {
+    use super::StoreState;
+    use crate::wire::{Reply, Request, RequestFrame};
+
+    #[test]
+    fn store_state_answers_a_get_after_a_put() {
+        let mut store = StoreState::new(2);
+        store.connect(0).unwrap();
+        store.connect(1).unwrap();
+        let put = RequestFrame {
+            id: 1,
+            request: Request::Put {
+                key: "k".into(),
+                value: b"v".to_vec(),
+            },
+        };
+        assert_eq!(store.handle(0, put)[0].1.reply, Reply::Done);
+        let get = RequestFrame {
+            id: 7,
+            request: Request::Get { key: "k".into() },
+        };
+        let replies = store.handle(1, get);
+        assert_eq!(replies[0].0, 1);
+        assert_eq!(
+            replies[0].1.reply,
+            Reply::Value {
+                key: "k".into(),
+                value: b"v".to_vec()
+            }
+        );
     }
 }
