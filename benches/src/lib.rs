@@ -51,6 +51,7 @@ pub mod collectives;
 pub mod mpi;
 pub mod netns;
 pub mod runtime;
+pub mod sched;
 pub mod transport;
 
 use std::path::PathBuf;

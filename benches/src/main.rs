@@ -33,6 +33,9 @@ enum Command {
     /// Tasks, actor calls and put/get beside Ray (its microbenchmark's rows).
     #[command(alias = "core")]
     Runtime(RuntimeBenchArgs),
+    /// The scheduler at scale: placement decisions, placement groups and
+    /// shard plans over a synthetic cluster (in-process).
+    Sched(SchedBenchArgs),
     /// Internal: starts the ranks of a suite (as `lumen run`).
     #[command(hide = true)]
     Launch(LaunchArgs),
@@ -47,6 +50,22 @@ enum WorkerCommand {
     Transport(TransportBenchArgs),
     /// A rank of the collectives suite.
     Collectives(CollectivesBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct SchedBenchArgs {
+    /// Nodes of the synthetic cluster.
+    #[arg(long, default_value_t = 1024)]
+    nodes: usize,
+    /// GPUs (one rank each) per node.
+    #[arg(long, default_value_t = 8)]
+    gpus_per_node: usize,
+    /// Iteration scale: 1.0 for the full counts, 0.01 for a smoke run.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +172,7 @@ fn main() -> ExitCode {
         Command::Transport(args) => bench_transport(args),
         Command::Collectives(args) => bench_collectives(args),
         Command::Runtime(args) => bench_runtime(args),
+        Command::Sched(args) => bench_sched(args),
         Command::Launch(args) => launch(args),
         Command::Worker(WorkerCommand::Transport(args)) => transport_worker(args),
         Command::Worker(WorkerCommand::Collectives(args)) => collectives_worker(args),
@@ -273,6 +293,21 @@ fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let rows = runtime::run(&options)?;
     runtime::print_table(&rows);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_sched(args: SchedBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = lumen_benches::sched::SchedBenchOptions {
+        nodes: args.nodes,
+        gpus_per_node: args.gpus_per_node,
+        scale: args.scale,
+    };
+    let rows = lumen_benches::sched::run(&options)?;
+    lumen_benches::sched::print_table(&rows);
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
         println!("wrote {}", path.display());
