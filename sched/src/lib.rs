@@ -27,10 +27,12 @@
 //!   free pool and one pool per bundle reserved there.
 //!
 //! # What comes next, and where
-//! Machine topology (hwloc, a sysfs fallback, XML for synthetic machines:
-//! packages, NUMA nodes, cores, GPUs, NICs and their affinity) goes into a
-//! `topology` module; binding ranks and workers to cores near their GPU
-//! and NIC into `binding`; the model-shard planner is [`shard`]
+//! Machine topology is [`topology`]: packages, NUMA nodes, cores, PUs,
+//! GPUs and NICs with their NUMA affinity, read from hwloc XML (synthetic
+//! machines in `tests/machines/`) or sysfs, and rendered like `lstopo`;
+//! [`topology::bind_local_ranks`] gives each local rank cores, GPUs and a
+//! NIC on one NUMA node (pinning threads and placing memory is the
+//! runtime's job); the model-shard planner is [`shard`]
 //! (TP/CP/PP/DP/EP onto NVLink islands, nodes and NICs: rank layout,
 //! communicators, predicted cross-node bytes beside Megatron's order
 //! and the naive one); topology-aware policies
@@ -101,6 +103,7 @@ pub mod shard;
 mod slots;
 mod strategy;
 mod table;
+pub mod topology;
 
 pub use group::{Bundle, PlacementGroupId, PlacementGroupScheduling, PlacementStrategy};
 pub use policy::{Infeasible, RankSlot, Request, Scheduler};

@@ -1,0 +1,240 @@
+//! Where a node's local ranks run: their cores, NUMA node, GPUs and NIC.
+//!
+//! [`bind_local_ranks`] is pure: a [`Topology`], a rank count and the cpus
+//! the node's launcher allows (a Slurm step's cpuset, `lumen run`'s
+//! `--cpus`) in, one [`RankBinding`] per local rank out. The rules:
+//!
+//! 1. **Allowed cores.** A core takes part when at least one of its PUs is
+//!    in `allowed_cpus` (all of them when `None`), and brings only its
+//!    allowed PUs. No allowed core at all is [`BindingError::NoAllowedCpus`].
+//! 2. **GPU nodes** (the node has GPUs and `ranks <= gpus`): GPUs are put in
+//!    NUMA order, PCI bus id order within a NUMA node, and dealt out in
+//!    blocks of `gpus / ranks` (the remainder stays unassigned): rank 0 gets
+//!    the first block, and so on. A rank's NUMA node is its first GPU's;
+//!    the ranks on one NUMA node share its allowed cores in disjoint,
+//!    contiguous, equal blocks (the first ones one core larger when the
+//!    count does not divide). When the GPU's NUMA node has no allowed core
+//!    (or is unknown) the rank takes cores on the nearest NUMA node that has
+//!    some, and says so in [`RankBinding::cpus_remote`].
+//! 3. **CPU nodes** (no GPU, or more ranks than GPUs: then no rank gets a
+//!    GPU): ranks are mapped onto NUMA nodes in blocks weighted by their
+//!    allowed cores (rank `i` goes to the NUMA node holding core
+//!    `i * cores / ranks` of the NUMA-ordered list), so consecutive ranks
+//!    share a NUMA node and 2 ranks on a 2-package machine land on
+//!    different packages; within a NUMA node, cores are split as above.
+//! 4. **Oversubscription.** A NUMA node with more ranks than allowed cores
+//!    gives each rank one core, cores repeating in blocks, and sets
+//!    [`RankBinding::cpus_shared`].
+//! 5. **NIC.** Each rank gets the NIC nearest its GPU (its NUMA node when it
+//!    has none): same NUMA node, then same package, then any; among equally
+//!    near NICs the least used so far, then PCI order.
+//!
+//! What a user compares this with: `lstopo` (hwloc) shows which cores,
+//! GPUs and NICs share a NUMA node; Open MPI's `mpirun --map-by numa
+//! --bind-to core` binds each rank to one core, dealing ranks round-robin
+//! over NUMA nodes (rank 0 on node 0, rank 1 on node 1, ...), whereas rule 3
+//! deals them in blocks (Open MPI's `--map-by ppr:N:numa`) and gives a rank
+//! its whole share of cores rather than one, so its worker threads have
+//! somewhere to run; NVIDIA's DGX guidance (and Slurm's
+//! `--gpu-bind=closest`) pairs each GPU with the cores and HCA of its NUMA
+//! node, as rule 2 does.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Distance, Topology};
+
+/// A GPU of the topology.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuRef {
+    /// Its position in [`Topology::gpus`] (PCI order).
+    pub index: usize,
+    /// Its PCI bus id.
+    pub pci_bus_id: String,
+}
+
+/// A NIC of the topology.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicRef {
+    /// Its position in [`Topology::nics`] (PCI order).
+    pub index: usize,
+    /// Its PCI bus id.
+    pub pci_bus_id: String,
+    /// Its first OS name (`mlx5_0`, `eth0`), when known.
+    pub name: Option<String>,
+}
+
+/// Where one local rank runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankBinding {
+    /// The rank's index among the node's ranks, `0..ranks`.
+    pub local_rank: usize,
+    /// The OS cpus to bind it (and its workers) to, ascending.
+    pub cpus: Vec<usize>,
+    /// The NUMA node of those cpus: where its memory should live.
+    pub numa: u32,
+    /// Its GPUs, possibly none.
+    pub gpus: Vec<GpuRef>,
+    /// The NIC it should use, when the node has one.
+    pub nic: Option<NicRef>,
+    /// Other ranks are bound to some of the same cpus (more ranks than
+    /// allowed cores on the NUMA node).
+    pub cpus_shared: bool,
+    /// The cpus are not on the NUMA node of the rank's GPU (that node has no
+    /// allowed core, or the GPU's node is unknown).
+    pub cpus_remote: bool,
+}
+
+/// Why no binding could be made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BindingError {
+    /// `allowed_cpus` names no cpu of the topology.
+    #[error("no allowed cpu is in the topology (allowed: {allowed:?})")]
+    NoAllowedCpus {
+        /// The allowed cpus given.
+        allowed: Vec<usize>,
+    },
+}
+
+/// A NUMA node's allowed cores (each its allowed PUs).
+struct NumaCores {
+    numa: u32,
+    cores: Vec<Vec<usize>>,
+}
+
+/// Binds `ranks` local ranks on `topology` (see the module doc for the
+/// rules). `allowed_cpus`: the cpus the ranks may use, `None` for all.
+pub fn bind_local_ranks(
+    topology: &Topology,
+    ranks: usize,
+    allowed_cpus: Option<&[usize]>,
+) -> Result<Vec<RankBinding>, BindingError> {
+    let allowed = |cpu: &usize| allowed_cpus.map_or(true, |list| list.contains(cpu));
+    let numas: Vec<NumaCores> = topology
+        .numa_nodes()
+        .map(|node| NumaCores {
+            numa: node.os_index,
+            cores: node
+                .cores
+                .iter()
+                .map(|core| core.pus.iter().copied().filter(allowed).collect::<Vec<_>>())
+                .filter(|pus| !pus.is_empty())
+                .collect(),
+        })
+        .filter(|numa| !numa.cores.is_empty())
+        .collect();
+    if numas.is_empty() {
+        return Err(BindingError::NoAllowedCpus {
+            allowed: allowed_cpus.map(<[usize]>::to_vec).unwrap_or_default(),
+        });
+    }
+    if ranks == 0 {
+        return Ok(Vec::new());
+    }
+
+    // Per rank: the NUMA node its cpus come from, its GPUs, the NUMA node
+    // its NIC should be near, and whether the cpus are remote.
+    let mut plan: Vec<(usize, Vec<GpuRef>, Option<u32>, bool)> = Vec::with_capacity(ranks);
+    if !topology.gpus.is_empty() && ranks <= topology.gpus.len() {
+        let mut order: Vec<usize> = (0..topology.gpus.len()).collect();
+        order.sort_by_key(|&i| {
+            (
+                topology.gpus[i].numa.unwrap_or(u32::MAX),
+                topology.gpus[i].pci_bus_id.clone(),
+            )
+        });
+        let per_rank = topology.gpus.len() / ranks;
+        for rank in 0..ranks {
+            let gpus: Vec<GpuRef> = order[rank * per_rank..(rank + 1) * per_rank]
+                .iter()
+                .map(|&index| GpuRef {
+                    index,
+                    pci_bus_id: topology.gpus[index].pci_bus_id.clone(),
+                })
+                .collect();
+            let gpu_numa = topology.gpus[order[rank * per_rank]].numa;
+            let exact = numas.iter().position(|n| Some(n.numa) == gpu_numa);
+            let (slot, remote) = match exact {
+                Some(slot) => (slot, false),
+                None => {
+                    let nearest = (0..numas.len())
+                        .min_by_key(|&slot| {
+                            (
+                                topology.numa_distance(gpu_numa, Some(numas[slot].numa)),
+                                slot,
+                            )
+                        })
+                        .unwrap_or(0);
+                    (nearest, true)
+                }
+            };
+            plan.push((slot, gpus, gpu_numa.or(Some(numas[slot].numa)), remote));
+        }
+    } else {
+        let total: usize = numas.iter().map(|n| n.cores.len()).sum();
+        for rank in 0..ranks {
+            let mut position = rank * total / ranks;
+            let mut slot = 0;
+            while position >= numas[slot].cores.len() {
+                position -= numas[slot].cores.len();
+                slot += 1;
+            }
+            plan.push((slot, Vec::new(), Some(numas[slot].numa), false));
+        }
+    }
+
+    // Split each NUMA node's cores among the ranks planned onto it.
+    let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (rank, (slot, ..)) in plan.iter().enumerate() {
+        members.entry(*slot).or_default().push(rank);
+    }
+    let mut cpus: Vec<(Vec<usize>, bool)> = vec![(Vec::new(), false); ranks];
+    for (slot, ranks_here) in &members {
+        let cores = &numas[*slot].cores;
+        let (n, m) = (cores.len(), ranks_here.len());
+        for (position, &rank) in ranks_here.iter().enumerate() {
+            cpus[rank] = if m <= n {
+                let (start, end) = (position * n / m, (position + 1) * n / m);
+                (cores[start..end].iter().flatten().copied().collect(), false)
+            } else {
+                (cores[position * n / m].clone(), true)
+            };
+        }
+    }
+
+    let mut nic_uses = vec![0usize; topology.nics.len()];
+    let mut bindings = Vec::with_capacity(ranks);
+    for (local_rank, ((slot, gpus, near, remote), (mut rank_cpus, cpus_shared))) in
+        plan.into_iter().zip(cpus).enumerate()
+    {
+        let nic = (0..topology.nics.len())
+            .min_by_key(|&i| {
+                let distance = match near {
+                    Some(numa) => topology.device_distance(&topology.nics[i], numa),
+                    None => Distance::Unknown,
+                };
+                (distance, nic_uses[i], i)
+            })
+            .map(|index| {
+                nic_uses[index] += 1;
+                let nic = &topology.nics[index];
+                NicRef {
+                    index,
+                    pci_bus_id: nic.pci_bus_id.clone(),
+                    name: nic.os_names.first().cloned(),
+                }
+            });
+        rank_cpus.sort_unstable();
+        bindings.push(RankBinding {
+            local_rank,
+            cpus: rank_cpus,
+            numa: numas[slot].numa,
+            gpus,
+            nic,
+            cpus_shared,
+            cpus_remote: remote,
+        });
+    }
+    Ok(bindings)
+}
