@@ -110,7 +110,7 @@ pub fn bind_local_ranks(
     ranks: usize,
     allowed_cpus: Option<&[usize]>,
 ) -> Result<Vec<RankBinding>, BindingError> {
-    let allowed = |cpu: &usize| allowed_cpus.map_or(true, |list| list.contains(cpu));
+    let allowed = |cpu: &usize| allowed_cpus.is_none_or(|list| list.contains(cpu));
     let numas: Vec<NumaCores> = topology
         .numa_nodes()
         .map(|node| NumaCores {

@@ -4,7 +4,8 @@ use std::fmt::Write;
 
 use super::{DeviceKind, PciDevice, Topology};
 
-/// Memory as lstopo writes it (`12GB`, `512MB`, `64KB`).
+/// Memory as lstopo writes it: the largest unit that keeps at least two
+/// digits (`12GB`, `1024GB`, `512MB`).
 fn size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
         (1 << 40, "TB"),
@@ -13,7 +14,7 @@ fn size(bytes: u64) -> String {
         (1 << 10, "KB"),
     ];
     for (unit, name) in UNITS {
-        if bytes >= unit * 10 || (bytes >= unit && bytes % unit == 0) {
+        if bytes >= unit * 10 {
             return format!("{}{name}", bytes / unit);
         }
     }

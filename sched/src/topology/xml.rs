@@ -115,10 +115,16 @@ struct Numa {
 }
 
 pub(super) fn parse(text: &str, what: &str) -> Result<Topology, TopologyError> {
-    let document = Document::parse(text).map_err(|source| TopologyError::Xml {
-        what: what.to_string(),
-        source,
-    })?;
+    // lstopo writes `<!DOCTYPE topology SYSTEM "hwloc2.dtd">`.
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let document =
+        Document::parse_with_options(text, options).map_err(|source| TopologyError::Xml {
+            what: what.to_string(),
+            source,
+        })?;
     let reader = Reader {
         document: &document,
         what,
