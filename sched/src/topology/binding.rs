@@ -238,3 +238,107 @@ pub fn bind_local_ranks(
     }
     Ok(bindings)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::DeviceKind;
+    use crate::topology::{Core, NumaNode, Package, PciDevice};
+
+    /// One package, NUMA nodes of the given core counts (one PU per core,
+    /// numbered in order), the given GPUs as (bus id, NUMA node).
+    fn machine(cores_per_numa: &[usize], gpus: &[(&str, u32)]) -> Topology {
+        let mut next = 0;
+        let numa_nodes = cores_per_numa
+            .iter()
+            .enumerate()
+            .map(|(numa, &count)| NumaNode {
+                os_index: numa as u32,
+                memory_bytes: None,
+                cores: (0..count)
+                    .map(|_| {
+                        next += 1;
+                        Core {
+                            os_index: next as u32 - 1,
+                            pus: vec![next - 1],
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Topology {
+            packages: vec![Package {
+                os_index: 0,
+                numa_nodes,
+            }],
+            gpus: gpus
+                .iter()
+                .map(|(bus, numa)| PciDevice {
+                    kind: DeviceKind::Gpu,
+                    pci_bus_id: bus.to_string(),
+                    vendor_id: Some(0x10de),
+                    device_id: None,
+                    model: None,
+                    os_names: Vec::new(),
+                    numa: Some(*numa),
+                    nvlink_island: None,
+                })
+                .collect(),
+            nics: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn uneven_core_counts_give_the_first_ranks_one_more() {
+        let topology = machine(&[5], &[]);
+        let bindings = bind_local_ranks(&topology, 2, None).unwrap();
+        assert_eq!(bindings[0].cpus, vec![0, 1]);
+        assert_eq!(bindings[1].cpus, vec![2, 3, 4]);
+        assert!(bindings.iter().all(|b| b.nic.is_none()));
+    }
+
+    #[test]
+    fn gpus_are_dealt_in_numa_then_pci_order() {
+        // GPUs listed out of NUMA order: the one on NUMA node 0 comes first.
+        let topology = machine(
+            &[2, 2],
+            &[
+                ("0000:01:00.0", 1),
+                ("0000:02:00.0", 0),
+                ("0000:03:00.0", 1),
+            ],
+        );
+        let bindings = bind_local_ranks(&topology, 3, None).unwrap();
+        let buses: Vec<&str> = bindings
+            .iter()
+            .map(|b| b.gpus[0].pci_bus_id.as_str())
+            .collect();
+        assert_eq!(buses, vec!["0000:02:00.0", "0000:01:00.0", "0000:03:00.0"]);
+        assert_eq!(bindings[0].cpus, vec![0, 1]);
+        assert_eq!(bindings[1].cpus, vec![2]);
+        assert_eq!(bindings[2].cpus, vec![3]);
+        // One rank, three GPUs: it takes all three, NUMA node 0's first.
+        let one = bind_local_ranks(&topology, 1, None).unwrap();
+        assert_eq!(one[0].gpus.len(), 3);
+        assert_eq!(one[0].numa, 0);
+    }
+
+    #[test]
+    fn weighted_blocks_follow_the_allowed_cores() {
+        // NUMA node 0 has 1 allowed core, node 1 has 3: of 4 ranks, 1 and 3.
+        let topology = machine(&[4, 4], &[]);
+        let allowed = [0, 4, 5, 6];
+        let bindings = bind_local_ranks(&topology, 4, Some(&allowed)).unwrap();
+        let numas: Vec<u32> = bindings.iter().map(|b| b.numa).collect();
+        assert_eq!(numas, vec![0, 1, 1, 1]);
+        assert!(bindings.iter().all(|b| b.cpus.len() == 1 && !b.cpus_shared));
+    }
+
+    #[test]
+    fn zero_ranks_is_an_empty_binding() {
+        assert_eq!(
+            bind_local_ranks(&machine(&[2], &[]), 0, None),
+            Ok(Vec::new())
+        );
+    }
+}

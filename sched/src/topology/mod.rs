@@ -31,6 +31,40 @@
 //!
 //! Malformed input never panics: it is a [`TopologyError`] that names the
 //! file or element and what was wrong with it.
+//!
+//! # Example
+//! A two-core machine with a GPU, read from hwloc XML, drawn, and bound:
+//!
+//! ```
+//! use lumen_sched::topology::{bind_local_ranks, Topology};
+//!
+//! let xml = r#"<topology version="2.0">
+//!   <object type="Machine" os_index="0" cpuset="0x00000003">
+//!     <object type="Package" os_index="0" cpuset="0x00000003">
+//!       <object type="NUMANode" os_index="0" cpuset="0x00000003" local_memory="17179869184"/>
+//!       <object type="Core" os_index="0" cpuset="0x00000001"><object type="PU" os_index="0"/></object>
+//!       <object type="Core" os_index="1" cpuset="0x00000002"><object type="PU" os_index="1"/></object>
+//!       <object type="Bridge" bridge_type="0-1" depth="0">
+//!         <object type="PCIDev" pci_busid="0000:01:00.0" pci_type="0302 [10de:2330] [10de:16c1] a1">
+//!           <object type="OSDev" name="cuda0" subtype="CUDA" osdev_type="5">
+//!             <info name="GPUModel" value="NVIDIA H100 80GB HBM3"/>
+//!           </object>
+//!         </object>
+//!       </object>
+//!     </object>
+//!   </object>
+//! </topology>"#;
+//! let machine = Topology::from_hwloc_xml(xml, "example.xml")?;
+//! assert_eq!(
+//!     machine.render(),
+//!     "Machine (16GB total)\n  Package P#0\n    NUMANode P#0 (16GB)\n      Core P#0 + PU P#0\n      \
+//!      Core P#1 + PU P#1\n      GPU \"NVIDIA H100 80GB HBM3\" (PCI 0000:01:00.0) cuda0\n"
+//! );
+//! let bindings = bind_local_ranks(&machine, 1, None)?;
+//! assert_eq!(bindings[0].cpus, vec![0, 1]);
+//! assert_eq!(bindings[0].gpus[0].pci_bus_id, "0000:01:00.0");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod binding;
 mod bitmap;

@@ -514,3 +514,72 @@ fn nvlink_islands(
     }
     Ok(islands)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hwloc_1_nesting_puts_cores_inside_numa_nodes() {
+        let xml = r#"<topology>
+          <object type="Machine" os_index="0">
+            <object type="NUMANode" os_index="0" local_memory="1024">
+              <object type="Package" os_index="0">
+                <object type="Core" os_index="0"><object type="PU" os_index="0"/><object type="PU" os_index="2"/></object>
+                <object type="Core" os_index="1"><object type="PU" os_index="1"/><object type="PU" os_index="3"/></object>
+              </object>
+              <object type="Bridge">
+                <object type="PCIDev" pci_busid="0000:3b:00.0" pci_type="0200 [8086:1572] [8086:0000] 01">
+                  <object type="OSDev" name="eth0" osdev_type="2"/>
+                </object>
+              </object>
+            </object>
+          </object>
+        </topology>"#;
+        let topology = parse(xml, "v1.xml").unwrap();
+        assert_eq!(topology.numa_nodes().count(), 1);
+        assert_eq!(topology.numa_node(0).unwrap().memory_bytes, Some(1024));
+        assert_eq!(topology.numa_node(0).unwrap().cores[0].pus, vec![0, 2]);
+        assert_eq!(topology.nics[0].numa, Some(0));
+        assert_eq!(topology.nics[0].os_names, vec!["eth0".to_string()]);
+    }
+
+    #[test]
+    fn no_numa_node_no_core_is_one_numa_node_of_single_pu_cores() {
+        let xml = r#"<topology><object type="Machine"><object type="PU" os_index="0"/><object type="PU" os_index="1"/></object></topology>"#;
+        let topology = parse(xml, "flat.xml").unwrap();
+        assert_eq!(topology.packages.len(), 1);
+        assert_eq!(topology.cores().count(), 2);
+        assert_eq!(topology.numa_of_cpu(1), Some(0));
+    }
+
+    #[test]
+    fn nvlink_islands_from_bandwidths_and_from_info() {
+        let gpu = |gp: u32, bus: &str| {
+            format!(
+                r#"<object type="PCIDev" pci_busid="{bus}" pci_type="0302 [10de:2330] [10de:16c1] a1"><object type="OSDev" gp_index="{gp}" name="cuda{gp}" subtype="CUDA" osdev_type="5"/></object>"#
+            )
+        };
+        // GPUs 10-11 linked, 12-13 linked, no link across.
+        let xml = format!(
+            r#"<topology><object type="Machine"><object type="PU" os_index="0"/>{}{}{}{}</object>
+            <distances2 type="OSDev" nbobjs="4" kind="9" name="NVLinkBandwidth" indexing="gp">
+              <indexes length="11">10 11 12 13</indexes>
+              <u64values length="31">0 9 0 0 9 0 0 0 0 0 0 9 0 0 9 0</u64values>
+            </distances2></topology>"#,
+            gpu(10, "0000:01:00.0"),
+            gpu(11, "0000:02:00.0"),
+            gpu(12, "0000:03:00.0"),
+            gpu(13, "0000:04:00.0"),
+        );
+        let topology = parse(&xml, "islands.xml").unwrap();
+        let islands: Vec<Option<u32>> = topology.gpus.iter().map(|g| g.nvlink_island).collect();
+        assert_eq!(islands, vec![Some(0), Some(0), Some(1), Some(1)]);
+
+        let xml = r#"<topology><object type="PU" os_index="0"/><object type="PCIDev" pci_busid="0000:01:00.0" pci_type="0302 [10de:2330] [10de:16c1] a1"><info name="NVLinkIsland" value="3"/></object></topology>"#;
+        assert_eq!(
+            parse(xml, "info.xml").unwrap().gpus[0].nvlink_island,
+            Some(3)
+        );
+    }
+}
