@@ -239,6 +239,13 @@ pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
         };
         let mut os_names = names_under(&dir.join("infiniband"));
         os_names.extend(names_under(&dir.join("net")));
+        // virtio NICs keep their interface one level down (virtio0/net/eth0).
+        for virtio in names_under(&dir)
+            .into_iter()
+            .filter(|name| name.starts_with("virtio"))
+        {
+            os_names.extend(names_under(&dir.join(virtio).join("net")));
+        }
         let device = PciDevice {
             kind,
             pci_bus_id: bus_id,
