@@ -43,6 +43,28 @@ enum Command {
     /// collectives, runtime (`lumen bench --help`; runs `lumen-bench`).
     #[command(disable_help_flag = true)]
     Bench(BenchArgs),
+    /// The machine as Lumen sees it (packages, NUMA nodes, cores, GPUs,
+    /// NICs; like lstopo's text mode) and the binding it would choose for
+    /// N local ranks.
+    Topo(TopoArgs),
+}
+
+#[derive(Debug, Args)]
+struct TopoArgs {
+    /// Show the binding of this many local ranks.
+    #[arg(long, value_name = "N")]
+    ranks: Option<usize>,
+    /// Read the machine from an hwloc XML file (`lstopo --of xml`) instead
+    /// of discovering this one.
+    #[arg(long, value_name = "FILE")]
+    xml: Option<std::path::PathBuf>,
+    /// CPUs the ranks may use, e.g. `0-7,16-23` (default: this process's
+    /// affinity on the discovered machine, every CPU of an XML machine).
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
+    /// Print the machine and the binding as JSON instead.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +175,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Submit(args) => submit(args),
         Command::Bench(args) => bench(args),
+        Command::Topo(args) => topo(args),
     };
     match result {
         Ok(code) => code,
@@ -180,6 +203,129 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         keep_going: args.keep_going,
     };
     Ok(ExitCode::from(run_job_or_srun(&spec)?))
+}
+
+/// `lumen topo`: discovery (hwloc XML or sysfs) and the binding policy
+/// both live in `lumen_sched::topology`; this only prints them.
+fn topo(args: TopoArgs) -> anyhow::Result<ExitCode> {
+    use lumen_sched::topology::{bind_local_ranks, Topology};
+    // The errors' messages carry their causes already: no `{:#}` chain.
+    let flat = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+    let (topology, allowed) = match &args.xml {
+        Some(path) => (
+            Topology::from_hwloc_xml_file(path).map_err(|e| flat(&e))?,
+            None,
+        ),
+        None => (
+            Topology::discover().map_err(|e| flat(&e))?,
+            this_process_cpus(),
+        ),
+    };
+    let allowed = match &args.cpus {
+        Some(list) => Some(parse_cpu_list(list)?),
+        None => allowed,
+    };
+    let binding = match args.ranks {
+        Some(ranks) => Some(bind_local_ranks(&topology, ranks, allowed.as_deref())?),
+        None => None,
+    };
+    if args.json {
+        let out = serde_json::json!({ "topology": topology, "binding": binding });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", topology.render());
+    if let Some(binding) = binding {
+        println!();
+        println!("binding of {} local ranks:", binding.len());
+        for rank in &binding {
+            let gpus: Vec<String> = rank
+                .gpus
+                .iter()
+                .map(|g| format!("GPU {} ({})", g.index, g.pci_bus_id))
+                .collect();
+            let nic = rank.nic.as_ref().map(|n| {
+                format!(
+                    "NIC {} ({})",
+                    n.name.as_deref().unwrap_or("?"),
+                    n.pci_bus_id
+                )
+            });
+            let mut notes = Vec::new();
+            if rank.cpus_shared {
+                notes.push("cpus shared with other ranks");
+            }
+            if rank.cpus_remote {
+                notes.push("no allowed cpu on its GPU's NUMA node");
+            }
+            println!(
+                "  local rank {:>3}: NUMA {} cpus {} {}{}{}",
+                rank.local_rank,
+                rank.numa,
+                cpu_list(&rank.cpus),
+                if gpus.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} ", gpus.join(", "))
+                },
+                nic.unwrap_or_default(),
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", notes.join("; "))
+                },
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The CPUs this process may run on (Slurm's or `taskset`'s cpuset).
+fn this_process_cpus() -> Option<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None).ok()?;
+    let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect();
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// Parses `0-3,8,10-11`.
+fn parse_cpu_list(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad =
+            || anyhow::anyhow!("bad cpu list {list:?}: expected numbers and ranges such as 0-3,8");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                anyhow::ensure!(a <= b, "bad cpu range {part:?} in {list:?}");
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    anyhow::ensure!(!cpus.is_empty(), "empty cpu list");
+    Ok(cpus)
+}
+
+/// `0-3,8` from a sorted list.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
 }
 
 fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
