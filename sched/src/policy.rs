@@ -19,6 +19,27 @@
 //! [`Scheduler::load`] when any bundle will do). Feasibility here is
 //! against a rank's total resources, reserved or not: a task that needs
 //! reserved CPUs is not refused, it waits in the rank's queue.
+//!
+//! # How a decision stays cheap at thousands of ranks
+//! A rank's capacity never changes, so ranks are grouped once into
+//! *capacity classes* (ranks whose capacity is bit for bit the same):
+//! feasibility is asked once per class, not once per rank. Each class
+//! keeps two segment trees over its ranks (in rank order), one holding
+//! each live serving rank's load and one its actor count, each node the
+//! minimum of its range and the leftmost rank holding it. "Least loaded,
+//! first from the round-robin cursor" is then the leftmost minimum of the
+//! ranks at or after the cursor, else of those before it: two range
+//! queries per class, `O(log n)`, and one leaf update per decision or
+//! completion. Node affinity scans only that node's ranks. The choice is
+//! exactly the one a scan over every rank would make (a randomized test,
+//! `tests/placement_policy.rs`, checks it against such a scan).
+//!
+//! # Invariants
+//! - A tree leaf holds a value exactly when its rank is alive and serving,
+//!   and the value is the one the scan computes (`outstanding / max(cpus,
+//!   1)` or `actors`); every change to a slot refreshes its leaf.
+
+use std::collections::HashMap;
 
 use crate::{Rank, Resources};
 
@@ -63,6 +84,112 @@ pub struct Infeasible(pub String);
 pub struct Scheduler {
     ranks: Vec<RankSlot>,
     next: usize,
+    /// Ranks grouped by capacity (see the module docs).
+    classes: Vec<CapacityClass>,
+    /// Rank `r`'s class and its position in the class.
+    class_of: Vec<(usize, usize)>,
+    /// Each node's ranks, ascending.
+    nodes: HashMap<u32, Vec<usize>>,
+}
+
+/// Ranks of one capacity, and their loads and actor counts as trees.
+#[derive(Debug, Clone)]
+struct CapacityClass {
+    capacity: Resources,
+    /// `capacity.cpus.max(1.0)`: what a rank's load is divided by.
+    per_cpu: f64,
+    /// The class's ranks, ascending.
+    members: Vec<usize>,
+    /// Load of each live serving member.
+    load: MinTree<f64>,
+    /// Actors on each live serving member.
+    actors: MinTree<u32>,
+}
+
+/// A bit-exact key of a capacity, to group ranks into classes.
+type CapacityKey = (u64, u64, Vec<(String, u64)>);
+
+fn capacity_key(capacity: &Resources) -> CapacityKey {
+    (
+        capacity.cpus.to_bits(),
+        capacity.gpus.to_bits(),
+        capacity
+            .custom
+            .iter()
+            .map(|(name, amount)| (name.clone(), amount.to_bits()))
+            .collect(),
+    )
+}
+
+/// A segment tree over positions `0..len`: each node the smallest value of
+/// its range and the leftmost position holding it; `None` where a position
+/// holds nothing.
+#[derive(Debug, Clone)]
+struct MinTree<K> {
+    size: usize,
+    nodes: Vec<Option<(K, usize)>>,
+}
+
+impl<K: Copy + PartialOrd> MinTree<K> {
+    fn new(len: usize) -> Self {
+        let size = len.next_power_of_two().max(1);
+        MinTree {
+            size,
+            nodes: vec![None; 2 * size],
+        }
+    }
+
+    /// The leftmost of the two smallest: `right` only when strictly smaller.
+    fn pick(left: Option<(K, usize)>, right: Option<(K, usize)>) -> Option<(K, usize)> {
+        match (left, right) {
+            (None, r) => r,
+            (l, None) => l,
+            (Some(l), Some(r)) => Some(if r.0 < l.0 { r } else { l }),
+        }
+    }
+
+    fn set(&mut self, position: usize, value: Option<K>) {
+        let mut i = position + self.size;
+        self.nodes[i] = value.map(|v| (v, position));
+        while i > 1 {
+            i /= 2;
+            self.nodes[i] = Self::pick(self.nodes[2 * i], self.nodes[2 * i + 1]);
+        }
+    }
+
+    /// The smallest value of positions `start..end` and its leftmost position.
+    fn min_in(&self, start: usize, end: usize) -> Option<(K, usize)> {
+        let (mut l, mut r) = (start + self.size, end + self.size);
+        let (mut left, mut right) = (None, None);
+        while l < r {
+            if l & 1 == 1 {
+                left = Self::pick(left, self.nodes[l]);
+                l += 1;
+            }
+            if r & 1 == 1 {
+                r -= 1;
+                right = Self::pick(self.nodes[r], right);
+            }
+            l /= 2;
+            r /= 2;
+        }
+        Self::pick(left, right)
+    }
+
+    /// The leftmost smallest among positions `from..`, else among `..from`:
+    /// the first minimum met scanning round-robin from `from`.
+    fn min_from(&self, from: usize, len: usize) -> Option<(K, usize)> {
+        Self::pick(self.min_in(from, len), self.min_in(0, from))
+    }
+}
+
+/// What a decision ranks candidates by: the value, then the distance
+/// from the round-robin cursor (distinct for distinct ranks).
+fn better<K: PartialOrd>(key: (K, usize), than: &Option<(K, usize, usize)>) -> bool {
+    match than {
+        None => true,
+        Some((value, distance, _)) => key.0 < *value || (key.0 == *value && key.1 < *distance),
+    }
 }
 
 impl Scheduler {
@@ -74,97 +201,192 @@ impl Scheduler {
         } else {
             first % ranks.len()
         };
-        Scheduler { ranks, next }
+        let mut classes: Vec<CapacityClass> = Vec::new();
+        let mut by_key: HashMap<CapacityKey, usize> = HashMap::new();
+        let mut class_of = Vec::with_capacity(ranks.len());
+        let mut nodes: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (rank, slot) in ranks.iter().enumerate() {
+            let class = *by_key
+                .entry(capacity_key(&slot.capacity))
+                .or_insert_with(|| {
+                    classes.push(CapacityClass {
+                        capacity: slot.capacity.clone(),
+                        per_cpu: slot.capacity.cpus.max(1.0),
+                        members: Vec::new(),
+                        load: MinTree::new(0),
+                        actors: MinTree::new(0),
+                    });
+                    classes.len() - 1
+                });
+            class_of.push((class, classes[class].members.len()));
+            classes[class].members.push(rank);
+            nodes.entry(slot.node).or_default().push(rank);
+        }
+        for class in &mut classes {
+            class.load = MinTree::new(class.members.len());
+            class.actors = MinTree::new(class.members.len());
+        }
+        let mut scheduler = Scheduler {
+            ranks,
+            next,
+            classes,
+            class_of,
+            nodes,
+        };
+        for rank in 0..scheduler.ranks.len() {
+            scheduler.refresh(rank);
+        }
+        scheduler
     }
 
-    fn candidates(&self, request: &Request<'_>) -> Result<Vec<usize>, Infeasible> {
-        if let Some(rank) = request.rank {
-            let slot = self.ranks.get(rank as usize).ok_or_else(|| {
-                Infeasible(format!(
-                    "rank {rank} is not in this job of {} ranks",
-                    self.ranks.len()
-                ))
-            })?;
-            if !slot.alive {
-                return Err(Infeasible(format!("rank {rank} is dead")));
+    fn load_of(&self, rank: usize) -> f64 {
+        let slot = &self.ranks[rank];
+        f64::from(slot.outstanding) / slot.capacity.cpus.max(1.0)
+    }
+
+    /// Rewrites `rank`'s leaves after its slot changed.
+    fn refresh(&mut self, rank: usize) {
+        let (class, position) = self.class_of[rank];
+        let slot = &self.ranks[rank];
+        let class = &mut self.classes[class];
+        let eligible = slot.alive && slot.serving;
+        class.load.set(
+            position,
+            eligible.then(|| f64::from(slot.outstanding) / class.per_cpu),
+        );
+        class.actors.set(position, eligible.then_some(slot.actors));
+    }
+
+    /// A candidate: alive, serving, on the asked node, fits the request.
+    fn is_candidate(&self, rank: usize, request: &Request<'_>) -> bool {
+        let slot = &self.ranks[rank];
+        slot.alive
+            && slot.serving
+            && request.node.is_none_or(|n| n == slot.node)
+            && request
+                .resources
+                .is_none_or(|need| slot.capacity.fits(need))
+    }
+
+    /// The asked rank when the request names one (or why it cannot be).
+    fn exact(&self, rank: Rank, request: &Request<'_>) -> Result<usize, Infeasible> {
+        let slot = self.ranks.get(rank as usize).ok_or_else(|| {
+            Infeasible(format!(
+                "rank {rank} is not in this job of {} ranks",
+                self.ranks.len()
+            ))
+        })?;
+        if !slot.alive {
+            return Err(Infeasible(format!("rank {rank} is dead")));
+        }
+        if let Some(need) = request.resources {
+            if !slot.capacity.fits(need) {
+                return Err(Infeasible(format!(
+                    "rank {rank} offers {:?}, the request needs {need:?}",
+                    slot.capacity
+                )));
             }
-            if let Some(need) = request.resources {
-                if !slot.capacity.fits(need) {
-                    return Err(Infeasible(format!(
-                        "rank {rank} offers {:?}, the request needs {need:?}",
-                        slot.capacity
-                    )));
+        }
+        Ok(rank as usize)
+    }
+
+    fn nothing_fits(request: &Request<'_>) -> Infeasible {
+        let mut why = String::new();
+        if let Some(node) = request.node {
+            why.push_str(&format!("node {node}: "));
+        }
+        why.push_str(&match request.resources {
+            Some(need) => format!("no live serving rank offers {need:?}"),
+            None => "no live serving rank".to_string(),
+        });
+        Infeasible(why)
+    }
+
+    /// The candidate with the smallest `value` (then nearest the cursor),
+    /// with that value: from the node's ranks under node affinity, else
+    /// from the classes' trees.
+    fn smallest<K: Copy + PartialOrd>(
+        &self,
+        request: &Request<'_>,
+        value: impl Fn(usize) -> K,
+        tree: impl Fn(&CapacityClass) -> &MinTree<K>,
+    ) -> Result<(K, usize), Infeasible> {
+        let n = self.ranks.len();
+        let mut best: Option<(K, usize, usize)> = None;
+        if let Some(node) = request.node {
+            for &rank in self.nodes.get(&node).map_or(&[][..], Vec::as_slice) {
+                if !self.is_candidate(rank, request) {
+                    continue;
+                }
+                let key = (value(rank), (rank + n - self.next) % n);
+                if better(key, &best) {
+                    best = Some((key.0, key.1, rank));
                 }
             }
-            return Ok(vec![rank as usize]);
-        }
-        let list: Vec<usize> = (0..self.ranks.len())
-            .filter(|&i| {
-                let slot = &self.ranks[i];
-                slot.alive
-                    && slot.serving
-                    && request.node.is_none_or(|n| n == slot.node)
-                    && request
-                        .resources
-                        .is_none_or(|need| slot.capacity.fits(need))
-            })
-            .collect();
-        if list.is_empty() {
-            let mut why = String::new();
-            if let Some(node) = request.node {
-                why.push_str(&format!("node {node}: "));
+        } else {
+            for class in &self.classes {
+                if request
+                    .resources
+                    .is_some_and(|need| !class.capacity.fits(need))
+                {
+                    continue;
+                }
+                let from = class.members.partition_point(|&r| r < self.next);
+                let Some((found, position)) = tree(class).min_from(from, class.members.len())
+                else {
+                    continue;
+                };
+                let rank = class.members[position];
+                let key = (found, (rank + n - self.next) % n);
+                if better(key, &best) {
+                    best = Some((key.0, key.1, rank));
+                }
             }
-            why.push_str(&match request.resources {
-                Some(need) => format!("no live serving rank offers {need:?}"),
-                None => "no live serving rank".to_string(),
-            });
-            return Err(Infeasible(why));
         }
-        Ok(list)
+        best.map(|(found, _, rank)| (found, rank))
+            .ok_or_else(|| Self::nothing_fits(request))
     }
 
     /// Picks a rank for a task and counts it as outstanding there.
     pub fn place_task(&mut self, request: &Request<'_>) -> Result<Rank, Infeasible> {
-        let list = self.candidates(request)?;
-        let load = |i: usize| {
-            let slot = &self.ranks[i];
-            f64::from(slot.outstanding) / slot.capacity.cpus.max(1.0)
+        let best = match request.rank {
+            // The only candidate; its data, if any, is there or elsewhere.
+            Some(rank) => self.exact(rank, request)?,
+            None => {
+                let (least, mut best) = self.smallest(request, |r| self.load_of(r), |c| &c.load)?;
+                if let Some(at) = request.data_at.map(|r| r as usize) {
+                    if at < self.ranks.len()
+                        && self.is_candidate(at, request)
+                        && self.load_of(at) <= least + 1.0
+                    {
+                        best = at;
+                    }
+                }
+                best
+            }
         };
-        let n = self.ranks.len();
-        // Least loaded, scanning from the round-robin cursor.
-        let mut best = list[0];
-        let mut best_key = (f64::INFINITY, usize::MAX);
-        for &i in &list {
-            let key = (load(i), (i + n - self.next) % n);
-            if key.0 < best_key.0 || (key.0 == best_key.0 && key.1 < best_key.1) {
-                best = i;
-                best_key = key;
-            }
-        }
-        if let Some(at) = request.data_at.map(|r| r as usize) {
-            if list.contains(&at) && load(at) <= best_key.0 + 1.0 {
-                best = at;
-            }
-        }
         // Ties go to the rank used last: an idle rank that just ran a task
         // is still polling (its threads spin before they sleep), so a chain
         // of dependent calls stays on a warm rank; loaded ranks still spread.
         self.next = best;
         self.ranks[best].outstanding += 1;
+        self.refresh(best);
         Ok(best as Rank)
     }
 
     /// Picks a rank for an actor: the one with the fewest actors placed by us.
     pub fn place_actor(&mut self, request: &Request<'_>) -> Result<Rank, Infeasible> {
-        let list = self.candidates(request)?;
+        let best = match request.rank {
+            Some(rank) => self.exact(rank, request)?,
+            None => {
+                self.smallest(request, |r| self.ranks[r].actors, |c| &c.actors)?
+                    .1
+            }
+        };
         let n = self.ranks.len();
-        let best = list
-            .iter()
-            .copied()
-            .min_by_key(|&i| (self.ranks[i].actors, (i + n - self.next) % n))
-            .unwrap_or(list[0]);
         self.next = (best + 1) % n.max(1);
         self.ranks[best].actors += 1;
+        self.refresh(best);
         Ok(best as Rank)
     }
 
@@ -180,6 +402,7 @@ impl Scheduler {
     pub fn finished(&mut self, rank: Rank) {
         if let Some(slot) = self.ranks.get_mut(rank as usize) {
             slot.outstanding = slot.outstanding.saturating_sub(1);
+            self.refresh(rank as usize);
         }
     }
 
@@ -187,6 +410,7 @@ impl Scheduler {
     pub fn actor_gone(&mut self, rank: Rank) {
         if let Some(slot) = self.ranks.get_mut(rank as usize) {
             slot.actors = slot.actors.saturating_sub(1);
+            self.refresh(rank as usize);
         }
     }
 
@@ -195,6 +419,7 @@ impl Scheduler {
         if let Some(slot) = self.ranks.get_mut(rank as usize) {
             slot.alive = false;
             slot.outstanding = 0;
+            self.refresh(rank as usize);
         }
     }
 }
