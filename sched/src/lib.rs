@@ -25,6 +25,8 @@
 //!   [`Action`]s (reserve, release, answer).
 //! - [`CpuSlots`]: a rank's CPU accounting as its executor sees it, the
 //!   free pool and one pool per bundle reserved there.
+//! - [`GpuSlots`]: which specific GPUs a task or actor with `num_gpus`
+//!   gets on its rank (whole devices exclusive, fractions sharing one).
 //!
 //! # What comes next, and where
 //! Machine topology is [`topology`]: packages, NUMA nodes, cores, PUs,
@@ -96,6 +98,7 @@
 //! assert_eq!(scheduler.place_task(&request), Ok(3));
 //! ```
 
+mod gpus;
 mod group;
 mod policy;
 mod resources;
@@ -105,6 +108,7 @@ mod strategy;
 mod table;
 pub mod topology;
 
+pub use gpus::{GpuGrant, GpuRequestError, GpuSlots};
 pub use group::{Bundle, PlacementGroupId, PlacementGroupScheduling, PlacementStrategy};
 pub use policy::{Infeasible, RankSlot, Request, Scheduler};
 pub use resources::Resources;

@@ -42,12 +42,14 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use lumen_sched::GpuGrant;
 use lumen_transport::Rank;
 
 use super::core::current_inner;
 use super::core::{owned_ref, Inner};
 use super::error::RuntimeError;
 use super::error::TaskErrorKind;
+use super::executor;
 use super::ids::{ActorId, ObjectId};
 use super::object_ref::{collect_refs, ObjectRef};
 use super::protocol::ActorAddress;
@@ -261,6 +263,7 @@ impl ActorHost {
         address: ActorAddress,
         args: Vec<u8>,
         refs: Vec<ObjectId>,
+        gpus: f64,
     ) {
         if lock(&self.killed).contains_key(&address.id) {
             // Killed before its creation message arrived (the kill came
@@ -285,6 +288,23 @@ impl ActorHost {
                 let Some(inner) = runtime.upgrade() else {
                     return;
                 };
+                // Its GPUs, for its whole life on this thread (it waits for
+                // them as a task would; the submitter checked the rank has
+                // enough).
+                let grant = match take_gpus(&inner, gpus) {
+                    Ok(grant) => grant,
+                    Err(why) => {
+                        inner.release_all(&refs);
+                        drop(inner);
+                        let failed = Err(TaskFailure::new(
+                            TaskErrorKind::Error,
+                            format!("cannot get its {gpus} GPU(s): {why}"),
+                        ));
+                        serve(runtime, address, slot, failed);
+                        return;
+                    }
+                };
+                executor::set_gpu_ids(grant.ids.clone());
                 let constructed = match registry::class(address.class_id) {
                     None => Err(TaskFailure::new(
                         TaskErrorKind::UnknownFunction,
@@ -301,8 +321,11 @@ impl ActorHost {
                     }),
                 };
                 inner.release_all(&refs);
+                let executor = inner.executor.clone();
                 drop(inner);
                 serve(runtime, address, slot, constructed);
+                executor::set_gpu_ids(Vec::new());
+                executor.release_gpus(&grant);
             });
         if let Err(e) = spawned {
             live.fetch_sub(1, Ordering::Relaxed);
@@ -438,6 +461,20 @@ fn fail_call(inner: &Arc<Inner>, actor: ActorId, call: Call, reason: &str) {
         )),
     );
     inner.release_all(&call.refs);
+}
+
+/// Waits for `amount` GPUs of this rank for an actor starting here;
+/// fails when the rank can never serve it or the runtime stops.
+fn take_gpus(inner: &Arc<Inner>, amount: f64) -> std::result::Result<GpuGrant, String> {
+    loop {
+        if let Some(grant) = inner.executor.acquire_gpus(amount)? {
+            return Ok(grant);
+        }
+        if inner.stopping.load(Ordering::Acquire) {
+            return Err("the runtime is stopping".to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Runs the actor's calls until it is killed, released with nothing left

@@ -21,11 +21,11 @@
 //! tests); this module is the threads around it: the queue of task specs,
 //! the pool of workers, blocking and waking.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
-use lumen_sched::{Bundle, CpuSlots};
+use lumen_sched::{Bundle, CpuSlots, GpuGrant, GpuSlots};
 use lumen_transport::Rank;
 
 use super::core::Inner;
@@ -42,6 +42,22 @@ thread_local! {
     static HELD: Cell<(f64, Option<Bundle>)> = const { Cell::new((0.0, None)) };
     /// The bundle of the slots lent out by `blocking`, for `unblocked`.
     static BLOCKED_IN: Cell<Option<Bundle>> = const { Cell::new(None) };
+    /// The GPUs of the task or actor this thread runs (see [`gpu_ids`]).
+    static GPUS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The GPU ids given to the task or actor running on this thread, lowest
+/// first (empty outside one, or when it asked for none): Ray's
+/// `ray.get_gpu_ids()`. Kept while a task blocks in `get` (as Ray keeps a
+/// blocked task's GPUs).
+pub(crate) fn gpu_ids() -> Vec<u32> {
+    GPUS.with(|g| g.borrow().clone())
+}
+
+/// Sets this thread's GPU ids (the executor for its tasks, the actor host
+/// for an actor's thread).
+pub(crate) fn set_gpu_ids(ids: Vec<u32>) {
+    GPUS.with(|g| *g.borrow_mut() = ids);
 }
 
 /// The bundle a task runs in, if any.
@@ -62,6 +78,8 @@ struct State {
     queue: VecDeque<Queued>,
     /// The free pool and the pools of the bundles reserved here.
     slots: CpuSlots,
+    /// The rank's GPUs (which ids a task gets).
+    gpus: GpuSlots,
     threads: usize,
     idle: usize,
     stopping: bool,
@@ -76,11 +94,13 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
-    pub(crate) fn new(cpus: f64) -> Arc<Self> {
+    /// An executor of `cpus` slots over the rank's `gpus`.
+    pub(crate) fn new(cpus: f64, gpus: GpuSlots) -> Arc<Self> {
         Arc::new(Executor {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 slots: CpuSlots::new(cpus),
+                gpus,
                 threads: 0,
                 idle: 0,
                 stopping: false,
@@ -191,13 +211,47 @@ impl Executor {
     }
 
     /// The first queued task that may start now, FIFO within each pool
-    /// (see [`CpuSlots::next_runnable`]).
+    /// (see [`CpuSlots::next_runnable`]), among those whose GPUs are free
+    /// (a task waiting for a GPU does not hold back CPU-only tasks; a
+    /// request the rank can never serve is let through, to fail).
     fn next_runnable(s: &State) -> Option<(usize, f64, Option<Bundle>)> {
-        s.slots.next_runnable(
-            s.queue
-                .iter()
-                .map(|q| (q.spec.options.resources.cpus, bundle_of(&q.spec))),
-        )
+        let startable: Vec<usize> = (0..s.queue.len())
+            .filter(|&i| {
+                let gpus = s.queue[i].spec.options.resources.gpus;
+                gpus <= 0.0 || s.gpus.check(gpus).is_err() || s.gpus.can_acquire(gpus)
+            })
+            .collect();
+        let (at, need, bundle) = s.slots.next_runnable(startable.iter().map(|&i| {
+            let spec = &s.queue[i].spec;
+            (spec.options.resources.cpus, bundle_of(spec))
+        }))?;
+        Some((startable[at], need, bundle))
+    }
+
+    /// Takes the GPUs of a task that starts now.
+    fn take_gpus(s: &mut State, spec: &TaskSpec) -> Result<GpuGrant, String> {
+        match s.gpus.acquire(spec.options.resources.gpus) {
+            Ok(Some(grant)) => Ok(grant),
+            Ok(None) => Err("its GPUs were taken meanwhile".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Takes GPUs for an actor starting on this rank (`None`: not now).
+    pub(crate) fn acquire_gpus(&self, amount: f64) -> Result<Option<GpuGrant>, String> {
+        self.lock().gpus.acquire(amount).map_err(|e| e.to_string())
+    }
+
+    /// Gives an actor's GPUs back.
+    pub(crate) fn release_gpus(&self, grant: &GpuGrant) {
+        let wake = {
+            let mut s = self.lock();
+            s.gpus.release(grant);
+            s.idle > 0 && !s.queue.is_empty()
+        };
+        if wake {
+            self.ready.notify_all();
+        }
     }
 
     /// Gives `slots` back to the pool they came from (the free pool when
@@ -208,7 +262,7 @@ impl Executor {
 
     fn run(self: Arc<Self>, runtime: Weak<Inner>) {
         loop {
-            let (job, need, bundle) = {
+            let (job, need, bundle, gpus) = {
                 let mut s = self.lock();
                 loop {
                     if s.stopping {
@@ -218,7 +272,8 @@ impl Executor {
                     if let Some((at, need, bundle)) = Self::next_runnable(&s) {
                         if let Some(job) = s.queue.remove(at) {
                             s.slots.take(need, bundle);
-                            break (job, need, bundle);
+                            let gpus = Self::take_gpus(&mut s, &job.spec);
+                            break (job, need, bundle, gpus);
                         }
                     }
                     s.idle += 1;
@@ -230,12 +285,26 @@ impl Executor {
                 return;
             };
             HELD.with(|h| h.set((need, bundle)));
-            inner.run_task(job.spec, job.from);
+            let grant = match gpus {
+                Ok(grant) => {
+                    set_gpu_ids(grant.ids.clone());
+                    inner.run_task(job.spec, job.from);
+                    set_gpu_ids(Vec::new());
+                    Some(grant)
+                }
+                Err(why) => {
+                    inner.fail_task(job.spec, &format!("cannot get its GPUs: {why}"));
+                    None
+                }
+            };
             HELD.with(|h| h.set((0.0, None)));
             drop(inner);
             let wake = {
                 let mut s = self.lock();
                 Self::give_back(&mut s, need, bundle);
+                if let Some(grant) = &grant {
+                    s.gpus.release(grant);
+                }
                 s.idle > 0 && !s.queue.is_empty()
             };
             if wake {
@@ -312,7 +381,7 @@ mod tests {
     #[test]
     fn bundles_hold_their_cpus_and_do_not_block_each_other() {
         let group = PlacementGroupId { creator: 0, seq: 1 };
-        let executor = Executor::new(2.0);
+        let executor = Executor::new(2.0, GpuSlots::with_count(0));
         executor.reserve(group, &[(0, 1.0)]);
         // Outside the group: one CPU is free, the second task waits for it.
         executor.push(spec(1, 1.0, None), 0).expect("queued");

@@ -318,6 +318,17 @@ impl Runtime {
         self.inner.rank
     }
 
+    /// The GPU ids given to the task or actor running on this thread, as
+    /// the CUDA ordinals of this rank's process, lowest first (Ray's
+    /// `ray.get_gpu_ids()`): a task or actor with `num_gpus(k)` gets `k`
+    /// devices of its own, one with a fraction shares a device with other
+    /// fractions. Empty outside a task or actor, or when it asked for none.
+    /// The rank's devices come from `LUMEN_NUM_GPUS` (devices `0..n`) or,
+    /// under Slurm, from its GPU binding.
+    pub fn gpu_ids(&self) -> Vec<u32> {
+        executor::gpu_ids()
+    }
+
     /// Ranks in the job.
     pub fn size(&self) -> u32 {
         self.inner.size

@@ -106,6 +106,8 @@ pub(crate) enum RtMsg {
         refs: Vec<ObjectId>,
         /// The placement group it is hosted in (killed when it is removed).
         placement_group: Option<PlacementGroupId>,
+        /// Its `num_gpus`: the host gives it that many of its devices.
+        gpus: f64,
     },
     /// Run a method of an actor hosted here; reply `Done` to `object`'s owner.
     ActorCall {

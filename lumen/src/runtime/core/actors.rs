@@ -13,7 +13,8 @@ use serde::Serialize;
 use lumen_transport::Rank;
 
 use super::{
-    encode_args, infeasible, owned_ref, runtime_error, CreatedActor, Inner, Reply, MONITOR_PERIOD,
+    check_gpu_request, encode_args, infeasible, owned_ref, runtime_error, CreatedActor, Inner,
+    Reply, MONITOR_PERIOD,
 };
 use crate::error::Result;
 use crate::runtime::actor::RawActorHandle;
@@ -35,10 +36,11 @@ impl Inner {
         args: Vec<u8>,
         refs: Vec<ObjectId>,
         placement_group: Option<PlacementGroupId>,
+        gpus: f64,
     ) {
         self.hold_all(&refs);
         let id = address.id;
-        self.actors.create(self, address, args, refs);
+        self.actors.create(self, address, args, refs, gpus);
         if let Some(group) = placement_group {
             self.actor_in_group(group, id);
         }
@@ -175,6 +177,7 @@ impl Inner {
         args: &impl Serialize,
         mut options: ActorOptions,
     ) -> Result<RawActorHandle> {
+        check_gpu_request(class_name, options.resources.gpus)?;
         let (args, pinned) = encode_args(&format_args!("{class_name}::new"), args)?;
         self.pin_to_bundle(
             class_name,
@@ -258,6 +261,7 @@ impl Inner {
             args: args.clone(),
             refs,
             placement_group: options.placement_group.map(|p| p.group),
+            gpus: options.resources.gpus,
         };
         if options.max_restarts > 0 {
             self.lock().created_actors.insert(
@@ -348,6 +352,7 @@ impl Inner {
                     args: record.args.clone(),
                     refs: refs.clone(),
                     placement_group: None,
+                    gpus: record.options.resources.gpus,
                 };
                 s.actor_hosts.insert(id, host);
                 s.placed_actors.insert(id, host);

@@ -235,6 +235,16 @@ fn encode_args(what: &dyn std::fmt::Display, args: &impl Serialize) -> Result<(V
     Ok((args, pinned))
 }
 
+/// A `num_gpus` that no rank can serve as asked (above 1 but not whole).
+fn check_gpu_request(what: &str, gpus: f64) -> Result<()> {
+    lumen_sched::GpuSlots::check_shape(gpus).map_err(|e| {
+        runtime_error(RuntimeError::Infeasible {
+            what: what.to_string(),
+            detail: e.to_string(),
+        })
+    })
+}
+
 /// The error of a task or actor (`what`) that no rank can take.
 fn infeasible(what: &str) -> impl FnOnce(Infeasible) -> LumenError + '_ {
     move |e| {
@@ -320,7 +330,10 @@ impl Inner {
             }),
             changed: Changed::default(),
             scheduler: Mutex::new(Scheduler::new(slots, rank as usize + 1)),
-            executor: Executor::new(cpus),
+            executor: Executor::new(
+                cpus,
+                lumen_sched::GpuSlots::with_count(me.resources.gpus.max(0.0).ceil() as usize),
+            ),
             actors: ActorHost::default(),
             next_object: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
@@ -447,7 +460,8 @@ impl Inner {
                 args,
                 refs,
                 placement_group,
-            } => self.on_actor_create(address, args, refs, placement_group),
+                gpus,
+            } => self.on_actor_create(address, args, refs, placement_group, gpus),
             M::ActorCall {
                 actor,
                 method,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use lumen_transport::Rank;
 
-use super::{encode_args, infeasible, panic_message, runtime_error, Inner};
+use super::{check_gpu_request, encode_args, infeasible, panic_message, runtime_error, Inner};
 use crate::error::Result;
 use crate::runtime::error::{RuntimeError, TaskError, TaskErrorKind};
 use crate::runtime::ids::ObjectId;
@@ -78,6 +78,7 @@ impl Inner {
         if self.stopping.load(Ordering::Acquire) {
             return Err(runtime_error(RuntimeError::ShuttingDown));
         }
+        check_gpu_request(name, options.resources.gpus)?;
         let (args, pinned) = encode_args(&name, args)?;
         let refs = pinned.ids();
         // Pinned to its bundle's rank: a retry after that rank dies finds
@@ -285,6 +286,14 @@ impl Inner {
             self.send_or_log(rank, &RtMsg::Cancel { object });
         }
         Ok(())
+    }
+
+    /// (host) A task that cannot run here fails with `why` (its GPU request
+    /// cannot be served on this rank).
+    pub(crate) fn fail_task(self: &Arc<Self>, spec: TaskSpec, why: &str) {
+        let failure = TaskFailure::new(TaskErrorKind::Error, why.to_string());
+        self.finish(spec.object, &spec.name, Err(failure));
+        self.release_all(&spec.refs);
     }
 
     /// A task sent to a placement group that was removed here fails.
