@@ -164,6 +164,14 @@ fn start(
     membership: Membership,
     config: RuntimeConfig,
 ) -> Result<super::Runtime> {
+    // Under Slurm the allocation's GPUs are the rank's (LUMEN_NUM_GPUS wins).
+    let config = match &membership {
+        Membership::Job(job) => {
+            let ordinals: Vec<u32> = job.resources.gpus.iter().map(|g| g.ordinal).collect();
+            config.with_allocated_gpus(&ordinals)
+        }
+        Membership::Embedded(_) => config,
+    };
     // The node's first rank creates the object arena, the others map it;
     // after the hello exchange (a barrier) all have, and its name goes.
     let capacity = config.arena_capacity();

@@ -51,6 +51,11 @@ pub struct RuntimeConfig {
     pub build_id: Option<String>,
     /// How long a waiting caller drives progress before it sleeps.
     pub wait_spin: Duration,
+    /// The rank's GPUs, as CUDA ordinals of its process: devices
+    /// `0..n` with `LUMEN_NUM_GPUS=n` (an override), else the GPUs the
+    /// Slurm allocation gives the rank (`SLURM_STEP_GPUS`, gres), else none.
+    /// Tasks and actors with `num_gpus` get ids out of these.
+    pub gpu_ids: Option<Vec<u32>>,
 }
 
 impl Default for RuntimeConfig {
@@ -67,7 +72,27 @@ impl Default for RuntimeConfig {
             pull_chunk_bytes: 8 << 20,
             build_id: None,
             wait_spin: Duration::ZERO,
+            gpu_ids: None,
         }
+    }
+}
+
+impl RuntimeConfig {
+    /// Takes the GPUs an allocation gives this rank (their CUDA ordinals),
+    /// unless `LUMEN_NUM_GPUS` already said how many it has.
+    pub fn with_allocated_gpus(mut self, ordinals: &[u32]) -> Self {
+        if self.gpu_ids.is_none() && !ordinals.is_empty() {
+            self.resources.gpus = ordinals.len() as f64;
+            self.gpu_ids = Some(ordinals.to_vec());
+        }
+        self
+    }
+
+    /// The rank's GPU ids (see [`RuntimeConfig::gpu_ids`]).
+    pub(crate) fn rank_gpu_ids(&self) -> Vec<u32> {
+        self.gpu_ids
+            .clone()
+            .unwrap_or_else(|| (0..self.resources.gpus.max(0.0).ceil() as u32).collect())
     }
 }
 
@@ -109,6 +134,7 @@ impl RuntimeConfig {
         }
         if let Some(v) = set("LUMEN_NUM_GPUS") {
             config.resources.gpus = amount("LUMEN_NUM_GPUS", &v)?;
+            config.gpu_ids = Some((0..config.resources.gpus.ceil() as u32).collect());
         }
         if let Some(v) = set("LUMEN_RESOURCES") {
             for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -225,5 +251,22 @@ mod tests {
             assert_eq!(error.variable, name);
             assert!(error.to_string().contains(name), "{error}");
         }
+    }
+
+    #[test]
+    fn gpus_come_from_lumen_num_gpus_else_the_allocation() {
+        let set = RuntimeConfig::from_env(|n| (n == "LUMEN_NUM_GPUS").then(|| "2".to_string()))
+            .expect("valid");
+        assert_eq!(set.gpu_ids, Some(vec![0, 1]));
+        // The override wins over what Slurm gives.
+        assert_eq!(
+            set.clone().with_allocated_gpus(&[5]).rank_gpu_ids(),
+            vec![0, 1]
+        );
+        let unset = RuntimeConfig::from_env(|_| None).expect("valid");
+        assert!(unset.rank_gpu_ids().is_empty());
+        let slurm = unset.with_allocated_gpus(&[0, 1, 2]);
+        assert_eq!(slurm.resources.gpus, 3.0);
+        assert_eq!(slurm.rank_gpu_ids(), vec![0, 1, 2]);
     }
 }

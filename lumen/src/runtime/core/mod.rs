@@ -330,10 +330,7 @@ impl Inner {
             }),
             changed: Changed::default(),
             scheduler: Mutex::new(Scheduler::new(slots, rank as usize + 1)),
-            executor: Executor::new(
-                cpus,
-                lumen_sched::GpuSlots::with_count(me.resources.gpus.max(0.0).ceil() as usize),
-            ),
+            executor: Executor::new(cpus, lumen_sched::GpuSlots::new(config.rank_gpu_ids())),
             actors: ActorHost::default(),
             next_object: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
