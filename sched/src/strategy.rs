@@ -13,8 +13,20 @@
 //! Kuhn's augmenting paths: H. W. Kuhn, "The Hungarian method for the
 //! assignment problem", 1955). Bundles are placed largest first (GPUs
 //! weigh most), so first fit fails less often.
+//!
+//! # Cost
+//! One call groups the eligible ranks by node once (`O(n log n)` with `n`
+//! ranks, no copy of what they have free: bundles placed so far are kept
+//! in a small overlay), so `PACK` and `STRICT_PACK` of a few bundles cost
+//! one pass over the ranks. `SPREAD` of many bundles keeps the ranks in an
+//! ordered set by its choice key (bundles on the node, on the rank, free
+//! CPUs, rank) and re-keys only the chosen node's ranks per bundle, instead
+//! of scanning every rank per bundle; on a cluster with few, very large
+//! nodes it scans as before. Every choice is the one the plain scans make
+//! (`tests/placement_table.rs` checks it against them).
 
-use std::collections::HashMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeSet, HashMap};
 
 use crate::{Host, PlacementStrategy, Rank, Resources};
 
@@ -36,15 +48,14 @@ pub fn place(
     // Largest bundles first: first-fit then fails less often.
     let mut order: Vec<usize> = (0..bundles.len()).collect();
     order.sort_by(|&a, &b| size_key(&bundles[b]).total_cmp(&size_key(&bundles[a])));
+    let nodes = Nodes::new(hosts, available, &eligible);
     match strategy {
-        PlacementStrategy::StrictPack => strict_pack(bundles, &order, hosts, available, &eligible),
-        PlacementStrategy::Pack => strict_pack(bundles, &order, hosts, available, &eligible)
-            .or_else(|| pack(bundles, &order, hosts, available, &eligible)),
-        PlacementStrategy::Spread => spread(bundles, &order, hosts, available, &eligible)
-            .or_else(|| pack(bundles, &order, hosts, available, &eligible)),
-        PlacementStrategy::StrictSpread => {
-            strict_spread(bundles, &order, hosts, available, &eligible)
-        }
+        PlacementStrategy::StrictPack => strict_pack(bundles, &order, available, &nodes),
+        PlacementStrategy::Pack => strict_pack(bundles, &order, available, &nodes)
+            .or_else(|| pack(bundles, &order, available, &nodes)),
+        PlacementStrategy::Spread => spread(bundles, &order, hosts, available, &eligible, &nodes)
+            .or_else(|| pack(bundles, &order, available, &nodes)),
+        PlacementStrategy::StrictSpread => strict_spread(bundles, &order, available, &nodes),
     }
 }
 
@@ -53,81 +64,160 @@ fn size_key(r: &Resources) -> f64 {
     r.gpus * 1e6 + r.cpus + r.custom.values().sum::<f64>() * 1e-3
 }
 
-/// Nodes of `eligible` hosts, most free CPUs first (then lowest id).
-fn nodes_by_room(hosts: &[Host], available: &[Resources], eligible: &[usize]) -> Vec<u32> {
-    let mut room: Vec<(u32, f64)> = Vec::new();
-    for &i in eligible {
-        match room.iter_mut().find(|(n, _)| *n == hosts[i].node) {
-            Some((_, cpus)) => *cpus += available[i].cpus,
-            None => room.push((hosts[i].node, available[i].cpus)),
+/// The eligible hosts grouped by node: the nodes most free CPUs first
+/// (then lowest id), and each node's hosts most free CPUs first (then
+/// lowest rank): packing onto the roomiest rank first fills few ranks.
+struct Nodes {
+    /// `(node, its hosts in order)`, roomiest node first.
+    order: Vec<(u32, Vec<usize>)>,
+    /// Host `i`'s index in `order` (eligible hosts only).
+    index_of: Vec<usize>,
+}
+
+impl Nodes {
+    fn new(hosts: &[Host], available: &[Resources], eligible: &[usize]) -> Self {
+        // (node, free CPUs summed in rank order, its hosts in rank order)
+        let mut room: Vec<(u32, f64, Vec<usize>)> = Vec::new();
+        let mut slot: HashMap<u32, usize> = HashMap::new();
+        let mut last: Option<(u32, usize)> = None;
+        for &i in eligible {
+            let node = hosts[i].node;
+            let at = match last {
+                Some((n, at)) if n == node => Some(at),
+                _ => slot.get(&node).copied(),
+            };
+            let at = match at {
+                Some(at) => {
+                    room[at].1 += available[i].cpus;
+                    room[at].2.push(i);
+                    at
+                }
+                None => {
+                    room.push((node, available[i].cpus, vec![i]));
+                    slot.insert(node, room.len() - 1);
+                    room.len() - 1
+                }
+            };
+            last = Some((node, at));
+        }
+        room.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut index_of = vec![usize::MAX; hosts.len()];
+        let order: Vec<(u32, Vec<usize>)> = room
+            .into_iter()
+            .enumerate()
+            .map(|(at, (node, _, mut list))| {
+                list.sort_by(|&a, &b| {
+                    available[b]
+                        .cpus
+                        .total_cmp(&available[a].cpus)
+                        .then(a.cmp(&b))
+                });
+                for &h in &list {
+                    index_of[h] = at;
+                }
+                (node, list)
+            })
+            .collect();
+        Nodes { order, index_of }
+    }
+}
+
+/// What the hosts have free while bundles are laid out: `available`, less
+/// the bundles placed so far (kept only for the hosts they touched).
+struct Free<'a> {
+    available: &'a [Resources],
+    taken: HashMap<usize, Resources>,
+}
+
+impl<'a> Free<'a> {
+    fn new(available: &'a [Resources]) -> Self {
+        Free {
+            available,
+            taken: HashMap::new(),
         }
     }
-    room.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    room.into_iter().map(|(n, _)| n).collect()
+
+    fn of(&self, host: usize) -> &Resources {
+        self.taken.get(&host).unwrap_or(&self.available[host])
+    }
+
+    fn subtract(&mut self, host: usize, bundle: &Resources) {
+        let available = self.available;
+        self.taken
+            .entry(host)
+            .or_insert_with(|| available[host].clone())
+            .subtract(bundle);
+    }
 }
 
 /// First fit of the bundles (in `order`) onto `candidates` (in order).
-fn first_fit(
+fn first_fit<'c>(
     bundles: &[Resources],
     order: &[usize],
     available: &[Resources],
-    candidates: &[usize],
+    candidates: impl Iterator<Item = &'c usize> + Clone,
 ) -> Option<Vec<Rank>> {
-    let mut free: Vec<Resources> = available.to_vec();
+    let mut free = Free::new(available);
     let mut ranks = vec![0 as Rank; bundles.len()];
     for &b in order {
-        let &host = candidates.iter().find(|&&h| free[h].fits(&bundles[b]))?;
-        free[host].subtract(&bundles[b]);
+        let &host = candidates
+            .clone()
+            .find(|&&h| free.of(h).fits(&bundles[b]))?;
+        free.subtract(host, &bundles[b]);
         ranks[b] = host as Rank;
     }
     Some(ranks)
 }
 
-/// Hosts of `node`, most free CPUs first (then lowest rank): packing onto
-/// the roomiest rank first fills few ranks.
-fn hosts_of(node: u32, hosts: &[Host], available: &[Resources], eligible: &[usize]) -> Vec<usize> {
-    let mut list: Vec<usize> = eligible
-        .iter()
-        .copied()
-        .filter(|&i| hosts[i].node == node)
-        .collect();
-    list.sort_by(|&a, &b| {
-        available[b]
-            .cpus
-            .total_cmp(&available[a].cpus)
-            .then(a.cmp(&b))
-    });
-    list
-}
-
 fn strict_pack(
     bundles: &[Resources],
     order: &[usize],
-    hosts: &[Host],
     available: &[Resources],
-    eligible: &[usize],
+    nodes: &Nodes,
 ) -> Option<Vec<Rank>> {
-    nodes_by_room(hosts, available, eligible)
-        .into_iter()
-        .find_map(|node| {
-            let candidates = hosts_of(node, hosts, available, eligible);
-            first_fit(bundles, order, available, &candidates)
-        })
+    nodes
+        .order
+        .iter()
+        .find_map(|(_, candidates)| first_fit(bundles, order, available, candidates.iter()))
 }
 
 fn pack(
     bundles: &[Resources],
     order: &[usize],
-    hosts: &[Host],
     available: &[Resources],
-    eligible: &[usize],
+    nodes: &Nodes,
 ) -> Option<Vec<Rank>> {
-    let candidates: Vec<usize> = nodes_by_room(hosts, available, eligible)
-        .into_iter()
-        .flat_map(|node| hosts_of(node, hosts, available, eligible))
-        .collect();
-    first_fit(bundles, order, available, &candidates)
+    let candidates = nodes.order.iter().flat_map(|(_, list)| list.iter());
+    first_fit(bundles, order, available, candidates)
 }
+
+/// An `f64` ordered by [`f64::total_cmp`].
+#[derive(Debug, Clone, Copy)]
+struct Total(f64);
+
+impl PartialEq for Total {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Total {}
+
+impl PartialOrd for Total {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Total {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// SPREAD's choice key, smallest first: bundles on the host's node, on
+/// the host, most free CPUs, lowest rank.
+type SpreadKey = (u32, u32, Reverse<Total>, usize);
 
 fn spread(
     bundles: &[Resources],
@@ -135,15 +225,66 @@ fn spread(
     hosts: &[Host],
     available: &[Resources],
     eligible: &[usize],
+    nodes: &Nodes,
 ) -> Option<Vec<Rank>> {
-    let mut free: Vec<Resources> = available.to_vec();
+    let widest = nodes.order.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
+    // Re-keying a node costs its ranks × log n; scanning costs all ranks.
+    if bundles.len() < 4 || widest * 16 > eligible.len() {
+        return spread_by_scan(bundles, order, hosts, available, eligible);
+    }
+    let mut free = Free::new(available);
+    let mut on_rank = vec![0u32; hosts.len()];
+    let mut on_node = vec![0u32; nodes.order.len()];
+    let key = |h: usize, free: &Free<'_>, on_rank: &[u32], on_node: &[u32]| -> SpreadKey {
+        (
+            on_node[nodes.index_of[h]],
+            on_rank[h],
+            Reverse(Total(free.of(h).cpus)),
+            h,
+        )
+    };
+    let mut by_key: BTreeSet<SpreadKey> = eligible
+        .iter()
+        .map(|&h| key(h, &free, &on_rank, &on_node))
+        .collect();
+    let mut ranks = vec![0 as Rank; bundles.len()];
+    for &b in order {
+        let host = by_key
+            .iter()
+            .map(|k| k.3)
+            .find(|&h| free.of(h).fits(&bundles[b]))?;
+        let node = nodes.index_of[host];
+        for &h in &nodes.order[node].1 {
+            by_key.remove(&key(h, &free, &on_rank, &on_node));
+        }
+        free.subtract(host, &bundles[b]);
+        on_rank[host] += 1;
+        on_node[node] += 1;
+        for &h in &nodes.order[node].1 {
+            by_key.insert(key(h, &free, &on_rank, &on_node));
+        }
+        ranks[b] = host as Rank;
+    }
+    Some(ranks)
+}
+
+/// SPREAD as a scan of every eligible host per bundle (few bundles, or
+/// nodes so large that re-keying one costs more than a scan).
+fn spread_by_scan(
+    bundles: &[Resources],
+    order: &[usize],
+    hosts: &[Host],
+    available: &[Resources],
+    eligible: &[usize],
+) -> Option<Vec<Rank>> {
+    let mut free = Free::new(available);
     let mut on_rank = vec![0u32; hosts.len()];
     let mut on_node: HashMap<u32, u32> = HashMap::new();
     let mut ranks = vec![0 as Rank; bundles.len()];
     for &b in order {
         let &host = eligible
             .iter()
-            .filter(|&&h| free[h].fits(&bundles[b]))
+            .filter(|&&h| free.of(h).fits(&bundles[b]))
             .min_by(|&&x, &&y| {
                 let key = |h: usize| {
                     (
@@ -153,10 +294,10 @@ fn spread(
                 };
                 key(x)
                     .cmp(&key(y))
-                    .then(free[y].cpus.total_cmp(&free[x].cpus))
+                    .then(free.of(y).cpus.total_cmp(&free.of(x).cpus))
                     .then(x.cmp(&y))
             })?;
-        free[host].subtract(&bundles[b]);
+        free.subtract(host, &bundles[b]);
         on_rank[host] += 1;
         *on_node.entry(hosts[host].node).or_insert(0) += 1;
         ranks[b] = host as Rank;
@@ -167,24 +308,25 @@ fn spread(
 fn strict_spread(
     bundles: &[Resources],
     order: &[usize],
-    hosts: &[Host],
     available: &[Resources],
-    eligible: &[usize],
+    nodes: &Nodes,
 ) -> Option<Vec<Rank>> {
-    let nodes = nodes_by_room(hosts, available, eligible);
+    let nodes = &nodes.order;
     if bundles.len() > nodes.len() {
         return None;
     }
-    // The roomiest rank of `node` that fits bundle `b`.
-    let host_for = |node: u32, b: usize| {
-        hosts_of(node, hosts, available, eligible)
-            .into_iter()
+    // The roomiest rank of node `n` (its index) that fits bundle `b`.
+    let host_for = |n: usize, b: usize| {
+        nodes[n]
+            .1
+            .iter()
+            .copied()
             .find(|&h| available[h].fits(&bundles[b]))
     };
     let fits: Vec<Vec<usize>> = (0..bundles.len())
         .map(|b| {
             (0..nodes.len())
-                .filter(|&n| host_for(nodes[n], b).is_some())
+                .filter(|&n| host_for(n, b).is_some())
                 .collect()
         })
         .collect();
@@ -230,7 +372,7 @@ fn strict_spread(
     node_of_bundle
         .iter()
         .enumerate()
-        .map(|(b, n)| n.and_then(|n| host_for(nodes[n], b)).map(|h| h as Rank))
+        .map(|(b, n)| n.and_then(|n| host_for(n, b)).map(|h| h as Rank))
         .collect()
 }
 

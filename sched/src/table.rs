@@ -139,6 +139,11 @@ struct Group {
 #[derive(Debug)]
 pub struct PlacementTable {
     hosts: Vec<Host>,
+    /// Each host's `available`, side by side, for [`place`] to read
+    /// without a copy per group (kept equal to `hosts[i].available`).
+    available: Vec<Resources>,
+    /// Each host's `capacity`, side by side (never changes).
+    capacity: Vec<Resources>,
     groups: HashMap<PlacementGroupId, Group>,
     /// Pending groups, oldest first.
     pending: VecDeque<PlacementGroupId>,
@@ -150,6 +155,8 @@ impl PlacementTable {
     /// A table of `hosts` (indexed by rank) holding no group yet.
     pub fn new(hosts: Vec<Host>) -> Self {
         PlacementTable {
+            available: hosts.iter().map(|h| h.available.clone()).collect(),
+            capacity: hosts.iter().map(|h| h.capacity.clone()).collect(),
             hosts,
             groups: HashMap::new(),
             pending: VecDeque::new(),
@@ -314,6 +321,7 @@ impl PlacementTable {
         for (bundle, &rank) in group.bundles.iter().zip(&ranks) {
             if let Some(host) = self.hosts.get_mut(rank as usize) {
                 host.available.add(bundle);
+                self.available[rank as usize].add(bundle);
             }
         }
         let mut hosts = ranks;
@@ -344,15 +352,15 @@ impl PlacementTable {
             let Some(group) = self.groups.get_mut(&id) else {
                 continue;
             };
-            let available: Vec<Resources> =
-                self.hosts.iter().map(|h| h.available.clone()).collect();
-            let Some(ranks) = place(&group.bundles, group.strategy, &self.hosts, &available) else {
+            let Some(ranks) = place(&group.bundles, group.strategy, &self.hosts, &self.available)
+            else {
                 still.push_back(id);
                 continue;
             };
             let mut per_host: Vec<(Rank, Vec<(u32, Resources)>)> = Vec::new();
             for (index, (bundle, &rank)) in group.bundles.iter().zip(&ranks).enumerate() {
                 self.hosts[rank as usize].available.subtract(bundle);
+                self.available[rank as usize].subtract(bundle);
                 match per_host.iter_mut().find(|(r, _)| *r == rank) {
                     Some((_, list)) => list.push((index as u32, bundle.clone())),
                     None => per_host.push((rank, vec![(index as u32, bundle.clone())])),
@@ -394,8 +402,7 @@ impl PlacementTable {
                 "{asked}: bundle {i} asks for no resources (give it CPUs, GPUs or a custom resource)"
             ));
         }
-        let capacity: Vec<Resources> = self.hosts.iter().map(|h| h.capacity.clone()).collect();
-        if place(bundles, strategy, &self.hosts, &capacity).is_some() {
+        if place(bundles, strategy, &self.hosts, &self.capacity).is_some() {
             return Ok(());
         }
         let offered = describe_hosts(&self.hosts);
