@@ -96,6 +96,7 @@ impl InitOptions {
     pub fn init(self) -> Result<super::Runtime> {
         // Keep the worker entry in the link (see the module docs).
         std::hint::black_box(&WORKER_ENTRY);
+        log_from_env();
         let mode = if self.spmd { Mode::Spmd } else { Mode::Driver };
         let world = detect(|name| std::env::var(name).ok())
             .map_err(|e| LumenError::Bootstrap(e.to_string()))?;
@@ -154,6 +155,23 @@ impl Membership {
     }
 }
 
+/// `LUMEN_LOG=info` (a tracing filter, e.g. `lumen=debug`) prints the
+/// runtime's log to stderr, unless the program installed a subscriber of its
+/// own (which then decides).
+fn log_from_env() {
+    let Ok(filter) = std::env::var("LUMEN_LOG") else {
+        return;
+    };
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_new(filter.trim()) else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 /// Starts the runtime on a connected endpoint. In driver mode on a rank
 /// other than 0 this serves until the driver shuts down and exits the process.
 fn start(
@@ -200,7 +218,20 @@ fn start(
     if let Some(arena) = &arena {
         arena.forget_name();
     }
-    let inner = Inner::start(endpoint, mode, ranks, job_id, arena, &config)?;
+    // Bound before the executor's threads start (they inherit it).
+    let local_size = ranks.iter().filter(|r| r.node == node).count();
+    let slurm_cpus = match &membership {
+        Membership::Job(job) => job.resources.cpus.clone(),
+        Membership::Embedded(_) => None,
+    };
+    let binding = super::binding::bind_rank(
+        config.bind,
+        endpoint.rank(),
+        local_rank as usize,
+        local_size,
+        slurm_cpus.as_deref(),
+    );
+    let inner = Inner::start(endpoint, mode, ranks, job_id, arena, &config, binding)?;
     if mode == Mode::Driver && inner.rank != 0 {
         serve_until_shutdown(inner, membership);
     }

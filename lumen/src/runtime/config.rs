@@ -14,6 +14,7 @@
 //! | `LUMEN_PULL_CHUNK_BYTES` | [`pull_chunk_bytes`](RuntimeConfig::pull_chunk_bytes) | 8 MiB |
 //! | `LUMEN_BUILD_ID` | [`build_id`](RuntimeConfig::build_id) | hash of the executable |
 //! | `LUMEN_RT_SPIN_US` | [`wait_spin`](RuntimeConfig::wait_spin) | 0 |
+//! | `LUMEN_BIND` | [`bind`](RuntimeConfig::bind): `auto`, `cores`, `none` | `auto` |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +57,22 @@ pub struct RuntimeConfig {
     /// Slurm allocation gives the rank (`SLURM_STEP_GPUS`, gres), else none.
     /// Tasks and actors with `num_gpus` get ids out of these.
     pub gpu_ids: Option<Vec<u32>>,
+    /// Whether each rank binds itself to cores chosen from the machine's
+    /// topology (see `runtime::binding`).
+    pub bind: BindPolicy,
+}
+
+/// How a rank binds itself to cores (`LUMEN_BIND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BindPolicy {
+    /// Bind when every local rank gets cores of its own and nothing else
+    /// (Slurm's `--cpus-per-task`) bound the rank already.
+    #[default]
+    Auto,
+    /// Always bind (ranks share cores when there are more ranks than cores).
+    Cores,
+    /// Never bind: the OS places the threads.
+    None,
 }
 
 impl Default for RuntimeConfig {
@@ -73,6 +90,7 @@ impl Default for RuntimeConfig {
             build_id: None,
             wait_spin: Duration::ZERO,
             gpu_ids: None,
+            bind: BindPolicy::Auto,
         }
     }
 }
@@ -173,6 +191,20 @@ impl RuntimeConfig {
             config.pull_chunk_bytes = bytes;
         }
         config.build_id = set("LUMEN_BUILD_ID");
+        if let Some(v) = set("LUMEN_BIND") {
+            config.bind = match v.trim() {
+                "auto" => BindPolicy::Auto,
+                "cores" | "core" => BindPolicy::Cores,
+                "none" | "off" => BindPolicy::None,
+                _ => {
+                    return Err(RuntimeConfigError {
+                        variable: "LUMEN_BIND",
+                        value: v,
+                        expected: "auto, cores or none",
+                    })
+                }
+            };
+        }
         if let Some(v) = set("LUMEN_RT_SPIN_US") {
             let us: u64 = parse("LUMEN_RT_SPIN_US", &v, "a number of microseconds")?;
             config.wait_spin = Duration::from_micros(us);

@@ -104,6 +104,7 @@
 //! message, rank and function.
 
 mod actor;
+mod binding;
 pub mod cluster;
 mod config;
 mod core;
@@ -127,9 +128,10 @@ use serde::Serialize;
 pub use self::core::Mode;
 pub use actor::{ActorClass, ActorHandle, RawActorHandle};
 pub use cluster::InitOptions;
-pub use config::{RuntimeConfig, RuntimeConfigError};
+pub use config::{BindPolicy, RuntimeConfig, RuntimeConfigError};
 pub use error::{RuntimeError, TaskError, TaskErrorKind};
 pub use ids::{ActorId, ObjectId};
+pub use lumen_sched::topology::RankBinding;
 pub use object_ref::{wait, ObjectRef, ObjectRefFuture, SliceView, Waited};
 pub use options::{ActorOptions, PlacementGroupScheduling, Resources, TaskOptions};
 pub use placement::{PlacementGroup, PlacementGroupId, PlacementStrategy};
@@ -327,6 +329,13 @@ impl Runtime {
     /// under Slurm, from its GPU binding.
     pub fn gpu_ids(&self) -> Vec<u32> {
         executor::gpu_ids()
+    }
+
+    /// The cores (and the GPU and NIC next to them) this rank bound itself
+    /// to at start-up, or `None` when it did not bind (`LUMEN_BIND`, see
+    /// [`BindPolicy`]; the reason is logged at `LUMEN_LOG=info`).
+    pub fn binding(&self) -> Option<RankBinding> {
+        self.inner.binding.clone()
     }
 
     /// Ranks in the job.

@@ -204,6 +204,8 @@ pub(crate) struct Inner {
     /// Placement groups: the head's table (rank 0), known groups, actors
     /// hosted in groups (see `placement`).
     pub(crate) groups: GroupRuntime,
+    /// The cores this rank bound itself to (see `runtime::binding`).
+    pub(crate) binding: Option<lumen_sched::topology::RankBinding>,
     tasks_executed: AtomicU64,
 }
 
@@ -275,6 +277,7 @@ impl Inner {
         job_id: String,
         arena: Option<Arena>,
         config: &RuntimeConfig,
+        binding: Option<lumen_sched::topology::RankBinding>,
     ) -> Result<Arc<Self>> {
         let rank = endpoint.rank();
         let size = endpoint.size();
@@ -342,6 +345,7 @@ impl Inner {
             waker_entries: AtomicUsize::new(0),
             names: Mutex::new(HashMap::new()),
             groups: GroupRuntime::new(rank, hosts),
+            binding,
             tasks_executed: AtomicU64::new(0),
         });
         // Tasks may arrive as soon as the handler is in: they need `current`.
