@@ -67,18 +67,21 @@ fn size_key(r: &Resources) -> f64 {
 /// The eligible hosts grouped by node: the nodes most free CPUs first
 /// (then lowest id), and each node's hosts most free CPUs first (then
 /// lowest rank): packing onto the roomiest rank first fills few ranks.
+/// One flat list, node after node (no list per node).
 struct Nodes {
-    /// `(node, its hosts in order)`, roomiest node first.
-    order: Vec<(u32, Vec<usize>)>,
-    /// Host `i`'s index in `order` (eligible hosts only).
+    /// Node `at`'s hosts are `hosts[starts[at]..starts[at + 1]]`.
+    starts: Vec<usize>,
+    hosts: Vec<usize>,
+    /// Host `i`'s node, as its index in the order (eligible hosts only).
     index_of: Vec<usize>,
 }
 
 impl Nodes {
     fn new(hosts: &[Host], available: &[Resources], eligible: &[usize]) -> Self {
-        // (node, free CPUs summed in rank order, its hosts in rank order)
-        let mut room: Vec<(u32, f64, Vec<usize>)> = Vec::new();
+        // (node, free CPUs summed in rank order, hosts), in order of appearance.
+        let mut room: Vec<(u32, f64, usize)> = Vec::new();
         let mut slot: HashMap<u32, usize> = HashMap::new();
+        let mut slot_of: Vec<usize> = Vec::with_capacity(eligible.len());
         let mut last: Option<(u32, usize)> = None;
         for &i in eligible {
             let node = hosts[i].node;
@@ -89,36 +92,64 @@ impl Nodes {
             let at = match at {
                 Some(at) => {
                     room[at].1 += available[i].cpus;
-                    room[at].2.push(i);
+                    room[at].2 += 1;
                     at
                 }
                 None => {
-                    room.push((node, available[i].cpus, vec![i]));
+                    room.push((node, available[i].cpus, 1));
                     slot.insert(node, room.len() - 1);
                     room.len() - 1
                 }
             };
+            slot_of.push(at);
             last = Some((node, at));
         }
-        room.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut by_room: Vec<usize> = (0..room.len()).collect();
+        by_room.sort_unstable_by(|&a, &b| {
+            room[b]
+                .1
+                .total_cmp(&room[a].1)
+                .then(room[a].0.cmp(&room[b].0))
+        });
+        let mut position = vec![0; room.len()];
+        let mut starts = Vec::with_capacity(room.len() + 1);
+        starts.push(0);
+        for (at, &s) in by_room.iter().enumerate() {
+            position[s] = at;
+            starts.push(starts[at] + room[s].2);
+        }
+        let mut fill = starts.clone();
+        let mut list = vec![0; eligible.len()];
         let mut index_of = vec![usize::MAX; hosts.len()];
-        let order: Vec<(u32, Vec<usize>)> = room
-            .into_iter()
-            .enumerate()
-            .map(|(at, (node, _, mut list))| {
-                list.sort_by(|&a, &b| {
-                    available[b]
-                        .cpus
-                        .total_cmp(&available[a].cpus)
-                        .then(a.cmp(&b))
-                });
-                for &h in &list {
-                    index_of[h] = at;
-                }
-                (node, list)
-            })
-            .collect();
-        Nodes { order, index_of }
+        for (&i, &s) in eligible.iter().zip(&slot_of) {
+            let at = position[s];
+            list[fill[at]] = i;
+            fill[at] += 1;
+            index_of[i] = at;
+        }
+        for at in 0..by_room.len() {
+            list[starts[at]..starts[at + 1]].sort_unstable_by(|&a, &b| {
+                available[b]
+                    .cpus
+                    .total_cmp(&available[a].cpus)
+                    .then(a.cmp(&b))
+            });
+        }
+        Nodes {
+            starts,
+            hosts: list,
+            index_of,
+        }
+    }
+
+    /// How many nodes.
+    fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    /// The hosts of the node at `at` in the order, roomiest first.
+    fn hosts_of(&self, at: usize) -> &[usize] {
+        &self.hosts[self.starts[at]..self.starts[at + 1]]
     }
 }
 
@@ -175,10 +206,7 @@ fn strict_pack(
     available: &[Resources],
     nodes: &Nodes,
 ) -> Option<Vec<Rank>> {
-    nodes
-        .order
-        .iter()
-        .find_map(|(_, candidates)| first_fit(bundles, order, available, candidates.iter()))
+    (0..nodes.len()).find_map(|at| first_fit(bundles, order, available, nodes.hosts_of(at).iter()))
 }
 
 fn pack(
@@ -187,8 +215,8 @@ fn pack(
     available: &[Resources],
     nodes: &Nodes,
 ) -> Option<Vec<Rank>> {
-    let candidates = nodes.order.iter().flat_map(|(_, list)| list.iter());
-    first_fit(bundles, order, available, candidates)
+    // Node after node, roomiest first: the flat list as it is.
+    first_fit(bundles, order, available, nodes.hosts.iter())
 }
 
 /// An `f64` ordered by [`f64::total_cmp`].
@@ -227,14 +255,17 @@ fn spread(
     eligible: &[usize],
     nodes: &Nodes,
 ) -> Option<Vec<Rank>> {
-    let widest = nodes.order.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
+    let widest = (0..nodes.len())
+        .map(|at| nodes.hosts_of(at).len())
+        .max()
+        .unwrap_or(0);
     // Re-keying a node costs its ranks × log n; scanning costs all ranks.
     if bundles.len() < 4 || widest * 16 > eligible.len() {
         return spread_by_scan(bundles, order, hosts, available, eligible);
     }
     let mut free = Free::new(available);
     let mut on_rank = vec![0u32; hosts.len()];
-    let mut on_node = vec![0u32; nodes.order.len()];
+    let mut on_node = vec![0u32; nodes.len()];
     let key = |h: usize, free: &Free<'_>, on_rank: &[u32], on_node: &[u32]| -> SpreadKey {
         (
             on_node[nodes.index_of[h]],
@@ -254,13 +285,13 @@ fn spread(
             .map(|k| k.3)
             .find(|&h| free.of(h).fits(&bundles[b]))?;
         let node = nodes.index_of[host];
-        for &h in &nodes.order[node].1 {
+        for &h in nodes.hosts_of(node) {
             by_key.remove(&key(h, &free, &on_rank, &on_node));
         }
         free.subtract(host, &bundles[b]);
         on_rank[host] += 1;
         on_node[node] += 1;
-        for &h in &nodes.order[node].1 {
+        for &h in nodes.hosts_of(node) {
             by_key.insert(key(h, &free, &on_rank, &on_node));
         }
         ranks[b] = host as Rank;
@@ -311,14 +342,13 @@ fn strict_spread(
     available: &[Resources],
     nodes: &Nodes,
 ) -> Option<Vec<Rank>> {
-    let nodes = &nodes.order;
     if bundles.len() > nodes.len() {
         return None;
     }
     // The roomiest rank of node `n` (its index) that fits bundle `b`.
     let host_for = |n: usize, b: usize| {
-        nodes[n]
-            .1
+        nodes
+            .hosts_of(n)
             .iter()
             .copied()
             .find(|&h| available[h].fits(&bundles[b]))

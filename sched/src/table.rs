@@ -144,6 +144,10 @@ pub struct PlacementTable {
     available: Vec<Resources>,
     /// Each host's `capacity`, side by side (never changes).
     capacity: Vec<Resources>,
+    /// [`PlacementTable::feasible`]'s answers by request: they depend only
+    /// on the capacities (fixed) and which hosts are alive, so they are
+    /// forgotten when a rank dies.
+    feasible: HashMap<FeasibleKey, std::result::Result<(), String>>,
     groups: HashMap<PlacementGroupId, Group>,
     /// Pending groups, oldest first.
     pending: VecDeque<PlacementGroupId>,
@@ -157,6 +161,7 @@ impl PlacementTable {
         PlacementTable {
             available: hosts.iter().map(|h| h.available.clone()).collect(),
             capacity: hosts.iter().map(|h| h.capacity.clone()).collect(),
+            feasible: HashMap::new(),
             hosts,
             groups: HashMap::new(),
             pending: VecDeque::new(),
@@ -184,7 +189,7 @@ impl PlacementTable {
                 "{id} exists already"
             )))];
         }
-        if let Err(why) = self.feasible(&bundles, strategy) {
+        if let Err(why) = self.feasible_cached(&bundles, strategy) {
             return vec![answer(GroupAnswer::Infeasible(why))];
         }
         self.groups.insert(
@@ -278,6 +283,7 @@ impl PlacementTable {
             return Vec::new();
         }
         host.alive = false;
+        self.feasible.clear();
         let mut actions = Vec::new();
         let mut ids: Vec<PlacementGroupId> = self.groups.keys().copied().collect();
         ids.sort();
@@ -382,6 +388,25 @@ impl PlacementTable {
         actions
     }
 
+    /// [`PlacementTable::feasible`], remembered per request until a rank
+    /// dies (a job creating many groups of one shape asks it once).
+    fn feasible_cached(
+        &mut self,
+        bundles: &[Resources],
+        strategy: PlacementStrategy,
+    ) -> std::result::Result<(), String> {
+        let key = feasible_key(bundles, strategy);
+        if let Some(known) = self.feasible.get(&key) {
+            return known.clone();
+        }
+        let answer = self.feasible(bundles, strategy);
+        if self.feasible.len() >= 1024 {
+            self.feasible.clear();
+        }
+        self.feasible.insert(key, answer.clone());
+        answer
+    }
+
     /// Could the group fit if no other group held anything?
     fn feasible(
         &self,
@@ -438,6 +463,24 @@ impl PlacementTable {
         };
         Err(format!("{asked}: {why}; the job offers {offered}"))
     }
+}
+
+/// A request's bundles bit for bit, and its strategy.
+type FeasibleKey = (PlacementStrategy, Vec<(u64, u64, Vec<(String, u64)>)>);
+
+fn feasible_key(bundles: &[Resources], strategy: PlacementStrategy) -> FeasibleKey {
+    let bundles = bundles
+        .iter()
+        .map(|b| {
+            let custom = b
+                .custom
+                .iter()
+                .map(|(name, amount)| (name.clone(), amount.to_bits()))
+                .collect();
+            (b.cpus.to_bits(), b.gpus.to_bits(), custom)
+        })
+        .collect();
+    (strategy, bundles)
 }
 
 /// `STRICT_SPREAD group of 2 bundles [{cpus: 1}, {cpus: 1}]`.
