@@ -207,6 +207,18 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(run_job_or_srun(&spec)?))
 }
 
+/// Writes a suite's rows as JSON when `--json FILE` was given.
+fn write_json(
+    path: Option<&std::path::Path>,
+    rows: &impl serde::Serialize,
+) -> anyhow::Result<ExitCode> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(rows)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
     let options = lumen_benches::TransportBenchOptions {
         sizes: args.sizes,
@@ -218,11 +230,7 @@ fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let rows = lumen_benches::transport(&options)?;
     lumen_benches::print_table(&rows);
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
+    write_json(args.json.as_deref(), &rows)
 }
 
 fn transport_worker(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
@@ -262,11 +270,7 @@ fn bench_collectives(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let rows = collectives::run(&options)?;
     collectives::print_table(&rows);
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
+    write_json(args.json.as_deref(), &rows)
 }
 
 fn collectives_worker(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
@@ -293,11 +297,7 @@ fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let rows = runtime::run(&options)?;
     runtime::print_table(&rows);
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
+    write_json(args.json.as_deref(), &rows)
 }
 
 fn bench_sched(args: SchedBenchArgs) -> anyhow::Result<ExitCode> {
@@ -308,11 +308,7 @@ fn bench_sched(args: SchedBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let rows = lumen_benches::sched::run(&options)?;
     lumen_benches::sched::print_table(&rows);
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
+    write_json(args.json.as_deref(), &rows)
 }
 
 #[cfg(test)]
