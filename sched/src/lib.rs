@@ -100,6 +100,7 @@
 
 mod gpus;
 mod group;
+pub mod mesh;
 mod policy;
 mod resources;
 pub mod shard;
