@@ -18,13 +18,18 @@
 //! | 1024-GPU placement group | time to create and reserve one group of 1024 one-GPU bundles (SPREAD) | — |
 //! | shard plan | planning a 3D-parallel job over the cluster, and its predicted cross-node bytes per step beside the naive layout's and Megatron's order | — |
 //!
-//! Not measured yet: a broadcast to an actor mesh through a tree (Monarch's
-//! 5.8 ms median to 1024 hosts / 8192 actors is the anchor): actor meshes
-//! do not exist yet.
+//! | mesh broadcast | one call to 1024 hosts × 8 actors (8192) through the runtime's broadcast tree (`lumen_sched::mesh`, fanout 16): depth, most messages one sender sends, messages in all, and the critical path — each hop's measured work (splitting the host list, encoding each child's message and decoding it, as `RtMsg::MeshCall` carries it) plus an assumed one-way link latency per hop | Monarch: 5.8 ms median to 1024 hosts / 8192 actors (measured on real hosts) |
+//!
+//! The mesh row is a model with measured parts, not a run on 1024 hosts:
+//! its per-hop work is timed here, its link latency is a parameter
+//! ([`LINK_LATENCY_US`], the TCP latency measured between two namespace
+//! hosts on this machine, see BENCHMARKS.md), and it assumes a host's
+//! sends leave one after the other while different hosts work in parallel.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use lumen_sched::mesh::{split, split_all, tree_shape, DEFAULT_FANOUT};
 use lumen_sched::shard::{plan, ClusterShape, ModelCost, Parallelism};
 use lumen_sched::{
     Action, GroupAnswer, Host, PlacementGroupId, PlacementStrategy, PlacementTable, RankSlot,
@@ -125,6 +130,7 @@ pub fn run(options: &SchedBenchOptions) -> anyhow::Result<Vec<SchedRow>> {
     rows.push(group_churn(nodes, per_node, count(5_000), &setting)?);
     rows.push(big_group(nodes, per_node, &setting)?);
     rows.extend(shard_plans(options.scale));
+    rows.extend(mesh_broadcast(nodes, per_node, DEFAULT_FANOUT));
     Ok(rows)
 }
 
@@ -438,5 +444,138 @@ pub fn print_table(rows: &[SchedRow]) {
             row.setting
         );
     }
-    println!("not measured: mesh broadcast through a tree (actor meshes are not built yet; anchor: Monarch's 5.8 ms to 1024 hosts / 8192 actors)");
+    println!("mesh broadcast: modelled from measured per-hop work plus {LINK_LATENCY_US} us per hop (see the module docs); Monarch's anchor is a measurement on real hosts");
+}
+
+/// One-way link latency assumed per hop of the mesh broadcast model, in
+/// microseconds: the 8-byte TCP latency measured between two namespace
+/// hosts on this machine (BENCHMARKS.md, "TCP 8 B latency across two
+/// namespace hosts", best runs ~11.7 µs).
+pub const LINK_LATENCY_US: f64 = 12.0;
+
+/// What one hop of a broadcast carries (the shape of the runtime's
+/// `RtMsg::MeshCall`: hosts below, one (host, actor, object) per call, the
+/// method and its arguments).
+#[derive(Serialize, serde::Deserialize)]
+struct Hop {
+    hosts: Vec<u32>,
+    targets: Vec<(u32, (u32, u64), (u32, u64))>,
+    method: u64,
+    name: String,
+    args: Vec<u8>,
+    fanout: u16,
+}
+
+/// Times the work of one sender: splitting its chunk, encoding each
+/// child's message and the child decoding it. Returns the children's
+/// chunks and the seconds spent.
+fn hop_work<'a>(
+    chunk: &'a [u32],
+    root: bool,
+    targets: &[(u32, (u32, u64), (u32, u64))],
+    fanout: usize,
+) -> (Vec<&'a [u32]>, f64, usize) {
+    let started = Instant::now();
+    let children = if root {
+        split_all(chunk, fanout)
+    } else {
+        split(chunk, fanout)
+    };
+    let mut bytes = 0;
+    for child in &children {
+        let (first, last) = (child[0], child[child.len() - 1]);
+        let start = targets.partition_point(|t| t.0 < first);
+        let end = targets.partition_point(|t| t.0 <= last);
+        let hop = Hop {
+            hosts: child.to_vec(),
+            targets: targets[start..end].to_vec(),
+            method: 0x5eed,
+            name: "model::Trainer::step".into(),
+            args: vec![0; 16],
+            fanout: fanout as u16,
+        };
+        let encoded = bincode::serialize(&hop).unwrap_or_default();
+        bytes = bytes.max(encoded.len());
+        let decoded: Option<Hop> = bincode::deserialize(&encoded).ok();
+        std::hint::black_box(decoded);
+    }
+    (children, started.elapsed().as_secs_f64(), bytes)
+}
+
+fn mesh_broadcast(hosts: usize, actors_per_host: usize, fanout: usize) -> Vec<SchedRow> {
+    let actors = hosts * actors_per_host;
+    let setting = format!("{hosts} hosts x {actors_per_host} actors ({actors}), fanout {fanout}");
+    let ranks: Vec<u32> = (0..hosts as u32).collect();
+    let targets: Vec<(u32, (u32, u64), (u32, u64))> = (0..actors)
+        .map(|a| {
+            let host = (a / actors_per_host) as u32;
+            (host, (0, a as u64), (0, 1_000_000 + a as u64))
+        })
+        .collect();
+    let shape = tree_shape(hosts, fanout);
+    // Several rounds; the median critical path.
+    let mut paths = Vec::new();
+    let mut largest = 0;
+    for _ in 0..7 {
+        let mut critical = 0.0;
+        let (mut level, root_time, root_bytes) = hop_work(&ranks, true, &targets, fanout);
+        critical += root_time;
+        largest = largest.max(root_bytes);
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            let mut slowest: f64 = 0.0;
+            for chunk in level {
+                let (children, took, bytes) = hop_work(chunk, false, &targets, fanout);
+                slowest = slowest.max(took);
+                largest = largest.max(bytes);
+                next.extend(children);
+            }
+            critical += slowest;
+            level = next;
+        }
+        paths.push(critical);
+    }
+    paths.sort_by(f64::total_cmp);
+    let work = paths[paths.len() / 2];
+    let modelled = work * 1e3 + shape.depth as f64 * LINK_LATENCY_US / 1e3;
+    vec![
+        SchedRow::new(
+            "mesh broadcast: modelled time to every actor",
+            &setting,
+            modelled,
+            "ms",
+        )
+        .anchored("monarch (measured, 1024 hosts / 8192 actors)", 5.8),
+        SchedRow::new(
+            "mesh broadcast: measured hop work on the critical path",
+            &setting,
+            work * 1e3,
+            "ms",
+        ),
+        SchedRow::new(
+            "mesh broadcast: tree depth (hops)",
+            &setting,
+            shape.depth as f64,
+            "hops",
+        ),
+        SchedRow::new(
+            "mesh broadcast: most messages one sender sends",
+            &setting,
+            shape.max_sends as f64,
+            "msgs",
+        )
+        .anchored("flat: the caller sends to every host", hosts as f64),
+        SchedRow::new(
+            "mesh broadcast: messages in all",
+            &setting,
+            shape.messages as f64,
+            "msgs",
+        ),
+        SchedRow::new(
+            "mesh broadcast: largest hop message",
+            &setting,
+            largest as f64 / 1024.0,
+            "KiB",
+        ),
+    ]
 }

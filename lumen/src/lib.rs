@@ -97,7 +97,9 @@ pub mod prelude {
     pub use crate::{actor, remote, wait, LumenError};
 }
 pub use lumen_collectives as collectives;
+pub use lumen_sched::shard;
 pub use lumen_transport as transport;
+pub use runtime::{mesh_communicator, mesh_member, ActorMesh};
 
 /// The communicator of every rank of a joined job (collective: every rank
 /// calls it once; clone the result to share it). Settings come from the

@@ -465,6 +465,18 @@ fn expand_actor_impl(block: &ItemImpl) -> syn::Result<TokenStream2> {
         impl #create_struct {
             ::lumen::__actor_option_methods!([#vis]);
 
+            /// Creates one such actor per planned GPU of `plan`, with these
+            /// options (see `lumen::runtime::mesh`).
+            #vis fn new_mesh(
+                self,
+                rt: &::lumen::Runtime,
+                plan: &::lumen::shard::ShardPlan,
+                #new_params
+            ) -> ::lumen::Result<::lumen::ActorMesh<#class>> {
+                let args = ( #( ::lumen::IntoArg::<#new_types>::into_arg(#new_names), )* );
+                rt.__create_actor_mesh::<#class, _>(plan, &args, self.options)
+            }
+
             /// Creates the actor with these options.
             #vis fn new_remote(
                 self,
@@ -489,6 +501,21 @@ fn expand_actor_impl(block: &ItemImpl) -> syn::Result<TokenStream2> {
             /// Options for creating this actor: `.rank(1).name("counter").new_remote(&rt, ...)`.
             #vis fn actor_options() -> #create_struct {
                 #create_struct { options: ::lumen::ActorOptions::default() }
+            }
+
+            /// Options for creating a mesh of this actor:
+            /// `.num_gpus(1.0).new_mesh(&rt, &plan, ...)`.
+            #vis fn mesh_options() -> #create_struct {
+                Self::actor_options()
+            }
+        }
+
+        impl ::lumen::runtime::ActorNew for #class {
+            type Args = ( #( #new_types, )* );
+            type Wrapped = ( #( ::lumen::__private::Arg<#new_types>, )* );
+            fn wrap(args: Self::Args) -> Self::Wrapped {
+                let ( #( #new_names, )* ) = args;
+                ( #( ::lumen::IntoArg::<#new_types>::into_arg(#new_names), )* )
             }
         }
 

@@ -108,7 +108,18 @@ impl RawActorHandle {
         self.address.host
     }
 
-    /// Submits a method call (used by the generated methods).
+    /// What a mesh call sends for this actor (its address, its counted
+    /// handle).
+    pub(crate) fn address(&self) -> &ActorAddress {
+        &self.address
+    }
+
+    pub(crate) fn handles_id(&self) -> Option<ObjectId> {
+        self.handles.as_ref().map(ObjectRef::id)
+    }
+
+    /// Submits a method call (used by the generated methods). Inside
+    /// `ActorMesh::call`'s closure the call is recorded, not sent.
     #[doc(hidden)]
     pub fn __call<T, A: Serialize>(
         &self,
@@ -116,6 +127,20 @@ impl RawActorHandle {
         name: &str,
         args: &A,
     ) -> Result<ObjectRef<T>> {
+        let recorded = super::mesh::record(method, name, || {
+            let (encoded, pinned) = collect_refs(|| bincode::serialize(args));
+            let args = encoded.map_err(|e| {
+                LumenError::Runtime(RuntimeError::Codec {
+                    what: format!("the arguments of {name}"),
+                    detail: e.to_string(),
+                })
+            })?;
+            Ok((args, pinned))
+        });
+        if let Some(recorded) = recorded {
+            recorded?;
+            return Err(super::mesh::recorded());
+        }
         let inner = current_inner().ok_or(LumenError::Runtime(RuntimeError::NoRuntime))?;
         let handles = self.handles.as_ref().map(ObjectRef::id);
         let object = inner.call_actor(&self.address, handles, method, name, args)?;
@@ -247,7 +272,19 @@ pub(crate) struct ActorHost {
     killed: Mutex<HashMap<ActorId, &'static str>>,
     /// Actor threads running here (until the actor value is dropped).
     live: Arc<AtomicU64>,
+    /// The mesh broadcast calls queued here lately (a call may come twice:
+    /// down the tree and, when a rank on its way died, directly).
+    delivered: Mutex<Delivered>,
 }
+
+/// The last [`DELIVERED_KEPT`] broadcast calls queued on this rank.
+#[derive(Debug, Default)]
+struct Delivered {
+    seen: std::collections::HashSet<ObjectId>,
+    order: VecDeque<ObjectId>,
+}
+
+const DELIVERED_KEPT: usize = 1 << 16;
 
 const KILLED: &str = "it was killed";
 const UNREFERENCED: &str = "all its handles were dropped";
@@ -264,6 +301,7 @@ impl ActorHost {
         args: Vec<u8>,
         refs: Vec<ObjectId>,
         gpus: f64,
+        mesh: Option<Box<super::mesh::MeshMember>>,
     ) {
         if lock(&self.killed).contains_key(&address.id) {
             // Killed before its creation message arrived (the kill came
@@ -305,6 +343,7 @@ impl ActorHost {
                     }
                 };
                 executor::set_gpu_ids(grant.ids.clone());
+                super::mesh::set_member(mesh.map(|m| *m));
                 let constructed = match registry::class(address.class_id) {
                     None => Err(TaskFailure::new(
                         TaskErrorKind::UnknownFunction,
@@ -324,6 +363,7 @@ impl ActorHost {
                 let executor = inner.executor.clone();
                 drop(inner);
                 serve(runtime, address, slot, constructed);
+                super::mesh::set_member(None);
                 executor::set_gpu_ids(Vec::new());
                 executor.release_gpus(&grant);
             });
@@ -415,6 +455,22 @@ impl ActorHost {
             lock(&slot.mailbox).retiring = true;
             slot.ready.notify_all();
         }
+    }
+
+    /// Whether broadcast call `object` comes here for the first time (it
+    /// is then remembered; see [`Delivered`]).
+    pub(crate) fn first_delivery(&self, object: ObjectId) -> bool {
+        let mut d = lock(&self.delivered);
+        if !d.seen.insert(object) {
+            return false;
+        }
+        d.order.push_back(object);
+        if d.order.len() > DELIVERED_KEPT {
+            if let Some(old) = d.order.pop_front() {
+                d.seen.remove(&old);
+            }
+        }
+        true
     }
 
     /// Actor threads running on this rank.

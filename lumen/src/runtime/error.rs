@@ -172,4 +172,10 @@ pub enum RuntimeError {
     /// Starting the embedded local cluster failed.
     #[error("could not start the local cluster: {0}")]
     Cluster(String),
+    /// An actor mesh could not be built or used as asked.
+    #[error("actor mesh: {detail}")]
+    Mesh {
+        /// What happened and what to change.
+        detail: String,
+    },
 }

@@ -44,6 +44,7 @@ type RefPin = (ObjectId, Option<Arc<Inner>>);
 /// The references a message serialised, each pinned (an extra handle) so
 /// that the object outlives the value it was serialised from until the
 /// receiver is registered: unpinned when this drops, after the send.
+#[derive(Default)]
 pub(crate) struct Pinned {
     refs: Vec<RefPin>,
 }

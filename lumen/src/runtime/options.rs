@@ -68,6 +68,10 @@ pub struct ActorOptions {
     /// may then run twice (once partly, on the dead rank): retry only calls
     /// that can be repeated.
     pub max_task_retries: u32,
+    /// Its place in an actor mesh (set by `Runtime::actor_mesh`; read in
+    /// the actor with `lumen::mesh_member` and `lumen::mesh_communicator`).
+    #[doc(hidden)]
+    pub mesh: Option<crate::runtime::mesh::MeshMember>,
 }
 
 /// Builder methods shared by the generated per-function call types

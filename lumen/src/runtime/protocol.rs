@@ -108,6 +108,8 @@ pub(crate) enum RtMsg {
         placement_group: Option<PlacementGroupId>,
         /// Its `num_gpus`: the host gives it that many of its devices.
         gpus: f64,
+        /// Its place in an actor mesh.
+        mesh: Option<Box<super::mesh::MeshMember>>,
     },
     /// Run a method of an actor hosted here; reply `Done` to `object`'s owner.
     ActorCall {
@@ -117,6 +119,19 @@ pub(crate) enum RtMsg {
         object: ObjectId,
         args: Vec<u8>,
         refs: Vec<ObjectId>,
+    },
+    /// One call to many actors, travelling as a tree (see `runtime::mesh`):
+    /// the receiver is `hosts[0]`; it queues the calls of `targets` hosted
+    /// here and passes the rest of `hosts` on, split into `fanout` chunks.
+    MeshCall {
+        hosts: Vec<Rank>,
+        /// (host, actor, return object) of every call below this hop.
+        targets: Vec<(Rank, ActorId, ObjectId)>,
+        method: u64,
+        name: String,
+        args: Vec<u8>,
+        refs: Vec<ObjectId>,
+        fanout: u16,
     },
     /// Stop an actor hosted here (and, at its creator, never restart it).
     ActorKill { actor: ActorId },

@@ -60,6 +60,27 @@ pub(crate) struct ActorCall<P> {
     pub(crate) handles: Option<ObjectId>,
     /// What it takes to send the call again (`max_task_retries`).
     pub(crate) retry: Option<Box<CallRetry<P>>>,
+    /// For a call sent down a mesh broadcast tree: the ranks it passes
+    /// through, and the call, to send it directly when one of them dies.
+    pub(crate) relay: Option<Box<Relay>>,
+}
+
+/// How a mesh broadcast call reaches its host (see `runtime::mesh`).
+#[derive(Debug)]
+pub(crate) struct Relay {
+    /// The ranks the message passes through before its host.
+    pub(crate) via: Vec<Rank>,
+    /// The call itself, shared by every member's entry.
+    pub(crate) payload: std::sync::Arc<MeshPayload>,
+}
+
+/// A mesh broadcast's method call.
+#[derive(Debug)]
+pub(crate) struct MeshPayload {
+    pub(crate) method: u64,
+    pub(crate) name: String,
+    pub(crate) args: Vec<u8>,
+    pub(crate) refs: Vec<ObjectId>,
 }
 
 /// What a caller keeps to send an actor call again when the actor's rank
@@ -134,6 +155,34 @@ impl<P> TaskTable<P> {
     /// An actor call was sent (or sent again) to `call.host`.
     pub(crate) fn call_sent(&mut self, call: ActorCall<P>) {
         self.entries.insert(call.object, InFlight::ActorCall(call));
+    }
+
+    /// `dead` died: the mesh calls in flight whose tree passed through it
+    /// and whose host is another rank, each once (its relay is taken out),
+    /// oldest first: (object, host, actor, call) to send directly.
+    pub(crate) fn relayed_through(
+        &mut self,
+        dead: Rank,
+    ) -> Vec<(ObjectId, Rank, ActorId, std::sync::Arc<MeshPayload>)> {
+        let mut out = Vec::new();
+        for (id, entry) in self.entries.iter_mut() {
+            let InFlight::ActorCall(call) = entry else {
+                continue;
+            };
+            if call.host == dead
+                || !call
+                    .relay
+                    .as_ref()
+                    .is_some_and(|relay| relay.via.contains(&dead))
+            {
+                continue;
+            }
+            if let Some(relay) = call.relay.take() {
+                out.push((*id, call.host, call.actor, relay.payload));
+            }
+        }
+        out.sort_by_key(|(id, ..)| id.seq);
+        out
     }
 
     /// The outcome of `object` arrived: its entry, if it was in flight.
@@ -293,6 +342,7 @@ mod tests {
                     retries_left,
                 })
             }),
+            relay: None,
         }
     }
 
@@ -395,5 +445,39 @@ mod tests {
         assert_eq!(error.kind, TaskErrorKind::ActorDied);
         assert_eq!(error.rank, 4);
         assert!(error.message.contains("its rank 4 died"));
+    }
+
+    #[test]
+    fn calls_relayed_through_a_dead_rank_are_handed_back_once() {
+        let payload = std::sync::Arc::new(MeshPayload {
+            method: 2,
+            name: "step".into(),
+            args: Vec::new(),
+            refs: Vec::new(),
+        });
+        let mut table: TaskTable<()> = TaskTable::default();
+        for (seq, host, via) in [
+            (1, 3, vec![1]),
+            (2, 1, vec![]),
+            (3, 4, vec![1, 3]),
+            (4, 5, vec![2]),
+        ] {
+            let mut c = call(seq, host, None);
+            c.relay = Some(Box::new(Relay {
+                via,
+                payload: payload.clone(),
+            }));
+            table.call_sent(c);
+        }
+        let lost: Vec<(u64, Rank)> = table
+            .relayed_through(1)
+            .iter()
+            .map(|(id, host, ..)| (id.seq, *host))
+            .collect();
+        // Rank 1's own call is not relayed through it (its host died).
+        assert_eq!(lost, vec![(1, 3), (3, 4)]);
+        assert!(table.relayed_through(1).is_empty(), "handed back once");
+        assert_eq!(table.relayed_through(3).len(), 0, "already taken out");
+        assert_eq!(table.len(), 4, "the calls stay in flight");
     }
 }

@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::runtime::actor::RawActorHandle;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::ids::{ActorId, ObjectId};
+use crate::runtime::mesh::MeshMember;
 use crate::runtime::object_ref::Pinned;
 use crate::runtime::options::ActorOptions;
 use crate::runtime::placement::PlacementGroupId;
@@ -37,10 +38,11 @@ impl Inner {
         refs: Vec<ObjectId>,
         placement_group: Option<PlacementGroupId>,
         gpus: f64,
+        mesh: Option<Box<MeshMember>>,
     ) {
         self.hold_all(&refs);
         let id = address.id;
-        self.actors.create(self, address, args, refs, gpus);
+        self.actors.create(self, address, args, refs, gpus, mesh);
         if let Some(group) = placement_group {
             self.actor_in_group(group, id);
         }
@@ -262,6 +264,7 @@ impl Inner {
             refs,
             placement_group: options.placement_group.map(|p| p.group),
             gpus: options.resources.gpus,
+            mesh: options.mesh.clone().map(Box::new),
         };
         if options.max_restarts > 0 {
             self.lock().created_actors.insert(
@@ -353,6 +356,9 @@ impl Inner {
                     refs: refs.clone(),
                     placement_group: None,
                     gpus: record.options.resources.gpus,
+                    // A mesh member keeps its coordinates; the other
+                    // members' rank lists still name the dead rank.
+                    mesh: record.options.mesh.clone().map(Box::new),
                 };
                 s.actor_hosts.insert(id, host);
                 s.placed_actors.insert(id, host);
@@ -487,6 +493,7 @@ impl Inner {
                 name: name.to_string(),
                 handles,
                 retry,
+                relay: None,
             });
             if s.dead.contains(&host) {
                 drop(s);

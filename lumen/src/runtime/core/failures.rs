@@ -141,6 +141,7 @@ impl Inner {
         self.wake_all();
         self.apply(effects);
         self.fail_actor_calls(rank, &format!("its rank {rank} died"));
+        self.repair_mesh_calls(rank);
         self.restart_actors(rank);
         for effect in task_effects {
             match effect {

@@ -25,6 +25,7 @@
 mod actors;
 mod failures;
 mod groups;
+mod mesh;
 mod objects;
 mod requests;
 mod tasks;
@@ -407,6 +408,18 @@ impl Inner {
         }
     }
 
+    /// Whether `rank` takes tasks and actors (in driver mode rank 0 only
+    /// submits).
+    pub(crate) fn serves(&self, rank: Rank) -> bool {
+        !(self.mode == Mode::Driver && rank == 0 && self.size > 1)
+    }
+
+    /// An actor mesh's id, unique in the job: this rank and a number
+    /// unique here.
+    pub(crate) fn new_mesh_id(&self) -> u64 {
+        (u64::from(self.rank) << 40) | (self.new_object().seq & ((1 << 40) - 1))
+    }
+
     fn new_request(&self) -> u64 {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
@@ -462,7 +475,8 @@ impl Inner {
                 refs,
                 placement_group,
                 gpus,
-            } => self.on_actor_create(address, args, refs, placement_group, gpus),
+                mesh,
+            } => self.on_actor_create(address, args, refs, placement_group, gpus, mesh),
             M::ActorCall {
                 actor,
                 method,
@@ -471,6 +485,15 @@ impl Inner {
                 args,
                 refs,
             } => self.on_actor_call(actor, method, name, object, args, refs),
+            M::MeshCall {
+                hosts,
+                targets,
+                method,
+                name,
+                args,
+                refs,
+                fanout,
+            } => self.on_mesh_call(hosts, targets, method, name, args, refs, fanout),
             M::ActorKill { actor } => self.on_actor_kill(actor),
             M::ActorRelease { actor } => self.actors.release(self, actor),
             M::ActorLocate { actor, request } => self.on_actor_locate(src, actor, request),
