@@ -120,6 +120,74 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// Asks for the pages of `[addr, addr + len)` (rounded out to whole pages)
+/// to be allocated on NUMA node `node` from now on (`mbind` with
+/// `MPOL_PREFERRED`: a preference, so a full node falls back to others;
+/// pages already allocated stay where they are). On a shared mapping the
+/// policy is the shared object's, for every process mapping it.
+pub fn prefer_numa_node(addr: *const u8, len: usize, node: u32) -> io::Result<()> {
+    const MPOL_PREFERRED: libc::c_long = 1;
+    let words = node as usize / 64 + 1;
+    if words > 16 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("NUMA node {node} is beyond the 1024 nodes Lumen handles"),
+        ));
+    }
+    let mut mask = [0u64; 16];
+    mask[node as usize / 64] |= 1u64 << (node % 64);
+    let page = 4096usize;
+    let start = addr as usize & !(page - 1);
+    let end = (addr as usize).saturating_add(len).div_ceil(page) * page;
+    // SAFETY: mbind only changes the memory policy of the range (no access
+    // to it); the kernel validates the range (EFAULT/EINVAL) and reads
+    // `words * 64` bits of `mask`, which is that long.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            start,
+            end - start,
+            MPOL_PREFERRED,
+            mask.as_ptr(),
+            (words * 64 + 1) as libc::c_ulong,
+            0 as libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The memory policy of the page holding `addr`: (mode, first node of its
+/// node mask); `MPOL_DEFAULT` is mode 0, `MPOL_PREFERRED` 1.
+pub fn numa_policy_of(addr: *const u8) -> io::Result<(i32, Option<u32>)> {
+    const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
+    let mut mode: libc::c_int = 0;
+    let mut mask = [0u64; 16];
+    // SAFETY: get_mempolicy writes one int to `mode` and at most 1024 bits
+    // to `mask` (its length); `addr` is only looked up, not accessed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut mode as *mut libc::c_int,
+            mask.as_mut_ptr(),
+            1024 as libc::c_ulong,
+            addr,
+            MPOL_F_ADDR,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let first = mask
+        .iter()
+        .enumerate()
+        .find(|(_, w)| **w != 0)
+        .map(|(i, w)| i as u32 * 64 + w.trailing_zeros());
+    Ok((mode, first))
+}
+
 /// Copies `dst.len()` bytes from address `addr` of process `pid` into `dst`
 /// (`process_vm_readv`: a single copy, kernel to kernel). Fails with EPERM
 /// where ptrace rules forbid it, EFAULT where the range is not mapped there.
@@ -625,5 +693,31 @@ impl Drop for SharedMapping {
         unsafe {
             libc::munmap(self.ptr.cast(), self.len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapping_can_prefer_numa_node_zero() {
+        let name = format!("lumen-numa-test-{}", std::process::id());
+        let object = SharedObject::create(&name).expect("create");
+        object.set_len(1 << 20).expect("size");
+        let map = object.map(1 << 20).expect("map");
+        let _ = SharedMapping::unlink(&name);
+        let ptr = map.as_ptr().cast_const();
+        assert_eq!(numa_policy_of(ptr).expect("policy").0, 0, "default first");
+        // SAFETY: inside the 1 MiB mapping.
+        let middle = unsafe { ptr.add(4096 * 3 + 17) };
+        prefer_numa_node(middle, 8192, 0).expect("mbind to node 0");
+        assert_eq!(numa_policy_of(middle).expect("policy"), (1, Some(0)));
+        assert_eq!(
+            numa_policy_of(ptr).expect("policy").0,
+            0,
+            "outside the range"
+        );
+        assert!(prefer_numa_node(ptr, 4096, 5000).is_err(), "no such node");
     }
 }

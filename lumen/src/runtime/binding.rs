@@ -14,10 +14,33 @@
 //! binding is logged at `LUMEN_LOG=info` and returned by
 //! [`Runtime::binding`](super::Runtime::binding).
 //!
-//! Not done here yet: placing the arena's memory on the rank's NUMA node
-//! (mbind), and narrowing `CUDA_VISIBLE_DEVICES` to the rank's GPU.
+//! The machine comes from `LUMEN_TOPOLOGY_XML` when it names an hwloc XML
+//! file (as hwloc's own `HWLOC_XMLFILE`: for machines whose sysfs says too
+//! little, and for tests on synthetic machines), else from discovery.
+//!
+//! # GPUs
+//! A rank bound next to GPUs owns them: unless `LUMEN_NUM_GPUS` or the
+//! Slurm allocation already said which GPUs the rank has, its binding's
+//! GPUs become its GPU set, and its process is narrowed to them —
+//! `CUDA_VISIBLE_DEVICES` is set to their indices in PCI order, with
+//! `CUDA_DEVICE_ORDER=PCI_BUS_ID` so CUDA counts them in that order too,
+//! before anything in the process initialises CUDA. Inside the process
+//! they are then CUDA ordinals `0..k`, the ids tasks and actors get
+//! (`Runtime::gpu_ids`). A `CUDA_VISIBLE_DEVICES` set already (by the
+//! user, or by Slurm's gres binding) is left as it is: the rank then uses
+//! what it names.
+//!
+//! # Memory
+//! The node's object arena is shared by its local ranks, so it is not
+//! bound to one NUMA node as a whole. Its pages are placed where they are
+//! first written (Linux's default local policy): by the rank creating the
+//! object, on that rank's bound cores, so on its NUMA node. Large objects
+//! (at least [`NUMA_BIND_MIN`]) are also asked for on the rank's node
+//! explicitly (`mbind(MPOL_PREFERRED)` over the object's pages, see the
+//! store), which covers blocks reused after an object of another NUMA
+//! node was freed.
 
-use lumen_sched::topology::{bind_local_ranks, RankBinding, Topology};
+use lumen_sched::topology::{bind_local_ranks, RankBinding, Topology, TopologyError};
 
 use super::config::BindPolicy;
 
@@ -68,7 +91,7 @@ pub(crate) fn bind_rank(
     if policy == BindPolicy::None {
         return None;
     }
-    let topology = match Topology::discover() {
+    let topology = match machine() {
         Ok(topology) => topology,
         Err(e) => {
             tracing::info!(rank, "not binding: the machine's topology is unknown ({e})");
@@ -132,4 +155,52 @@ fn describe(binding: &RankBinding) -> String {
             .map(|n| format!(", NIC {}", n.name.as_deref().unwrap_or(&n.pci_bus_id)))
             .unwrap_or_default()
     )
+}
+
+/// Objects at least this large are asked for on the creating rank's NUMA
+/// node explicitly (smaller ones are left to first touch: the system call
+/// would cost more than the remote accesses it saves).
+pub(crate) const NUMA_BIND_MIN: usize = 1 << 20;
+
+/// The machine: `LUMEN_TOPOLOGY_XML`'s hwloc XML file, or discovery.
+fn machine() -> Result<Topology, TopologyError> {
+    match std::env::var_os("LUMEN_TOPOLOGY_XML") {
+        Some(path) if !path.is_empty() => {
+            Topology::from_hwloc_xml_file(std::path::Path::new(&path))
+        }
+        _ => Topology::discover(),
+    }
+}
+
+/// The `CUDA_VISIBLE_DEVICES` value for a binding's GPUs (their indices
+/// in PCI order), or `None` when it has none.
+pub(crate) fn visible_devices(binding: &RankBinding) -> Option<String> {
+    if binding.gpus.is_empty() {
+        return None;
+    }
+    let ids: Vec<String> = binding.gpus.iter().map(|g| g.index.to_string()).collect();
+    Some(ids.join(","))
+}
+
+/// Narrows this process to its binding's GPUs (see the module docs);
+/// returns the CUDA ordinals its tasks get, or `None` when the binding has
+/// no GPU or `CUDA_VISIBLE_DEVICES` was set already.
+pub(crate) fn narrow_visible_gpus(rank: u32, binding: &RankBinding) -> Option<Vec<u32>> {
+    let visible = visible_devices(binding)?;
+    if let Ok(already) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        tracing::info!(
+            rank,
+            "CUDA_VISIBLE_DEVICES={already} is set already: not narrowing it to GPUs {visible} of the binding"
+        );
+        return None;
+    }
+    // Set at start-up, before the executor and anything that reads CUDA's
+    // variables runs (the transport's threads do not read the environment).
+    std::env::set_var("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+    std::env::set_var("CUDA_VISIBLE_DEVICES", &visible);
+    tracing::info!(
+        rank,
+        "CUDA_VISIBLE_DEVICES={visible} (the GPUs next to its cores)"
+    );
+    Some((0..binding.gpus.len() as u32).collect())
 }

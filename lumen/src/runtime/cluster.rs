@@ -214,23 +214,32 @@ fn start(
             }
         }
     };
-    let ranks = hello(&endpoint, node, &config)?;
-    if let Some(arena) = &arena {
-        arena.forget_name();
-    }
-    // Bound before the executor's threads start (they inherit it).
-    let local_size = ranks.iter().filter(|r| r.node == node).count();
-    let slurm_cpus = match &membership {
-        Membership::Job(job) => job.resources.cpus.clone(),
-        Membership::Embedded(_) => None,
+    // Bound before the executor's threads start (they inherit it), and
+    // before the hello, which tells every rank the GPUs the binding gives.
+    let (local_size, slurm_cpus) = match &membership {
+        Membership::Job(job) => (job.world.local_size, job.resources.cpus.clone()),
+        Membership::Embedded(cluster) => (cluster.job.world.local_size, None),
     };
     let binding = super::binding::bind_rank(
         config.bind,
         endpoint.rank(),
         local_rank as usize,
-        local_size,
+        local_size.max(1) as usize,
         slurm_cpus.as_deref(),
     );
+    let config = match (&binding, config.gpu_ids.is_none()) {
+        (Some(binding), true) => {
+            match super::binding::narrow_visible_gpus(endpoint.rank(), binding) {
+                Some(ordinals) => config.with_allocated_gpus(&ordinals),
+                None => config,
+            }
+        }
+        _ => config,
+    };
+    let ranks = hello(&endpoint, node, &config)?;
+    if let Some(arena) = &arena {
+        arena.forget_name();
+    }
     let inner = Inner::start(endpoint, mode, ranks, job_id, arena, &config, binding)?;
     if mode == Mode::Driver && inner.rank != 0 {
         serve_until_shutdown(inner, membership);

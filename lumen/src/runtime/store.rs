@@ -112,6 +112,9 @@ pub(crate) struct ValueStore {
     values: Mutex<HashMap<u64, Arc<[u8]>>>,
     next_key: AtomicU64,
     pull_chunk_bytes: u64,
+    /// The NUMA node this rank is bound to: large objects it stores are
+    /// asked for there (see `runtime/binding.rs`, "Memory").
+    numa: Option<u32>,
 }
 
 /// Arena ids: `hi` = storing rank + 1 (never nil), `lo` = its key.
@@ -125,6 +128,7 @@ impl ValueStore {
         nodes: Vec<u32>,
         arena: Option<Arena>,
         pull_chunk_bytes: u64,
+        numa: Option<u32>,
     ) -> Self {
         ValueStore {
             endpoint,
@@ -133,6 +137,7 @@ impl ValueStore {
             values: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
             pull_chunk_bytes,
+            numa,
         }
     }
 
@@ -148,7 +153,13 @@ impl ValueStore {
         let len = bytes.len() as u64;
         if let Some(arena) = &self.arena {
             let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-            match arena.arena.put_bytes(arena_id(rank, key), bytes) {
+            let stored = match self.numa {
+                Some(node) if bytes.len() >= super::binding::NUMA_BIND_MIN => arena
+                    .arena
+                    .put_bytes_on_node(arena_id(rank, key), bytes, node),
+                _ => arena.arena.put_bytes(arena_id(rank, key), bytes),
+            };
+            match stored {
                 Ok(()) => {
                     return Outcome::Stored {
                         rank,

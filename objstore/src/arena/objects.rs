@@ -86,6 +86,25 @@ impl NodeArena {
         w.seal()
     }
 
+    /// Stores a copy of `bytes` as sealed object `id`, its pages asked for
+    /// on NUMA node `numa` before they are written (`mbind`
+    /// `MPOL_PREFERRED` over the object's block; see
+    /// `lumen_transport::sys::prefer_numa_node`). A refused preference is
+    /// logged, not an error: the bytes are stored either way.
+    pub fn put_bytes_on_node(
+        &self,
+        id: ObjectId,
+        bytes: &[u8],
+        numa: u32,
+    ) -> Result<(), ObjectStoreError> {
+        let mut w = self.create_object(id, bytes.len() as u64)?;
+        if let Err(e) = lumen_transport::sys::prefer_numa_node(w.as_mut_ptr(), bytes.len(), numa) {
+            tracing::debug!(object = %id, "NUMA node {numa} preference refused: {e}");
+        }
+        w.copy_from_slice(bytes);
+        w.seal()
+    }
+
     /// Stores a copy of `values` as sealed object `id` (read back with
     /// [`ObjectView::as_slice`]).
     pub fn put_pod<T: bytemuck::Pod>(

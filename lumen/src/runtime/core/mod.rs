@@ -311,7 +311,13 @@ impl Inner {
         let cpus = me.resources.cpus.max(1.0);
         let nodes: Vec<u32> = ranks.iter().map(|r| r.node).collect();
         let inner = Arc::new(Inner {
-            store: ValueStore::new(endpoint.clone(), nodes, arena, config.pull_chunk_bytes),
+            store: ValueStore::new(
+                endpoint.clone(),
+                nodes,
+                arena,
+                config.pull_chunk_bytes,
+                binding.as_ref().map(|b| b.numa),
+            ),
             endpoint,
             rank,
             size,
