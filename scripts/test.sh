@@ -38,9 +38,14 @@ cargo build -p lumen --features mpi --examples --quiet
 cargo nextest run -p lumen --features mpi --test mpi_launch --no-fail-fast
 cargo test --workspace --doc --quiet
 
+echo "== hwloc discovery (feature hwloc: the system's libhwloc before sysfs)"
+cargo clippy -p lumen-sched --features hwloc --all-targets --quiet -- -D warnings
+cargo test -p lumen-sched --features hwloc --lib --quiet topology
+
 echo "== benchmark smoke run"
 target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"
 target/debug/lumen bench collectives --scale 0.01 --sizes 8,65536 --ranks 2,3 --json "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json"
+target/debug/lumen bench sched --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-sched-bench-smoke.json"
 
 echo "== NCCL backend (builds without CUDA; at run time it must report the missing libraries)"
 cargo clippy -p lumen-collectives --features nccl --all-targets --quiet -- -D warnings

@@ -211,15 +211,20 @@ fn topo(args: TopoArgs) -> anyhow::Result<ExitCode> {
     use lumen_sched::topology::{bind_local_ranks, Topology};
     // The errors' messages carry their causes already: no `{:#}` chain.
     let flat = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
-    let (topology, allowed) = match &args.xml {
+    let (topology, allowed, source) = match &args.xml {
         Some(path) => (
             Topology::from_hwloc_xml_file(path).map_err(|e| flat(&e))?,
             None,
+            format!("hwloc XML {}", path.display()),
         ),
-        None => (
-            Topology::discover().map_err(|e| flat(&e))?,
-            this_process_cpus(),
-        ),
+        None => {
+            let (topology, source) = Topology::discover_with_source().map_err(|e| flat(&e))?;
+            let source = match source {
+                lumen_sched::topology::Source::Hwloc => "hwloc (discovered)",
+                lumen_sched::topology::Source::Sysfs => "sysfs (discovered)",
+            };
+            (topology, this_process_cpus(), source.to_string())
+        }
     };
     let allowed = match &args.cpus {
         Some(list) => Some(parse_cpu_list(list)?),
@@ -230,11 +235,12 @@ fn topo(args: TopoArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     if args.json {
-        let out = serde_json::json!({ "topology": topology, "binding": binding });
+        let out = serde_json::json!({ "source": source, "topology": topology, "binding": binding });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", topology.render());
+    println!("(from {source})");
     if let Some(binding) = binding {
         println!();
         println!("binding of {} local ranks:", binding.len());

@@ -49,7 +49,7 @@ fn dgx_like_node_is_read_whole() {
     assert_eq!(dgx.device_distance(&dgx.nics[3], 0), Distance::OtherPackage);
 
     let text = dgx.render();
-    assert!(text.starts_with("Machine (1024GB total)\n  Package P#0\n    NUMANode P#0 (256GB)\n      Core P#0 + PU P#0\n"), "{text}");
+    assert!(text.starts_with("Machine (1024GB total)\n  Package P#0\n    NUMANode P#0 (256GB)\n      Caches: L3 128MB x1\n      Core P#0 + PU P#0\n"), "{text}");
     assert!(
         text.contains("GPU \"NVIDIA A100-SXM4-40GB\" (PCI 0000:07:00.0) cuda0 NVLink island 0"),
         "{text}"
@@ -270,4 +270,19 @@ fn discover_reads_this_machine() {
     assert!(here.cpus().len() >= 2, "{here}");
     let bindings = bind_local_ranks(&here, 2, None).unwrap();
     assert_eq!(bindings.len(), 2);
+}
+
+#[test]
+fn caches_come_with_the_machines() {
+    let dgx = machine("dgx-like.xml");
+    let l3: Vec<_> = dgx.caches.iter().filter(|c| c.level == 3).collect();
+    assert_eq!(l3.len(), 4, "one L3 per NUMA node: {:?}", dgx.caches);
+    assert!(l3
+        .iter()
+        .all(|c| c.size_bytes == 128 << 20 && c.cpus.len() == 16));
+    assert!(
+        dgx.render().contains("Caches: L3 128MB x1"),
+        "{}",
+        dgx.render()
+    );
 }

@@ -285,6 +285,7 @@ mod tests {
                 })
                 .collect(),
             nics: Vec::new(),
+            caches: Vec::new(),
         }
     }
 

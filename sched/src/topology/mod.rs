@@ -12,7 +12,8 @@
 //! │       └── cores: Core (P#)
 //! │           └── pus: OS cpu numbers (what sched_setaffinity takes)
 //! ├── gpus: PciDevice (bus id, vendor, model, NUMA node, NVLink island)
-//! └── nics: PciDevice (bus id, vendor, name, NUMA node)
+//! ├── nics: PciDevice (bus id, vendor, name, NUMA node)
+//! └── caches: Cache (level, kind, size, the cpus sharing it)
 //! ```
 //!
 //! Invariants a [`Topology`] keeps, whichever source built it: every PU
@@ -27,7 +28,14 @@
 //!   how tests describe synthetic machines (`sched/tests/machines/`).
 //! - [`Topology::from_sysfs`]: Linux sysfs under a root directory
 //!   (`/sys` on a real machine, a fake tree in tests), the fallback when
-//!   hwloc is absent. [`Topology::discover`] reads the real `/sys`.
+//!   hwloc is absent.
+//! - With the crate feature `hwloc`, the system's hwloc library
+//!   (`hwlocality`, Debian `libhwloc-dev`): it discovers the machine (I/O
+//!   devices included) and exports its XML, which the XML reader above
+//!   reads, so both paths build the same model the same way.
+//!
+//! [`Topology::discover`] tries hwloc first when the feature is on, then
+//! sysfs; [`Topology::discover_with_source`] also says which answered.
 //!
 //! Malformed input never panics: it is a [`TopologyError`] that names the
 //! file or element and what was wrong with it.
@@ -68,6 +76,8 @@
 
 mod binding;
 mod bitmap;
+#[cfg(feature = "hwloc")]
+mod hwloc;
 mod render;
 mod sysfs;
 mod xml;
@@ -87,6 +97,54 @@ pub struct Topology {
     pub gpus: Vec<PciDevice>,
     /// The network interfaces (Ethernet, InfiniBand, ...), sorted by PCI bus id.
     pub nics: Vec<PciDevice>,
+    /// The CPU caches, sorted by level, kind, then first cpu; empty when
+    /// the source does not say.
+    #[serde(default)]
+    pub caches: Vec<Cache>,
+}
+
+/// What a cache holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CacheKind {
+    /// Data only (L1d).
+    Data,
+    /// Instructions only (L1i).
+    Instruction,
+    /// Both.
+    Unified,
+}
+
+/// One CPU cache and the cpus that share it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cache {
+    /// 1 for L1, 2 for L2, ...
+    pub level: u8,
+    /// Data, instruction or unified.
+    pub kind: CacheKind,
+    /// Its size in bytes (0 when the source does not say).
+    pub size_bytes: u64,
+    /// The OS cpus sharing it, ascending.
+    pub cpus: Vec<usize>,
+}
+
+impl Cache {
+    /// `L1d`, `L1i`, `L2`, `L3`...
+    pub fn name(&self) -> String {
+        match self.kind {
+            CacheKind::Data => format!("L{}d", self.level),
+            CacheKind::Instruction => format!("L{}i", self.level),
+            CacheKind::Unified => format!("L{}", self.level),
+        }
+    }
+}
+
+/// Which source [`Topology::discover_with_source`] read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    /// The system's hwloc library (feature `hwloc`).
+    Hwloc,
+    /// Linux sysfs.
+    Sysfs,
 }
 
 /// A package (socket) and the NUMA nodes inside it.
@@ -207,6 +265,9 @@ pub enum TopologyError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The hwloc library failed (feature `hwloc`).
+    #[error("hwloc: {0}")]
+    Hwloc(String),
     /// The source describes no processing unit at all.
     #[error("{what}: no processing unit (PU / cpu) found")]
     NoCpus {
@@ -219,7 +280,17 @@ impl Topology {
     /// Reads the real machine through `/sys` (the sysfs fallback; hwloc
     /// itself is not linked here).
     pub fn discover() -> Result<Topology, TopologyError> {
-        Topology::from_sysfs(std::path::Path::new("/sys"))
+        Topology::discover_with_source().map(|(topology, _)| topology)
+    }
+
+    /// Discovers this machine (hwloc when the feature is on and the library
+    /// answers, else sysfs) and says which source answered.
+    pub fn discover_with_source() -> Result<(Topology, Source), TopologyError> {
+        #[cfg(feature = "hwloc")]
+        if let Ok(topology) = hwloc::discover() {
+            return Ok((topology, Source::Hwloc));
+        }
+        Topology::from_sysfs(std::path::Path::new("/sys")).map(|t| (t, Source::Sysfs))
     }
 
     /// Reads a sysfs tree rooted at `root` (`/sys` on a real machine):
@@ -373,6 +444,14 @@ impl Topology {
         self.packages.sort_by_key(|package| package.os_index);
         self.gpus.sort_by(|a, b| a.pci_bus_id.cmp(&b.pci_bus_id));
         self.nics.sort_by(|a, b| a.pci_bus_id.cmp(&b.pci_bus_id));
+        for cache in &mut self.caches {
+            cache.cpus.sort_unstable();
+            cache.cpus.dedup();
+        }
+        self.caches.retain(|cache| !cache.cpus.is_empty());
+        self.caches
+            .sort_by_key(|c| (c.level, c.kind, c.cpus.first().copied()));
+        self.caches.dedup();
         if self.cores().next().is_none() {
             return Err(TopologyError::NoCpus {
                 what: what.to_string(),

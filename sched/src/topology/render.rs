@@ -65,6 +65,14 @@ pub(super) fn render(topology: &Topology) -> String {
                     let _ = writeln!(out, "    NUMANode P#{}", node.os_index);
                 }
             }
+            let node_cpus: Vec<usize> = node
+                .cores
+                .iter()
+                .flat_map(|core| core.pus.iter().copied())
+                .collect();
+            if let Some(line) = cache_line(topology, &node_cpus) {
+                let _ = writeln!(out, "      {line}");
+            }
             for core in &node.cores {
                 let pus: Vec<String> = core.pus.iter().map(|pu| format!("PU P#{pu}")).collect();
                 let _ = writeln!(out, "      Core P#{} + {}", core.os_index, pus.join(" + "));
@@ -91,4 +99,33 @@ mod tests {
         assert_eq!(size(1536 << 20), "1536MB");
         assert_eq!(size(100), "100B");
     }
+}
+
+/// `Caches: L3 128MB x1, L2 512KB x16, ...`: the caches whose cpus all lie
+/// in `cpus`, by level (highest first), counted per name and size.
+fn cache_line(topology: &Topology, cpus: &[usize]) -> Option<String> {
+    let mut groups: Vec<(u8, String, u64, usize)> = Vec::new();
+    for cache in topology
+        .caches
+        .iter()
+        .filter(|c| c.cpus.iter().all(|cpu| cpus.contains(cpu)))
+    {
+        let name = cache.name();
+        match groups
+            .iter_mut()
+            .find(|g| g.1 == name && g.2 == cache.size_bytes)
+        {
+            Some(group) => group.3 += 1,
+            None => groups.push((cache.level, name, cache.size_bytes, 1)),
+        }
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    groups.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(_, name, bytes, count)| format!("{name} {} x{count}", size(*bytes)))
+        .collect();
+    Some(format!("Caches: {}", parts.join(", ")))
 }

@@ -16,7 +16,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::bitmap::parse_cpu_list;
-use super::{excerpt, Core, DeviceKind, NumaNode, Package, PciDevice, Topology, TopologyError};
+use super::{
+    excerpt, Cache, CacheKind, Core, DeviceKind, NumaNode, Package, PciDevice, Topology,
+    TopologyError,
+};
 
 fn read_optional(path: &Path) -> Result<Option<String>, TopologyError> {
     match std::fs::read_to_string(path) {
@@ -126,6 +129,70 @@ fn mem_total(path: &Path, text: &str) -> Result<Option<u64>, TopologyError> {
             .ok_or_else(|| bad(path, line, "MemTotal overflows"));
     }
     Ok(None)
+}
+
+/// `devices/system/cpu/cpuN/cache/indexK/{level,type,size,shared_cpu_list}`
+/// of every cpu, each cache once (the cpus sharing one list the same set).
+fn caches(root: &Path, cpus: impl Iterator<Item = usize>) -> Result<Vec<Cache>, TopologyError> {
+    let mut out: Vec<Cache> = Vec::new();
+    for cpu in cpus {
+        let dir = root.join(format!("devices/system/cpu/cpu{cpu}/cache"));
+        for (_, index) in numbered_entries(&dir, "index")? {
+            let Some(level) = read_number::<u8>(&index.join("level"))? else {
+                continue;
+            };
+            let kind_path = index.join("type");
+            let kind = match read_optional(&kind_path)?.as_deref().map(str::trim) {
+                Some("Data") => CacheKind::Data,
+                Some("Instruction") => CacheKind::Instruction,
+                Some("Unified") | None => CacheKind::Unified,
+                Some(other) => {
+                    return Err(bad(&kind_path, other, "not Data, Instruction or Unified"))
+                }
+            };
+            let size_path = index.join("size");
+            let size_bytes = match read_optional(&size_path)? {
+                Some(text) => cache_size(&text)
+                    .ok_or_else(|| bad(&size_path, &text, "not a size like 32K"))?,
+                None => 0,
+            };
+            let list_path = index.join("shared_cpu_list");
+            let shared = match read_optional(&list_path)? {
+                Some(text) => {
+                    parse_cpu_list(&text).map_err(|problem| bad(&list_path, &text, problem))?
+                }
+                None => vec![cpu],
+            };
+            let cache = Cache {
+                level,
+                kind,
+                size_bytes,
+                cpus: shared,
+            };
+            if !out.contains(&cache) {
+                out.push(cache);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `32K`, `1024K`, `32M`, `1G` or bytes.
+fn cache_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let value: u64 = digits.parse().ok()?;
+    let scale = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return None,
+    };
+    value.checked_mul(scale)
 }
 
 pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
@@ -262,6 +329,7 @@ pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
         }
     }
 
+    let caches = caches(root, cpus.keys().copied())?;
     Topology {
         packages: packages
             .into_iter()
@@ -272,6 +340,7 @@ pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
             .collect(),
         gpus,
         nics,
+        caches,
     }
     .normalise(&what)
 }
@@ -352,6 +421,42 @@ mod tests {
         }
         sys.write("bus/pci/devices/0000:08:00.0/infiniband/mlx5_0/ports", "");
         sys
+    }
+
+    #[test]
+    fn caches_are_read_once_each() {
+        let sys = two_numa_machine("caches");
+        for cpu in 0..8u32 {
+            let base = format!("devices/system/cpu/cpu{cpu}/cache");
+            let core_first = cpu / 2 * 2;
+            sys.write(&format!("{base}/index0/level"), "1\n");
+            sys.write(&format!("{base}/index0/type"), "Data\n");
+            sys.write(&format!("{base}/index0/size"), "48K\n");
+            sys.write(
+                &format!("{base}/index0/shared_cpu_list"),
+                &format!("{core_first}-{}\n", core_first + 1),
+            );
+            let package_first = cpu / 4 * 4;
+            sys.write(&format!("{base}/index1/level"), "3\n");
+            sys.write(&format!("{base}/index1/type"), "Unified\n");
+            sys.write(&format!("{base}/index1/size"), "32M\n");
+            sys.write(
+                &format!("{base}/index1/shared_cpu_list"),
+                &format!("{package_first}-{}\n", package_first + 3),
+            );
+        }
+        let t = read(&sys.0).expect("a topology");
+        assert_eq!(t.caches.len(), 4 + 2, "{:?}", t.caches);
+        let l3: Vec<&Cache> = t.caches.iter().filter(|c| c.level == 3).collect();
+        assert_eq!(l3[0].size_bytes, 32 << 20);
+        assert_eq!(l3[1].cpus, vec![4, 5, 6, 7]);
+        assert!(
+            t.render().contains("Caches: L3 32MB x1, L1d 48KB x2"),
+            "{}",
+            t.render()
+        );
+        sys.write("devices/system/cpu/cpu0/cache/index0/size", "lots\n");
+        assert!(matches!(read(&sys.0), Err(TopologyError::BadFile { .. })));
     }
 
     #[test]

@@ -26,7 +26,9 @@ use std::collections::{BTreeMap, HashMap};
 use roxmltree::{Document, Node};
 
 use super::bitmap::parse_hwloc_bitmap;
-use super::{Core, DeviceKind, NumaNode, Package, PciDevice, Topology, TopologyError};
+use super::{
+    Cache, CacheKind, Core, DeviceKind, NumaNode, Package, PciDevice, Topology, TopologyError,
+};
 
 struct Reader<'a, 'input> {
     document: &'a Document<'input>,
@@ -243,6 +245,7 @@ pub(super) fn parse(text: &str, what: &str) -> Result<Topology, TopologyError> {
         }
     }
 
+    let caches = caches(&reader, &document)?;
     Topology {
         packages: packages
             .into_iter()
@@ -253,8 +256,49 @@ pub(super) fn parse(text: &str, what: &str) -> Result<Topology, TopologyError> {
             .collect(),
         gpus,
         nics,
+        caches,
     }
     .normalise(what)
+}
+
+/// The cache objects: hwloc 2.x's `L1Cache` ... `L5Cache`, `L1iCache` ...
+/// `L3iCache`, and hwloc 1.x's `Cache` with a `depth`; `cache_type` 0 is
+/// unified, 1 data, 2 instruction.
+fn caches(reader: &Reader<'_, '_>, document: &Document<'_>) -> Result<Vec<Cache>, TopologyError> {
+    let mut out = Vec::new();
+    for node in document.descendants() {
+        if !node.is_element() || node.tag_name().name() != "object" {
+            continue;
+        }
+        let Some(kind) = node.attribute("type") else {
+            continue;
+        };
+        let (level, instruction) = match kind.strip_prefix('L') {
+            Some(rest) if rest.ends_with("iCache") => {
+                (rest.trim_end_matches("iCache").parse::<u8>().ok(), true)
+            }
+            Some(rest) if rest.ends_with("Cache") => {
+                (rest.trim_end_matches("Cache").parse::<u8>().ok(), false)
+            }
+            _ if kind == "Cache" => (reader.number::<u8>(node, "depth")?, false),
+            _ => continue,
+        };
+        let Some(level) = level else {
+            return Err(reader.error(node, "a cache without a level"));
+        };
+        let kind = match (instruction, reader.number::<u8>(node, "cache_type")?) {
+            (true, _) | (false, Some(2)) => CacheKind::Instruction,
+            (false, Some(1)) => CacheKind::Data,
+            _ => CacheKind::Unified,
+        };
+        out.push(Cache {
+            level,
+            kind,
+            size_bytes: reader.number::<u64>(node, "cache_size")?.unwrap_or(0),
+            cpus: reader.cpuset(node, "cpuset")?.unwrap_or_default(),
+        });
+    }
+    Ok(out)
 }
 
 /// The OS index of the `Package` ancestor of `node` (its position among
