@@ -58,6 +58,7 @@ pub struct PlacementGroupScheduling {
 }
 
 /// One bundle of a placement group: the group and the bundle's index in
-/// it. An executor keeps one pool of CPU slots per bundle reserved on its
-/// rank (see [`crate::CpuSlots`]).
+/// it. An executor keeps one pool of resources (CPU slots, custom
+/// resources, GPU devices) per bundle reserved on its rank (see
+/// [`crate::ResourceSlots`]).
 pub type Bundle = (PlacementGroupId, u32);

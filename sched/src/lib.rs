@@ -15,18 +15,23 @@
 //! - [`Resources`]: amounts of CPUs, GPUs and custom resources (Ray's
 //!   `num_cpus`, `num_gpus`, `resources`).
 //! - [`Scheduler`] (module `policy`): the placement policy of one
-//!   submitting rank, over [`RankSlot`]s: exact rank, node affinity,
-//!   feasibility against total resources ([`Infeasible`] otherwise), data
-//!   locality, least load, a warm rank for chains of dependent tasks.
+//!   submitting rank, over [`RankSlot`]s: exact rank, node affinity (hard,
+//!   or soft), feasibility against total resources ([`Infeasible`]
+//!   otherwise), SPREAD, data locality by argument bytes per node with
+//!   load-aware spillback (queue lengths the ranks report), GPU avoidance
+//!   and NIC locality, least load, a warm rank for chains of dependent
+//!   tasks ([`Request`], [`Preferences`], [`SchedulingStrategy`]).
 //! - Placement groups: their names ([`PlacementGroupId`],
 //!   [`PlacementStrategy`], [`PlacementGroupScheduling`]), the strategies
 //!   PACK / SPREAD / STRICT_PACK / STRICT_SPREAD ([`place`]) and the
 //!   job-wide [`PlacementTable`], stepped by its callers and answering in
 //!   [`Action`]s (reserve, release, answer).
-//! - [`CpuSlots`]: a rank's CPU accounting as its executor sees it, the
-//!   free pool and one pool per bundle reserved there.
+//! - [`ResourceSlots`]: a rank's resources as its executor counts them
+//!   (CPU slots, custom resources, GPU devices), the free pool and one
+//!   pool per bundle reserved there.
 //! - [`GpuSlots`]: which specific GPUs a task or actor with `num_gpus`
-//!   gets on its rank (whole devices exclusive, fractions sharing one).
+//!   gets on its rank (whole devices exclusive, fractions sharing one),
+//!   and which devices each bundle holds.
 //!
 //! # What comes next, and where
 //! Machine topology is [`topology`]: packages, NUMA nodes, cores, PUs,
@@ -37,9 +42,9 @@
 //! runtime's job); the model-shard planner is [`shard`]
 //! (TP/CP/PP/DP/EP onto NVLink islands, nodes and NICs: rank layout,
 //! communicators, predicted cross-node bytes beside Megatron's order
-//! and the naive one); topology-aware policies
-//! (locality-aware spillback, GPU affinity) extend `policy`. They stay
-//! pure like the rest, fed with discovered facts by the layer above.
+//! and the naive one); the policy's NIC locality is fed from that
+//! binding ([`Scheduler::with_nic_local`]). They stay pure like the rest,
+//! fed with discovered facts by the layer above.
 //!
 //! # Example
 //! A placement group of two one-CPU bundles spread over a two-node job,
@@ -111,9 +116,9 @@ pub mod topology;
 
 pub use gpus::{GpuGrant, GpuRequestError, GpuSlots};
 pub use group::{Bundle, PlacementGroupId, PlacementGroupScheduling, PlacementStrategy};
-pub use policy::{Infeasible, RankSlot, Request, Scheduler};
+pub use policy::{Infeasible, Preferences, RankSlot, Request, Scheduler, SchedulingStrategy};
 pub use resources::Resources;
-pub use slots::CpuSlots;
+pub use slots::{Held, ResourceSlots};
 pub use strategy::place;
 pub use table::{Action, GroupAnswer, GroupView, Host, PlacementTable};
 

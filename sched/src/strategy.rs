@@ -39,8 +39,20 @@ pub fn place(
     hosts: &[Host],
     available: &[Resources],
 ) -> Option<Vec<Rank>> {
+    place_where(bundles, strategy, hosts, available, |_| true)
+}
+
+/// [`place`] on the live serving hosts for which `allowed` (of the rank)
+/// holds: how the table places a group's bundles again on some nodes only.
+pub(crate) fn place_where(
+    bundles: &[Resources],
+    strategy: PlacementStrategy,
+    hosts: &[Host],
+    available: &[Resources],
+    allowed: impl Fn(usize) -> bool,
+) -> Option<Vec<Rank>> {
     let eligible: Vec<usize> = (0..hosts.len().min(available.len()))
-        .filter(|&i| hosts[i].alive && hosts[i].serving)
+        .filter(|&i| hosts[i].alive && hosts[i].serving && allowed(i))
         .collect();
     if eligible.is_empty() || bundles.is_empty() {
         return None;

@@ -27,16 +27,37 @@
 //!
 //! # Failures
 //! A host that dies while its bundles are being reserved fails the group
-//! (the other hosts release theirs; its waiters learn why). Bundles of a
-//! created group are not moved when their rank dies: tasks and actors sent
-//! to that bundle fail as on any dead rank (Ray reschedules such bundles on
-//! other nodes). A pending group that can no longer fit is refused.
+//! (the other hosts release theirs; its waiters learn why). A pending
+//! group that can no longer fit is refused.
+//!
+//! A **created** group whose bundle host dies is *rescheduled*, as Ray's
+//! GCS reschedules the bundles of a dead node: the bundles that were on
+//! that rank are placed again on live hosts, the others stay where they
+//! are, and the group's strategy still holds against them:
+//! - `STRICT_SPREAD`: each moved bundle on a node that holds no other
+//!   bundle of the group (and not two moved bundles on one node);
+//! - `STRICT_PACK`: on the node of the group's other bundles (any single
+//!   node when none is left);
+//! - `PACK`: the node of the others when they fit there, else anywhere;
+//! - `SPREAD`: nodes without a bundle of the group first, else anywhere.
+//!
+//! The new hosts are sent [`Action::Reserve`] for the moved bundles; once
+//! they acknowledge, the group is `Created` again and waiters (held
+//! meanwhile, as for a group being reserved) are answered with the new
+//! ranks. A group whose moved bundles do not fit in what is free now waits,
+//! *pending reschedule*, until a group ends and frees room (rescheduling
+//! comes before pending groups, oldest first). Moved bundles that could
+//! not fit even once every other group ended (no live rank left that could
+//! hold them beside the group's other bundles under the strategy) stay on
+//! their dead rank: the group is answered with it, and tasks and actors
+//! sent to that bundle fail as on any dead rank. A new host that dies
+//! before acknowledging is replaced the same way.
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::strategy::place;
+use crate::strategy::{place, place_where};
 use crate::{PlacementGroupId, PlacementStrategy, Rank, Resources};
 
 /// What a created group holds, as the head tells it.
@@ -124,6 +145,15 @@ enum GroupState {
     Created {
         ranks: Vec<Rank>,
     },
+    /// Created, but bundles lost with their rank are placed again.
+    Rescheduling {
+        /// Bundle `i`'s rank: the dead one while it is in `lost`.
+        ranks: Vec<Rank>,
+        /// Bundles waiting for room on a live host.
+        lost: Vec<u32>,
+        /// New hosts yet to acknowledge their bundles.
+        unacked: Vec<Rank>,
+    },
 }
 
 #[derive(Debug)]
@@ -151,6 +181,8 @@ pub struct PlacementTable {
     groups: HashMap<PlacementGroupId, Group>,
     /// Pending groups, oldest first.
     pending: VecDeque<PlacementGroupId>,
+    /// Created groups with bundles waiting for a new host, oldest first.
+    rescheduling: VecDeque<PlacementGroupId>,
     /// Groups that ended (removed or failed): the answer for late waiters.
     ended: HashMap<PlacementGroupId, GroupAnswer>,
 }
@@ -165,6 +197,7 @@ impl PlacementTable {
             hosts,
             groups: HashMap::new(),
             pending: VecDeque::new(),
+            rescheduling: VecDeque::new(),
             ended: HashMap::new(),
         }
     }
@@ -236,14 +269,27 @@ impl PlacementTable {
         let Some(group) = self.groups.get_mut(&id) else {
             return Vec::new();
         };
-        let GroupState::Reserving { ranks, unacked } = &mut group.state else {
-            return Vec::new();
-        };
-        unacked.retain(|&r| r != host);
-        if !unacked.is_empty() {
-            return Vec::new();
+        match &mut group.state {
+            GroupState::Reserving { unacked, .. } => unacked.retain(|&r| r != host),
+            GroupState::Rescheduling { unacked, .. } => unacked.retain(|&r| r != host),
+            _ => return Vec::new(),
         }
-        let ranks = std::mem::take(ranks);
+        Self::created_if_acknowledged(group)
+    }
+
+    /// A group whose hosts have all acknowledged (and, when rescheduled,
+    /// whose lost bundles all have a host) is created: its waiters learn
+    /// its ranks.
+    fn created_if_acknowledged(group: &mut Group) -> Vec<Action> {
+        let ranks = match &mut group.state {
+            GroupState::Reserving { ranks, unacked } if unacked.is_empty() => std::mem::take(ranks),
+            GroupState::Rescheduling {
+                ranks,
+                lost,
+                unacked,
+            } if lost.is_empty() && unacked.is_empty() => std::mem::take(ranks),
+            _ => return Vec::new(),
+        };
         let view = GroupView {
             bundles: group.bundles.clone(),
             strategy: group.strategy,
@@ -274,7 +320,8 @@ impl PlacementTable {
     }
 
     /// `rank` died: it hosts nothing new; a group still being reserved
-    /// there fails; pending groups that can no longer fit are refused.
+    /// there fails; a created group's bundles there are placed again (see
+    /// the module docs); pending groups that can no longer fit are refused.
     pub fn rank_died(&mut self, rank: Rank) -> Vec<Action> {
         let Some(host) = self.hosts.get_mut(rank as usize) else {
             return Vec::new();
@@ -305,11 +352,189 @@ impl PlacementTable {
                         actions.extend(self.end(id, GroupAnswer::Infeasible(why)));
                     }
                 }
+                GroupState::Created { ranks } | GroupState::Rescheduling { ranks, .. }
+                    if ranks.contains(&rank) =>
+                {
+                    self.lose_bundles(id, rank);
+                }
                 _ => {}
             }
         }
         actions.extend(self.schedule());
         actions
+    }
+
+    /// The bundles of created group `id` on `rank` (dead) wait for a new
+    /// host; a new host that was still to acknowledge is forgotten.
+    fn lose_bundles(&mut self, id: PlacementGroupId, rank: Rank) {
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
+        let state = std::mem::replace(&mut group.state, GroupState::Pending);
+        let (ranks, mut lost, mut unacked) = match state {
+            GroupState::Created { ranks } => (ranks, Vec::new(), Vec::new()),
+            GroupState::Rescheduling {
+                ranks,
+                lost,
+                unacked,
+            } => (ranks, lost, unacked),
+            other => {
+                group.state = other;
+                return;
+            }
+        };
+        for (index, &r) in ranks.iter().enumerate() {
+            if r == rank && !lost.contains(&(index as u32)) {
+                lost.push(index as u32);
+            }
+        }
+        lost.sort_unstable();
+        unacked.retain(|&r| r != rank);
+        group.state = GroupState::Rescheduling {
+            ranks,
+            lost,
+            unacked,
+        };
+        if !self.rescheduling.contains(&id) {
+            self.rescheduling.push_back(id);
+        }
+    }
+
+    /// Where `bundles` (moved bundles of a group) go again under
+    /// `strategy`, given the nodes holding the group's other bundles and
+    /// what hosts have free (`available`): see the module docs.
+    fn layout_again(
+        &self,
+        bundles: &[Resources],
+        strategy: PlacementStrategy,
+        others: &[u32],
+        available: &[Resources],
+    ) -> Option<Vec<Rank>> {
+        let hosts = &self.hosts;
+        let beside = |i: usize| others.contains(&hosts[i].node);
+        let apart = |i: usize| !others.contains(&hosts[i].node);
+        match strategy {
+            PlacementStrategy::StrictSpread => {
+                place_where(bundles, strategy, hosts, available, apart)
+            }
+            PlacementStrategy::StrictPack if others.is_empty() => {
+                place(bundles, strategy, hosts, available)
+            }
+            PlacementStrategy::StrictPack => {
+                place_where(bundles, strategy, hosts, available, beside)
+            }
+            PlacementStrategy::Pack => (!others.is_empty())
+                .then(|| {
+                    place_where(
+                        bundles,
+                        PlacementStrategy::StrictPack,
+                        hosts,
+                        available,
+                        beside,
+                    )
+                })
+                .flatten()
+                .or_else(|| place(bundles, strategy, hosts, available)),
+            PlacementStrategy::Spread => place_where(bundles, strategy, hosts, available, apart)
+                .or_else(|| place(bundles, strategy, hosts, available)),
+        }
+    }
+
+    /// Places the lost bundles of rescheduling group `id` on live hosts if
+    /// they fit now; gives them up (they stay on their dead rank) when they
+    /// never can, not even once every other group ended. `false` while the
+    /// group waits for room.
+    fn place_lost(&mut self, id: PlacementGroupId, actions: &mut Vec<Action>) -> bool {
+        let Some(group) = self.groups.get(&id) else {
+            return true;
+        };
+        let GroupState::Rescheduling { ranks, lost, .. } = &group.state else {
+            return true;
+        };
+        let moved: Vec<Resources> = lost
+            .iter()
+            .filter_map(|&i| group.bundles.get(i as usize).cloned())
+            .collect();
+        let mut others: Vec<u32> = ranks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !lost.contains(&(*i as u32)))
+            .filter_map(|(_, &r)| self.hosts.get(r as usize).map(|h| h.node))
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        let strategy = group.strategy;
+        let placed = if moved.is_empty() {
+            Some(Vec::new())
+        } else {
+            self.layout_again(&moved, strategy, &others, &self.available)
+        };
+        let Some(placed) = placed else {
+            // Could they fit once every other group ended? (This group's
+            // own bundles stay where they are.)
+            let mut room = self.capacity.clone();
+            for (i, &r) in ranks.iter().enumerate() {
+                if !lost.contains(&(i as u32)) {
+                    if let (Some(free), Some(bundle)) =
+                        (room.get_mut(r as usize), group.bundles.get(i))
+                    {
+                        free.subtract(bundle);
+                    }
+                }
+            }
+            if self
+                .layout_again(&moved, strategy, &others, &room)
+                .is_some()
+            {
+                return false;
+            }
+            // Never: the bundles stay on their dead rank.
+            let Some(group) = self.groups.get_mut(&id) else {
+                return true;
+            };
+            if let GroupState::Rescheduling { lost, .. } = &mut group.state {
+                lost.clear();
+            }
+            actions.extend(Self::created_if_acknowledged(group));
+            return true;
+        };
+        let Some(group) = self.groups.get_mut(&id) else {
+            return true;
+        };
+        let GroupState::Rescheduling {
+            ranks,
+            lost,
+            unacked,
+        } = &mut group.state
+        else {
+            return true;
+        };
+        let mut per_host: Vec<(Rank, Vec<(u32, Resources)>)> = Vec::new();
+        for (&index, &rank) in lost.iter().zip(&placed) {
+            let Some(bundle) = group.bundles.get(index as usize) else {
+                continue;
+            };
+            self.hosts[rank as usize].available.subtract(bundle);
+            self.available[rank as usize].subtract(bundle);
+            ranks[index as usize] = rank;
+            match per_host.iter_mut().find(|(r, _)| *r == rank) {
+                Some((_, list)) => list.push((index, bundle.clone())),
+                None => per_host.push((rank, vec![(index, bundle.clone())])),
+            }
+        }
+        lost.clear();
+        for (host, bundles) in per_host {
+            if !unacked.contains(&host) {
+                unacked.push(host);
+            }
+            actions.push(Action::Reserve {
+                host,
+                group: id,
+                bundles,
+            });
+        }
+        actions.extend(Self::created_if_acknowledged(group));
+        true
     }
 
     /// Ends group `id` with `answer`: gives back what it holds, tells its
@@ -319,10 +544,13 @@ impl PlacementTable {
             return Vec::new();
         };
         self.pending.retain(|&p| p != id);
+        self.rescheduling.retain(|&p| p != id);
         let mut actions = Vec::new();
         let ranks = match &group.state {
             GroupState::Pending => Vec::new(),
-            GroupState::Reserving { ranks, .. } | GroupState::Created { ranks } => ranks.clone(),
+            GroupState::Reserving { ranks, .. }
+            | GroupState::Created { ranks }
+            | GroupState::Rescheduling { ranks, .. } => ranks.clone(),
         };
         for (bundle, &rank) in group.bundles.iter().zip(&ranks) {
             if let Some(host) = self.hosts.get_mut(rank as usize) {
@@ -349,10 +577,18 @@ impl PlacementTable {
         actions
     }
 
-    /// Places the pending groups that fit in what is free now, oldest
-    /// first (a large group waiting does not hold back a smaller one).
+    /// Places the bundles of rescheduled groups, then the pending groups,
+    /// that fit in what is free now, oldest first (a large group waiting
+    /// does not hold back a smaller one).
     fn schedule(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
+        let mut waiting = VecDeque::new();
+        while let Some(id) = self.rescheduling.pop_front() {
+            if !self.place_lost(id, &mut actions) {
+                waiting.push_back(id);
+            }
+        }
+        self.rescheduling = waiting;
         let mut still = VecDeque::new();
         while let Some(id) = self.pending.pop_front() {
             let Some(group) = self.groups.get_mut(&id) else {
@@ -537,151 +773,4 @@ fn describe_hosts(hosts: &[Host]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::strategy::tests::{cpus, hosts, id};
-
-    #[test]
-    fn infeasible_groups_say_what_was_asked_and_what_exists() {
-        let mut t = PlacementTable::new(hosts(&[4], 1.0, true));
-        let actions = t.create(id(1), cpus(2, 1.0), PlacementStrategy::StrictSpread, 0, 7);
-        let [Action::Answer {
-            answer: GroupAnswer::Infeasible(why),
-            request: 7,
-            ..
-        }] = &actions[..]
-        else {
-            panic!("{actions:?}");
-        };
-        assert!(why.contains("STRICT_SPREAD group of 2 bundle(s) [{cpus: 1}, {cpus: 1}]"));
-        assert!(why.contains("needs 2 distinct nodes, the job has 1 node(s)"));
-        assert!(why.contains("node 0: ranks 1-3 {cpus: 1} each"), "{why}");
-        let actions = t.create(id(2), cpus(1, 2.0), PlacementStrategy::Pack, 0, 8);
-        assert!(
-            matches!(&actions[..], [Action::Answer { answer: GroupAnswer::Infeasible(w), .. }]
-                if w.contains("bundle 0 {cpus: 2} fits on no serving rank")),
-            "{actions:?}"
-        );
-        let actions = t.create(
-            id(3),
-            vec![Resources::default()],
-            PlacementStrategy::Pack,
-            0,
-            9,
-        );
-        assert!(matches!(
-            &actions[..],
-            [Action::Answer {
-                answer: GroupAnswer::Infeasible(_),
-                ..
-            }]
-        ));
-    }
-
-    fn created(t: &mut PlacementTable, actions: &[Action], group: PlacementGroupId) {
-        for a in actions {
-            if let Action::Reserve { host, group: g, .. } = a {
-                if *g == group {
-                    t.reserved(group, *host);
-                }
-            }
-        }
-    }
-
-    fn ranks_of(t: &mut PlacementTable, group: PlacementGroupId) -> Option<Vec<Rank>> {
-        t.wait(group, 5, 99).into_iter().find_map(|a| match a {
-            Action::Answer {
-                answer: GroupAnswer::Created(view),
-                ..
-            } => Some(view.ranks),
-            _ => None,
-        })
-    }
-
-    #[test]
-    fn reservation_is_atomic_and_released_on_removal() {
-        let mut t = PlacementTable::new(hosts(&[4], 1.0, true));
-        let a = t.create(id(1), cpus(2, 1.0), PlacementStrategy::Pack, 0, 1);
-        assert_eq!(
-            a[0],
-            Action::Answer {
-                to: 0,
-                request: 1,
-                answer: GroupAnswer::Accepted
-            }
-        );
-        let reserves = a
-            .iter()
-            .filter(|x| matches!(x, Action::Reserve { .. }))
-            .count();
-        assert_eq!(reserves, 2);
-        // Not created before every host acknowledged; a waiter is answered then.
-        assert!(t.wait(id(1), 3, 2).is_empty());
-        created(&mut t, &a, id(1));
-        let ranks = ranks_of(&mut t, id(1)).expect("created");
-        assert_eq!(ranks.len(), 2);
-        // Two bundles need two CPUs; one is left: nothing of this group is
-        // reserved (all or none), it waits.
-        let b = t.create(id(2), cpus(2, 1.0), PlacementStrategy::Pack, 0, 3);
-        assert_eq!(b.len(), 1, "{b:?}");
-        assert!(ranks_of(&mut t, id(2)).is_none());
-        let c = t.create(id(3), cpus(1, 1.0), PlacementStrategy::Pack, 0, 4);
-        created(&mut t, &c, id(3));
-        assert!(
-            ranks_of(&mut t, id(3)).is_some(),
-            "a smaller group is not held back"
-        );
-        let (known, removed) = t.remove(id(3));
-        assert!(known);
-        assert!(removed
-            .iter()
-            .any(|x| matches!(x, Action::Release { group, .. } if *group == id(3))));
-        // Still only 1 CPU free after removing group 3: group 2 waits.
-        assert!(!removed
-            .iter()
-            .any(|x| matches!(x, Action::Reserve { group, .. } if *group == id(2))));
-        let (_, removed) = t.remove(id(1));
-        assert!(removed
-            .iter()
-            .any(|x| matches!(x, Action::Reserve { group, .. } if *group == id(2))));
-        created(&mut t, &removed, id(2));
-        assert!(ranks_of(&mut t, id(2)).is_some());
-        assert_eq!(
-            t.wait(id(1), 2, 5),
-            vec![Action::Answer {
-                to: 2,
-                request: 5,
-                answer: GroupAnswer::Removed
-            }]
-        );
-        assert!(!t.remove(id(1)).0);
-    }
-
-    #[test]
-    fn a_host_dying_during_reservation_fails_the_group() {
-        let mut t = PlacementTable::new(hosts(&[4], 1.0, true));
-        let a = t.create(id(1), cpus(3, 1.0), PlacementStrategy::Spread, 0, 1);
-        assert!(t.wait(id(1), 0, 2).is_empty());
-        t.reserved(id(1), 1);
-        let died = t.rank_died(2);
-        assert!(died.iter().any(|x| matches!(x,
-            Action::Answer { request: 2, answer: GroupAnswer::Failed(w), .. } if w.contains("rank 2 died"))));
-        let released: Vec<Rank> = died
-            .iter()
-            .filter_map(|x| match x {
-                Action::Release { host, .. } => Some(*host),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(released, vec![1, 3], "{a:?} {died:?}");
-        // What is left (2 ranks) cannot hold 3 bundles any more.
-        let b = t.create(id(2), cpus(3, 1.0), PlacementStrategy::Pack, 0, 3);
-        assert!(matches!(
-            &b[..],
-            [Action::Answer {
-                answer: GroupAnswer::Infeasible(_),
-                ..
-            }]
-        ));
-    }
-}
+mod tests;
