@@ -18,7 +18,7 @@ set -euo pipefail
 #   slurm-wlm munge             a real Slurm for the srun/sbatch tests (scripts/slurm-cluster.sh)
 #   mpich                       mpiexec.mpich (Hydra, PMI-1) launch tests
 #   libclang-dev                bindgen for rsmpi (lumen feature `mpi`)
-DEPS_PACKAGES="openmpi-bin libopenmpi-dev iproute2 iperf3 bc slurm-wlm munge mpich libclang-dev libhwloc-dev libudev-dev pkg-config"
+DEPS_PACKAGES="openmpi-bin libopenmpi-dev iproute2 iperf3 bc slurm-wlm munge mpich libclang-dev libhwloc-dev libudev-dev pkg-config libfabric-dev libfabric-bin"
 
 log() { echo "install-deps: $*"; }
 

@@ -42,6 +42,10 @@ echo "== hwloc discovery (feature hwloc: the system's libhwloc before sysfs)"
 cargo clippy -p lumen-sched --features hwloc --all-targets --quiet -- -D warnings
 cargo test -p lumen-sched --features hwloc --lib --quiet topology
 
+echo "== one-sided transfers on libfabric (feature ofi: tcp;ofi_rxm and shm providers)"
+cargo clippy -p lumen-transport --features ofi --all-targets --quiet -- -D warnings
+cargo test -p lumen-transport --features ofi --lib --test fabric_ofi --quiet -- --test-threads=1
+
 echo "== benchmark smoke run"
 target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"
 target/debug/lumen bench collectives --scale 0.01 --sizes 8,65536 --ranks 2,3 --json "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json"

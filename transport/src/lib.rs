@@ -53,6 +53,7 @@
 pub mod auth;
 pub mod config;
 pub mod endpoint;
+pub mod fabric;
 mod error;
 pub mod frame;
 pub mod handshake;

@@ -159,9 +159,10 @@ pub fn prefer_numa_node(addr: *const u8, len: usize, node: u32) -> io::Result<()
     Ok(())
 }
 
-/// The memory policy of the page holding `addr`: (mode, first node of its
-/// node mask); `MPOL_DEFAULT` is mode 0, `MPOL_PREFERRED` 1.
-pub fn numa_policy_of(addr: *const u8) -> io::Result<(i32, Option<u32>)> {
+/// The memory policy of the page holding address `addr` of this process:
+/// (mode, first node of its node mask); `MPOL_DEFAULT` is mode 0,
+/// `MPOL_PREFERRED` 1.
+pub fn numa_policy_of(addr: usize) -> io::Result<(i32, Option<u32>)> {
     const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
     let mut mode: libc::c_int = 0;
     let mut mask = [0u64; 16];
@@ -708,13 +709,20 @@ mod tests {
         let map = object.map(1 << 20).expect("map");
         let _ = SharedMapping::unlink(&name);
         let ptr = map.as_ptr().cast_const();
-        assert_eq!(numa_policy_of(ptr).expect("policy").0, 0, "default first");
+        assert_eq!(
+            numa_policy_of(ptr as usize).expect("policy").0,
+            0,
+            "default first"
+        );
         // SAFETY: inside the 1 MiB mapping.
         let middle = unsafe { ptr.add(4096 * 3 + 17) };
         prefer_numa_node(middle, 8192, 0).expect("mbind to node 0");
-        assert_eq!(numa_policy_of(middle).expect("policy"), (1, Some(0)));
         assert_eq!(
-            numa_policy_of(ptr).expect("policy").0,
+            numa_policy_of(middle as usize).expect("policy"),
+            (1, Some(0))
+        );
+        assert_eq!(
+            numa_policy_of(ptr as usize).expect("policy").0,
             0,
             "outside the range"
         );
