@@ -131,6 +131,17 @@ pub enum ObjectStoreError {
         /// Its reason.
         detail: String,
     },
+    /// A one-sided read or its setup failed (fabric errors: a dead peer,
+    /// a refused key, a timeout).
+    #[error("one-sided pull of object {id} from rank {rank}: {detail}")]
+    Fabric {
+        /// The object (nil for setup).
+        id: ObjectId,
+        /// The rank pulled from.
+        rank: u32,
+        /// The fabric's error.
+        detail: String,
+    },
     /// The arena's metadata is inconsistent (a bug, or a process that died
     /// inside the store in a way recovery could not repair).
     #[error("object arena {name} is corrupted: {detail}. Recreate it (restart the job's node)")]

@@ -157,9 +157,15 @@ mod heap;
 mod id;
 mod lock;
 mod pull;
+#[cfg(feature = "ofi")]
+mod pull_one_sided;
 mod table;
 
 pub use arena::{ArenaOptions, ArenaStats, NodeArena, ObjectState, ObjectView, ObjectWriter};
 pub use error::ObjectStoreError;
 pub use id::ObjectId;
 pub use pull::{pull, ObjectServer, PullOptions, OBJECT_TAG_BASE, PULL_REQUEST_TAG};
+#[cfg(feature = "ofi")]
+pub use pull_one_sided::{
+    pull_one_sided, OneSidedServer, OneSidedSource, PIN_LEASE, PIN_REQUEST_TAG, UNPIN_TAG,
+};

@@ -20,6 +20,14 @@ impl NodeArena {
         &self.inner.name
     }
 
+    /// The whole shared mapping of this process (its start and length):
+    /// what is registered with a fabric so that peers read objects in
+    /// place (see `pull_one_sided`). It stays mapped while any clone of
+    /// this arena, view or writer lives.
+    pub fn mapping(&self) -> (*const u8, usize) {
+        (self.inner.map.as_ptr().cast_const(), self.inner.map.len())
+    }
+
     /// Allocates `len` bytes for a new object, owner-referenced and unsealed,
     /// evicting or spilling others if the arena is full (see the crate docs).
     pub fn create_object(&self, id: ObjectId, len: u64) -> Result<ObjectWriter, ObjectStoreError> {
