@@ -96,6 +96,9 @@ mod scenarios {
     use lumen::shard::{plan, Parallelism};
     use lumen::LumenError;
 
+    /// (member index, rank, [(axis, coordinate)]).
+    type Whoami = (usize, u32, Vec<(String, usize)>);
+
     #[lumen::actor]
     struct Trainer {
         scale: u64,
@@ -108,7 +111,7 @@ mod scenarios {
         }
 
         /// (member index, rank, [(axis, coordinate)]).
-        fn whoami(&mut self) -> lumen::Result<(usize, u32, Vec<(String, usize)>)> {
+        fn whoami(&mut self) -> lumen::Result<Whoami> {
             let (member, coords) = lumen::mesh_member()?;
             Ok((member, lumen::current()?.rank(), coords))
         }

@@ -510,6 +510,7 @@ fn expand_actor_impl(block: &ItemImpl) -> syn::Result<TokenStream2> {
             }
         }
 
+        #[allow(clippy::unused_unit)]
         impl ::lumen::runtime::ActorNew for #class {
             type Args = ( #( #new_types, )* );
             type Wrapped = ( #( ::lumen::__private::Arg<#new_types>, )* );
