@@ -453,13 +453,16 @@ pub fn print_table(rows: &[SchedRow]) {
 /// namespace hosts", best runs ~11.7 µs).
 pub const LINK_LATENCY_US: f64 = 12.0;
 
+/// One call of a hop: (host, actor id, return object id).
+type HopTarget = (u32, (u32, u64), (u32, u64));
+
 /// What one hop of a broadcast carries (the shape of the runtime's
 /// `RtMsg::MeshCall`: hosts below, one (host, actor, object) per call, the
 /// method and its arguments).
 #[derive(Serialize, serde::Deserialize)]
 struct Hop {
     hosts: Vec<u32>,
-    targets: Vec<(u32, (u32, u64), (u32, u64))>,
+    targets: Vec<HopTarget>,
     method: u64,
     name: String,
     args: Vec<u8>,
@@ -472,7 +475,7 @@ struct Hop {
 fn hop_work<'a>(
     chunk: &'a [u32],
     root: bool,
-    targets: &[(u32, (u32, u64), (u32, u64))],
+    targets: &[HopTarget],
     fanout: usize,
 ) -> (Vec<&'a [u32]>, f64, usize) {
     let started = Instant::now();
@@ -506,7 +509,7 @@ fn mesh_broadcast(hosts: usize, actors_per_host: usize, fanout: usize) -> Vec<Sc
     let actors = hosts * actors_per_host;
     let setting = format!("{hosts} hosts x {actors_per_host} actors ({actors}), fanout {fanout}");
     let ranks: Vec<u32> = (0..hosts as u32).collect();
-    let targets: Vec<(u32, (u32, u64), (u32, u64))> = (0..actors)
+    let targets: Vec<HopTarget> = (0..actors)
         .map(|a| {
             let host = (a / actors_per_host) as u32;
             (host, (0, a as u64), (0, 1_000_000 + a as u64))

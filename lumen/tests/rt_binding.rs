@@ -125,8 +125,10 @@ mod scenarios {
 
     /// A serving rank's GPU view: (rank, CUDA_VISIBLE_DEVICES, its GPUs'
     /// PCI ids from the binding, the task's GPU ids).
+    type GpuView = (u32, Option<String>, Vec<String>, Vec<u32>);
+
     #[lumen::remote]
-    fn my_gpus() -> lumen::Result<(u32, Option<String>, Vec<String>, Vec<u32>)> {
+    fn my_gpus() -> lumen::Result<GpuView> {
         let rt = lumen::current()?;
         let pci = rt
             .binding()
