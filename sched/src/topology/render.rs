@@ -88,19 +88,6 @@ pub(super) fn render(topology: &Topology) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(size(24 << 30), "24GB");
-        assert_eq!(size(12 << 30), "12GB");
-        assert_eq!(size(1536 << 20), "1536MB");
-        assert_eq!(size(100), "100B");
-    }
-}
-
 /// `Caches: L3 128MB x1, L2 512KB x16, ...`: the caches whose cpus all lie
 /// in `cpus`, by level (highest first), counted per name and size.
 fn cache_line(topology: &Topology, cpus: &[usize]) -> Option<String> {
@@ -128,4 +115,17 @@ fn cache_line(topology: &Topology, cpus: &[usize]) -> Option<String> {
         .map(|(_, name, bytes, count)| format!("{name} {} x{count}", size(*bytes)))
         .collect();
     Some(format!("Caches: {}", parts.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size(24 << 30), "24GB");
+        assert_eq!(size(12 << 30), "12GB");
+        assert_eq!(size(1536 << 20), "1536MB");
+        assert_eq!(size(100), "100B");
+    }
 }
