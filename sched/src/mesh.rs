@@ -367,10 +367,7 @@ mod tests {
         let (_, group) = mesh.group_of(0, "tp").expect("a group");
         assert_eq!(group.len(), 2);
         assert!(group.iter().all(|&m| plan.node_of(m) == plan.node_of(0)));
-        assert!(matches!(
-            mesh.slice("xx", 0),
-            Err(MeshError::NoAxis { .. })
-        ));
+        assert!(matches!(mesh.slice("xx", 0), Err(MeshError::NoAxis { .. })));
         assert!(matches!(
             mesh.slice("dp", 3),
             Err(MeshError::OutOfRange { .. })

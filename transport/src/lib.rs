@@ -53,8 +53,8 @@
 pub mod auth;
 pub mod config;
 pub mod endpoint;
-pub mod fabric;
 mod error;
+pub mod fabric;
 pub mod frame;
 pub mod handshake;
 pub mod shm;
