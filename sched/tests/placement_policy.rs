@@ -402,7 +402,13 @@ fn preferences<'a>(
 ) -> Preferences<'a> {
     args.clear();
     if stream.chance(40) {
-        for _ in 0..1 + stream.below(4) {
+        // Mostly a few arguments; sometimes many (the scheduler sorts those).
+        let count = if stream.chance(10) {
+            17 + stream.below(24)
+        } else {
+            1 + stream.below(4)
+        };
+        for _ in 0..count {
             let bytes = [0, 1, 64, 1 << 20, 64 << 20][stream.below(5)];
             args.push((stream.below(ranks + 1) as Rank, bytes));
         }

@@ -71,8 +71,12 @@
 //! first from the round-robin cursor" is then the leftmost minimum of the
 //! ranks at or after the cursor, else of those before it: two range
 //! queries per class, `O(log n)`, and one leaf update per decision,
-//! completion or report. Node affinity, locality and SPREAD scan only one
-//! node's ranks (SPREAD may pass over nodes without a candidate). The
+//! completion or report (in the one tree whose value changed, walking up
+//! only while a minimum changes). Node affinity, locality and SPREAD scan
+//! only one node's ranks, reading loads from the trees' leaves (SPREAD may
+//! pass over nodes without a candidate). A local choice whose load is at
+//! most 1 needs no search over the classes at all: loads are never
+//! negative, so it is within one task per CPU of the least loaded. The
 //! choice is exactly the one a scan over every rank would make (a
 //! randomized test, `tests/placement_policy.rs`, checks it against such a
 //! scan).
@@ -169,14 +173,15 @@ pub struct Scheduler {
     next: usize,
     /// SPREAD's cursor, an index into `node_order`.
     spread_next: usize,
-    /// The job's nodes, ascending.
+    /// The job's nodes, ascending; `node_ranks[i]` are the ranks of
+    /// `node_order[i]`, ascending, and `node_at[r]` is rank `r`'s `i`.
     node_order: Vec<u32>,
+    node_ranks: Vec<Vec<usize>>,
+    node_at: Vec<usize>,
     /// Ranks grouped by capacity (see the module docs).
     classes: Vec<CapacityClass>,
     /// Rank `r`'s class and its position in the class.
     class_of: Vec<(usize, usize)>,
-    /// Each node's ranks, ascending.
-    nodes: HashMap<u32, Vec<usize>>,
 }
 
 /// Ranks of one capacity, and their loads and actor counts as trees.
@@ -223,7 +228,7 @@ struct MinTree<K> {
     nodes: Vec<Option<(K, usize)>>,
 }
 
-impl<K: Copy + PartialOrd> MinTree<K> {
+impl<K: Copy + PartialOrd + PartialEq> MinTree<K> {
     fn new(len: usize) -> Self {
         let size = len.next_power_of_two().max(1);
         MinTree {
@@ -241,12 +246,22 @@ impl<K: Copy + PartialOrd> MinTree<K> {
         }
     }
 
+    /// Sets `position`'s value and the minima above it, stopping where a
+    /// node is unchanged (its ancestors then are too).
     fn set(&mut self, position: usize, value: Option<K>) {
         let mut i = position + self.size;
-        self.nodes[i] = value.map(|v| (v, position));
+        let leaf = value.map(|v| (v, position));
+        if self.nodes[i] == leaf {
+            return;
+        }
+        self.nodes[i] = leaf;
         while i > 1 {
             i /= 2;
-            self.nodes[i] = Self::pick(self.nodes[2 * i], self.nodes[2 * i + 1]);
+            let min = Self::pick(self.nodes[2 * i], self.nodes[2 * i + 1]);
+            if self.nodes[i] == min {
+                return;
+            }
+            self.nodes[i] = min;
         }
     }
 
@@ -267,6 +282,11 @@ impl<K: Copy + PartialOrd> MinTree<K> {
             r /= 2;
         }
         Self::pick(left, right)
+    }
+
+    /// The value at `position`, if it holds one.
+    fn leaf(&self, position: usize) -> Option<K> {
+        self.nodes[position + self.size].map(|(value, _)| value)
     }
 
     /// The leftmost smallest among positions `from..`, else among `..from`:
@@ -316,6 +336,10 @@ impl Asked {
         2 * u8::from(self.cpu_only && class.gpus) + u8::from(self.nic_local && !class.nic_local)
     }
 }
+
+/// Above this many argument locations, [`Scheduler::heaviest`] sorts
+/// instead of scanning them once per location.
+const MANY_ARGS: usize = 16;
 
 /// Which count a decision minimizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +413,18 @@ impl Scheduler {
         }
         let mut node_order: Vec<u32> = nodes.keys().copied().collect();
         node_order.sort_unstable();
+        let mut node_at = vec![0; ranks.len()];
+        let node_ranks: Vec<Vec<usize>> = node_order
+            .iter()
+            .enumerate()
+            .map(|(at, node)| {
+                let members = nodes.remove(node).unwrap_or_default();
+                for &rank in &members {
+                    node_at[rank] = at;
+                }
+                members
+            })
+            .collect();
         let mut scheduler = Scheduler {
             reporting: (0..ranks.len()).filter(|&r| reported[r] > 0).collect(),
             listed: reported.iter().map(|&q| q > 0).collect(),
@@ -397,9 +433,10 @@ impl Scheduler {
             next,
             spread_next: spread_next % node_order.len().max(1),
             node_order,
+            node_ranks,
+            node_at,
             classes,
             class_of,
-            nodes,
         };
         for rank in 0..scheduler.ranks.len() {
             scheduler.refresh(rank);
@@ -414,6 +451,12 @@ impl Scheduler {
 
     /// Rewrites `rank`'s leaves after its slot changed.
     fn refresh(&mut self, rank: usize) {
+        self.refresh_load(rank);
+        self.refresh_actors(rank);
+    }
+
+    /// Rewrites `rank`'s load leaf (its tasks or its report changed).
+    fn refresh_load(&mut self, rank: usize) {
         let (class, position) = self.class_of[rank];
         let slot = &self.ranks[rank];
         let queued = slot.outstanding.max(self.reported[rank]);
@@ -423,7 +466,16 @@ impl Scheduler {
             position,
             eligible.then(|| f64::from(queued) / class.per_cpu),
         );
-        class.actors.set(position, eligible.then_some(slot.actors));
+    }
+
+    /// Rewrites `rank`'s actor-count leaf (its actors changed).
+    fn refresh_actors(&mut self, rank: usize) {
+        let (class, position) = self.class_of[rank];
+        let slot = &self.ranks[rank];
+        let eligible = slot.alive && slot.serving;
+        self.classes[class]
+            .actors
+            .set(position, eligible.then_some(slot.actors));
     }
 
     /// A candidate: alive, serving, on `node` (if any), fits the request.
@@ -479,8 +531,10 @@ impl Scheduler {
         }
         match preferences.strategy {
             SchedulingStrategy::PreferNode(node)
-                if self.nodes.get(&node).is_some_and(|ranks| {
-                    ranks.iter().any(|&r| self.is_candidate(r, request, None))
+                if self.node_index(node).is_some_and(|at| {
+                    self.node_ranks[at]
+                        .iter()
+                        .any(|&r| self.is_candidate(r, request, None))
                 }) =>
             {
                 Some(node)
@@ -489,40 +543,58 @@ impl Scheduler {
         }
     }
 
-    fn value(&self, rank: usize, work: Work) -> f64 {
-        match work {
-            Work::Task => self.load_of(rank),
-            Work::Actor => f64::from(self.ranks[rank].actors),
+    /// `node`'s index in `node_order`.
+    fn node_index(&self, node: u32) -> Option<usize> {
+        self.node_order.binary_search(&node).ok()
+    }
+
+    /// How far after the round-robin cursor `rank` is (no division: this
+    /// runs for every rank a node scan looks at).
+    fn distance(&self, rank: usize) -> usize {
+        if rank >= self.next {
+            rank - self.next
+        } else {
+            rank + self.ranks.len() - self.next
         }
     }
 
-    fn penalty_of(&self, rank: usize, asked: Asked) -> u8 {
-        asked.penalty(&self.classes[self.class_of[rank].0])
-    }
-
-    fn distance(&self, rank: usize) -> usize {
-        let n = self.ranks.len();
-        (rank + n - self.next) % n
-    }
-
-    /// The best candidate of `node` (value, then preference, then cursor).
+    /// The best candidate of the node at `at` in `node_order` (value, then
+    /// preference, then cursor).
     fn best_on_node(
         &self,
-        node: u32,
+        at: usize,
         request: &Request<'_>,
         asked: Asked,
         work: Work,
     ) -> Option<(f64, usize)> {
         let mut best: Best<f64> = None;
-        for &rank in self.nodes.get(&node).map_or(&[][..], Vec::as_slice) {
-            if !self.is_candidate(rank, request, Some(node)) {
+        // Fit is asked once per class; a leaf holds a value exactly when
+        // its rank is alive and serving (the trees' invariant).
+        let mut fit: Option<(usize, bool)> = None;
+        for &rank in &self.node_ranks[at] {
+            let (index, position) = self.class_of[rank];
+            let class = &self.classes[index];
+            let fits = match fit {
+                Some((known, fits)) if known == index => fits,
+                _ => {
+                    let fits = request
+                        .resources
+                        .is_none_or(|need| class.capacity.fits(need));
+                    fit = Some((index, fits));
+                    fits
+                }
+            };
+            if !fits {
                 continue;
             }
-            let key = (
-                self.value(rank, work),
-                self.penalty_of(rank, asked),
-                self.distance(rank),
-            );
+            let value = match work {
+                Work::Task => class.load.leaf(position),
+                Work::Actor => class.actors.leaf(position).map(f64::from),
+            };
+            let Some(value) = value else {
+                continue;
+            };
+            let key = (value, asked.penalty(class), self.distance(rank));
             if better(key, &best) {
                 best = Some((key.0, key.1, key.2, rank));
             }
@@ -567,7 +639,10 @@ impl Scheduler {
         work: Work,
     ) -> Option<(f64, usize)> {
         match (node, work) {
-            (Some(node), _) => self.best_on_node(node, request, asked, work),
+            (Some(node), _) => {
+                let at = self.node_index(node)?;
+                self.best_on_node(at, request, asked, work)
+            }
             (None, Work::Task) => self.best_anywhere(request, asked, |c| &c.load),
             (None, Work::Actor) => self
                 .best_anywhere(request, asked, |c| &c.actors)
@@ -587,11 +662,10 @@ impl Scheduler {
         let count = self.node_order.len();
         for step in 0..count {
             let at = (self.spread_next + step) % count;
-            let node = self.node_order[at];
-            if within.is_some_and(|w| w != node) {
+            if within.is_some_and(|w| w != self.node_order[at]) {
                 continue;
             }
-            if let Some((_, rank)) = self.best_on_node(node, request, asked, work) {
+            if let Some((_, rank)) = self.best_on_node(at, request, asked, work) {
                 self.spread_next = (at + 1) % count;
                 return Some(rank);
             }
@@ -599,53 +673,86 @@ impl Scheduler {
         None
     }
 
-    /// The node holding the most argument bytes (ties: the lowest node),
-    /// and its rank holding most of them (ties: the lowest rank).
-    fn heaviest(&self, args: &[(Rank, u64)]) -> Option<(u32, usize)> {
-        // (node, bytes on it); then (rank, bytes) on the chosen node.
-        let mut per_node: Vec<(u32, u64)> = Vec::new();
-        for &(rank, bytes) in args {
-            let Some(slot) = self.ranks.get(rank as usize) else {
-                continue;
-            };
-            if bytes == 0 {
-                continue;
-            }
-            match per_node.iter_mut().find(|(n, _)| *n == slot.node) {
-                Some((_, sum)) => *sum = sum.saturating_add(bytes),
-                None => per_node.push((slot.node, bytes)),
-            }
+    /// The node holding the most argument bytes (its index in
+    /// `node_order`; ties: the lowest node), and its rank holding most of
+    /// them (ties: the lowest rank). No allocation for a task's usual few
+    /// arguments (sums by scanning them); a sort for many.
+    fn heaviest(&self, args: &[(Rank, u64)]) -> Option<(usize, usize)> {
+        let valid = |&(rank, bytes): &(Rank, u64)| bytes > 0 && (rank as usize) < self.ranks.len();
+        if let [one] = args {
+            return valid(one).then(|| (self.node_at[one.0 as usize], one.0 as usize));
         }
-        let &(node, _) = per_node
-            .iter()
-            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
-        let mut per_rank: Vec<(usize, u64)> = Vec::new();
-        for &(rank, bytes) in args {
-            let rank = rank as usize;
-            if bytes == 0 || self.ranks.get(rank).is_none_or(|s| s.node != node) {
-                continue;
-            }
-            match per_rank.iter_mut().find(|(r, _)| *r == rank) {
-                Some((_, sum)) => *sum = sum.saturating_add(bytes),
-                None => per_rank.push((rank, bytes)),
-            }
+        if args.len() > MANY_ARGS {
+            return self.heaviest_sorted(args);
         }
-        let &(holder, _) = per_rank
-            .iter()
-            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+        let node_of = |e: &(Rank, u64)| self.node_at[e.0 as usize];
+        // The largest sum of `key`'s groups (ties: the smallest key).
+        let most = |key: &dyn Fn(&(Rank, u64)) -> Option<usize>| {
+            let mut best: Option<(u64, usize)> = None;
+            for (i, entry) in args.iter().enumerate() {
+                let Some(k) = key(entry) else {
+                    continue;
+                };
+                if args[..i].iter().any(|e| key(e) == Some(k)) {
+                    continue;
+                }
+                let sum = args[i..]
+                    .iter()
+                    .filter(|e| key(e) == Some(k))
+                    .fold(0u64, |sum, e| sum.saturating_add(e.1));
+                if best.is_none_or(|(b, at)| sum > b || (sum == b && k < at)) {
+                    best = Some((sum, k));
+                }
+            }
+            best.map(|(_, k)| k)
+        };
+        let node = most(&|e| valid(e).then(|| node_of(e)))?;
+        let holder = most(&|e| (valid(e) && node_of(e) == node).then_some(e.0 as usize))?;
         Some((node, holder))
     }
 
-    /// Data locality: the choice on the node holding most argument bytes,
-    /// unless it is overloaded next to the least-loaded candidate (`least`).
+    /// [`Scheduler::heaviest`] for many arguments: sums over sorted runs.
+    fn heaviest_sorted(&self, args: &[(Rank, u64)]) -> Option<(usize, usize)> {
+        let mut entries: Vec<(usize, usize, u64)> = args
+            .iter()
+            .filter(|&&(rank, bytes)| bytes > 0 && (rank as usize) < self.ranks.len())
+            .map(|&(rank, bytes)| (self.node_at[rank as usize], rank as usize, bytes))
+            .collect();
+        entries.sort_unstable();
+        // (bytes, node) of the heaviest node, then (bytes, rank) on it.
+        let mut node: Option<(u64, usize)> = None;
+        for run in entries.chunk_by(|a, b| a.0 == b.0) {
+            let sum = run.iter().fold(0u64, |s, e| s.saturating_add(e.2));
+            if node.is_none_or(|(b, _)| sum > b) {
+                node = Some((sum, run[0].0));
+            }
+        }
+        let (_, node) = node?;
+        let mut holder: Option<(u64, usize)> = None;
+        for run in entries
+            .iter()
+            .filter(|e| e.0 == node)
+            .collect::<Vec<_>>()
+            .chunk_by(|a, b| a.1 == b.1)
+        {
+            let sum = run.iter().fold(0u64, |s, e| s.saturating_add(e.2));
+            if holder.is_none_or(|(b, _)| sum > b) {
+                holder = Some((sum, run[0].1));
+            }
+        }
+        holder.map(|(_, rank)| (node, rank))
+    }
+
+    /// Data locality: on the node holding most argument bytes, its least
+    /// loaded candidate, or the rank holding most of them when it is not
+    /// busier than that one; with its load.
     fn local(
         &self,
         request: &Request<'_>,
         preferences: &Preferences<'_>,
         within: Option<u32>,
         asked: Asked,
-        least: f64,
-    ) -> Option<usize> {
+    ) -> Option<(usize, f64)> {
         let one;
         let args = if preferences.args.is_empty() {
             one = [(request.data_at?, 1)];
@@ -653,18 +760,22 @@ impl Scheduler {
         } else {
             preferences.args
         };
-        let (node, holder) = self.heaviest(args)?;
-        if within.is_some_and(|w| w != node) {
+        let (at, holder) = self.heaviest(args)?;
+        if within.is_some_and(|w| w != self.node_order[at]) {
             return None;
         }
-        let (load, least_there) = self.best_on_node(node, request, asked, Work::Task)?;
-        let choice =
-            if self.is_candidate(holder, request, Some(node)) && self.load_of(holder) <= load {
-                holder
-            } else {
-                least_there
-            };
-        (self.load_of(choice) <= least + 1.0).then_some(choice)
+        let holder_load = self
+            .is_candidate(holder, request, None)
+            .then(|| self.load_of(holder));
+        if holder_load == Some(0.0) {
+            // Idle: the least loaded of its node, whatever the others.
+            return Some((holder, 0.0));
+        }
+        let (load, least_there) = self.best_on_node(at, request, asked, Work::Task)?;
+        match holder_load {
+            Some(own) if own <= load => Some((holder, own)),
+            _ => Some((least_there, load)),
+        }
     }
 
     fn choose(
@@ -684,15 +795,27 @@ impl Scheduler {
                 .spread(request, within, asked, work)
                 .ok_or_else(|| Self::nothing_fits(request));
         }
+        let local = match work {
+            Work::Task => self.local(request, preferences, within, asked),
+            Work::Actor => None,
+        };
+        // Loads are never negative: a local choice within one task per CPU
+        // of zero is within that of the least loaded candidate too, and the
+        // search over every class is not needed.
+        if let Some((choice, load)) = local {
+            if load <= 1.0 {
+                return Ok(choice);
+            }
+        }
         let (least, best) = self
             .best(request, within, asked, work)
             .ok_or_else(|| Self::nothing_fits(request))?;
-        if work == Work::Task {
-            if let Some(local) = self.local(request, preferences, within, asked, least) {
-                return Ok(local);
-            }
-        }
-        Ok(best)
+        // Spill back when the data's node is overloaded next to the least
+        // loaded candidate anywhere.
+        Ok(match local {
+            Some((choice, load)) if load <= least + 1.0 => choice,
+            _ => best,
+        })
     }
 
     /// Picks a rank for a task (default preferences) and counts it as
@@ -713,7 +836,7 @@ impl Scheduler {
         // of dependent calls stays on a warm rank; loaded ranks still spread.
         self.next = best;
         self.ranks[best].outstanding += 1;
-        self.refresh(best);
+        self.refresh_load(best);
         Ok(best as Rank)
     }
 
@@ -735,7 +858,7 @@ impl Scheduler {
         let n = self.ranks.len();
         self.next = (best + 1) % n.max(1);
         self.ranks[best].actors += 1;
-        self.refresh(best);
+        self.refresh_actors(best);
         Ok(best as Rank)
     }
 
@@ -758,7 +881,7 @@ impl Scheduler {
                 self.reporting.push(rank);
             }
             self.reported[rank] = queued;
-            self.refresh(rank);
+            self.refresh_load(rank);
         }
     }
 
@@ -772,7 +895,7 @@ impl Scheduler {
             let halved = self.reported[rank] / 2;
             if halved != self.reported[rank] {
                 self.reported[rank] = halved;
-                self.refresh(rank);
+                self.refresh_load(rank);
             }
             self.listed[rank] = halved > 0;
             halved > 0
@@ -784,7 +907,7 @@ impl Scheduler {
     pub fn finished(&mut self, rank: Rank) {
         if let Some(slot) = self.ranks.get_mut(rank as usize) {
             slot.outstanding = slot.outstanding.saturating_sub(1);
-            self.refresh(rank as usize);
+            self.refresh_load(rank as usize);
         }
     }
 
@@ -792,7 +915,7 @@ impl Scheduler {
     pub fn actor_gone(&mut self, rank: Rank) {
         if let Some(slot) = self.ranks.get_mut(rank as usize) {
             slot.actors = slot.actors.saturating_sub(1);
-            self.refresh(rank as usize);
+            self.refresh_actors(rank as usize);
         }
     }
 
