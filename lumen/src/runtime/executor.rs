@@ -8,24 +8,27 @@
 //! [`MAX_THREADS`]), so a chain of nested tasks can never deadlock a rank
 //! whose slots are all held by waiting parents.
 //!
-//! Placement groups: a bundle reserved on this rank moves its CPUs out of
-//! the free pool into a pool of its own. A task of a group takes slots from
-//! its bundle's pool only, every other task from the free pool only; each
-//! pool serves its tasks in FIFO order, and a task that does not fit its
-//! pool does not hold back the tasks of other pools. Releasing the group
-//! gives its pools' CPUs back (slots still held by its running tasks come
-//! back as they finish) and returns its queued tasks, which then fail.
+//! Placement groups: a bundle reserved on this rank moves its CPUs, custom
+//! resources and GPUs (specific device ids) out of the free pool into a
+//! pool of its own. A task of a group takes them from its bundle's pool
+//! only (its GPU ids are the bundle's devices), every other task from the
+//! free pool only, so work outside the group never gets a GPU a bundle
+//! reserved; each pool serves its tasks in FIFO order, and a task that
+//! does not fit its pool does not hold back the tasks of other pools.
+//! Releasing the group gives its pools back (what its running tasks hold
+//! comes back as they finish) and returns its queued tasks, which then fail.
 //!
-//! The slot accounting (the pools, which queued task may start) is pure
-//! and lives in `lumen_sched` ([`CpuSlots`], with its invariants and
-//! tests); this module is the threads around it: the queue of task specs,
-//! the pool of workers, blocking and waking.
+//! The accounting (the pools, which queued task may start, which GPU ids
+//! it gets) is pure and lives in `lumen_sched` ([`ResourceSlots`] and
+//! [`lumen_sched::GpuSlots`], with their invariants and tests); this
+//! module is the threads around it: the queue of task specs, the pool of
+//! workers, blocking and waking.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
-use lumen_sched::{Bundle, CpuSlots, GpuGrant, GpuSlots};
+use lumen_sched::{Bundle, GpuGrant, GpuSlots, Held, ResourceSlots, Resources};
 use lumen_transport::Rank;
 
 use super::core::Inner;
@@ -42,6 +45,8 @@ thread_local! {
     static HELD: Cell<(f64, Option<Bundle>)> = const { Cell::new((0.0, None)) };
     /// The bundle of the slots lent out by `blocking`, for `unblocked`.
     static BLOCKED_IN: Cell<Option<Bundle>> = const { Cell::new(None) };
+    /// This executor thread runs a task now.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
     /// The GPUs of the task or actor this thread runs (see [`gpu_ids`]).
     static GPUS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
@@ -76,10 +81,9 @@ struct Queued {
 #[derive(Debug)]
 struct State {
     queue: VecDeque<Queued>,
-    /// The free pool and the pools of the bundles reserved here.
-    slots: CpuSlots,
-    /// The rank's GPUs (which ids a task gets).
-    gpus: GpuSlots,
+    /// The free pool and the pools of the bundles reserved here (CPUs,
+    /// custom resources, GPU ids).
+    slots: ResourceSlots,
     threads: usize,
     idle: usize,
     stopping: bool,
@@ -94,13 +98,13 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
-    /// An executor of `cpus` slots over the rank's `gpus`.
-    pub(crate) fn new(cpus: f64, gpus: GpuSlots) -> Arc<Self> {
+    /// An executor of `capacity`'s CPU slots and custom resources over the
+    /// rank's `gpus`.
+    pub(crate) fn new(capacity: &Resources, gpus: GpuSlots) -> Arc<Self> {
         Arc::new(Executor {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                slots: CpuSlots::new(cpus),
-                gpus,
+                slots: ResourceSlots::new(capacity, gpus),
                 threads: 0,
                 idle: 0,
                 stopping: false,
@@ -168,11 +172,26 @@ impl Executor {
         Ok(())
     }
 
-    /// Reserves bundles of `group` here (index, CPUs): their CPUs leave the
+    /// Reserves bundles of `group` here (index, resources): they leave the
     /// free pool (which may go below zero while tasks started before the
-    /// reservation finish).
-    pub(crate) fn reserve(&self, group: PlacementGroupId, bundles: &[(u32, f64)]) {
-        self.lock().slots.reserve(group, bundles);
+    /// reservation finish); their GPUs become specific devices of the
+    /// bundle. Returns each new bundle's device ids.
+    pub(crate) fn reserve(
+        &self,
+        group: PlacementGroupId,
+        bundles: &[(u32, Resources)],
+    ) -> Vec<(u32, Vec<u32>)> {
+        self.lock().slots.reserve(group, bundles)
+    }
+
+    /// Tasks queued or running here, for the submitters' load view
+    /// (piggybacked on `Done`): the task of the calling executor thread,
+    /// which is reporting its end, is not counted.
+    pub(crate) fn queued(&self) -> u32 {
+        let s = self.lock();
+        let me = usize::from(IN_TASK.with(Cell::get));
+        let running = s.threads.saturating_sub(s.idle).saturating_sub(me);
+        u32::try_from(s.queue.len() + running).unwrap_or(u32::MAX)
     }
 
     /// Releases every bundle of `group` here; returns its queued tasks.
@@ -210,43 +229,37 @@ impl Executor {
         self.ready.notify_all();
     }
 
-    /// The first queued task that may start now, FIFO within each pool
-    /// (see [`CpuSlots::next_runnable`]), among those whose GPUs are free
-    /// (a task waiting for a GPU does not hold back CPU-only tasks; a
-    /// request the rank can never serve is let through, to fail).
-    fn next_runnable(s: &State) -> Option<(usize, f64, Option<Bundle>)> {
-        let startable: Vec<usize> = (0..s.queue.len())
-            .filter(|&i| {
-                let gpus = s.queue[i].spec.options.resources.gpus;
-                gpus <= 0.0 || s.gpus.check(gpus).is_err() || s.gpus.can_acquire(gpus)
-            })
-            .collect();
-        let (at, need, bundle) = s.slots.next_runnable(startable.iter().map(|&i| {
-            let spec = &s.queue[i].spec;
-            (spec.options.resources.cpus, bundle_of(spec))
-        }))?;
-        Some((startable[at], need, bundle))
-    }
-
-    /// Takes the GPUs of a task that starts now.
-    fn take_gpus(s: &mut State, spec: &TaskSpec) -> Result<GpuGrant, String> {
-        match s.gpus.acquire(spec.options.resources.gpus) {
-            Ok(Some(grant)) => Ok(grant),
-            Ok(None) => Err("its GPUs were taken meanwhile".to_string()),
-            Err(e) => Err(e.to_string()),
-        }
+    /// The first queued task that may start now, FIFO within each pool,
+    /// among those whose GPUs are free (see
+    /// [`ResourceSlots::next_runnable`]: a task waiting for a GPU does not
+    /// hold back CPU-only tasks; a request the rank can never serve is let
+    /// through, to fail).
+    fn next_runnable(s: &State) -> Option<usize> {
+        s.slots.next_runnable(
+            s.queue
+                .iter()
+                .map(|q| (&q.spec.options.resources, bundle_of(&q.spec))),
+        )
     }
 
     /// Takes GPUs for an actor starting on this rank (`None`: not now).
+    /// The host is not told an actor's bundle (`ActorCreate` carries its
+    /// group only), so: from the free pool, or from a bundle's devices when
+    /// every device that could serve it is reserved (see
+    /// [`ResourceSlots::acquire_gpus_any`]); `ResourceSlots::acquire_gpus`
+    /// serves a known bundle exactly.
     pub(crate) fn acquire_gpus(&self, amount: f64) -> Result<Option<GpuGrant>, String> {
-        self.lock().gpus.acquire(amount).map_err(|e| e.to_string())
+        self.lock()
+            .slots
+            .acquire_gpus_any(amount, None)
+            .map_err(|e| e.to_string())
     }
 
     /// Gives an actor's GPUs back.
     pub(crate) fn release_gpus(&self, grant: &GpuGrant) {
         let wake = {
             let mut s = self.lock();
-            s.gpus.release(grant);
+            s.slots.release_gpus(grant);
             s.idle > 0 && !s.queue.is_empty()
         };
         if wake {
@@ -262,18 +275,18 @@ impl Executor {
 
     fn run(self: Arc<Self>, runtime: Weak<Inner>) {
         loop {
-            let (job, need, bundle, gpus) = {
+            let (job, held) = {
                 let mut s = self.lock();
                 loop {
                     if s.stopping {
                         s.threads -= 1;
                         return;
                     }
-                    if let Some((at, need, bundle)) = Self::next_runnable(&s) {
+                    if let Some(at) = Self::next_runnable(&s) {
                         if let Some(job) = s.queue.remove(at) {
-                            s.slots.take(need, bundle);
-                            let gpus = Self::take_gpus(&mut s, &job.spec);
-                            break (job, need, bundle, gpus);
+                            let bundle = bundle_of(&job.spec);
+                            let held = s.slots.start(&job.spec.options.resources, bundle);
+                            break (job, held);
                         }
                     }
                     s.idle += 1;
@@ -284,26 +297,27 @@ impl Executor {
             let Some(inner) = runtime.upgrade() else {
                 return;
             };
-            HELD.with(|h| h.set((need, bundle)));
-            let grant = match gpus {
-                Ok(grant) => {
-                    set_gpu_ids(grant.ids.clone());
+            let held: Option<Held> = match held {
+                Ok(held) => {
+                    HELD.with(|h| h.set((held.cpus, held.bundle)));
+                    set_gpu_ids(held.gpus.ids.clone());
+                    IN_TASK.with(|t| t.set(true));
                     inner.run_task(job.spec, job.from);
+                    IN_TASK.with(|t| t.set(false));
                     set_gpu_ids(Vec::new());
-                    Some(grant)
+                    HELD.with(|h| h.set((0.0, None)));
+                    Some(held)
                 }
                 Err(why) => {
                     inner.fail_task(job.spec, &format!("cannot get its GPUs: {why}"));
                     None
                 }
             };
-            HELD.with(|h| h.set((0.0, None)));
             drop(inner);
             let wake = {
                 let mut s = self.lock();
-                Self::give_back(&mut s, need, bundle);
-                if let Some(grant) = &grant {
-                    s.gpus.release(grant);
+                if let Some(held) = &held {
+                    s.slots.finish(held);
                 }
                 s.idle > 0 && !s.queue.is_empty()
             };
@@ -372,17 +386,20 @@ mod tests {
     /// Starts the task `next_runnable` picks, as a worker would.
     fn start(executor: &Executor) -> Option<(u64, f64, Option<Bundle>)> {
         let mut s = executor.lock();
-        let (at, need, bundle) = Executor::next_runnable(&s)?;
+        let at = Executor::next_runnable(&s)?;
         let job = s.queue.remove(at)?;
-        s.slots.take(need, bundle);
-        Some((job.spec.object.seq, need, bundle))
+        let held = s
+            .slots
+            .start(&job.spec.options.resources, bundle_of(&job.spec))
+            .ok()?;
+        Some((job.spec.object.seq, held.cpus, held.bundle))
     }
 
     #[test]
     fn bundles_hold_their_cpus_and_do_not_block_each_other() {
         let group = PlacementGroupId { creator: 0, seq: 1 };
-        let executor = Executor::new(2.0, GpuSlots::with_count(0));
-        executor.reserve(group, &[(0, 1.0)]);
+        let executor = Executor::new(&Resources::cpus(2.0), GpuSlots::with_count(0));
+        executor.reserve(group, &[(0, Resources::cpus(1.0))]);
         // Outside the group: one CPU is free, the second task waits for it.
         executor.push(spec(1, 1.0, None), 0).expect("queued");
         executor.push(spec(2, 1.0, None), 0).expect("queued");

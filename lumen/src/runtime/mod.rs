@@ -135,7 +135,9 @@ pub use ids::{ActorId, ObjectId};
 pub use lumen_sched::topology::RankBinding;
 pub use mesh::{mesh_communicator, mesh_member, ActorMesh, ActorNew, MeshSlice};
 pub use object_ref::{wait, ObjectRef, ObjectRefFuture, SliceView, Waited};
-pub use options::{ActorOptions, PlacementGroupScheduling, Resources, TaskOptions};
+pub use options::{
+    ActorOptions, PlacementGroupScheduling, Resources, SchedulingStrategy, TaskOptions,
+};
 pub use placement::{PlacementGroup, PlacementGroupId, PlacementStrategy};
 pub use protocol::RankStats;
 pub use registry::IntoArg;
@@ -327,8 +329,10 @@ impl Runtime {
     /// `ray.get_gpu_ids()`): a task or actor with `num_gpus(k)` gets `k`
     /// devices of its own, one with a fraction shares a device with other
     /// fractions. Empty outside a task or actor, or when it asked for none.
-    /// The rank's devices come from `LUMEN_NUM_GPUS` (devices `0..n`) or,
-    /// under Slurm, from its GPU binding.
+    /// The rank's devices come from `LUMEN_NUM_GPUS` (devices `0..n`),
+    /// else, under Slurm, from its GPU binding, else from the GPUs its
+    /// topology binding puts next to its cores (its process then sees only
+    /// those: `CUDA_VISIBLE_DEVICES`, see `runtime/binding.rs`).
     pub fn gpu_ids(&self) -> Vec<u32> {
         executor::gpu_ids()
     }

@@ -1,18 +1,20 @@
 //! Per-call options, with Ray's names: `num_cpus`, `num_gpus`, custom
-//! `resources`, `max_retries`, node affinity (`node`), placement groups
-//! (`placement_group`, Ray's `PlacementGroupSchedulingStrategy`), and
-//! Lumen's exact placement (`rank`).
+//! `resources`, `max_retries`, node affinity (`node`, hard; `node_soft`,
+//! Ray's `NodeAffinitySchedulingStrategy(soft=True)`), `spread` (Ray's
+//! `scheduling_strategy="SPREAD"`), placement groups (`placement_group`,
+//! Ray's `PlacementGroupSchedulingStrategy`), and Lumen's exact placement
+//! (`rank`).
 //!
 //! The scheduling vocabulary these options are made of ([`Resources`],
-//! [`PlacementGroupScheduling`]) is `lumen_sched`'s, re-exported here at
-//! the paths users know; the options themselves also carry retries,
-//! restarts and names, which are the runtime's.
+//! [`PlacementGroupScheduling`], [`SchedulingStrategy`]) is `lumen_sched`'s,
+//! re-exported here at the paths users know; the options themselves also
+//! carry retries, restarts and names, which are the runtime's.
 
 use serde::{Deserialize, Serialize};
 
 use lumen_transport::Rank;
 
-pub use lumen_sched::{PlacementGroupScheduling, Resources};
+pub use lumen_sched::{PlacementGroupScheduling, Resources, SchedulingStrategy};
 
 /// Options of one task submission (see `f::options()` of a remote function).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +29,10 @@ pub struct TaskOptions {
     pub rank: Option<Rank>,
     /// Run in this placement group, out of its bundle's resources.
     pub placement_group: Option<PlacementGroupScheduling>,
+    /// How it is spread over the job: the default (data locality, then the
+    /// least loaded), SPREAD, or soft node affinity.
+    #[serde(default)]
+    pub scheduling: SchedulingStrategy,
 }
 
 impl Default for TaskOptions {
@@ -40,6 +46,7 @@ impl Default for TaskOptions {
             node: None,
             rank: None,
             placement_group: None,
+            scheduling: SchedulingStrategy::Default,
         }
     }
 }
@@ -72,6 +79,10 @@ pub struct ActorOptions {
     /// the actor with `lumen::mesh_member` and `lumen::mesh_communicator`).
     #[doc(hidden)]
     pub mesh: Option<crate::runtime::mesh::MeshMember>,
+    /// How it is spread over the job: the default (the rank with the fewest
+    /// actors placed by its creator), SPREAD, or soft node affinity.
+    #[serde(default)]
+    pub scheduling: SchedulingStrategy,
 }
 
 /// Builder methods shared by the generated per-function call types
@@ -108,6 +119,18 @@ macro_rules! __task_option_methods {
         /// Runs on exactly this rank.
         $($vis)* fn rank(mut self, rank: u32) -> Self {
             self.options.rank = Some(rank);
+            self
+        }
+        /// Spreads tasks over nodes in round robin, the least loaded rank
+        /// of each (Ray's `scheduling_strategy="SPREAD"`).
+        $($vis)* fn spread(mut self) -> Self {
+            self.options.scheduling = $crate::runtime::SchedulingStrategy::Spread;
+            self
+        }
+        /// Runs on a rank of this node when it has one that fits, else
+        /// anywhere (Ray's `NodeAffinitySchedulingStrategy(soft=True)`).
+        $($vis)* fn node_soft(mut self, node: u32) -> Self {
+            self.options.scheduling = $crate::runtime::SchedulingStrategy::PreferNode(node);
             self
         }
         /// Runs in a placement group, out of the resources reserved for
@@ -161,6 +184,19 @@ macro_rules! __actor_option_methods {
         /// Hosts the actor on exactly this rank.
         $($vis)* fn rank(mut self, rank: u32) -> Self {
             self.options.rank = Some(rank);
+            self
+        }
+        /// Spreads actors over nodes in round robin (Ray's
+        /// `scheduling_strategy="SPREAD"`).
+        $($vis)* fn spread(mut self) -> Self {
+            self.options.scheduling = $crate::runtime::SchedulingStrategy::Spread;
+            self
+        }
+        /// Hosts the actor on a rank of this node when it has one that
+        /// fits, else anywhere (Ray's
+        /// `NodeAffinitySchedulingStrategy(soft=True)`).
+        $($vis)* fn node_soft(mut self, node: u32) -> Self {
+            self.options.scheduling = $crate::runtime::SchedulingStrategy::PreferNode(node);
             self
         }
         /// Hosts the actor on the rank of bundle `bundle_index` of a

@@ -35,27 +35,37 @@
 //!                                                  group, kill its actors
 //! ```
 //! Reservation is atomic: the table places all bundles or none. A host
-//! moves a bundle's CPUs from its free pool into a pool of the bundle
-//! (`executor`, counted by `lumen_sched::CpuSlots`); tasks of the group run
-//! only out of their bundle's pool, other tasks only out of the free pool,
-//! so a task that needs reserved CPUs waits in the queue until the group is
+//! moves a bundle's CPUs, custom resources and GPUs (specific device ids,
+//! whole or a share of one) from its free pool into a pool of the bundle
+//! (`executor`, counted by `lumen_sched::ResourceSlots`); tasks of the
+//! group run only out of their bundle's pool (their GPU ids are the
+//! bundle's devices), other tasks only out of the free pool, so a task
+//! that needs reserved resources waits in the queue until the group is
 //! removed. Tasks already running on a rank when a bundle is reserved there
 //! finish in place (the rank is briefly over-subscribed); no new task
 //! outside the group starts until the free pool has room again. `ready`
 //! waits for every host's acknowledgement, so a task submitted after it
 //! finds its bundle's pool.
 //!
-//! GPUs and custom resources are reserved in the head's table (two groups
-//! never hold the same GPU), but executors count CPU slots only, as for
-//! tasks outside groups. Actors in a bundle run on the bundle's rank on a
-//! thread of their own, as other actors do (they take no CPU slots).
+//! Actors in a bundle run on the bundle's rank on a thread of their own,
+//! as other actors do (they take no CPU slots); their GPUs come from the
+//! bundle's devices when the rank's other devices cannot serve them.
 //!
 //! # Failures
 //! A host that dies while its bundles are being reserved fails the group
-//! (the other hosts release theirs; `ready` returns the error). Bundles of
-//! a created group are not moved when their rank dies: tasks and actors
-//! sent to that bundle fail as on any dead rank (Ray reschedules such
-//! bundles on other nodes).
+//! (the other hosts release theirs; `ready` returns the error). When the
+//! rank of a bundle of a created group dies, the head places that bundle
+//! again on a live rank, keeping the group's strategy (STRICT_SPREAD: a
+//! node without another bundle of the group; STRICT_PACK: the node of the
+//! others), and reserves it there (`lumen_sched::PlacementTable`'s
+//! "Failures"); until that rank acknowledged, `ready`, `ranks` and new
+//! tasks or actors into the group wait, then they go to the new rank.
+//! Every rank drops its cached view of such a group when it sees the
+//! death. Tasks of the bundle that were running on the dead rank are
+//! retried on the new one (as their `max_retries` allows); actors that
+//! lived there are not restarted into the bundle. A bundle that no live
+//! rank could ever hold under the strategy stays on its dead rank: work
+//! sent to it fails as on any dead rank.
 
 use std::sync::Arc;
 use std::time::Duration;

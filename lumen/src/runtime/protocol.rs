@@ -96,6 +96,9 @@ pub(crate) enum RtMsg {
         outcome: Outcome,
         /// Objects referenced by the value, registered as borrowed by the owner.
         refs: Vec<ObjectId>,
+        /// Tasks queued or running on the sending rank besides this one (its
+        /// load, as the owner's scheduler sees it: `Scheduler::reported`).
+        queued: u32,
     },
     /// Drop the task if it has not started.
     Cancel { object: ObjectId },

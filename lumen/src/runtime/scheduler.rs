@@ -7,4 +7,4 @@
 //! This module only keeps the runtime's old paths (`super::scheduler::...`)
 //! valid.
 
-pub(crate) use lumen_sched::{RankSlot, Request, Scheduler};
+pub(crate) use lumen_sched::{Preferences, RankSlot, Request, Scheduler};

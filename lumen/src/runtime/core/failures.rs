@@ -1,8 +1,11 @@
 //! Failures: the monitor that notices dead peers, and what a rank's death
 //! does here — its registrations go, its tasks are retried or fail (the
-//! decisions are the task table's), calls to its actors fail or are sent
-//! again to the restarted actor, the actors this rank created on it
-//! restart, and everyone waiting on it is woken with an error.
+//! decisions are the task table's; a task of a placement group goes to its
+//! bundle's new rank), calls to its actors fail or are sent again to the
+//! restarted actor, the actors this rank created on it restart, cached
+//! views of placement groups with a bundle there are dropped, and everyone
+//! waiting on it is woken with an error. The monitor also ages the queue
+//! lengths ranks reported to this rank's scheduler.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -15,7 +18,7 @@ use crate::runtime::error::{TaskError, TaskErrorKind};
 use crate::runtime::ids::ObjectId;
 use crate::runtime::object_ref::Pinned;
 use crate::runtime::protocol::{Outcome, RtMsg, PROBE_TAG};
-use crate::runtime::scheduler::Request;
+use crate::runtime::scheduler::{Preferences, Request};
 use crate::runtime::task_table::{actor_died, worker_died, ActorCall, TaskEffect};
 
 impl Inner {
@@ -165,24 +168,76 @@ impl Inner {
     }
 
     /// Places and sends again a task whose rank `dead` died (the task table
-    /// counted the attempt); it fails if no rank can take it.
+    /// counted the attempt); it fails if no rank can take it. A task of a
+    /// placement group goes to its bundle's rank as the head knows it now
+    /// (the bundle is placed again when its rank dies), found on a thread
+    /// of its own: the group may be waiting for its new host.
     fn retry_task(
         self: &Arc<Self>,
         dead: Rank,
         spec: crate::runtime::protocol::TaskSpec,
         pinned: Option<Pinned>,
     ) {
+        let Some(scheduling) = spec.options.placement_group else {
+            self.retry_task_now(dead, spec, pinned);
+            return;
+        };
+        let inner = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lumen-group-retry".into())
+            .spawn(move || {
+                let mut spec = spec;
+                let found = inner.choose_bundle(
+                    &spec.name,
+                    scheduling,
+                    &spec.options.resources,
+                    None,
+                    spec.options.node,
+                    |r| inner.load_on(r).0,
+                );
+                match found {
+                    Ok((_, host)) => {
+                        spec.options.rank = Some(host);
+                        inner.retry_task_now(dead, spec, pinned);
+                    }
+                    Err(e) => {
+                        let detail = format!("rank {dead} died and its bundle has no rank: {e}");
+                        let outcome = worker_died(&spec, dead, spec.attempt - 1, detail);
+                        inner.on_done(spec.object, outcome, Vec::new());
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("could not start a thread to retry a task of a placement group: {e}");
+        }
+    }
+
+    /// [`Inner::retry_task`] once the task's rank constraints are known.
+    fn retry_task_now(
+        self: &Arc<Self>,
+        dead: Rank,
+        spec: crate::runtime::protocol::TaskSpec,
+        pinned: Option<Pinned>,
+    ) {
         let object = spec.object;
+        let bytes = self.argument_bytes(&spec.refs);
         let placed = self
             .scheduler
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .place_task(&Request {
-                resources: Some(&spec.options.resources),
-                node: spec.options.node,
-                rank: spec.options.rank,
-                data_at: None,
-            });
+            .place_task_with(
+                &Request {
+                    resources: Some(&spec.options.resources),
+                    node: spec.options.node,
+                    rank: spec.options.rank,
+                    data_at: None,
+                },
+                &Preferences {
+                    strategy: spec.options.scheduling,
+                    args: &bytes,
+                    nic_local: false,
+                },
+            );
         let target = match placed {
             Ok(target) => target,
             Err(e) => {
@@ -241,10 +296,15 @@ pub(super) fn owner_died(object: ObjectId) -> Outcome {
     })
 }
 
+/// Monitor rounds between two halvings of the queue lengths ranks reported
+/// (5 × 20 ms: a report's half-life is 100 ms).
+const REPORT_DECAY_ROUNDS: u32 = 5;
+
 /// Watches peers: a receive on a tag nobody uses, without waiting, reports a
 /// dead or departed peer (the transport's progress thread notices deaths
 /// through pidfds and closed sockets).
 pub(super) fn monitor(runtime: Weak<Inner>) {
+    let mut rounds: u32 = 0;
     loop {
         std::thread::sleep(MONITOR_PERIOD);
         let Some(inner) = runtime.upgrade() else {
@@ -252,6 +312,16 @@ pub(super) fn monitor(runtime: Weak<Inner>) {
         };
         if inner.stopping.load(Ordering::Acquire) {
             return;
+        }
+        rounds = rounds.wrapping_add(1);
+        if rounds % REPORT_DECAY_ROUNDS == 0 {
+            // Queue lengths come only with answers: one that looked busy
+            // is tried again after a while (see `Scheduler::decay_reports`).
+            inner
+                .scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .decay_reports();
         }
         for rank in 0..inner.size {
             if rank == inner.rank || inner.is_dead(rank) {

@@ -2,7 +2,8 @@
 //! removing groups through the head (rank 0), the head's service over its
 //! [`PlacementTable`] (pure, in `lumen-sched`), choosing a bundle for a
 //! task or actor, and what a host does when bundles are reserved or
-//! released or a rank dies. The protocol and its limits are described in
+//! released or a rank dies (every rank drops its cached views of groups
+//! with a bundle on the dead rank; the head places those bundles again). The protocol and its limits are described in
 //! `runtime/placement.rs`, next to the [`PlacementGroup`] handle users hold.
 //!
 //! [`PlacementGroup`]: crate::runtime::PlacementGroup
@@ -34,6 +35,12 @@ pub(crate) struct GroupRuntime {
     hosted_actors: Mutex<HashMap<PlacementGroupId, Vec<ActorId>>>,
     next: AtomicU64,
 }
+
+/// How often a view of a group that names a dead rank is asked for again
+/// before it is taken as it is, and the pause between tries (the head's
+/// monitor notices a death within tens of milliseconds).
+const STALE_VIEW_TRIES: u32 = 40;
+const STALE_VIEW_PAUSE: Duration = Duration::from_millis(50);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -104,6 +111,12 @@ impl Inner {
     }
 
     /// The created group `id` (waits for its creation up to `timeout`).
+    ///
+    /// A view naming a rank this rank knows dead is asked for again a few
+    /// times: the head may not have seen the death yet (it then places the
+    /// bundle again and answers with the new rank once that rank reserved
+    /// it). A bundle that could not be placed again stays on its dead rank,
+    /// and the view says so after those tries.
     pub(crate) fn group_view(
         self: &Arc<Self>,
         id: PlacementGroupId,
@@ -112,13 +125,21 @@ impl Inner {
         if let Some(view) = lock(&self.groups.known).get(&id) {
             return Ok(view.clone());
         }
-        let answer = self.ask_group(0, |request| RtMsg::PgWait { group: id, request }, timeout)?;
-        match answer {
-            GroupAnswer::Created(view) => {
-                lock(&self.groups.known).insert(id, view.clone());
-                Ok(view)
+        let mut tries = 0;
+        loop {
+            let answer =
+                self.ask_group(0, |request| RtMsg::PgWait { group: id, request }, timeout)?;
+            let view = match answer {
+                GroupAnswer::Created(view) => view,
+                other => return Err(group_error(id, other)),
+            };
+            tries += 1;
+            if tries < STALE_VIEW_TRIES && view.ranks.iter().any(|&r| self.is_dead(r)) {
+                std::thread::sleep(STALE_VIEW_PAUSE);
+                continue;
             }
-            other => Err(group_error(id, other)),
+            lock(&self.groups.known).insert(id, view.clone());
+            return Ok(view);
         }
     }
 
@@ -261,8 +282,13 @@ impl Inner {
                 self.run_group_actions(actions);
             }
             RtMsg::BundleReserve { group, bundles } => {
-                let cpus: Vec<(u32, f64)> = bundles.iter().map(|(i, r)| (*i, r.cpus)).collect();
-                self.executor.reserve(group, &cpus);
+                let devices = self.executor.reserve(group, &bundles);
+                for (index, ids) in devices.iter().filter(|(_, ids)| !ids.is_empty()) {
+                    tracing::debug!(
+                        rank = self.rank,
+                        "bundle {index} of {group} holds GPUs {ids:?}"
+                    );
+                }
                 self.send_or_log(src, &RtMsg::BundleReserved { group });
             }
             RtMsg::BundleRelease { group } => self.release_group_here(group),
@@ -354,8 +380,11 @@ impl Inner {
         }
     }
 
-    /// (head) a rank died.
+    /// A rank died: views of groups with a bundle there are dropped (the
+    /// head places those bundles again: the next task or actor into the
+    /// group asks it for the new ranks); the head reschedules them.
     pub(crate) fn group_rank_died(self: &Arc<Self>, rank: Rank) {
+        lock(&self.groups.known).retain(|_, view| !view.ranks.contains(&rank));
         let actions = self.head_do(|t| t.rank_died(rank));
         self.run_group_actions(actions);
     }

@@ -340,7 +340,13 @@ impl Inner {
             }),
             changed: Changed::default(),
             scheduler: Mutex::new(Scheduler::new(slots, rank as usize + 1)),
-            executor: Executor::new(cpus, lumen_sched::GpuSlots::new(config.rank_gpu_ids())),
+            executor: Executor::new(
+                &lumen_sched::Resources {
+                    cpus,
+                    ..me.resources.clone()
+                },
+                lumen_sched::GpuSlots::new(config.rank_gpu_ids()),
+            ),
             actors: ActorHost::default(),
             next_object: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
@@ -473,7 +479,8 @@ impl Inner {
                 object,
                 outcome,
                 refs,
-            } => self.on_done(object, outcome, refs),
+                queued,
+            } => self.on_done_from(src, object, outcome, refs, queued),
             M::Cancel { object } => self.on_cancel(object),
             M::ActorCreate {
                 address,

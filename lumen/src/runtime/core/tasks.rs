@@ -18,7 +18,7 @@ use crate::runtime::options::TaskOptions;
 use crate::runtime::protocol::{encode, Outcome, RtMsg, TaskSpec, RUNTIME_TAG};
 use crate::runtime::refs::ObjectState;
 use crate::runtime::registry::{self, TaskFailure};
-use crate::runtime::scheduler::Request;
+use crate::runtime::scheduler::{Preferences, Request};
 use crate::runtime::task_table::{ActorCall, InFlight};
 
 /// Serialises as `RtMsg::Submit(spec)` (a newtype variant, index 0)
@@ -62,6 +62,7 @@ impl Inner {
                 object,
                 outcome: Outcome::Failed(failure),
                 refs: Vec::new(),
+                queued: self.executor.queued(),
             },
         );
         self.release_all(&spec.refs);
@@ -91,17 +92,24 @@ impl Inner {
             options.node,
             |r| self.load_on(r).0,
         )?;
-        let data_at = self.largest_argument(&refs);
+        let bytes = self.argument_bytes(&refs);
         let target = self
             .scheduler
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .place_task(&Request {
-                resources: Some(&options.resources),
-                node: options.node,
-                rank: options.rank,
-                data_at,
-            })
+            .place_task_with(
+                &Request {
+                    resources: Some(&options.resources),
+                    node: options.node,
+                    rank: options.rank,
+                    data_at: None,
+                },
+                &Preferences {
+                    strategy: options.scheduling,
+                    args: &bytes,
+                    nic_local: false,
+                },
+            )
             .map_err(infeasible(name))?;
         self.register(&refs, target)?;
         let object = self.new_object();
@@ -138,19 +146,56 @@ impl Inner {
         Ok(object)
     }
 
-    /// The rank holding the largest stored value among `refs` we own.
-    pub(super) fn largest_argument(&self, refs: &[ObjectId]) -> Option<Rank> {
+    /// Where the values of `refs` are, as bytes by rank, for locality:
+    /// a stored value on the rank that stored it and on every rank that
+    /// reported a copy of it (on those ranks' nodes), an inline value on
+    /// its owner (who serves it). Objects we own, and borrowed ones whose
+    /// value we were sent; values not known yet are left out.
+    pub(super) fn argument_bytes(&self, refs: &[ObjectId]) -> Vec<(Rank, u64)> {
+        let mut bytes = Vec::new();
         if refs.is_empty() {
-            return None;
+            return bytes;
         }
         let s = self.lock();
-        refs.iter()
-            .filter_map(|&id| match s.refs.state(id) {
-                Some(ObjectState::Ready(Outcome::Stored { rank, len, .. })) => Some((*len, *rank)),
-                _ => None,
-            })
-            .max()
-            .map(|(_, rank)| rank)
+        for &id in refs {
+            let (outcome, copies) = match s.refs.state(id) {
+                Some(ObjectState::Ready(outcome)) => (outcome, s.refs.copies(id)),
+                Some(ObjectState::Pending) => continue,
+                None => match s.remote_values.get(&id) {
+                    Some(Some(outcome)) => (
+                        outcome,
+                        s.remote_copies.get(&id).cloned().unwrap_or_default(),
+                    ),
+                    _ => continue,
+                },
+            };
+            match outcome {
+                Outcome::Stored { rank, len, .. } => {
+                    bytes.push((*rank, *len));
+                    bytes.extend(copies.iter().map(|&holder| (holder, *len)));
+                }
+                Outcome::Inline(value) => bytes.push((id.owner, value.len() as u64)),
+                Outcome::Failed(_) => {}
+            }
+        }
+        bytes
+    }
+
+    /// (owner) `Done` from rank `src`, which reported `queued` tasks there
+    /// besides this one (its load for the scheduler).
+    pub(super) fn on_done_from(
+        self: &Arc<Self>,
+        src: Rank,
+        object: ObjectId,
+        outcome: Outcome,
+        refs: Vec<ObjectId>,
+        queued: u32,
+    ) {
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reported(src, queued);
+        self.on_done(object, outcome, refs);
     }
 
     pub(super) fn on_done(
@@ -276,6 +321,7 @@ impl Inner {
                 object,
                 outcome,
                 refs,
+                queued: self.executor.queued(),
             },
         );
     }
