@@ -47,6 +47,8 @@ cargo clippy -p lumen-transport --features ofi --all-targets --quiet -- -D warni
 cargo test -p lumen-transport --features ofi --lib --test fabric_ofi --quiet -- --test-threads=1
 cargo clippy -p lumen-objstore --features ofi --all-targets --quiet -- -D warnings
 cargo test -p lumen-objstore --features ofi --test objstore_pull_one_sided --quiet -- --test-threads=1
+cargo clippy -p lumen --features ofi --all-targets --quiet -- -D warnings
+cargo nextest run -p lumen --features ofi --test rt_fabric --no-fail-fast
 
 echo "== benchmark smoke run"
 target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"

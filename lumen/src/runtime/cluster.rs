@@ -236,11 +236,26 @@ fn start(
         }
         _ => config,
     };
-    let ranks = hello(&endpoint, node, &config)?;
+    // The one-sided fabric: opened before the hello, which carries its
+    // address and arena key to every rank.
+    let fabric = super::fabric::open(
+        config.fabric,
+        &endpoint,
+        arena.as_ref().map(Arena::node_arena),
+        &job_id,
+    )?;
+    let ranks = hello(&endpoint, node, &config, fabric.as_ref())?;
+    #[cfg(feature = "ofi")]
+    if let Some(fabric) = &fabric {
+        fabric.connect(endpoint.rank(), &ranks);
+    }
     if let Some(arena) = &arena {
         arena.forget_name();
     }
     let inner = Inner::start(endpoint, mode, ranks, job_id, arena, &config, binding)?;
+    if let Some(fabric) = fabric {
+        inner.store.attach_fabric(fabric);
+    }
     if mode == Mode::Driver && inner.rank != 0 {
         serve_until_shutdown(inner, membership);
     }
@@ -342,7 +357,12 @@ fn build_id(config: &RuntimeConfig) -> u64 {
 
 /// Exchanges build ids and resources through rank 0, which refuses a job
 /// whose ranks run different builds.
-fn hello(endpoint: &Endpoint, node: u32, config: &RuntimeConfig) -> Result<Vec<RankInfo>> {
+fn hello(
+    endpoint: &Endpoint,
+    node: u32,
+    config: &RuntimeConfig,
+    fabric: Option<&super::fabric::Fabric>,
+) -> Result<Vec<RankInfo>> {
     let rank = endpoint.rank();
     let size = endpoint.size();
     let mine = RankInfo {
@@ -350,6 +370,7 @@ fn hello(endpoint: &Endpoint, node: u32, config: &RuntimeConfig) -> Result<Vec<R
         node,
         build_id: build_id(config),
         resources: config.resources.clone(),
+        fabric: fabric.and_then(super::fabric::Fabric::hello),
     };
     let welcome = if rank == 0 {
         let mut infos = vec![mine.clone()];

@@ -15,6 +15,7 @@
 //! | `LUMEN_BUILD_ID` | [`build_id`](RuntimeConfig::build_id) | hash of the executable |
 //! | `LUMEN_RT_SPIN_US` | [`wait_spin`](RuntimeConfig::wait_spin) | 0 |
 //! | `LUMEN_BIND` | [`bind`](RuntimeConfig::bind): `auto`, `cores`, `none` | `auto` |
+//! | `LUMEN_FABRIC` | [`fabric`](RuntimeConfig::fabric): `auto`, `ofi`, `tcp`, `verbs` | `auto` |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,6 +61,9 @@ pub struct RuntimeConfig {
     /// Whether each rank binds itself to cores chosen from the machine's
     /// topology (see `runtime::binding`).
     pub bind: BindPolicy,
+    /// Which fabric moves object pulls between nodes (`LUMEN_FABRIC`, see
+    /// `runtime::fabric`).
+    pub fabric: lumen_transport::fabric::FabricChoice,
 }
 
 /// How a rank binds itself to cores (`LUMEN_BIND`).
@@ -91,6 +95,7 @@ impl Default for RuntimeConfig {
             wait_spin: Duration::ZERO,
             gpu_ids: None,
             bind: BindPolicy::Auto,
+            fabric: lumen_transport::fabric::FabricChoice::Auto,
         }
     }
 }
@@ -204,6 +209,16 @@ impl RuntimeConfig {
                     })
                 }
             };
+        }
+        if let Some(v) = set("LUMEN_FABRIC") {
+            config.fabric =
+                lumen_transport::fabric::FabricChoice::parse(Some(&v)).map_err(|_| {
+                    RuntimeConfigError {
+                        variable: "LUMEN_FABRIC",
+                        value: v,
+                        expected: "verbs, ofi, tcp or auto",
+                    }
+                })?;
         }
         if let Some(v) = set("LUMEN_RT_SPIN_US") {
             let us: u64 = parse("LUMEN_RT_SPIN_US", &v, "a number of microseconds")?;

@@ -110,6 +110,7 @@ mod config;
 mod core;
 pub(crate) mod error;
 mod executor;
+mod fabric;
 mod ids;
 pub mod mesh;
 mod object_ref;

@@ -74,6 +74,8 @@ pub(crate) struct RankInfo {
     pub node: u32,
     pub build_id: u64,
     pub resources: Resources,
+    /// Its one-sided fabric, when it has one (see `runtime::fabric`).
+    pub fabric: Option<super::fabric::FabricHello>,
 }
 
 /// Rank 0's answer to the bootstrap exchange.
@@ -256,6 +258,9 @@ pub struct RankStats {
     pub actors_hosted: u64,
     /// Chunks of arena objects this rank sent to ranks of other nodes.
     pub chunks_served: u64,
+    /// Objects this rank pulled from other nodes with one-sided reads
+    /// (`LUMEN_FABRIC=ofi`; the others came in chunks).
+    pub one_sided_pulls: u64,
 }
 
 /// Encodes a message.

@@ -62,6 +62,11 @@ pub(crate) struct Arena {
 }
 
 impl Arena {
+    /// The node arena itself.
+    pub(crate) fn node_arena(&self) -> &NodeArena {
+        &self.arena
+    }
+
     /// Creates (`creator`) or opens the arena `name` and serves pulls from it.
     pub(crate) fn attach(
         endpoint: &Endpoint,
@@ -115,6 +120,8 @@ pub(crate) struct ValueStore {
     /// The NUMA node this rank is bound to: large objects it stores are
     /// asked for there (see `runtime/binding.rs`, "Memory").
     numa: Option<u32>,
+    /// The one-sided fabric, set once after bootstrap (`runtime::fabric`).
+    fabric: std::sync::OnceLock<super::fabric::Fabric>,
 }
 
 /// Arena ids: `hi` = storing rank + 1 (never nil), `lo` = its key.
@@ -138,7 +145,18 @@ impl ValueStore {
             next_key: AtomicU64::new(1),
             pull_chunk_bytes,
             numa,
+            fabric: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Pulls between nodes go through `fabric` from now on.
+    pub(crate) fn attach_fabric(&self, fabric: super::fabric::Fabric) {
+        let _ = self.fabric.set(fabric);
+    }
+
+    /// Objects pulled with one-sided reads so far.
+    pub(crate) fn one_sided_pulls(&self) -> u64 {
+        self.fabric.get().map_or(0, super::fabric::Fabric::pulls)
     }
 
     /// True when `rank` shares this rank's node (and arena).
@@ -264,6 +282,18 @@ impl ValueStore {
             chunk_bytes: self.pull_chunk_bytes,
             ..PullOptions::default()
         };
+        #[cfg(feature = "ofi")]
+        if let Some(fabric) = self.fabric.get() {
+            match fabric.pull(&arena.arena, &self.endpoint, rank, id, len) {
+                Some(Ok(view)) => return Ok(Bytes::View(Arc::new(view))),
+                // Another thread of this node pulls it: the loop below waits.
+                Some(Err(ObjectStoreError::AlreadyExists { .. })) | None => {}
+                Some(Err(e)) => tracing::warn!(
+                    rank = self.endpoint.rank(),
+                    "one-sided pull of {id:?} from rank {rank} failed ({e}); pulling it in chunks"
+                ),
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match lumen_objstore::pull(&arena.arena, &self.endpoint, rank, id, len, &options) {

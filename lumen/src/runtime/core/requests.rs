@@ -86,6 +86,7 @@ impl Inner {
             tasks_executed: self.tasks_executed.load(Ordering::Relaxed),
             actors_hosted: self.actors.live(),
             chunks_served: self.store.chunks_served(),
+            one_sided_pulls: self.store.one_sided_pulls(),
         }
     }
 
