@@ -300,7 +300,7 @@ impl ActorHost {
         address: ActorAddress,
         args: Vec<u8>,
         refs: Vec<ObjectId>,
-        gpus: f64,
+        (gpus, bundle): (f64, Option<lumen_sched::Bundle>),
         mesh: Option<Box<super::mesh::MeshMember>>,
     ) {
         if lock(&self.killed).contains_key(&address.id) {
@@ -329,7 +329,7 @@ impl ActorHost {
                 // Its GPUs, for its whole life on this thread (it waits for
                 // them as a task would; the submitter checked the rank has
                 // enough).
-                let grant = match take_gpus(&inner, gpus) {
+                let grant = match take_gpus(&inner, gpus, bundle) {
                     Ok(grant) => grant,
                     Err(why) => {
                         inner.release_all(&refs);
@@ -521,9 +521,13 @@ fn fail_call(inner: &Arc<Inner>, actor: ActorId, call: Call, reason: &str) {
 
 /// Waits for `amount` GPUs of this rank for an actor starting here;
 /// fails when the rank can never serve it or the runtime stops.
-fn take_gpus(inner: &Arc<Inner>, amount: f64) -> std::result::Result<GpuGrant, String> {
+fn take_gpus(
+    inner: &Arc<Inner>,
+    amount: f64,
+    bundle: Option<lumen_sched::Bundle>,
+) -> std::result::Result<GpuGrant, String> {
     loop {
-        if let Some(grant) = inner.executor.acquire_gpus(amount)? {
+        if let Some(grant) = inner.executor.acquire_gpus(amount, bundle)? {
             return Ok(grant);
         }
         if inner.stopping.load(Ordering::Acquire) {

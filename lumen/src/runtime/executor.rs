@@ -248,11 +248,19 @@ impl Executor {
     /// every device that could serve it is reserved (see
     /// [`ResourceSlots::acquire_gpus_any`]); `ResourceSlots::acquire_gpus`
     /// serves a known bundle exactly.
-    pub(crate) fn acquire_gpus(&self, amount: f64) -> Result<Option<GpuGrant>, String> {
-        self.lock()
-            .slots
-            .acquire_gpus_any(amount, None)
-            .map_err(|e| e.to_string())
+    pub(crate) fn acquire_gpus(
+        &self,
+        amount: f64,
+        bundle: Option<Bundle>,
+    ) -> Result<Option<GpuGrant>, String> {
+        let mut s = self.lock();
+        match bundle {
+            // Pinned to a bundle: its devices (or the free pool's, for a
+            // bundle reserved elsewhere or released meanwhile).
+            Some(bundle) => s.slots.acquire_gpus(amount, Some(bundle)),
+            None => s.slots.acquire_gpus_any(amount, None),
+        }
+        .map_err(|e| e.to_string())
     }
 
     /// Gives an actor's GPUs back.

@@ -111,6 +111,9 @@ pub(crate) enum RtMsg {
         refs: Vec<ObjectId>,
         /// The placement group it is hosted in (killed when it is removed).
         placement_group: Option<PlacementGroupId>,
+        /// Its bundle's index in that group, when it was pinned to one (its
+        /// GPUs then come from the bundle's devices).
+        bundle_index: Option<u32>,
         /// Its `num_gpus`: the host gives it that many of its devices.
         gpus: f64,
         /// Its place in an actor mesh.

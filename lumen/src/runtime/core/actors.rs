@@ -26,7 +26,7 @@ use crate::runtime::options::ActorOptions;
 use crate::runtime::placement::PlacementGroupId;
 use crate::runtime::protocol::{ActorAddress, RtMsg};
 use crate::runtime::refs::ObjectState;
-use crate::runtime::scheduler::Request;
+use crate::runtime::scheduler::{Preferences, Request};
 use crate::runtime::task_table::{ActorCall, CallRetry};
 
 impl Inner {
@@ -37,12 +37,14 @@ impl Inner {
         args: Vec<u8>,
         refs: Vec<ObjectId>,
         placement_group: Option<PlacementGroupId>,
+        bundle: Option<lumen_sched::Bundle>,
         gpus: f64,
         mesh: Option<Box<MeshMember>>,
     ) {
         self.hold_all(&refs);
         let id = address.id;
-        self.actors.create(self, address, args, refs, gpus, mesh);
+        self.actors
+            .create(self, address, args, refs, (gpus, bundle), mesh);
         if let Some(group) = placement_group {
             self.actor_in_group(group, id);
         }
@@ -193,12 +195,18 @@ impl Inner {
             .scheduler
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .place_actor(&Request {
-                resources: Some(&options.resources),
-                node: options.node,
-                rank: options.rank,
-                data_at: None,
-            })
+            .place_actor_with(
+                &Request {
+                    resources: Some(&options.resources),
+                    node: options.node,
+                    rank: options.rank,
+                    data_at: None,
+                },
+                &Preferences {
+                    strategy: options.scheduling,
+                    ..Preferences::default()
+                },
+            )
             .map_err(infeasible(class_name))?;
         let address = ActorAddress {
             id: ActorId {
@@ -263,6 +271,7 @@ impl Inner {
             args: args.clone(),
             refs,
             placement_group: options.placement_group.map(|p| p.group),
+            bundle_index: options.placement_group.and_then(|p| p.bundle_index),
             gpus: options.resources.gpus,
             mesh: options.mesh.clone().map(Box::new),
         };
@@ -313,13 +322,19 @@ impl Inner {
                     self.scheduler
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .place_actor(&Request {
-                            resources: Some(&options.resources),
-                            node: options.node,
-                            // A pinned rank that died cannot host it again.
-                            rank: None,
-                            data_at: None,
-                        })
+                        .place_actor_with(
+                            &Request {
+                                resources: Some(&options.resources),
+                                node: options.node,
+                                // A pinned rank that died cannot host it again.
+                                rank: None,
+                                data_at: None,
+                            },
+                            &Preferences {
+                                strategy: options.scheduling,
+                                ..Preferences::default()
+                            },
+                        )
                         .ok()
                 }
             };
@@ -355,6 +370,7 @@ impl Inner {
                     args: record.args.clone(),
                     refs: refs.clone(),
                     placement_group: None,
+                    bundle_index: None,
                     gpus: record.options.resources.gpus,
                     // A mesh member keeps its coordinates; the other
                     // members' rank lists still name the dead rank.

@@ -487,9 +487,13 @@ impl Inner {
                 args,
                 refs,
                 placement_group,
+                bundle_index,
                 gpus,
                 mesh,
-            } => self.on_actor_create(address, args, refs, placement_group, gpus, mesh),
+            } => {
+                let bundle = placement_group.zip(bundle_index);
+                self.on_actor_create(address, args, refs, placement_group, bundle, gpus, mesh)
+            }
             M::ActorCall {
                 actor,
                 method,
