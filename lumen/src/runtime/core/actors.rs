@@ -36,11 +36,12 @@ impl Inner {
         address: ActorAddress,
         args: Vec<u8>,
         refs: Vec<ObjectId>,
-        placement_group: Option<PlacementGroupId>,
-        bundle: Option<lumen_sched::Bundle>,
+        placement: Option<(PlacementGroupId, Option<u32>)>,
         gpus: f64,
         mesh: Option<Box<MeshMember>>,
     ) {
+        let placement_group = placement.map(|(group, _)| group);
+        let bundle = placement.and_then(|(group, index)| Some((group, index?)));
         self.hold_all(&refs);
         let id = address.id;
         self.actors

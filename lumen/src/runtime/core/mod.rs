@@ -491,8 +491,8 @@ impl Inner {
                 gpus,
                 mesh,
             } => {
-                let bundle = placement_group.zip(bundle_index);
-                self.on_actor_create(address, args, refs, placement_group, bundle, gpus, mesh)
+                let placement = placement_group.map(|group| (group, bundle_index));
+                self.on_actor_create(address, args, refs, placement, gpus, mesh)
             }
             M::ActorCall {
                 actor,
