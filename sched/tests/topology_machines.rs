@@ -79,6 +79,7 @@ fn eight_ranks_on_the_dgx_like_node_sit_next_to_their_gpu_and_nic() {
         }
         let nic = binding.nic.as_ref().expect("a NIC");
         assert_eq!(dgx.nics[nic.index].numa, Some(binding.numa));
+        assert!(binding.nic_local, "its NIC is on its NUMA node");
         assert!(!binding.cpus_shared && !binding.cpus_remote);
     }
     // Ranks 0 and 1 share NUMA node 0's GPUs in PCI order.

@@ -244,7 +244,8 @@ fn start(
         arena.as_ref().map(Arena::node_arena),
         &job_id,
     )?;
-    let ranks = hello(&endpoint, node, &config, fabric.as_ref())?;
+    let nic_local = binding.as_ref().is_some_and(|b| b.nic_local);
+    let ranks = hello(&endpoint, node, &config, fabric.as_ref(), nic_local)?;
     #[cfg(feature = "ofi")]
     if let Some(fabric) = &fabric {
         fabric.connect(endpoint.rank(), &ranks);
@@ -362,6 +363,7 @@ fn hello(
     node: u32,
     config: &RuntimeConfig,
     fabric: Option<&super::fabric::Fabric>,
+    nic_local: bool,
 ) -> Result<Vec<RankInfo>> {
     let rank = endpoint.rank();
     let size = endpoint.size();
@@ -371,6 +373,7 @@ fn hello(
         build_id: build_id(config),
         resources: config.resources.clone(),
         fabric: fabric.and_then(super::fabric::Fabric::hello),
+        nic_local,
     };
     let welcome = if rank == 0 {
         let mut infos = vec![mine.clone()];

@@ -33,6 +33,10 @@ pub struct TaskOptions {
     /// least loaded), SPREAD, or soft node affinity.
     #[serde(default)]
     pub scheduling: SchedulingStrategy,
+    /// Prefer a rank whose NIC is on its NUMA node, when that rank is not
+    /// busier (network-heavy work; see `lumen_sched`'s policy docs).
+    #[serde(default)]
+    pub near_nic: bool,
 }
 
 impl Default for TaskOptions {
@@ -47,6 +51,7 @@ impl Default for TaskOptions {
             rank: None,
             placement_group: None,
             scheduling: SchedulingStrategy::Default,
+            near_nic: false,
         }
     }
 }
@@ -109,6 +114,12 @@ macro_rules! __task_option_methods {
         /// Retries when the executing rank dies (default 3).
         $($vis)* fn max_retries(mut self, retries: u32) -> Self {
             self.options.max_retries = retries;
+            self
+        }
+        /// Prefers a rank whose NIC is on its NUMA node (when not busier):
+        /// for network-heavy tasks.
+        $($vis)* fn near_nic(mut self) -> Self {
+            self.options.near_nic = true;
             self
         }
         /// Runs on a rank of this node.

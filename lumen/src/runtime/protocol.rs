@@ -76,6 +76,8 @@ pub(crate) struct RankInfo {
     pub resources: Resources,
     /// Its one-sided fabric, when it has one (see `runtime::fabric`).
     pub fabric: Option<super::fabric::FabricHello>,
+    /// Its binding's NIC is on its NUMA node (NIC affinity).
+    pub nic_local: bool,
 }
 
 /// Rank 0's answer to the bootstrap exchange.

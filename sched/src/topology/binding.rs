@@ -78,6 +78,10 @@ pub struct RankBinding {
     pub gpus: Vec<GpuRef>,
     /// The NIC it should use, when the node has one.
     pub nic: Option<NicRef>,
+    /// That NIC is on the rank's NUMA node (what the placement policy's
+    /// NIC affinity prefers).
+    #[serde(default)]
+    pub nic_local: bool,
     /// Other ranks are bound to some of the same cpus (more ranks than
     /// allowed cores on the NUMA node).
     pub cpus_shared: bool,
@@ -208,23 +212,25 @@ pub fn bind_local_ranks(
     for (local_rank, ((slot, gpus, near, remote), (mut rank_cpus, cpus_shared))) in
         plan.into_iter().zip(cpus).enumerate()
     {
-        let nic = (0..topology.nics.len())
-            .min_by_key(|&i| {
-                let distance = match near {
-                    Some(numa) => topology.device_distance(&topology.nics[i], numa),
-                    None => Distance::Unknown,
-                };
-                (distance, nic_uses[i], i)
-            })
-            .map(|index| {
-                nic_uses[index] += 1;
-                let nic = &topology.nics[index];
-                NicRef {
-                    index,
-                    pci_bus_id: nic.pci_bus_id.clone(),
-                    name: nic.os_names.first().cloned(),
-                }
-            });
+        let nic_index = (0..topology.nics.len()).min_by_key(|&i| {
+            let distance = match near {
+                Some(numa) => topology.device_distance(&topology.nics[i], numa),
+                None => Distance::Unknown,
+            };
+            (distance, nic_uses[i], i)
+        });
+        let nic_local = nic_index.is_some_and(|i| {
+            topology.device_distance(&topology.nics[i], numas[slot].numa) == Distance::SameNuma
+        });
+        let nic = nic_index.map(|index| {
+            nic_uses[index] += 1;
+            let nic = &topology.nics[index];
+            NicRef {
+                index,
+                pci_bus_id: nic.pci_bus_id.clone(),
+                name: nic.os_names.first().cloned(),
+            }
+        });
         rank_cpus.sort_unstable();
         bindings.push(RankBinding {
             local_rank,
@@ -232,6 +238,7 @@ pub fn bind_local_ranks(
             numa: numas[slot].numa,
             gpus,
             nic,
+            nic_local,
             cpus_shared,
             cpus_remote: remote,
         });

@@ -138,6 +138,10 @@ impl Cache {
     }
 }
 
+/// Where the NVIDIA driver describes its GPUs (see
+/// [`Topology::name_nvidia_gpus`]).
+pub const NVIDIA_PROC: &str = "/proc/driver/nvidia/gpus";
+
 /// Which source [`Topology::discover_with_source`] read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Source {
@@ -290,7 +294,9 @@ impl Topology {
         if let Ok(topology) = hwloc::discover() {
             return Ok((topology, Source::Hwloc));
         }
-        Topology::from_sysfs(std::path::Path::new("/sys")).map(|t| (t, Source::Sysfs))
+        let mut topology = Topology::from_sysfs(std::path::Path::new("/sys"))?;
+        topology.name_nvidia_gpus(std::path::Path::new(NVIDIA_PROC));
+        Ok((topology, Source::Sysfs))
     }
 
     /// Reads a sysfs tree rooted at `root` (`/sys` on a real machine):
@@ -302,6 +308,40 @@ impl Topology {
     /// errors.
     pub fn from_sysfs(root: &std::path::Path) -> Result<Topology, TopologyError> {
         sysfs::read(root)
+    }
+
+    /// Names the NVIDIA GPUs that sysfs found only by PCI id, from the
+    /// driver's `/proc/driver/nvidia/gpus/<bus id>/information` (its
+    /// `Model:` line, what NVML reports as the name) under `dir`, and adds
+    /// `nvidia<minor>` to their OS names from its `Device Minor:` line.
+    /// GPUs without such a file (no driver loaded) are left as they are.
+    pub fn name_nvidia_gpus(&mut self, dir: &std::path::Path) {
+        for gpu in self.gpus.iter_mut().filter(|g| g.vendor_id == Some(0x10de)) {
+            let path = dir.join(gpu.pci_bus_id.to_lowercase()).join("information");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for line in text.lines() {
+                let Some((key, value)) = line.split_once(':') else {
+                    continue;
+                };
+                let value = value.trim();
+                match key.trim() {
+                    "Model" if gpu.model.is_none() && !value.is_empty() => {
+                        gpu.model = Some(value.to_string());
+                    }
+                    "Device Minor" => {
+                        if let Ok(minor) = value.parse::<u32>() {
+                            let name = format!("nvidia{minor}");
+                            if !gpu.os_names.contains(&name) {
+                                gpu.os_names.push(name);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Parses an hwloc XML document (`lstopo --of xml`); `what` names it in

@@ -424,6 +424,40 @@ mod tests {
     }
 
     #[test]
+    fn nvidia_gpus_are_named_from_the_driver() {
+        let sys = two_numa_machine("nvidia");
+        let dev = "bus/pci/devices/0000:77:00.0";
+        sys.write(&format!("{dev}/class"), "0x030200\n");
+        sys.write(&format!("{dev}/vendor"), "0x10de\n");
+        sys.write(&format!("{dev}/device"), "0x2330\n");
+        sys.write(&format!("{dev}/numa_node"), "1\n");
+        let mut t = read(&sys.0).expect("a topology");
+        let at = t
+            .gpus
+            .iter()
+            .position(|g| g.pci_bus_id == "0000:77:00.0")
+            .expect("the GPU");
+        assert_eq!(t.gpus[at].model, None);
+        sys.write(
+            "proc/0000:77:00.0/information",
+            "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   123\nDevice Minor: \t 3\n",
+        );
+        t.name_nvidia_gpus(&sys.0.join("proc"));
+        assert_eq!(t.gpus[at].model.as_deref(), Some("NVIDIA H100 80GB HBM3"));
+        assert!(t.gpus[at].os_names.contains(&"nvidia3".to_string()));
+        // No driver file: nothing changes, nothing fails.
+        t.name_nvidia_gpus(&sys.0.join("nowhere"));
+        assert_eq!(
+            t.gpus[at]
+                .os_names
+                .iter()
+                .filter(|n| n.starts_with("nvidia"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
     fn caches_are_read_once_each() {
         let sys = two_numa_machine("caches");
         for cpu in 0..8u32 {

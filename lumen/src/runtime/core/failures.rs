@@ -235,7 +235,7 @@ impl Inner {
                 &Preferences {
                     strategy: spec.options.scheduling,
                     args: &bytes,
-                    nic_local: false,
+                    nic_local: spec.options.near_nic,
                 },
             );
         let target = match placed {

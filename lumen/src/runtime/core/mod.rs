@@ -310,6 +310,7 @@ impl Inner {
         let inline_max = config.inline_max;
         let cpus = me.resources.cpus.max(1.0);
         let nodes: Vec<u32> = ranks.iter().map(|r| r.node).collect();
+        let nic_local: Vec<bool> = ranks.iter().map(|r| r.nic_local).collect();
         let inner = Arc::new(Inner {
             store: ValueStore::new(
                 endpoint.clone(),
@@ -339,7 +340,9 @@ impl Inner {
                 placed_actors: HashMap::new(),
             }),
             changed: Changed::default(),
-            scheduler: Mutex::new(Scheduler::new(slots, rank as usize + 1)),
+            scheduler: Mutex::new(
+                Scheduler::new(slots, rank as usize + 1).with_nic_local(&nic_local),
+            ),
             executor: Executor::new(
                 &lumen_sched::Resources {
                     cpus,

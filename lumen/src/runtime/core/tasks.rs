@@ -107,7 +107,7 @@ impl Inner {
                 &Preferences {
                     strategy: options.scheduling,
                     args: &bytes,
-                    nic_local: false,
+                    nic_local: options.near_nic,
                 },
             )
             .map_err(infeasible(name))?;
