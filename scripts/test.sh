@@ -54,6 +54,10 @@ echo "== benchmark smoke run"
 target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"
 target/debug/lumen bench collectives --scale 0.01 --sizes 8,65536 --ranks 2,3 --json "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json"
 target/debug/lumen bench sched --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-sched-bench-smoke.json"
+if [[ "$(id -u)" == 0 ]]; then
+    cargo build -q -p lumen-benches --features ofi --bins
+    target/debug/lumen bench objects --sizes 1M --rounds 1 --json "${TMPDIR:-/tmp}/lumen-objects-bench-smoke.json"
+fi
 
 echo "== NCCL backend (builds without CUDA; at run time it must report the missing libraries)"
 cargo clippy -p lumen-collectives --features nccl --all-targets --quiet -- -D warnings

@@ -50,6 +50,7 @@
 pub mod collectives;
 pub mod mpi;
 pub mod netns;
+pub mod objects;
 pub mod runtime;
 pub mod sched;
 pub mod transport;

@@ -36,6 +36,9 @@ enum Command {
     /// The scheduler at scale: placement decisions, placement groups and
     /// shard plans over a synthetic cluster (in-process).
     Sched(SchedBenchArgs),
+    /// Object pulls between two namespace hosts, chunked and one-sided,
+    /// beside iperf3.
+    Objects(ObjectsBenchArgs),
     /// Internal: starts the ranks of a suite (as `lumen run`).
     #[command(hide = true)]
     Launch(LaunchArgs),
@@ -50,6 +53,51 @@ enum WorkerCommand {
     Transport(TransportBenchArgs),
     /// A rank of the collectives suite.
     Collectives(CollectivesBenchArgs),
+    /// The driver of one objects round.
+    Objects(ObjectsWorkerArgs),
+}
+
+#[derive(Debug, Args)]
+struct ObjectsBenchArgs {
+    /// Object sizes in bytes, comma separated (K, M, G suffixes allowed).
+    #[arg(long, default_value = "1M,16M,256M,1G")]
+    sizes: String,
+    /// Rounds per fabric (alternating).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Fabrics to compare; default tcp, and ofi when built with it.
+    #[arg(long)]
+    fabrics: Option<String>,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ObjectsWorkerArgs {
+    /// Object sizes in bytes, comma separated.
+    #[arg(long)]
+    sizes: String,
+}
+
+/// `1M`, `16M`, `1G`, `4096`.
+fn parse_size(text: &str) -> anyhow::Result<usize> {
+    let text = text.trim();
+    let (digits, scale) = match text.chars().last() {
+        Some('K' | 'k') => (&text[..text.len() - 1], 1usize << 10),
+        Some('M' | 'm') => (&text[..text.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a size like 16M"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| anyhow::anyhow!("{text} is too large"))
+}
+
+fn parse_sizes(list: &str) -> anyhow::Result<Vec<usize>> {
+    list.split(',').map(parse_size).collect()
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +221,9 @@ fn main() -> ExitCode {
         Command::Collectives(args) => bench_collectives(args),
         Command::Runtime(args) => bench_runtime(args),
         Command::Sched(args) => bench_sched(args),
+        Command::Objects(args) => bench_objects(args),
+        Command::Worker(WorkerCommand::Objects(args)) => parse_sizes(&args.sizes)
+            .and_then(|sizes| lumen_benches::objects::worker(&sizes).map(|()| ExitCode::SUCCESS)),
         Command::Launch(args) => launch(args),
         Command::Worker(WorkerCommand::Transport(args)) => transport_worker(args),
         Command::Worker(WorkerCommand::Collectives(args)) => collectives_worker(args),
@@ -297,6 +348,25 @@ fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let rows = runtime::run(&options)?;
     runtime::print_table(&rows);
+    write_json(args.json.as_deref(), &rows)
+}
+
+fn bench_objects(args: ObjectsBenchArgs) -> anyhow::Result<ExitCode> {
+    let fabrics = match &args.fabrics {
+        Some(list) => list.split(',').map(|f| f.trim().to_string()).collect(),
+        None if cfg!(feature = "ofi") => vec!["tcp".to_string(), "ofi".to_string()],
+        None => {
+            eprintln!("lumen bench objects: built without the ofi feature, measuring tcp only (cargo build --release -p lumen-benches --features ofi)");
+            vec!["tcp".to_string()]
+        }
+    };
+    let options = lumen_benches::objects::ObjectsBenchOptions {
+        sizes: parse_sizes(&args.sizes)?,
+        rounds: args.rounds,
+        fabrics,
+    };
+    let rows = lumen_benches::objects::run(&options)?;
+    lumen_benches::objects::print_table(&rows);
     write_json(args.json.as_deref(), &rows)
 }
 
