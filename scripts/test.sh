@@ -57,6 +57,7 @@ target/debug/lumen bench sched --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-sched-
 if [[ "$(id -u)" == 0 ]]; then
     cargo build -q -p lumen-benches --features ofi --bins
     target/debug/lumen bench objects --sizes 1M --rounds 1 --json "${TMPDIR:-/tmp}/lumen-objects-bench-smoke.json"
+    target/debug/lumen bench fabric --sizes 8,64K --rounds 1 --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-fabric-bench-smoke.json"
 fi
 
 echo "== NCCL backend (builds without CUDA; at run time it must report the missing libraries)"

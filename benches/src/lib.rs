@@ -48,6 +48,8 @@
 //! ```
 
 pub mod collectives;
+#[cfg(feature = "ofi")]
+pub mod fabric;
 pub mod mpi;
 pub mod netns;
 pub mod objects;

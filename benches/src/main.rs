@@ -39,6 +39,8 @@ enum Command {
     /// Object pulls between two namespace hosts, chunked and one-sided,
     /// beside iperf3.
     Objects(ObjectsBenchArgs),
+    /// One-sided reads on libfabric beside fi_pingpong (feature ofi).
+    Fabric(FabricBenchArgs),
     /// Internal: starts the ranks of a suite (as `lumen run`).
     #[command(hide = true)]
     Launch(LaunchArgs),
@@ -55,6 +57,30 @@ enum WorkerCommand {
     Collectives(CollectivesBenchArgs),
     /// The driver of one objects round.
     Objects(ObjectsWorkerArgs),
+    /// The serving side of the fabric suite.
+    FabricServer {
+        /// The libfabric provider.
+        provider: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct FabricBenchArgs {
+    /// Providers, comma separated.
+    #[arg(long, default_value = "tcp;ofi_rxm,shm")]
+    providers: String,
+    /// Sizes in bytes, comma separated (K, M suffixes allowed).
+    #[arg(long, default_value = "8,4K,64K,1M,4M")]
+    sizes: String,
+    /// Rounds (Lumen and fi_pingpong alternate).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Iteration scale: 1.0 for the full counts, 0.05 for a smoke run.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +248,8 @@ fn main() -> ExitCode {
         Command::Runtime(args) => bench_runtime(args),
         Command::Sched(args) => bench_sched(args),
         Command::Objects(args) => bench_objects(args),
+        Command::Fabric(args) => bench_fabric(args),
+        Command::Worker(WorkerCommand::FabricServer { provider }) => fabric_server(&provider),
         Command::Worker(WorkerCommand::Objects(args)) => parse_sizes(&args.sizes)
             .and_then(|sizes| lumen_benches::objects::worker(&sizes).map(|()| ExitCode::SUCCESS)),
         Command::Launch(args) => launch(args),
@@ -349,6 +377,38 @@ fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
     let rows = runtime::run(&options)?;
     runtime::print_table(&rows);
     write_json(args.json.as_deref(), &rows)
+}
+
+#[cfg(feature = "ofi")]
+fn bench_fabric(args: FabricBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = lumen_benches::fabric::FabricBenchOptions {
+        providers: args
+            .providers
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .collect(),
+        sizes: parse_sizes(&args.sizes)?,
+        rounds: args.rounds,
+        scale: args.scale,
+    };
+    let rows = lumen_benches::fabric::run(&options)?;
+    lumen_benches::fabric::print_table(&rows);
+    write_json(args.json.as_deref(), &rows)
+}
+
+#[cfg(not(feature = "ofi"))]
+fn bench_fabric(_: FabricBenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("built without the ofi feature: cargo build --release -p lumen-benches --features ofi (needs libfabric-dev)")
+}
+
+#[cfg(feature = "ofi")]
+fn fabric_server(provider: &str) -> anyhow::Result<ExitCode> {
+    lumen_benches::fabric::server(provider).map(|()| ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "ofi"))]
+fn fabric_server(_: &str) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("built without the ofi feature")
 }
 
 fn bench_objects(args: ObjectsBenchArgs) -> anyhow::Result<ExitCode> {
