@@ -57,6 +57,7 @@ extern "C" {
     fn lumen_ofi_fabric(h: *const RawHandle) -> *const c_char;
     fn lumen_ofi_max_msg(h: *const RawHandle) -> u64;
     fn lumen_ofi_virt_addr(h: *const RawHandle) -> c_int;
+    fn lumen_ofi_waitable(h: *const RawHandle) -> c_int;
     fn lumen_ofi_context_size() -> usize;
     fn lumen_ofi_name(h: *mut RawHandle, buf: *mut c_void, len: *mut usize) -> c_int;
     fn lumen_ofi_insert(h: *mut RawHandle, addr: *const c_void, out: *mut u64) -> c_int;
@@ -95,6 +96,7 @@ extern "C" {
         h: *mut RawHandle,
         ctxs: *mut *mut c_void,
         max: usize,
+        timeout_ms: c_int,
         err_ctx: *mut *mut c_void,
         err: *mut c_int,
         errbuf: *mut c_char,
@@ -728,7 +730,7 @@ impl OfiEndpoint {
         if unposted > 0 {
             done.left.fetch_sub(unposted, Ordering::AcqRel);
         }
-        let finished = wait(&done, deadline);
+        let finished = wait(self.handle.0, &done, deadline, &self.queue_error);
         if finished && !write && post_error.is_none() {
             let bounce = done.bounce.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(bounce) = bounce.as_ref() {
@@ -802,8 +804,15 @@ fn containing(
     (start + len as u64 <= base + reg.len as u64).then_some((base, reg))
 }
 
-/// Waits until every piece of `done` completed, or `deadline`.
-fn wait(done: &Completion, deadline: Instant) -> bool {
+/// Waits until every piece of `done` completed, or `deadline`, reaping
+/// completions itself meanwhile (the queue is thread safe), so a waiting
+/// caller does not depend on the progress thread being scheduled.
+fn wait(
+    raw: *mut RawHandle,
+    done: &Completion,
+    deadline: Instant,
+    queue_error: &AtomicI32,
+) -> bool {
     let mut spins = 0u32;
     loop {
         if done.left.load(Ordering::Acquire) == 0 {
@@ -812,7 +821,11 @@ fn wait(done: &Completion, deadline: Instant) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        if spins < 2000 {
+        if reap(raw, 0, queue_error) {
+            spins = 0;
+            continue;
+        }
+        if spins < 20_000 {
             spins += 1;
             std::hint::spin_loop();
         } else {
@@ -821,47 +834,63 @@ fn wait(done: &Completion, deadline: Instant) -> bool {
     }
 }
 
-fn progress_loop(handle: Arc<Handle>, stop: Arc<AtomicBool>, queue_error: Arc<AtomicI32>) {
-    let raw = SendPtr(handle.0);
-    let mut idle = 0u32;
+/// Reaps completions: up to 64 (non-blocking when `timeout_ms` is 0, else
+/// sleeping in the provider's wait object up to that long); true when it
+/// found any.
+fn reap(raw: *mut RawHandle, timeout_ms: c_int, queue_error: &AtomicI32) -> bool {
     let mut ctxs = [std::ptr::null_mut::<c_void>(); 64];
     let mut errbuf = [0 as c_char; 256];
+    let (mut err_ctx, mut err) = (std::ptr::null_mut(), 0 as c_int);
+    // SAFETY: `raw` is a live handle (its owner holds an Arc); the buffers
+    // are ours and of the sizes given.
+    let n = unsafe {
+        lumen_ofi_poll(
+            raw,
+            ctxs.as_mut_ptr(),
+            ctxs.len(),
+            timeout_ms,
+            &mut err_ctx,
+            &mut err,
+            errbuf.as_mut_ptr(),
+            errbuf.len(),
+        )
+    };
+    if n > 0 {
+        for &ctx in &ctxs[..n as usize] {
+            complete(ctx, None);
+        }
+        return true;
+    }
+    if n == -FI_EAVAIL {
+        // SAFETY: the shim wrote a NUL-terminated message.
+        let text = unsafe { CStr::from_ptr(errbuf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        complete(err_ctx, Some(format!("error {err}: {text}")));
+        return true;
+    }
+    if n < 0 && n != -FI_EAGAIN {
+        queue_error.store(n as c_int, Ordering::Release);
+    }
+    false
+}
+
+fn progress_loop(handle: Arc<Handle>, stop: Arc<AtomicBool>, queue_error: Arc<AtomicI32>) {
+    let raw = SendPtr(handle.0);
+    // SAFETY: FFI query on a live handle.
+    let waitable = unsafe { lumen_ofi_waitable(raw.0) } != 0;
+    let mut idle = 0u32;
     while !stop.load(Ordering::Acquire) {
-        let (mut err_ctx, mut err) = (std::ptr::null_mut(), 0 as c_int);
-        // SAFETY: the handle outlives this thread (it holds an Arc); the
-        // buffers are ours and of the sizes given.
-        let n = unsafe {
-            lumen_ofi_poll(
-                raw.0,
-                ctxs.as_mut_ptr(),
-                ctxs.len(),
-                &mut err_ctx,
-                &mut err,
-                errbuf.as_mut_ptr(),
-                errbuf.len(),
-            )
-        };
-        if n > 0 {
+        // Busy for a moment after activity; then, with a wait object, sleep
+        // in the kernel until the provider has work (100 ms at most, to see
+        // `stop`); without one, nap.
+        let timeout = if waitable && idle > 2_000 { 100 } else { 0 };
+        if reap(raw.0, timeout, &queue_error) {
             idle = 0;
-            for &ctx in &ctxs[..n as usize] {
-                complete(ctx, None);
-            }
             continue;
-        }
-        if n == -FI_EAVAIL {
-            idle = 0;
-            // SAFETY: the shim wrote a NUL-terminated message.
-            let text = unsafe { CStr::from_ptr(errbuf.as_ptr()) }
-                .to_string_lossy()
-                .into_owned();
-            complete(err_ctx, Some(format!("error {err}: {text}")));
-            continue;
-        }
-        if n < 0 {
-            queue_error.store(n as c_int, Ordering::Release);
         }
         idle = idle.saturating_add(1);
-        if idle > 20_000 {
+        if !waitable && idle > 20_000 {
             std::thread::sleep(Duration::from_micros(50));
         } else {
             std::hint::spin_loop();

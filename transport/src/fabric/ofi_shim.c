@@ -23,6 +23,7 @@
 #include <rdma/fi_rma.h>
 
 struct lumen_ofi {
+    int waitable; /* the queue has a wait object: fi_cq_sread blocks */
     struct fi_info *info;
     struct fid_fabric *fabric;
     struct fid_domain *domain;
@@ -86,9 +87,19 @@ int lumen_ofi_open(const char *prov, const char *node, struct lumen_ofi **out,
     struct fi_cq_attr cq_attr;
     memset(&cq_attr, 0, sizeof(cq_attr));
     cq_attr.format = FI_CQ_FORMAT_CONTEXT;
-    cq_attr.wait_obj = FI_WAIT_NONE;
+    /* A wait object lets an idle progress thread sleep in the kernel until
+     * the provider has work (fi_cq_sread), instead of spinning or napping;
+     * providers without one fall back to polling. */
+    /* (shm's fi_cq_sread does not return at its timeout, so a closing
+     * endpoint would wait forever for its progress thread: shm polls.) */
+    cq_attr.wait_obj = strcmp(prov, "shm") == 0 ? FI_WAIT_NONE : FI_WAIT_UNSPEC;
     cq_attr.size = 4096;
     rc = fi_cq_open(h->domain, &cq_attr, &h->cq, NULL);
+    h->waitable = rc == 0 && cq_attr.wait_obj != FI_WAIT_NONE;
+    if (rc) {
+        cq_attr.wait_obj = FI_WAIT_NONE;
+        rc = fi_cq_open(h->domain, &cq_attr, &h->cq, NULL);
+    }
     if (rc) { say(err, errlen, "fi_cq_open", rc); lumen_ofi_close(h); return rc; }
     struct fi_av_attr av_attr;
     memset(&av_attr, 0, sizeof(av_attr));
@@ -112,6 +123,7 @@ int lumen_ofi_open(const char *prov, const char *node, struct lumen_ofi **out,
 const char *lumen_ofi_provider(const struct lumen_ofi *h) { return h->info->fabric_attr->prov_name; }
 const char *lumen_ofi_fabric(const struct lumen_ofi *h) { return h->info->fabric_attr->name; }
 uint64_t lumen_ofi_max_msg(const struct lumen_ofi *h) { return h->info->ep_attr->max_msg_size; }
+int lumen_ofi_waitable(const struct lumen_ofi *h) { return h->waitable; }
 int lumen_ofi_virt_addr(const struct lumen_ofi *h) {
     return (h->info->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0;
 }
@@ -164,11 +176,13 @@ ssize_t lumen_ofi_write(struct lumen_ofi *h, const void *buf, size_t len, void *
  * none is ready (progress was made), or -FI_EAVAIL after filling one
  * error entry (*err_ctx, *err, and its text in errbuf). Other negative
  * values are errors of the queue itself. */
-ssize_t lumen_ofi_poll(struct lumen_ofi *h, void **ctxs, size_t max, void **err_ctx, int *err,
-                       char *errbuf, size_t errlen) {
+ssize_t lumen_ofi_poll(struct lumen_ofi *h, void **ctxs, size_t max, int timeout_ms,
+                       void **err_ctx, int *err, char *errbuf, size_t errlen) {
     struct fi_cq_entry entries[64];
     if (max > 64) max = 64;
-    ssize_t n = fi_cq_read(h->cq, entries, max);
+    ssize_t n = (timeout_ms > 0 && h->waitable)
+                    ? fi_cq_sread(h->cq, entries, max, NULL, timeout_ms)
+                    : fi_cq_read(h->cq, entries, max);
     if (n > 0) {
         for (ssize_t i = 0; i < n; i++) ctxs[i] = entries[i].op_context;
         return n;
