@@ -29,7 +29,11 @@
 //! within its timeout ([`FabricError::Timeout`]) can return while the
 //! provider still holds the operation: nothing is ever written into the
 //! caller's memory after the call returns. Registered regions are the
-//! caller's to keep valid (see [`OfiEndpoint::register`]).
+//! caller's to keep valid (see [`OfiEndpoint::register`]). The price: a
+//! timed-out operation keeps its bounce buffer, and with it the domain,
+//! open until the provider returns it — if it never does (shm reading from
+//! a killed peer), until the process exits, and shm's `/dev/shm/{pid}:…`
+//! region then outlives the process.
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
