@@ -627,24 +627,19 @@ impl OfiEndpoint {
             }
         };
         let pieces = len.div_ceil(self.max_msg);
-        done.left.store(pieces as u32, Ordering::Release);
         let deadline = Instant::now() + timeout;
-        let mut posted = 0usize;
+        let mut posted = 0u64;
         let mut post_error = None;
         for piece in 0..pieces {
             let at = piece * self.max_msg;
             let size = self.max_msg.min(len - at);
-            let op = Box::into_raw(Box::new(Op {
-                fi: [std::ptr::null_mut(); 8],
-                done: done.clone(),
-            }));
             let target = key.base + offset + at as u64;
-            loop {
+            let result = self.post(&done, deadline, |op| {
                 // SAFETY: `buffer + at .. + size` lies in the caller's
-                // registered region or the bounce buffer;
-                // `op` stays alive until its completion is reaped (the
-                // progress thread frees it) or is leaked on timeout.
-                let rc = unsafe {
+                // registered region or the bounce buffer; `op` stays alive
+                // until its completion is reaped (the progress thread frees
+                // it) or is leaked on timeout.
+                unsafe {
                     if write {
                         lumen_ofi_write(
                             self.handle.0,
@@ -654,7 +649,7 @@ impl OfiEndpoint {
                             fi_peer,
                             target,
                             key.key,
-                            op.cast(),
+                            op,
                         )
                     } else {
                         lumen_ofi_read(
@@ -665,42 +660,26 @@ impl OfiEndpoint {
                             fi_peer,
                             target,
                             key.key,
-                            op.cast(),
+                            op,
                         )
                     }
-                };
-                if rc == 0 {
-                    posted += 1;
-                    break;
                 }
-                if rc == -FI_EAGAIN && Instant::now() < deadline {
-                    std::thread::yield_now();
-                    continue;
-                }
-                // Not posted: the provider never saw `op`.
-                // SAFETY: `op` came from Box::into_raw above and was not handed over.
-                drop(unsafe { Box::from_raw(op) });
-                post_error =
-                    Some(self.op_error(if write { "fi_write" } else { "fi_read" }, rc as c_int));
+            });
+            if let Err(rc) = result {
+                let call = if write { "fi_write" } else { "fi_read" };
+                post_error = Some(self.op_error(call, rc));
                 break;
             }
-            if post_error.is_some() {
-                break;
-            }
+            posted += 1;
         }
         if write && post_error.is_none() {
             // The read-back that tells the writes reached the target (RAW
             // order): one byte of the last piece, into the scratch buffer.
-            done.left.fetch_add(1, Ordering::AcqRel);
-            let op = Box::into_raw(Box::new(Op {
-                fi: [std::ptr::null_mut(); 8],
-                done: done.clone(),
-            }));
             let last = key.base + offset + len as u64 - 1;
-            loop {
+            let read_back = self.post(&done, deadline, |op| {
                 // SAFETY: the scratch buffer lives as long as the endpoint;
                 // `op` as for the pieces above.
-                let rc = unsafe {
+                unsafe {
                     lumen_ofi_read(
                         self.handle.0,
                         self.scratch.as_ptr().cast_mut().cast(),
@@ -709,31 +688,16 @@ impl OfiEndpoint {
                         fi_peer,
                         last,
                         key.key,
-                        op.cast(),
+                        op,
                     )
-                };
-                if rc == 0 {
-                    posted += 1;
-                    break;
                 }
-                if rc == -FI_EAGAIN && Instant::now() < deadline {
-                    std::thread::yield_now();
-                    continue;
-                }
-                // SAFETY: not handed to the provider.
-                drop(unsafe { Box::from_raw(op) });
-                done.left.fetch_sub(1, Ordering::AcqRel);
-                post_error = Some(self.op_error("fi_read (write's read-back)", rc as c_int));
-                break;
+            });
+            match read_back {
+                Ok(()) => posted += 1,
+                Err(rc) => post_error = Some(self.op_error("fi_read (write's read-back)", rc)),
             }
         }
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).posted += posted as u64;
-        // Pieces never posted count as done.
-        let posted_pieces = posted.min(pieces);
-        let unposted = (pieces - posted_pieces) as u32;
-        if unposted > 0 {
-            done.left.fetch_sub(unposted, Ordering::AcqRel);
-        }
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).posted += posted;
         let finished = wait(self.handle.0, &done, deadline, &self.queue_error);
         if finished && !write && post_error.is_none() {
             let bounce = done.bounce.lock().unwrap_or_else(|p| p.into_inner());
@@ -771,6 +735,38 @@ impl OfiEndpoint {
             return Err(self.op_error("fi_cq_read", queue));
         }
         Ok(())
+    }
+
+    /// Posts one operation of `done` with `call` (given the context to
+    /// pass), retrying while the provider's queue is full until `deadline`;
+    /// the operation then counts in `done` until its completion is reaped.
+    /// On failure nothing was handed to the provider: the context is freed
+    /// and the provider's code returned.
+    fn post(
+        &self,
+        done: &Arc<Completion>,
+        deadline: Instant,
+        call: impl Fn(*mut c_void) -> isize,
+    ) -> Result<(), c_int> {
+        done.left.fetch_add(1, Ordering::AcqRel);
+        let op = Box::into_raw(Box::new(Op {
+            fi: [std::ptr::null_mut(); 8],
+            done: done.clone(),
+        }));
+        loop {
+            let rc = call(op.cast());
+            if rc == 0 {
+                return Ok(());
+            }
+            if rc == -FI_EAGAIN && Instant::now() < deadline {
+                std::thread::yield_now();
+                continue;
+            }
+            // SAFETY: `op` came from Box::into_raw above and was not handed over.
+            drop(unsafe { Box::from_raw(op) });
+            done.left.fetch_sub(1, Ordering::AcqRel);
+            return Err(rc as c_int);
+        }
     }
 
     fn op_error(&self, call: &'static str, rc: c_int) -> FabricError {
