@@ -60,8 +60,12 @@ impl Endpoint {
                 Source::Any => shared.any_dead(),
             };
             if let Some(e) = failure {
-                // A message that arrived before the death is still delivered.
-                return shared.mailbox_take(src, tag).ok_or(e);
+                // A message that arrived before the death or departure is
+                // still delivered, even one another thread is handing over.
+                return match self.drain_before_failure(src, tag)? {
+                    Some(m) => Ok(m),
+                    None => Err(e),
+                };
             }
             if waiter.expired() {
                 return Err(TransportError::Timeout {
@@ -82,5 +86,34 @@ impl Endpoint {
                     })
             });
         }
+    }
+
+    /// A peer that sent its last message and then left is seen as gone by
+    /// whichever thread checks first, while another thread (the progress
+    /// thread, a receiver of another tag) may hold the ring with that message
+    /// half handed over: the ring's lock is polled with `try_lock`, so a
+    /// failing receive would miss it. Waits for that thread to finish, then
+    /// drains what is left, and only then gives up.
+    fn drain_before_failure(
+        &self,
+        src: Source,
+        tag: u64,
+    ) -> Result<Option<Message>, TransportError> {
+        let shared = &*self.shared;
+        drop(lock(&shared.consumer));
+        // Bounded: other peers may keep the rings busy.
+        for _ in 0..1024 {
+            if let Some(m) = shared.mailbox_take(src, tag) {
+                return Ok(Some(m));
+            }
+            let (progressed, direct) = self.progress_wanting(true, Some((src, tag)))?;
+            if direct.is_some() {
+                return Ok(direct);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        Ok(shared.mailbox_take(src, tag))
     }
 }
