@@ -17,8 +17,13 @@ set -euo pipefail
 #   bc                          arithmetic in benchmark scripts
 #   slurm-wlm munge             a real Slurm for the srun/sbatch tests (scripts/slurm-cluster.sh)
 #   mpich                       mpiexec.mpich (Hydra, PMI-1) launch tests
-#   libclang-dev                bindgen for rsmpi (lumen feature `mpi`)
-DEPS_PACKAGES="openmpi-bin libopenmpi-dev iproute2 iperf3 bc slurm-wlm munge mpich libclang-dev libhwloc-dev libudev-dev pkg-config libfabric-dev libfabric-bin"
+#   libclang-dev                bindgen for rsmpi (lumen feature `mpi`) and ibverbs-sys
+#   libhwloc-dev libudev-dev    hwloc topology discovery (lumen-sched feature `hwloc`)
+#   libfabric-dev libfabric-bin libfabric backend (feature `ofi`) and fi_pingpong
+#   cmake libnl-3-dev libnl-route-3-dev libibverbs-dev
+#                               the verbs backend (lumen-transport feature `verbs`):
+#                               ibverbs-sys builds rdma-core's headers for bindgen
+DEPS_PACKAGES="openmpi-bin libopenmpi-dev iproute2 iperf3 bc slurm-wlm munge mpich libclang-dev libhwloc-dev libudev-dev pkg-config libfabric-dev libfabric-bin cmake libnl-3-dev libnl-route-3-dev libibverbs-dev"
 
 log() { echo "install-deps: $*"; }
 

@@ -44,7 +44,7 @@ cargo test -p lumen-sched --features hwloc --lib --quiet topology
 
 echo "== one-sided transfers on libfabric (feature ofi: tcp;ofi_rxm and shm providers)"
 cargo clippy -p lumen-transport --features ofi --all-targets --quiet -- -D warnings
-cargo test -p lumen-transport --features ofi --lib --test fabric_ofi --quiet -- --test-threads=1
+cargo test -p lumen-transport --features ofi --lib --test fabric_conformance --quiet -- --test-threads=1
 cargo clippy -p lumen-objstore --features ofi --all-targets --quiet -- -D warnings
 cargo test -p lumen-objstore --features ofi --test objstore_pull_one_sided --quiet -- --test-threads=1
 cargo clippy -p lumen --features ofi --all-targets --quiet -- -D warnings

@@ -220,6 +220,36 @@ pub fn read_process_memory(pid: i32, addr: u64, dst: &mut [u8]) -> io::Result<()
     Ok(())
 }
 
+/// Copies `src` to address `addr` of process `pid` (`process_vm_writev`:
+/// a single copy). Fails as [`read_process_memory`] does.
+pub fn write_process_memory(pid: i32, addr: u64, src: &[u8]) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < src.len() {
+        let local = libc::iovec {
+            iov_base: src[done..].as_ptr().cast_mut().cast(),
+            iov_len: src.len() - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: src.len() - done,
+        };
+        // SAFETY: `local` points into `src`, which the kernel only reads; the
+        // remote range is validated by the kernel (EFAULT if unmapped).
+        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "process_vm_writev wrote nothing",
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 /// Reads `len` bytes at `addr` of process `pid` into a new vector, without
 /// zeroing it first (a fresh zeroed buffer costs a page fault and a memset per
 /// page on every large message; the kernel writes every byte anyway).

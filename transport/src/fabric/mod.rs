@@ -16,13 +16,32 @@
 //!   `shm` providers, and on cxi (Slingshot), efa, opx/psm2 (Omni-Path)
 //!   and `verbs;ofi_rxm` where those exist.
 //!
-//! Not here yet (issue 12's remaining parts): the `Endpoint`-level API
-//! that picks a backend per peer (shm on the node, ofi or verbs across),
-//! the verbs backend, and the object store's pulls and the rendezvous of
-//! large messages going through it.
+//! - [`OneSided`]: the interface every backend implements (register, read,
+//!   write, peers by address), so the object store and the benchmarks use
+//!   whichever backend [`open`] picked, and one conformance suite
+//!   (`tests/fabric_conformance.rs`) runs on each:
+//!   - [`tcp::TcpOneSided`]: one-sided transfers emulated over TCP (a
+//!     serving thread on the target moves the bytes straight between its
+//!     registered memory and the socket), always there;
+//!   - [`vm::VmOneSided`]: same node, a single `process_vm_readv` /
+//!     `process_vm_writev` copy from or into the peer's registered memory;
+//!   - `ofi` (feature `ofi`), `verbs` (feature `verbs`).
+//!
+//! # Choosing a backend
+//! [`open`] takes the `LUMEN_FABRIC` choice. `auto` means verbs when a
+//! device is there, else libfabric on a hardware provider, else TCP: a
+//! software libfabric provider is no faster than Lumen's TCP path (see
+//! BENCHMARKS.md), so it is used only when asked for (`ofi`). Asking for a
+//! backend this build or node lacks is an error that says so, not a
+//! silent fallback. Peers on the same node are reached by [`vm`] whatever
+//! the network backend is: one copy, no NIC loopback.
 
 #[cfg(feature = "ofi")]
 pub mod ofi;
+pub mod tcp;
+#[cfg(feature = "verbs")]
+pub mod verbs;
+pub mod vm;
 
 use std::time::Duration;
 
@@ -93,6 +112,170 @@ impl RemoteKey {
             }),
         }
     }
+}
+
+/// A region of this process's memory registered with a backend, with its
+/// serialisable [`RemoteKey`] for peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// Start address.
+    pub addr: u64,
+    /// Bytes.
+    pub len: u64,
+    /// What a peer needs to read or write it.
+    pub key: RemoteKey,
+}
+
+/// Counters of one backend endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FabricStats {
+    /// Regions registered with the provider.
+    pub registrations: u64,
+    /// Registrations served from the cache (a region, or a range inside
+    /// one, registered already).
+    pub cache_hits: u64,
+    /// Operations posted (pieces of transfers).
+    pub posted: u64,
+}
+
+/// One-sided transfers on one backend: what the object store's pulls, the
+/// benchmarks and the conformance suite use, whatever moves the bytes.
+///
+/// Peers are added by the address they publish ([`OneSided::address`],
+/// exchanged over the control plane at bootstrap) and named by the index
+/// [`OneSided::insert_peer`] returns. A transfer checks its key first (of
+/// this job, inside the region) and completes, fails or times out before
+/// it returns; nothing is written into `local` after that.
+pub trait OneSided: Send + Sync + std::fmt::Debug {
+    /// The backend and provider, for logs (`tcp`, `vm`, `ofi/shm`,
+    /// `verbs/mlx5_0:1`).
+    fn describe(&self) -> String;
+
+    /// This endpoint's address for peers.
+    fn address(&self) -> Result<Vec<u8>, FabricError>;
+
+    /// Adds a peer by its address; returns its index.
+    fn insert_peer(&self, address: &[u8]) -> Result<usize, FabricError>;
+
+    /// Registers `len` bytes at `addr` for remote reads and writes, once:
+    /// a range inside a region registered already is served from it (so
+    /// views of one pool cost a lookup).
+    ///
+    /// # Safety
+    /// The range must stay mapped and allocated until it is deregistered
+    /// (or the endpoint dropped), and be deregistered only once no transfer
+    /// into it is in flight: peers may read and write it until then.
+    unsafe fn register(&self, addr: *mut u8, len: usize) -> Result<Region, FabricError>;
+
+    /// Deregisters the region starting at `addr` (a no-op if none does).
+    fn deregister(&self, addr: *const u8);
+
+    /// Reads `local.len()` bytes at `offset` of the peer's region `key`.
+    fn read(
+        &self,
+        peer: usize,
+        key: &RemoteKey,
+        offset: u64,
+        local: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(), FabricError>;
+
+    /// Writes `local` at `offset` of the peer's region `key`; returns once
+    /// the bytes are in the target's memory.
+    fn write(
+        &self,
+        peer: usize,
+        key: &RemoteKey,
+        offset: u64,
+        local: &[u8],
+        timeout: Duration,
+    ) -> Result<(), FabricError>;
+
+    /// Counters.
+    fn stats(&self) -> FabricStats;
+}
+
+/// Opens the network backend `choice` names (see the module docs), bound
+/// to local address `node` where the backend takes one. `job` tags keys.
+pub fn open(
+    choice: FabricChoice,
+    node: Option<&str>,
+    job: u64,
+) -> Result<Box<dyn OneSided>, FabricError> {
+    let opened: Box<dyn OneSided> = match choice {
+        FabricChoice::Tcp => Box::new(tcp::TcpOneSided::open(node, job)?),
+        FabricChoice::Verbs => open_verbs(job)?,
+        FabricChoice::Ofi => open_ofi(choice, node, job)?,
+        FabricChoice::Auto => match open_verbs(job) {
+            Ok(verbs) => verbs,
+            Err(why_not_verbs) => match open_ofi(choice, node, job) {
+                Ok(ofi) => ofi,
+                Err(why_not_ofi) => {
+                    tracing::debug!("fabric auto: {why_not_verbs}; {why_not_ofi}");
+                    Box::new(tcp::TcpOneSided::open(node, job)?)
+                }
+            },
+        },
+    };
+    tracing::info!("fabric: one-sided transfers over {}", opened.describe());
+    Ok(opened)
+}
+
+#[cfg(feature = "verbs")]
+fn open_verbs(job: u64) -> Result<Box<dyn OneSided>, FabricError> {
+    Ok(Box::new(verbs::VerbsEndpoint::open(None, job)?))
+}
+
+#[cfg(not(feature = "verbs"))]
+fn open_verbs(_job: u64) -> Result<Box<dyn OneSided>, FabricError> {
+    Err(FabricError::Setup {
+        provider: "verbs".into(),
+        detail: "this build has no verbs backend: build with the `verbs` feature".into(),
+    })
+}
+
+#[cfg(feature = "ofi")]
+fn open_ofi(
+    choice: FabricChoice,
+    node: Option<&str>,
+    job: u64,
+) -> Result<Box<dyn OneSided>, FabricError> {
+    let mut tried = Vec::new();
+    for provider in choice.ofi_providers() {
+        match ofi::OfiEndpoint::open(provider, node, job) {
+            Ok(ep) => return Ok(Box::new(ep)),
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    Err(FabricError::Setup {
+        provider: "ofi".into(),
+        detail: format!("no libfabric provider opened: {}", tried.join("; ")),
+    })
+}
+
+#[cfg(not(feature = "ofi"))]
+fn open_ofi(
+    _choice: FabricChoice,
+    _node: Option<&str>,
+    _job: u64,
+) -> Result<Box<dyn OneSided>, FabricError> {
+    Err(FabricError::Setup {
+        provider: "ofi".into(),
+        detail: "this build has no libfabric backend: build with the `ofi` feature".into(),
+    })
+}
+
+/// The registered region holding `[start, start + len)`, if any, in a map
+/// of regions by start address whose values report their length.
+pub(crate) fn containing<R>(
+    regions: &std::collections::BTreeMap<u64, R>,
+    start: u64,
+    len: usize,
+    region_len: impl Fn(&R) -> usize,
+) -> Option<(u64, &R)> {
+    let (&base, reg) = regions.range(..=start).next_back()?;
+    let end = start.checked_add(len as u64)?;
+    (end <= base + region_len(reg) as u64).then_some((base, reg))
 }
 
 /// Which backend moves one-sided transfers (`LUMEN_FABRIC`).

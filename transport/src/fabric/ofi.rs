@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{FabricError, RemoteKey};
+use super::{FabricError, OneSided, RemoteKey};
 
 #[repr(C)]
 struct RawHandle {
@@ -196,29 +196,7 @@ struct Registration {
 // used only through the shim.
 unsafe impl Send for Registration {}
 
-/// A region of this process's memory registered with the endpoint, with
-/// its serialisable [`RemoteKey`] for peers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Region {
-    /// Start address.
-    pub addr: u64,
-    /// Bytes.
-    pub len: u64,
-    /// What a peer needs to read or write it.
-    pub key: RemoteKey,
-}
-
-/// Counters of one endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OfiStats {
-    /// Regions registered with the provider.
-    pub registrations: u64,
-    /// Registrations served from the cache (a region, or a range inside
-    /// one, registered already).
-    pub cache_hits: u64,
-    /// Operations posted (pieces of transfers).
-    pub posted: u64,
-}
+pub use super::{FabricStats as OfiStats, Region};
 
 /// A libfabric RDM endpoint (see the module docs).
 pub struct OfiEndpoint {
@@ -408,11 +386,24 @@ impl OfiEndpoint {
         if address.is_empty() {
             return Err(FabricError::BadAddress("empty".into()));
         }
+        // The provider reads as many bytes as its own addresses have (the
+        // caller's length is not passed on): copy the peer's into a buffer
+        // of that size, so a short address from the network is never read
+        // past its end; a longer one is not this provider's.
+        let own = self.address()?.len();
+        if address.len() > own {
+            return Err(FabricError::BadAddress(format!(
+                "{} bytes where {} addresses have {own}",
+                address.len(),
+                self.provider
+            )));
+        }
+        let mut padded = vec![0u8; own];
+        padded[..address.len()].copy_from_slice(address);
         let mut fi_addr = 0u64;
-        // SAFETY: `address` is a provider address read from a peer's
-        // `address()`; the provider reads its own address length from it.
-        // A malformed one is rejected by fi_av_insert (count != 1).
-        let rc = unsafe { lumen_ofi_insert(self.handle.0, address.as_ptr().cast(), &mut fi_addr) };
+        // SAFETY: `padded` holds a full-length address of this provider; a
+        // malformed one is rejected by fi_av_insert (count != 1).
+        let rc = unsafe { lumen_ofi_insert(self.handle.0, padded.as_ptr().cast(), &mut fi_addr) };
         if rc != 0 {
             return Err(FabricError::BadAddress(format!(
                 "fi_av_insert refused it: {}",
@@ -667,7 +658,17 @@ impl OfiEndpoint {
             });
             if let Err(rc) = result {
                 let call = if write { "fi_write" } else { "fi_read" };
-                post_error = Some(self.op_error(call, rc));
+                post_error = Some(if rc == -(FI_EAGAIN as c_int) {
+                    // The queue stayed full until the deadline: the peer
+                    // is not taking the operations (gone, or stalled).
+                    FabricError::Timeout {
+                        what: if write { "write" } else { "read" },
+                        bytes: len as u64,
+                        after: timeout,
+                    }
+                } else {
+                    self.op_error(call, rc)
+                });
                 break;
             }
             posted += 1;
@@ -800,8 +801,7 @@ fn containing(
     start: u64,
     len: usize,
 ) -> Option<(u64, &Registration)> {
-    let (&base, reg) = regions.range(..=start).next_back()?;
-    (start + len as u64 <= base + reg.len as u64).then_some((base, reg))
+    super::containing(regions, start, len, |reg| reg.len)
 }
 
 /// Waits until every piece of `done` completed, or `deadline`, reaping
@@ -912,4 +912,53 @@ fn complete(ctx: *mut c_void, error: Option<String>) {
         slot.get_or_insert(error);
     }
     op.done.left.fetch_sub(1, Ordering::AcqRel);
+}
+
+impl OneSided for OfiEndpoint {
+    fn describe(&self) -> String {
+        format!("ofi/{} on {}", self.provider, self.fabric)
+    }
+
+    fn address(&self) -> Result<Vec<u8>, FabricError> {
+        OfiEndpoint::address(self)
+    }
+
+    fn insert_peer(&self, address: &[u8]) -> Result<usize, FabricError> {
+        OfiEndpoint::insert_peer(self, address)
+    }
+
+    unsafe fn register(&self, addr: *mut u8, len: usize) -> Result<Region, FabricError> {
+        // SAFETY: the trait's contract is this method's.
+        unsafe { OfiEndpoint::register(self, addr, len) }
+    }
+
+    fn deregister(&self, addr: *const u8) {
+        OfiEndpoint::deregister(self, addr)
+    }
+
+    fn read(
+        &self,
+        peer: usize,
+        key: &RemoteKey,
+        offset: u64,
+        local: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(), FabricError> {
+        OfiEndpoint::read(self, peer, key, offset, local, timeout)
+    }
+
+    fn write(
+        &self,
+        peer: usize,
+        key: &RemoteKey,
+        offset: u64,
+        local: &[u8],
+        timeout: Duration,
+    ) -> Result<(), FabricError> {
+        OfiEndpoint::write(self, peer, key, offset, local, timeout)
+    }
+
+    fn stats(&self) -> OfiStats {
+        OfiEndpoint::stats(self)
+    }
 }
