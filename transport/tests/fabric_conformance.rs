@@ -51,7 +51,7 @@ fn open(name: &str) -> Result<Box<dyn OneSided>, FabricError> {
         )?)),
         #[cfg(feature = "verbs")]
         "verbs" => Ok(Box::new(
-            lumen_transport::fabric::verbs::VerbsEndpoint::open(None, JOB)?,
+            lumen_transport::fabric::verbs::VerbsEndpoint::open(None, Some("127.0.0.1"), JOB)?,
         )),
         other => panic!("no backend {other}"),
     }

@@ -204,9 +204,9 @@ pub fn open(
 ) -> Result<Box<dyn OneSided>, FabricError> {
     let opened: Box<dyn OneSided> = match choice {
         FabricChoice::Tcp => Box::new(tcp::TcpOneSided::open(node, job)?),
-        FabricChoice::Verbs => open_verbs(job)?,
+        FabricChoice::Verbs => open_verbs(node, job)?,
         FabricChoice::Ofi => open_ofi(choice, node, job)?,
-        FabricChoice::Auto => match open_verbs(job) {
+        FabricChoice::Auto => match open_verbs(node, job) {
             Ok(verbs) => verbs,
             Err(why_not_verbs) => match open_ofi(choice, node, job) {
                 Ok(ofi) => ofi,
@@ -222,12 +222,12 @@ pub fn open(
 }
 
 #[cfg(feature = "verbs")]
-fn open_verbs(job: u64) -> Result<Box<dyn OneSided>, FabricError> {
-    Ok(Box::new(verbs::VerbsEndpoint::open(None, job)?))
+fn open_verbs(node: Option<&str>, job: u64) -> Result<Box<dyn OneSided>, FabricError> {
+    Ok(Box::new(verbs::VerbsEndpoint::open(None, node, job)?))
 }
 
 #[cfg(not(feature = "verbs"))]
-fn open_verbs(_job: u64) -> Result<Box<dyn OneSided>, FabricError> {
+fn open_verbs(_node: Option<&str>, _job: u64) -> Result<Box<dyn OneSided>, FabricError> {
     Err(FabricError::Setup {
         provider: "verbs".into(),
         detail: "this build has no verbs backend: build with the `verbs` feature".into(),
