@@ -4,15 +4,17 @@
 //! arrives intact, the driver's `one_sided_pulls` counter says it went
 //! one-sided, and the start-up log names the provider. With
 //! `LUMEN_FABRIC=tcp` the same pull goes in chunks (counter 0). Needs root
-//! and iproute2; skips otherwise.
-
-#![cfg(feature = "ofi")]
+//! and iproute2; skips otherwise. `LUMEN_FABRIC=verbs` on a machine with no
+//! RDMA device (or a build without the `verbs` feature) fails the job at
+//! start-up saying so and what to use instead.
 
 mod common;
 
 use common::*;
+#[cfg(feature = "ofi")]
 use lumen_testkit::{netns_unavailable_reason, unique_prefix, NetnsCluster};
 
+#[cfg(feature = "ofi")]
 fn run(fabric: &str, tag: &str) -> Option<String> {
     if let Some(reason) = netns_unavailable_reason() {
         eprintln!("SKIPPED: network namespaces unavailable here: {reason}");
@@ -47,13 +49,14 @@ fn run(fabric: &str, tag: &str) -> Option<String> {
     Some(all)
 }
 
+#[cfg(feature = "ofi")]
 #[test]
 fn pulls_between_nodes_go_one_sided_over_libfabric() {
     let Some(all) = run("ofi", "lfo") else {
         return;
     };
     assert!(
-        all.contains("fabric: object pulls between nodes go one-sided over libfabric tcp;ofi_rxm"),
+        all.contains("fabric: object pulls between nodes go one-sided over ofi/tcp;ofi_rxm"),
         "{all}"
     );
     assert!(all.contains("one-sided pulls: 1"), "{all}");
@@ -62,6 +65,7 @@ fn pulls_between_nodes_go_one_sided_over_libfabric() {
     }
 }
 
+#[cfg(feature = "ofi")]
 #[test]
 fn with_lumen_fabric_tcp_they_go_in_chunks() {
     let Some(all) = run("tcp", "lft") else {
@@ -72,6 +76,38 @@ fn with_lumen_fabric_tcp_they_go_in_chunks() {
     for line in all.lines().filter(|l| l.contains("MB/s")) {
         eprintln!("{line}");
     }
+}
+
+#[test]
+fn lumen_fabric_verbs_without_a_device_is_refused_saying_what_to_do() {
+    if cfg!(feature = "verbs") && !lumen_transport::fabric::verbs_devices_present() {
+        eprintln!("(no verbs device here: the refusal names the missing device)");
+    } else if cfg!(feature = "verbs") {
+        eprintln!("SKIPPED: this machine has a verbs device; the refusal cannot be shown");
+        return;
+    }
+    let output = std::process::Command::new("timeout")
+        .args(["-k", "5", "120"])
+        .arg(lumen())
+        .args(["run", "-n", "2", "--"])
+        .arg(std::env::current_exe().expect("test binary"))
+        .args([
+            "scenario::pull_across_nodes",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("LUMEN_FABRIC", "verbs")
+        .output()
+        .expect("running lumen");
+    let all = text(&output);
+    assert!(!output.status.success(), "the job should fail:\n{all}");
+    assert!(all.contains("LUMEN_FABRIC=verbs on rank"), "{all}");
+    assert!(
+        all.contains("no verbs backend") || all.contains("no RDMA device"),
+        "{all}"
+    );
+    assert!(all.contains("use LUMEN_FABRIC=tcp or auto"), "{all}");
 }
 
 mod scenario {

@@ -157,7 +157,6 @@ mod heap;
 mod id;
 mod lock;
 mod pull;
-#[cfg(feature = "ofi")]
 mod pull_one_sided;
 mod table;
 
@@ -165,7 +164,6 @@ pub use arena::{ArenaOptions, ArenaStats, NodeArena, ObjectState, ObjectView, Ob
 pub use error::ObjectStoreError;
 pub use id::ObjectId;
 pub use pull::{pull, ObjectServer, PullOptions, OBJECT_TAG_BASE, PULL_REQUEST_TAG};
-#[cfg(feature = "ofi")]
 pub use pull_one_sided::{
     pull_one_sided, OneSidedServer, OneSidedSource, PIN_LEASE, PIN_REQUEST_TAG, UNPIN_TAG,
 };

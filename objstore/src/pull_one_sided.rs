@@ -1,5 +1,6 @@
-//! Pulling an object between nodes with one-sided reads (crate feature
-//! `ofi`): the puller reads the owner's arena block directly into its own
+//! Pulling an object between nodes with one-sided reads, on whichever
+//! backend moves them ([`lumen_transport::fabric::OneSided`]: verbs,
+//! libfabric, or the emulated TCP one): the puller reads the owner's arena block directly into its own
 //! new block — no copy at the owner, no chunk request per 8 MiB.
 //!
 //! ```text
@@ -30,8 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lumen_transport::fabric::ofi::OfiEndpoint;
-use lumen_transport::fabric::RemoteKey;
+use lumen_transport::fabric::{OneSided, RemoteKey};
 use lumen_transport::{Endpoint, Message, Rank, Source};
 
 use crate::pull::OBJECT_TAG_BASE;
@@ -54,7 +54,7 @@ const REPLY_LEN: usize = 24;
 pub struct OneSidedSource {
     /// The owner's rank (its control messages: pin and unpin).
     pub rank: Rank,
-    /// The owner, as [`OfiEndpoint::insert_peer`] numbered it.
+    /// The owner, as [`OneSided::insert_peer`] numbered it.
     pub peer: usize,
     /// Its arena mapping's key.
     pub key: RemoteKey,
@@ -104,7 +104,7 @@ impl OneSidedServer {
     pub fn register(
         endpoint: &Endpoint,
         arena: &NodeArena,
-        fabric: &OfiEndpoint,
+        fabric: &dyn OneSided,
     ) -> Result<Self, ObjectStoreError> {
         let (start, len) = arena.mapping();
         // SAFETY: the mapping stays valid while a clone of `arena` lives;
@@ -228,7 +228,7 @@ static PIN_SEQUENCE: AtomicU64 = AtomicU64::new(1);
 pub fn pull_one_sided(
     arena: &NodeArena,
     endpoint: &Endpoint,
-    fabric: &OfiEndpoint,
+    fabric: &dyn OneSided,
     source: &OneSidedSource,
     id: ObjectId,
     len: u64,

@@ -1,11 +1,10 @@
-//! One-sided pulls (feature `ofi`): rank 1 reads rank 0's arena block
-//! straight into its own arena with one libfabric read, on `tcp;ofi_rxm`
-//! (over loopback) and on `shm`: a 256 MiB object and odd sizes arrive
+//! One-sided pulls: rank 1 reads rank 0's arena block straight into its
+//! own arena with one read, on every backend this build has — Lumen's
+//! emulated `tcp` and same-node `vm` always; libfabric's `tcp;ofi_rxm`
+//! (over loopback) and `shm` with the `ofi` feature: a 256 MiB object and odd sizes arrive
 //! intact (checksum), no chunk is served two-sided, the owner's pin goes
 //! once the pull is done, and an object the owner does not have is
 //! refused with its reason.
-
-#![cfg(feature = "ofi")]
 
 mod common;
 use common::*;
@@ -16,8 +15,7 @@ use lumen_objstore::{
     pull_one_sided, ArenaOptions, NodeArena, ObjectId, ObjectServer, ObjectStoreError,
     OneSidedServer, OneSidedSource,
 };
-use lumen_transport::fabric::ofi::OfiEndpoint;
-use lumen_transport::fabric::RemoteKey;
+use lumen_transport::fabric::{FabricError, OneSided, RemoteKey};
 use lumen_transport::Source;
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -26,9 +24,28 @@ const SUM_TAG: u64 = 0x0c02;
 const DONE_TAG: u64 = 0x0c03;
 const T: Duration = Duration::from_secs(60);
 
-fn one_sided_pulls(provider: &'static str, node: Option<&'static str>) {
-    if let Err(e) = OfiEndpoint::open(provider, node, 1) {
-        eprintln!("SKIPPED: libfabric provider {provider} unavailable here: {e}");
+fn open(provider: &str) -> Result<Box<dyn OneSided>, FabricError> {
+    use lumen_transport::fabric::{tcp::TcpOneSided, vm::VmOneSided};
+    match provider {
+        "tcp" => Ok(Box::new(TcpOneSided::open(Some("127.0.0.1"), 1)?)),
+        "vm" => Ok(Box::new(VmOneSided::open(1)?)),
+        #[cfg(feature = "ofi")]
+        "tcp;ofi_rxm" => Ok(Box::new(lumen_transport::fabric::ofi::OfiEndpoint::open(
+            provider,
+            Some("127.0.0.1"),
+            1,
+        )?)),
+        #[cfg(feature = "ofi")]
+        "shm" => Ok(Box::new(lumen_transport::fabric::ofi::OfiEndpoint::open(
+            provider, None, 1,
+        )?)),
+        other => panic!("no backend {other}"),
+    }
+}
+
+fn one_sided_pulls(provider: &'static str) {
+    if let Err(e) = open(provider) {
+        eprintln!("SKIPPED: fabric backend {provider} unavailable here: {e}");
         return;
     }
     let objects: &'static [(u64, u64)] = &[(1, 256 << 20), (2, 3_000_001), (3, 1)];
@@ -43,11 +60,11 @@ fn one_sided_pulls(provider: &'static str, node: Option<&'static str>) {
                 ArenaOptions::default(),
             )
             .unwrap();
-            let fabric = OfiEndpoint::open(provider, node, 1).unwrap();
+            let fabric = open(provider).unwrap();
             let other = 1 - me;
             if me == 0 {
                 let chunks = ObjectServer::register(&ep, &arena).unwrap();
-                let server = OneSidedServer::register(&ep, &arena, &fabric).unwrap();
+                let server = OneSidedServer::register(&ep, &arena, &*fabric).unwrap();
                 let mut hello = fabric.address().unwrap();
                 hello.extend_from_slice(&server.key().to_bytes());
                 ep.send(other, ADDR_TAG, &hello).unwrap();
@@ -84,7 +101,7 @@ fn one_sided_pulls(provider: &'static str, node: Option<&'static str>) {
                     let sum = u64::from_le_bytes(sum.data.try_into().unwrap());
                     let id = ObjectId::new(42, lo);
                     let started = std::time::Instant::now();
-                    let view = pull_one_sided(&arena, &ep, &fabric, &source, id, len, T).unwrap();
+                    let view = pull_one_sided(&arena, &ep, &*fabric, &source, id, len, T).unwrap();
                     let took = started.elapsed();
                     assert_eq!(view.len() as u64, len);
                     assert_eq!(checksum(&view), sum, "object {id} differs after the pull");
@@ -102,7 +119,7 @@ fn one_sided_pulls(provider: &'static str, node: Option<&'static str>) {
                     "the arena is registered once: {stats:?}"
                 );
                 let missing = ObjectId::new(42, 999);
-                match pull_one_sided(&arena, &ep, &fabric, &source, missing, 1000, T) {
+                match pull_one_sided(&arena, &ep, &*fabric, &source, missing, 1000, T) {
                     Err(ObjectStoreError::PullRefused {
                         rank: 0, detail, ..
                     }) => {
@@ -126,11 +143,23 @@ fn one_sided_pulls(provider: &'static str, node: Option<&'static str>) {
 }
 
 #[test]
-fn one_sided_pulls_over_tcp_ofi_rxm() {
-    one_sided_pulls("tcp;ofi_rxm", Some("127.0.0.1"));
+fn one_sided_pulls_over_lumen_tcp() {
+    one_sided_pulls("tcp");
 }
 
 #[test]
+fn one_sided_pulls_over_process_vm_readv() {
+    one_sided_pulls("vm");
+}
+
+#[cfg(feature = "ofi")]
+#[test]
+fn one_sided_pulls_over_tcp_ofi_rxm() {
+    one_sided_pulls("tcp;ofi_rxm");
+}
+
+#[cfg(feature = "ofi")]
+#[test]
 fn one_sided_pulls_over_shm() {
-    one_sided_pulls("shm", None);
+    one_sided_pulls("shm");
 }

@@ -246,7 +246,6 @@ fn start(
     )?;
     let nic_local = binding.as_ref().is_some_and(|b| b.nic_local);
     let ranks = hello(&endpoint, node, &config, fabric.as_ref(), nic_local)?;
-    #[cfg(feature = "ofi")]
     if let Some(fabric) = &fabric {
         fabric.connect(endpoint.rank(), &ranks);
     }

@@ -4,24 +4,26 @@
 //!
 //! - `tcp`: no one-sided backend; pulls are the object store's chunked
 //!   two-sided pulls over the transport (as before).
+//! - `verbs` (build with `--features verbs`, rdma-core's libibverbs): the
+//!   native InfiniBand/RoCE backend, RC queue pairs connected when the
+//!   ranks learn each other's addresses (the hello below).
 //! - `ofi` (build with `--features ofi`, Debian libfabric): a libfabric
 //!   RDM endpoint on the first provider that opens, hardware ones first
 //!   (cxi, efa, opx, psm2, verbs;ofi_rxm), then `tcp;ofi_rxm` bound to the
-//!   rank's own transport address. Each rank registers its mapping of the
-//!   node arena once and serves pins (`lumen_objstore::OneSidedServer`);
-//!   its fabric address and arena key travel in the bootstrap hello; a
-//!   pull from a rank of another node is then one `fi_read` from that
-//!   rank's arena block straight into this node's arena
-//!   (`lumen_objstore::pull_one_sided`). A one-sided pull that fails (the
-//!   provider refused, the peer's fabric is unreachable) falls back to the
-//!   two-sided pull, logged.
-//! - `auto` (default): `ofi` on a hardware provider when the build has
-//!   the backend and the node a device; else `tcp`. A software provider is
+//!   rank's own transport address.
+//! - `auto` (default): verbs when the build has it and the node a device,
+//!   else `ofi` on a hardware provider, else `tcp`. A software provider is
 //!   not chosen automatically: `tcp;ofi_rxm` moves the same bytes over the
 //!   same sockets as Lumen's own TCP path (measure before choosing it).
-//! - `verbs`: refused with what to use instead (the native verbs backend
-//!   is not built yet; `LUMEN_FABRIC=ofi` reaches InfiniBand through
-//!   libfabric's `verbs;ofi_rxm`).
+//!
+//! Whatever the backend ([`lumen_transport::fabric::OneSided`]), each rank
+//! registers its mapping of the node arena once and serves pins
+//! (`lumen_objstore::OneSidedServer`); its backend, address and arena key
+//! travel in the bootstrap hello; a pull from a rank of another node that
+//! offers the same backend is then one read from that rank's arena block
+//! straight into this node's arena (`lumen_objstore::pull_one_sided`). A
+//! one-sided pull that fails (the provider refused, the peer's fabric is
+//! unreachable) falls back to the two-sided pull, logged.
 //!
 //! [`RankStats::one_sided_pulls`](super::RankStats) counts the pulls that
 //! went one-sided.
@@ -49,8 +51,7 @@ fn refuse(detail: String) -> LumenError {
     LumenError::Runtime(RuntimeError::Cluster(detail))
 }
 
-#[cfg(feature = "ofi")]
-mod ofi {
+mod plane {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
@@ -60,20 +61,20 @@ mod ofi {
         pull_one_sided, NodeArena, ObjectId, ObjectStoreError, ObjectView, OneSidedServer,
         OneSidedSource,
     };
-    use lumen_transport::fabric::ofi::OfiEndpoint;
-    use lumen_transport::fabric::{FabricChoice, RemoteKey};
+    use lumen_transport::fabric::{OneSided, RemoteKey};
     use lumen_transport::{Endpoint, Rank};
 
-    use super::{refuse, FabricHello};
-    use crate::error::Result;
+    use super::FabricHello;
     use crate::runtime::protocol::RankInfo;
 
     /// How long one one-sided pull may take before it fails (and falls back).
     const PULL_TIMEOUT: Duration = Duration::from_secs(60);
 
-    /// A rank's libfabric endpoint, its arena server and its peers.
+    /// A rank's one-sided backend, its arena server and its peers.
     pub(crate) struct Fabric {
-        endpoint: OfiEndpoint,
+        backend: Box<dyn OneSided>,
+        /// What peers must offer for pulls from them to go one-sided.
+        name: String,
         server: OneSidedServer,
         peers: Mutex<HashMap<Rank, OneSidedSource>>,
         pulls: AtomicU64,
@@ -81,70 +82,50 @@ mod ofi {
 
     impl std::fmt::Debug for Fabric {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "Fabric({:?})", self.endpoint)
+            write!(f, "Fabric({})", self.name)
         }
     }
 
     /// A job id as the 64-bit tag of its keys.
-    fn job_tag(job: &str) -> u64 {
+    pub(super) fn job_tag(job: &str) -> u64 {
         job.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         })
     }
 
-    /// Opens the first provider of `choice` that works, registers `arena`.
-    pub(crate) fn open(
-        choice: FabricChoice,
-        endpoint: &Endpoint,
-        arena: &NodeArena,
-        job: &str,
-    ) -> Result<Option<Fabric>> {
-        let rank = endpoint.rank();
-        let ip = endpoint.tcp_address().ip().to_string();
-        let mut tried = Vec::new();
-        for &provider in choice.ofi_providers() {
-            let node = (provider == "tcp;ofi_rxm").then_some(ip.as_str());
-            match OfiEndpoint::open(provider, node, job_tag(job)) {
-                Ok(ep) => match OneSidedServer::register(endpoint, arena, &ep) {
-                    Ok(server) => {
-                        tracing::info!(
-                            rank,
-                            "fabric: object pulls between nodes go one-sided over libfabric {}",
-                            ep.provider()
-                        );
-                        return Ok(Some(Fabric {
-                            endpoint: ep,
-                            server,
-                            peers: Mutex::new(HashMap::new()),
-                            pulls: AtomicU64::new(0),
-                        }));
-                    }
-                    Err(e) => tried.push(format!("{provider}: {e}")),
-                },
-                Err(e) => tried.push(format!("{provider}: {e}")),
-            }
-        }
-        if choice == FabricChoice::Ofi {
-            return Err(refuse(format!(
-                "LUMEN_FABRIC=ofi: no libfabric provider opened on rank {rank} ({}); use LUMEN_FABRIC=tcp or auto",
-                tried.join("; ")
-            )));
-        }
-        tracing::info!(rank, "fabric: tcp (no RDMA provider here)");
-        Ok(None)
-    }
-
     impl Fabric {
+        /// Registers `arena` with `backend` (named `name` in the hello).
+        pub(crate) fn new(
+            backend: Box<dyn OneSided>,
+            name: String,
+            endpoint: &Endpoint,
+            arena: &NodeArena,
+        ) -> std::result::Result<Self, ObjectStoreError> {
+            let server = OneSidedServer::register(endpoint, arena, &*backend)?;
+            tracing::info!(
+                rank = endpoint.rank(),
+                "fabric: object pulls between nodes go one-sided over {}",
+                backend.describe()
+            );
+            Ok(Fabric {
+                backend,
+                name,
+                server,
+                peers: Mutex::new(HashMap::new()),
+                pulls: AtomicU64::new(0),
+            })
+        }
+
         pub(crate) fn hello(&self) -> Option<FabricHello> {
-            let address = self.endpoint.address().ok()?;
+            let address = self.backend.address().ok()?;
             Some(FabricHello {
-                provider: self.endpoint.provider().to_string(),
+                provider: self.name.clone(),
                 address,
                 arena_key: self.server.key().to_bytes().to_vec(),
             })
         }
 
-        /// Adds every rank of another node that offers the same provider.
+        /// Adds every rank of another node that offers the same backend.
         pub(crate) fn connect(&self, me: Rank, ranks: &[RankInfo]) {
             let node = ranks.get(me as usize).map(|r| r.node);
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -155,13 +136,13 @@ mod ofi {
                 let Some(hello) = &info.fabric else {
                     continue;
                 };
-                if hello.provider != self.endpoint.provider() {
+                if hello.provider != self.name {
                     tracing::info!(
                         rank = me,
                         "fabric: rank {} offers {}, this rank {}: pulls from it stay two-sided",
                         info.rank,
                         hello.provider,
-                        self.endpoint.provider()
+                        self.name
                     );
                     continue;
                 }
@@ -172,7 +153,7 @@ mod ofi {
                         continue;
                     }
                 };
-                match self.endpoint.insert_peer(&hello.address) {
+                match self.backend.insert_peer(&hello.address) {
                     Ok(peer) => {
                         peers.insert(
                             info.rank,
@@ -206,7 +187,7 @@ mod ofi {
             let pulled = pull_one_sided(
                 arena,
                 endpoint,
-                &self.endpoint,
+                &*self.backend,
                 &source,
                 id,
                 len,
@@ -225,22 +206,49 @@ mod ofi {
     }
 }
 
+pub(crate) use plane::Fabric;
+
+/// A backend that opened, with the name peers must match.
+type Opened = (Box<dyn lumen_transport::fabric::OneSided>, String);
+
+#[cfg(feature = "verbs")]
+fn open_verbs(ip: &str, job: u64) -> std::result::Result<Opened, String> {
+    lumen_transport::fabric::verbs::VerbsEndpoint::open(None, Some(ip), job)
+        .map(|ep| (Box::new(ep) as _, "verbs".to_string()))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "verbs"))]
+fn open_verbs(_ip: &str, _job: u64) -> std::result::Result<Opened, String> {
+    Err(
+        "this build has no verbs backend; build lumen with --features verbs (needs libibverbs-dev)"
+            .into(),
+    )
+}
+
 #[cfg(feature = "ofi")]
-pub(crate) use ofi::Fabric;
-
-/// Without the `ofi` feature there is no one-sided backend.
-#[cfg(not(feature = "ofi"))]
-#[derive(Debug)]
-pub(crate) struct Fabric;
-
-#[cfg(not(feature = "ofi"))]
-impl Fabric {
-    pub(crate) fn hello(&self) -> Option<FabricHello> {
-        None
+fn open_ofi(choice: FabricChoice, ip: &str, job: u64) -> std::result::Result<Opened, String> {
+    use lumen_transport::fabric::ofi::OfiEndpoint;
+    let mut tried = Vec::new();
+    for &provider in choice.ofi_providers() {
+        let node = (provider == "tcp;ofi_rxm").then_some(ip);
+        match OfiEndpoint::open(provider, node, job) {
+            Ok(ep) => {
+                let name = format!("ofi/{}", ep.provider());
+                return Ok((Box::new(ep), name));
+            }
+            Err(e) => tried.push(format!("{provider}: {e}")),
+        }
     }
-    pub(crate) fn pulls(&self) -> u64 {
-        0
-    }
+    Err(format!(
+        "no libfabric provider opened ({})",
+        tried.join("; ")
+    ))
+}
+
+#[cfg(not(feature = "ofi"))]
+fn open_ofi(_choice: FabricChoice, _ip: &str, _job: u64) -> std::result::Result<Opened, String> {
+    Err("this build has no libfabric backend; build lumen with --features ofi (needs libfabric-dev)".into())
 }
 
 /// Opens this rank's fabric for `choice` (see the module docs); `None`:
@@ -252,36 +260,50 @@ pub(crate) fn open(
     job: &str,
 ) -> Result<Option<Fabric>> {
     let rank = endpoint.rank();
-    match choice {
-        FabricChoice::Tcp => {
-            tracing::info!(rank, "fabric: tcp (LUMEN_FABRIC=tcp)");
-            Ok(None)
+    if choice == FabricChoice::Tcp {
+        tracing::info!(rank, "fabric: tcp (LUMEN_FABRIC=tcp)");
+        return Ok(None);
+    }
+    let Some(arena) = arena else {
+        if choice != FabricChoice::Auto {
+            tracing::warn!(
+                rank,
+                "fabric: LUMEN_FABRIC={choice:?} but no node arena: nothing is pulled one-sided"
+            );
         }
-        FabricChoice::Verbs => Err(refuse(
-            "LUMEN_FABRIC=verbs: the native verbs backend is not built yet; LUMEN_FABRIC=ofi reaches InfiniBand through libfabric's verbs;ofi_rxm provider".to_string(),
-        )),
-        FabricChoice::Ofi | FabricChoice::Auto => {
-            let Some(arena) = arena else {
-                if choice == FabricChoice::Ofi {
-                    tracing::warn!(rank, "fabric: LUMEN_FABRIC=ofi but no node arena: nothing is pulled one-sided");
-                }
-                return Ok(None);
-            };
-            #[cfg(feature = "ofi")]
-            {
-                ofi::open(choice, endpoint, arena, job)
-            }
-            #[cfg(not(feature = "ofi"))]
-            {
-                let _ = (arena, job);
-                if choice == FabricChoice::Ofi {
-                    return Err(refuse(
-                        "LUMEN_FABRIC=ofi: this build has no libfabric backend; build lumen with --features ofi (needs libfabric-dev)".to_string(),
-                    ));
-                }
-                tracing::info!(rank, "fabric: tcp (built without the ofi feature)");
+        return Ok(None);
+    };
+    let ip = endpoint.tcp_address().ip().to_string();
+    let job = plane::job_tag(job);
+    let opened = match choice {
+        FabricChoice::Verbs => open_verbs(&ip, job),
+        FabricChoice::Ofi => open_ofi(choice, &ip, job),
+        _ => open_verbs(&ip, job).or_else(|why_not_verbs| {
+            open_ofi(choice, &ip, job)
+                .map_err(|why_not_ofi| format!("{why_not_verbs}; {why_not_ofi}"))
+        }),
+    };
+    match opened {
+        Ok((backend, name)) => match Fabric::new(backend, name, endpoint, arena) {
+            Ok(fabric) => Ok(Some(fabric)),
+            Err(e) if choice == FabricChoice::Auto => {
+                tracing::info!(rank, "fabric: tcp ({e})");
                 Ok(None)
             }
+            Err(e) => Err(refuse(format!(
+                "LUMEN_FABRIC={choice:?} on rank {rank}: {e}"
+            ))),
+        },
+        Err(why) if choice == FabricChoice::Auto => {
+            tracing::info!(rank, "fabric: tcp (no RDMA backend here: {why})");
+            Ok(None)
         }
+        Err(why) => Err(refuse(format!(
+            "LUMEN_FABRIC={} on rank {rank}: {why}; use LUMEN_FABRIC=tcp or auto",
+            match choice {
+                FabricChoice::Verbs => "verbs",
+                _ => "ofi",
+            }
+        ))),
     }
 }

@@ -282,7 +282,6 @@ impl ValueStore {
             chunk_bytes: self.pull_chunk_bytes,
             ..PullOptions::default()
         };
-        #[cfg(feature = "ofi")]
         if let Some(fabric) = self.fabric.get() {
             match fabric.pull(&arena.arena, &self.endpoint, rank, id, len) {
                 Some(Ok(view)) => return Ok(Bytes::View(Arc::new(view))),

@@ -265,6 +265,19 @@ fn open_ofi(
     })
 }
 
+/// Whether this node has a verbs device (never, in a build without the
+/// `verbs` feature).
+pub fn verbs_devices_present() -> bool {
+    #[cfg(feature = "verbs")]
+    {
+        verbs::devices().is_ok_and(|d| !d.is_empty())
+    }
+    #[cfg(not(feature = "verbs"))]
+    {
+        false
+    }
+}
+
 /// The registered region holding `[start, start + len)`, if any, in a map
 /// of regions by start address whose values report their length.
 pub(crate) fn containing<R>(

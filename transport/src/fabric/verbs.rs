@@ -178,7 +178,8 @@ fn query_port(ctx: *mut ffi::ibv_context, port: u8) -> Option<ffi::ibv_port_attr
     // SAFETY: `ctx` is an open context; libibverbs fills the compat prefix
     // of `attr`, which is at least that large (the ibverbs crate does the
     // same cast).
-    let rc = unsafe { ffi::ibv_query_port(ctx, port, (&mut attr as *mut ffi::ibv_port_attr).cast()) };
+    let rc =
+        unsafe { ffi::ibv_query_port(ctx, port, (&mut attr as *mut ffi::ibv_port_attr).cast()) };
     (rc == 0).then_some(attr)
 }
 
@@ -285,7 +286,10 @@ impl Context {
                 }
             };
             if rc != 0 {
-                return Err(call("ibv_post_srq_recv", std::io::Error::from_raw_os_error(rc).to_string()));
+                return Err(call(
+                    "ibv_post_srq_recv",
+                    std::io::Error::from_raw_os_error(rc).to_string(),
+                ));
             }
         }
         Ok(())
@@ -674,7 +678,10 @@ impl VerbsEndpoint {
             return Err(setup(format!(
                 "no device with an active port{} among {seen:?}",
                 wanted
-                    .map(|(w, p)| format!(" named {w}{}", p.map(|p| format!(":{p}")).unwrap_or_default()))
+                    .map(|(w, p)| format!(
+                        " named {w}{}",
+                        p.map(|p| format!(":{p}")).unwrap_or_default()
+                    ))
                     .unwrap_or_default()
             )));
         };
@@ -691,7 +698,13 @@ impl VerbsEndpoint {
             if ctx.pd.is_null() {
                 return Err(call("ibv_alloc_pd", errno().to_string()));
             }
-            ctx.cq = ffi::ibv_create_cq(ctx.ctx, CQ_DEPTH, std::ptr::null_mut(), std::ptr::null_mut(), 0);
+            ctx.cq = ffi::ibv_create_cq(
+                ctx.ctx,
+                CQ_DEPTH,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            );
             if ctx.cq.is_null() {
                 return Err(call("ibv_create_cq", errno().to_string()));
             }
@@ -720,7 +733,11 @@ impl VerbsEndpoint {
             ));
         }
         // SAFETY: every bit pattern is a valid [u8; 16].
-        let gid = if rc == 0 { unsafe { gid.raw } } else { [0u8; 16] };
+        let gid = if rc == 0 {
+            unsafe { gid.raw }
+        } else {
+            [0u8; 16]
+        };
         let ctx = Arc::new(ctx);
         let local = Arc::new(Local {
             ctx: ctx.clone(),
@@ -796,7 +813,9 @@ impl VerbsEndpoint {
         let qp = self.local.create_qp()?;
         let psn = rand::random::<u32>() & 0xff_ffff;
         let mine = self.local.info(&qp, psn);
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let theirs = (|| -> std::io::Result<Result<QpInfo, String>> {
             let mut s = TcpStream::connect_timeout(&peer.handshake, left)?;
             s.set_read_timeout(Some(left))?;
@@ -925,7 +944,8 @@ impl VerbsEndpoint {
                 let mut bounce = vec![0u8; len.max(1)].into_boxed_slice();
                 if kind.is_write() && len > 0 {
                     // SAFETY: `local` is `len` readable bytes (the caller's slice).
-                    bounce[..len].copy_from_slice(unsafe { std::slice::from_raw_parts(local, len) });
+                    bounce[..len]
+                        .copy_from_slice(unsafe { std::slice::from_raw_parts(local, len) });
                 }
                 let mr = register_mr(&self.local.ctx, bounce.as_mut_ptr(), bounce.len())?;
                 lock(&self.stats).registrations += 1;
@@ -954,14 +974,20 @@ impl VerbsEndpoint {
             // (the caller's or the bounce buffer `done` owns).
             let addr = unsafe { buffer.add(at) } as u64;
             let target = key.base + offset + at as u64;
-            if let Err(e) = self.post(&qp, &done, deadline, opcode, addr, size, lkey, target, rkey, imm) {
+            if let Err(e) = self.post(
+                &qp, &done, deadline, opcode, addr, size, lkey, target, rkey, imm,
+            ) {
                 post_error = Some(e);
                 break;
             }
         }
         lock(&self.stats).posted += pieces as u64;
         let finished = wait_for(&done, deadline);
-        if finished && matches!(kind, Kind::Read) && post_error.is_none() && !done.failed.load(Ordering::Acquire) {
+        if finished
+            && matches!(kind, Kind::Read)
+            && post_error.is_none()
+            && !done.failed.load(Ordering::Acquire)
+        {
             if let Some((bounce, _)) = lock(&done.bounce).as_ref() {
                 // SAFETY: `local` is `len` writable bytes (the caller's
                 // slice); every piece into the bounce buffer completed.
@@ -1052,7 +1078,10 @@ impl VerbsEndpoint {
             drop(unsafe { Box::from_raw(op) });
             done.left.fetch_sub(1, Ordering::AcqRel);
             qp.outstanding.fetch_sub(1, Ordering::AcqRel);
-            return Err(call("ibv_post_send", std::io::Error::from_raw_os_error(rc).to_string()));
+            return Err(call(
+                "ibv_post_send",
+                std::io::Error::from_raw_os_error(rc).to_string(),
+            ));
         }
         Ok(())
     }
@@ -1235,7 +1264,11 @@ impl OneSided for VerbsEndpoint {
             "verbs/{}:{} ({})",
             self.device,
             self.local.port,
-            if self.local.ethernet { "RoCE" } else { "InfiniBand" }
+            if self.local.ethernet {
+                "RoCE"
+            } else {
+                "InfiniBand"
+            }
         )
     }
 
@@ -1245,13 +1278,15 @@ impl OneSided for VerbsEndpoint {
     }
 
     fn insert_peer(&self, address: &[u8]) -> Result<usize, FabricError> {
-        let text = std::str::from_utf8(address)
-            .map_err(|_| FabricError::BadAddress("not text".into()))?;
+        let text =
+            std::str::from_utf8(address).map_err(|_| FabricError::BadAddress("not text".into()))?;
         let mut parts = text.splitn(4, ':');
         let (Some("verbs"), Some(_lid), Some(gid), Some(handshake)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(FabricError::BadAddress(format!("{text:?} is not a verbs address")));
+            return Err(FabricError::BadAddress(format!(
+                "{text:?} is not a verbs address"
+            )));
         };
         if gid.len() != 32 || !gid.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(FabricError::BadAddress(format!("{text:?}: bad GID")));
@@ -1308,7 +1343,15 @@ impl OneSided for VerbsEndpoint {
         local: &mut [u8],
         timeout: Duration,
     ) -> Result<(), FabricError> {
-        self.transfer(peer, key, offset, local.as_mut_ptr(), local.len(), Kind::Read, timeout)
+        self.transfer(
+            peer,
+            key,
+            offset,
+            local.as_mut_ptr(),
+            local.len(),
+            Kind::Read,
+            timeout,
+        )
     }
 
     fn write(
