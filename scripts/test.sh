@@ -42,13 +42,13 @@ echo "== hwloc discovery (feature hwloc: the system's libhwloc before sysfs)"
 cargo clippy -p lumen-sched --features hwloc --all-targets --quiet -- -D warnings
 cargo test -p lumen-sched --features hwloc --lib --quiet topology
 
-echo "== one-sided transfers on libfabric (feature ofi: tcp;ofi_rxm and shm providers)"
-cargo clippy -p lumen-transport --features ofi --all-targets --quiet -- -D warnings
-cargo test -p lumen-transport --features ofi --lib --test fabric_conformance --quiet -- --test-threads=1
+echo "== one-sided conformance suite: tcp, vm, libfabric (feature ofi: tcp;ofi_rxm, shm), verbs (feature verbs: built; skips without a device)"
+cargo clippy -p lumen-transport --features ofi,verbs --all-targets --quiet -- -D warnings
+cargo test -p lumen-transport --features ofi,verbs --lib --test fabric_conformance --quiet -- --test-threads=1
 cargo clippy -p lumen-objstore --features ofi --all-targets --quiet -- -D warnings
 cargo test -p lumen-objstore --features ofi --test objstore_pull_one_sided --quiet -- --test-threads=1
-cargo clippy -p lumen --features ofi --all-targets --quiet -- -D warnings
-cargo nextest run -p lumen --features ofi --test rt_fabric --no-fail-fast
+cargo clippy -p lumen --features ofi,verbs --all-targets --quiet -- -D warnings
+cargo nextest run -p lumen --features ofi,verbs --test rt_fabric --no-fail-fast
 
 echo "== benchmark smoke run"
 target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"
@@ -57,7 +57,7 @@ target/debug/lumen bench sched --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-sched-
 if [[ "$(id -u)" == 0 ]]; then
     cargo build -q -p lumen-benches --features ofi --bins
     target/debug/lumen bench objects --sizes 1M --rounds 1 --json "${TMPDIR:-/tmp}/lumen-objects-bench-smoke.json"
-    target/debug/lumen bench fabric --sizes 8,64K --rounds 1 --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-fabric-bench-smoke.json"
+    target/debug/lumen bench transport --fabric all --sizes 8,65536 --rounds 1 --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-fabric-bench-smoke.json"
 fi
 
 echo "== NCCL backend (builds without CUDA; at run time it must report the missing libraries)"

@@ -1,15 +1,24 @@
-//! `lumen bench fabric` (feature `ofi`): Lumen's one-sided reads on a
-//! libfabric provider beside libfabric's own `fi_pingpong` (Debian
-//! `libfabric-bin`) on the same provider, both between two processes of
-//! this machine (`tcp;ofi_rxm` over loopback, and `shm`), measured in the
-//! same invocation, rounds alternating; medians and ratios.
+//! `lumen bench fabric` (also `lumen bench transport --fabric NAME`):
+//! Lumen's one-sided reads on each backend (`tcp` emulated, `vm` same-node,
+//! `ofi/tcp;ofi_rxm` and `ofi/shm` with the `ofi` feature, `verbs` with the
+//! `verbs` feature) between two processes of this machine, beside
+//! libfabric's own `fi_pingpong` (Debian `libfabric-bin`) on the matching
+//! provider and beside Open MPI's point-to-point (our OSU-style
+//! `mpi_pingpong`, `btl tcp` or `vader` to match), all in the same
+//! invocation, rounds alternating; medians and ratios.
 //!
 //! What is compared: a Lumen read of `size` bytes is a full round trip
 //! (the request goes to the peer, the bytes come back), timed one read at
 //! a time for latency and with 16 reads in flight for bandwidth;
-//! `fi_pingpong`'s `usec/xfer` is half of its ping-pong round trip, so the
-//! latency ratio is taken against twice that (a like-for-like round trip),
-//! and its MB/s as it reports it.
+//! `fi_pingpong`'s `usec/xfer` and the MPI ping-pong's `usec` are half a
+//! round trip, so latency ratios are taken against twice those (a
+//! like-for-like round trip); bandwidths as each reports them.
+//!
+//! Matching baselines: `tcp` and `ofi/tcp;ofi_rxm` beside `fi_pingpong -p
+//! tcp;ofi_rxm` and MPI over `btl tcp` (loopback); `vm` and `ofi/shm`
+//! beside `fi_pingpong -p shm` and MPI over `vader` (shared memory);
+//! `verbs` beside `fi_pingpong -p verbs;ofi_rxm` and MPI's default
+//! transport (UCX or openib, whatever the machine's Open MPI uses).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -17,8 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lumen_transport::fabric::ofi::OfiEndpoint;
-use lumen_transport::fabric::RemoteKey;
+use lumen_transport::fabric::{OneSided, RemoteKey};
 use serde::Serialize;
 
 const JOB: u64 = 0xbe7c;
@@ -27,8 +35,10 @@ const REGION: usize = 64 << 20;
 /// Options of `lumen bench fabric`.
 #[derive(Debug, Clone)]
 pub struct FabricBenchOptions {
-    /// Providers to measure.
-    pub providers: Vec<String>,
+    /// Backends to measure (`tcp`, `vm`, `ofi/<provider>`, `verbs`).
+    pub backends: Vec<String>,
+    /// Also run the Open MPI baseline.
+    pub mpi: bool,
     /// Transfer sizes in bytes.
     pub sizes: Vec<usize>,
     /// Rounds (Lumen and fi_pingpong alternate).
@@ -40,8 +50,10 @@ pub struct FabricBenchOptions {
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
 pub struct FabricRow {
-    /// The provider.
-    pub provider: String,
+    /// The backend.
+    pub backend: String,
+    /// The fi_pingpong provider beside it.
+    pub pingpong_provider: String,
     /// Bytes per transfer.
     pub size: usize,
     /// Lumen: one read at a time, µs per read (a round trip).
@@ -50,16 +62,76 @@ pub struct FabricRow {
     pub pingpong_us: f64,
     /// `lumen_read_us / (2 * pingpong_us)`: below 1 is faster.
     pub latency_ratio: f64,
+    /// Open MPI ping-pong: µs half round trip (NaN when not run).
+    pub mpi_us: f64,
+    /// `lumen_read_us / (2 * mpi_us)`.
+    pub mpi_latency_ratio: f64,
     /// Lumen: 16 reads in flight, MB/s.
     pub lumen_mb_s: f64,
     /// fi_pingpong's MB/s.
     pub pingpong_mb_s: f64,
     /// `lumen_mb_s / pingpong_mb_s`.
     pub bandwidth_ratio: f64,
+    /// Open MPI's windowed bandwidth, MB/s (NaN when not run).
+    pub mpi_mb_s: f64,
+    /// `lumen_mb_s / mpi_mb_s`.
+    pub mpi_bandwidth_ratio: f64,
 }
 
-fn node_for(provider: &str) -> Option<&'static str> {
-    (provider == "tcp;ofi_rxm").then_some("127.0.0.1")
+/// Opens backend `name` (see the module docs).
+pub fn open_backend(name: &str) -> anyhow::Result<Box<dyn OneSided>> {
+    use lumen_transport::fabric::{tcp::TcpOneSided, vm::VmOneSided};
+    Ok(match name {
+        "tcp" => Box::new(TcpOneSided::open(Some("127.0.0.1"), JOB)?),
+        "vm" => Box::new(VmOneSided::open(JOB)?),
+        #[cfg(feature = "ofi")]
+        ofi if ofi.starts_with("ofi/") => {
+            let provider = &ofi[4..];
+            let node = (provider == "tcp;ofi_rxm").then_some("127.0.0.1");
+            Box::new(lumen_transport::fabric::ofi::OfiEndpoint::open(provider, node, JOB)?)
+        }
+        #[cfg(feature = "verbs")]
+        "verbs" => Box::new(lumen_transport::fabric::verbs::VerbsEndpoint::open(
+            None,
+            Some("127.0.0.1"),
+            JOB,
+        )?),
+        other => bail!(
+            "no fabric backend {other:?} in this build (tcp, vm; ofi/<provider> with the ofi feature; verbs with the verbs feature)"
+        ),
+    })
+}
+
+/// The names `lumen bench transport --fabric NAME` expands to.
+pub fn expand_fabric(name: &str) -> Vec<String> {
+    match name {
+        "ofi" => vec!["ofi/tcp;ofi_rxm".into(), "ofi/shm".into()],
+        "all" => {
+            let mut all = vec!["tcp".to_string(), "vm".to_string()];
+            if cfg!(feature = "ofi") {
+                all.extend(["ofi/tcp;ofi_rxm".to_string(), "ofi/shm".to_string()]);
+            }
+            if cfg!(feature = "verbs") {
+                all.push("verbs".into());
+            }
+            all
+        }
+        other => other.split(',').map(|s| s.trim().to_string()).collect(),
+    }
+}
+
+/// The fi_pingpong provider and whether Open MPI should go over TCP, for a
+/// backend (see the module docs).
+fn baselines_of(name: &str) -> (&str, Option<bool>) {
+    match name {
+        "vm" => ("shm", Some(false)),
+        "tcp" => ("tcp;ofi_rxm", Some(true)),
+        "verbs" => ("verbs;ofi_rxm", None),
+        ofi => {
+            let provider = ofi.strip_prefix("ofi/").unwrap_or(ofi);
+            (provider, Some(provider != "shm"))
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -74,11 +146,11 @@ fn unhex(text: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
-/// The serving process (`lumen-bench worker fabric-server PROVIDER`):
+/// The serving process (`lumen-bench worker fabric-server BACKEND`):
 /// registers a region, prints its address and key, adds the client's
 /// address from stdin, and serves until stdin closes.
-pub fn server(provider: &str) -> anyhow::Result<()> {
-    let ep = OfiEndpoint::open(provider, node_for(provider), JOB)?;
+pub fn server(backend: &str) -> anyhow::Result<()> {
+    let ep = open_backend(backend)?;
     let mut region = vec![0x5au8; REGION];
     // SAFETY: `region` outlives `ep` (dropped after it, below).
     let registered = unsafe { ep.register(region.as_mut_ptr(), region.len()) }?;
@@ -107,15 +179,15 @@ fn iterations(size: usize, scale: f64) -> usize {
     ((base as f64 * scale) as usize).clamp(8, 200_000)
 }
 
-/// Lumen's side of one round on `provider`: (size, µs per read, MB/s).
+/// Lumen's side of one round on `backend`: (size, µs per read, MB/s).
 fn lumen_round(
-    provider: &str,
+    backend: &str,
     sizes: &[usize],
     scale: f64,
 ) -> anyhow::Result<Vec<(usize, f64, f64)>> {
     let me = std::env::current_exe()?;
     let mut child = Command::new(me)
-        .args(["worker", "fabric-server", provider])
+        .args(["worker", "fabric-server", backend])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -131,7 +203,7 @@ fn lumen_round(
     if parts.len() != 4 {
         bail!("unexpected server line {line:?}");
     }
-    let ep = Arc::new(OfiEndpoint::open(provider, node_for(provider), JOB)?);
+    let ep: Arc<dyn OneSided> = Arc::from(open_backend(backend)?);
     let peer = ep.insert_peer(&unhex(parts[1])?)?;
     let key = RemoteKey::from_bytes(&unhex(parts[3])?)?;
     writeln!(stdin, "{}", hex(&ep.address()?))?;
@@ -240,48 +312,75 @@ fn median(values: &mut [f64]) -> f64 {
 /// Runs the comparison (see the module docs).
 pub fn run(options: &FabricBenchOptions) -> anyhow::Result<Vec<FabricRow>> {
     let mut rows = Vec::new();
-    for provider in &options.providers {
-        if let Err(e) = OfiEndpoint::open(provider, node_for(provider), JOB) {
-            eprintln!("lumen bench fabric: provider {provider} unavailable, skipped: {e}");
+    for backend in &options.backends {
+        if let Err(e) = open_backend(backend) {
+            eprintln!("lumen bench fabric: backend {backend} unavailable, skipped: {e}");
             continue;
         }
+        let (provider, mpi_tcp) = baselines_of(backend);
         let k = options.sizes.len();
-        let (mut lat, mut bw, mut pp_lat, mut pp_bw) = (
-            vec![Vec::new(); k],
-            vec![Vec::new(); k],
-            vec![Vec::new(); k],
-            vec![Vec::new(); k],
-        );
+        let mut series = vec![
+            [
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new()
+            ];
+            k
+        ];
         for _ in 0..options.rounds.max(1) {
-            for (i, (_, us, mb)) in lumen_round(provider, &options.sizes, options.scale)?
+            for (i, (_, us, mb)) in lumen_round(backend, &options.sizes, options.scale)?
                 .into_iter()
                 .enumerate()
             {
-                lat[i].push(us);
-                bw[i].push(mb);
+                series[i][0].push(us);
+                series[i][1].push(mb);
             }
             for (i, &size) in options.sizes.iter().enumerate() {
-                let (us, mb) = pingpong(provider, size, options.scale)?;
-                pp_lat[i].push(us);
-                pp_bw[i].push(mb);
+                match pingpong(provider, size, options.scale) {
+                    Ok((us, mb)) => {
+                        series[i][2].push(us);
+                        series[i][3].push(mb);
+                    }
+                    Err(e) => eprintln!("lumen bench fabric: fi_pingpong -p {provider}: {e}"),
+                }
+            }
+            if let (true, Some(tcp)) = (options.mpi, mpi_tcp) {
+                match crate::mpi::run(tcp, &options.sizes, options.scale) {
+                    Ok(mpi_rows) => {
+                        for (i, &size) in options.sizes.iter().enumerate() {
+                            for r in mpi_rows.iter().filter(|r| r.size == size) {
+                                if let Some(us) = r.usec {
+                                    series[i][4].push(us);
+                                }
+                                if let Some(mb) = r.mbps {
+                                    series[i][5].push(mb);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => eprintln!("lumen bench fabric: the Open MPI baseline: {e}"),
+                }
             }
         }
         for (i, &size) in options.sizes.iter().enumerate() {
-            let (l, b, pl, pb) = (
-                median(&mut lat[i]),
-                median(&mut bw[i]),
-                median(&mut pp_lat[i]),
-                median(&mut pp_bw[i]),
-            );
+            let [l, b, pl, pb, ml, mb] = series[i].clone().map(|mut v| median(&mut v));
             rows.push(FabricRow {
-                provider: provider.clone(),
+                backend: backend.clone(),
+                pingpong_provider: provider.to_string(),
                 size,
                 lumen_read_us: l,
                 pingpong_us: pl,
                 latency_ratio: l / (2.0 * pl),
+                mpi_us: ml,
+                mpi_latency_ratio: l / (2.0 * ml),
                 lumen_mb_s: b,
                 pingpong_mb_s: pb,
                 bandwidth_ratio: b / pb,
+                mpi_mb_s: mb,
+                mpi_bandwidth_ratio: b / mb,
             });
         }
     }
@@ -291,30 +390,38 @@ pub fn run(options: &FabricBenchOptions) -> anyhow::Result<Vec<FabricRow>> {
 /// Prints the rows as a table.
 pub fn print_table(rows: &[FabricRow]) {
     println!(
-        "{:<12} {:>10} {:>12} {:>14} {:>8} {:>11} {:>13} {:>8}",
-        "provider",
+        "{:<16} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7} {:>10} {:>10} {:>7} {:>10} {:>7}",
+        "backend",
         "bytes",
         "read us",
-        "pingpong us",
+        "fi_pp us",
+        "ratio*",
+        "mpi us",
         "ratio*",
         "read MB/s",
-        "pingpong MB/s",
+        "fi_pp MB/s",
+        "ratio",
+        "mpi MB/s",
         "ratio"
     );
     for r in rows {
         println!(
-            "{:<12} {:>10} {:>12.2} {:>14.2} {:>8.2} {:>11.1} {:>13.1} {:>8.2}",
-            r.provider,
+            "{:<16} {:>9} {:>9.2} {:>9.2} {:>7.2} {:>8.2} {:>7.2} {:>10.1} {:>10.1} {:>7.2} {:>10.1} {:>7.2}",
+            r.backend,
             r.size,
             r.lumen_read_us,
             r.pingpong_us,
             r.latency_ratio,
+            r.mpi_us,
+            r.mpi_latency_ratio,
             r.lumen_mb_s,
             r.pingpong_mb_s,
-            r.bandwidth_ratio
+            r.bandwidth_ratio,
+            r.mpi_mb_s,
+            r.mpi_bandwidth_ratio
         );
     }
     println!(
-        "* a read is a round trip: compared with twice fi_pingpong's usec/xfer (half a round trip)"
+        "* a read is a round trip: compared with twice fi_pingpong's usec/xfer and twice MPI's half round trip"
     );
 }

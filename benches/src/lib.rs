@@ -48,7 +48,6 @@
 //! ```
 
 pub mod collectives;
-#[cfg(feature = "ofi")]
 pub mod fabric;
 pub mod mpi;
 pub mod netns;

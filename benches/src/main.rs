@@ -39,7 +39,8 @@ enum Command {
     /// Object pulls between two namespace hosts, chunked and one-sided,
     /// beside iperf3.
     Objects(ObjectsBenchArgs),
-    /// One-sided reads on libfabric beside fi_pingpong (feature ofi).
+    /// One-sided reads on each fabric backend beside fi_pingpong and Open
+    /// MPI (also `transport --fabric NAME`).
     Fabric(FabricBenchArgs),
     /// Internal: starts the ranks of a suite (as `lumen run`).
     #[command(hide = true)]
@@ -59,16 +60,20 @@ enum WorkerCommand {
     Objects(ObjectsWorkerArgs),
     /// The serving side of the fabric suite.
     FabricServer {
-        /// The libfabric provider.
+        /// The backend.
         provider: String,
     },
 }
 
 #[derive(Debug, Args)]
 struct FabricBenchArgs {
-    /// Providers, comma separated.
-    #[arg(long, default_value = "tcp;ofi_rxm,shm")]
-    providers: String,
+    /// Backends: tcp, vm, ofi/<provider>, verbs, comma separated; `ofi`
+    /// (both libfabric providers here) or `all` (every backend built).
+    #[arg(long, alias = "providers", default_value = "all")]
+    backends: String,
+    /// Skip the Open MPI baseline.
+    #[arg(long)]
+    no_baseline: bool,
     /// Sizes in bytes, comma separated (K, M suffixes allowed).
     #[arg(long, default_value = "8,4K,64K,1M,4M")]
     sizes: String,
@@ -207,6 +212,14 @@ struct TransportBenchArgs {
     /// raw sockets and iperf3.
     #[arg(long)]
     netns: bool,
+    /// Measure one-sided reads on a fabric backend instead of messages
+    /// (tcp, vm, ofi, verbs, all, or a comma list such as ofi/shm): the
+    /// fabric suite, beside fi_pingpong and Open MPI.
+    #[arg(long, value_name = "NAME")]
+    fabric: Option<String>,
+    /// Rounds of the fabric suite (Lumen and its baselines alternate).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -299,6 +312,18 @@ fn write_json(
 }
 
 fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(fabric) = &args.fabric {
+        let options = lumen_benches::fabric::FabricBenchOptions {
+            backends: lumen_benches::fabric::expand_fabric(fabric),
+            mpi: !args.no_baseline,
+            sizes: args.sizes.clone(),
+            rounds: args.rounds,
+            scale: args.scale,
+        };
+        let rows = lumen_benches::fabric::run(&options)?;
+        lumen_benches::fabric::print_table(&rows);
+        return write_json(args.json.as_deref(), &rows);
+    }
     let options = lumen_benches::TransportBenchOptions {
         sizes: args.sizes,
         scale: args.scale,
@@ -379,14 +404,10 @@ fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
     write_json(args.json.as_deref(), &rows)
 }
 
-#[cfg(feature = "ofi")]
 fn bench_fabric(args: FabricBenchArgs) -> anyhow::Result<ExitCode> {
     let options = lumen_benches::fabric::FabricBenchOptions {
-        providers: args
-            .providers
-            .split(',')
-            .map(|p| p.trim().to_string())
-            .collect(),
+        backends: lumen_benches::fabric::expand_fabric(&args.backends),
+        mpi: !args.no_baseline,
         sizes: parse_sizes(&args.sizes)?,
         rounds: args.rounds,
         scale: args.scale,
@@ -396,19 +417,8 @@ fn bench_fabric(args: FabricBenchArgs) -> anyhow::Result<ExitCode> {
     write_json(args.json.as_deref(), &rows)
 }
 
-#[cfg(not(feature = "ofi"))]
-fn bench_fabric(_: FabricBenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("built without the ofi feature: cargo build --release -p lumen-benches --features ofi (needs libfabric-dev)")
-}
-
-#[cfg(feature = "ofi")]
-fn fabric_server(provider: &str) -> anyhow::Result<ExitCode> {
-    lumen_benches::fabric::server(provider).map(|()| ExitCode::SUCCESS)
-}
-
-#[cfg(not(feature = "ofi"))]
-fn fabric_server(_: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("built without the ofi feature")
+fn fabric_server(backend: &str) -> anyhow::Result<ExitCode> {
+    lumen_benches::fabric::server(backend).map(|()| ExitCode::SUCCESS)
 }
 
 fn bench_objects(args: ObjectsBenchArgs) -> anyhow::Result<ExitCode> {

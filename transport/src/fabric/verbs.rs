@@ -732,8 +732,8 @@ impl VerbsEndpoint {
                 format!("GID index {gid_index} of {name}:{port} (RoCE needs one; set LUMEN_VERBS_GID_INDEX)"),
             ));
         }
-        // SAFETY: every bit pattern is a valid [u8; 16].
         let gid = if rc == 0 {
+            // SAFETY: every bit pattern is a valid [u8; 16].
             unsafe { gid.raw }
         } else {
             [0u8; 16]
