@@ -648,6 +648,13 @@ fn main() -> anyhow::Result<()> {
         .map(|t| t.split(',').map(str::to_string).collect())
         .unwrap_or_default();
     let job = lumen_launcher::bootstrap::join()?;
+    let rendezvous = match value("--rendezvous") {
+        Some(min) => Some(attach_rendezvous(
+            &job.endpoint,
+            min.parse().context("--rendezvous BYTES")?,
+        )?),
+        None => None,
+    };
     let world = Communicator::world(job.endpoint.clone())?;
     if let Some(victim) = value("--kill-rank") {
         return kill_test(&world, victim.parse()?);
@@ -677,7 +684,52 @@ fn main() -> anyhow::Result<()> {
             world.is_hierarchical()
         );
     }
+    if rendezvous.is_some() {
+        let stats = job.endpoint.rendezvous_stats();
+        println!(
+            "coll_check: rank {} rendezvous: sent {} received {} fallbacks {}",
+            world.rank(),
+            stats.sent,
+            stats.received,
+            stats.fallbacks
+        );
+    }
     drop(world);
     job.finish()?;
+    drop(rendezvous);
     Ok(())
+}
+
+/// `--rendezvous BYTES`: messages of at least BYTES to ranks of other nodes
+/// go as one-sided reads over Lumen's emulated TCP backend (the path a
+/// verbs or libfabric backend takes on hardware).
+fn attach_rendezvous(
+    endpoint: &lumen_transport::Endpoint,
+    min_bytes: usize,
+) -> anyhow::Result<std::sync::Arc<dyn lumen_transport::fabric::OneSided>> {
+    use lumen_transport::fabric::{tcp::TcpOneSided, OneSided};
+    const ADDR_TAG: u64 = 0x7e57_0000_0000_0001;
+    let ip = endpoint.tcp_address().ip().to_string();
+    let backend: std::sync::Arc<dyn OneSided> =
+        std::sync::Arc::new(TcpOneSided::open(Some(&ip), 0x0c01)?);
+    let me = endpoint.rank();
+    let others: Vec<u32> = (0..endpoint.size())
+        .filter(|&r| r != me && !endpoint.is_local(r))
+        .collect();
+    let address = backend.address()?;
+    for &peer in &others {
+        endpoint.send(peer, ADDR_TAG, &address)?;
+    }
+    let mut peers = std::collections::HashMap::new();
+    for &peer in &others {
+        let m = endpoint.recv(lumen_transport::Source::Rank(peer), ADDR_TAG)?;
+        peers.insert(peer, backend.insert_peer(&m.data)?);
+    }
+    endpoint.attach_fabric(lumen_transport::FabricRoute {
+        backend: backend.clone(),
+        peers,
+        min_bytes,
+    })?;
+    endpoint.barrier()?;
+    Ok(backend)
 }

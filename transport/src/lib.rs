@@ -90,7 +90,7 @@ pub const RESERVED_TAGS: u64 = 0xffff_0000_0000_0000;
 pub use auth::JobSecret;
 pub use config::{ConfigError, TcpBackend, TransportConfig};
 pub use endpoint::{
-    segment_name, Endpoint, EndpointBuilder, EndpointOptions, Handler, Message, PeerAddress,
-    RegionKey, Source, TransportError,
+    segment_name, Endpoint, EndpointBuilder, EndpointOptions, FabricRoute, Handler, Message,
+    PeerAddress, RegionKey, RendezvousStats, Source, TransportError,
 };
 pub use sys::read_process_memory;

@@ -247,7 +247,7 @@ fn start(
     let nic_local = binding.as_ref().is_some_and(|b| b.nic_local);
     let ranks = hello(&endpoint, node, &config, fabric.as_ref(), nic_local)?;
     if let Some(fabric) = &fabric {
-        fabric.connect(endpoint.rank(), &ranks);
+        fabric.connect(&endpoint, &ranks);
     }
     if let Some(arena) = &arena {
         arena.forget_name();

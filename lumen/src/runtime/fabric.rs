@@ -27,6 +27,14 @@
 //!
 //! [`RankStats::one_sided_pulls`](super::RankStats) counts the pulls that
 //! went one-sided.
+//!
+//! The same backend carries the transport's rendezvous for large messages
+//! to those ranks (`Endpoint::attach_fabric`: the receiver reads the
+//! sender's buffer), from `LUMEN_RDMA_RENDEZVOUS` bytes: by default 1 MiB on
+//! verbs and hardware libfabric providers, off on software ones, where it
+//! was measured to lose to the streaming TCP path
+//! (`lumen_transport::fabric::rendezvous_threshold`). Collectives between
+//! nodes go through the endpoint, so their large buffers take it too.
 
 use serde::{Deserialize, Serialize};
 
@@ -54,7 +62,7 @@ fn refuse(detail: String) -> LumenError {
 mod plane {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use lumen_objstore::{
@@ -72,7 +80,7 @@ mod plane {
 
     /// A rank's one-sided backend, its arena server and its peers.
     pub(crate) struct Fabric {
-        backend: Box<dyn OneSided>,
+        backend: Arc<dyn OneSided>,
         /// What peers must offer for pulls from them to go one-sided.
         name: String,
         server: OneSidedServer,
@@ -108,7 +116,7 @@ mod plane {
                 backend.describe()
             );
             Ok(Fabric {
-                backend,
+                backend: Arc::from(backend),
                 name,
                 server,
                 peers: Mutex::new(HashMap::new()),
@@ -125,8 +133,43 @@ mod plane {
             })
         }
 
-        /// Adds every rank of another node that offers the same backend.
-        pub(crate) fn connect(&self, me: Rank, ranks: &[RankInfo]) {
+        /// Adds every rank of another node that offers the same backend,
+        /// and routes large messages to them as one-sided reads where that
+        /// wins (`LUMEN_RDMA_RENDEZVOUS`, see
+        /// `lumen_transport::fabric::rendezvous_threshold`).
+        pub(crate) fn connect(&self, endpoint: &Endpoint, ranks: &[RankInfo]) {
+            self.add_peers(endpoint.rank(), ranks);
+            let env = std::env::var("LUMEN_RDMA_RENDEZVOUS").ok();
+            let min_bytes =
+                match lumen_transport::fabric::rendezvous_threshold(&self.name, env.as_deref()) {
+                    Ok(Some(min)) => min,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(rank = endpoint.rank(), "{e}; large messages stay on TCP");
+                        return;
+                    }
+                };
+            let peers: HashMap<Rank, usize> = self
+                .peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(&rank, source)| (rank, source.peer))
+                .collect();
+            if peers.is_empty() {
+                return;
+            }
+            let route = lumen_transport::FabricRoute {
+                backend: self.backend.clone(),
+                peers,
+                min_bytes,
+            };
+            if let Err(e) = endpoint.attach_fabric(route) {
+                tracing::warn!(rank = endpoint.rank(), "fabric: {e}");
+            }
+        }
+
+        fn add_peers(&self, me: Rank, ranks: &[RankInfo]) {
             let node = ranks.get(me as usize).map(|r| r.node);
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             for info in ranks {

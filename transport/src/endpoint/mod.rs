@@ -55,6 +55,7 @@
 
 mod builder;
 mod progress;
+mod rdma;
 mod recv;
 mod send;
 mod shared;
@@ -75,6 +76,7 @@ pub use crate::types::{
     segment_name, EndpointOptions, Message, PeerAddress, Rank, RegionKey, Source, RESERVED_TAGS,
 };
 pub use builder::EndpointBuilder;
+pub use rdma::{FabricRoute, RendezvousStats};
 
 use shared::{lock, GetSlot, Shared};
 use waiter::Waiter;
@@ -305,6 +307,7 @@ impl Endpoint {
                         Ok(false) => waiter.pause(|| {
                             !lock(&shared.pending_handlers).is_empty()
                                 || !lock(&shared.get_requests).is_empty()
+                                || !lock(&shared.rdma_pending).is_empty()
                         }),
                         Err(_) => break,
                     }

@@ -74,6 +74,7 @@ impl Endpoint {
         if top_level {
             progressed |= self.run_handlers();
             progressed |= self.serve_gets();
+            progressed |= self.serve_rdma();
         }
         Ok((progressed, None))
     }

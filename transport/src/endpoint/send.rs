@@ -42,18 +42,30 @@ impl Endpoint {
                 Ok(())
             }
             Route::Local(to) => self.send_local(dst, to, tag, data),
-            Route::Remote => {
-                let peer = self.remote(dst)?;
-                peer.send_data(shared.rank, tag, data, shared.config.max_frame)
-                    .map_err(|e| {
-                        shared.mark_peer(dst, PEER_DEAD, format!("send failed: {e}"));
-                        shared.peer_error(dst).unwrap_or(TransportError::Io {
-                            context: format!("sending to rank {dst}"),
-                            source: e,
-                        })
-                    })
-            }
+            Route::Remote => match self.send_rdma(dst, tag, data) {
+                Some(result) => result,
+                None => self.send_remote(dst, tag, data),
+            },
         }
+    }
+
+    /// Sends over the TCP connection to `dst` (a rank of another node).
+    pub(super) fn send_remote(
+        &self,
+        dst: Rank,
+        tag: u64,
+        data: &[u8],
+    ) -> Result<(), TransportError> {
+        let shared = &*self.shared;
+        let peer = self.remote(dst)?;
+        peer.send_data(shared.rank, tag, data, shared.config.max_frame)
+            .map_err(|e| {
+                shared.mark_peer(dst, PEER_DEAD, format!("send failed: {e}"));
+                shared.peer_error(dst).unwrap_or(TransportError::Io {
+                    context: format!("sending to rank {dst}"),
+                    source: e,
+                })
+            })
     }
 
     pub(super) fn remote(&self, dst: Rank) -> Result<Arc<TcpPeer>, TransportError> {

@@ -125,6 +125,13 @@ pub(crate) struct Shared {
     pub(super) progress_thread: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
     /// TCP connections that waiting callers read themselves (see `tcp`).
     pub(crate) tcp_readers: Arc<TcpReaders>,
+    /// The one-sided rendezvous to other nodes, once attached (`rdma`).
+    pub(super) fabric: std::sync::OnceLock<super::rdma::FabricRoute>,
+    /// Ready-to-sends waiting for a top-level progress to read them.
+    pub(super) rdma_pending: Mutex<VecDeque<(Rank, super::rdma::Rts)>>,
+    pub(super) rdma_cookie: AtomicU64,
+    /// Sent, received, fallbacks (see `RendezvousStats`).
+    pub(super) rdma_stats: [AtomicU64; 3],
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,6 +142,17 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Hands a complete message to its handler or to the mailbox, and wakes waiters.
     pub(crate) fn deliver(&self, message: Message) {
+        if message.tag == super::rdma::RDMA_RTS_TAG {
+            match super::rdma::Rts::decode(&message.data) {
+                Ok(rts) => lock(&self.rdma_pending).push_back((message.src, rts)),
+                Err(e) => tracing::warn!(
+                    "dropped a malformed ready-to-send from rank {}: {e}",
+                    message.src
+                ),
+            }
+            self.wake_self();
+            return;
+        }
         let has_handler = self.handler_count.load(Ordering::Acquire) > 0
             && self
                 .handlers

@@ -170,6 +170,10 @@ pub trait OneSided: Send + Sync + std::fmt::Debug {
     /// Deregisters the region starting at `addr` (a no-op if none does).
     fn deregister(&self, addr: *const u8);
 
+    /// Whether `[addr, addr + len)` lies inside a region registered here
+    /// (so a transfer from it needs no registration of its own).
+    fn registered(&self, addr: *const u8, len: usize) -> bool;
+
     /// Reads `local.len()` bytes at `offset` of the peer's region `key`.
     fn read(
         &self,
@@ -265,6 +269,55 @@ fn open_ofi(
     })
 }
 
+/// The size from which messages to other nodes go as one-sided reads by
+/// the receiver (`Endpoint::attach_fabric`) on backend `name` (as the
+/// runtime names it: `verbs`, `ofi/<provider>`, `tcp`), given
+/// `LUMEN_RDMA_RENDEZVOUS` (`off`, or a size: `65536`, `256K`, `1M`);
+/// `None`: never.
+///
+/// Default: 1 MiB on verbs and on libfabric's hardware providers, where
+/// the NIC moves the bytes without a copy; off on software ones
+/// (`tcp;ofi_rxm`, `shm`, Lumen's emulated `tcp`), where a read is a
+/// request round trip per message beside a TCP path that streams: measured
+/// here (2 nodes over loopback, 1 GiB in 1 MiB messages), 2.6 GB/s through
+/// the emulated read and 2.5 GB/s through `tcp;ofi_rxm`, against 6.5-7.1
+/// GB/s for the TCP path (BENCHMARKS.md).
+pub fn rendezvous_threshold(name: &str, env: Option<&str>) -> Result<Option<usize>, FabricError> {
+    let software = matches!(
+        name,
+        "tcp"
+            | "vm"
+            | "ofi/tcp;ofi_rxm"
+            | "ofi/shm"
+            | "ofi/tcp"
+            | "ofi/udp;ofi_rxd"
+            | "ofi/sockets"
+    );
+    match env.map(str::trim) {
+        None | Some("") | Some("auto") => Ok((!software).then_some(1 << 20)),
+        Some("off") | Some("0") | Some("never") => Ok(None),
+        Some(text) => {
+            let (digits, unit) = match text.as_bytes().last() {
+                Some(b'K' | b'k') => (&text[..text.len() - 1], 1usize << 10),
+                Some(b'M' | b'm') => (&text[..text.len() - 1], 1 << 20),
+                Some(b'G' | b'g') => (&text[..text.len() - 1], 1 << 30),
+                _ => (text, 1),
+            };
+            digits
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_mul(unit))
+                .filter(|&n| n > 0)
+                .map(Some)
+                .ok_or_else(|| {
+                    FabricError::BadSetting(format!(
+                        "LUMEN_RDMA_RENDEZVOUS={text:?}: expected off, auto, or a size such as 256K"
+                    ))
+                })
+        }
+    }
+}
+
 /// Whether this node has a verbs device (never, in a build without the
 /// `verbs` feature).
 pub fn verbs_devices_present() -> bool {
@@ -335,6 +388,9 @@ pub enum FabricError {
     /// `LUMEN_FABRIC` names no backend.
     #[error("LUMEN_FABRIC={0:?}: expected verbs, ofi, tcp or auto")]
     BadChoice(String),
+    /// Another fabric setting is malformed (the text says which).
+    #[error("{0}")]
+    BadSetting(String),
     /// The backend could not be opened (no such provider, no device).
     #[error("fabric provider {provider} could not be opened: {detail}")]
     Setup {
@@ -430,6 +486,23 @@ mod tests {
             key.check(8, 0, 1),
             Err(FabricError::ForeignKey { .. })
         ));
+    }
+
+    #[test]
+    fn rendezvous_thresholds() {
+        assert_eq!(rendezvous_threshold("verbs", None), Ok(Some(1 << 20)));
+        assert_eq!(
+            rendezvous_threshold("ofi/cxi", Some("auto")),
+            Ok(Some(1 << 20))
+        );
+        assert_eq!(rendezvous_threshold("ofi/tcp;ofi_rxm", None), Ok(None));
+        assert_eq!(
+            rendezvous_threshold("tcp", Some("256K")),
+            Ok(Some(256 << 10))
+        );
+        assert_eq!(rendezvous_threshold("verbs", Some("off")), Ok(None));
+        assert!(rendezvous_threshold("verbs", Some("lots")).is_err());
+        assert!(rendezvous_threshold("verbs", Some("99999999999999999G")).is_err());
     }
 
     #[test]

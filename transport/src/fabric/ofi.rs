@@ -932,6 +932,11 @@ impl OneSided for OfiEndpoint {
         unsafe { OfiEndpoint::register(self, addr, len) }
     }
 
+    fn registered(&self, addr: *const u8, len: usize) -> bool {
+        let regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        containing(&regions, addr as u64, len).is_some()
+    }
+
     fn deregister(&self, addr: *const u8) {
         OfiEndpoint::deregister(self, addr)
     }

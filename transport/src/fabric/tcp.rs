@@ -472,6 +472,20 @@ impl OneSided for TcpOneSided {
         })
     }
 
+    fn registered(&self, addr: *const u8, len: usize) -> bool {
+        super::containing(
+            &self
+                .serving
+                .regions
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+            addr as u64,
+            len,
+            |r| r.len,
+        )
+        .is_some()
+    }
+
     fn deregister(&self, addr: *const u8) {
         self.serving
             .regions

@@ -1331,6 +1331,10 @@ impl OneSided for VerbsEndpoint {
         })
     }
 
+    fn registered(&self, addr: *const u8, len: usize) -> bool {
+        super::containing(&lock(&self.regions), addr as u64, len, |m| m.len).is_some()
+    }
+
     fn deregister(&self, addr: *const u8) {
         lock(&self.regions).remove(&(addr as u64));
     }

@@ -158,6 +158,10 @@ impl OneSided for VmOneSided {
         })
     }
 
+    fn registered(&self, addr: *const u8, len: usize) -> bool {
+        super::containing(&lock(&self.regions), addr as u64, len, |l| *l).is_some()
+    }
+
     fn deregister(&self, addr: *const u8) {
         lock(&self.regions).remove(&(addr as u64));
     }

@@ -1,0 +1,135 @@
+//! Large messages between nodes as one-sided reads by the receiver
+//! (`Endpoint::attach_fabric`), on every fabric backend this build has that
+//! crosses nodes: Lumen's emulated `tcp` always, libfabric's `tcp;ofi_rxm`
+//! with the `ofi` feature. Three ranks on three nodes (threads of this
+//! process, real TCP between them): messages below and above the threshold
+//! arrive intact and in order, every rank sending to every other at once
+//! does not deadlock, the counters say which went one-sided, and a read the
+//! receiver cannot make (it has no route back) falls back to TCP with the
+//! bytes intact.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::*;
+use lumen_transport::fabric::{FabricError, OneSided};
+use lumen_transport::{Endpoint, FabricRoute, Source, TcpBackend};
+
+const ADDR_TAG: u64 = 0x7a01;
+const DATA_TAG: u64 = 0x7a02;
+const MIN: usize = 64 << 10;
+
+fn backends() -> Vec<&'static str> {
+    let mut names = vec!["tcp"];
+    if cfg!(feature = "ofi") {
+        names.push("ofi/tcp;ofi_rxm");
+    }
+    names
+}
+
+fn open(name: &str, job: u64) -> Result<Box<dyn OneSided>, FabricError> {
+    match name {
+        "tcp" => Ok(Box::new(lumen_transport::fabric::tcp::TcpOneSided::open(
+            Some("127.0.0.1"),
+            job,
+        )?)),
+        #[cfg(feature = "ofi")]
+        "ofi/tcp;ofi_rxm" => Ok(Box::new(lumen_transport::fabric::ofi::OfiEndpoint::open(
+            "tcp;ofi_rxm",
+            Some("127.0.0.1"),
+            job,
+        )?)),
+        other => panic!("no backend {other}"),
+    }
+}
+
+/// Opens `name`, exchanges addresses with every other rank over `ep` and
+/// attaches the route (leaving out the ranks in `skip`).
+fn attach(ep: &Endpoint, name: &str, skip: &[u32]) -> Arc<dyn OneSided> {
+    let backend: Arc<dyn OneSided> = Arc::from(open(name, 0x5eed).expect("open the backend"));
+    let me = ep.rank();
+    let address = backend.address().expect("an address");
+    for peer in (0..ep.size()).filter(|&p| p != me) {
+        ep.send(peer, ADDR_TAG, &address).expect("send the address");
+    }
+    let mut peers = HashMap::new();
+    for peer in (0..ep.size()).filter(|&p| p != me) {
+        let m = ep.recv(Source::Rank(peer), ADDR_TAG).expect("an address");
+        let index = backend.insert_peer(&m.data).expect("insert the peer");
+        if !skip.contains(&peer) {
+            peers.insert(peer, index);
+        }
+    }
+    ep.attach_fabric(FabricRoute {
+        backend: backend.clone(),
+        peers,
+        min_bytes: MIN,
+    })
+    .expect("attach");
+    ep.barrier().expect("barrier");
+    backend
+}
+
+#[test]
+fn large_messages_between_nodes_are_read_one_sided_in_order() {
+    for name in backends() {
+        if let Err(e) = open(name, 1) {
+            eprintln!("SKIPPED: fabric backend {name} unavailable here: {e}");
+            continue;
+        }
+        job(&[0, 1, 2], TcpBackend::Auto, move |ep, _| {
+            let _backend = attach(&ep, name, &[]);
+            let me = ep.rank();
+            let sizes = [1usize, MIN - 1, MIN, 3_000_001, 64 << 20];
+            // Everyone sends to everyone at once: senders wait for their
+            // readers, who read while they wait for their own.
+            for peer in (0..3).filter(|&p| p != me) {
+                for (i, &len) in sizes.iter().enumerate() {
+                    ep.send(peer, DATA_TAG, &pattern(len, me * 100 + i as u32))
+                        .expect("send");
+                }
+            }
+            for peer in (0..3).filter(|&p| p != me) {
+                for (i, &len) in sizes.iter().enumerate() {
+                    let m = ep.recv(Source::Rank(peer), DATA_TAG).expect("recv");
+                    assert_eq!(m.data.len(), len, "{name}: message {i} from {peer}");
+                    assert!(
+                        m.data == pattern(len, peer * 100 + i as u32),
+                        "{name}: message {i} from {peer} differs or came out of order"
+                    );
+                }
+            }
+            ep.barrier().expect("barrier");
+            let stats = ep.rendezvous_stats();
+            eprintln!("{name}: rank {me}: {stats:?}");
+            // Three messages of each sender are at or above the threshold.
+            assert_eq!(stats.sent, 2 * 3, "{name}: rank {me} {stats:?}");
+            assert_eq!(stats.received, 2 * 3, "{name}: rank {me} {stats:?}");
+            assert_eq!(stats.fallbacks, 0);
+        });
+    }
+}
+
+#[test]
+fn a_read_the_receiver_cannot_make_falls_back_to_tcp() {
+    job(&[0, 1], TcpBackend::Auto, |ep, _| {
+        let me = ep.rank();
+        // Rank 0 has no route to rank 1: rank 1's ready-to-send to it
+        // cannot be read, and comes back refused.
+        let skip: &[u32] = if me == 0 { &[1] } else { &[] };
+        let _backend = attach(&ep, "tcp", skip);
+        if me == 1 {
+            ep.send(0, DATA_TAG, &pattern(1 << 20, 5)).expect("send");
+            let stats = ep.rendezvous_stats();
+            assert_eq!(stats.fallbacks, 1, "{stats:?}");
+            assert_eq!(stats.sent, 0, "{stats:?}");
+        } else {
+            let m = ep.recv(Source::Rank(1), DATA_TAG).expect("recv");
+            assert!(m.data == pattern(1 << 20, 5), "the fallback differs");
+            assert_eq!(ep.rendezvous_stats().received, 0);
+        }
+        ep.barrier().expect("barrier");
+    });
+}
