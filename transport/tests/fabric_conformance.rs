@@ -11,8 +11,8 @@
 //! (`LUMEN_FABRIC_SMALL=1`: up to 1 MiB), a key of another job and a range
 //! outside the region refused before anything is posted, a key the target
 //! never issued reported by backends that check keys, many concurrent
-//! transfers, registrations reused, and a peer killed with SIGKILL
-//! reported within the bound.
+//! transfers, completion by polling, registrations reused, and a peer
+//! killed with SIGKILL reported within the bound.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -296,6 +296,61 @@ fn many_concurrent_transfers_and_registration_reuse() {
         drop(remote);
         drop(target);
         drop(local_pool);
+    });
+}
+
+#[test]
+fn transfers_complete_by_polling() {
+    use lumen_transport::fabric::{start_read, start_write};
+    each_backend(|name, local, remote, peer| {
+        const PIECE: usize = 512 << 10;
+        let mut target = pattern(32 * PIECE, 9);
+        // SAFETY: outlives every transfer (all waited for below) and `remote`.
+        let region =
+            unsafe { remote.register(target.as_mut_ptr(), target.len()) }.expect("register");
+        let local: Arc<dyn OneSided> = Arc::from(local);
+        let mut transfers: Vec<_> = (0..32)
+            .map(|i| {
+                start_read(
+                    local.clone(),
+                    peer,
+                    region.key,
+                    (i * PIECE) as u64,
+                    vec![0u8; PIECE],
+                    T,
+                )
+            })
+            .collect();
+        let deadline = Instant::now() + T;
+        let mut polls = 0u64;
+        while transfers.iter_mut().any(|t| t.poll().is_none()) {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: transfers never completed"
+            );
+            polls += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        eprintln!("{name}: 32 reads completed after {polls} polling rounds");
+        for (i, t) in transfers.into_iter().enumerate() {
+            let (result, bytes) = t.wait();
+            result.expect("a polled read");
+            assert!(
+                bytes == target[i * PIECE..(i + 1) * PIECE],
+                "{name}: read {i}"
+            );
+        }
+        let (result, _) =
+            start_write(local.clone(), peer, region.key, 100, pattern(1000, 3), T).wait();
+        result.expect("a write");
+        assert_eq!(
+            &target[100..1100],
+            &pattern(1000, 3)[..],
+            "{name}: the write"
+        );
+        drop(local);
+        drop(remote);
+        drop(target);
     });
 }
 

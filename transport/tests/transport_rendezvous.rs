@@ -133,3 +133,73 @@ fn a_read_the_receiver_cannot_make_falls_back_to_tcp() {
         ep.barrier().expect("barrier");
     });
 }
+
+/// The measurement behind `rendezvous_threshold`'s default (not run in CI:
+/// `cargo test --release -p lumen-transport --features ofi --test
+/// transport_rendezvous -- --ignored --nocapture`): 1 GiB from rank 0 to
+/// rank 1 of another node (loopback TCP) in messages of 1 MiB and 16 MiB,
+/// over the TCP path and over the one-sided rendezvous on each backend,
+/// rounds alternating, median GB/s and the ratio to the TCP path.
+#[test]
+#[ignore = "a measurement, run by hand (see its docs)"]
+fn measure_rendezvous_against_the_tcp_path() {
+    const ROUNDS: usize = 3;
+    let sizes = [1usize << 20, 16 << 20];
+    let mut paths = vec!["tcp path"];
+    paths.extend(backends());
+    let results = Arc::new(std::sync::Mutex::new(
+        HashMap::<(String, usize), Vec<f64>>::new(),
+    ));
+    for _ in 0..ROUNDS {
+        for &path in &paths {
+            let results = results.clone();
+            job(&[0, 1], TcpBackend::Auto, move |ep, _| {
+                let _backend = (path != "tcp path").then(|| attach(&ep, path, &[]));
+                for &len in &sizes {
+                    let data = pattern(len, 1);
+                    let n = (1usize << 30) / len;
+                    ep.barrier().expect("barrier");
+                    let started = std::time::Instant::now();
+                    for _ in 0..n {
+                        if ep.rank() == 0 {
+                            ep.send(1, DATA_TAG, &data).expect("send");
+                        } else {
+                            ep.recv(Source::Rank(0), DATA_TAG).expect("recv");
+                        }
+                    }
+                    ep.barrier().expect("barrier");
+                    if ep.rank() == 0 {
+                        let gb_s = (n * len) as f64 / started.elapsed().as_secs_f64() / 1e9;
+                        results
+                            .lock()
+                            .expect("results")
+                            .entry((path.to_string(), len))
+                            .or_default()
+                            .push(gb_s);
+                    }
+                }
+            });
+        }
+    }
+    let results = results.lock().expect("results");
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("path                 message   GB/s (min-max)        ratio to the TCP path");
+    for &len in &sizes {
+        let base = median(&results[&("tcp path".to_string(), len)]);
+        for &path in &paths {
+            let v = &results[&(path.to_string(), len)];
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(0.0, f64::max);
+            println!(
+                "{path:<20} {:>5} MiB  {:.2} ({lo:.2}-{hi:.2})     {:.2}",
+                len >> 20,
+                median(v),
+                median(v) / base
+            );
+        }
+    }
+}

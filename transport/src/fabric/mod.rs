@@ -26,6 +26,8 @@
 //!   - [`vm::VmOneSided`]: same node, a single `process_vm_readv` /
 //!     `process_vm_writev` copy from or into the peer's registered memory;
 //!   - `ofi` (feature `ofi`), `verbs` (feature `verbs`).
+//! - [`pending`]: completion by polling ([`start_read`], [`start_write`],
+//!   [`Transfer::poll`]) on any backend.
 //!
 //! # Choosing a backend
 //! [`open`] takes the `LUMEN_FABRIC` choice. `auto` means verbs when a
@@ -38,10 +40,13 @@
 
 #[cfg(feature = "ofi")]
 pub mod ofi;
+pub mod pending;
 pub mod tcp;
 #[cfg(feature = "verbs")]
 pub mod verbs;
 pub mod vm;
+
+pub use pending::{start_read, start_write, Transfer};
 
 use std::time::Duration;
 
