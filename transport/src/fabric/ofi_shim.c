@@ -10,6 +10,8 @@
  * error code (-FI_E...) on failure; messages for setup failures are
  * written to the caller's buffer.
  */
+#include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,7 @@
 
 struct lumen_ofi {
     int waitable; /* the queue has a wait object: fi_cq_sread blocks */
+    int wait_fd;  /* its file descriptor (FI_WAIT_FD), or -1 */
     struct fi_info *info;
     struct fid_fabric *fabric;
     struct fid_domain *domain;
@@ -92,9 +95,21 @@ int lumen_ofi_open(const char *prov, const char *node, struct lumen_ofi **out,
      * providers without one fall back to polling. */
     /* (shm's fi_cq_sread does not return at its timeout, so a closing
      * endpoint would wait forever for its progress thread: shm polls.) */
-    cq_attr.wait_obj = strcmp(prov, "shm") == 0 ? FI_WAIT_NONE : FI_WAIT_UNSPEC;
+    /* A file descriptor (FI_WAIT_FD) is preferred: polling it tells that
+     * the provider has work even when none of it completes here (a peer's
+     * read served by this target), which fi_cq_sread hides. */
+    h->wait_fd = -1;
+    cq_attr.wait_obj = strcmp(prov, "shm") == 0 ? FI_WAIT_NONE : FI_WAIT_FD;
     cq_attr.size = 4096;
     rc = fi_cq_open(h->domain, &cq_attr, &h->cq, NULL);
+    if (rc == 0 && cq_attr.wait_obj == FI_WAIT_FD) {
+        int fd = -1;
+        if (fi_control(&h->cq->fid, FI_GETWAIT, &fd) == 0 && fd >= 0) h->wait_fd = fd;
+    }
+    if (rc && cq_attr.wait_obj == FI_WAIT_FD) {
+        cq_attr.wait_obj = FI_WAIT_UNSPEC;
+        rc = fi_cq_open(h->domain, &cq_attr, &h->cq, NULL);
+    }
     h->waitable = rc == 0 && cq_attr.wait_obj != FI_WAIT_NONE;
     if (rc) {
         cq_attr.wait_obj = FI_WAIT_NONE;
@@ -202,6 +217,24 @@ ssize_t lumen_ofi_poll(struct lumen_ofi *h, void **ctxs, size_t max, int timeout
         return -FI_EAVAIL;
     }
     return n;
+}
+
+/* Sleeps until the provider has work or `timeout_ms` passes, on the
+ * queue's file descriptor (after fi_trywait, as libfabric requires):
+ * returns 1 when there is work (or may be: go and poll), 0 on timeout,
+ * -FI_ENOSYS without a descriptor (use lumen_ofi_poll's timeout), or
+ * another negative error. */
+int lumen_ofi_wait(struct lumen_ofi *h, int timeout_ms) {
+    if (h->wait_fd < 0) return -FI_ENOSYS;
+    struct fid *fids[1] = { &h->cq->fid };
+    int rc = fi_trywait(h->fabric, fids, 1);
+    if (rc == -FI_EAGAIN) return 1;
+    if (rc) return rc;
+    struct pollfd p = { .fd = h->wait_fd, .events = POLLIN, .revents = 0 };
+    rc = poll(&p, 1, timeout_ms);
+    if (rc > 0) return 1;
+    if (rc == 0) return 0;
+    return errno == EINTR ? 1 : -errno;
 }
 
 const char *lumen_ofi_strerror(int rc) { return fi_strerror(rc < 0 ? -rc : rc); }
