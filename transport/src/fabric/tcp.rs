@@ -46,6 +46,8 @@ const MAX_REASON: usize = 1024;
 /// How long a serving thread waits for a stalled initiator mid-transfer
 /// (one alive but no longer reading) before it drops the connection.
 const STALL: Duration = Duration::from_secs(30);
+/// How long either side polls a connection before it blocks on it.
+const SPIN: Duration = Duration::from_micros(200);
 
 #[derive(Debug, Clone, Copy)]
 struct Registered {
@@ -62,6 +64,12 @@ struct Serving {
     stop: AtomicBool,
     /// Connections being served, to shut down on drop.
     connections: Mutex<Vec<TcpStream>>,
+    /// Serving threads busy now (serving a request, or polling for the
+    /// next): a thread polls for its next request only while no other is
+    /// busy (one peer issuing dependent reads); with several, polling
+    /// threads would take the CPUs the others need (16 reads in flight on
+    /// 2 cores: 1.9 -> 0.3 GB/s at 64 KiB).
+    busy: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -78,6 +86,9 @@ pub struct TcpOneSided {
     peers: Mutex<Vec<Arc<Peer>>>,
     stats: Mutex<FabricStats>,
     acceptor: Option<std::thread::JoinHandle<()>>,
+    /// Transfers in flight from this endpoint: a caller polls for its reply
+    /// only while it is the only one (as for serving threads).
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl TcpOneSided {
@@ -102,6 +113,7 @@ impl TcpOneSided {
             regions: RwLock::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
             connections: Mutex::new(Vec::new()),
+            busy: std::sync::atomic::AtomicUsize::new(0),
         });
         let acceptor = {
             let serving = serving.clone();
@@ -116,6 +128,7 @@ impl TcpOneSided {
             peers: Mutex::new(Vec::new()),
             stats: Mutex::new(FabricStats::default()),
             acceptor: Some(acceptor),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -164,6 +177,7 @@ impl TcpOneSided {
         header[16..24].copy_from_slice(&key.key.to_le_bytes());
         header[24..32].copy_from_slice(&(key.base + offset).to_le_bytes());
         header[32..40].copy_from_slice(&(len as u64).to_le_bytes());
+        let alone = self.in_flight.fetch_add(1, Ordering::AcqRel) == 0;
         let result = (|| -> Result<(), Failure> {
             set_deadline(&stream, deadline)?;
             stream.write_all(&header)?;
@@ -172,7 +186,12 @@ impl TcpOneSided {
                 write_by_deadline(&mut stream, data, deadline)?;
             }
             let mut status = [0u8; 8];
-            stream.read_exact(&mut status)?;
+            let got = if alone {
+                spin_recv(&stream, &mut status, SPIN)
+            } else {
+                0
+            };
+            read_by_deadline(&mut stream, &mut status[got..], deadline)?;
             if status[0] != STATUS_OK {
                 let n = u32::from_le_bytes([status[4], status[5], status[6], status[7]]) as usize;
                 let mut reason = vec![0u8; n.min(MAX_REASON)];
@@ -186,6 +205,7 @@ impl TcpOneSided {
             }
             Ok(())
         })();
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         match result {
             Ok(()) => {
                 lock(&peer.idle).push(stream);
@@ -271,8 +291,12 @@ fn read_by_deadline(
     deadline: Instant,
 ) -> std::io::Result<()> {
     let mut at = 0;
+    let mut first = true;
     while at < buf.len() {
-        set_deadline(stream, deadline)?;
+        // The timeouts set at the transfer's start hold for the first call.
+        if !std::mem::take(&mut first) {
+            set_deadline(stream, deadline)?;
+        }
         let end = (at + (64 << 20)).min(buf.len());
         match stream.read(&mut buf[at..end]) {
             Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
@@ -286,8 +310,12 @@ fn read_by_deadline(
 
 fn write_by_deadline(stream: &mut TcpStream, buf: &[u8], deadline: Instant) -> std::io::Result<()> {
     let mut at = 0;
+    let mut first = true;
     while at < buf.len() {
-        set_deadline(stream, deadline)?;
+        // The timeouts set at the transfer's start hold for the first call.
+        if !std::mem::take(&mut first) {
+            set_deadline(stream, deadline)?;
+        }
         let end = (at + (64 << 20)).min(buf.len());
         match stream.write(&buf[at..end]) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -329,10 +357,16 @@ fn accept_loop(listener: TcpListener, serving: Arc<Serving>) {
 /// Serves requests on one connection until the peer closes it or sends
 /// something that is not a request (then the connection is dropped).
 fn serve_connection(mut stream: TcpStream, serving: &Serving) {
+    // Set once: a stalled initiator mid-transfer is dropped after STALL;
+    // an idle connection just keeps waiting (see `next_request`).
+    if stream.set_read_timeout(Some(STALL)).is_err()
+        || stream.set_write_timeout(Some(STALL)).is_err()
+    {
+        return;
+    }
     let mut header = [0u8; HEADER];
     while !serving.stop.load(Ordering::Acquire) {
-        // Idle connections wait for their next request without a limit.
-        if stream.set_read_timeout(None).is_err() || stream.read_exact(&mut header).is_err() {
+        if !next_request(&mut stream, &mut header, serving) {
             return;
         }
         let word = |at: usize| {
@@ -347,10 +381,79 @@ fn serve_connection(mut stream: TcpStream, serving: &Serving) {
             return;
         }
         let (job, key, addr, len) = (word(8), word(16), word(24), word(32));
-        if serve_one(&mut stream, serving, op, job, key, addr, len).is_err() {
+        serving.busy.fetch_add(1, Ordering::AcqRel);
+        let served = serve_one(&mut stream, serving, op, job, key, addr, len);
+        serving.busy.fetch_sub(1, Ordering::AcqRel);
+        if served.is_err() {
             return;
         }
     }
+}
+
+/// Reads the next request's header: polling for [`SPIN`] first (a request
+/// often follows the last one closely, and a wake-up from a blocking read
+/// costs tens of microseconds), then blocking. False when the connection
+/// ended or sent half a header and stalled.
+fn next_request(stream: &mut TcpStream, header: &mut [u8; HEADER], serving: &Serving) -> bool {
+    let mut at = 0;
+    if serving.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+        at = spin_recv(stream, header, SPIN);
+    }
+    serving.busy.fetch_sub(1, Ordering::AcqRel);
+    while at < HEADER {
+        match stream.read(&mut header[at..]) {
+            Ok(0) => return false,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // Idle (nothing of a request yet): keep waiting.
+            Err(e)
+                if at == 0
+                    && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+                    && !serving.stop.load(Ordering::Acquire) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Polls `stream` without blocking for up to `window`, filling `buf` from
+/// its start; returns how many bytes arrived (0 on end of stream too: the
+/// blocking read after it tells which).
+fn spin_recv(stream: &TcpStream, buf: &mut [u8], window: Duration) -> usize {
+    use std::os::fd::AsRawFd;
+    spin_recv_inner(stream.as_raw_fd(), buf, window)
+}
+
+fn spin_recv_inner(fd: std::os::fd::RawFd, buf: &mut [u8], window: Duration) -> usize {
+    let started = Instant::now();
+    let mut at = 0;
+    let mut polls = 0u32;
+    while at < buf.len() {
+        // SAFETY: `buf[at..]` is valid for writes of its length for the
+        // call; MSG_DONTWAIT makes it return at once.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf[at..].as_mut_ptr().cast(),
+                buf.len() - at,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            at += n as usize;
+            continue;
+        }
+        if n == 0 {
+            return at;
+        }
+        let again = std::io::Error::last_os_error().kind() == ErrorKind::WouldBlock;
+        polls += 1;
+        if !again || (polls % 64 == 0 && started.elapsed() >= window) {
+            return at;
+        }
+        std::hint::spin_loop();
+    }
+    at
 }
 
 fn serve_one(
@@ -362,8 +465,6 @@ fn serve_one(
     addr: u64,
     len: u64,
 ) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(STALL))?;
-    stream.set_write_timeout(Some(STALL))?;
     let regions = serving.regions.read().unwrap_or_else(|p| p.into_inner());
     let refusal = if job != serving.job {
         Some(format!(
