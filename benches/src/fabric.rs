@@ -76,6 +76,10 @@ pub struct FabricRow {
     pub mpi_mb_s: f64,
     /// `lumen_mb_s / mpi_mb_s`.
     pub mpi_bandwidth_ratio: f64,
+    /// Min and max over the rounds of each round's ratio (Lumen and the
+    /// baseline of the same round), in the order latency/fi_pingpong,
+    /// bandwidth/fi_pingpong, latency/MPI, bandwidth/MPI.
+    pub ratio_ranges: [[f64; 2]; 4],
 }
 
 /// Opens backend `name` (see the module docs).
@@ -367,6 +371,24 @@ pub fn run(options: &FabricBenchOptions) -> anyhow::Result<Vec<FabricRow>> {
         }
         for (i, &size) in options.sizes.iter().enumerate() {
             let [l, b, pl, pb, ml, mb] = series[i].clone().map(|mut v| median(&mut v));
+            let range = |lumen: &[f64], base: &[f64], scale: f64| -> [f64; 2] {
+                let ratios: Vec<f64> = lumen
+                    .iter()
+                    .zip(base)
+                    .map(|(a, b)| a / (scale * b))
+                    .collect();
+                [
+                    ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                    ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                ]
+            };
+            let k = &series[i];
+            let ratio_ranges = [
+                range(&k[0], &k[2], 2.0),
+                range(&k[1], &k[3], 1.0),
+                range(&k[0], &k[4], 2.0),
+                range(&k[1], &k[5], 1.0),
+            ];
             rows.push(FabricRow {
                 backend: backend.clone(),
                 pingpong_provider: provider.to_string(),
@@ -381,6 +403,7 @@ pub fn run(options: &FabricBenchOptions) -> anyhow::Result<Vec<FabricRow>> {
                 bandwidth_ratio: b / pb,
                 mpi_mb_s: mb,
                 mpi_bandwidth_ratio: b / mb,
+                ratio_ranges,
             });
         }
     }
@@ -390,38 +413,40 @@ pub fn run(options: &FabricBenchOptions) -> anyhow::Result<Vec<FabricRow>> {
 /// Prints the rows as a table.
 pub fn print_table(rows: &[FabricRow]) {
     println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7} {:>10} {:>10} {:>7} {:>10} {:>7}",
+        "{:<16} {:>8} {:>8} {:>8} {:>17} {:>7} {:>17} {:>9} {:>9} {:>17} {:>9} {:>17}",
         "backend",
         "bytes",
         "read us",
         "fi_pp us",
-        "ratio*",
+        "ratio* (range)",
         "mpi us",
-        "ratio*",
+        "ratio* (range)",
         "read MB/s",
         "fi_pp MB/s",
-        "ratio",
+        "ratio (range)",
         "mpi MB/s",
-        "ratio"
+        "ratio (range)"
     );
+    let cell =
+        |ratio: f64, range: [f64; 2]| format!("{ratio:.2} ({:.2}-{:.2})", range[0], range[1]);
     for r in rows {
         println!(
-            "{:<16} {:>9} {:>9.2} {:>9.2} {:>7.2} {:>8.2} {:>7.2} {:>10.1} {:>10.1} {:>7.2} {:>10.1} {:>7.2}",
+            "{:<16} {:>8} {:>8.2} {:>8.2} {:>17} {:>7.2} {:>17} {:>9.1} {:>9.1} {:>17} {:>9.1} {:>17}",
             r.backend,
             r.size,
             r.lumen_read_us,
             r.pingpong_us,
-            r.latency_ratio,
+            cell(r.latency_ratio, r.ratio_ranges[0]),
             r.mpi_us,
-            r.mpi_latency_ratio,
+            cell(r.mpi_latency_ratio, r.ratio_ranges[2]),
             r.lumen_mb_s,
             r.pingpong_mb_s,
-            r.bandwidth_ratio,
+            cell(r.bandwidth_ratio, r.ratio_ranges[1]),
             r.mpi_mb_s,
-            r.mpi_bandwidth_ratio
+            cell(r.mpi_bandwidth_ratio, r.ratio_ranges[3])
         );
     }
     println!(
-        "* a read is a round trip: compared with twice fi_pingpong's usec/xfer and twice MPI's half round trip"
+        "* a read is a round trip: compared with twice fi_pingpong's usec/xfer and twice MPI's half round trip; ranges: min-max of the per-round ratios"
     );
 }
