@@ -284,9 +284,9 @@ fn open_ofi(
 /// the NIC moves the bytes without a copy; off on software ones
 /// (`tcp;ofi_rxm`, `shm`, Lumen's emulated `tcp`), where a read is a
 /// request round trip per message beside a TCP path that streams: measured
-/// here (2 nodes over loopback, 1 GiB in 1 MiB messages), 2.6 GB/s through
-/// the emulated read and 2.5 GB/s through `tcp;ofi_rxm`, against 6.5-7.1
-/// GB/s for the TCP path (BENCHMARKS.md).
+/// here (2 nodes over loopback, 1 GiB in 1 MiB messages, release), 2.84
+/// GB/s through the emulated read and 1.52 GB/s through `tcp;ofi_rxm`,
+/// against 6.46 GB/s for the TCP path (0.44 and 0.23 of it; BENCHMARKS.md).
 pub fn rendezvous_threshold(name: &str, env: Option<&str>) -> Result<Option<usize>, FabricError> {
     let software = matches!(
         name,
