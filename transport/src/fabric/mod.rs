@@ -35,8 +35,16 @@
 //! software libfabric provider is no faster than Lumen's TCP path (see
 //! BENCHMARKS.md), so it is used only when asked for (`ofi`). Asking for a
 //! backend this build or node lacks is an error that says so, not a
-//! silent fallback. Peers on the same node are reached by [`vm`] whatever
-//! the network backend is: one copy, no NIC loopback.
+//! silent fallback.
+//!
+//! Per peer, the choice is by where the peer is: ranks of the same node
+//! never go through the network backend (the object store reads their
+//! objects in the shared node arena, and the endpoint's large messages to
+//! them are single `process_vm_readv` copies); ranks of other nodes go
+//! through the backend [`open`] picked, for object pulls and, where it
+//! wins, large messages ([`crate::FabricRoute`]). [`vm`] is that same-node
+//! copy behind this interface, for callers that hold keys rather than
+//! arena offsets.
 
 #[cfg(feature = "ofi")]
 pub mod ofi;
