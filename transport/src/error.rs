@@ -94,6 +94,15 @@ pub enum TransportError {
         /// Why.
         detail: String,
     },
+    /// A one-sided read or write through the attached fabric failed, or
+    /// the rank has no route on it.
+    #[error("one-sided transfer with rank {rank}: {detail}")]
+    Fabric {
+        /// The peer rank.
+        rank: Rank,
+        /// Why (the backend's error, or the missing route).
+        detail: String,
+    },
 }
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TransportError {

@@ -203,3 +203,51 @@ fn measure_rendezvous_against_the_tcp_path() {
         }
     }
 }
+
+#[test]
+fn one_sided_reads_and_writes_by_rank_through_the_endpoint() {
+    use lumen_transport::fabric::RemoteKey;
+    use lumen_transport::TransportError;
+    const KEY_TAG: u64 = 0x7a03;
+    job(&[0, 1, 2], TcpBackend::Auto, |ep, _| {
+        let me = ep.rank();
+        // No rank takes a route to rank 2 (as for a rank of a backend
+        // its peers do not offer).
+        let backend = attach(&ep, "tcp", &[2]);
+        let t = std::time::Duration::from_secs(30);
+        let mut region = pattern(1 << 20, 7);
+        if me == 1 {
+            // SAFETY: `region` outlives every transfer into it (rank 0 is
+            // done before the closing barrier, and `backend` drops after).
+            let key = unsafe { backend.register(region.as_mut_ptr(), region.len()) }
+                .expect("register")
+                .key;
+            ep.send(0, KEY_TAG, &key.to_bytes()).expect("send the key");
+        }
+        if me == 0 {
+            let m = ep.recv(Source::Rank(1), KEY_TAG).expect("the key");
+            let key = RemoteKey::from_bytes(&m.data).expect("a key");
+            let mut got = vec![0u8; 4096];
+            ep.fabric_read(1, &key, 1001, &mut got, t)
+                .expect("a read by rank");
+            assert!(got == pattern(1 << 20, 7)[1001..1001 + 4096]);
+            ep.fabric_write(1, &key, 5, b"written by rank 0", t)
+                .expect("a write by rank");
+            ep.fabric_read(1, &key, 5, &mut got[..17], t)
+                .expect("read back");
+            assert_eq!(&got[..17], b"written by rank 0");
+            match ep.fabric_read(2, &key, 0, &mut got, t) {
+                Err(TransportError::Fabric { rank: 2, detail }) => {
+                    assert!(detail.contains("no route"), "{detail}")
+                }
+                other => panic!("a rank without a route: {other:?}"),
+            }
+        }
+        ep.barrier().expect("barrier");
+        if me == 1 {
+            assert_eq!(&region[5..22], b"written by rank 0");
+        }
+        drop(backend);
+        drop(region);
+    });
+}

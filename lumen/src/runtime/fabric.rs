@@ -140,13 +140,14 @@ mod plane {
         pub(crate) fn connect(&self, endpoint: &Endpoint, ranks: &[RankInfo]) {
             self.add_peers(endpoint.rank(), ranks);
             let env = std::env::var("LUMEN_RDMA_RENDEZVOUS").ok();
+            // Attached either way, for Endpoint::fabric_read/write by rank;
+            // usize::MAX keeps every message on TCP.
             let min_bytes =
                 match lumen_transport::fabric::rendezvous_threshold(&self.name, env.as_deref()) {
-                    Ok(Some(min)) => min,
-                    Ok(None) => return,
+                    Ok(min) => min.unwrap_or(usize::MAX),
                     Err(e) => {
                         tracing::warn!(rank = endpoint.rank(), "{e}; large messages stay on TCP");
-                        return;
+                        usize::MAX
                     }
                 };
             let peers: HashMap<Rank, usize> = self

@@ -60,7 +60,9 @@ pub struct FabricRoute {
     pub backend: Arc<dyn OneSided>,
     /// Each reachable rank's peer index on `backend`.
     pub peers: HashMap<Rank, usize>,
-    /// Messages of at least this many bytes take the one-sided path.
+    /// Messages of at least this many bytes take the one-sided path
+    /// (`usize::MAX`: none; the route then serves [`Endpoint::fabric_read`]
+    /// and [`Endpoint::fabric_write`] only).
     pub min_bytes: usize,
 }
 
@@ -144,16 +146,98 @@ impl Endpoint {
     /// `route.peers` as one-sided reads by the receiver (see the module
     /// docs). Set once, after the ranks have exchanged fabric addresses.
     pub fn attach_fabric(&self, route: FabricRoute) -> Result<(), TransportError> {
-        tracing::info!(
-            rank = self.shared.rank,
-            "transport: messages of {} bytes or more to {} ranks of other nodes go as one-sided reads over {}",
-            route.min_bytes,
-            route.peers.len(),
-            route.backend.describe()
-        );
+        if route.min_bytes == usize::MAX {
+            tracing::info!(
+                rank = self.shared.rank,
+                "transport: {} ranks of other nodes reachable one-sided over {}; messages stay on TCP",
+                route.peers.len(),
+                route.backend.describe()
+            );
+        } else {
+            tracing::info!(
+                rank = self.shared.rank,
+                "transport: messages of {} bytes or more to {} ranks of other nodes go as one-sided reads over {}",
+                route.min_bytes,
+                route.peers.len(),
+                route.backend.describe()
+            );
+        }
         self.shared.fabric.set(route).map_err(|_| {
             TransportError::PeerTable("a fabric is attached to this endpoint already".into())
         })
+    }
+
+    /// The one-sided backend attached with [`Endpoint::attach_fabric`].
+    pub fn fabric(&self) -> Option<&Arc<dyn OneSided>> {
+        self.shared.fabric.get().map(|route| &route.backend)
+    }
+
+    /// Reads `local.len()` bytes at `offset` of rank `rank`'s region `key`
+    /// through the attached fabric (the one-sided API by rank; keys travel
+    /// in the application's own messages).
+    pub fn fabric_read(
+        &self,
+        rank: Rank,
+        key: &RemoteKey,
+        offset: u64,
+        local: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let (route, peer) = self.fabric_peer(rank)?;
+        route
+            .backend
+            .read(peer, key, offset, local, timeout)
+            .map_err(|e| TransportError::Fabric {
+                rank,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Writes `local` at `offset` of rank `rank`'s region `key` through
+    /// the attached fabric; returns once the bytes are in its memory.
+    pub fn fabric_write(
+        &self,
+        rank: Rank,
+        key: &RemoteKey,
+        offset: u64,
+        local: &[u8],
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let (route, peer) = self.fabric_peer(rank)?;
+        route
+            .backend
+            .write(peer, key, offset, local, timeout)
+            .map_err(|e| TransportError::Fabric {
+                rank,
+                detail: e.to_string(),
+            })
+    }
+
+    fn fabric_peer(&self, rank: Rank) -> Result<(&FabricRoute, usize), TransportError> {
+        self.check_rank(rank)?;
+        let route = self
+            .shared
+            .fabric
+            .get()
+            .ok_or_else(|| TransportError::Fabric {
+                rank,
+                detail: format!(
+                    "rank {} has no fabric attached (Endpoint::attach_fabric; LUMEN_FABRIC)",
+                    self.shared.rank
+                ),
+            })?;
+        let peer = *route
+            .peers
+            .get(&rank)
+            .ok_or_else(|| TransportError::Fabric {
+                rank,
+                detail: format!(
+                    "rank {} has no route to it on {} (same node, or a backend it does not offer)",
+                    self.shared.rank,
+                    route.backend.describe()
+                ),
+            })?;
+        Ok((route, peer))
     }
 
     /// Counters of the one-sided rendezvous.
