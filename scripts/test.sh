@@ -60,6 +60,10 @@ if [[ "$(id -u)" == 0 ]]; then
     target/debug/lumen bench transport --fabric all --sizes 8,65536 --rounds 1 --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-fabric-bench-smoke.json"
 fi
 
+echo "== device objects (objstore feature cuda: builds without CUDA; bookkeeping tested here, the GPU test says it skipped)"
+cargo clippy -p lumen-objstore --features cuda --all-targets --quiet -- -D warnings
+cargo test -p lumen-objstore --features cuda --lib --quiet device
+
 echo "== NCCL backend (builds without CUDA; at run time it must report the missing libraries)"
 cargo clippy -p lumen-collectives --features nccl --all-targets --quiet -- -D warnings
 cargo test -p lumen-collectives --features nccl --quiet

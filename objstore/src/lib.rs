@@ -152,6 +152,7 @@ pub fn arena_name(job_id: &str, node: u32) -> String {
 }
 
 mod arena;
+pub mod device;
 mod error;
 mod heap;
 mod id;
