@@ -23,6 +23,15 @@ impl Memory for Shadow {
     }
 }
 
+/// Why [`DeviceArena::create_with`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateError<E> {
+    /// The arena refused (full, or the id exists).
+    Device(DeviceError),
+    /// The fill failed; nothing was kept.
+    Fill(E),
+}
+
 /// Where a device object's bytes are in the region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceBlock {
@@ -153,6 +162,59 @@ impl<D: DeviceMemory> DeviceArena<D> {
             offset: block + HEADER,
             len,
         })
+    }
+
+    /// Creates object `id` of `len` bytes and lets `fill` write its bytes
+    /// into the device region at the offset it is given (a transfer
+    /// arriving chunk by chunk); the object exists only if `fill` succeeds.
+    pub fn create_with<E>(
+        &self,
+        id: ObjectId,
+        len: u64,
+        fill: impl FnOnce(&D, u64) -> Result<(), E>,
+    ) -> Result<DeviceBlock, CreateError<E>> {
+        let block = {
+            let mut inner = self.lock();
+            if inner.objects.contains_key(&id) {
+                return Err(CreateError::Device(DeviceError::Exists(id.to_string())));
+            }
+            let block = self
+                .alloc(&mut inner, len, None)
+                .map_err(CreateError::Device)?;
+            // Reserved (pinned, so no eviction moves it) while it fills.
+            inner.clock += 1;
+            let last_use = inner.clock;
+            inner.objects.insert(
+                id,
+                Entry {
+                    place: Place::Device { block },
+                    len,
+                    pins: 1,
+                    last_use,
+                },
+            );
+            inner.stats.on_device += 1;
+            inner.stats.device_bytes += len;
+            block
+        };
+        // Filled without the arena's lock: other objects come and go meanwhile.
+        match fill(&self.memory, block + HEADER) {
+            Ok(()) => {
+                self.unpin(id);
+                Ok(DeviceBlock {
+                    offset: block + HEADER,
+                    len,
+                })
+            }
+            Err(e) => {
+                let mut inner = self.lock();
+                inner.objects.remove(&id);
+                inner.heap().free(block);
+                inner.stats.on_device -= 1;
+                inner.stats.device_bytes -= len;
+                Err(CreateError::Fill(e))
+            }
+        }
     }
 
     /// Pins object `id` on the device (bringing it back from host memory

@@ -16,19 +16,24 @@
 //!   where owner and reader are and what the machines offer.
 //! - [`staging`]: the host-staged path, device-to-host copies of chunk k+1
 //!   overlapping the network send of chunk k.
+//! - [`DeviceServer`] and [`pull_staged`]: that path between two ranks over
+//!   the transport (the owner pins and streams, the reader writes each chunk
+//!   to its own device while the next arrives).
 //!
 //! Not here yet (issue 13's remaining parts): `put_device` and device
-//! results in the runtime, CUDA IPC handles passed between processes, the
-//! NCCL and GPU-direct paths, spilling evicted objects to disk, and the
-//! device script's measurements.
+//! results in the runtime, CUDA IPC handles passed between processes, peer
+//! copies between GPUs, the NCCL and GPU-direct paths, spilling evicted
+//! objects to disk, and the device script's measurements on a GPU.
 
 mod arena;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod path;
 pub mod staging;
+mod transfer;
 
-pub use arena::{DeviceArena, DeviceArenaStats, DeviceBlock};
+pub use arena::{CreateError, DeviceArena, DeviceArenaStats, DeviceBlock};
+pub use transfer::{pull_staged, DeviceServer, DeviceTransfer, DEVICE_REQUEST_TAG};
 
 use std::sync::Mutex;
 
@@ -64,6 +69,23 @@ pub enum DeviceError {
         len: u64,
         /// The region's size.
         region: u64,
+    },
+    /// The owner refused a transfer (it does not have the object, or the
+    /// request was malformed).
+    #[error("rank {rank} refused the device object: {detail}")]
+    Refused {
+        /// The owner.
+        rank: u32,
+        /// Its reason.
+        detail: String,
+    },
+    /// The transport failed under a transfer (a dead peer, a timeout).
+    #[error("moving a device object with rank {rank}: {detail}")]
+    Transfer {
+        /// The peer.
+        rank: u32,
+        /// What failed.
+        detail: String,
     },
     /// The driver failed a call.
     #[error("{call} failed: {detail}")]
