@@ -9,13 +9,15 @@
 #   device.txt   the objstore `cuda` feature's tests on GPU 0: a device arena
 #                in real GPU memory (put, read back, device-to-device copy,
 #                allocator consistency), the pure bookkeeping tests beside them
+#   runtime.txt  put_device on a rank's GPU and get_host on the owner and on
+#                another rank through host staging (lumen/tests/rt_device.rs)
 #   bandwidth.txt  H2D and D2H through the CUDA domain beside plain cudarc
 #                copies of the same sizes, rounds alternating
 #                (the `device_bandwidth` example)
 #
 # Not run yet, because it is not built yet (issue 13's remaining parts):
-# device objects through the runtime (put_device, device task results),
-# CUDA IPC between processes, peer copies between GPUs, the NCCL and
+# device results of tasks, get onto the reader's own GPU, CUDA IPC between
+# processes, peer copies between GPUs, the NCCL and
 # GPU-direct paths. Without a GPU this script says so and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,10 @@ if grep -q "SKIPPED: no GPU" "$out/device.txt"; then
     echo "gpu-check: the CUDA domain did not open although nvidia-smi sees a GPU; see $out/device.txt" >&2
     exit 3
 fi
+
+echo "gpu-check: put_device on rank 0, get_host on rank 0 and rank 1 (lumen run -n 2)"
+cargo build --release -q -p lumen --bins
+cargo test --release -p lumen --features cuda --test rt_device -- --nocapture 2>&1 | tee "$out/runtime.txt"
 
 echo "gpu-check: bandwidth beside plain cudarc copies"
 cargo run --release -q -p lumen-objstore --features cuda --example device_bandwidth 2>&1 | tee "$out/bandwidth.txt"

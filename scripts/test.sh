@@ -63,6 +63,8 @@ fi
 echo "== device objects (objstore feature cuda: builds without CUDA; bookkeeping tested here, the GPU test says it skipped)"
 cargo clippy -p lumen-objstore --features cuda --all-targets --quiet -- -D warnings
 cargo test -p lumen-objstore --features cuda --lib --quiet device
+cargo clippy -p lumen --features cuda --all-targets --quiet -- -D warnings
+cargo nextest run -p lumen --features cuda --test rt_device --no-fail-fast
 
 echo "== NCCL backend (builds without CUDA; at run time it must report the missing libraries)"
 cargo clippy -p lumen-collectives --features nccl --all-targets --quiet -- -D warnings

@@ -77,8 +77,8 @@ pub use lumen_macros::{actor, remote};
 #[doc(hidden)]
 pub use runtime::__private;
 pub use runtime::{
-    current, wait, ActorHandle, ActorOptions, InitOptions, IntoArg, ObjectRef, PlacementGroup,
-    PlacementStrategy, Resources, Runtime, TaskOptions,
+    current, wait, ActorHandle, ActorOptions, DeviceRef, InitOptions, IntoArg, ObjectRef,
+    PlacementGroup, PlacementStrategy, Resources, Runtime, TaskOptions,
 };
 
 /// Starts the runtime in driver mode: joins the job this process was

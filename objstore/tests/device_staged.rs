@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lumen_objstore::device::path::TransferPath;
-use lumen_objstore::device::{pull_staged, DeviceArena, DeviceError, DeviceServer, HostDomain};
+use lumen_objstore::device::{
+    pull_staged, pull_to_host, DeviceArena, DeviceError, DeviceServer, HostDomain,
+};
 use lumen_objstore::ObjectId;
 use lumen_transport::Source;
 
@@ -42,7 +44,7 @@ fn device_objects_move_between_nodes_through_host_staging() {
                 assert!(arena.stats().evictions >= 1, "{:?}", arena.stats());
                 ep.send(1, READY, &[]).expect("ready");
                 ep.recv(Source::Rank(1), DONE).expect("done");
-                assert_eq!(server.served(), sizes.len() as u64);
+                assert_eq!(server.served(), 2 * sizes.len() as u64);
                 assert!(arena.remove(ObjectId::new(9, 1)).is_ok(), "pins released");
                 arena.check().expect("consistent");
             } else {
@@ -55,6 +57,12 @@ fn device_objects_move_between_nodes_through_host_staging() {
                     assert_eq!(moved.chunks, (len as u64).div_ceil(1 << 20));
                     let back = arena.read_to_host(id).expect("on the reader's device");
                     assert!(matches_pattern(&back, lo), "object {lo} differs");
+                    // And straight to host memory (a reader without a GPU).
+                    let host = pull_to_host(&ep, 0, id, 1 << 20, T).expect("to host");
+                    assert!(
+                        matches_pattern(&host, lo),
+                        "object {lo} differs on the host"
+                    );
                 }
                 match pull_staged(&ep, 0, ObjectId::new(9, 77), &arena, 1 << 20, T) {
                     Err(DeviceError::Refused { rank: 0, detail }) => {

@@ -178,4 +178,13 @@ pub enum RuntimeError {
         /// What happened and what to change.
         detail: String,
     },
+    /// A device object could not be made, moved or read (no GPU, no
+    /// `cuda` feature, a full device arena, a refusing owner).
+    #[error("device object on rank {rank}: {detail}")]
+    Device {
+        /// The rank that reports it.
+        rank: u32,
+        /// What happened and what to do.
+        detail: String,
+    },
 }

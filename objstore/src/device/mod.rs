@@ -33,7 +33,7 @@ pub mod staging;
 mod transfer;
 
 pub use arena::{CreateError, DeviceArena, DeviceArenaStats, DeviceBlock};
-pub use transfer::{pull_staged, DeviceServer, DeviceTransfer, DEVICE_REQUEST_TAG};
+pub use transfer::{pull_staged, pull_to_host, DeviceServer, DeviceTransfer, DEVICE_REQUEST_TAG};
 
 use std::sync::Mutex;
 

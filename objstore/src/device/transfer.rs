@@ -150,23 +150,20 @@ fn serve<D: DeviceMemory>(ep: &Endpoint, arena: &DeviceArena<D>, message: Messag
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(1);
 
-/// Pulls device object `id` from rank `owner` (which runs a
-/// [`DeviceServer`]) into `arena` through host memory, `chunk` bytes at a
-/// time; each wait for the owner is bounded by `timeout`.
-pub fn pull_staged<D: DeviceMemory>(
+/// Asks `owner` for object `id`; returns the transfer's sequence and the
+/// object's length from the owner's header.
+fn request(
     endpoint: &Endpoint,
     owner: Rank,
     id: ObjectId,
-    arena: &DeviceArena<D>,
     chunk: usize,
     timeout: Duration,
-) -> Result<DeviceTransfer, DeviceError> {
+) -> Result<(u64, u64), DeviceError> {
     let transfer = |detail: String| DeviceError::Transfer {
         rank: owner,
         detail,
     };
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    let chunk = chunk.clamp(4096, 1 << 30);
     endpoint
         .send(
             owner,
@@ -181,50 +178,113 @@ pub fn pull_staged<D: DeviceMemory>(
             timeout,
         )
         .map_err(|e| transfer(e.to_string()))?;
-    let len = match header.data.split_first() {
+    match header.data.split_first() {
         Some((0, rest)) if rest.len() == 8 => {
             let mut w = [0u8; 8];
             w.copy_from_slice(rest);
-            u64::from_le_bytes(w)
+            Ok((seq, u64::from_le_bytes(w)))
         }
-        Some((1, reason)) => {
-            return Err(DeviceError::Refused {
-                rank: owner,
-                detail: String::from_utf8_lossy(reason).into_owned(),
-            })
-        }
-        _ => return Err(transfer("a malformed header".into())),
-    };
-    let chunk_tag = CHUNK_BASE | (seq & 0xffff_ffff);
+        Some((1, reason)) => Err(DeviceError::Refused {
+            rank: owner,
+            detail: String::from_utf8_lossy(reason).into_owned(),
+        }),
+        _ => Err(transfer("a malformed header".into())),
+    }
+}
+
+/// Receives the next chunk of transfer `seq` from `owner` into `buf`.
+fn next_chunk(
+    endpoint: &Endpoint,
+    owner: Rank,
+    seq: u64,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<(), String> {
+    let m = endpoint
+        .recv_timeout(
+            Source::Rank(owner),
+            CHUNK_BASE | (seq & 0xffff_ffff),
+            timeout,
+        )
+        .map_err(|e| e.to_string())?;
+    if m.data.len() != buf.len() {
+        return Err(format!(
+            "a chunk of {} bytes, expected {}",
+            m.data.len(),
+            buf.len()
+        ));
+    }
+    buf.copy_from_slice(&m.data);
+    Ok(())
+}
+
+/// Pulls device object `id` from rank `owner` (which runs a
+/// [`DeviceServer`]) into `arena` through host memory, `chunk` bytes at a
+/// time; each wait for the owner is bounded by `timeout`.
+pub fn pull_staged<D: DeviceMemory>(
+    endpoint: &Endpoint,
+    owner: Rank,
+    id: ObjectId,
+    arena: &DeviceArena<D>,
+    chunk: usize,
+    timeout: Duration,
+) -> Result<DeviceTransfer, DeviceError> {
+    let chunk = chunk.clamp(4096, 1 << 30);
+    let (seq, len) = request(endpoint, owner, id, chunk, timeout)?;
     let mut chunks = 0;
     let block = arena
         .create_with(id, len, |memory, offset| {
             stage_in(memory, offset, len, chunk, |buf| {
-                let m = endpoint
-                    .recv_timeout(Source::Rank(owner), chunk_tag, timeout)
-                    .map_err(|e| e.to_string())?;
-                if m.data.len() != buf.len() {
-                    return Err(format!(
-                        "a chunk of {} bytes, expected {}",
-                        m.data.len(),
-                        buf.len()
-                    ));
-                }
-                buf.copy_from_slice(&m.data);
-                Ok(())
+                next_chunk(endpoint, owner, seq, buf, timeout)
             })
             .map(|stats| chunks = stats.chunks)
         })
         .map_err(|e| match e {
             CreateError::Device(d) => d,
             CreateError::Fill(StagingError::Device(d)) => d,
-            CreateError::Fill(StagingError::Transfer(t)) => transfer(t),
+            CreateError::Fill(StagingError::Transfer(t)) => DeviceError::Transfer {
+                rank: owner,
+                detail: t,
+            },
         })?;
     Ok(DeviceTransfer {
         path: TransferPath::HostStaged,
         block,
         chunks,
     })
+}
+
+/// Copies device object `id` of rank `owner` into host memory here (a
+/// reader without a GPU, or one that wants host bytes: `get_host`).
+pub fn pull_to_host(
+    endpoint: &Endpoint,
+    owner: Rank,
+    id: ObjectId,
+    chunk: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, DeviceError> {
+    let chunk = chunk.clamp(4096, 1 << 30);
+    let (seq, len) = request(endpoint, owner, id, chunk, timeout)?;
+    let len = usize::try_from(len).map_err(|_| DeviceError::Transfer {
+        rank: owner,
+        detail: format!("an object of {len} bytes does not fit this process"),
+    })?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|_| DeviceError::Transfer {
+            rank: owner,
+            detail: format!("could not allocate {len} bytes for the host copy"),
+        })?;
+    out.resize(len, 0);
+    for piece in out.chunks_mut(chunk) {
+        next_chunk(endpoint, owner, seq, piece, timeout).map_err(|detail| {
+            DeviceError::Transfer {
+                rank: owner,
+                detail,
+            }
+        })?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

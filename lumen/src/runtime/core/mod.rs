@@ -208,6 +208,8 @@ pub(crate) struct Inner {
     /// The cores this rank bound itself to (see `runtime::binding`).
     pub(crate) binding: Option<lumen_sched::topology::RankBinding>,
     tasks_executed: AtomicU64,
+    /// This rank's device objects (see `runtime::device`).
+    pub(crate) devices: super::device::DevicePlane,
 }
 
 impl std::fmt::Debug for Inner {
@@ -363,6 +365,7 @@ impl Inner {
             groups: GroupRuntime::new(rank, hosts),
             binding,
             tasks_executed: AtomicU64::new(0),
+            devices: super::device::DevicePlane::default(),
         });
         // Tasks may arrive as soon as the handler is in: they need `current`.
         set_current(Some(inner.clone()))?;
