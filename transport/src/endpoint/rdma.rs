@@ -50,7 +50,8 @@ pub(crate) const RDMA_RTS_TAG: u64 = RDMA_TAGS | (1 << 40);
 /// Finish records: `RDMA_FIN_BASE | (cookie & 0xffff_ffff)`.
 const RDMA_FIN_BASE: u64 = RDMA_TAGS | (2 << 40);
 const RTS_LEN: usize = 24 + RemoteKey::BYTES;
-/// How long a read, and the sender's wait for its FIN, may take.
+/// How long the receiver's read may take (the sender waits for the FIN
+/// for as long as the receiver lives).
 const RDMA_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where large messages to other nodes go as one-sided reads.
@@ -298,8 +299,11 @@ impl Endpoint {
             key: region.key,
         };
         let sent = self.send_tcp(dst, RDMA_RTS_TAG, &rts.encode());
-        let fin = sent
-            .and_then(|()| self.recv_inner(Source::Rank(dst), fin_tag(cookie), Some(RDMA_TIMEOUT)));
+        // No timeout: a sender that gave up while its ready-to-send is
+        // still queued at the receiver would see its message delivered
+        // later (after its next ones, from a buffer it reuses). The wait
+        // ends with the FIN, or with the receiver's death (peer watch).
+        let fin = sent.and_then(|()| self.recv_inner(Source::Rank(dst), fin_tag(cookie), None));
         if ours {
             backend.deregister(data.as_ptr());
         }
@@ -367,10 +371,26 @@ impl Endpoint {
         })?;
         let len = usize::try_from(rts.len).map_err(|e| e.to_string())?;
         let mut data = zeroed(len)?;
-        route
-            .backend
-            .read(peer, &rts.key, 0, &mut data, RDMA_TIMEOUT)
-            .map_err(|e| format!("rank {} reading it: {e}", self.shared.rank))?;
+        // Registered in place for the read (the NIC writes straight into
+        // it; unregistered memory would cost a bounce buffer and a copy).
+        let backend = &route.backend;
+        // SAFETY: `data` is ours, alive until after the deregistration
+        // below, and read into only by this transfer.
+        let ours = !backend.registered(data.as_ptr(), len)
+            && unsafe { backend.register(data.as_mut_ptr(), len) }.is_ok();
+        let read = backend.read(peer, &rts.key, 0, &mut data, RDMA_TIMEOUT);
+        if ours {
+            backend.deregister(data.as_ptr());
+        }
+        if let Err(e) = read {
+            if ours && matches!(e, crate::fabric::FabricError::Timeout { .. }) {
+                // The provider may still hold the timed-out operation and
+                // write into the buffer: it is never freed (a bounded leak,
+                // on this failure only).
+                std::mem::forget(data);
+            }
+            return Err(format!("rank {} reading it: {e}", self.shared.rank));
+        }
         Ok(data)
     }
 

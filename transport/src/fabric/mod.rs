@@ -117,7 +117,13 @@ impl RemoteKey {
             });
         }
         match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
+            // The target address must not wrap either (`base` came from
+            // the network too).
+            Some(end) if end <= self.len && self.base.checked_add(end).is_some() => Ok(()),
+            Some(end) if end <= self.len => Err(FabricError::BadKey(format!(
+                "base {:#x} + {end} bytes wraps around",
+                self.base
+            ))),
             _ => Err(FabricError::OutOfRange {
                 offset,
                 len,
@@ -446,6 +452,18 @@ pub enum FabricError {
     /// A peer address is malformed.
     #[error("malformed fabric address: {0}")]
     BadAddress(String),
+    /// A region starting at this address is registered already and does
+    /// not hold the range asked for: registering over it would drop the
+    /// key its peers hold.
+    #[error("a {have}-byte region is registered at {addr:#x} already (asked for {want} bytes): deregister it first")]
+    AlreadyRegistered {
+        /// The address.
+        addr: u64,
+        /// The registered region's length.
+        have: u64,
+        /// The length asked for.
+        want: u64,
+    },
     /// No peer with this index was inserted.
     #[error("no fabric peer {0}")]
     NoSuchPeer(usize),
@@ -498,6 +516,14 @@ mod tests {
         assert!(matches!(
             key.check(8, 0, 1),
             Err(FabricError::ForeignKey { .. })
+        ));
+        let wrapping = RemoteKey {
+            base: u64::MAX - 10,
+            ..key
+        };
+        assert!(matches!(
+            wrapping.check(7, 0, 100),
+            Err(FabricError::BadKey(_))
         ));
     }
 

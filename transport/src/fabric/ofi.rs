@@ -443,6 +443,13 @@ impl OfiEndpoint {
                 key: self.key_for(found.0, found.1.key, start, len),
             });
         }
+        if let Some(have) = regions.get(&start) {
+            return Err(FabricError::AlreadyRegistered {
+                addr: start,
+                have: have.len as u64,
+                want: len as u64,
+            });
+        }
         let (mut mr, mut key, mut desc) = (std::ptr::null_mut(), 0u64, std::ptr::null_mut());
         // SAFETY: the caller keeps the range valid (this function's contract);
         // the out-parameters are valid.

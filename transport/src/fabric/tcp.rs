@@ -555,6 +555,13 @@ impl OneSided for TcpOneSided {
                 found.key
             }
             None => {
+                if let Some(have) = regions.get(&start) {
+                    return Err(FabricError::AlreadyRegistered {
+                        addr: start,
+                        have: have.len as u64,
+                        want: len as u64,
+                    });
+                }
                 let key = rand::random::<u64>();
                 regions.insert(start, Registered { len, key });
                 lock(&self.stats).registrations += 1;

@@ -36,11 +36,17 @@
 //!
 //! # Failure
 //! An RC queue pair whose peer stops answering retries (`retry_cnt` 7,
-//! `timeout` 14: about 0.5 s per try on most fabrics), then completes every
-//! posted request with an error status, which is reported with its name
-//! (`IBV_WC_RETRY_EXC_ERR`: the peer is gone). A remote access error (a bad
-//! key) also breaks the queue pair, as RDMA does; the next transfer to that
-//! peer reconnects it.
+//! `timeout` 14: 4.096 µs × 2^14 ≈ 67 ms per try, about 0.5 s in all), then
+//! completes every posted request with an error status, which is reported
+//! with its name (`IBV_WC_RETRY_EXC_ERR`: the peer is gone). A remote
+//! access error (a bad key) also breaks the queue pair, as RDMA does. A
+//! broken or timed-out queue pair is moved to the error state (so every
+//! request still posted on it completes, flushed, and nothing lands late)
+//! and the next transfer to that peer connects a new one.
+//!
+//! Completions of all queue pairs share one queue: sends in flight across
+//! the endpoint are capped so that they and the shared receives always fit
+//! in it (an overrun would break every queue pair).
 //!
 //! # Tested where
 //! The conformance suite runs this backend where a device exists; on a
@@ -65,8 +71,12 @@ const MAX_SEND_WR: u32 = 256;
 const SRQ_DEPTH: u32 = 1024;
 /// Completion queue entries.
 const CQ_DEPTH: i32 = 4096;
-/// Reads in flight per queue pair, both directions (ConnectX supports 16).
+/// Reads in flight per queue pair, both directions, at most (ConnectX
+/// supports 16; clamped to the device's `max_qp_rd_atom`).
 const RD_ATOMIC: u8 = 16;
+/// Sends in flight over the endpoint: with the shared receives they must
+/// fit in the completion queue.
+const MAX_IN_FLIGHT: u32 = CQ_DEPTH as u32 - SRQ_DEPTH;
 /// Work request id of the shared receive queue's receives (contexts of
 /// posted sends are boxes, never 0).
 const RECV_WR_ID: u64 = 0;
@@ -403,6 +413,9 @@ struct Qp {
     qp: *mut ffi::ibv_qp,
     /// Work requests posted and not yet completed.
     outstanding: AtomicU32,
+    /// The same, over every queue pair of the endpoint (they share one
+    /// completion queue).
+    total: Arc<AtomicU32>,
     /// Set when a completion came back with an error: the queue pair is in
     /// the error state and must be replaced.
     broken: AtomicBool,
@@ -410,7 +423,8 @@ struct Qp {
 }
 
 // SAFETY: see Context; posting to one queue pair from several threads is
-// allowed by libibverbs (providers lock the send queue).
+// allowed by libibverbs: providers lock the send queue (mlx5 unless
+// MLX5_SINGLE_THREADED=1 is set, which Lumen's users must not set).
 unsafe impl Send for Qp {}
 // SAFETY: as above.
 unsafe impl Sync for Qp {}
@@ -425,6 +439,10 @@ impl Drop for Qp {
 /// The local side of the endpoint that queue pairs are made on.
 struct Local {
     ctx: Arc<Context>,
+    /// Sends in flight over all queue pairs (see `MAX_IN_FLIGHT`).
+    in_flight: Arc<AtomicU32>,
+    /// Reads in flight per queue pair, as the device allows (at most 16).
+    rd_atomic: u8,
     port: u8,
     lid: u16,
     gid: [u8; 16],
@@ -453,6 +471,7 @@ impl Local {
         let qp = Qp {
             qp,
             outstanding: AtomicU32::new(0),
+            total: self.in_flight.clone(),
             broken: AtomicBool::new(false),
             _ctx: self.ctx.clone(),
         };
@@ -490,7 +509,7 @@ impl Local {
         attr.path_mtu = mtu_enum(self.mtu.min(remote.mtu));
         attr.dest_qp_num = remote.qpn;
         attr.rq_psn = remote.psn;
-        attr.max_dest_rd_atomic = RD_ATOMIC;
+        attr.max_dest_rd_atomic = self.rd_atomic;
         attr.min_rnr_timer = 12;
         attr.ah_attr.dlid = remote.lid;
         attr.ah_attr.sl = 0;
@@ -518,7 +537,7 @@ impl Local {
         attr.retry_cnt = 7;
         attr.rnr_retry = 7;
         attr.sq_psn = psn;
-        attr.max_rd_atomic = RD_ATOMIC;
+        attr.max_rd_atomic = self.rd_atomic;
         let mask = ffi::ibv_qp_attr_mask::IBV_QP_STATE
             | ffi::ibv_qp_attr_mask::IBV_QP_TIMEOUT
             | ffi::ibv_qp_attr_mask::IBV_QP_RETRY_CNT
@@ -526,6 +545,20 @@ impl Local {
             | ffi::ibv_qp_attr_mask::IBV_QP_SQ_PSN
             | ffi::ibv_qp_attr_mask::IBV_QP_MAX_QP_RD_ATOMIC;
         modify(qp, &mut attr, mask, "RTS")
+    }
+}
+
+/// Marks `qp` broken and moves it to the error state, so every request
+/// still posted on it completes (flushed) instead of landing later.
+fn break_qp(qp: &Qp) {
+    if qp.broken.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: ibv_qp_attr is a plain C struct; zeroes are valid.
+    let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+    attr.qp_state = ffi::ibv_qp_state::IBV_QPS_ERR;
+    if let Err(e) = modify(qp, &mut attr, ffi::ibv_qp_attr_mask::IBV_QP_STATE, "ERR") {
+        tracing::warn!("verbs: {e}");
     }
 }
 
@@ -739,8 +772,19 @@ impl VerbsEndpoint {
             [0u8; 16]
         };
         let ctx = Arc::new(ctx);
+        // SAFETY: ibv_device_attr is a plain C struct; zeroes are valid.
+        let mut dev_attr: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: `ctx` is open; `dev_attr` is a valid out-parameter.
+        let rd_atomic = if unsafe { ffi::ibv_query_device(ctx.ctx, &mut dev_attr) } == 0 {
+            let device_max = dev_attr.max_qp_rd_atom.min(dev_attr.max_qp_init_rd_atom);
+            u8::try_from(device_max.clamp(1, i32::from(RD_ATOMIC))).unwrap_or(1)
+        } else {
+            RD_ATOMIC
+        };
         let local = Arc::new(Local {
             ctx: ctx.clone(),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            rd_atomic,
             port,
             lid: attr.lid,
             gid,
@@ -941,7 +985,15 @@ impl VerbsEndpoint {
                 (local, lkey)
             }
             None => {
-                let mut bounce = vec![0u8; len.max(1)].into_boxed_slice();
+                let mut bounce = Vec::new();
+                bounce
+                    .try_reserve_exact(len.max(1))
+                    .map_err(|_| FabricError::Transfer {
+                        what,
+                        detail: format!("could not allocate a {len}-byte bounce buffer"),
+                    })?;
+                bounce.resize(len.max(1), 0);
+                let mut bounce = bounce.into_boxed_slice();
                 if kind.is_write() && len > 0 {
                     // SAFETY: `local` is `len` readable bytes (the caller's slice).
                     bounce[..len]
@@ -998,7 +1050,7 @@ impl VerbsEndpoint {
             return Err(e);
         }
         if !finished {
-            qp.broken.store(true, Ordering::Release);
+            break_qp(&qp);
             return Err(FabricError::Timeout {
                 what,
                 bytes: len as u64,
@@ -1006,7 +1058,7 @@ impl VerbsEndpoint {
             });
         }
         if done.failed.load(Ordering::Acquire) {
-            qp.broken.store(true, Ordering::Release);
+            break_qp(&qp);
             return Err(FabricError::Transfer {
                 what,
                 detail: lock(&done.error).clone().unwrap_or_default(),
@@ -1029,9 +1081,22 @@ impl VerbsEndpoint {
         rkey: u32,
         imm: u32,
     ) -> Result<(), FabricError> {
-        // Keep within the send queue's depth.
-        while qp.outstanding.fetch_add(1, Ordering::AcqRel) >= MAX_SEND_WR {
-            qp.outstanding.fetch_sub(1, Ordering::AcqRel);
+        // Keep within the send queue's depth, and all queue pairs within
+        // the completion queue's.
+        let take = |counter: &AtomicU32, max: u32| {
+            counter
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok()
+        };
+        loop {
+            if take(&qp.outstanding, MAX_SEND_WR) {
+                if take(&qp.total, MAX_IN_FLIGHT) {
+                    break;
+                }
+                qp.outstanding.fetch_sub(1, Ordering::AcqRel);
+            }
             if Instant::now() >= deadline {
                 return Err(FabricError::Timeout {
                     what: "post",
@@ -1078,6 +1143,7 @@ impl VerbsEndpoint {
             drop(unsafe { Box::from_raw(op) });
             done.left.fetch_sub(1, Ordering::AcqRel);
             qp.outstanding.fetch_sub(1, Ordering::AcqRel);
+            qp.total.fetch_sub(1, Ordering::AcqRel);
             return Err(call(
                 "ibv_post_send",
                 std::io::Error::from_raw_os_error(rc).to_string(),
@@ -1139,8 +1205,14 @@ fn progress_loop(ctx: Arc<Context>, stop: Arc<AtomicBool>, arrivals: Arc<Arrival
             }
         };
         if n < 0 {
-            tracing::error!("verbs: polling the completion queue failed; transfers will time out");
-            return;
+            // Transient or not, stopping would leave every transfer to time
+            // out: say so once a second and keep polling.
+            if idle % 20_000 == 0 {
+                tracing::error!("verbs: polling the completion queue failed ({n})");
+            }
+            idle = idle.wrapping_add(1);
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
         }
         if n == 0 {
             idle = idle.saturating_add(1);
@@ -1193,6 +1265,7 @@ fn progress_loop(ctx: Arc<Context>, stop: Arc<AtomicBool>, arrivals: Arc<Arrival
                 op.qp.broken.store(true, Ordering::Release);
             }
             op.qp.outstanding.fetch_sub(1, Ordering::AcqRel);
+            op.qp.total.fetch_sub(1, Ordering::AcqRel);
             if op.done.left.fetch_sub(1, Ordering::AcqRel) == 1 {
                 let _guard = lock(&op.done.lock);
                 op.done.cv.notify_all();
@@ -1212,49 +1285,59 @@ fn accept_loop(
         if stop.load(Ordering::Acquire) {
             return;
         }
-        let Ok(mut s) = stream else { continue };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-        let mut b = [0u8; QpInfo::BYTES];
-        if s.read_exact(&mut b).is_err() {
-            continue;
+        let Ok(s) = stream else { continue };
+        // One thread per handshake: a stalled connector holds only its own.
+        let (local, served) = (local.clone(), served.clone());
+        let spawned = std::thread::Builder::new()
+            .name("lumen-verbs-handshake".into())
+            .spawn(move || answer_handshake(s, &local, &served));
+        if let Err(e) = spawned {
+            tracing::warn!("verbs: could not start a handshake thread: {e}");
         }
-        let refuse = |s: &mut TcpStream, why: &str| {
-            tracing::warn!("verbs: refused a handshake from {:?}: {why}", s.peer_addr());
-            let none = QpInfo {
-                job: local.job,
-                lid: 0,
-                gid: [0; 16],
-                qpn: 0,
-                psn: 0,
-                mtu: 0,
-            };
-            let _ = s.write_all(&none.encode());
+    }
+}
+
+/// Answers one peer's handshake: a queue pair for it, connected back.
+fn answer_handshake(mut s: TcpStream, local: &Local, served: &Mutex<Vec<Arc<Qp>>>) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut b = [0u8; QpInfo::BYTES];
+    if s.read_exact(&mut b).is_err() {
+        return;
+    }
+    let refuse = |s: &mut TcpStream, why: &str| {
+        tracing::warn!("verbs: refused a handshake from {:?}: {why}", s.peer_addr());
+        let none = QpInfo {
+            job: local.job,
+            lid: 0,
+            gid: [0; 16],
+            qpn: 0,
+            psn: 0,
+            mtu: 0,
         };
-        let theirs = match QpInfo::decode(&b) {
-            Ok(t) if t.job == local.job => t,
-            Ok(t) => {
-                refuse(&mut s, &format!("a peer of job {:#x}", t.job));
-                continue;
+        let _ = s.write_all(&none.encode());
+    };
+    let theirs = match QpInfo::decode(&b) {
+        Ok(t) if t.job == local.job => t,
+        Ok(t) => return refuse(&mut s, &format!("a peer of job {:#x}", t.job)),
+        Err(e) => return refuse(&mut s, &e),
+    };
+    let connected = local.create_qp().and_then(|qp| {
+        let psn = rand::random::<u32>() & 0xff_ffff;
+        local.connect(&qp, psn, &theirs)?;
+        Ok((local.info(&qp, psn), qp))
+    });
+    match connected {
+        Ok((mine, qp)) => {
+            if s.write_all(&mine.encode()).is_ok() {
+                let mut served = lock(served);
+                // Queue pairs whose connector broke them (and reconnected)
+                // are in the error state: let them go.
+                served.retain(|q| !q.broken.load(Ordering::Acquire));
+                served.push(Arc::new(qp));
             }
-            Err(e) => {
-                refuse(&mut s, &e);
-                continue;
-            }
-        };
-        let connected = local.create_qp().and_then(|qp| {
-            let psn = rand::random::<u32>() & 0xff_ffff;
-            local.connect(&qp, psn, &theirs)?;
-            Ok((local.info(&qp, psn), qp))
-        });
-        match connected {
-            Ok((mine, qp)) => {
-                if s.write_all(&mine.encode()).is_ok() {
-                    lock(&served).push(Arc::new(qp));
-                }
-            }
-            Err(e) => refuse(&mut s, &e.to_string()),
         }
+        Err(e) => refuse(&mut s, &e.to_string()),
     }
 }
 
@@ -1311,6 +1394,13 @@ impl OneSided for VerbsEndpoint {
                 m.rkey
             }
             None => {
+                if let Some(have) = regions.get(&start) {
+                    return Err(FabricError::AlreadyRegistered {
+                        addr: start,
+                        have: have.len as u64,
+                        want: len as u64,
+                    });
+                }
                 let mr = register_mr(&self.local.ctx, addr, len)?;
                 let rkey = mr.rkey;
                 regions.insert(start, mr);

@@ -142,6 +142,12 @@ impl OneSided for VmOneSided {
         let mut regions = lock(&self.regions);
         if super::containing(&regions, start, len, |l| *l).is_some() {
             lock(&self.stats).cache_hits += 1;
+        } else if let Some(&have) = regions.get(&start) {
+            return Err(FabricError::AlreadyRegistered {
+                addr: start,
+                have: have as u64,
+                want: len as u64,
+            });
         } else {
             regions.insert(start, len);
             lock(&self.stats).registrations += 1;
