@@ -60,6 +60,12 @@ mod scenarios {
             Ok(object) => {
                 assert_eq!(object.len_bytes(), (values.len() * 4) as u64);
                 assert_eq!(rt.get_host(&object)?, values, "back on the owner");
+                #[cfg(feature = "cuda")]
+                {
+                    let view = rt.get_device(&object)?;
+                    println!("on {} by {:?}", view.device(), view.path());
+                    assert_eq!(view.block().len, object.len_bytes());
+                }
                 // Spread over the ranks: some land on rank 1, which reads
                 // the object through host staging.
                 let calls = (0..4)

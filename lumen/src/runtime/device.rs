@@ -19,9 +19,13 @@
 //!   pulls through host staging (`lumen_objstore::device::pull_to_host`),
 //!   which needs no GPU on the reader.
 //!
+//! - [`Runtime::get_device`] pins it on this rank's GPU: in place on the
+//!   owner, else pulled through host staging into this rank's arena.
+//!
 //! Not here yet (issue 13's remaining parts): device results of tasks and
-//! actors, `get` onto the reader's own GPU through CUDA IPC, NCCL or
-//! GPU-direct, reference counting of device objects (they live until
+//! actors, the direct paths onto another GPU (CUDA IPC on a node, NCCL or
+//! GPU-direct across nodes: `path::choose` names them, nothing takes them
+//! yet), reference counting of device objects (they live until
 //! [`Runtime::free_device`]), and spilling to disk. Without a GPU, or in a
 //! build without the `cuda` feature, `put_device` fails saying which.
 
@@ -237,6 +241,49 @@ impl Runtime {
         ))
     }
 
+    /// The object on this rank's GPU, pinned while the view lives: in
+    /// place on the owner, else pulled here through host staging into this
+    /// rank's device arena (the path it took is in the view). Needs a GPU
+    /// here and the `cuda` feature.
+    #[cfg(feature = "cuda")]
+    pub fn get_device<T: bytemuck::Pod>(&self, object: &DeviceRef<T>) -> Result<DeviceView> {
+        let rank = self.inner.rank;
+        let plane = self.device_plane()?;
+        let id = object.store_id();
+        let path = if object.owner == rank {
+            lumen_objstore::device::path::TransferPath::SameBuffer
+        } else {
+            match plane.arena.pin(id) {
+                // Pulled here before: a local copy.
+                Ok(_) => {
+                    plane.arena.unpin(id);
+                }
+                Err(_) => {
+                    lumen_objstore::device::pull_staged(
+                        &self.inner.endpoint,
+                        object.owner,
+                        id,
+                        &plane.arena,
+                        CHUNK,
+                        TIMEOUT,
+                    )
+                    .map_err(|e| device_error(rank, e.to_string()))?;
+                }
+            }
+            lumen_objstore::device::path::TransferPath::HostStaged
+        };
+        let block = plane
+            .arena
+            .pin(id)
+            .map_err(|e| device_error(rank, e.to_string()))?;
+        Ok(DeviceView {
+            arena: plane.arena.clone(),
+            id,
+            block,
+            path,
+        })
+    }
+
     /// Frees a device object (on its owner).
     pub fn free_device<T>(&self, object: &DeviceRef<T>) -> Result<()> {
         let rank = self.inner.rank;
@@ -263,5 +310,51 @@ impl Runtime {
                 "this build has no device objects (feature `cuda`)",
             ))
         }
+    }
+}
+
+/// A device object pinned on this rank's GPU (see [`Runtime::get_device`]).
+#[cfg(feature = "cuda")]
+pub struct DeviceView {
+    arena: std::sync::Arc<
+        lumen_objstore::device::DeviceArena<lumen_objstore::device::cuda::CudaDomain>,
+    >,
+    id: StoreId,
+    block: lumen_objstore::device::DeviceBlock,
+    path: lumen_objstore::device::path::TransferPath,
+}
+
+#[cfg(feature = "cuda")]
+impl DeviceView {
+    /// Its byte offset in this rank's device arena and its length.
+    pub fn block(&self) -> lumen_objstore::device::DeviceBlock {
+        self.block
+    }
+
+    /// How it got here.
+    pub fn path(&self) -> lumen_objstore::device::path::TransferPath {
+        self.path
+    }
+
+    /// The arena's GPU (`cuda:0 (NVIDIA H100 ...)`).
+    pub fn device(&self) -> String {
+        lumen_objstore::device::DeviceMemory::describe(self.arena.memory())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Drop for DeviceView {
+    fn drop(&mut self) {
+        self.arena.unpin(self.id);
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl std::fmt::Debug for DeviceView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceView")
+            .field("block", &self.block)
+            .field("path", &self.path)
+            .finish()
     }
 }

@@ -133,6 +133,8 @@ pub use actor::{ActorClass, ActorHandle, RawActorHandle};
 pub use cluster::InitOptions;
 pub use config::{BindPolicy, RuntimeConfig, RuntimeConfigError};
 pub use device::DeviceRef;
+#[cfg(feature = "cuda")]
+pub use device::DeviceView;
 pub use error::{RuntimeError, TaskError, TaskErrorKind};
 pub use ids::{ActorId, ObjectId};
 pub use lumen_sched::topology::RankBinding;
