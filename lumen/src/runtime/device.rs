@@ -12,7 +12,8 @@
 //!   `CUDA_VISIBLE_DEVICES`), `LUMEN_DEVICE_ARENA` bytes (default 1 GiB;
 //!   `256M`, `8G`), with a server for other ranks' reads registered on its
 //!   endpoint. A full arena evicts its least recently used unpinned objects
-//!   to host memory.
+//!   to host memory, and beyond twice its size there, to files in the
+//!   temporary directory.
 //! - [`DeviceRef`] names an object by owner and id; it is plain data
 //!   (serde), so it can be passed to tasks and actors.
 //! - [`Runtime::get_host`] on the owner copies device to host; elsewhere it
@@ -25,8 +26,8 @@
 //! Not here yet (issue 13's remaining parts): device results of tasks and
 //! actors, the direct paths onto another GPU (CUDA IPC on a node, NCCL or
 //! GPU-direct across nodes: `path::choose` names them, nothing takes them
-//! yet), reference counting of device objects (they live until
-//! [`Runtime::free_device`]), and spilling to disk. Without a GPU, or in a
+//! yet), and reference counting of device objects (they live until
+//! [`Runtime::free_device`]). Without a GPU, or in a
 //! build without the `cuda` feature, `put_device` fails saying which.
 
 use std::marker::PhantomData;
@@ -143,7 +144,13 @@ mod cuda {
             bytes >> 20,
             lumen_objstore::device::DeviceMemory::describe(&domain)
         );
-        let arena = Arc::new(DeviceArena::new(domain));
+        // Evicted objects beyond twice the arena's size in host memory go
+        // to files in the temporary directory (removed with the arena).
+        let arena = Arc::new(DeviceArena::with_spill_dir(
+            domain,
+            std::env::temp_dir(),
+            2 * bytes as u64,
+        ));
         let server = DeviceServer::register(endpoint, arena.clone()).map_err(|e| e.to_string())?;
         Ok(Plane {
             arena,

@@ -47,6 +47,8 @@ enum Place {
     Device { block: u64 },
     /// Evicted to host memory.
     Host(Vec<u8>),
+    /// Spilled from host memory to a file.
+    Disk(std::path::PathBuf),
 }
 
 #[derive(Debug)]
@@ -72,6 +74,12 @@ pub struct DeviceArenaStats {
     pub evictions: u64,
     /// Objects brought back to the device so far.
     pub restores: u64,
+    /// Objects spilled from host memory to disk.
+    pub on_disk: u64,
+    /// Their bytes.
+    pub disk_bytes: u64,
+    /// Spills so far.
+    pub spills: u64,
 }
 
 #[derive(Debug)]
@@ -81,6 +89,8 @@ struct Inner {
     objects: HashMap<ObjectId, Entry>,
     clock: u64,
     stats: DeviceArenaStats,
+    /// Where evicted objects go beyond `host_budget` bytes in host memory.
+    spill: Option<(std::path::PathBuf, u64)>,
 }
 
 impl Inner {
@@ -103,6 +113,17 @@ pub struct DeviceArena<D: DeviceMemory> {
 impl<D: DeviceMemory> DeviceArena<D> {
     /// An empty arena over all of `memory`.
     pub fn new(memory: D) -> Self {
+        Self::with_spill(memory, None)
+    }
+
+    /// As [`DeviceArena::new`]; objects evicted to host memory beyond
+    /// `host_budget` bytes are spilled, least recently used first, to files
+    /// in `dir` (which must exist), and read back from there.
+    pub fn with_spill_dir(memory: D, dir: std::path::PathBuf, host_budget: u64) -> Self {
+        Self::with_spill(memory, Some((dir, host_budget)))
+    }
+
+    fn with_spill(memory: D, spill: Option<(std::path::PathBuf, u64)>) -> Self {
         let mut shadow = Shadow::default();
         let mut state = HeapState {
             size: 0,
@@ -119,6 +140,7 @@ impl<D: DeviceMemory> DeviceArena<D> {
                 objects: HashMap::new(),
                 clock: 0,
                 stats: DeviceArenaStats::default(),
+                spill,
             }),
         }
     }
@@ -224,25 +246,37 @@ impl<D: DeviceMemory> DeviceArena<D> {
         let mut inner = self.lock();
         let (len, evicted) = match inner.objects.get(&id) {
             None => return Err(DeviceError::NotFound(id.to_string())),
-            Some(e) => (e.len, matches!(e.place, Place::Host(_))),
+            Some(e) => (e.len, !matches!(e.place, Place::Device { .. })),
         };
         if evicted {
             let block = self.alloc(&mut inner, len, Some(id))?;
             let Some(entry) = inner.objects.get_mut(&id) else {
                 return Err(DeviceError::NotFound(id.to_string()));
             };
-            let Place::Host(bytes) = std::mem::replace(&mut entry.place, Place::Device { block })
-            else {
-                return Err(DeviceError::NotFound(id.to_string()));
+            let was = std::mem::replace(&mut entry.place, Place::Device { block });
+            let bytes = match &was {
+                Place::Host(bytes) => Ok(bytes.as_slice().to_vec()),
+                Place::Disk(path) => read_spilled(path),
+                Place::Device { .. } => Err(DeviceError::NotFound(id.to_string())),
             };
-            if let Err(e) = self.memory.write(block + HEADER, &bytes) {
-                entry.place = Place::Host(bytes);
+            let written = bytes.and_then(|b| self.memory.write(block + HEADER, &b));
+            if let Err(e) = written {
+                entry.place = was;
                 inner.heap().free(block);
                 return Err(e);
             }
             let s = &mut inner.stats;
-            s.on_host -= 1;
-            s.host_bytes -= len;
+            match was {
+                Place::Disk(path) => {
+                    let _ = std::fs::remove_file(path);
+                    s.on_disk -= 1;
+                    s.disk_bytes -= len;
+                }
+                _ => {
+                    s.on_host -= 1;
+                    s.host_bytes -= len;
+                }
+            }
             s.on_device += 1;
             s.device_bytes += len;
             s.restores += 1;
@@ -260,7 +294,7 @@ impl<D: DeviceMemory> DeviceArena<D> {
                 offset: block + HEADER,
                 len,
             }),
-            Place::Host(_) => Err(DeviceError::NotFound(id.to_string())),
+            _ => Err(DeviceError::NotFound(id.to_string())),
         }
     }
 
@@ -280,6 +314,7 @@ impl<D: DeviceMemory> DeviceArena<D> {
             .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
         match &entry.place {
             Place::Host(bytes) => Ok(bytes.clone()),
+            Place::Disk(path) => read_spilled(path),
             Place::Device { block } => {
                 let mut out = vec![0u8; entry.len as usize];
                 self.memory.read(block + HEADER, &mut out)?;
@@ -314,6 +349,11 @@ impl<D: DeviceMemory> DeviceArena<D> {
             Place::Host(_) => {
                 inner.stats.on_host -= 1;
                 inner.stats.host_bytes -= entry.len;
+            }
+            Place::Disk(path) => {
+                let _ = std::fs::remove_file(path);
+                inner.stats.on_disk -= 1;
+                inner.stats.disk_bytes -= entry.len;
             }
         }
         Ok(())
@@ -399,6 +439,62 @@ impl<D: DeviceMemory> DeviceArena<D> {
             s.on_host += 1;
             s.host_bytes += evicted_len;
             s.evictions += 1;
+            Self::spill_over_budget(inner);
+        }
+    }
+
+    /// Spills least recently used host-resident objects to disk while host
+    /// memory holds more than the budget; a write that fails leaves the
+    /// object in host memory (logged).
+    fn spill_over_budget(inner: &mut Inner) {
+        let Some((dir, budget)) = inner.spill.clone() else {
+            return;
+        };
+        while inner.stats.host_bytes > budget {
+            let victim = inner
+                .objects
+                .iter()
+                .filter(|(_, e)| matches!(e.place, Place::Host(_)))
+                .min_by_key(|(_, e)| e.last_use)
+                .map(|(id, _)| *id);
+            let Some(victim) = victim else { return };
+            let Some(entry) = inner.objects.get_mut(&victim) else {
+                return;
+            };
+            let path = dir.join(format!("lumen-device-{}-{victim}.obj", std::process::id()));
+            let Place::Host(bytes) = &entry.place else {
+                return;
+            };
+            if let Err(e) = std::fs::write(&path, bytes) {
+                tracing::warn!("device arena: spilling {victim} to {}: {e}", path.display());
+                return;
+            }
+            let len = entry.len;
+            entry.place = Place::Disk(path);
+            let s = &mut inner.stats;
+            s.on_host -= 1;
+            s.host_bytes -= len;
+            s.on_disk += 1;
+            s.disk_bytes += len;
+            s.spills += 1;
+        }
+    }
+}
+
+fn read_spilled(path: &std::path::Path) -> Result<Vec<u8>, DeviceError> {
+    std::fs::read(path).map_err(|e| DeviceError::Driver {
+        call: "reading a spilled device object",
+        detail: format!("{}: {e}", path.display()),
+    })
+}
+
+impl<D: DeviceMemory> Drop for DeviceArena<D> {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        for entry in inner.objects.values() {
+            if let Place::Disk(path) = &entry.place {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -505,5 +601,38 @@ mod tests {
                 bytes(len, n as u8)
             );
         }
+    }
+
+    #[test]
+    fn evicted_objects_beyond_the_host_budget_spill_to_disk_and_come_back() {
+        let dir = std::env::temp_dir().join(format!("lumen-devspill-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a spill directory");
+        {
+            // Device: three 300 KiB objects; host: one; the rest on disk.
+            let arena =
+                DeviceArena::with_spill_dir(HostDomain::new(1 << 20), dir.clone(), 400 << 10);
+            for n in 0..6 {
+                arena.put(id(n), &bytes(300 << 10, n as u8)).expect("put");
+            }
+            let s = arena.stats();
+            assert_eq!((s.on_device, s.on_host, s.on_disk), (3, 1, 2), "{s:?}");
+            assert!(s.host_bytes <= 400 << 10);
+            // The oldest went furthest: read from disk, and back on the device.
+            assert_eq!(
+                arena.read_to_host(id(0)).expect("from disk"),
+                bytes(300 << 10, 0)
+            );
+            let back = arena.pin(id(0)).expect("restored from disk");
+            let mut got = vec![0u8; 300 << 10];
+            arena.memory().read(back.offset, &mut got).expect("read");
+            assert_eq!(got, bytes(300 << 10, 0));
+            arena.unpin(id(0));
+            arena.remove(id(1)).expect("remove a spilled one");
+            arena.check().expect("consistent");
+        }
+        // Dropping the arena removed its files.
+        let left = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(left, 0, "spill files outlived the arena");
     }
 }

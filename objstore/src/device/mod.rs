@@ -10,7 +10,9 @@
 //!   live in a sparse host-side shadow instead of device memory (touching
 //!   device memory for every header would cost a copy each); objects are
 //!   pinned while read, evicted to host memory (least recently used first)
-//!   when a put needs room, and brought back on the next device get.
+//!   when a put needs room, spilled from there to files beyond a host
+//!   budget (`DeviceArena::with_spill_dir`), and brought back on the next
+//!   device get.
 //! - [`path`]: which way a device object moves to a reader (same process,
 //!   CUDA IPC, GPU-direct RDMA, NCCL, host staging), as a pure function of
 //!   where owner and reader are and what the machines offer.
@@ -22,8 +24,8 @@
 //!
 //! Not here yet (issue 13's remaining parts): `put_device` and device
 //! results in the runtime, CUDA IPC handles passed between processes, peer
-//! copies between GPUs, the NCCL and GPU-direct paths, spilling evicted
-//! objects to disk, and the device script's measurements on a GPU.
+//! copies between GPUs, the NCCL and GPU-direct paths, and the device
+//! script's measurements on a GPU.
 
 mod arena;
 #[cfg(feature = "cuda")]
