@@ -8,72 +8,83 @@ mod common;
 use common::*;
 use lumen_testkit::{netns_unavailable_reason, unique_prefix, NetnsCluster};
 
-#[test]
-fn three_nodes_two_ranks_hierarchical_allreduce_and_alltoall() {
+/// Runs `coll_check ARGS` under `lumen run` on `nodes` namespace nodes
+/// of two ranks each; None (skipped, saying why) without namespaces.
+fn coll_check_across(tag: &str, nodes: usize, args: &[&str]) -> Option<String> {
     if let Some(reason) = netns_unavailable_reason() {
         eprintln!("SKIPPED: network namespaces unavailable here: {reason}");
-        return;
+        return None;
     }
-    let cluster = NetnsCluster::create(&unique_prefix("lmc"), 3).expect("creating namespaces");
-    let hosts: Vec<String> = (0..3)
+    let cluster = NetnsCluster::create(&unique_prefix(tag), nodes).expect("creating namespaces");
+    let hosts: Vec<String> = (0..nodes)
         .map(|i| format!("{}:2", cluster.namespace(i)))
         .collect();
     let mut command = cluster.command(0, "timeout");
     command
         .args(["-k", "5", "240"])
         .arg(lumen())
-        .args(["run", "-n", "6", "--label", "--hosts", &hosts.join(",")])
+        .args([
+            "run",
+            "-n",
+            &(2 * nodes).to_string(),
+            "--label",
+            "--hosts",
+            &hosts.join(","),
+        ])
         .args(["--launch-agent", "ip netns exec {host}"])
         .args(["--rendezvous-bind", &cluster.host_addr(0).to_string()])
         .arg("--")
         .arg(example("coll_check"))
-        .args([
+        .args(args)
+        .env("LUMEN_TCP_IF", cluster.subnet_cidr());
+    let output = command.output().expect("running lumen in the namespace");
+    let all = text(&output);
+    cluster.destroy().expect("removing namespaces");
+    assert!(output.status.success(), "job failed:\n{all}");
+    Some(all)
+}
+
+#[test]
+fn three_nodes_two_ranks_hierarchical_allreduce_and_alltoall() {
+    let Some(all) = coll_check_across(
+        "lmc",
+        3,
+        &[
             "--sizes",
             "0,1,7,4099",
             "--types",
             "f64,i32,u8",
             "--hier",
             "--two-comms",
-        ])
-        .env("LUMEN_TCP_IF", cluster.subnet_cidr());
-    let output = command.output().expect("running lumen in the namespace");
-    let all = text(&output);
-    assert!(output.status.success(), "job failed:\n{all}");
+        ],
+    ) else {
+        return;
+    };
     assert!(
         all.contains("coll_check: 6 ranks,") && all.contains("(hierarchical: true)"),
         "{all}"
     );
-    cluster.destroy().expect("removing namespaces");
 }
 
 #[test]
 fn across_nodes_large_buffers_go_as_one_sided_reads() {
-    if let Some(reason) = netns_unavailable_reason() {
-        eprintln!("SKIPPED: network namespaces unavailable here: {reason}");
+    let Some(all) = coll_check_across(
+        "lmr",
+        2,
+        &[
+            "--sizes",
+            "4099",
+            "--types",
+            "f32",
+            "--big",
+            "1048576",
+            "--hier",
+            "--rendezvous",
+            "65536",
+        ],
+    ) else {
         return;
-    }
-    let cluster = NetnsCluster::create(&unique_prefix("lmr"), 2).expect("creating namespaces");
-    let hosts: Vec<String> = (0..2)
-        .map(|i| format!("{}:2", cluster.namespace(i)))
-        .collect();
-    let mut command = cluster.command(0, "timeout");
-    command
-        .args(["-k", "5", "240"])
-        .arg(lumen())
-        .args(["run", "-n", "4", "--label", "--hosts", &hosts.join(",")])
-        .args(["--launch-agent", "ip netns exec {host}"])
-        .args(["--rendezvous-bind", &cluster.host_addr(0).to_string()])
-        .arg("--")
-        .arg(example("coll_check"))
-        .args([
-            "--sizes", "4099", "--types", "f32", "--big", "1048576", "--hier",
-        ])
-        .args(["--rendezvous", "65536"])
-        .env("LUMEN_TCP_IF", cluster.subnet_cidr());
-    let output = command.output().expect("running lumen in the namespace");
-    let all = text(&output);
-    cluster.destroy().expect("removing namespaces");
-    assert!(output.status.success(), "job failed:\n{all}");
+    };
     assert!(all.contains("coll_check: 4 ranks,"), "{all}");
     let sent: u64 = all
         .lines()

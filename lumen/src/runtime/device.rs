@@ -118,17 +118,7 @@ mod cuda {
         let Ok(text) = std::env::var("LUMEN_DEVICE_ARENA") else {
             return Ok(1 << 30);
         };
-        let t = text.trim();
-        let (digits, unit) = match t.as_bytes().last() {
-            Some(b'K' | b'k') => (&t[..t.len() - 1], 1usize << 10),
-            Some(b'M' | b'm') => (&t[..t.len() - 1], 1 << 20),
-            Some(b'G' | b'g') => (&t[..t.len() - 1], 1 << 30),
-            _ => (t, 1),
-        };
-        digits
-            .parse::<usize>()
-            .ok()
-            .and_then(|n| n.checked_mul(unit))
+        lumen_transport::fabric::parse_size(&text)
             .filter(|&n| n > 0)
             .ok_or_else(|| {
                 format!("LUMEN_DEVICE_ARENA={text:?}: expected a size such as 256M or 8G")

@@ -157,32 +157,11 @@ impl<D: DeviceMemory> DeviceArena<D> {
     /// Stores `bytes` as object `id` on the device, evicting unpinned
     /// objects to host memory if it needs the room.
     pub fn put(&self, id: ObjectId, bytes: &[u8]) -> Result<DeviceBlock, DeviceError> {
-        let mut inner = self.lock();
-        if inner.objects.contains_key(&id) {
-            return Err(DeviceError::Exists(id.to_string()));
-        }
-        let len = bytes.len() as u64;
-        let block = self.alloc(&mut inner, len, None)?;
-        if let Err(e) = self.memory.write(block + HEADER, bytes) {
-            inner.heap().free(block);
-            return Err(e);
-        }
-        inner.clock += 1;
-        let last_use = inner.clock;
-        inner.objects.insert(
-            id,
-            Entry {
-                place: Place::Device { block },
-                len,
-                pins: 0,
-                last_use,
-            },
-        );
-        inner.stats.on_device += 1;
-        inner.stats.device_bytes += len;
-        Ok(DeviceBlock {
-            offset: block + HEADER,
-            len,
+        self.create_with(id, bytes.len() as u64, |memory, offset| {
+            memory.write(offset, bytes)
+        })
+        .map_err(|e| match e {
+            CreateError::Device(e) | CreateError::Fill(e) => e,
         })
     }
 

@@ -315,26 +315,29 @@ pub fn rendezvous_threshold(name: &str, env: Option<&str>) -> Result<Option<usiz
     match env.map(str::trim) {
         None | Some("") | Some("auto") => Ok((!software).then_some(1 << 20)),
         Some("off") | Some("0") | Some("never") => Ok(None),
-        Some(text) => {
-            let (digits, unit) = match text.as_bytes().last() {
-                Some(b'K' | b'k') => (&text[..text.len() - 1], 1usize << 10),
-                Some(b'M' | b'm') => (&text[..text.len() - 1], 1 << 20),
-                Some(b'G' | b'g') => (&text[..text.len() - 1], 1 << 30),
-                _ => (text, 1),
-            };
-            digits
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| n.checked_mul(unit))
-                .filter(|&n| n > 0)
-                .map(Some)
-                .ok_or_else(|| {
-                    FabricError::BadSetting(format!(
-                        "LUMEN_RDMA_RENDEZVOUS={text:?}: expected off, auto, or a size such as 256K"
-                    ))
-                })
-        }
+        Some(text) => parse_size(text)
+            .filter(|&n| n > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                FabricError::BadSetting(format!(
+                    "LUMEN_RDMA_RENDEZVOUS={text:?}: expected off, auto, or a size such as 256K"
+                ))
+            }),
     }
+}
+
+/// A size in bytes with an optional K, M or G suffix (`65536`, `256K`,
+/// `8G`), as Lumen's size settings take them; `None` when malformed or
+/// too large.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, unit) = match text.as_bytes().last()? {
+        b'K' | b'k' => (&text[..text.len() - 1], 1usize << 10),
+        b'M' | b'm' => (&text[..text.len() - 1], 1 << 20),
+        b'G' | b'g' => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(unit)
 }
 
 /// Whether this node has a verbs device (never, in a build without the
