@@ -57,6 +57,8 @@ struct Entry {
     len: u64,
     pins: u32,
     last_use: u64,
+    /// Released while pinned: removed at its last unpin.
+    doomed: bool,
 }
 
 /// Counters of one device arena.
@@ -192,6 +194,7 @@ impl<D: DeviceMemory> DeviceArena<D> {
                     len,
                     pins: 1,
                     last_use,
+                    doomed: false,
                 },
             );
             inner.stats.on_device += 1;
@@ -277,11 +280,45 @@ impl<D: DeviceMemory> DeviceArena<D> {
         }
     }
 
-    /// Releases one pin of object `id`.
+    /// Releases one pin of object `id` (and removes it if it was released
+    /// while pinned: [`DeviceArena::release`]).
     pub fn unpin(&self, id: ObjectId) {
-        if let Some(entry) = self.lock().objects.get_mut(&id) {
-            entry.pins = entry.pins.saturating_sub(1);
+        let doomed = {
+            let mut inner = self.lock();
+            match inner.objects.get_mut(&id) {
+                Some(entry) => {
+                    entry.pins = entry.pins.saturating_sub(1);
+                    entry.pins == 0 && entry.doomed
+                }
+                None => false,
+            }
+        };
+        if doomed {
+            let _ = self.remove(id);
         }
+    }
+
+    /// Whether object `id` is here (on the device, evicted or spilled).
+    pub fn contains(&self, id: ObjectId) -> bool {
+        self.lock().objects.contains_key(&id)
+    }
+
+    /// Deletes object `id` now, or at its last unpin when readers pin it
+    /// (the last reference to it is gone, a reader is still copying);
+    /// false when it is not here.
+    pub fn release(&self, id: ObjectId) -> bool {
+        {
+            let mut inner = self.lock();
+            match inner.objects.get_mut(&id) {
+                None => return false,
+                Some(entry) if entry.pins > 0 => {
+                    entry.doomed = true;
+                    return true;
+                }
+                Some(_) => {}
+            }
+        }
+        self.remove(id).is_ok()
     }
 
     /// A host copy of object `id`, wherever it is (`get_host`).
@@ -491,6 +528,24 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
             .collect()
+    }
+
+    #[test]
+    fn released_while_pinned_goes_at_the_last_unpin() {
+        let arena = DeviceArena::new(HostDomain::new(1 << 20));
+        let id = ObjectId::new(1, 1);
+        arena.put(id, &[7u8; 1000]).expect("put");
+        arena.pin(id).expect("pin");
+        arena.pin(id).expect("pin again");
+        assert!(arena.release(id), "released (deferred)");
+        assert!(arena.contains(id), "still there while pinned");
+        arena.unpin(id);
+        assert!(arena.contains(id));
+        arena.unpin(id);
+        assert!(!arena.contains(id), "gone at the last unpin");
+        assert_eq!(arena.stats().on_device, 0);
+        assert!(!arena.release(id), "not here any more");
+        arena.check().expect("consistent");
     }
 
     #[test]

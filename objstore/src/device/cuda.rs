@@ -5,9 +5,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
 
-use super::{check_range, DeviceError, DeviceMemory};
+use super::{check_range, DeviceError, DeviceMemory, ExportedRegion};
 
 fn driver(call: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> DeviceError {
     move |e| DeviceError::Driver {
@@ -34,6 +34,24 @@ pub fn available() -> Result<usize, DeviceError> {
     Ok(count as usize)
 }
 
+/// The PCI bus id of a device (`cuDeviceGetPCIBusId`).
+fn pci_bus_id(device: sys::CUdevice) -> Option<String> {
+    let mut buf = [0 as std::ffi::c_char; 32];
+    // SAFETY: the buffer's length is passed; the driver writes a
+    // NUL-terminated string into it.
+    unsafe {
+        sys::cuDeviceGetPCIBusId(buf.as_mut_ptr(), buf.len() as std::ffi::c_int, device)
+            .result()
+            .ok()?;
+    }
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8(bytes).ok()
+}
+
 /// One allocation of `len` bytes on a GPU.
 #[derive(Debug)]
 pub struct CudaDomain {
@@ -41,6 +59,8 @@ pub struct CudaDomain {
     buf: Mutex<CudaSlice<u8>>,
     len: u64,
     name: String,
+    /// The GPU's PCI bus id (`0000:3b:00.0`), to tell peers apart.
+    bus_id: String,
 }
 
 impl CudaDomain {
@@ -58,11 +78,13 @@ impl CudaDomain {
         let buf = stream
             .alloc_zeros::<u8>(len.max(1))
             .map_err(driver("cuMemAlloc"))?;
+        let bus_id = pci_bus_id(ctx.cu_device()).unwrap_or_default();
         Ok(CudaDomain {
             stream,
             buf: Mutex::new(buf),
             len: len as u64,
             name: format!("cuda:{ordinal} ({name})"),
+            bus_id,
         })
     }
 
@@ -136,6 +158,140 @@ impl DeviceMemory for CudaDomain {
 
     fn describe(&self) -> String {
         self.name.clone()
+    }
+
+    /// A CUDA IPC handle of the whole allocation (`cuIpcGetMemHandle`),
+    /// its length and the GPU's PCI bus id: 64 + 8 + the id's bytes.
+    fn export(&self) -> Option<Vec<u8>> {
+        self.stream.context().bind_to_thread().ok()?;
+        let buf = self.buf();
+        let (ptr, _sync) = buf.device_ptr(&self.stream);
+        let mut handle = std::mem::MaybeUninit::<sys::CUipcMemHandle>::uninit();
+        // SAFETY: `ptr` is the base of a live cuMemAlloc allocation owned by
+        // this domain, in the context bound to this thread; the driver
+        // writes the whole handle on success.
+        let handle = unsafe {
+            sys::cuIpcGetMemHandle(handle.as_mut_ptr(), ptr)
+                .result()
+                .ok()?;
+            handle.assume_init()
+        };
+        let mut out = Vec::with_capacity(IPC_HANDLE_LEN + 8 + self.bus_id.len());
+        out.extend(handle.reserved.iter().map(|&c| c as u8));
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(self.bus_id.as_bytes());
+        Some(out)
+    }
+
+    fn open_exported(&self, handle: &[u8]) -> Result<Box<dyn ExportedRegion>, DeviceError> {
+        if handle.len() < IPC_HANDLE_LEN + 8 {
+            return Err(DeviceError::Unavailable(format!(
+                "a CUDA IPC handle of {} bytes (expected at least {})",
+                handle.len(),
+                IPC_HANDLE_LEN + 8
+            )));
+        }
+        let mut raw = sys::CUipcMemHandle {
+            reserved: [0; IPC_HANDLE_LEN],
+        };
+        for (dst, &src) in raw.reserved.iter_mut().zip(&handle[..IPC_HANDLE_LEN]) {
+            *dst = src as std::ffi::c_char;
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&handle[IPC_HANDLE_LEN..IPC_HANDLE_LEN + 8]);
+        let len = u64::from_le_bytes(len);
+        let bus_id = String::from_utf8_lossy(&handle[IPC_HANDLE_LEN + 8..]).into_owned();
+        let ctx = self.stream.context().clone();
+        ctx.bind_to_thread().map_err(driver("cuCtxSetCurrent"))?;
+        let mut ptr: sys::CUdeviceptr = 0;
+        // SAFETY: `raw` is a handle another process exported; the driver
+        // validates it and fails (no mapping) when it is not one. The
+        // context of this domain is bound to this thread.
+        unsafe {
+            sys::cuIpcOpenMemHandle_v2(
+                &mut ptr,
+                raw,
+                sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as std::ffi::c_uint,
+            )
+            .result()
+            .map_err(driver("cuIpcOpenMemHandle"))?;
+        }
+        Ok(Box::new(CudaExported {
+            ctx,
+            ptr,
+            len,
+            same_device: bus_id == self.bus_id,
+        }))
+    }
+
+    fn copy_from_exported(
+        &self,
+        region: &dyn ExportedRegion,
+        from: u64,
+        to: u64,
+        len: u64,
+    ) -> Result<(), DeviceError> {
+        let Some(peer) = region.as_any().downcast_ref::<CudaExported>() else {
+            return Err(DeviceError::Unavailable(
+                "a CUDA domain copies only from a region opened by CUDA IPC".into(),
+            ));
+        };
+        check_range(from, len, peer.len)?;
+        check_range(to, len, self.len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        let buf = self.buf();
+        let (dst, _sync) = buf.device_ptr(&self.stream);
+        // SAFETY: both ranges were checked against their allocations (the
+        // peer's mapping lives while `peer` does, which the caller holds);
+        // cuMemcpy with unified addressing copies between the two devices
+        // (peer to peer when they differ) and returns when done.
+        unsafe {
+            sys::cuMemcpy(dst + to, peer.ptr + from, len as usize)
+                .result()
+                .map_err(driver("cuMemcpy"))
+        }
+    }
+}
+
+/// Bytes of a CUDA IPC memory handle.
+const IPC_HANDLE_LEN: usize = 64;
+
+/// Another process's allocation mapped here by CUDA IPC; unmapped on drop.
+#[derive(Debug)]
+struct CudaExported {
+    ctx: Arc<CudaContext>,
+    ptr: sys::CUdeviceptr,
+    len: u64,
+    same_device: bool,
+}
+
+impl ExportedRegion for CudaExported {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn same_device(&self) -> bool {
+        self.same_device
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Drop for CudaExported {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` came from cuIpcOpenMemHandle in this context and
+            // is closed once, here.
+            let _ = unsafe { sys::cuIpcCloseMemHandle(self.ptr) };
+        }
     }
 }
 
