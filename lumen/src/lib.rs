@@ -74,11 +74,13 @@ pub use lumen_launcher::submit;
 
 pub use error::{LumenError, Result};
 pub use lumen_macros::{actor, remote};
+/// How a device object reached its reader ([`DeviceView::path`]).
+pub use lumen_objstore::device::path::TransferPath;
 #[doc(hidden)]
 pub use runtime::__private;
 pub use runtime::{
-    current, wait, ActorHandle, ActorOptions, DeviceRef, InitOptions, IntoArg, ObjectRef,
-    PlacementGroup, PlacementStrategy, Resources, Runtime, TaskOptions,
+    current, wait, ActorHandle, ActorOptions, DeviceRef, DeviceStats, DeviceView, InitOptions,
+    IntoArg, ObjectRef, PlacementGroup, PlacementStrategy, Resources, Runtime, TaskOptions,
 };
 
 /// Starts the runtime in driver mode: joins the job this process was

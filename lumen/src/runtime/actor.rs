@@ -343,6 +343,9 @@ impl ActorHost {
                     }
                 };
                 executor::set_gpu_ids(grant.ids.clone());
+                if let Some(&gpu) = grant.ids.first() {
+                    super::device::bind_gpu_context(gpu);
+                }
                 super::mesh::set_member(mesh.map(|m| *m));
                 let constructed = match registry::class(address.class_id) {
                     None => Err(TaskFailure::new(

@@ -1,45 +1,81 @@
-//! Device objects, first part: a rank puts a slice into its GPU's memory
-//! and any rank reads it back as host memory; the owner reads it in place.
+//! Device objects: a buffer in GPU memory is an ordinary object. Any rank
+//! puts one, any task or actor returns one (its [`DeviceRef`] in the
+//! result), passes its ref on, and reads it on its own GPU or as host
+//! memory; it is freed when the last reference anywhere drops.
 //!
 //! ```ignore
-//! let r = rt.put_device(&weights)?;      // into this rank's GPU (feature `cuda`)
-//! let host: Vec<f32> = rt.get_host(&r)?; // on any rank, with or without a GPU
+//! let r = rt.put_device(&weights)?;        // into this rank's GPU (feature `cuda`)
+//! let host: Vec<f32> = rt.get_host(&r)?;   // on any rank, with or without a GPU
+//! let view = rt.get_device(&r)?;           // on this task's GPU, pinned while `view` lives
+//! println!("{:?}", view.path());           // SameBuffer, CudaIpc, HostStaged, ...
 //! ```
 //!
-//! - The owner's objects live in its device arena
-//!   (`lumen_objstore::device::DeviceArena` over a `CudaDomain`), opened on
-//!   first use on the rank's first visible GPU (its binding narrows
-//!   `CUDA_VISIBLE_DEVICES`), `LUMEN_DEVICE_ARENA` bytes (default 1 GiB;
-//!   `256M`, `8G`), with a server for other ranks' reads registered on its
-//!   endpoint. A full arena evicts its least recently used unpinned objects
-//!   to host memory, and beyond twice its size there, to files in the
-//!   temporary directory.
-//! - [`DeviceRef`] names an object by owner and id; it is plain data
-//!   (serde), so it can be passed to tasks and actors.
-//! - [`Runtime::get_host`] on the owner copies device to host; elsewhere it
-//!   pulls through host staging (`lumen_objstore::device::pull_to_host`),
-//!   which needs no GPU on the reader.
+//! # Where objects live
+//! Each rank keeps one device arena per GPU it uses
+//! (`lumen_objstore::device::DeviceArena`, `LUMEN_DEVICE_ARENA` bytes each,
+//! default 1 GiB; `256M`, `8G`), opened on first use. A task or actor with
+//! `num_gpus` puts into and reads onto its first assigned GPU
+//! ([`Runtime::gpu_ids`], CUDA ordinals of the rank's process); elsewhere
+//! GPU 0 of the rank (its binding narrows `CUDA_VISIBLE_DEVICES`). A full
+//! arena evicts its least recently used unpinned objects to host memory,
+//! and beyond twice its size there, to files in the temporary directory.
 //!
-//! - [`Runtime::get_device`] pins it on this rank's GPU: in place on the
-//!   owner, else pulled through host staging into this rank's arena.
+//! # How they move (the path is chosen per read, reported by
+//! [`DeviceView::path`] and counted in [`Runtime::device_stats`])
+//! - same rank, same GPU: the same buffer, no copy;
+//! - same rank, another GPU: through host memory (device to host, host to
+//!   device; a direct peer copy inside one process is not built);
+//! - another process of the node: the owner's region mapped here (CUDA IPC:
+//!   `cuIpcGetMemHandle`, opened once per owner) and one device-to-device
+//!   copy, a peer copy when the GPUs differ; if the mapping fails, host
+//!   staging;
+//! - another node: host staging, device-to-host copies of one chunk
+//!   overlapping the network send of the previous one. The GPU-direct RDMA
+//!   and NCCL paths that `path::choose` names are **not built**: between
+//!   nodes the bytes go through host memory.
 //!
-//! Not here yet (issue 13's remaining parts): device results of tasks and
-//! actors, the direct paths onto another GPU (CUDA IPC on a node, NCCL or
-//! GPU-direct across nodes: `path::choose` names them, nothing takes them
-//! yet), and reference counting of device objects (they live until
-//! [`Runtime::free_device`]). Without a GPU, or in a
-//! build without the `cuda` feature, `put_device` fails saying which.
+//! # Lifetime
+//! A [`DeviceRef`] carries a counted reference (an `ObjectRef` of the
+//! rank that put it), so clones, refs passed to tasks and actors and refs
+//! inside results are counted by the ownership machinery like any object.
+//! When the owner frees it, the device block goes (at the last unpin, if a
+//! reader is still copying); a reader's copies go when its own last
+//! reference does.
+//!
+//! # Tasks and their GPUs
+//! With the `cuda` feature, a task or actor with GPUs runs with the primary
+//! CUDA context of its first GPU bound to its thread, and a task's device
+//! arguments are pulled onto that GPU before it runs (an actor method's are
+//! pulled by its first `get_device`).
+//!
+//! # No GPU, no pretending
+//! Without the `cuda` feature or without a GPU, `put_device` and
+//! `get_device` fail saying which. `LUMEN_DEVICE_DOMAIN=host` replaces the
+//! GPU by a host stand-in (a shared-memory file per "GPU", which other
+//! processes of the node map as CUDA IPC maps an allocation) so that the
+//! runtime's device plumbing is tested on machines without one; it is
+//! never chosen unless asked for, and describes itself as a stand-in.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use lumen_objstore::device::path::TransferPath;
+use lumen_objstore::device::{
+    DeviceArena, DeviceArenas, DeviceBlock, DeviceError, DeviceMemory, DeviceServer,
+    ExportedRegion, HostDomain, IpcCache,
+};
 use lumen_objstore::ObjectId as StoreId;
 
+use super::core::Inner;
 use super::error::RuntimeError;
-use super::Runtime;
+use super::ids::ObjectId;
+use super::object_ref::ObjectRef;
+use super::{executor, Runtime};
 use crate::error::{LumenError, Result};
 
 /// Chunk of the host-staged path.
@@ -47,50 +83,193 @@ const CHUNK: usize = 4 << 20;
 /// Bound of each wait for the owner.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A device object: its owner and id (see the module docs).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct DeviceRef<T> {
+/// Where a device object is: plain data, carried inside [`DeviceRef`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DeviceMeta {
+    /// The rank whose GPU holds it.
     owner: u32,
+    /// That GPU (a CUDA ordinal of the owner's process).
+    gpu: u32,
     id: [u8; 16],
     len: u64,
-    #[serde(skip)]
+}
+
+impl DeviceMeta {
+    fn store_id(&self) -> StoreId {
+        StoreId::from_bytes(self.id)
+    }
+}
+
+/// A device object: where it is, and a counted reference that keeps it
+/// alive (see the module docs). Serialisable: pass it to tasks and actors,
+/// return it from them.
+pub struct DeviceRef<T> {
+    meta: DeviceMeta,
+    handle: ObjectRef<DeviceMeta>,
     _values: PhantomData<fn() -> T>,
+}
+
+impl<T> Serialize for DeviceRef<T> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.note_as_argument();
+        (&self.meta, &self.handle).serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for DeviceRef<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let (meta, handle) = <(DeviceMeta, ObjectRef<DeviceMeta>)>::deserialize(deserializer)?;
+        Ok(DeviceRef {
+            meta,
+            handle,
+            _values: PhantomData,
+        })
+    }
 }
 
 impl<T> Clone for DeviceRef<T> {
     fn clone(&self) -> Self {
         DeviceRef {
-            owner: self.owner,
-            id: self.id,
-            len: self.len,
+            meta: self.meta,
+            handle: self.handle.clone(),
             _values: PhantomData,
         }
+    }
+}
+
+impl<T> std::fmt::Debug for DeviceRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceRef")
+            .field("owner", &self.meta.owner)
+            .field("gpu", &self.meta.gpu)
+            .field("len", &self.meta.len)
+            .finish()
     }
 }
 
 impl<T> DeviceRef<T> {
     /// The rank whose GPU holds it.
     pub fn owner(&self) -> u32 {
-        self.owner
+        self.meta.owner
+    }
+
+    /// The owner's GPU (a CUDA ordinal of the owner's process).
+    pub fn gpu(&self) -> u32 {
+        self.meta.gpu
     }
 
     /// Its size in bytes.
     pub fn len_bytes(&self) -> u64 {
-        self.len
-    }
-
-    fn store_id(&self) -> StoreId {
-        StoreId::from_bytes(self.id)
+        self.meta.len
     }
 }
 
-/// This rank's device arena, opened on first use.
+/// Device objects moved to readers on this rank, by path, and what its
+/// arenas hold (see [`Runtime::device_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Reads of this rank's own objects on their GPU (no copy).
+    pub same_buffer: u64,
+    /// Copies through host memory between two GPUs of this rank.
+    pub between_own_gpus: u64,
+    /// Copies from another process of the node by mapping its memory.
+    pub ipc: u64,
+    /// Copies through host staging (another node, or a failed mapping).
+    pub host_staged: u64,
+    /// Reads into host memory (`get_host`).
+    pub to_host: u64,
+    /// Device arguments pulled onto a task's GPU before it ran.
+    pub prefetched: u64,
+    /// Objects (own and copies) this rank's arenas hold now.
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// The memory under a rank's device arenas: a GPU, or the host stand-in.
+#[derive(Debug)]
+pub(crate) enum Domain {
+    Host(HostDomain),
+    #[cfg(feature = "cuda")]
+    Cuda(lumen_objstore::device::cuda::CudaDomain),
+}
+
+macro_rules! each_domain {
+    ($self:expr, $d:ident => $e:expr) => {
+        match $self {
+            Domain::Host($d) => $e,
+            #[cfg(feature = "cuda")]
+            Domain::Cuda($d) => $e,
+        }
+    };
+}
+
+impl DeviceMemory for Domain {
+    fn len(&self) -> u64 {
+        each_domain!(self, d => d.len())
+    }
+    fn write(&self, offset: u64, src: &[u8]) -> std::result::Result<(), DeviceError> {
+        each_domain!(self, d => d.write(offset, src))
+    }
+    fn read(&self, offset: u64, dst: &mut [u8]) -> std::result::Result<(), DeviceError> {
+        each_domain!(self, d => d.read(offset, dst))
+    }
+    fn copy_within(&self, from: u64, to: u64, len: u64) -> std::result::Result<(), DeviceError> {
+        each_domain!(self, d => d.copy_within(from, to, len))
+    }
+    fn describe(&self) -> String {
+        each_domain!(self, d => d.describe())
+    }
+    fn export(&self) -> Option<Vec<u8>> {
+        each_domain!(self, d => d.export())
+    }
+    fn open_exported(
+        &self,
+        handle: &[u8],
+    ) -> std::result::Result<Box<dyn ExportedRegion>, DeviceError> {
+        each_domain!(self, d => d.open_exported(handle))
+    }
+    fn copy_from_exported(
+        &self,
+        region: &dyn ExportedRegion,
+        from: u64,
+        to: u64,
+        len: u64,
+    ) -> std::result::Result<(), DeviceError> {
+        each_domain!(self, d => d.copy_from_exported(region, from, to, len))
+    }
+}
+
+type Arena = Arc<DeviceArena<Domain>>;
+
+/// Device blocks on this rank tied to one counted reference: the owner's
+/// object and copies pulled here, by GPU.
+type Blocks = Vec<(u32, StoreId)>;
+
+/// This rank's device arenas (one per GPU, opened on first use), the
+/// server of its objects, and the blocks each reference keeps.
 #[derive(Default)]
 pub(crate) struct DevicePlane {
-    #[cfg(feature = "cuda")]
-    arena: std::sync::OnceLock<std::result::Result<cuda::Plane, String>>,
+    arenas: Mutex<HashMap<u32, std::result::Result<Arena, String>>>,
+    set: Arc<DeviceArenas<Domain>>,
+    server: OnceLock<std::result::Result<DeviceServer, String>>,
+    ipc: IpcCache,
+    /// Blocks by the runtime object that counts their references.
+    blocks: Mutex<HashMap<ObjectId, Blocks>>,
+    /// Entries in `blocks` (read without its lock on every free).
+    tracked: AtomicUsize,
     next: AtomicU64,
+    same_buffer: AtomicU64,
+    between_own_gpus: AtomicU64,
+    ipc_copies: AtomicU64,
+    host_staged: AtomicU64,
+    to_host: AtomicU64,
+    prefetched: AtomicU64,
 }
 
 fn device_error(rank: u32, detail: impl Into<String>) -> LumenError {
@@ -100,114 +279,318 @@ fn device_error(rank: u32, detail: impl Into<String>) -> LumenError {
     })
 }
 
+/// `LUMEN_DEVICE_ARENA`: bytes per GPU, with K, M or G.
+fn arena_bytes() -> std::result::Result<usize, String> {
+    let Ok(text) = std::env::var("LUMEN_DEVICE_ARENA") else {
+        return Ok(1 << 30);
+    };
+    lumen_transport::fabric::parse_size(&text)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("LUMEN_DEVICE_ARENA={text:?}: expected a size such as 256M or 8G"))
+}
+
+/// The memory of GPU `gpu`: `LUMEN_DEVICE_DOMAIN=host` asks for the host
+/// stand-in; else CUDA (feature `cuda`).
+fn open_domain(gpu: u32, bytes: usize) -> std::result::Result<Domain, String> {
+    match std::env::var("LUMEN_DEVICE_DOMAIN").as_deref() {
+        Ok("host") => HostDomain::shared(bytes)
+            .map(Domain::Host)
+            .map_err(|e| e.to_string()),
+        Ok("cuda") | Err(_) => open_cuda(gpu, bytes),
+        Ok(other) => Err(format!(
+            "LUMEN_DEVICE_DOMAIN={other:?}: expected cuda (the default) or host (a stand-in for tests)"
+        )),
+    }
+}
+
 #[cfg(feature = "cuda")]
-mod cuda {
-    use std::sync::Arc;
+fn open_cuda(gpu: u32, bytes: usize) -> std::result::Result<Domain, String> {
+    lumen_objstore::device::cuda::CudaDomain::open(gpu as usize, bytes)
+        .map(Domain::Cuda)
+        .map_err(|e| e.to_string())
+}
 
-    use lumen_objstore::device::cuda::CudaDomain;
-    use lumen_objstore::device::{DeviceArena, DeviceServer};
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(_gpu: u32, _bytes: usize) -> std::result::Result<Domain, String> {
+    Err("this build has no device objects: build lumen with --features cuda (it needs no CUDA to build; an NVIDIA GPU and driver to run)".into())
+}
 
-    /// A rank's device arena and the server of its objects.
-    pub(crate) struct Plane {
-        pub(crate) arena: Arc<DeviceArena<CudaDomain>>,
-        _server: DeviceServer,
+/// The GPU this thread's device objects go to: the task's or actor's
+/// first, else the rank's first.
+fn current_gpu() -> u32 {
+    executor::gpu_ids().first().copied().unwrap_or(0)
+}
+
+impl DevicePlane {
+    /// The arena of GPU `gpu`, opened on first use.
+    fn arena(&self, inner: &Inner, gpu: u32) -> Result<Arena> {
+        let mut arenas = self.arenas.lock().unwrap_or_else(|p| p.into_inner());
+        let opened = arenas.entry(gpu).or_insert_with(|| {
+            let bytes = arena_bytes()?;
+            let domain = open_domain(gpu, bytes)?;
+            tracing::info!(
+                rank = inner.rank,
+                "device objects: a {} MiB arena on {}",
+                bytes >> 20,
+                domain.describe()
+            );
+            let arena = Arc::new(DeviceArena::with_spill_dir(
+                domain,
+                std::env::temp_dir(),
+                2 * bytes as u64,
+            ));
+            self.set.add(arena.clone());
+            let server = self.server.get_or_init(|| {
+                DeviceServer::register_set(&inner.endpoint, self.set.clone())
+                    .map_err(|e| e.to_string())
+            });
+            server.as_ref().map_err(|e| e.clone())?;
+            Ok(arena)
+        });
+        opened
+            .as_ref()
+            .cloned()
+            .map_err(|why| device_error(inner.rank, why.clone()))
     }
 
-    /// `LUMEN_DEVICE_ARENA`: bytes, with K, M or G.
-    fn arena_bytes() -> std::result::Result<usize, String> {
-        let Ok(text) = std::env::var("LUMEN_DEVICE_ARENA") else {
-            return Ok(1 << 30);
+    fn track(&self, handle: ObjectId, gpu: u32, id: StoreId) {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = blocks.entry(handle).or_insert_with(|| {
+            self.tracked.fetch_add(1, Ordering::Relaxed);
+            Vec::new()
+        });
+        if !entry.contains(&(gpu, id)) {
+            entry.push((gpu, id));
+        }
+    }
+
+    /// The reference `handle` is gone from this rank (the owner freed it,
+    /// or this rank's last borrow of it ended): its device blocks here go.
+    pub(crate) fn released(&self, handle: ObjectId) {
+        if self.tracked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Some(blocks) = self
+            .blocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle)
+        else {
+            return;
         };
-        lumen_transport::fabric::parse_size(&text)
-            .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                format!("LUMEN_DEVICE_ARENA={text:?}: expected a size such as 256M or 8G")
-            })
+        self.tracked.fetch_sub(1, Ordering::Relaxed);
+        let arenas = self.arenas.lock().unwrap_or_else(|p| p.into_inner());
+        for (gpu, id) in blocks {
+            if let Some(Ok(arena)) = arenas.get(&gpu) {
+                arena.release(id);
+            }
+        }
     }
 
-    pub(crate) fn open(endpoint: &lumen_transport::Endpoint) -> std::result::Result<Plane, String> {
-        let bytes = arena_bytes()?;
-        let domain = CudaDomain::open(0, bytes).map_err(|e| e.to_string())?;
-        tracing::info!(
-            rank = endpoint.rank(),
-            "device objects: a {} MiB arena on {}",
-            bytes >> 20,
-            lumen_objstore::device::DeviceMemory::describe(&domain)
-        );
-        // Evicted objects beyond twice the arena's size in host memory go
-        // to files in the temporary directory (removed with the arena).
-        let arena = Arc::new(DeviceArena::with_spill_dir(
-            domain,
-            std::env::temp_dir(),
-            2 * bytes as u64,
-        ));
-        let server = DeviceServer::register(endpoint, arena.clone()).map_err(|e| e.to_string())?;
-        Ok(Plane {
-            arena,
-            _server: server,
-        })
+    fn count(&self, path: TransferPath) {
+        let counter = match path {
+            TransferPath::SameBuffer => &self.same_buffer,
+            TransferPath::PeerCopy => &self.between_own_gpus,
+            TransferPath::CudaIpc { .. } => &self.ipc_copies,
+            TransferPath::ToHost => &self.to_host,
+            TransferPath::HostStaged | TransferPath::GpuDirect | TransferPath::Nccl => {
+                &self.host_staged
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    /// Object `meta` on GPU `gpu` of this rank, pulled here if it is not
+    /// (see the module docs for the path); returns the arena and the path.
+    fn device_copy(
+        &self,
+        meta: &DeviceMeta,
+        handle: ObjectId,
+        gpu: u32,
+    ) -> Result<(Arena, TransferPath)> {
+        let rank = self.rank;
+        let plane = &self.devices;
+        let arena = plane.arena(self, gpu)?;
+        let id = meta.store_id();
+        let err = |e: DeviceError| device_error(rank, e.to_string());
+        if meta.owner == rank && meta.gpu == gpu {
+            return Ok((arena, TransferPath::SameBuffer));
+        }
+        if arena.contains(id) {
+            // Pulled here before (and still referenced).
+            return Ok((arena, TransferPath::SameBuffer));
+        }
+        let path = if meta.owner == rank {
+            // Another GPU of this process: through host memory.
+            let bytes = plane.arena(self, meta.gpu)?.read_to_host(id).map_err(err)?;
+            put_or_exists(&arena, id, &bytes).map_err(err)?;
+            TransferPath::PeerCopy
+        } else {
+            let same_node = self.ranks.get(meta.owner as usize).map(|r| r.node)
+                == self.ranks.get(rank as usize).map(|r| r.node);
+            let mapped = if same_node && arena.memory().export().is_some() {
+                match lumen_objstore::device::pull_ipc(
+                    &self.endpoint,
+                    meta.owner,
+                    id,
+                    &arena,
+                    &plane.ipc,
+                    TIMEOUT,
+                ) {
+                    Ok(moved) => Some(moved.path),
+                    Err(DeviceError::Exists(_)) => Some(TransferPath::SameBuffer),
+                    Err(e) => {
+                        tracing::info!(
+                            rank,
+                            owner = meta.owner,
+                            "mapping a device object of the same node failed ({e}): host staging instead"
+                        );
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            match mapped {
+                Some(path) => path,
+                None => {
+                    match lumen_objstore::device::pull_staged(
+                        &self.endpoint,
+                        meta.owner,
+                        id,
+                        &arena,
+                        CHUNK,
+                        TIMEOUT,
+                    ) {
+                        Ok(_) | Err(DeviceError::Exists(_)) => {}
+                        Err(e) => return Err(err(e)),
+                    }
+                    TransferPath::HostStaged
+                }
+            }
+        };
+        plane.track(handle, gpu, id);
+        Ok((arena, path))
+    }
+
+    /// Pulls a task's device arguments onto its GPU before it runs (see
+    /// the module docs); a failure is left for the task's own read to report.
+    pub(crate) fn prefetch_device_args(&self, args: &[(DeviceMeta, ObjectId)]) {
+        let gpu = current_gpu();
+        for (meta, handle) in args {
+            match self.device_copy(meta, *handle, gpu) {
+                Ok((_, path)) => {
+                    if path != TransferPath::SameBuffer {
+                        self.devices.count(path);
+                        self.devices.prefetched.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => tracing::debug!(rank = self.rank, "prefetching a device argument: {e}"),
+            }
+        }
+    }
+}
+
+fn put_or_exists(arena: &Arena, id: StoreId, bytes: &[u8]) -> std::result::Result<(), DeviceError> {
+    match arena.put(id, bytes) {
+        Ok(_) | Err(DeviceError::Exists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+thread_local! {
+    /// Device objects serialised into the arguments being encoded (for the
+    /// executing rank to pull before the task runs).
+    static ARGS: std::cell::RefCell<Option<Vec<(DeviceMeta, ObjectId)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (an encoding of arguments) and returns the device objects it
+/// serialised besides its result.
+pub(crate) fn collect_device_args<R>(f: impl FnOnce() -> R) -> (R, Vec<(DeviceMeta, ObjectId)>) {
+    let outer = ARGS.with(|a| a.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let found = ARGS.with(|a| {
+        let mut slot = a.borrow_mut();
+        let found = slot.take().unwrap_or_default();
+        *slot = outer;
+        found
+    });
+    (result, found)
+}
+
+impl<T> DeviceRef<T> {
+    /// Records this object for the task whose arguments are being encoded.
+    fn note_as_argument(&self) {
+        ARGS.with(|a| {
+            if let Some(found) = a.borrow_mut().as_mut() {
+                found.push((self.meta, self.handle.id()));
+            }
+        });
     }
 }
 
 impl Runtime {
-    #[cfg(feature = "cuda")]
-    fn device_plane(&self) -> Result<&cuda::Plane> {
-        let inner = &self.inner;
-        inner
-            .devices
-            .arena
-            .get_or_init(|| cuda::open(&inner.endpoint))
-            .as_ref()
-            .map_err(|why| device_error(inner.rank, why.clone()))
-    }
-
-    /// Copies `values` into this rank's GPU as a device object (see the
-    /// module docs); fails without a GPU or the `cuda` feature, saying so.
+    /// Copies `values` into this rank's GPU (the task's, see the module
+    /// docs) as a device object; fails without a GPU or the `cuda`
+    /// feature, saying which.
     pub fn put_device<T: bytemuck::Pod>(&self, values: &[T]) -> Result<DeviceRef<T>> {
-        let rank = self.inner.rank;
-        let n = self.inner.devices.next.fetch_add(1, Ordering::Relaxed);
+        let inner = &self.inner;
+        let rank = inner.rank;
+        let gpu = current_gpu();
+        let arena = inner.devices.arena(inner, gpu)?;
+        let n = inner.devices.next.fetch_add(1, Ordering::Relaxed);
         let id = StoreId::new(0xDE71_CE00_0000_0000 | u64::from(rank), n);
         let bytes: &[u8] = bytemuck::cast_slice(values);
-        #[cfg(feature = "cuda")]
-        {
-            let plane = self.device_plane()?;
-            plane
-                .arena
-                .put(id, bytes)
-                .map_err(|e| device_error(rank, e.to_string()))?;
-            Ok(DeviceRef {
-                owner: rank,
-                id: id.to_bytes(),
-                len: bytes.len() as u64,
-                _values: PhantomData,
-            })
-        }
-        #[cfg(not(feature = "cuda"))]
-        {
-            let _ = (id, bytes);
-            Err(device_error(
-                rank,
-                "this build has no device objects: build lumen with --features cuda (it needs no CUDA to build; an NVIDIA GPU and driver to run)",
-            ))
-        }
+        arena
+            .put(id, bytes)
+            .map_err(|e| device_error(rank, e.to_string()))?;
+        let meta = DeviceMeta {
+            owner: rank,
+            gpu,
+            id: id.to_bytes(),
+            len: bytes.len() as u64,
+        };
+        let handle = match self.put(&meta) {
+            Ok(handle) => handle,
+            Err(e) => {
+                arena.release(id);
+                return Err(e);
+            }
+        };
+        inner.devices.track(handle.id(), gpu, id);
+        Ok(DeviceRef {
+            meta,
+            handle,
+            _values: PhantomData,
+        })
     }
 
     /// The object's values in host memory here: a device-to-host copy on
     /// the owner, a host-staged pull from it elsewhere (no GPU needed here).
     pub fn get_host<T: bytemuck::Pod>(&self, object: &DeviceRef<T>) -> Result<Vec<T>> {
-        let rank = self.inner.rank;
-        let bytes = if object.owner == rank {
-            self.local_bytes(object)?
+        let inner = &self.inner;
+        let rank = inner.rank;
+        let meta = &object.meta;
+        let bytes = if meta.owner == rank {
+            inner
+                .devices
+                .arena(inner, meta.gpu)?
+                .read_to_host(meta.store_id())
+                .map_err(|e| device_error(rank, e.to_string()))?
         } else {
             lumen_objstore::device::pull_to_host(
-                &self.inner.endpoint,
-                object.owner,
-                object.store_id(),
+                &inner.endpoint,
+                meta.owner,
+                meta.store_id(),
                 CHUNK,
                 TIMEOUT,
             )
             .map_err(|e| device_error(rank, e.to_string()))?
         };
+        inner.devices.count(TransferPath::ToHost);
         if bytes.len() % std::mem::size_of::<T>().max(1) != 0 {
             return Err(device_error(
                 rank,
@@ -221,132 +604,108 @@ impl Runtime {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    #[cfg(feature = "cuda")]
-    fn local_bytes<T>(&self, object: &DeviceRef<T>) -> Result<Vec<u8>> {
-        let plane = self.device_plane()?;
-        plane
-            .arena
-            .read_to_host(object.store_id())
-            .map_err(|e| device_error(self.inner.rank, e.to_string()))
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn local_bytes<T>(&self, _object: &DeviceRef<T>) -> Result<Vec<u8>> {
-        Err(device_error(
-            self.inner.rank,
-            "this build has no device objects (feature `cuda`)",
-        ))
-    }
-
-    /// The object on this rank's GPU, pinned while the view lives: in
-    /// place on the owner, else pulled here through host staging into this
-    /// rank's device arena (the path it took is in the view). Needs a GPU
-    /// here and the `cuda` feature.
-    #[cfg(feature = "cuda")]
-    pub fn get_device<T: bytemuck::Pod>(&self, object: &DeviceRef<T>) -> Result<DeviceView> {
-        let rank = self.inner.rank;
-        let plane = self.device_plane()?;
-        let id = object.store_id();
-        let path = if object.owner == rank {
-            lumen_objstore::device::path::TransferPath::SameBuffer
-        } else {
-            match plane.arena.pin(id) {
-                // Pulled here before: a local copy.
-                Ok(_) => {
-                    plane.arena.unpin(id);
-                }
-                Err(_) => {
-                    lumen_objstore::device::pull_staged(
-                        &self.inner.endpoint,
-                        object.owner,
-                        id,
-                        &plane.arena,
-                        CHUNK,
-                        TIMEOUT,
-                    )
-                    .map_err(|e| device_error(rank, e.to_string()))?;
-                }
-            }
-            lumen_objstore::device::path::TransferPath::HostStaged
-        };
-        let block = plane
-            .arena
+    /// The object on this thread's GPU (the task's, see the module docs),
+    /// pinned while the view lives: in place on the owner, else copied
+    /// here by the best path there is (reported by the view).
+    pub fn get_device<T>(&self, object: &DeviceRef<T>) -> Result<DeviceView> {
+        let inner = &self.inner;
+        let gpu = current_gpu();
+        let (arena, path) = inner.device_copy(&object.meta, object.handle.id(), gpu)?;
+        inner.devices.count(path);
+        let id = object.meta.store_id();
+        let block = arena
             .pin(id)
-            .map_err(|e| device_error(rank, e.to_string()))?;
+            .map_err(|e| device_error(inner.rank, e.to_string()))?;
         Ok(DeviceView {
-            arena: plane.arena.clone(),
+            arena,
             id,
             block,
             path,
+            _keep: object.handle.clone(),
         })
     }
 
-    /// Frees a device object (on its owner).
-    pub fn free_device<T>(&self, object: &DeviceRef<T>) -> Result<()> {
-        let rank = self.inner.rank;
-        if object.owner != rank {
-            return Err(device_error(
-                rank,
-                format!(
-                    "object owned by rank {}: free it there (device objects are not reference counted yet)",
-                    object.owner
-                ),
-            ));
-        }
-        #[cfg(feature = "cuda")]
+    /// Counters of this rank's device objects (paths taken, arena use).
+    pub fn device_stats(&self) -> DeviceStats {
+        let p = &self.inner.devices;
+        let mut stats = DeviceStats {
+            same_buffer: p.same_buffer.load(Ordering::Relaxed),
+            between_own_gpus: p.between_own_gpus.load(Ordering::Relaxed),
+            ipc: p.ipc_copies.load(Ordering::Relaxed),
+            host_staged: p.host_staged.load(Ordering::Relaxed),
+            to_host: p.to_host.load(Ordering::Relaxed),
+            prefetched: p.prefetched.load(Ordering::Relaxed),
+            ..DeviceStats::default()
+        };
+        for arena in p
+            .arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
         {
-            self.device_plane()?
-                .arena
-                .remove(object.store_id())
-                .map_err(|e| device_error(rank, e.to_string()))
+            let s = arena.stats();
+            stats.objects += s.on_device + s.on_host + s.on_disk;
+            stats.bytes += s.device_bytes + s.host_bytes + s.disk_bytes;
         }
-        #[cfg(not(feature = "cuda"))]
-        {
-            Err(device_error(
-                rank,
-                "this build has no device objects (feature `cuda`)",
-            ))
-        }
+        stats
     }
 }
 
-/// A device object pinned on this rank's GPU (see [`Runtime::get_device`]).
-#[cfg(feature = "cuda")]
+/// A device object pinned on this rank's GPU (see [`Runtime::get_device`]);
+/// it keeps the object referenced while it lives.
 pub struct DeviceView {
-    arena: std::sync::Arc<
-        lumen_objstore::device::DeviceArena<lumen_objstore::device::cuda::CudaDomain>,
-    >,
+    arena: Arena,
     id: StoreId,
-    block: lumen_objstore::device::DeviceBlock,
-    path: lumen_objstore::device::path::TransferPath,
+    block: DeviceBlock,
+    path: TransferPath,
+    _keep: ObjectRef<DeviceMeta>,
 }
 
-#[cfg(feature = "cuda")]
 impl DeviceView {
     /// Its byte offset in this rank's device arena and its length.
-    pub fn block(&self) -> lumen_objstore::device::DeviceBlock {
+    pub fn block(&self) -> DeviceBlock {
         self.block
     }
 
     /// How it got here.
-    pub fn path(&self) -> lumen_objstore::device::path::TransferPath {
+    pub fn path(&self) -> TransferPath {
         self.path
     }
 
-    /// The arena's GPU (`cuda:0 (NVIDIA H100 ...)`).
+    /// The arena's memory (`cuda:0 (NVIDIA H100 ...)`, or the host
+    /// stand-in).
     pub fn device(&self) -> String {
-        lumen_objstore::device::DeviceMemory::describe(self.arena.memory())
+        self.arena.memory().describe()
+    }
+
+    /// A host copy of its bytes.
+    pub fn to_host(&self) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.block.len as usize];
+        self.arena
+            .memory()
+            .read(self.block.offset, &mut out)
+            .map_err(|e| device_error(u32::MAX, e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Its address in GPU memory (a `CUdeviceptr` of this process, valid
+    /// while the view lives), or `None` on the host stand-in.
+    #[cfg(feature = "cuda")]
+    pub fn device_ptr(&self) -> Option<u64> {
+        match self.arena.memory() {
+            Domain::Cuda(d) => Some(d.base_ptr() + self.block.offset),
+            Domain::Host(_) => None,
+        }
     }
 }
 
-#[cfg(feature = "cuda")]
 impl Drop for DeviceView {
     fn drop(&mut self) {
         self.arena.unpin(self.id);
     }
 }
 
-#[cfg(feature = "cuda")]
 impl std::fmt::Debug for DeviceView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceView")
@@ -355,3 +714,16 @@ impl std::fmt::Debug for DeviceView {
             .finish()
     }
 }
+
+/// Binds the primary CUDA context of `gpu` to this thread (a task or actor
+/// with GPUs runs with it current); without a driver, nothing (the task may
+/// not use CUDA; its device calls say what is missing).
+#[cfg(feature = "cuda")]
+pub(crate) fn bind_gpu_context(gpu: u32) {
+    if let Err(e) = lumen_objstore::device::cuda::bind_primary_context(gpu as usize) {
+        tracing::trace!("no CUDA context for GPU {gpu}: {e}");
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn bind_gpu_context(_gpu: u32) {}

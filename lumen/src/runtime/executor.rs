@@ -309,6 +309,12 @@ impl Executor {
                 Ok(held) => {
                     HELD.with(|h| h.set((held.cpus, held.bundle)));
                     set_gpu_ids(held.gpus.ids.clone());
+                    if let Some(&gpu) = held.gpus.ids.first() {
+                        super::device::bind_gpu_context(gpu);
+                        if !job.spec.device_args.is_empty() {
+                            inner.prefetch_device_args(&job.spec.device_args);
+                        }
+                    }
                     IN_TASK.with(|t| t.set(true));
                     inner.run_task(job.spec, job.from);
                     IN_TASK.with(|t| t.set(false));
@@ -386,6 +392,7 @@ mod tests {
             name: format!("task {seq}"),
             args: Vec::new(),
             refs: Vec::new(),
+            device_args: Vec::new(),
             options,
             attempt: 1,
         }

@@ -132,9 +132,7 @@ pub use self::core::Mode;
 pub use actor::{ActorClass, ActorHandle, RawActorHandle};
 pub use cluster::InitOptions;
 pub use config::{BindPolicy, RuntimeConfig, RuntimeConfigError};
-pub use device::DeviceRef;
-#[cfg(feature = "cuda")]
-pub use device::DeviceView;
+pub use device::{DeviceRef, DeviceStats, DeviceView};
 pub use error::{RuntimeError, TaskError, TaskErrorKind};
 pub use ids::{ActorId, ObjectId};
 pub use lumen_sched::topology::RankBinding;

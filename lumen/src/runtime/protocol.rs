@@ -51,6 +51,9 @@ pub(crate) struct TaskSpec {
     pub args: Vec<u8>,
     /// Objects referenced by `args`, registered as borrowed by the receiver.
     pub refs: Vec<ObjectId>,
+    /// Device objects in `args` (and the references counting them), pulled
+    /// onto the task's GPU before it runs.
+    pub device_args: Vec<(super::device::DeviceMeta, ObjectId)>,
     pub options: TaskOptions,
     /// 1 for the first run.
     pub attempt: u32,

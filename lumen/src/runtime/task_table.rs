@@ -308,6 +308,7 @@ mod tests {
             name: format!("task{seq}"),
             args: Vec::new(),
             refs: Vec::new(),
+            device_args: Vec::new(),
             options: TaskOptions {
                 max_retries,
                 ..TaskOptions::default()

@@ -34,6 +34,30 @@ pub fn available() -> Result<usize, DeviceError> {
     Ok(count as usize)
 }
 
+/// Binds the primary context of GPU `ordinal` to the calling thread (a
+/// task or actor with GPUs runs with it current), retained once per
+/// process and GPU.
+pub fn bind_primary_context(ordinal: usize) -> Result<(), DeviceError> {
+    type Contexts = Mutex<std::collections::HashMap<usize, Arc<CudaContext>>>;
+    static CONTEXTS: std::sync::OnceLock<Contexts> = std::sync::OnceLock::new();
+    available()?;
+    let ctx = {
+        let mut contexts = CONTEXTS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match contexts.get(&ordinal) {
+            Some(ctx) => ctx.clone(),
+            None => {
+                let ctx = CudaContext::new(ordinal).map_err(driver("cuDevicePrimaryCtxRetain"))?;
+                contexts.insert(ordinal, ctx.clone());
+                ctx
+            }
+        }
+    };
+    ctx.bind_to_thread().map_err(driver("cuCtxSetCurrent"))
+}
+
 /// The PCI bus id of a device (`cuDeviceGetPCIBusId`).
 fn pci_bus_id(device: sys::CUdevice) -> Option<String> {
     let mut buf = [0 as std::ffi::c_char; 32];
@@ -86,6 +110,14 @@ impl CudaDomain {
             name: format!("cuda:{ordinal} ({name})"),
             bus_id,
         })
+    }
+
+    /// The allocation's base address (a `CUdeviceptr` of this process),
+    /// valid while the domain lives.
+    pub fn base_ptr(&self) -> u64 {
+        let buf = self.buf();
+        let (ptr, _sync) = buf.device_ptr(&self.stream);
+        ptr
     }
 
     fn buf(&self) -> std::sync::MutexGuard<'_, CudaSlice<u8>> {

@@ -180,21 +180,21 @@ impl Inner {
                     for &id in &contained {
                         queue.extend(s.refs.release(id));
                     }
-                    if let Some(Outcome::Stored { .. }) = outcome {
-                        io.push(Effect::Free {
-                            object,
-                            outcome,
-                            contained: Vec::new(),
-                            copies,
-                        });
-                    }
+                    // Stored values are deleted after the lock; every free
+                    // also tells the device plane (its blocks of `object`).
+                    io.push(Effect::Free {
+                        object,
+                        outcome,
+                        contained: Vec::new(),
+                        copies,
+                    });
                 }
                 Effect::RemoveBorrower { object, count } => {
                     s.remote_values.remove(&object);
                     s.remote_copies.remove(&object);
-                    if !s.dead.contains(&object.owner) {
-                        io.push(Effect::RemoveBorrower { object, count });
-                    }
+                    // Pushed also for a dead owner: the device plane drops
+                    // this rank's copies (no message then).
+                    io.push(Effect::RemoveBorrower { object, count });
                 }
                 Effect::ActorUnreferenced { actor } => {
                     io.push(Effect::ActorUnreferenced { actor });
@@ -209,23 +209,33 @@ impl Inner {
         for effect in io {
             match effect {
                 Effect::Free {
-                    outcome:
-                        Some(Outcome::Stored {
-                            rank, key, arena, ..
-                        }),
+                    object,
+                    outcome,
                     copies,
                     ..
-                } => self.delete_copies(rank, key, arena, &copies),
-                Effect::Free { .. } => {}
+                } => {
+                    self.devices.released(object);
+                    if let Some(Outcome::Stored {
+                        rank, key, arena, ..
+                    }) = outcome
+                    {
+                        self.delete_copies(rank, key, arena, &copies);
+                    }
+                }
                 Effect::ActorUnreferenced { actor } => self.retire_actor(actor),
-                Effect::RemoveBorrower { object, count } => self.send_or_log(
-                    object.owner,
-                    &RtMsg::RemoveBorrower {
-                        object,
-                        borrower: self.rank,
-                        count,
-                    },
-                ),
+                Effect::RemoveBorrower { object, count } => {
+                    self.devices.released(object);
+                    if !self.is_dead(object.owner) {
+                        self.send_or_log(
+                            object.owner,
+                            &RtMsg::RemoveBorrower {
+                                object,
+                                borrower: self.rank,
+                                count,
+                            },
+                        );
+                    }
+                }
             }
         }
     }

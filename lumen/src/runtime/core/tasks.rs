@@ -80,7 +80,9 @@ impl Inner {
             return Err(runtime_error(RuntimeError::ShuttingDown));
         }
         check_gpu_request(name, options.resources.gpus)?;
-        let (args, pinned) = encode_args(&name, args)?;
+        let (encoded, device_args) =
+            crate::runtime::device::collect_device_args(|| encode_args(&name, args));
+        let (args, pinned) = encoded?;
         let refs = pinned.ids();
         // Pinned to its bundle's rank: a retry after that rank dies finds
         // it dead and fails.
@@ -119,6 +121,7 @@ impl Inner {
             name: name.to_string(),
             args,
             refs,
+            device_args,
             options,
             attempt: 1,
         };
@@ -377,6 +380,7 @@ mod tests {
             name: "module::function".into(),
             args: vec![1, 2, 3],
             refs: vec![ObjectId { owner: 1, seq: 2 }],
+            device_args: Vec::new(),
             options: TaskOptions::default(),
             attempt: 1,
         };
