@@ -581,4 +581,14 @@ fn mesh_broadcast(hosts: usize, actors_per_host: usize, fanout: usize) -> Vec<Sc
             "KiB",
         ),
     ]
+    .into_iter()
+    .chain(shape.per_hop.iter().enumerate().map(|(hop, &reached)| {
+        SchedRow::new(
+            &format!("mesh broadcast: messages at hop {}", hop + 1),
+            &setting,
+            reached as f64,
+            "msgs",
+        )
+    }))
+    .collect()
 }

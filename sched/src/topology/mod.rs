@@ -76,6 +76,7 @@
 
 mod binding;
 mod bitmap;
+pub mod cuda;
 #[cfg(feature = "hwloc")]
 mod hwloc;
 mod render;
@@ -281,8 +282,7 @@ pub enum TopologyError {
 }
 
 impl Topology {
-    /// Reads the real machine through `/sys` (the sysfs fallback; hwloc
-    /// itself is not linked here).
+    /// Reads the real machine (see [`Topology::discover_with_source`]).
     pub fn discover() -> Result<Topology, TopologyError> {
         Topology::discover_with_source().map(|(topology, _)| topology)
     }
@@ -291,11 +291,21 @@ impl Topology {
     /// answers, else sysfs) and says which source answered.
     pub fn discover_with_source() -> Result<(Topology, Source), TopologyError> {
         #[cfg(feature = "hwloc")]
-        if let Ok(topology) = hwloc::discover() {
+        if let Ok(mut topology) = hwloc::discover() {
+            #[cfg(feature = "cuda")]
+            if let Some(gpus) = cuda::driver_gpus() {
+                topology.merge_driver_gpus(&gpus);
+            }
+            #[cfg(not(feature = "cuda"))]
+            let _ = &mut topology;
             return Ok((topology, Source::Hwloc));
         }
         let mut topology = Topology::from_sysfs(std::path::Path::new("/sys"))?;
         topology.name_nvidia_gpus(std::path::Path::new(NVIDIA_PROC));
+        #[cfg(feature = "cuda")]
+        if let Some(gpus) = cuda::driver_gpus() {
+            topology.merge_driver_gpus(&gpus);
+        }
         Ok((topology, Source::Sysfs))
     }
 
