@@ -9,16 +9,23 @@
 #   device.txt   the objstore `cuda` feature's tests on GPU 0: a device arena
 #                in real GPU memory (put, read back, device-to-device copy,
 #                allocator consistency), the pure bookkeeping tests beside them
-#   runtime.txt  put_device on a rank's GPU and get_host on the owner and on
-#                another rank through host staging (lumen/tests/rt_device.rs)
+#   runtime.txt  lumen/tests/rt_device.rs on the GPU, under lumen run -n 3:
+#                put_device and get_host on the owner and on other ranks
+#                (host staging); then three processes sharing GPU 0: device
+#                results of a task and an actor, reads on another process by
+#                CUDA IPC (cuIpcOpenMemHandle, one device-to-device copy), a
+#                task's device argument pulled onto its GPU before it runs,
+#                and every arena empty again when the last reference drops
 #   bandwidth.txt  H2D and D2H through the CUDA domain beside plain cudarc
 #                copies of the same sizes, rounds alternating
 #                (the `device_bandwidth` example)
 #
-# Not run yet, because it is not built yet (issue 13's remaining parts):
-# device results of tasks, get onto the reader's own GPU, CUDA IPC between
-# processes, peer copies between GPUs, the NCCL and
-# GPU-direct paths. Without a GPU this script says so and exits 0.
+# Not run, because it is not built (issue 13's remaining parts): the NCCL
+# and GPU-direct paths between nodes (device objects cross nodes through
+# host staging), a direct peer copy between two GPUs of one process. With
+# 2+ GPUs, IPC between processes on different GPUs is a peer copy by the
+# driver (cuMemcpy); the scenario above uses GPU 0 only. Without a GPU this
+# script says so and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +48,7 @@ if grep -q "SKIPPED: no GPU" "$out/device.txt"; then
     exit 3
 fi
 
-echo "gpu-check: put_device on rank 0, get_host on rank 0 and rank 1 (lumen run -n 2)"
+echo "gpu-check: device objects through the runtime (lumen run -n 3)"
 cargo build --release -q -p lumen --bins
 cargo test --release -p lumen --features cuda --test rt_device -- --nocapture 2>&1 | tee "$out/runtime.txt"
 

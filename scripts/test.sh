@@ -65,6 +65,8 @@ cargo clippy -p lumen-objstore --features cuda --all-targets --quiet -- -D warni
 cargo test -p lumen-objstore --features cuda --lib --quiet device
 cargo clippy -p lumen --features cuda --all-targets --quiet -- -D warnings
 cargo nextest run -p lumen --features cuda --test rt_device --no-fail-fast
+cargo clippy -p lumen-sched --features cuda --all-targets --quiet -- -D warnings
+cargo test -p lumen-sched --features cuda --lib --quiet topology
 
 echo "== NCCL backend (builds without CUDA; at run time it must report the missing libraries)"
 cargo clippy -p lumen-collectives --features nccl --all-targets --quiet -- -D warnings

@@ -38,10 +38,39 @@ fn device_objects_on_a_gpu_or_a_refusal_that_says_why() {
     run("put_device_then_get_host_anywhere", &[]);
 }
 
+/// The same scenario on GPU 0 shared by three processes (CUDA IPC between
+/// them): on a machine with an NVIDIA GPU and the `cuda` feature
+/// (`scripts/gpu-check.sh`); here it skips, saying so.
+#[test]
+fn device_objects_move_count_and_free_on_a_gpu() {
+    if !cfg!(feature = "cuda") {
+        eprintln!(
+            "SKIPPED: built without the cuda feature (scripts/gpu-check.sh runs it on a GPU)"
+        );
+        return;
+    }
+    let gpu = Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !gpu {
+        eprintln!("SKIPPED: no NVIDIA GPU here (nvidia-smi -L fails); this scenario needs one");
+        return;
+    }
+    run(
+        "device_objects_move_count_and_free",
+        &[
+            ("LUMEN_DEVICE_DOMAIN", "cuda"),
+            ("LUMEN_DEVICE_ARENA", "256M"),
+            ("LUMEN_NUM_GPUS", "1"),
+        ],
+    );
+}
+
 #[test]
 fn device_objects_move_count_and_free_on_the_host_stand_in() {
     run(
-        "device_objects_on_the_stand_in",
+        "device_objects_move_count_and_free",
         &[
             ("LUMEN_DEVICE_DOMAIN", "host"),
             ("LUMEN_DEVICE_ARENA", "16M"),
@@ -128,7 +157,13 @@ mod scenarios {
         let rt = lumen::current()?;
         let prefetched = rt.device_stats().prefetched;
         let view = rt.get_device(&object)?;
-        assert!(view.device().contains("stand-in"), "{}", view.device());
+        let stand_in = std::env::var("LUMEN_DEVICE_DOMAIN").as_deref() == Ok("host");
+        assert_eq!(
+            view.device().contains("stand-in"),
+            stand_in,
+            "{}",
+            view.device()
+        );
         let bytes = view.to_host()?;
         let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
         Ok((format!("{:?}", view.path()), sum, prefetched, rt.rank()))
@@ -170,7 +205,7 @@ mod scenarios {
 
     #[test]
     #[ignore = "a scenario: run by the test above under lumen run"]
-    fn device_objects_on_the_stand_in() -> lumen::Result<()> {
+    fn device_objects_move_count_and_free() -> lumen::Result<()> {
         let rt = lumen::init()?;
         assert_eq!(rt.size(), 3);
 
@@ -235,7 +270,7 @@ mod scenarios {
                 .get()?;
             assert_eq!(left, 0, "rank {rank} still holds {left} device objects");
         }
-        println!("scenario device_objects_on_the_stand_in: ok");
+        println!("scenario device_objects_move_count_and_free: ok");
         Ok(())
     }
 }
