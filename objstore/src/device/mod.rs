@@ -21,11 +21,15 @@
 //! - [`DeviceServer`] and [`pull_staged`]: that path between two ranks over
 //!   the transport (the owner pins and streams, the reader writes each chunk
 //!   to its own device while the next arrives).
+//! - [`pull_ipc`]: the same-node path, the owner's region mapped by the
+//!   reader ([`DeviceMemory::export`] / [`DeviceMemory::open_exported`]:
+//!   CUDA IPC on a GPU, a shared file for the host stand-in) and one
+//!   device-to-device copy, under a lease the reader releases.
 //!
-//! Not here yet (issue 13's remaining parts): `put_device` and device
-//! results in the runtime, CUDA IPC handles passed between processes, peer
-//! copies between GPUs, the NCCL and GPU-direct paths, and the device
-//! script's measurements on a GPU.
+//! Not built (issue 13's remaining parts): the NCCL and GPU-direct RDMA
+//! paths between nodes (`path::choose` names them; objects cross nodes
+//! through host staging), and a direct peer copy between two GPUs of one
+//! process.
 
 mod arena;
 #[cfg(feature = "cuda")]
