@@ -251,6 +251,22 @@ mod scenarios {
             .remote(&rt, made.clone())?
             .get()?;
         assert_eq!(sum, byte_sum(&pattern(300_001, 5)));
+        // Two tasks sharing rank 1's GPU read a new object at once: one
+        // pull, the other waits for it (never a half-written copy).
+        let fresh = rt.put_device(&pattern(2_000_003, 11))?;
+        let both = (0..2)
+            .map(|_| {
+                read_on_gpu::options()
+                    .rank(1)
+                    .num_gpus(0.5)
+                    .remote(&rt, fresh.clone())
+            })
+            .collect::<lumen::Result<Vec<_>>>()?;
+        for call in both {
+            let (_, sum, _, _) = call.get()?;
+            assert_eq!(sum, byte_sum(&pattern(2_000_003, 11)));
+        }
+        drop(fresh);
         let maker = Maker::actor_options().rank(1).new_remote(&rt)?;
         let from_actor = maker.make(4097)?.get()?;
         assert_eq!(from_actor.owner(), 1);

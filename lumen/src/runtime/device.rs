@@ -40,7 +40,11 @@
 //! inside results are counted by the ownership machinery like any object.
 //! When the owner frees it, the device block goes (at the last unpin, if a
 //! reader is still copying); a reader's copies go when its own last
-//! reference does.
+//! reference does. A gap it shares with `ObjectRef`s nested in values: a
+//! `DeviceRef` inside a value that a rank fetched with `get` (not one it
+//! got as an argument or result) is not registered with its owner, so
+//! that rank's copies live until it exits and the owner may free the
+//! object first (a read then fails, saying the object is gone).
 //!
 //! # Tasks and their GPUs
 //! With the `cuda` feature, a task or actor with GPUs runs with the primary
@@ -259,6 +263,9 @@ pub(crate) struct DevicePlane {
     set: Arc<DeviceArenas<Domain>>,
     server: OnceLock<std::result::Result<DeviceServer, String>>,
     ipc: IpcCache,
+    /// Objects being pulled onto a GPU of this rank, and their end.
+    pulling: Mutex<std::collections::HashSet<(u32, StoreId)>>,
+    pulled: std::sync::Condvar,
     /// Blocks by the runtime object that counts their references.
     blocks: Mutex<HashMap<ObjectId, Blocks>>,
     /// Entries in `blocks` (read without its lock on every free).
@@ -387,6 +394,11 @@ impl DevicePlane {
         }
     }
 
+    /// Rank `rank` died: its mapped regions here are closed.
+    pub(crate) fn rank_died(&self, rank: u32) {
+        self.ipc.forget(rank);
+    }
+
     fn count(&self, path: TransferPath) {
         let counter = match path {
             TransferPath::SameBuffer => &self.same_buffer,
@@ -414,18 +426,63 @@ impl Inner {
         let plane = &self.devices;
         let arena = plane.arena(self, gpu)?;
         let id = meta.store_id();
-        let err = |e: DeviceError| device_error(rank, e.to_string());
         if meta.owner == rank && meta.gpu == gpu {
             return Ok((arena, TransferPath::SameBuffer));
         }
-        if arena.contains(id) {
-            // Pulled here before (and still referenced).
-            return Ok((arena, TransferPath::SameBuffer));
+        // One pull per object and GPU at a time on this rank: a second
+        // reader waits for the first one's copy instead of reading it half
+        // written (or pulling it twice).
+        let key = (gpu, id);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        {
+            let mut pulling = plane.pulling.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if arena.ready(id) {
+                    // Pulled here before (and still referenced).
+                    plane.track(handle, gpu, id);
+                    return Ok((arena, TransferPath::SameBuffer));
+                }
+                if pulling.insert(key) {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(device_error(
+                        rank,
+                        format!(
+                            "another thread of rank {rank} has been pulling {id} for {TIMEOUT:?}"
+                        ),
+                    ));
+                }
+                pulling = plane
+                    .pulled
+                    .wait_timeout(pulling, Duration::from_millis(50))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
         }
+        let pulled = self.pull_here(meta, &arena);
+        plane
+            .pulling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        plane.pulled.notify_all();
+        let path = pulled?;
+        plane.track(handle, gpu, id);
+        Ok((arena, path))
+    }
+
+    /// Copies object `meta` into `arena` (GPU `gpu` of this rank) by the
+    /// best path there is.
+    fn pull_here(&self, meta: &DeviceMeta, arena: &Arena) -> Result<TransferPath> {
+        let rank = self.rank;
+        let plane = &self.devices;
+        let id = meta.store_id();
+        let err = |e: DeviceError| device_error(rank, e.to_string());
         let path = if meta.owner == rank {
             // Another GPU of this process: through host memory.
             let bytes = plane.arena(self, meta.gpu)?.read_to_host(id).map_err(err)?;
-            put_or_exists(&arena, id, &bytes).map_err(err)?;
+            put_or_exists(arena, id, &bytes).map_err(err)?;
             TransferPath::PeerCopy
         } else {
             let same_node = self.ranks.get(meta.owner as usize).map(|r| r.node)
@@ -435,7 +492,7 @@ impl Inner {
                     &self.endpoint,
                     meta.owner,
                     id,
-                    &arena,
+                    arena,
                     &plane.ipc,
                     TIMEOUT,
                 ) {
@@ -460,7 +517,7 @@ impl Inner {
                         &self.endpoint,
                         meta.owner,
                         id,
-                        &arena,
+                        arena,
                         CHUNK,
                         TIMEOUT,
                     ) {
@@ -471,8 +528,7 @@ impl Inner {
                 }
             }
         };
-        plane.track(handle, gpu, id);
-        Ok((arena, path))
+        Ok(path)
     }
 
     /// Pulls a task's device arguments onto its GPU before it runs (see
@@ -610,12 +666,23 @@ impl Runtime {
     pub fn get_device<T>(&self, object: &DeviceRef<T>) -> Result<DeviceView> {
         let inner = &self.inner;
         let gpu = current_gpu();
-        let (arena, path) = inner.device_copy(&object.meta, object.handle.id(), gpu)?;
-        inner.devices.count(path);
         let id = object.meta.store_id();
-        let block = arena
-            .pin(id)
-            .map_err(|e| device_error(inner.rank, e.to_string()))?;
+        let mut attempt = 0;
+        let (arena, path, block) = loop {
+            let (arena, path) = inner.device_copy(&object.meta, object.handle.id(), gpu)?;
+            match arena.pin(id) {
+                Ok(block) => break (arena, path, block),
+                // A copy released (its last reference here ended) between
+                // finding and pinning it: pull it again, once.
+                Err(DeviceError::NotFound(_))
+                    if attempt == 0 && object.meta.owner != inner.rank =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(device_error(inner.rank, e.to_string())),
+            }
+        };
+        inner.devices.count(path);
         Ok(DeviceView {
             arena,
             id,

@@ -59,6 +59,8 @@ struct Entry {
     last_use: u64,
     /// Released while pinned: removed at its last unpin.
     doomed: bool,
+    /// Being written by `create_with`: not readable yet.
+    filling: bool,
 }
 
 /// Counters of one device arena.
@@ -195,6 +197,7 @@ impl<D: DeviceMemory> DeviceArena<D> {
                     pins: 1,
                     last_use,
                     doomed: false,
+                    filling: true,
                 },
             );
             inner.stats.on_device += 1;
@@ -204,6 +207,9 @@ impl<D: DeviceMemory> DeviceArena<D> {
         // Filled without the arena's lock: other objects come and go meanwhile.
         match fill(&self.memory, block + HEADER) {
             Ok(()) => {
+                if let Some(entry) = self.lock().objects.get_mut(&id) {
+                    entry.filling = false;
+                }
                 self.unpin(id);
                 Ok(DeviceBlock {
                     offset: block + HEADER,
@@ -228,6 +234,9 @@ impl<D: DeviceMemory> DeviceArena<D> {
         let mut inner = self.lock();
         let (len, evicted) = match inner.objects.get(&id) {
             None => return Err(DeviceError::NotFound(id.to_string())),
+            Some(e) if e.filling => {
+                return Err(DeviceError::NotFound(format!("{id} (still arriving)")))
+            }
             Some(e) => (e.len, !matches!(e.place, Place::Device { .. })),
         };
         if evicted {
@@ -298,9 +307,15 @@ impl<D: DeviceMemory> DeviceArena<D> {
         }
     }
 
-    /// Whether object `id` is here (on the device, evicted or spilled).
+    /// Whether object `id` is here (on the device, evicted, spilled, or
+    /// still arriving).
     pub fn contains(&self, id: ObjectId) -> bool {
         self.lock().objects.contains_key(&id)
+    }
+
+    /// Whether object `id` is here and whole (not still arriving).
+    pub fn ready(&self, id: ObjectId) -> bool {
+        self.lock().objects.get(&id).is_some_and(|e| !e.filling)
     }
 
     /// Deletes object `id` now, or at its last unpin when readers pin it
@@ -327,6 +342,7 @@ impl<D: DeviceMemory> DeviceArena<D> {
         let entry = inner
             .objects
             .get(&id)
+            .filter(|e| !e.filling)
             .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
         match &entry.place {
             Place::Host(bytes) => Ok(bytes.clone()),

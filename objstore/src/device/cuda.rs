@@ -80,7 +80,8 @@ fn pci_bus_id(device: sys::CUdevice) -> Option<String> {
 #[derive(Debug)]
 pub struct CudaDomain {
     stream: Arc<CudaStream>,
-    buf: Mutex<CudaSlice<u8>>,
+    /// cuMemAlloc memory (see `open`), freed by `Drop`, not by cudarc.
+    buf: Mutex<std::mem::ManuallyDrop<CudaSlice<u8>>>,
     len: u64,
     name: String,
     /// The GPU's PCI bus id (`0000:3b:00.0`), to tell peers apart.
@@ -99,13 +100,25 @@ impl CudaDomain {
         let ctx = CudaContext::new(ordinal).map_err(driver("cuCtxCreate"))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let stream = ctx.default_stream();
-        let buf = stream
-            .alloc_zeros::<u8>(len.max(1))
-            .map_err(driver("cuMemAlloc"))?;
+        ctx.bind_to_thread().map_err(driver("cuCtxSetCurrent"))?;
+        // cuMemAlloc, not the stream-ordered pool allocation cudarc's
+        // `alloc_zeros` makes on GPUs with memory pools: only cuMemAlloc
+        // memory can be exported with cuIpcGetMemHandle.
+        // SAFETY: the context is bound to this thread; the allocation is
+        // zeroed before use and freed once, by `Drop` (after `leak`).
+        let buf = unsafe {
+            let ptr =
+                cudarc::driver::result::malloc_sync(len.max(1)).map_err(driver("cuMemAlloc"))?;
+            if let Err(e) = cudarc::driver::result::memset_d8_sync(ptr, 0, len.max(1)) {
+                let _ = cudarc::driver::result::free_sync(ptr);
+                return Err(driver("cuMemsetD8")(e));
+            }
+            stream.upgrade_device_ptr::<u8>(ptr, len.max(1))
+        };
         let bus_id = pci_bus_id(ctx.cu_device()).unwrap_or_default();
         Ok(CudaDomain {
             stream,
-            buf: Mutex::new(buf),
+            buf: Mutex::new(std::mem::ManuallyDrop::new(buf)),
             len: len as u64,
             name: format!("cuda:{ordinal} ({name})"),
             bus_id,
@@ -120,7 +133,7 @@ impl CudaDomain {
         ptr
     }
 
-    fn buf(&self) -> std::sync::MutexGuard<'_, CudaSlice<u8>> {
+    fn buf(&self) -> std::sync::MutexGuard<'_, std::mem::ManuallyDrop<CudaSlice<u8>>> {
         self.buf.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -199,8 +212,8 @@ impl DeviceMemory for CudaDomain {
         let buf = self.buf();
         let (ptr, _sync) = buf.device_ptr(&self.stream);
         let mut handle = std::mem::MaybeUninit::<sys::CUipcMemHandle>::uninit();
-        // SAFETY: `ptr` is the base of a live cuMemAlloc allocation owned by
-        // this domain, in the context bound to this thread; the driver
+        // SAFETY: `ptr` is the base of a live cuMemAlloc allocation (see
+        // `open`) owned by this domain, in the context bound to this thread; the driver
         // writes the whole handle on success.
         let handle = unsafe {
             sys::cuIpcGetMemHandle(handle.as_mut_ptr(), ptr)
@@ -282,11 +295,30 @@ impl DeviceMemory for CudaDomain {
         // SAFETY: both ranges were checked against their allocations (the
         // peer's mapping lives while `peer` does, which the caller holds);
         // cuMemcpy with unified addressing copies between the two devices
-        // (peer to peer when they differ) and returns when done.
+        // (peer to peer when they differ).
         unsafe {
             sys::cuMemcpy(dst + to, peer.ptr + from, len as usize)
                 .result()
-                .map_err(driver("cuMemcpy"))
+                .map_err(driver("cuMemcpy"))?;
+        }
+        // Device-to-device copies may still run when cuMemcpy returns; the
+        // owner's lease ends after this, so wait for it.
+        cudarc::driver::result::ctx::synchronize().map_err(driver("cuCtxSynchronize"))
+    }
+}
+
+impl Drop for CudaDomain {
+    fn drop(&mut self) {
+        let buf = self.buf.get_mut().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: taken once, here; the slice is not used after.
+        let slice = unsafe { std::mem::ManuallyDrop::take(buf) };
+        // Waits for pending work on it and gives up the slice without
+        // freeing (cudarc would free it as pool memory).
+        let ptr = slice.leak();
+        if self.stream.context().bind_to_thread().is_ok() {
+            // SAFETY: `ptr` came from cuMemAlloc in `open` and is freed
+            // once, here.
+            let _ = unsafe { cudarc::driver::result::free_sync(ptr) };
         }
     }
 }

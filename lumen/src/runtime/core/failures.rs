@@ -118,6 +118,7 @@ impl Inner {
             }
             let effects = s.refs.rank_died(rank);
             let task_effects = s.tasks.rank_died(rank);
+            self.devices.rank_died(rank);
             for reply in s.replies.values_mut() {
                 if matches!(reply, Reply::Waiting(r) if *r == rank) {
                     *reply = Reply::Failed;
