@@ -201,9 +201,10 @@ pub(crate) fn check_range(offset: u64, len: u64, region: u64) -> Result<(), Devi
 /// `LUMEN_DEVICE_DOMAIN=host` asks for it) and describes itself as a
 /// stand-in.
 ///
-/// [`HostDomain::shared`] keeps the bytes in a file of the node's shared
-/// memory (`/dev/shm`, mode 0600, removed on drop), so that another process
-/// of the node can open it by its exported name, as CUDA IPC opens another
+/// [`HostDomain::shared`] keeps the bytes in an unlinked file of the
+/// node's shared memory (`/dev/shm`, mode 0600, gone with the process),
+/// which another process of the node opens through the owner's descriptor
+/// (`/proc/<pid>/fd/<fd>`, the exported handle), as CUDA IPC opens another
 /// process's allocation: the same-node path is then tested between real
 /// processes.
 #[derive(Debug)]
@@ -278,7 +279,15 @@ impl HostDomain {
             .mode(0o600)
             .open(&path)
             .map_err(|e| io("creating", e))?;
+        // Unlinked at once: nothing is left behind however the process
+        // ends; other processes open it through this one's descriptor.
+        let _ = std::fs::remove_file(&path);
         file.set_len(len as u64).map_err(|e| io("sizing", e))?;
+        let path = std::path::PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ));
         Ok(HostDomain {
             store: HostStore::Shared {
                 file,
@@ -292,14 +301,6 @@ impl HostDomain {
         match &self.store {
             HostStore::Memory(bytes) => Some(bytes.lock().unwrap_or_else(|p| p.into_inner())),
             HostStore::Shared { .. } => None,
-        }
-    }
-}
-
-impl Drop for HostDomain {
-    fn drop(&mut self) {
-        if let HostStore::Shared { path, .. } = &self.store {
-            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -385,12 +386,18 @@ impl DeviceMemory for HostDomain {
         let text =
             std::str::from_utf8(handle).map_err(|_| refuse("the name is not UTF-8".into()))?;
         let path = std::path::Path::new(text);
-        let named = path
+        // `/proc/<pid>/fd/<fd>` of the owner, naming an unlinked stand-in.
+        let parts: Vec<&str> = text.split('/').collect();
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let shaped =
+            matches!(parts.as_slice(), ["", "proc", pid, "fd", fd] if numeric(pid) && numeric(fd));
+        let target = std::fs::read_link(path).unwrap_or_default();
+        let named = target
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with(HOST_EXPORT_PREFIX));
-        if !named || !path.is_absolute() {
-            return Err(refuse(format!("{text:?} is not a stand-in's name")));
+        if !shaped || !named {
+            return Err(refuse(format!("{text:?} is not a stand-in's descriptor")));
         }
         let file = std::fs::File::open(path).map_err(|e| refuse(format!("{text}: {e}")))?;
         let len = file
