@@ -20,11 +20,10 @@
 #                copies of the same sizes, rounds alternating
 #                (the `device_bandwidth` example)
 #
-# Not run, because it is not built (issue 13's remaining parts): the NCCL
-# and GPU-direct paths between nodes (device objects cross nodes through
-# host staging), a direct peer copy between two GPUs of one process. With
-# 2+ GPUs, IPC between processes on different GPUs is a peer copy by the
-# driver (cuMemcpy); the scenario above uses GPU 0 only. Without a GPU this
+# Not run by this script: the NCCL path between nodes (built, feature
+# cuda: lumen_objstore::device::nccl; it needs two nodes with GPUs and
+# libnccl), GPU-to-GPU copies between two GPUs of one rank (cuMemcpyPeer;
+# needs 2+ GPUs). Not built: the GPU-direct RDMA path. Without a GPU this
 # script says so and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."

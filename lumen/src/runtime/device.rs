@@ -23,16 +23,17 @@
 //! # How they move (the path is chosen per read, reported by
 //! [`DeviceView::path`] and counted in [`Runtime::device_stats`])
 //! - same rank, same GPU: the same buffer, no copy;
-//! - same rank, another GPU: through host memory (device to host, host to
-//!   device; a direct peer copy inside one process is not built);
+//! - same rank, another GPU: one GPU-to-GPU copy (`cuMemcpyPeer`, over
+//!   NVLink or PCIe where the GPUs allow it);
 //! - another process of the node: the owner's region mapped here (CUDA IPC:
 //!   `cuIpcGetMemHandle`, opened once per owner) and one device-to-device
 //!   copy, a peer copy when the GPUs differ; if the mapping fails, host
 //!   staging;
-//! - another node: host staging, device-to-host copies of one chunk
-//!   overlapping the network send of the previous one. The GPU-direct RDMA
-//!   and NCCL paths that `path::choose` names are **not built**: between
-//!   nodes the bytes go through host memory.
+//! - another node: NCCL send/receive between the two GPUs over a pair
+//!   communicator made on first use (`lumen_objstore::device::nccl`; needs
+//!   libnccl on both ends), else host staging, device-to-host copies of one
+//!   chunk overlapping the network send of the previous one. The
+//!   GPU-direct RDMA path that `path::choose` names is **not built**.
 //!
 //! # Lifetime
 //! A [`DeviceRef`] carries a counted reference (an `ObjectRef` of the
@@ -179,11 +180,14 @@ impl<T> DeviceRef<T> {
 pub struct DeviceStats {
     /// Reads of this rank's own objects on their GPU (no copy).
     pub same_buffer: u64,
-    /// Copies through host memory between two GPUs of this rank.
+    /// Copies GPU to GPU between two GPUs of this rank.
     pub between_own_gpus: u64,
     /// Copies from another process of the node by mapping its memory.
     pub ipc: u64,
-    /// Copies through host staging (another node, or a failed mapping).
+    /// Copies from another node by NCCL send/receive.
+    pub nccl: u64,
+    /// Copies through host staging (another node without NCCL, a failed
+    /// mapping, two GPUs of this rank without CUDA).
     pub host_staged: u64,
     /// Reads into host memory (`get_host`).
     pub to_host: u64,
@@ -229,6 +233,10 @@ impl DeviceMemory for Domain {
     fn describe(&self) -> String {
         each_domain!(self, d => d.describe())
     }
+    #[cfg(feature = "cuda")]
+    fn cuda(&self) -> Option<&lumen_objstore::device::cuda::CudaDomain> {
+        each_domain!(self, d => d.cuda())
+    }
     fn export(&self) -> Option<Vec<u8>> {
         each_domain!(self, d => d.export())
     }
@@ -263,6 +271,10 @@ pub(crate) struct DevicePlane {
     set: Arc<DeviceArenas<Domain>>,
     server: OnceLock<std::result::Result<DeviceServer, String>>,
     ipc: IpcCache,
+    #[cfg(feature = "cuda")]
+    nccl_server: OnceLock<std::result::Result<lumen_objstore::device::nccl::NcclServer, String>>,
+    #[cfg(feature = "cuda")]
+    nccl_pairs: lumen_objstore::device::nccl::NcclPairs,
     /// Objects being pulled onto a GPU of this rank, and their end.
     pulling: Mutex<std::collections::HashSet<(u32, StoreId)>>,
     pulled: std::sync::Condvar,
@@ -274,6 +286,7 @@ pub(crate) struct DevicePlane {
     same_buffer: AtomicU64,
     between_own_gpus: AtomicU64,
     ipc_copies: AtomicU64,
+    nccl_copies: AtomicU64,
     host_staged: AtomicU64,
     to_host: AtomicU64,
     prefetched: AtomicU64,
@@ -352,6 +365,16 @@ impl DevicePlane {
                     .map_err(|e| e.to_string())
             });
             server.as_ref().map_err(|e| e.clone())?;
+            #[cfg(feature = "cuda")]
+            if let Err(e) = self.nccl_server.get_or_init(|| {
+                lumen_objstore::device::nccl::NcclServer::register(
+                    &inner.endpoint,
+                    self.set.clone(),
+                )
+                .map_err(|e| e.to_string())
+            }) {
+                tracing::warn!(rank = inner.rank, "no NCCL path for device objects: {e}");
+            }
             Ok(arena)
         });
         opened
@@ -397,6 +420,8 @@ impl DevicePlane {
     /// Rank `rank` died: its mapped regions here are closed.
     pub(crate) fn rank_died(&self, rank: u32) {
         self.ipc.forget(rank);
+        #[cfg(feature = "cuda")]
+        self.nccl_pairs.forget(rank);
     }
 
     fn count(&self, path: TransferPath) {
@@ -404,10 +429,9 @@ impl DevicePlane {
             TransferPath::SameBuffer => &self.same_buffer,
             TransferPath::PeerCopy => &self.between_own_gpus,
             TransferPath::CudaIpc { .. } => &self.ipc_copies,
+            TransferPath::Nccl => &self.nccl_copies,
             TransferPath::ToHost => &self.to_host,
-            TransferPath::HostStaged | TransferPath::GpuDirect | TransferPath::Nccl => {
-                &self.host_staged
-            }
+            TransferPath::HostStaged | TransferPath::GpuDirect => &self.host_staged,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -480,10 +504,28 @@ impl Inner {
         let id = meta.store_id();
         let err = |e: DeviceError| device_error(rank, e.to_string());
         let path = if meta.owner == rank {
-            // Another GPU of this process: through host memory.
-            let bytes = plane.arena(self, meta.gpu)?.read_to_host(id).map_err(err)?;
+            // Another GPU of this process: GPU to GPU where both are CUDA.
+            let source = plane.arena(self, meta.gpu)?;
+            #[cfg(feature = "cuda")]
+            if let (Domain::Cuda(dst), Domain::Cuda(src)) = (arena.memory(), source.memory()) {
+                let block = source.pin(id).map_err(err)?;
+                let copied = arena.create_with(id, block.len, |_, to| {
+                    dst.copy_peer_from(src, block.offset, to, block.len)
+                });
+                source.unpin(id);
+                match copied {
+                    Ok(_)
+                    | Err(lumen_objstore::device::CreateError::Device(DeviceError::Exists(_))) => {
+                        return Ok(TransferPath::PeerCopy)
+                    }
+                    Err(lumen_objstore::device::CreateError::Device(e))
+                    | Err(lumen_objstore::device::CreateError::Fill(e)) => return Err(err(e)),
+                }
+            }
+            // Else through host memory.
+            let bytes = source.read_to_host(id).map_err(err)?;
             put_or_exists(arena, id, &bytes).map_err(err)?;
-            TransferPath::PeerCopy
+            TransferPath::HostStaged
         } else {
             let same_node = self.ranks.get(meta.owner as usize).map(|r| r.node)
                 == self.ranks.get(rank as usize).map(|r| r.node);
@@ -509,6 +551,31 @@ impl Inner {
                 }
             } else {
                 None
+            };
+            #[cfg(feature = "cuda")]
+            let mapped = match mapped {
+                None if !same_node && arena.memory().cuda().is_some() => {
+                    match lumen_objstore::device::nccl::pull_nccl(
+                        &self.endpoint,
+                        meta.owner,
+                        id,
+                        arena,
+                        &plane.nccl_pairs,
+                        TIMEOUT,
+                    ) {
+                        Ok(moved) => Some(moved.path),
+                        Err(DeviceError::Exists(_)) => Some(TransferPath::SameBuffer),
+                        Err(e) => {
+                            tracing::info!(
+                                rank,
+                                owner = meta.owner,
+                                "no NCCL path for a device object of another node ({e}): host staging instead"
+                            );
+                            None
+                        }
+                    }
+                }
+                other => other,
             };
             match mapped {
                 Some(path) => path,
@@ -699,6 +766,7 @@ impl Runtime {
             same_buffer: p.same_buffer.load(Ordering::Relaxed),
             between_own_gpus: p.between_own_gpus.load(Ordering::Relaxed),
             ipc: p.ipc_copies.load(Ordering::Relaxed),
+            nccl: p.nccl_copies.load(Ordering::Relaxed),
             host_staged: p.host_staged.load(Ordering::Relaxed),
             to_host: p.to_host.load(Ordering::Relaxed),
             prefetched: p.prefetched.load(Ordering::Relaxed),

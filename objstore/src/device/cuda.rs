@@ -86,6 +86,7 @@ pub struct CudaDomain {
     name: String,
     /// The GPU's PCI bus id (`0000:3b:00.0`), to tell peers apart.
     bus_id: String,
+    ordinal: usize,
 }
 
 impl CudaDomain {
@@ -122,7 +123,18 @@ impl CudaDomain {
             len: len as u64,
             name: format!("cuda:{ordinal} ({name})"),
             bus_id,
+            ordinal,
         })
+    }
+
+    /// The GPU (a CUDA ordinal of this process).
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// The GPU's context (bind it before handing addresses to a library).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        self.stream.context()
     }
 
     /// The allocation's base address (a `CUdeviceptr` of this process),
@@ -203,6 +215,10 @@ impl DeviceMemory for CudaDomain {
 
     fn describe(&self) -> String {
         self.name.clone()
+    }
+
+    fn cuda(&self) -> Option<&CudaDomain> {
+        Some(self)
     }
 
     /// A CUDA IPC handle of the whole allocation (`cuIpcGetMemHandle`),
@@ -320,6 +336,45 @@ impl Drop for CudaDomain {
             // once, here.
             let _ = unsafe { cudarc::driver::result::free_sync(ptr) };
         }
+    }
+}
+
+impl CudaDomain {
+    /// Copies `len` bytes at `from` of `src` (another GPU's domain of this
+    /// process) to `to` here, GPU to GPU (`cuMemcpyPeer`: NVLink or PCIe
+    /// peer to peer where the GPUs allow it, else staged by the driver).
+    pub fn copy_peer_from(
+        &self,
+        src: &CudaDomain,
+        from: u64,
+        to: u64,
+        len: u64,
+    ) -> Result<(), DeviceError> {
+        check_range(from, len, src.len)?;
+        check_range(to, len, self.len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (dst_base, src_base) = (self.base_ptr(), src.base_ptr());
+        self.context()
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        // SAFETY: both ranges were checked against live allocations of the
+        // two contexts named; cuMemcpyPeer is synchronous with respect to
+        // the host for device-to-device copies only once the context is
+        // synchronised, which follows.
+        unsafe {
+            sys::cuMemcpyPeer(
+                dst_base + to,
+                self.context().cu_ctx(),
+                src_base + from,
+                src.context().cu_ctx(),
+                len as usize,
+            )
+            .result()
+            .map_err(driver("cuMemcpyPeer"))?;
+        }
+        cudarc::driver::result::ctx::synchronize().map_err(driver("cuCtxSynchronize"))
     }
 }
 

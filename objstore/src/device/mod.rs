@@ -26,14 +26,18 @@
 //!   CUDA IPC on a GPU, a shared file for the host stand-in) and one
 //!   device-to-device copy, under a lease the reader releases.
 //!
-//! Not built (issue 13's remaining parts): the NCCL and GPU-direct RDMA
-//! paths between nodes (`path::choose` names them; objects cross nodes
-//! through host staging), and a direct peer copy between two GPUs of one
-//! process.
+//! - [`nccl`] (feature `cuda`): the path between nodes, NCCL send/receive
+//!   over a pair communicator made on first use (not run here: no GPU).
+//!
+//! Not built (issue 13's remaining part): the GPU-direct RDMA path
+//! (device memory registered with the verbs backend by dma-buf);
+//! `path::choose` names it, nothing takes it.
 
 mod arena;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod path;
 pub mod staging;
 mod transfer;
@@ -128,6 +132,13 @@ pub trait DeviceMemory: Send + Sync + std::fmt::Debug {
 
     /// What this is (`cuda:0 (NVIDIA H100, 80 GiB)`, `host stand-in`).
     fn describe(&self) -> String;
+
+    /// The CUDA allocation under this memory, for the paths that hand
+    /// device addresses to a library (NCCL); `None` for other domains.
+    #[cfg(feature = "cuda")]
+    fn cuda(&self) -> Option<&cuda::CudaDomain> {
+        None
+    }
 
     /// A handle to the whole region that another process of this node can
     /// open with [`DeviceMemory::open_exported`] (a CUDA IPC handle for a
