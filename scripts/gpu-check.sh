@@ -20,11 +20,12 @@
 #                copies of the same sizes, rounds alternating
 #                (the `device_bandwidth` example)
 #
-# Not run by this script: the NCCL path between nodes (built, feature
-# cuda: lumen_objstore::device::nccl; it needs two nodes with GPUs and
-# libnccl), GPU-to-GPU copies between two GPUs of one rank (cuMemcpyPeer;
-# needs 2+ GPUs). Not built: the GPU-direct RDMA path. Without a GPU this
-# script says so and exits 0.
+# Not run by this script: the paths between nodes, NCCL (built, feature
+# cuda: lumen_objstore::device::nccl; two nodes with GPUs and libnccl) and
+# GPU-direct RDMA (built: lumen_objstore::device::gpudirect; a verbs device
+# with dma-buf support as well); GPU-to-GPU copies between two GPUs of one
+# rank (cuMemcpyPeer; 2+ GPUs). Without a GPU this script says so and
+# exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

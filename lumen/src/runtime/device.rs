@@ -29,11 +29,15 @@
 //!   `cuIpcGetMemHandle`, opened once per owner) and one device-to-device
 //!   copy, a peer copy when the GPUs differ; if the mapping fails, host
 //!   staging;
-//! - another node: NCCL send/receive between the two GPUs over a pair
-//!   communicator made on first use (`lumen_objstore::device::nccl`; needs
-//!   libnccl on both ends), else host staging, device-to-host copies of one
-//!   chunk overlapping the network send of the previous one. The
-//!   GPU-direct RDMA path that `path::choose` names is **not built**.
+//! - another node: GPU-direct RDMA where both ends have a verbs fabric
+//!   (`LUMEN_FABRIC`) and the GPU driver exports dma-bufs — one RDMA read
+//!   from the owner's GPU memory into this one's
+//!   (`lumen_objstore::device::gpudirect`); else NCCL send/receive between
+//!   the two GPUs over a pair communicator made on first use
+//!   (`lumen_objstore::device::nccl`; libnccl on both ends); else host
+//!   staging, device-to-host copies of one chunk overlapping the network
+//!   send of the previous one. Neither GPU-direct nor NCCL has run on
+//!   hardware yet (no GPU or RDMA device where this was written).
 //!
 //! # Lifetime
 //! A [`DeviceRef`] carries a counted reference (an `ObjectRef` of the
@@ -186,6 +190,8 @@ pub struct DeviceStats {
     pub ipc: u64,
     /// Copies from another node by NCCL send/receive.
     pub nccl: u64,
+    /// Copies from another node by GPU-direct RDMA.
+    pub gpudirect: u64,
     /// Copies through host staging (another node without NCCL, a failed
     /// mapping, two GPUs of this rank without CUDA).
     pub host_staged: u64,
@@ -275,6 +281,10 @@ pub(crate) struct DevicePlane {
     nccl_server: OnceLock<std::result::Result<lumen_objstore::device::nccl::NcclServer, String>>,
     #[cfg(feature = "cuda")]
     nccl_pairs: lumen_objstore::device::nccl::NcclPairs,
+    #[cfg(feature = "cuda")]
+    gpudirect: Arc<lumen_objstore::device::gpudirect::GpuDirect>,
+    #[cfg(feature = "cuda")]
+    gpudirect_server: OnceLock<Option<lumen_objstore::device::gpudirect::GpuDirectServer>>,
     /// Objects being pulled onto a GPU of this rank, and their end.
     pulling: Mutex<std::collections::HashSet<(u32, StoreId)>>,
     pulled: std::sync::Condvar,
@@ -287,6 +297,7 @@ pub(crate) struct DevicePlane {
     between_own_gpus: AtomicU64,
     ipc_copies: AtomicU64,
     nccl_copies: AtomicU64,
+    gpudirect_copies: AtomicU64,
     host_staged: AtomicU64,
     to_host: AtomicU64,
     prefetched: AtomicU64,
@@ -375,6 +386,18 @@ impl DevicePlane {
             }) {
                 tracing::warn!(rank = inner.rank, "no NCCL path for device objects: {e}");
             }
+            #[cfg(feature = "cuda")]
+            self.gpudirect_server.get_or_init(|| {
+                let fabric = inner.store.fabric().filter(|f| f.is_verbs())?;
+                lumen_objstore::device::gpudirect::GpuDirectServer::register(
+                    &inner.endpoint,
+                    self.set.clone(),
+                    fabric.backend(),
+                    self.gpudirect.clone(),
+                )
+                .map_err(|e| tracing::warn!(rank = inner.rank, "no GPU-direct path: {e}"))
+                .ok()
+            });
             Ok(arena)
         });
         opened
@@ -431,7 +454,8 @@ impl DevicePlane {
             TransferPath::CudaIpc { .. } => &self.ipc_copies,
             TransferPath::Nccl => &self.nccl_copies,
             TransferPath::ToHost => &self.to_host,
-            TransferPath::HostStaged | TransferPath::GpuDirect => &self.host_staged,
+            TransferPath::GpuDirect => &self.gpudirect_copies,
+            TransferPath::HostStaged => &self.host_staged,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -555,6 +579,13 @@ impl Inner {
             #[cfg(feature = "cuda")]
             let mapped = match mapped {
                 None if !same_node && arena.memory().cuda().is_some() => {
+                    self.pull_gpudirect(meta, arena)
+                }
+                other => other,
+            };
+            #[cfg(feature = "cuda")]
+            let mapped = match mapped {
+                None if !same_node && arena.memory().cuda().is_some() => {
                     match lumen_objstore::device::nccl::pull_nccl(
                         &self.endpoint,
                         meta.owner,
@@ -596,6 +627,37 @@ impl Inner {
             }
         };
         Ok(path)
+    }
+
+    /// GPU-direct RDMA from the owner's GPU into `arena`, where both ends
+    /// have a verbs fabric (see `lumen_objstore::device::gpudirect`);
+    /// `None` when it cannot (then NCCL or host staging).
+    #[cfg(feature = "cuda")]
+    fn pull_gpudirect(&self, meta: &DeviceMeta, arena: &Arena) -> Option<TransferPath> {
+        let fabric = self.store.fabric().filter(|f| f.is_verbs())?;
+        let peer = fabric.peer_of(meta.owner)?;
+        let backend = fabric.backend();
+        match lumen_objstore::device::gpudirect::pull_gpudirect(
+            &self.endpoint,
+            &*backend,
+            peer,
+            meta.owner,
+            meta.store_id(),
+            arena,
+            &self.devices.gpudirect,
+            TIMEOUT,
+        ) {
+            Ok(moved) => Some(moved.path),
+            Err(DeviceError::Exists(_)) => Some(TransferPath::SameBuffer),
+            Err(e) => {
+                tracing::info!(
+                    rank = self.rank,
+                    owner = meta.owner,
+                    "no GPU-direct path for a device object ({e}): NCCL or host staging instead"
+                );
+                None
+            }
+        }
     }
 
     /// Pulls a task's device arguments onto its GPU before it runs (see
@@ -767,6 +829,7 @@ impl Runtime {
             between_own_gpus: p.between_own_gpus.load(Ordering::Relaxed),
             ipc: p.ipc_copies.load(Ordering::Relaxed),
             nccl: p.nccl_copies.load(Ordering::Relaxed),
+            gpudirect: p.gpudirect_copies.load(Ordering::Relaxed),
             host_staged: p.host_staged.load(Ordering::Relaxed),
             to_host: p.to_host.load(Ordering::Relaxed),
             prefetched: p.prefetched.load(Ordering::Relaxed),

@@ -243,6 +243,28 @@ mod plane {
             Some(pulled)
         }
 
+        /// The backend (for device memory registered with it).
+        #[cfg(feature = "cuda")]
+        pub(crate) fn backend(&self) -> Arc<dyn OneSided> {
+            self.backend.clone()
+        }
+
+        /// Whether the backend is a verbs device (GPU-direct RDMA needs one).
+        #[cfg(feature = "cuda")]
+        pub(crate) fn is_verbs(&self) -> bool {
+            self.name.starts_with("verbs")
+        }
+
+        /// `rank`'s index on the backend, if it is a fabric peer.
+        #[cfg(feature = "cuda")]
+        pub(crate) fn peer_of(&self, rank: Rank) -> Option<usize> {
+            self.peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&rank)
+                .map(|s| s.peer)
+        }
+
         /// Pulls that went one-sided so far.
         pub(crate) fn pulls(&self) -> u64 {
             self.pulls.load(Ordering::Relaxed)

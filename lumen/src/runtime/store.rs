@@ -154,6 +154,12 @@ impl ValueStore {
         let _ = self.fabric.set(fabric);
     }
 
+    /// The one-sided fabric, once attached.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn fabric(&self) -> Option<&super::fabric::Fabric> {
+        self.fabric.get()
+    }
+
     /// Objects pulled with one-sided reads so far.
     pub(crate) fn one_sided_pulls(&self) -> u64 {
         self.fabric.get().map_or(0, super::fabric::Fabric::pulls)

@@ -104,17 +104,20 @@ impl CudaDomain {
         ctx.bind_to_thread().map_err(driver("cuCtxSetCurrent"))?;
         // cuMemAlloc, not the stream-ordered pool allocation cudarc's
         // `alloc_zeros` makes on GPUs with memory pools: only cuMemAlloc
-        // memory can be exported with cuIpcGetMemHandle.
+        // memory can be exported with cuIpcGetMemHandle. Whole 2 MiB pages,
+        // so the allocation can also be exported as a dma-buf for
+        // GPU-direct RDMA (`dmabuf`).
+        let alloc_len = len.max(1).div_ceil(DMABUF_ALIGN) * DMABUF_ALIGN;
         // SAFETY: the context is bound to this thread; the allocation is
         // zeroed before use and freed once, by `Drop` (after `leak`).
         let buf = unsafe {
             let ptr =
-                cudarc::driver::result::malloc_sync(len.max(1)).map_err(driver("cuMemAlloc"))?;
-            if let Err(e) = cudarc::driver::result::memset_d8_sync(ptr, 0, len.max(1)) {
+                cudarc::driver::result::malloc_sync(alloc_len).map_err(driver("cuMemAlloc"))?;
+            if let Err(e) = cudarc::driver::result::memset_d8_sync(ptr, 0, alloc_len) {
                 let _ = cudarc::driver::result::free_sync(ptr);
                 return Err(driver("cuMemsetD8")(e));
             }
-            stream.upgrade_device_ptr::<u8>(ptr, len.max(1))
+            stream.upgrade_device_ptr::<u8>(ptr, alloc_len)
         };
         let bus_id = pci_bus_id(ctx.cu_device()).unwrap_or_default();
         Ok(CudaDomain {
@@ -125,6 +128,40 @@ impl CudaDomain {
             bus_id,
             ordinal,
         })
+    }
+
+    /// The whole allocation as a dma-buf (`cuMemGetHandleForAddressRange`):
+    /// its file descriptor, base address and length, for registering it
+    /// with an RDMA device (GPU-direct).
+    pub fn dmabuf(&self) -> Result<(std::os::fd::OwnedFd, u64, usize), DeviceError> {
+        let base = self.base_ptr();
+        let len = (self.len.max(1) as usize).div_ceil(DMABUF_ALIGN) * DMABUF_ALIGN;
+        self.context()
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        let mut fd: std::ffi::c_int = -1;
+        // SAFETY: `base..base + len` is this domain's allocation (rounded to
+        // whole 2 MiB pages in `open`); the driver writes an fd on success.
+        unsafe {
+            sys::cuMemGetHandleForAddressRange(
+                (&mut fd as *mut std::ffi::c_int).cast(),
+                base,
+                len,
+                sys::CUmemRangeHandleType::CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD,
+                0,
+            )
+            .result()
+            .map_err(driver("cuMemGetHandleForAddressRange"))?;
+        }
+        if fd < 0 {
+            return Err(DeviceError::Driver {
+                call: "cuMemGetHandleForAddressRange",
+                detail: "no file descriptor".into(),
+            });
+        }
+        // SAFETY: the driver gave this process a new descriptor it owns.
+        let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        Ok((fd, base, len))
     }
 
     /// The GPU (a CUDA ordinal of this process).
@@ -377,6 +414,10 @@ impl CudaDomain {
         cudarc::driver::result::ctx::synchronize().map_err(driver("cuCtxSynchronize"))
     }
 }
+
+/// Allocations are whole multiples of this (dma-buf export wants whole
+/// pages; GPUs map 2 MiB pages).
+const DMABUF_ALIGN: usize = 2 << 20;
 
 /// Bytes of a CUDA IPC memory handle.
 const IPC_HANDLE_LEN: usize = 64;

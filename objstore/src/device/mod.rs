@@ -29,13 +29,15 @@
 //! - [`nccl`] (feature `cuda`): the path between nodes, NCCL send/receive
 //!   over a pair communicator made on first use (not run here: no GPU).
 //!
-//! Not built (issue 13's remaining part): the GPU-direct RDMA path
-//! (device memory registered with the verbs backend by dma-buf);
-//! `path::choose` names it, nothing takes it.
+//! - [`gpudirect`] (feature `cuda`): GPU-direct RDMA between nodes, the
+//!   arenas registered with a verbs device by dma-buf and one RDMA read GPU
+//!   to GPU (not run here: no GPU, no RDMA device).
 
 mod arena;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod gpudirect;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod path;

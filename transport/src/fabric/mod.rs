@@ -216,6 +216,50 @@ pub trait OneSided: Send + Sync + std::fmt::Debug {
 
     /// Counters.
     fn stats(&self) -> FabricStats;
+
+    /// Registers `len` bytes of device memory exported as the dma-buf `fd`
+    /// (from byte `offset` of it) for remote reads and writes, addressed by
+    /// peers at `iova` (the device address): GPU-direct RDMA. Only a verbs
+    /// device offers it; the others refuse.
+    ///
+    /// # Safety
+    /// The memory must stay allocated until deregistered (`deregister(iova)`)
+    /// or the endpoint dropped.
+    unsafe fn register_dmabuf(
+        &self,
+        _fd: i32,
+        _offset: u64,
+        _len: usize,
+        _iova: u64,
+    ) -> Result<Region, FabricError> {
+        Err(FabricError::BadSetting(format!(
+            "{} cannot register device memory (GPU-direct RDMA needs a verbs device)",
+            self.describe()
+        )))
+    }
+
+    /// Reads `len` bytes at `offset` of the peer's region `key` into
+    /// `local`, which must lie inside a region registered here (device
+    /// memory included): no bounce buffer, so nothing on the host touches
+    /// it.
+    ///
+    /// # Safety
+    /// `local..local + len` must be inside a registered region that nobody
+    /// else reads or writes until this returns.
+    unsafe fn read_registered(
+        &self,
+        _peer: usize,
+        _key: &RemoteKey,
+        _offset: u64,
+        _local: *mut u8,
+        _len: usize,
+        _timeout: Duration,
+    ) -> Result<(), FabricError> {
+        Err(FabricError::BadSetting(format!(
+            "{} cannot read into registered device memory",
+            self.describe()
+        )))
+    }
 }
 
 /// Opens the network backend `choice` names (see the module docs), bound

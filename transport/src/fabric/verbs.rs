@@ -1425,6 +1425,89 @@ impl OneSided for VerbsEndpoint {
         super::containing(&lock(&self.regions), addr as u64, len, |m| m.len).is_some()
     }
 
+    unsafe fn register_dmabuf(
+        &self,
+        fd: i32,
+        offset: u64,
+        len: usize,
+        iova: u64,
+    ) -> Result<Region, FabricError> {
+        let mut regions = lock(&self.regions);
+        if let Some(have) = regions.get(&iova) {
+            if have.len >= len {
+                return Ok(Region {
+                    addr: iova,
+                    len: len as u64,
+                    key: RemoteKey {
+                        job: self.local.job,
+                        base: iova,
+                        len: len as u64,
+                        key: u64::from(have.rkey),
+                    },
+                });
+            }
+            return Err(FabricError::AlreadyRegistered {
+                addr: iova,
+                have: have.len as u64,
+                want: len as u64,
+            });
+        }
+        // SAFETY: the caller keeps the device memory behind `fd` allocated
+        // while registered; the kernel pins it through the dma-buf.
+        let mr = unsafe {
+            ffi::ibv_reg_dmabuf_mr(self.local.ctx.pd, offset, len.max(1), iova, fd, access())
+        };
+        if mr.is_null() {
+            return Err(call(
+                "ibv_reg_dmabuf_mr",
+                format!(
+                    "{} (GPU-direct needs the GPU driver's dma-buf support and rdma-core 34+)",
+                    errno()
+                ),
+            ));
+        }
+        // SAFETY: `mr` is the live region just registered.
+        let (lkey, rkey) = unsafe { ((*mr).lkey, (*mr).rkey) };
+        regions.insert(
+            iova,
+            Mr {
+                mr,
+                len,
+                lkey,
+                rkey,
+                _ctx: self.local.ctx.clone(),
+            },
+        );
+        lock(&self.stats).registrations += 1;
+        Ok(Region {
+            addr: iova,
+            len: len as u64,
+            key: RemoteKey {
+                job: self.local.job,
+                base: iova,
+                len: len as u64,
+                key: u64::from(rkey),
+            },
+        })
+    }
+
+    unsafe fn read_registered(
+        &self,
+        peer: usize,
+        key: &RemoteKey,
+        offset: u64,
+        local: *mut u8,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<(), FabricError> {
+        if !self.registered(local, len) {
+            return Err(FabricError::BadSetting(format!(
+                "{len} bytes at {local:p} are not inside a region registered here"
+            )));
+        }
+        self.transfer(peer, key, offset, local, len, Kind::Read, timeout)
+    }
+
     fn deregister(&self, addr: *const u8) {
         lock(&self.regions).remove(&(addr as u64));
     }
