@@ -119,3 +119,62 @@ macro_rules! both_ways {
         }
     };
 }
+
+/// Runs `scenario` (a name in the test binary's `module`, `scenarios` or
+/// `scenario`) under `lumen run` on one network namespace per entry of
+/// `per_node` with that many ranks each and the extra environment;
+/// `keep_going` keeps the job alive when a rank dies. The namespaces are
+/// removed before the job's result is checked. Returns its output, or
+/// `None` (with a message) where namespaces cannot be made.
+pub fn run_on_netns_nodes(
+    tag: &str,
+    per_node: &[u32],
+    module: &str,
+    scenario: &str,
+    env: &[(&str, &str)],
+    keep_going: bool,
+) -> Option<String> {
+    use lumen_testkit::{netns_unavailable_reason, unique_prefix, NetnsCluster};
+    if let Some(reason) = netns_unavailable_reason() {
+        eprintln!("SKIPPED: network namespaces unavailable here: {reason}");
+        return None;
+    }
+    let nodes = per_node.len();
+    let cluster = NetnsCluster::create(&unique_prefix(tag), nodes).expect("creating namespaces");
+    let hosts: Vec<String> = per_node
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{}:{n}", cluster.namespace(i)))
+        .collect();
+    let ranks: u32 = per_node.iter().sum();
+    let mut command = cluster.command(0, "timeout");
+    command.args(["-k", "5", "180"]).arg(lumen()).args([
+        "run",
+        "-n",
+        &ranks.to_string(),
+        "--label",
+    ]);
+    if keep_going {
+        command.arg("--keep-going");
+    }
+    command
+        .args(["--hosts", &hosts.join(",")])
+        .args(["--launch-agent", "ip netns exec {host}"])
+        .args(["--rendezvous-bind", &cluster.host_addr(0).to_string()])
+        .arg("--")
+        .arg(this_binary())
+        .args([
+            &format!("{module}::{scenario}"),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("LUMEN_TCP_IF", cluster.subnet_cidr())
+        .envs(env.iter().copied());
+    let output = command.output().expect("running lumen in the namespace");
+    let all = text(&output);
+    cluster.destroy().expect("removing namespaces");
+    assert!(output.status.success(), "job failed:\n{all}");
+    assert!(all.contains(&format!("scenario {scenario}: ok")), "{all}");
+    Some(all)
+}
