@@ -163,7 +163,7 @@ fn describe(binding: &RankBinding) -> String {
 pub(crate) const NUMA_BIND_MIN: usize = 1 << 20;
 
 /// The machine: `LUMEN_TOPOLOGY_XML`'s hwloc XML file, or discovery.
-fn machine() -> Result<Topology, TopologyError> {
+pub(crate) fn machine() -> Result<Topology, TopologyError> {
     match std::env::var_os("LUMEN_TOPOLOGY_XML") {
         Some(path) if !path.is_empty() => {
             Topology::from_hwloc_xml_file(std::path::Path::new(&path))

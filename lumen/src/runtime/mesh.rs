@@ -499,7 +499,10 @@ impl Runtime {
     /// The job's shape for [`lumen_sched::shard::plan`] when planning an
     /// actor mesh: the nodes that have serving ranks, and one mesh slot
     /// ("GPU") per serving rank, as many per node as the smallest such
-    /// node has, all on one NVLink island, one NIC per node.
+    /// node has; NVLink islands and NICs per node from this node's
+    /// topology (`LUMEN_TOPOLOGY_XML` or discovery) when its GPUs match the
+    /// slots, else one island of all slots and one NIC (see
+    /// [`ClusterShape::from_machine`]). Nodes are taken to be alike.
     pub fn cluster_shape(&self) -> ClusterShape {
         let mut per_node: std::collections::BTreeMap<u32, usize> = Default::default();
         for info in self.inner.ranks.iter() {
@@ -508,11 +511,15 @@ impl Runtime {
             }
         }
         let slots = per_node.values().copied().min().unwrap_or(1).max(1);
-        ClusterShape {
-            nodes: per_node.len().max(1),
-            gpus_per_node: slots,
-            nvlink_island: slots,
-            nics_per_node: 1,
+        let nodes = per_node.len().max(1);
+        match super::binding::machine() {
+            Ok(machine) => ClusterShape::from_machine(&machine, nodes, slots),
+            Err(_) => ClusterShape {
+                nodes,
+                gpus_per_node: slots,
+                nvlink_island: slots,
+                nics_per_node: 1,
+            },
         }
     }
 

@@ -179,6 +179,49 @@ pub struct ClusterShape {
 }
 
 impl ClusterShape {
+    /// The shape of `nodes` nodes like `machine`, with `slots` mesh slots
+    /// (ranks, one GPU each) per node: NVLink islands and NICs from the
+    /// machine's topology where its GPUs match the slots (an island is the
+    /// GPUs sharing an NVLink or peer-access island; NICs prefer InfiniBand
+    /// ones, else Ethernet), else one island of all slots and one NIC.
+    pub fn from_machine(machine: &crate::topology::Topology, nodes: usize, slots: usize) -> Self {
+        use crate::topology::DeviceKind;
+        let slots = slots.max(1);
+        let mut island = slots;
+        if machine.gpus.len() == slots {
+            let mut sizes: std::collections::BTreeMap<u32, usize> = Default::default();
+            let mut all_known = true;
+            for gpu in &machine.gpus {
+                match gpu.nvlink_island {
+                    Some(i) => *sizes.entry(i).or_default() += 1,
+                    None => all_known = false,
+                }
+            }
+            // Islands of one size that divides the node: use it.
+            let mut distinct: Vec<usize> = sizes.values().copied().collect();
+            distinct.dedup();
+            if all_known && distinct.len() == 1 && slots % distinct[0] == 0 {
+                island = distinct[0];
+            }
+        }
+        let infiniband = machine
+            .nics
+            .iter()
+            .filter(|n| n.kind == DeviceKind::InfiniBand)
+            .count();
+        let nics = if infiniband > 0 {
+            infiniband
+        } else {
+            machine.nics.len()
+        };
+        ClusterShape {
+            nodes: nodes.max(1),
+            gpus_per_node: slots,
+            nvlink_island: island,
+            nics_per_node: nics.max(1),
+        }
+    }
+
     /// Number of GPUs, `nodes × gpus_per_node`.
     pub fn world(&self) -> usize {
         self.nodes * self.gpus_per_node

@@ -214,3 +214,35 @@ fn plans_are_serde_types() {
     fn assert_serde<T: Serialize + for<'de> Deserialize<'de>>() {}
     assert_serde::<ShardPlan>();
 }
+
+#[test]
+fn cluster_shapes_come_from_the_machines_topology() {
+    let load = |file: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/machines")
+            .join(file);
+        crate::topology::Topology::from_hwloc_xml_file(&path).expect("machine")
+    };
+    let dgx_node = load("dgx-like.xml");
+    let shape = ClusterShape::from_machine(&dgx_node, 4, 8);
+    assert_eq!(shape.gpus_per_node, 8);
+    assert_eq!(shape.nvlink_island, 8, "one NVLink island of 8");
+    assert_eq!(
+        shape.nics_per_node,
+        dgx_node
+            .nics
+            .iter()
+            .filter(|n| n.kind == crate::topology::DeviceKind::InfiniBand)
+            .count()
+            .max(1)
+    );
+    // Ranks that do not match the GPUs: one island of all slots.
+    let shape = ClusterShape::from_machine(&dgx_node, 4, 3);
+    assert_eq!(shape.nvlink_island, 3);
+    let laptop = load("laptop.xml");
+    let shape = ClusterShape::from_machine(&laptop, 1, 2);
+    assert_eq!(
+        (shape.nvlink_island, shape.nics_per_node),
+        (2, laptop.nics.len().max(1))
+    );
+}

@@ -26,8 +26,9 @@
 //!    gives each rank one core, cores repeating in blocks, and sets
 //!    [`RankBinding::cpus_shared`].
 //! 5. **NIC.** Each rank gets the NIC nearest its GPU (its NUMA node when it
-//!    has none): same NUMA node, then same package, then any; among equally
-//!    near NICs the least used so far, then PCI order.
+//!    has none): same NUMA node, then same package, then any; among those,
+//!    the fewest PCI bridges from its GPU (a NIC under the GPU's PCIe
+//!    switch first), then the least used so far, then PCI order.
 //!
 //! What a user compares this with: `lstopo` (hwloc) shows which cores,
 //! GPUs and NICs share a NUMA node; Open MPI's `mpirun --map-by numa
@@ -212,12 +213,18 @@ pub fn bind_local_ranks(
     for (local_rank, ((slot, gpus, near, remote), (mut rank_cpus, cpus_shared))) in
         plan.into_iter().zip(cpus).enumerate()
     {
+        let gpu = gpus.first().and_then(|g| topology.gpus.get(g.index));
         let nic_index = (0..topology.nics.len()).min_by_key(|&i| {
             let distance = match near {
                 Some(numa) => topology.device_distance(&topology.nics[i], numa),
                 None => Distance::Unknown,
             };
-            (distance, nic_uses[i], i)
+            // Among NICs as near by NUMA, the fewest PCI bridges from the
+            // rank's GPU (one PCIe switch: GPU-direct without the host bridge).
+            let hops = gpu
+                .and_then(|g| g.pci_hops(&topology.nics[i]))
+                .unwrap_or(usize::MAX);
+            (distance, hops, nic_uses[i], i)
         });
         let nic_local = nic_index.is_some_and(|i| {
             topology.device_distance(&topology.nics[i], numas[slot].numa) == Distance::SameNuma
@@ -289,6 +296,7 @@ mod tests {
                     os_names: Vec::new(),
                     numa: Some(*numa),
                     nvlink_island: None,
+                    pci_path: Vec::new(),
                 })
                 .collect(),
             nics: Vec::new(),

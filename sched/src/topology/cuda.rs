@@ -94,6 +94,7 @@ impl Topology {
                         os_names: Vec::new(),
                         numa: None,
                         nvlink_island: None,
+                        pci_path: Vec::new(),
                     });
                     self.gpus.last_mut().expect("just pushed")
                 }
@@ -205,6 +206,7 @@ mod tests {
             os_names: vec![],
             numa: Some(0),
             nvlink_island: None,
+            pci_path: Vec::new(),
         }];
         topology.merge_driver_gpus(&[gpu("00000000:07:00.0", &[1]), gpu("00000000:0F:00.0", &[0])]);
         assert_eq!(topology.gpus.len(), 2);

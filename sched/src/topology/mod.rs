@@ -213,6 +213,29 @@ pub struct PciDevice {
     /// For GPUs: the NVLink island (GPUs with the same id reach each other
     /// over NVLink), when the source gives one.
     pub nvlink_island: Option<u32>,
+    /// The PCI bridges above it, host bridge first (`pci0000:00`,
+    /// `0000:00:01.0`, ...; hwloc's `Bridge` objects or sysfs's device
+    /// path), empty when the source does not say: what
+    /// [`PciDevice::pci_hops`] measures.
+    #[serde(default)]
+    pub pci_path: Vec<String>,
+}
+
+impl PciDevice {
+    /// PCI distance to `other`: the links between the two (up from one to
+    /// the nearest bridge they share, down to the other). Two devices under
+    /// one PCIe switch are 2 apart, under two switches of one host bridge 4;
+    /// `None` when either path is unknown or they share no host bridge.
+    pub fn pci_hops(&self, other: &PciDevice) -> Option<usize> {
+        let (a, b) = (&self.pci_path, &other.pci_path);
+        if a.is_empty() || b.is_empty() || a[0] != b[0] {
+            return None;
+        }
+        let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        // Links: each device to its own bridge, then bridges up to the
+        // nearest one they share.
+        Some((a.len() - common) + (b.len() - common) + 2)
+    }
 }
 
 /// How far two places of a machine are, coarsest first: the order hwloc's

@@ -313,6 +313,7 @@ pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
         {
             os_names.extend(names_under(&dir.join(virtio).join("net")));
         }
+        let pci_path = bridges_of(&dir, &bus_id);
         let device = PciDevice {
             kind,
             pci_bus_id: bus_id,
@@ -322,6 +323,7 @@ pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
             os_names,
             numa,
             nvlink_island: None,
+            pci_path,
         };
         match kind {
             DeviceKind::Gpu => gpus.push(device),
@@ -343,6 +345,30 @@ pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
         caches,
     }
     .normalise(&what)
+}
+
+/// The PCI bridges above a device, host bridge first, from where its sysfs
+/// entry really is (`/sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0`);
+/// empty when the link cannot be followed.
+fn bridges_of(dir: &std::path::Path, bus_id: &str) -> Vec<String> {
+    let Ok(real) = std::fs::canonicalize(dir) else {
+        return Vec::new();
+    };
+    let parts: Vec<String> = real
+        .components()
+        .filter_map(|c| c.as_os_str().to_str().map(str::to_string))
+        .collect();
+    let Some(root) = parts
+        .iter()
+        .position(|p| p.starts_with("pci") && p.contains(':'))
+    else {
+        return Vec::new();
+    };
+    parts[root..]
+        .iter()
+        .filter(|p| p.as_str() != bus_id)
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

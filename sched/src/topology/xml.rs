@@ -430,7 +430,33 @@ fn pci_device(
         } else {
             None
         },
+        pci_path: bridges_above(pci),
     }))
+}
+
+/// The `Bridge` objects above an I/O object, host bridge first: a PCI
+/// bridge by its bus id, a host bridge by the buses it serves (or its
+/// index among the document's objects).
+fn bridges_above(node: Node<'_, '_>) -> Vec<String> {
+    let mut path: Vec<String> = node
+        .ancestors()
+        .skip(1)
+        .filter(|a| is_object(a, "Bridge"))
+        .map(|bridge| match bridge.attribute("pci_busid") {
+            Some(bus) => bus.to_string(),
+            None => format!(
+                "host:{}",
+                bridge
+                    .attribute("bridge_pci")
+                    .or_else(|| bridge.attribute("gp_index"))
+                    .or_else(|| bridge.attribute("os_index"))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{:?}", bridge.id()))
+            ),
+        })
+        .collect();
+    path.reverse();
+    path
 }
 
 /// The NUMA node an I/O object hangs off (see the module doc).
@@ -562,6 +588,51 @@ fn nvlink_islands(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pci_paths_and_the_nic_under_each_gpus_switch() {
+        // One NUMA node, one host bridge, two PCIe switches, each with a GPU
+        // and a NIC; the NIC of the second switch sorts first by bus id.
+        let xml = r#"<topology>
+          <object type="Machine" os_index="0">
+            <object type="NUMANode" os_index="0" local_memory="1024">
+              <object type="Package" os_index="0">
+                <object type="Core" os_index="0"><object type="PU" os_index="0"/></object>
+                <object type="Core" os_index="1"><object type="PU" os_index="1"/></object>
+              </object>
+              <object type="Bridge" bridge_pci="0000:[00-ff]">
+                <object type="Bridge" pci_busid="0000:00:01.0">
+                  <object type="PCIDev" pci_busid="0000:02:00.0" pci_type="0302 [10de:2330] [10de:16c1] a1"/>
+                  <object type="PCIDev" pci_busid="0000:03:00.0" pci_type="0207 [15b3:1021] [15b3:0041] 00"/>
+                </object>
+                <object type="Bridge" pci_busid="0000:00:02.0">
+                  <object type="PCIDev" pci_busid="0000:05:00.0" pci_type="0302 [10de:2330] [10de:16c1] a1"/>
+                  <object type="PCIDev" pci_busid="0000:01:00.0" pci_type="0207 [15b3:1021] [15b3:0041] 00"/>
+                </object>
+              </object>
+            </object>
+          </object>
+        </topology>"#;
+        let topology = parse(xml, "switches.xml").unwrap();
+        assert_eq!(
+            topology.gpus[0].pci_path,
+            vec!["host:0000:[00-ff]".to_string(), "0000:00:01.0".to_string()]
+        );
+        let (gpu_a, nic_b, nic_a) = (&topology.gpus[0], &topology.nics[0], &topology.nics[1]);
+        assert_eq!(nic_a.pci_bus_id, "0000:03:00.0");
+        assert_eq!(gpu_a.pci_hops(nic_a), Some(2), "one switch");
+        assert_eq!(gpu_a.pci_hops(nic_b), Some(4), "through the host bridge");
+        let bindings = crate::topology::bind_local_ranks(&topology, 2, None).unwrap();
+        let nics: Vec<&str> = bindings
+            .iter()
+            .map(|b| b.nic.as_ref().unwrap().pci_bus_id.as_str())
+            .collect();
+        assert_eq!(
+            nics,
+            vec!["0000:03:00.0", "0000:01:00.0"],
+            "each GPU's own switch"
+        );
+    }
 
     #[test]
     fn hwloc_1_nesting_puts_cores_inside_numa_nodes() {
