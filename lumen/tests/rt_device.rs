@@ -220,6 +220,24 @@ mod scenarios {
         }
     }
 
+    /// An actor with a GPU that reads device objects passed to it.
+    struct Reader;
+
+    #[lumen::actor]
+    impl Reader {
+        fn new() -> Self {
+            Reader
+        }
+
+        fn read(&mut self, object: DeviceRef<u32>) -> lumen::Result<(String, u64, u64)> {
+            let rt = lumen::current()?;
+            let prefetched = rt.device_stats().prefetched;
+            let view = rt.get_device(&object)?;
+            let sum = view.to_host()?.iter().map(|&b| u64::from(b)).sum();
+            Ok((format!("{:?}", view.path()), sum, prefetched))
+        }
+    }
+
     fn byte_sum(values: &[u32]) -> u64 {
         bytemuck::cast_slice::<u32, u8>(values)
             .iter()
@@ -299,6 +317,21 @@ mod scenarios {
             assert_eq!(sum, byte_sum(&pattern(2_000_003, 11)));
         }
         drop(fresh);
+        // An actor with a GPU: a method's device argument is on the actor's
+        // GPU before the method runs.
+        let reader = Reader::actor_options()
+            .rank(2)
+            .num_gpus(1.0)
+            .new_remote(&rt)?;
+        let other = rt.put_device(&pattern(70_001, 3))?;
+        let (path, sum, prefetched) = reader.read(other.clone())?.get()?;
+        assert!(
+            prefetched >= 1,
+            "the actor's argument was prefetched: {prefetched}"
+        );
+        assert_eq!(path, "SameBuffer", "already on the actor's GPU");
+        assert_eq!(sum, byte_sum(&pattern(70_001, 3)));
+        drop((reader, other));
         let maker = Maker::actor_options().rank(1).new_remote(&rt)?;
         let from_actor = maker.make(4097)?.get()?;
         assert_eq!(from_actor.owner(), 1);

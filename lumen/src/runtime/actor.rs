@@ -236,6 +236,14 @@ impl<'de, A: ActorClass> Deserialize<'de> for ActorHandle<A> {
 }
 
 /// A call waiting in an actor's mailbox.
+/// A call's encoded arguments, the objects they reference, and the device
+/// objects among those.
+pub(crate) type CallArgs = (
+    Vec<u8>,
+    Vec<ObjectId>,
+    Vec<(super::device::DeviceMeta, ObjectId)>,
+);
+
 #[derive(Debug)]
 struct Call {
     method: u64,
@@ -243,6 +251,7 @@ struct Call {
     object: ObjectId,
     args: Vec<u8>,
     refs: Vec<ObjectId>,
+    device_args: Vec<(super::device::DeviceMeta, ObjectId)>,
 }
 
 #[derive(Debug, Default)]
@@ -384,8 +393,7 @@ impl ActorHost {
         method: u64,
         name: String,
         object: ObjectId,
-        args: Vec<u8>,
-        refs: Vec<ObjectId>,
+        (args, refs, device_args): CallArgs,
     ) {
         let call = Call {
             method,
@@ -393,6 +401,7 @@ impl ActorHost {
             object,
             args,
             refs,
+            device_args,
         };
         let slot = lock(&self.actors).get(&actor).cloned();
         match slot {
@@ -598,6 +607,10 @@ fn run_calls(
             )),
             Ok(state) => match registry::method(call.method) {
                 Some(method) if method.class_id == address.class_id => {
+                    // Device arguments onto the actor's GPU first.
+                    if !call.device_args.is_empty() && !executor::gpu_ids().is_empty() {
+                        inner.prefetch_device_args(&call.device_args);
+                    }
                     let (result, pinned) = collect_refs(|| {
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             (method.invoke)(state.as_mut(), &call.args)

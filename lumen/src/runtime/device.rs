@@ -53,9 +53,10 @@
 //!
 //! # Tasks and their GPUs
 //! With the `cuda` feature, a task or actor with GPUs runs with the primary
-//! CUDA context of its first GPU bound to its thread, and a task's device
-//! arguments are pulled onto that GPU before it runs (an actor method's are
-//! pulled by its first `get_device`).
+//! CUDA context of its first GPU bound to its thread, and the device
+//! arguments of a task or of an actor's method call are pulled onto that
+//! GPU before it runs (those of a call to a whole mesh are pulled by the
+//! method's first `get_device`).
 //!
 //! # No GPU, no pretending
 //! Without the `cuda` feature or without a GPU, `put_device` and

@@ -132,6 +132,8 @@ pub(crate) enum RtMsg {
         object: ObjectId,
         args: Vec<u8>,
         refs: Vec<ObjectId>,
+        /// Device objects in `args`, pulled onto the actor's GPU first.
+        device_args: Vec<(super::device::DeviceMeta, ObjectId)>,
     },
     /// One call to many actors, travelling as a tree (see `runtime::mesh`):
     /// the receiver is `hosts[0]`; it queues the calls of `targets` hosted

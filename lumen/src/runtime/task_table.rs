@@ -90,6 +90,8 @@ pub(crate) struct CallRetry<P> {
     pub(crate) address: ActorAddress,
     pub(crate) method: u64,
     pub(crate) args: Vec<u8>,
+    /// Device objects in `args` (see `runtime::device`).
+    pub(crate) device_args: Vec<(super::device::DeviceMeta, ObjectId)>,
     /// Keeps the objects the arguments reference alive while the call may
     /// be sent again (the dead rank's registrations are gone).
     pub(crate) pinned: P,
@@ -339,6 +341,7 @@ mod tests {
                     },
                     method: 2,
                     args: Vec::new(),
+                    device_args: Vec::new(),
                     pinned: (),
                     retries_left,
                 })

@@ -60,10 +60,11 @@ impl Inner {
         object: ObjectId,
         args: Vec<u8>,
         refs: Vec<ObjectId>,
+        device_args: Vec<(crate::runtime::device::DeviceMeta, ObjectId)>,
     ) {
         self.hold_all(&refs);
         self.actors
-            .call(self, actor, method, name, object, args, refs);
+            .call(self, actor, method, name, object, (args, refs, device_args));
     }
 
     /// (host, creator) `actor` is killed: never restarted, stopped here.
@@ -480,7 +481,9 @@ impl Inner {
                 .unwrap_or(address.host);
             (!s.dead.contains(&host)).then_some(host)
         };
-        let (args, pinned) = encode_args(&name, args)?;
+        let (encoded, device_args) =
+            crate::runtime::device::collect_device_args(|| encode_args(&name, args));
+        let (args, pinned) = encoded?;
         let refs = pinned.ids();
         let host = match known_host {
             Some(host) => host,
@@ -493,6 +496,7 @@ impl Inner {
                 address: address.clone(),
                 method,
                 args: args.clone(),
+                device_args: device_args.clone(),
                 pinned,
                 retries_left: address.max_task_retries,
             })
@@ -527,6 +531,7 @@ impl Inner {
                 object,
                 args,
                 refs,
+                device_args,
             },
         ) {
             tracing::debug!("actor call {name} not sent: {e}");

@@ -86,6 +86,7 @@ impl Inner {
                 object: call.object,
                 args: retry.args.clone(),
                 refs,
+                device_args: retry.device_args.clone(),
             };
             tracing::info!(
                 "resending {} ({}) to {} on rank {host} (rank {dead} died); {} retries left",

@@ -199,6 +199,7 @@ impl Inner {
                     object,
                     args.clone(),
                     refs.clone(),
+                    Vec::new(),
                 );
             }
         }

@@ -507,7 +507,8 @@ impl Inner {
                 object,
                 args,
                 refs,
-            } => self.on_actor_call(actor, method, name, object, args, refs),
+                device_args,
+            } => self.on_actor_call(actor, method, name, object, args, refs, device_args),
             M::MeshCall {
                 hosts,
                 targets,
