@@ -58,13 +58,10 @@ impl Inner {
         method: u64,
         name: String,
         object: ObjectId,
-        args: Vec<u8>,
-        refs: Vec<ObjectId>,
-        device_args: Vec<(crate::runtime::device::DeviceMeta, ObjectId)>,
+        call: crate::runtime::actor::CallArgs,
     ) {
-        self.hold_all(&refs);
-        self.actors
-            .call(self, actor, method, name, object, (args, refs, device_args));
+        self.hold_all(&call.1);
+        self.actors.call(self, actor, method, name, object, call);
     }
 
     /// (host, creator) `actor` is killed: never restarted, stopped here.

@@ -197,9 +197,7 @@ impl Inner {
                     method,
                     name.clone(),
                     object,
-                    args.clone(),
-                    refs.clone(),
-                    Vec::new(),
+                    (args.clone(), refs.clone(), Vec::new()),
                 );
             }
         }

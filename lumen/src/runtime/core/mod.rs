@@ -508,7 +508,7 @@ impl Inner {
                 args,
                 refs,
                 device_args,
-            } => self.on_actor_call(actor, method, name, object, args, refs, device_args),
+            } => self.on_actor_call(actor, method, name, object, (args, refs, device_args)),
             M::MeshCall {
                 hosts,
                 targets,
