@@ -7,7 +7,7 @@
 //! | `LUMEN_TCP_IF` | [`tcp_interfaces`](Config::tcp_interfaces) | any | comma list of interface names (`ib0`) and subnets (`10.77.0.0/24`) |
 //! | `LUMEN_TCP_CONNS` | [`tcp_conns_per_peer`](Config::tcp_conns_per_peer) | 1 | 1 ..= 64 |
 //! | `LUMEN_RENDEZVOUS_TIMEOUT_MS` | [`rendezvous_timeout`](Config::rendezvous_timeout) | 30000 | 1 ..= 86400000 |
-//! | `LUMEN_PEER_TIMEOUT_MS` | [`peer_timeout`](Config::peer_timeout) | 10000 | 1 ..= 86400000 |
+//! | `LUMEN_FAILURE_TIMEOUT_MS` | [`failure_timeout`](Config::failure_timeout) | 5000 | 0 (off) ..= 86400000 |
 //! | `LUMEN_SHM_RING_BYTES` | [`shm_ring_bytes`](Config::shm_ring_bytes) | 1 MiB | power of two, 4 KiB ..= 1 GiB |
 //! | `LUMEN_SPIN_US` | [`spin`](Config::spin) | 50 | 0 ..= 1000000 |
 //!
@@ -44,8 +44,8 @@ pub const TCP_IF_VAR: &str = "LUMEN_TCP_IF";
 pub const TCP_CONNS_VAR: &str = "LUMEN_TCP_CONNS";
 /// `LUMEN_RENDEZVOUS_TIMEOUT_MS`.
 pub const RENDEZVOUS_TIMEOUT_VAR: &str = "LUMEN_RENDEZVOUS_TIMEOUT_MS";
-/// `LUMEN_PEER_TIMEOUT_MS`.
-pub const PEER_TIMEOUT_VAR: &str = "LUMEN_PEER_TIMEOUT_MS";
+/// `LUMEN_FAILURE_TIMEOUT_MS`.
+pub const FAILURE_TIMEOUT_VAR: &str = "LUMEN_FAILURE_TIMEOUT_MS";
 /// `LUMEN_SHM_RING_BYTES`.
 pub const SHM_RING_BYTES_VAR: &str = "LUMEN_SHM_RING_BYTES";
 /// `LUMEN_SPIN_US`.
@@ -59,7 +59,7 @@ pub const VARIABLES: &[&str] = &[
     TCP_IF_VAR,
     TCP_CONNS_VAR,
     RENDEZVOUS_TIMEOUT_VAR,
-    PEER_TIMEOUT_VAR,
+    FAILURE_TIMEOUT_VAR,
     SHM_RING_BYTES_VAR,
     SPIN_US_VAR,
 ];
@@ -229,9 +229,13 @@ pub struct Config {
     pub tcp_conns_per_peer: u32,
     /// `LUMEN_RENDEZVOUS_TIMEOUT_MS`: how long bootstrap waits for all ranks.
     pub rendezvous_timeout: Duration,
-    /// `LUMEN_PEER_TIMEOUT_MS`: how long a silent peer is waited for before it
-    /// is declared failed.
-    pub peer_timeout: Duration,
+    /// `LUMEN_FAILURE_TIMEOUT_MS`: a rank silent this long (no message, no
+    /// heartbeat) is declared dead by rank 0 and every rank is told; TCP
+    /// connections to a host that acknowledges nothing this long break
+    /// (`TCP_USER_TIMEOUT`). Zero turns the detector off (only exits and
+    /// closed connections are noticed then). Default 5 s: heartbeats go
+    /// every fifth of it, so a rank is declared after about 5 missed ones.
+    pub failure_timeout: Duration,
     /// `LUMEN_SHM_RING_BYTES`: size of each shared-memory ring, one per ordered
     /// pair of ranks on a node; a power of two.
     pub shm_ring_bytes: usize,
@@ -247,7 +251,7 @@ impl Default for Config {
             tcp_interfaces: Vec::new(),
             tcp_conns_per_peer: 1,
             rendezvous_timeout: Duration::from_millis(30_000),
-            peer_timeout: Duration::from_millis(10_000),
+            failure_timeout: Duration::from_millis(5_000),
             shm_ring_bytes: MIB as usize,
             spin: Duration::from_micros(50),
         }
@@ -310,15 +314,15 @@ impl Config {
             )?;
             config.rendezvous_timeout = Duration::from_millis(ms);
         }
-        if let Some(value) = set(PEER_TIMEOUT_VAR) {
+        if let Some(value) = set(FAILURE_TIMEOUT_VAR) {
             let ms = parse_integer(
-                PEER_TIMEOUT_VAR,
+                FAILURE_TIMEOUT_VAR,
                 &value,
-                1,
+                0,
                 MAX_TIMEOUT_MS,
-                timeout_accepted,
+                "milliseconds from 0 (off) to 86400000",
             )?;
-            config.peer_timeout = Duration::from_millis(ms);
+            config.failure_timeout = Duration::from_millis(ms);
         }
         if let Some(value) = set(SHM_RING_BYTES_VAR) {
             let accepted = "a power of two from 4KiB to 1GiB, e.g. 1M";
@@ -372,6 +376,7 @@ impl Config {
             tcp_bind,
             tcp_conns: self.tcp_conns_per_peer as usize,
             connect_timeout: self.rendezvous_timeout,
+            failure_timeout: (!self.failure_timeout.is_zero()).then_some(self.failure_timeout),
             ..TransportConfig::default()
         };
         transport.validate()?;
@@ -606,7 +611,7 @@ mod tests {
         assert!(config.tcp_interfaces.is_empty());
         assert_eq!(config.tcp_conns_per_peer, 1);
         assert_eq!(config.rendezvous_timeout, Duration::from_secs(30));
-        assert_eq!(config.peer_timeout, Duration::from_secs(10));
+        assert_eq!(config.failure_timeout, Duration::from_secs(5));
         assert_eq!(config.shm_ring_bytes, 1 << 20);
         assert_eq!(config.spin, Duration::from_micros(50));
         // Empty values are unset.
@@ -624,7 +629,7 @@ mod tests {
             (TCP_IF_VAR, "ib0, 10.77.0.0/24,fd00::/8,10.0.0.7"),
             (TCP_CONNS_VAR, "4"),
             (RENDEZVOUS_TIMEOUT_VAR, "120000"),
-            (PEER_TIMEOUT_VAR, "500"),
+            (FAILURE_TIMEOUT_VAR, "500"),
             (SHM_RING_BYTES_VAR, "4M"),
             (SPIN_US_VAR, "0"),
         ])
@@ -642,7 +647,7 @@ mod tests {
                 ],
                 tcp_conns_per_peer: 4,
                 rendezvous_timeout: Duration::from_secs(120),
-                peer_timeout: Duration::from_millis(500),
+                failure_timeout: Duration::from_millis(500),
                 shm_ring_bytes: 4 << 20,
                 spin: Duration::ZERO,
             }
@@ -673,7 +678,7 @@ mod tests {
             (TCP_CONNS_VAR, "65", "OutOfRange"),
             (TCP_CONNS_VAR, "4K", "InvalidNumber"),
             (RENDEZVOUS_TIMEOUT_VAR, "0", "OutOfRange"),
-            (PEER_TIMEOUT_VAR, "10s", "InvalidNumber"),
+            (FAILURE_TIMEOUT_VAR, "10s", "InvalidNumber"),
             (SHM_RING_BYTES_VAR, "1000000", "NotPowerOfTwo"),
             (SHM_RING_BYTES_VAR, "1K", "OutOfRange"),
             (SPIN_US_VAR, "2000000", "OutOfRange"),

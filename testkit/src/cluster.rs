@@ -140,6 +140,18 @@ impl NetnsCluster {
         Ok(())
     }
 
+    /// Cuts host `i` off the bridge (its port goes down): packets to and
+    /// from it are dropped, its sockets stay open and its processes run —
+    /// a link cut or a hung switch port, not a crash.
+    pub fn cut_link(&self, i: usize) -> Result<(), NetnsError> {
+        ip(["-n", &self.bridge, "link", "set", &format!("vh{i}"), "down"]).map(drop)
+    }
+
+    /// Puts host `i` back on the bridge.
+    pub fn restore_link(&self, i: usize) -> Result<(), NetnsError> {
+        ip(["-n", &self.bridge, "link", "set", &format!("vh{i}"), "up"]).map(drop)
+    }
+
     /// The prefix the cluster was created with.
     pub fn prefix(&self) -> &str {
         &self.prefix

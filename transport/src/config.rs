@@ -62,6 +62,11 @@ pub struct TransportConfig {
     pub tcp_stripe_min: usize,
     /// How long setup waits for peers (segment attach, connections).
     pub connect_timeout: Duration,
+    /// A TCP connection whose peer acknowledges nothing for this long is
+    /// broken (`TCP_USER_TIMEOUT`, with keepalive probes on idle ones), so
+    /// a host that stops answering fails sends to it within the bound
+    /// instead of the kernel's ~15 minutes; `None` keeps the kernel's.
+    pub failure_timeout: Option<Duration>,
 }
 
 impl Default for TransportConfig {
@@ -78,6 +83,7 @@ impl Default for TransportConfig {
             tcp_conns: 1,
             tcp_stripe_min: 1 << 20,
             connect_timeout: Duration::from_secs(30),
+            failure_timeout: None,
         }
     }
 }

@@ -358,6 +358,35 @@ pub(crate) fn tune_malloc(bytes: usize) {
     let _ = bytes;
 }
 
+/// Breaks a TCP connection whose peer acknowledges nothing for `bound`
+/// (`TCP_USER_TIMEOUT`), probing idle ones with keepalives from half the
+/// bound on, so a silent host is noticed within it.
+pub(crate) fn set_failure_timeout(fd: RawFd, bound: std::time::Duration) -> io::Result<()> {
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| -> io::Result<()> {
+        // SAFETY: a valid socket fd and a pointer to a c_int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let ms = bound.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    let half = (bound.as_secs() / 2).clamp(1, 32767) as libc::c_int;
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)?;
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, half)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, (half / 2).max(1))?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 2)
+}
+
 /// `SO_ZEROCOPY` (asm-generic/socket.h; not exported by every libc version).
 const SO_ZEROCOPY: libc::c_int = 60;
 /// `SO_EE_ORIGIN_ZEROCOPY` (linux/errqueue.h).

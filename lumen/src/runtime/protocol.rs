@@ -18,6 +18,8 @@ pub(crate) const RUNTIME_TAG: u64 = 0xA000_0000_0000_0001;
 pub(crate) const HELLO_TAG: u64 = 0xA000_0000_0000_0002;
 /// Tag nobody sends on: receiving on it with no wait tells whether a peer is gone.
 pub(crate) const PROBE_TAG: u64 = 0xA000_0000_0000_0003;
+/// Heartbeats of the failure detector (empty; see `core::liveness`).
+pub(crate) const HEARTBEAT_TAG: u64 = 0xA000_0000_0000_0004;
 
 /// Where a ready object's value is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +167,9 @@ pub(crate) enum RtMsg {
         count: u32,
         request: Option<u64>,
     },
+    /// (from rank 0) `rank` is dead: it exited, closed its connections, or
+    /// was silent for the failure detector's bound (see `core::liveness`).
+    RankDead { rank: Rank, detail: String },
     /// (to the owner) `borrower` dropped `count` registrations.
     RemoveBorrower {
         object: ObjectId,

@@ -211,7 +211,7 @@ impl<P> TaskTable<P> {
     /// `WorkerDied`. Failures come first, then retries, each in the order
     /// the tasks were submitted. Actor calls are handled by
     /// [`TaskTable::calls_lost`].
-    pub(crate) fn rank_died(&mut self, rank: Rank) -> Vec<TaskEffect<P>> {
+    pub(crate) fn rank_died(&mut self, rank: Rank, why: &str) -> Vec<TaskEffect<P>> {
         let mut lost: Vec<ObjectId> = self
             .entries
             .iter()
@@ -233,7 +233,7 @@ impl<P> TaskTable<P> {
                 retries.push(TaskEffect::Retry { spec, pinned });
             } else {
                 let detail = format!(
-                    "rank {rank} died while running it ({} attempt(s), max_retries {})",
+                    "rank {rank} died while running it ({} attempt(s), max_retries {}): {why}",
                     spec.attempt, spec.options.max_retries
                 );
                 failed.push(TaskEffect::Fail {
@@ -354,7 +354,7 @@ mod tests {
     fn a_task_is_retried_until_its_retries_are_spent() {
         let mut table = TaskTable::<()>::default();
         table.task_sent(spec(1, 1), 1, Some(()));
-        let effects = table.rank_died(1);
+        let effects = table.rank_died(1, "test");
         let [TaskEffect::Retry { spec, pinned }] = &effects[..] else {
             panic!("expected one retry, got {effects:?}");
         };
@@ -362,7 +362,7 @@ mod tests {
         assert!(pinned.is_some());
         assert_eq!(table.len(), 0);
         table.task_sent(spec.clone(), 2, None);
-        let effects = table.rank_died(2);
+        let effects = table.rank_died(2, "test");
         let [TaskEffect::Fail {
             object,
             outcome: Outcome::Failed(error),
@@ -389,11 +389,11 @@ mod tests {
             Some(InFlight::Task { rank: 1, .. })
         ));
         assert!(table.completed(ObjectId { owner: 0, seq: 1 }).is_none());
-        let effects = table.rank_died(1);
+        let effects = table.rank_died(1, "test");
         assert_eq!(effects.len(), 1);
         assert!(matches!(&effects[0], TaskEffect::Retry { spec, .. } if spec.object.seq == 2));
         assert_eq!(table.task_rank(ObjectId { owner: 0, seq: 3 }), Some(2));
-        assert!(table.rank_died(1).is_empty());
+        assert!(table.rank_died(1, "test").is_empty());
     }
 
     #[test]
@@ -403,7 +403,7 @@ mod tests {
             table.task_sent(spec(seq, seq as u32 % 2), 1, None);
         }
         let order: Vec<(bool, u64)> = table
-            .rank_died(1)
+            .rank_died(1, "test")
             .iter()
             .map(|e| match e {
                 TaskEffect::Retry { spec, .. } => (true, spec.object.seq),

@@ -170,6 +170,8 @@ pub fn run_on_netns_nodes(
             "--nocapture",
         ])
         .env("LUMEN_TCP_IF", cluster.subnet_cidr())
+        // For scenarios that cut a host's link (`ip -n BRIDGE link set vhI down`).
+        .env("LUMEN_TEST_BRIDGE", cluster.bridge_namespace())
         .envs(env.iter().copied());
     let output = command.output().expect("running lumen in the namespace");
     let all = text(&output);

@@ -244,6 +244,8 @@ impl EndpointBuilder {
             gets: Mutex::new(HashMap::new()),
             next_get: AtomicU64::new(1),
             peer_state: (0..size).map(|_| AtomicU8::new(PEER_ALIVE)).collect(),
+            heard: (0..size).map(|_| AtomicBool::new(false)).collect(),
+            sent: (0..size).map(|_| AtomicBool::new(false)).collect(),
             death: Mutex::new(vec![None; size]),
             watches,
             single_copy,

@@ -112,6 +112,36 @@ impl Endpoint {
         self.shared.size
     }
 
+    /// Whether anything arrived from `peer` since the last call (which
+    /// clears it): all traffic counts, for a failure detector that sends
+    /// heartbeats only when nothing else flows.
+    pub fn heard_from(&self, peer: Rank) -> bool {
+        self.shared
+            .heard
+            .get(peer as usize)
+            .is_some_and(|h| h.swap(false, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether anything was sent to `peer` since the last call (which
+    /// clears it).
+    pub fn sent_to(&self, peer: Rank) -> bool {
+        self.shared
+            .sent
+            .get(peer as usize)
+            .is_some_and(|h| h.swap(false, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Marks `peer` dead because the job's failure detector says so (it
+    /// stopped answering; `detail` says how long): sends to it and waits on
+    /// it fail from now on with [`TransportError::PeerDied`], as for a
+    /// process seen to exit.
+    pub fn declare_dead(&self, peer: Rank, detail: &str) {
+        if peer != self.shared.rank {
+            self.shared
+                .mark_peer(peer, crate::types::PEER_DEAD, detail.to_string());
+        }
+    }
+
     /// True when `peer` shares this rank's node segment.
     pub fn is_local(&self, peer: Rank) -> bool {
         matches!(

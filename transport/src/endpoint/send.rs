@@ -32,6 +32,11 @@ impl Endpoint {
         if let Some(e) = shared.peer_error(dst) {
             return Err(e);
         }
+        if let Some(sent) = shared.sent.get(dst as usize) {
+            if !sent.load(std::sync::atomic::Ordering::Relaxed) {
+                sent.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         match shared.routes[dst as usize] {
             Route::Myself => {
                 shared.deliver(Message {

@@ -115,6 +115,11 @@ pub(crate) struct Shared {
     pub(super) gets: Mutex<HashMap<u64, GetSlot>>,
     pub(super) next_get: AtomicU64,
     pub(super) peer_state: Vec<AtomicU8>,
+    /// Something arrived from the peer since the last `heard_from` (the
+    /// runtime's failure detector counts all traffic as a heartbeat).
+    pub(super) heard: Vec<AtomicBool>,
+    /// Something was sent to the peer since the last `sent_to`.
+    pub(super) sent: Vec<AtomicBool>,
     pub(super) death: Mutex<Vec<Option<String>>>,
     pub(super) watches: Vec<Option<ProcessWatch>>,
     pub(super) single_copy: Vec<bool>,
@@ -142,6 +147,13 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Hands a complete message to its handler or to the mailbox, and wakes waiters.
     pub(crate) fn deliver(&self, message: Message) {
+        if let Some(heard) = self.heard.get(message.src as usize) {
+            // A load first: the flag is mostly set already, and a store on
+            // every message would bounce its cache line with the detector.
+            if !heard.load(Ordering::Relaxed) {
+                heard.store(true, Ordering::Relaxed);
+            }
+        }
         if message.tag == super::rdma::RDMA_RTS_TAG {
             match super::rdma::Rts::decode(&message.data) {
                 Ok(rts) => lock(&self.rdma_pending).push_back((message.src, rts)),

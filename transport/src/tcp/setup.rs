@@ -111,6 +111,13 @@ impl TcpDomain {
         }
         let mut by_rank: HashMap<Rank, Vec<TcpStream>> = HashMap::new();
         for (rank, stream) in streams {
+            if let Some(bound) = options.config.failure_timeout {
+                if let Err(e) =
+                    crate::sys::set_failure_timeout(std::os::fd::AsRawFd::as_raw_fd(&stream), bound)
+                {
+                    tracing::debug!(peer = rank, "TCP_USER_TIMEOUT not set: {e}");
+                }
+            }
             by_rank.entry(rank).or_default().push(stream);
         }
         let mut peer_map = HashMap::new();

@@ -112,13 +112,23 @@ impl Inner {
     /// A peer is gone: drop its registrations, retry or fail its tasks,
     /// fail what waited on it.
     pub(super) fn on_rank_dead(self: &Arc<Self>, rank: Rank) {
+        let detail = format!(
+            "{} died (its process exited or closed its connections)",
+            self.describe_rank(rank)
+        );
+        self.on_rank_dead_because(rank, &detail);
+    }
+
+    /// `rank` is dead, for the reason `detail`; rank 0 tells every rank.
+    pub(super) fn on_rank_dead_because(self: &Arc<Self>, rank: Rank, detail: &str) {
         let (effects, task_effects) = {
             let mut s = self.lock();
             if !s.dead.insert(rank) {
                 return;
             }
+            s.dead_why.insert(rank, detail.to_string());
             let effects = s.refs.rank_died(rank);
-            let task_effects = s.tasks.rank_died(rank);
+            let task_effects = s.tasks.rank_died(rank, detail);
             self.devices.rank_died(rank);
             for reply in s.replies.values_mut() {
                 if matches!(reply, Reply::Waiting(r) if *r == rank) {
@@ -136,7 +146,8 @@ impl Inner {
             }
             (effects, task_effects)
         };
-        tracing::warn!(rank = self.rank, dead = rank, "rank {rank} died");
+        tracing::warn!(rank = self.rank, dead = rank, "{detail}");
+        self.announce_death(rank, detail);
         self.scheduler
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -145,7 +156,7 @@ impl Inner {
         self.changed.notify_all();
         self.wake_all();
         self.apply(effects);
-        self.fail_actor_calls(rank, &format!("its rank {rank} died"));
+        self.fail_actor_calls(rank, &format!("its rank died: {detail}"));
         self.repair_mesh_calls(rank);
         self.restart_actors(rank);
         for effect in task_effects {
@@ -243,7 +254,11 @@ impl Inner {
         let target = match placed {
             Ok(target) => target,
             Err(e) => {
-                let detail = format!("rank {dead} died and no rank can take the retry: {}", e.0);
+                let detail = format!(
+                    "{} and no rank can take the retry: {}",
+                    self.why_dead(dead),
+                    e.0
+                );
                 let outcome = worker_died(&spec, dead, spec.attempt - 1, detail);
                 self.on_done(object, outcome, Vec::new());
                 return;
@@ -269,6 +284,15 @@ impl Inner {
     }
 
     /// True once some rank is known dead.
+    /// Why `rank` is dead (`rank 4 (node 2) silent for 2003 ms ...`).
+    pub(crate) fn why_dead(&self, rank: Rank) -> String {
+        self.lock()
+            .dead_why
+            .get(&rank)
+            .cloned()
+            .unwrap_or_else(|| format!("rank {rank} died"))
+    }
+
     pub(crate) fn any_dead(&self) -> bool {
         !self.lock().dead.is_empty()
     }
@@ -316,6 +340,7 @@ pub(super) fn monitor(runtime: Weak<Inner>) {
             return;
         }
         rounds = rounds.wrapping_add(1);
+        inner.liveness_round();
         if rounds % REPORT_DECAY_ROUNDS == 0 {
             // Queue lengths come only with answers: one that looked busy
             // is tried again after a while (see `Scheduler::decay_reports`).

@@ -25,6 +25,7 @@
 mod actors;
 mod failures;
 mod groups;
+mod liveness;
 mod mesh;
 mod objects;
 mod requests;
@@ -46,7 +47,7 @@ use super::ids::{ActorId, ObjectId};
 use super::object_ref::{collect_refs, ObjectRef, Pinned};
 use super::options::ActorOptions;
 use super::protocol::{
-    decode, encode, ActorAddress, Outcome, RankInfo, RankStats, RtMsg, RUNTIME_TAG,
+    decode, encode, ActorAddress, Outcome, RankInfo, RankStats, RtMsg, HEARTBEAT_TAG, RUNTIME_TAG,
 };
 use super::refs::{IdMap, RefTable};
 use super::scheduler::{RankSlot, Scheduler};
@@ -116,6 +117,8 @@ struct State {
     value_waiters: HashMap<ObjectId, Vec<(Rank, u64)>>,
     replies: HashMap<u64, Reply>,
     dead: HashSet<Rank>,
+    /// Why each dead rank is dead (for the errors of what waited on it).
+    dead_why: HashMap<Rank, String>,
     dead_actors: HashMap<ActorId, String>,
     /// (creator side) restartable actors this rank created.
     created_actors: HashMap<ActorId, CreatedActor>,
@@ -210,6 +213,8 @@ pub(crate) struct Inner {
     tasks_executed: AtomicU64,
     /// This rank's device objects (see `runtime::device`).
     pub(crate) devices: super::device::DevicePlane,
+    /// The failure detector (see `liveness`).
+    pub(crate) liveness: liveness::Liveness,
 }
 
 impl std::fmt::Debug for Inner {
@@ -336,6 +341,7 @@ impl Inner {
                 value_waiters: HashMap::new(),
                 replies: HashMap::new(),
                 dead: HashSet::new(),
+                dead_why: HashMap::new(),
                 dead_actors: HashMap::new(),
                 created_actors: HashMap::new(),
                 actor_hosts: HashMap::new(),
@@ -366,6 +372,7 @@ impl Inner {
             binding,
             tasks_executed: AtomicU64::new(0),
             devices: super::device::DevicePlane::default(),
+            liveness: liveness::Liveness::new(size, liveness::Liveness::bound_from_env()),
         });
         // Tasks may arrive as soon as the handler is in: they need `current`.
         set_current(Some(inner.clone()))?;
@@ -378,6 +385,10 @@ impl Inner {
                 }
             }),
         )?;
+        // Heartbeats carry nothing: the arrival is the message.
+        inner
+            .endpoint
+            .register_handler(HEARTBEAT_TAG, Arc::new(|_endpoint, _message| {}))?;
         inner.endpoint.spawn_progress_thread();
         inner
             .executor
@@ -558,6 +569,7 @@ impl Inner {
             M::Stats { request } => self.on_stats(src, request),
             M::StatsReply { request, stats } => self.answer(request, Reply::Stats(stats)),
             M::Shutdown => self.on_shutdown(),
+            M::RankDead { rank, detail } => self.on_rank_declared_dead(src, rank, detail),
             message @ (M::PgCreate { .. }
             | M::PgWait { .. }
             | M::PgRemove { .. }

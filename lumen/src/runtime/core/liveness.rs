@@ -1,0 +1,221 @@
+//! Failure detection with a bound: a rank that stops answering without
+//! closing its connections (a cut link, a hung or stopped host) is noticed
+//! within `LUMEN_FAILURE_TIMEOUT_MS` (default 5 s, see
+//! `lumen_launcher::config`), not only one that exits.
+//!
+//! - **Between nodes.** On a node a death is seen through the process
+//!   (pidfd) at once; the bound applies to peers on other nodes (a rank
+//!   stopped with SIGSTOP on rank 0's own node is not declared).
+//! - **Heartbeats, piggybacked.** Every rank and rank 0 watch each other:
+//!   any message counts as a sign of life (the transport flags each arrival,
+//!   `Endpoint::heard_from`), and a heartbeat goes only to a peer that was
+//!   sent nothing else for a fifth of the bound (`Endpoint::sent_to`). Ranks
+//!   watch rank 0 only, rank 0 watches all, so a job of N ranks carries
+//!   2 N heartbeats per fifth of the bound at most, none while busy.
+//! - **Rank 0 decides.** A rank silent for the bound is declared dead by
+//!   rank 0, which marks it dead in its transport (waits on it fail at once,
+//!   naming it), handles the death as for a crash (retries, restarts,
+//!   `OwnerDied`), and tells every other rank, once: one sender, per-pair
+//!   order, so every rank hears of deaths in the same order. Deaths rank 0
+//!   notices itself (exits, closed connections) are announced the same way.
+//! - **A cut-off minority stops.** A rank that hears nothing from rank 0
+//!   for the bound, or is told it was declared dead, stops its process with
+//!   an error saying so, instead of running on beside the job that replaced
+//!   its work.
+//! - **TCP.** Connections carry `TCP_USER_TIMEOUT` and keepalives of the
+//!   same bound (the transport's `failure_timeout`), so a send to a silent
+//!   host fails within it too.
+//!
+//! What the bound costs: a rank that is only slow (swapping, stopped with
+//! SIGSTOP) for longer than the bound is declared dead; raise it for such
+//! jobs, or set 0 to turn the detector off.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lumen_transport::Rank;
+
+use super::Inner;
+use crate::runtime::protocol::{encode, RtMsg, HEARTBEAT_TAG};
+
+/// The detector's state on one rank.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    /// Zero: off.
+    bound: Duration,
+    /// When each peer was last heard from and last sent to, and when the
+    /// last round ran.
+    clocks: Mutex<(Vec<(Instant, Instant)>, Instant)>,
+}
+
+impl Liveness {
+    pub(crate) fn new(size: u32, bound: Duration) -> Self {
+        let now = Instant::now();
+        Liveness {
+            bound,
+            clocks: Mutex::new((vec![(now, now); size as usize], now)),
+        }
+    }
+
+    /// `LUMEN_FAILURE_TIMEOUT_MS`, as the launcher reads it (the default
+    /// when unset; off when malformed, with the launcher's error logged).
+    pub(crate) fn bound_from_env() -> Duration {
+        match lumen_launcher::config::Config::from_env(|name| std::env::var(name).ok()) {
+            Ok(config) => config.failure_timeout,
+            Err(e) => {
+                tracing::error!("{e}; the failure detector is off");
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        (self.bound / 5).max(Duration::from_millis(20))
+    }
+}
+
+impl Inner {
+    /// One round of the detector (from the monitor thread).
+    pub(super) fn liveness_round(self: &Arc<Self>) {
+        let bound = self.liveness.bound;
+        if bound.is_zero() || self.size < 2 {
+            return;
+        }
+        let now = Instant::now();
+        let interval = self.liveness.interval();
+        // Peers on other nodes: on this node a death is seen through the
+        // process itself (pidfd), and this node's messages wait for this
+        // rank's progress thread, which a long handler may hold for a while.
+        let watched: Vec<Rank> = if self.rank == 0 {
+            (1..self.size).collect()
+        } else {
+            vec![0]
+        };
+        let watched: Vec<Rank> = watched
+            .into_iter()
+            .filter(|&peer| !self.endpoint.is_local(peer))
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        let mut silent = Vec::new();
+        let mut beat = Vec::new();
+        {
+            let mut guard = self
+                .liveness
+                .clocks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let (clocks, last_round) = &mut *guard;
+            // This rank itself stalled (the machine, a debugger): nobody is
+            // declared for a silence it could not have heard end.
+            if now.duration_since(*last_round) > bound / 2 {
+                for (heard, _) in clocks.iter_mut() {
+                    *heard = now;
+                }
+            }
+            *last_round = now;
+            for peer in watched {
+                if self.is_dead(peer) {
+                    continue;
+                }
+                let (heard, sent) = &mut clocks[peer as usize];
+                if self.endpoint.heard_from(peer) {
+                    *heard = now;
+                } else if now.duration_since(*heard) > bound {
+                    silent.push((peer, now.duration_since(*heard)));
+                    continue;
+                }
+                if self.endpoint.sent_to(peer) {
+                    *sent = now;
+                } else if now.duration_since(*sent) >= interval {
+                    *sent = now;
+                    beat.push(peer);
+                }
+            }
+        }
+        for peer in beat {
+            // A failed send is the transport noticing the death itself.
+            let _ = self.endpoint.send(peer, HEARTBEAT_TAG, &[]);
+        }
+        for (peer, quiet) in silent {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let detail = format!(
+                "{} silent for {} ms (LUMEN_FAILURE_TIMEOUT_MS={})",
+                self.describe_rank(peer),
+                quiet.as_millis(),
+                bound.as_millis()
+            );
+            if self.rank == 0 {
+                tracing::error!("declaring {detail}: dead");
+                self.endpoint.declare_dead(peer, &detail);
+                self.on_rank_dead_because(peer, &detail);
+            } else {
+                self.stop_cut_off(&format!("lost contact with the job's head: {detail}"));
+            }
+        }
+    }
+
+    /// `rank 4 (node 2)`.
+    pub(crate) fn describe_rank(&self, rank: Rank) -> String {
+        match self.ranks.get(rank as usize) {
+            Some(info) => format!("rank {rank} (node {})", info.node),
+            None => format!("rank {rank}"),
+        }
+    }
+
+    /// (rank 0) Tells every live rank that `rank` is dead, once per death:
+    /// every rank hears of deaths from rank 0 in one order. The dead rank
+    /// is told too: alive but cut off, it then stops.
+    pub(super) fn announce_death(self: &Arc<Self>, rank: Rank, detail: &str) {
+        if self.rank != 0 || self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let message = encode(&RtMsg::RankDead {
+            rank,
+            detail: detail.to_string(),
+        });
+        for peer in 1..self.size {
+            if peer == self.rank || (peer != rank && self.is_dead(peer)) {
+                continue;
+            }
+            let _ = self
+                .endpoint
+                .send(peer, crate::runtime::protocol::RUNTIME_TAG, &message);
+        }
+    }
+
+    /// (not rank 0) Rank 0 says `rank` is dead.
+    pub(super) fn on_rank_declared_dead(self: &Arc<Self>, src: Rank, rank: Rank, detail: String) {
+        if src != 0 {
+            tracing::warn!(
+                rank = self.rank,
+                "a death notice for rank {rank} from rank {src} (only rank 0 declares) ignored"
+            );
+            return;
+        }
+        if rank == self.rank {
+            self.stop_cut_off(&format!("rank 0 declared this rank dead: {detail}"));
+            return;
+        }
+        self.endpoint.declare_dead(rank, &detail);
+        self.on_rank_dead_because(rank, &detail);
+    }
+
+    /// Stops this process: it is cut off from the job, whose other ranks
+    /// carry on without it (see the module docs).
+    fn stop_cut_off(&self, why: &str) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::error!(rank = self.rank, "{why}; this rank stops");
+        eprintln!(
+            "lumen: rank {} stops: {why} (partitioned from the job, or the job's head died)",
+            self.rank
+        );
+        std::process::exit(75);
+    }
+}

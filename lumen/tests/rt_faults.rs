@@ -1,0 +1,93 @@
+//! Failure detection with a bound (`runtime/core/liveness.rs`): a host whose
+//! link is cut mid-job (its processes run on, its sockets stay open, no
+//! packet passes) is declared dead by rank 0 within
+//! `LUMEN_FAILURE_TIMEOUT_MS`; a call waiting on it fails with an error
+//! naming its rank and node; tasks with retries finish on the survivors; the
+//! cut-off ranks stop themselves. Three namespace hosts × 2 ranks under
+//! `lumen run --keep-going`. Needs root and iproute2; skips otherwise.
+
+mod common;
+
+use common::scenario::run_on_netns_nodes;
+
+/// The bound the scenario runs with.
+const BOUND_MS: u64 = 2000;
+
+#[test]
+fn a_cut_host_is_declared_dead_within_the_bound() {
+    let Some(all) = run_on_netns_nodes(
+        "lcut",
+        &[2, 2, 2],
+        "scenarios",
+        "cut_link_mid_job",
+        &[("LUMEN_FAILURE_TIMEOUT_MS", &BOUND_MS.to_string())],
+        true,
+    ) else {
+        return;
+    };
+    assert!(all.contains("rank 4 stops"), "the cut-off ranks stop:\n{all}");
+}
+
+mod scenarios {
+    use std::time::{Duration, Instant};
+
+    use super::BOUND_MS;
+
+    #[lumen::remote]
+    fn sleep_ms(ms: u64) -> u32 {
+        std::thread::sleep(Duration::from_millis(ms));
+        lumen::current().map(|rt| rt.rank()).unwrap_or(u32::MAX)
+    }
+
+    #[lumen::remote]
+    fn square(x: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(300));
+        x * x
+    }
+
+    fn cut(host: usize) {
+        let bridge = std::env::var("LUMEN_TEST_BRIDGE").expect("the bridge namespace");
+        let status = std::process::Command::new("ip")
+            .args(["-n", &bridge, "link", "set", &format!("vh{host}"), "down"])
+            .status()
+            .expect("running ip");
+        assert!(status.success(), "cutting host {host}");
+    }
+
+    #[test]
+    #[ignore = "a scenario: run by the test above on namespace hosts"]
+    fn cut_link_mid_job() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        assert_eq!(rt.size(), 6);
+        // Ranks 4 and 5 are host 2. A call that can only fail, and work
+        // spread over every rank that retries elsewhere.
+        let victim = sleep_ms::options().rank(4).remote(&rt, 120_000)?;
+        let work: Vec<_> = (0..24u64)
+            .map(|x| square::options().spread().max_retries(3).remote(&rt, x))
+            .collect::<lumen::Result<_>>()?;
+        std::thread::sleep(Duration::from_millis(400));
+        cut(2);
+        let cut_at = Instant::now();
+        let err = victim.get().expect_err("its host is cut off");
+        let detected = cut_at.elapsed();
+        let text = err.to_string();
+        println!(
+            "detected after {} ms (bound {BOUND_MS} ms): {text}",
+            detected.as_millis()
+        );
+        assert!(text.contains("rank 4"), "{text}");
+        assert!(text.contains("node 2"), "{text}");
+        assert!(text.contains("silent"), "{text}");
+        // The bound, one monitor round and scheduling slack on 2 cores.
+        assert!(
+            detected < Duration::from_millis(2 * BOUND_MS + 2000),
+            "detected after {detected:?}"
+        );
+        for (x, r) in work.into_iter().enumerate() {
+            let x = x as u64;
+            assert_eq!(r.get()?, x * x, "task {x} finished (retried if on host 2)");
+        }
+        println!("scenario cut_link_mid_job: ok");
+        Ok(())
+    }
+}
