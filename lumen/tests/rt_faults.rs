@@ -25,7 +25,38 @@ fn a_cut_host_is_declared_dead_within_the_bound() {
     ) else {
         return;
     };
-    assert!(all.contains("rank 4 stops"), "the cut-off ranks stop:\n{all}");
+    assert!(
+        all.contains("rank 4 stops"),
+        "the cut-off ranks stop:\n{all}"
+    );
+    for line in all.lines().filter(|l| l.contains("detected after")) {
+        eprintln!("{line}");
+    }
+}
+
+/// A rank on another node paused with SIGSTOP: a pause shorter than the
+/// bound is only slow (its task completes), a longer one is declared dead
+/// (the waiting call fails naming it), and the rank, resumed, hears it was
+/// declared dead and stops.
+#[test]
+fn a_paused_rank_is_slow_within_the_bound_and_dead_beyond_it() {
+    let Some(all) = run_on_netns_nodes(
+        "lstop",
+        &[2, 2, 2],
+        "scenarios",
+        "pause_a_rank",
+        &[("LUMEN_FAILURE_TIMEOUT_MS", &BOUND_MS.to_string())],
+        true,
+    ) else {
+        return;
+    };
+    assert!(
+        all.contains("rank 4 stops: rank 0 declared this rank dead"),
+        "the resumed rank stops:\n{all}"
+    );
+    for line in all.lines().filter(|l| l.contains("detected after")) {
+        eprintln!("{line}");
+    }
 }
 
 mod scenarios {
@@ -52,6 +83,52 @@ mod scenarios {
             .status()
             .expect("running ip");
         assert!(status.success(), "cutting host {host}");
+    }
+
+    #[lumen::remote]
+    fn pid() -> u32 {
+        std::process::id()
+    }
+
+    fn signal(pid: u32, which: &str) {
+        let status = std::process::Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {which} {pid}");
+    }
+
+    #[test]
+    #[ignore = "a scenario: run by a test above on namespace hosts"]
+    fn pause_a_rank() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let target = pid::options().rank(4).remote(&rt)?.get()?;
+        // Shorter than the bound: slow, not dead.
+        let slow = sleep_ms::options().rank(4).remote(&rt, 200)?;
+        signal(target, "-STOP");
+        std::thread::sleep(Duration::from_millis(BOUND_MS / 2));
+        signal(target, "-CONT");
+        assert_eq!(slow.get()?, 4, "a short pause is only slow");
+        // Longer: declared dead.
+        let victim = sleep_ms::options().rank(4).remote(&rt, 120_000)?;
+        std::thread::sleep(Duration::from_millis(200));
+        signal(target, "-STOP");
+        let stopped_at = Instant::now();
+        let err = victim.get().expect_err("declared dead");
+        let detected = stopped_at.elapsed();
+        let text = err.to_string();
+        println!(
+            "detected after {} ms (bound {BOUND_MS} ms, SIGSTOP): {text}",
+            detected.as_millis()
+        );
+        assert!(text.contains("rank 4 (node 2) silent"), "{text}");
+        // Resumed, it hears it was declared dead, and stops.
+        signal(target, "-CONT");
+        std::thread::sleep(Duration::from_millis(500));
+        // The rest of the job runs on.
+        assert_eq!(sleep_ms::options().rank(5).remote(&rt, 1)?.get()?, 5);
+        println!("scenario pause_a_rank: ok");
+        Ok(())
     }
 
     #[test]

@@ -151,6 +151,15 @@ impl Inner {
             );
             if self.rank == 0 {
                 tracing::error!("declaring {detail}: dead");
+                // Told first (the transport refuses sends to a dead peer): a
+                // rank that was only stopped hears it when it resumes.
+                let notice = encode(&RtMsg::RankDead {
+                    rank: peer,
+                    detail: detail.clone(),
+                });
+                let _ = self
+                    .endpoint
+                    .send(peer, crate::runtime::protocol::RUNTIME_TAG, &notice);
                 self.endpoint.declare_dead(peer, &detail);
                 self.on_rank_dead_because(peer, &detail);
             } else {
@@ -168,8 +177,9 @@ impl Inner {
     }
 
     /// (rank 0) Tells every live rank that `rank` is dead, once per death:
-    /// every rank hears of deaths from rank 0 in one order. The dead rank
-    /// is told too: alive but cut off, it then stops.
+    /// every rank hears of deaths from rank 0 in one order. (A rank the
+    /// detector declared was told before, see `liveness_round`: alive but
+    /// cut off or stopped, it then stops.)
     pub(super) fn announce_death(self: &Arc<Self>, rank: Rank, detail: &str) {
         if self.rank != 0 || self.stopping.load(Ordering::Acquire) {
             return;
@@ -179,7 +189,7 @@ impl Inner {
             detail: detail.to_string(),
         });
         for peer in 1..self.size {
-            if peer == self.rank || (peer != rank && self.is_dead(peer)) {
+            if peer == self.rank || peer == rank || self.is_dead(peer) {
                 continue;
             }
             let _ = self
