@@ -46,3 +46,6 @@ pub mod rendezvous;
 pub mod spawn;
 pub mod submit;
 pub mod wire;
+
+#[cfg(test)]
+mod fuzz_tests;

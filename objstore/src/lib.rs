@@ -161,6 +161,9 @@ mod pull;
 mod pull_one_sided;
 mod table;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use arena::{ArenaOptions, ArenaStats, NodeArena, ObjectState, ObjectView, ObjectWriter};
 pub use error::ObjectStoreError;
 pub use id::ObjectId;

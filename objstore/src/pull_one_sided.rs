@@ -71,7 +71,7 @@ pub struct OneSidedServer {
     served: Arc<AtomicU64>,
 }
 
-fn encode_request(id: ObjectId, len: u64, seq: u64) -> [u8; REQUEST_LEN] {
+pub(crate) fn encode_request(id: ObjectId, len: u64, seq: u64) -> [u8; REQUEST_LEN] {
     let mut out = [0u8; REQUEST_LEN];
     out[0..4].copy_from_slice(&1u32.to_le_bytes());
     out[8..24].copy_from_slice(&id.to_bytes());
@@ -80,7 +80,7 @@ fn encode_request(id: ObjectId, len: u64, seq: u64) -> [u8; REQUEST_LEN] {
     out
 }
 
-fn decode_request(bytes: &[u8]) -> Result<(ObjectId, u64, u64), String> {
+pub(crate) fn decode_request(bytes: &[u8]) -> Result<(ObjectId, u64, u64), String> {
     if bytes.len() != REQUEST_LEN {
         return Err(format!("{} bytes, expected {REQUEST_LEN}", bytes.len()));
     }

@@ -32,6 +32,9 @@ pub mod hostlist;
 pub mod sbatch;
 pub mod tasks_per_node;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use env::{Pmi2Env, SlurmEnvError, SlurmStep};
 pub use hostlist::HostlistError;
 pub use tasks_per_node::TasksPerNodeError;

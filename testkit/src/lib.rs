@@ -63,6 +63,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod cluster;
+pub mod fuzz;
 mod ip;
 pub mod job;
 mod naming;

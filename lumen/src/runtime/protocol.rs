@@ -290,3 +290,74 @@ pub(crate) fn encode<T: Serialize>(message: &T) -> Vec<u8> {
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     bincode::deserialize(bytes).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! The runtime's message decoder given mutated messages from a peer
+    //! (lumen_testkit::fuzz; `LUMEN_FUZZ_ITERS` inputs): it may refuse, it
+    //! may not panic, hang or allocate what the bytes do not hold.
+
+    use super::*;
+    use crate::runtime::options::TaskOptions;
+
+    #[test]
+    fn runtime_messages() {
+        let object = ObjectId { owner: 2, seq: 77 };
+        let spec = TaskSpec {
+            object,
+            function: 0xfeed,
+            name: "module::task".into(),
+            args: vec![1, 2, 3, 4],
+            refs: vec![ObjectId { owner: 1, seq: 5 }],
+            device_args: Vec::new(),
+            options: TaskOptions::default(),
+            attempt: 1,
+        };
+        let messages = [
+            RtMsg::Submit(spec),
+            RtMsg::Done {
+                object,
+                outcome: Outcome::Inline(vec![9; 20]),
+                refs: vec![],
+                queued: 3,
+            },
+            RtMsg::Done {
+                object,
+                outcome: Outcome::Stored {
+                    rank: 1,
+                    key: 4,
+                    len: 1 << 20,
+                    arena: true,
+                },
+                refs: vec![object],
+                queued: 0,
+            },
+            RtMsg::Cancel { object },
+            RtMsg::RankDead {
+                rank: 4,
+                detail: "rank 4 (node 2) silent".into(),
+            },
+            RtMsg::RemoveBorrower {
+                object,
+                borrower: 3,
+                count: 2,
+            },
+            RtMsg::Ack {
+                request: 9,
+                error: Some("no".into()),
+            },
+            RtMsg::Shutdown,
+        ];
+        let seeds: Vec<Vec<u8>> = messages.iter().map(encode).collect();
+        lumen_testkit::fuzz::fuzz(
+            "runtime_messages",
+            &seeds,
+            lumen_testkit::fuzz::iterations(),
+            |input| {
+                let _ = decode::<RtMsg>(input);
+                let _ = decode::<Welcome>(input);
+            },
+        )
+        .assert_clean(std::time::Duration::from_secs(1));
+    }
+}

@@ -42,7 +42,7 @@ pub mod gpudirect;
 pub mod nccl;
 pub mod path;
 pub mod staging;
-mod transfer;
+pub(crate) mod transfer;
 
 pub use arena::{CreateError, DeviceArena, DeviceArenaStats, DeviceBlock};
 pub use transfer::{

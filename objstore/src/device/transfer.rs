@@ -54,7 +54,7 @@ pub const LEASE: Duration = Duration::from_secs(120);
 
 /// What a request asks for (bytes 4..8 of it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// The bytes, in chunks (host staging).
     Staged,
     /// A mapping: the region's handle and the object's offset (CUDA IPC).
@@ -93,7 +93,7 @@ pub struct DeviceTransfer {
     pub chunks: u64,
 }
 
-fn encode_request(id: ObjectId, seq: u64, chunk: u64, kind: Kind) -> [u8; REQUEST_LEN] {
+pub(crate) fn encode_request(id: ObjectId, seq: u64, chunk: u64, kind: Kind) -> [u8; REQUEST_LEN] {
     let mut out = [0u8; REQUEST_LEN];
     out[0..4].copy_from_slice(&1u32.to_le_bytes());
     out[4..8].copy_from_slice(&kind.code().to_le_bytes());
@@ -103,7 +103,7 @@ fn encode_request(id: ObjectId, seq: u64, chunk: u64, kind: Kind) -> [u8; REQUES
     out
 }
 
-fn decode_request(bytes: &[u8]) -> Result<(ObjectId, u64, u64, Kind), String> {
+pub(crate) fn decode_request(bytes: &[u8]) -> Result<(ObjectId, u64, u64, Kind), String> {
     if bytes.len() != REQUEST_LEN {
         return Err(format!("{} bytes, expected {REQUEST_LEN}", bytes.len()));
     }
