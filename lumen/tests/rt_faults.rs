@@ -2,9 +2,11 @@
 //! link is cut mid-job (its processes run on, its sockets stay open, no
 //! packet passes) is declared dead by rank 0 within
 //! `LUMEN_FAILURE_TIMEOUT_MS`; a call waiting on it fails with an error
-//! naming its rank and node; tasks with retries finish on the survivors; the
-//! cut-off ranks stop themselves. Three namespace hosts × 2 ranks under
-//! `lumen run --keep-going`. Needs root and iproute2; skips otherwise.
+//! naming its rank and node; tasks with retries finish on the survivors;
+//! values whose only copies were on the cut host are rebuilt from lineage
+//! (their tasks run again, recursively); the cut-off ranks stop themselves.
+//! Three namespace hosts × 2 ranks under `lumen run --keep-going`. Needs
+//! root and iproute2; skips otherwise.
 
 mod common;
 
@@ -20,7 +22,10 @@ fn a_cut_host_is_declared_dead_within_the_bound() {
         &[2, 2, 2],
         "scenarios",
         "cut_link_mid_job",
-        &[("LUMEN_FAILURE_TIMEOUT_MS", &BOUND_MS.to_string())],
+        &[
+            ("LUMEN_FAILURE_TIMEOUT_MS", &BOUND_MS.to_string()),
+            ("LUMEN_INLINE_MAX", "1024"),
+        ],
         true,
     ) else {
         return;
@@ -29,7 +34,10 @@ fn a_cut_host_is_declared_dead_within_the_bound() {
         all.contains("rank 4 stops"),
         "the cut-off ranks stop:\n{all}"
     );
-    for line in all.lines().filter(|l| l.contains("detected after")) {
+    for line in all
+        .lines()
+        .filter(|l| l.contains("detected after") || l.contains("objects rebuilt"))
+    {
         eprintln!("{line}");
     }
 }
@@ -74,6 +82,23 @@ mod scenarios {
     fn square(x: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(300));
         x * x
+    }
+
+    /// A value above the inline limit (stored where it was made).
+    #[lumen::remote]
+    fn make(seed: u64) -> Vec<u64> {
+        (0..16_384u64).map(|i| i.wrapping_mul(seed + 1)).collect()
+    }
+
+    /// Depends on a `make` result (rebuilt with it when both are lost).
+    #[lumen::remote]
+    fn total(values: lumen::ObjectRef<Vec<u64>>) -> lumen::Result<Vec<u64>> {
+        let v = values.get()?;
+        Ok(vec![v.iter().fold(0u64, |a, &b| a.wrapping_add(b)); 2048])
+    }
+
+    fn expected_total(seed: u64) -> u64 {
+        (0..16_384u64).fold(0u64, |a, i| a.wrapping_add(i.wrapping_mul(seed + 1)))
     }
 
     fn cut(host: usize) {
@@ -138,6 +163,17 @@ mod scenarios {
         assert_eq!(rt.size(), 6);
         // Ranks 4 and 5 are host 2. A call that can only fail, and work
         // spread over every rank that retries elsewhere.
+        // Stored values on every rank (none read yet, so host 2's are its
+        // only copies), and values computed from them.
+        let made: Vec<_> = (0..12u64)
+            .map(|seed| make::options().spread().remote(&rt, seed))
+            .collect::<lumen::Result<_>>()?;
+        let totals: Vec<_> = made
+            .iter()
+            .map(|m| total::options().spread().remote(&rt, m.clone()))
+            .collect::<lumen::Result<_>>()?;
+        let (ready, _) = lumen::wait(&totals[..], totals.len(), Some(Duration::from_secs(60)))?;
+        assert_eq!(ready.len(), totals.len());
         let victim = sleep_ms::options().rank(4).remote(&rt, 120_000)?;
         let work: Vec<_> = (0..24u64)
             .map(|x| square::options().spread().max_retries(3).remote(&rt, x))
@@ -164,6 +200,16 @@ mod scenarios {
             let x = x as u64;
             assert_eq!(r.get()?, x * x, "task {x} finished (retried if on host 2)");
         }
+        // Values lost with host 2 are rebuilt from lineage (their tasks run
+        // again elsewhere, recursively), the others read as they are.
+        for (seed, (m, t)) in made.iter().zip(&totals).enumerate() {
+            let seed = seed as u64;
+            assert_eq!(t.get()?[0], expected_total(seed), "total {seed}");
+            assert_eq!(m.get()?[1], seed + 1, "made {seed}");
+        }
+        let rebuilt = rt.stats(0)?.objects_rebuilt;
+        println!("objects rebuilt from lineage: {rebuilt}");
+        assert!(rebuilt >= 1, "some of 24 values were on host 2");
         println!("scenario cut_link_mid_job: ok");
         Ok(())
     }

@@ -37,6 +37,10 @@ pub enum TaskErrorKind {
     /// The task was queued in a placement group that was removed before
     /// it started (or sent to it after).
     PlacementGroupRemoved,
+    /// The value's only copies were on ranks that died, and it is not
+    /// rebuilt (a `put` value, an actor result, a task out of retries, or
+    /// lineage full: see `runtime::core::lineage`).
+    ObjectLost,
 }
 
 /// A failure reported by the rank that ran (or was to run) a task.

@@ -276,6 +276,8 @@ pub struct RankStats {
     /// Objects this rank pulled from other nodes with one-sided reads
     /// (`LUMEN_FABRIC=ofi`; the others came in chunks).
     pub one_sided_pulls: u64,
+    /// Owned objects rebuilt from lineage after their rank died.
+    pub objects_rebuilt: u64,
 }
 
 /// Encodes a message.

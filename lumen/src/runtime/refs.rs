@@ -360,6 +360,43 @@ impl RefTable {
         }
     }
 
+    /// Owned objects whose stored value and every secondary copy are gone
+    /// (`gone(rank, arena)`: that rank's copy can no longer be read): lost
+    /// unless rebuilt (lineage, see `core::lineage`).
+    pub(crate) fn lost_with(&self, gone: impl Fn(Rank, bool) -> bool) -> Vec<ObjectId> {
+        let mut lost: Vec<ObjectId> = self
+            .owned
+            .iter()
+            .filter(|(_, entry)| match &entry.state {
+                ObjectState::Ready(Outcome::Stored { rank, arena, .. }) => {
+                    gone(*rank, *arena) && entry.copies.iter().all(|&c| gone(c, true))
+                }
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        lost.sort();
+        lost
+    }
+
+    /// Object `object`'s value is lost and will be computed again: it is
+    /// pending again, its copies and the holds of what its value contained
+    /// go (the new value's come with it). Returns those releases' effects.
+    pub(crate) fn rebuild(&mut self, object: ObjectId) -> Vec<Effect> {
+        let contained = match self.owned.get_mut(&object) {
+            Some(entry) if matches!(entry.state, ObjectState::Ready(_)) => {
+                entry.state = ObjectState::Pending;
+                entry.copies.clear();
+                std::mem::take(&mut entry.contained)
+            }
+            _ => return Vec::new(),
+        };
+        contained
+            .into_iter()
+            .flat_map(|id| self.release(id))
+            .collect()
+    }
+
     /// `rank` died: its registrations are gone.
     pub(crate) fn rank_died(&mut self, rank: Rank) -> Vec<Effect> {
         let affected: Vec<ObjectId> = self
@@ -520,6 +557,41 @@ mod tests {
             let effects = self.tables[at as usize].handle_dropped(object);
             self.apply(at, effects);
         }
+    }
+
+    #[test]
+    fn lost_values_are_found_and_made_pending_again() {
+        let mut t = RefTable::new(0);
+        let (a, b, c) = (id(0, 1), id(0, 2), id(0, 3));
+        let stored = |rank| {
+            ObjectState::Ready(Outcome::Stored {
+                rank,
+                key: 1,
+                len: 10,
+                arena: true,
+            })
+        };
+        t.create(a, stored(2));
+        t.create(b, stored(3));
+        t.create(c, stored(2));
+        t.add_copy(c, 3).expect("a copy on rank 3");
+        for o in [a, b, c] {
+            t.handle_added(o);
+        }
+        // Rank 2 gone: a is lost, c has a live copy on rank 3.
+        let gone = |rank: Rank, _arena: bool| rank == 2;
+        assert_eq!(t.lost_with(gone), vec![a]);
+        assert!(t.rebuild(a).is_empty());
+        assert!(matches!(t.state(a), Some(ObjectState::Pending)));
+        assert!(t.lost_with(gone).is_empty(), "pending again, not lost");
+        // Completing it again makes it ready.
+        assert!(t
+            .complete(a, Outcome::Inline(vec![1]), Vec::new())
+            .is_empty());
+        assert!(matches!(
+            t.state(a),
+            Some(ObjectState::Ready(Outcome::Inline(_)))
+        ));
     }
 
     #[test]

@@ -172,6 +172,7 @@ impl Inner {
                 TaskEffect::Retry { spec, pinned } => self.retry_task(rank, spec, pinned),
             }
         }
+        self.rebuild_lost(rank);
         if rank == 0 && self.mode == Mode::Driver && self.rank != 0 {
             // The driver is gone: nothing will ever be asked of us again.
             let (flag, cv) = &self.shutdown_requested;
@@ -185,7 +186,7 @@ impl Inner {
     /// placement group goes to its bundle's rank as the head knows it now
     /// (the bundle is placed again when its rank dies), found on a thread
     /// of its own: the group may be waiting for its new host.
-    fn retry_task(
+    pub(super) fn retry_task(
         self: &Arc<Self>,
         dead: Rank,
         spec: crate::runtime::protocol::TaskSpec,

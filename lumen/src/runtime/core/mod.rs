@@ -25,6 +25,7 @@
 mod actors;
 mod failures;
 mod groups;
+mod lineage;
 mod liveness;
 mod mesh;
 mod objects;
@@ -215,6 +216,8 @@ pub(crate) struct Inner {
     pub(crate) devices: super::device::DevicePlane,
     /// The failure detector (see `liveness`).
     pub(crate) liveness: liveness::Liveness,
+    /// How owned stored objects were made, to rebuild them (see `lineage`).
+    pub(crate) lineage: lineage::Lineage,
 }
 
 impl std::fmt::Debug for Inner {
@@ -373,6 +376,7 @@ impl Inner {
             tasks_executed: AtomicU64::new(0),
             devices: super::device::DevicePlane::default(),
             liveness: liveness::Liveness::new(size, liveness::Liveness::bound_from_env()),
+            lineage: lineage::Lineage::from_env(),
         });
         // Tasks may arrive as soon as the handler is in: they need `current`.
         set_current(Some(inner.clone()))?;

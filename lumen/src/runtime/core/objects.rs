@@ -20,6 +20,10 @@ use crate::runtime::refs::{Effect, ObjectState};
 use crate::runtime::store::Bytes;
 use crate::runtime::store::FetchError;
 
+/// How long a reader asks again for a value lost with its rank (the
+/// owner may be rebuilding it, see `lineage`).
+const REBUILD_WAIT: Duration = Duration::from_secs(30);
+
 impl Inner {
     /// (owner) `borrower` holds `count` more references to `object`;
     /// acknowledged when the sender waits for it (`request`).
@@ -58,7 +62,11 @@ impl Inner {
         let reply = {
             let mut s = self.lock();
             match s.refs.state(object) {
-                Some(ObjectState::Ready(outcome)) => Some((outcome.clone(), s.refs.copies(object))),
+                // A lost value (not rebuilt) answers as `ObjectLost`.
+                Some(ObjectState::Ready(_)) => {
+                    let outcome = self.ready_outcome(&mut s, object).0;
+                    outcome.map(|outcome| (outcome, s.refs.copies(object)))
+                }
                 Some(ObjectState::Pending) => {
                     s.value_waiters
                         .entry(object)
@@ -215,6 +223,7 @@ impl Inner {
                     ..
                 } => {
                     self.devices.released(object);
+                    self.lineage.forget(object);
                     if let Some(Outcome::Stored {
                         rank, key, arena, ..
                     }) = outcome
@@ -295,6 +304,28 @@ impl Inner {
                 ),
             }
         }
+    }
+
+    /// Whether a value stored by `rank` (in its node's arena, or in its
+    /// own memory) can no longer be read: its rank is dead and, for an
+    /// arena value, so is every rank of its node (the arena outlives a rank).
+    pub(super) fn copy_gone(
+        &self,
+        dead: &std::collections::HashSet<Rank>,
+        rank: Rank,
+        arena: bool,
+    ) -> bool {
+        if !dead.contains(&rank) {
+            return false;
+        }
+        if !arena {
+            return true;
+        }
+        let node = self.node_of(rank);
+        self.ranks
+            .iter()
+            .filter(|r| Some(r.node) == node)
+            .all(|r| dead.contains(&r.rank))
     }
 
     pub(super) fn node_of(&self, rank: Rank) -> Option<u32> {
@@ -468,12 +499,43 @@ impl Inner {
         Ok(object)
     }
 
-    /// The value of `object`, waiting for it (see `ObjectRef::get`).
+    /// The value of `object`, waiting for it (see `ObjectRef::get`). A
+    /// value lost with its rank while being read is asked for again, for a
+    /// while: its owner may be rebuilding it (see `lineage`).
     pub(crate) fn fetch(
         self: &Arc<Self>,
         object: ObjectId,
         timeout: Option<Duration>,
     ) -> Result<Bytes> {
+        let started = Instant::now();
+        loop {
+            match self.fetch_once(object, timeout) {
+                Err(LumenError::Runtime(RuntimeError::RankDied { rank, what }))
+                    if started.elapsed() < REBUILD_WAIT =>
+                {
+                    let rebuilding = {
+                        let mut s = self.lock();
+                        if object.owner == self.rank {
+                            matches!(s.refs.state(object), Some(ObjectState::Pending))
+                        } else {
+                            // Ask the owner again (it may not know yet).
+                            s.remote_values.remove(&object);
+                            !s.dead.contains(&object.owner)
+                        }
+                    };
+                    if !rebuilding {
+                        return Err(runtime_error(RuntimeError::RankDied { rank, what }));
+                    }
+                    if object.owner != self.rank {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn fetch_once(self: &Arc<Self>, object: ObjectId, timeout: Option<Duration>) -> Result<Bytes> {
         let outcome = self.wait_outcome(object, timeout)?;
         match outcome {
             Outcome::Inline(bytes) => Ok(Bytes::Inline(bytes)),
@@ -540,6 +602,30 @@ impl Inner {
     ) -> (Option<Outcome>, Option<RtMsg>) {
         if object.owner == self.rank {
             return match s.refs.state(object) {
+                Some(ObjectState::Ready(Outcome::Stored { rank, arena, .. }))
+                    if self.copy_gone(&s.dead, *rank, *arena)
+                        && s.refs
+                            .copies(object)
+                            .iter()
+                            .all(|&c| self.copy_gone(&s.dead, c, true)) =>
+                {
+                    let message = format!(
+                        "{object}'s only copy was on {} and it is not rebuilt (a put value, an actor result, or out of retries)",
+                        s.dead_why
+                            .get(rank)
+                            .cloned()
+                            .unwrap_or_else(|| format!("rank {rank}, which died"))
+                    );
+                    (
+                        Some(Outcome::Failed(TaskError {
+                            function: String::new(),
+                            rank: *rank,
+                            kind: TaskErrorKind::ObjectLost,
+                            message,
+                        })),
+                        None,
+                    )
+                }
                 Some(ObjectState::Ready(outcome)) => (Some(outcome.clone()), None),
                 Some(ObjectState::Pending) => (None, None),
                 None => (

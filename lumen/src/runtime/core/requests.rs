@@ -87,6 +87,7 @@ impl Inner {
             actors_hosted: self.actors.live(),
             chunks_served: self.store.chunks_served(),
             one_sided_pulls: self.store.one_sided_pulls(),
+            objects_rebuilt: self.lineage.rebuilt(),
         }
     }
 

@@ -210,6 +210,8 @@ impl Inner {
         // The entry is dropped after the lock (a retry record unpins). One
         // lock for the table, the borrowers waiting for the value and the
         // actor handle count an actor call held while in flight.
+        let stored_elsewhere =
+            matches!(&outcome, Outcome::Stored { rank, .. } if *rank != self.rank);
         let (entry, io, waiters) = {
             let mut s = self.lock();
             let entry = s.tasks.completed(object);
@@ -226,12 +228,22 @@ impl Inner {
             let io = Self::settle(&mut s, effects);
             (entry, io, copy.map(|outcome| (waiters, outcome)))
         };
-        if let Some(InFlight::Task { rank, .. }) = &entry {
-            self.scheduler
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .finished(*rank);
-        }
+        let entry = match entry {
+            Some(InFlight::Task { spec, rank, pinned }) => {
+                self.scheduler
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .finished(rank);
+                // Its value lives on another rank: keep how it was made.
+                if stored_elsewhere {
+                    self.lineage.record(spec, pinned);
+                    None
+                } else {
+                    Some(InFlight::Task { spec, rank, pinned })
+                }
+            }
+            other => other,
+        };
         self.changed.notify_all();
         self.wake(object);
         if let Some((waiters, outcome)) = waiters {
