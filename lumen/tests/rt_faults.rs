@@ -67,6 +67,30 @@ fn a_paused_rank_is_slow_within_the_bound_and_dead_beyond_it() {
     }
 }
 
+/// Chaos on one node: two of four worker ranks are killed with SIGKILL
+/// while a 2402-task DAG with object arguments runs, values kept in the
+/// ranks' own memory (no node arena), so what the killed ranks held is lost
+/// and rebuilt from lineage; every result is checked, none is lost.
+#[test]
+fn a_dag_survives_sigkilled_workers() {
+    let name = "dag_under_sigkill";
+    let mut command = std::process::Command::new(common::lumen());
+    command
+        .args(["run", "-n", "5", "--keep-going", "--"])
+        .arg(common::scenario::this_binary())
+        .args(common::scenario::scenario_args(name))
+        .env("LUMEN_ARENA_BYTES", "0")
+        .env("LUMEN_INLINE_MAX", "256")
+        .env("LUMEN_NUM_CPUS", "2");
+    let output = common::run_with_timeout(&mut command, 300);
+    let all = common::text(&output);
+    assert!(output.status.success(), "scenario {name} failed:\n{all}");
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    for line in all.lines().filter(|l| l.contains("chaos:")) {
+        eprintln!("{line}");
+    }
+}
+
 mod scenarios {
     use std::time::{Duration, Instant};
 
@@ -113,6 +137,105 @@ mod scenarios {
     #[lumen::remote]
     fn pid() -> u32 {
         std::process::id()
+    }
+
+    /// A value above the inline limit, kept in the executing rank's memory.
+    #[lumen::remote]
+    fn leaf(i: u64) -> Vec<u64> {
+        (0..64).map(|k| i * 1000 + k).collect()
+    }
+
+    #[lumen::remote]
+    fn combine(
+        a: lumen::ObjectRef<Vec<u64>>,
+        b: lumen::ObjectRef<Vec<u64>>,
+    ) -> lumen::Result<Vec<u64>> {
+        let (a, b) = (a.get()?, b.get()?);
+        Ok(a.iter().zip(&b).map(|(x, y)| x.wrapping_add(*y)).collect())
+    }
+
+    #[lumen::remote]
+    fn checksum(v: lumen::ObjectRef<Vec<u64>>) -> lumen::Result<u64> {
+        Ok(v.get()?.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+    }
+
+    fn leaf_local(i: u64) -> Vec<u64> {
+        (0..64).map(|k| i * 1000 + k).collect()
+    }
+
+    fn add(a: &[u64], b: &[u64]) -> Vec<u64> {
+        a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+    }
+
+    #[test]
+    #[ignore = "a scenario: run by a test above under lumen run"]
+    fn dag_under_sigkill() -> lumen::Result<()> {
+        let n: usize = std::env::var("LUMEN_CHAOS_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            // 600 per layer (2402 tasks): at 1200 per layer the two survivors'
+            // executors reach their 256 threads with tasks blocked on values
+            // being rebuilt, and the job hangs (RELIABILITY.md).
+            .unwrap_or(600);
+        let kill = std::env::var("LUMEN_CHAOS_KILL").as_deref() != Ok("0");
+        let rt = lumen::init()?;
+        assert_eq!(rt.size(), 5);
+        let pids: Vec<u32> = (3..5)
+            .map(|r| pid::options().rank(r).remote(&rt)?.get())
+            .collect::<lumen::Result<_>>()?;
+        let started = Instant::now();
+        let killer = std::thread::spawn(move || {
+            for (i, pid) in pids.into_iter().enumerate().filter(|_| kill) {
+                std::thread::sleep(Duration::from_millis(if i == 0 { 300 } else { 700 }));
+                // SAFETY: a plain kill(2) of a rank process of this job.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        });
+        let leaves: Vec<_> = (0..n as u64)
+            .map(|i| leaf::options().spread().remote(&rt, i))
+            .collect::<lumen::Result<_>>()?;
+        let pairs: Vec<_> = (0..n)
+            .map(|i| {
+                combine::options().spread().remote(
+                    &rt,
+                    leaves[i].clone(),
+                    leaves[(i + 1) % n].clone(),
+                )
+            })
+            .collect::<lumen::Result<_>>()?;
+        let quads: Vec<_> = (0..n)
+            .map(|i| {
+                combine::options().spread().remote(
+                    &rt,
+                    pairs[i].clone(),
+                    pairs[(i + 2) % n].clone(),
+                )
+            })
+            .collect::<lumen::Result<_>>()?;
+        let sums: Vec<_> = quads
+            .iter()
+            .map(|q| checksum::options().spread().remote(&rt, q.clone()))
+            .collect::<lumen::Result<_>>()?;
+        let mut wrong = 0;
+        for (i, s) in sums.iter().enumerate() {
+            let pair = |j: usize| add(&leaf_local(j as u64), &leaf_local(((j + 1) % n) as u64));
+            let quad = add(&pair(i), &pair((i + 2) % n));
+            let expected = quad.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+            if s.get()? != expected {
+                wrong += 1;
+            }
+        }
+        killer.join().expect("killer");
+        let rebuilt = rt.stats(0)?.objects_rebuilt;
+        println!(
+            "chaos: {} tasks, 2 of 4 workers SIGKILLed, {} results checked, {wrong} wrong, 0 lost, {rebuilt} values rebuilt from lineage, {:.1} s",
+            4 * n + 2,
+            sums.len(),
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(wrong, 0);
+        println!("scenario dag_under_sigkill: ok");
+        Ok(())
     }
 
     fn signal(pid: u32, which: &str) {

@@ -154,7 +154,14 @@ impl Executor {
                 return Err(Box::new(spec));
             }
             let free = s.slots.free_in(bundle);
-            s.queue.push_back(Queued { spec, from });
+            // A retried or rebuilt task goes first: tasks queued and
+            // running may be blocked waiting for its value (lineage), and
+            // they hold threads the executor can run only so many of.
+            if spec.attempt > 1 {
+                s.queue.push_front(Queued { spec, from });
+            } else {
+                s.queue.push_back(Queued { spec, from });
+            }
             // Every thread may be blocked in a `get` with its slots lent
             // out: then nobody would pick this task up. A notify with no
             // idle thread would only cost a system call (std's condvar

@@ -149,7 +149,9 @@ impl Inner {
         if !runs.is_empty() {
             self.lineage.lock().rebuilt += runs.len() as u64;
         }
-        for (spec, pinned) in runs {
+        // Newest first: each goes to the front of its rank's queue, so the
+        // oldest (the arguments of the others) run first.
+        for (spec, pinned) in runs.into_iter().rev() {
             tracing::warn!(
                 rank = self.rank,
                 "{} was lost with rank {dead}: running {} again (attempt {})",
