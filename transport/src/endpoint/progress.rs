@@ -149,9 +149,15 @@ impl Endpoint {
                     let result = match grant.error {
                         Some(detail) => Err(TransportError::GetFailed { rank: src, detail }),
                         None => read_process_memory_vec(grant.pid, grant.addr, grant.len as usize)
-                            .map_err(|e| TransportError::GetFailed {
-                                rank: src,
-                                detail: format!("single-copy read failed: {e}"),
+                            .map_err(|e| {
+                                let detail = format!("single-copy read failed: {e}");
+                                if e.raw_os_error() == Some(libc::ESRCH) {
+                                    // The granting process is gone: its death.
+                                    shared.mark_peer(src, PEER_DEAD, detail.clone());
+                                    TransportError::PeerDied { rank: src, detail }
+                                } else {
+                                    TransportError::GetFailed { rank: src, detail }
+                                }
                             }),
                     };
                     shared.finish_get(grant.request, result);

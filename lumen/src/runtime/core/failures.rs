@@ -121,13 +121,16 @@ impl Inner {
 
     /// `rank` is dead, for the reason `detail`; rank 0 tells every rank.
     pub(super) fn on_rank_dead_because(self: &Arc<Self>, rank: Rank, detail: &str) {
-        let (effects, task_effects) = {
+        let (effects, task_effects, rebuilds) = {
             let mut s = self.lock();
             if !s.dead.insert(rank) {
                 return;
             }
             s.dead_why.insert(rank, detail.to_string());
-            let effects = s.refs.rank_died(rank);
+            // Under the same lock as the death: nobody may see a lost value
+            // as lost (ObjectLost) that is about to be rebuilt.
+            let (rebuilds, mut effects) = self.mark_lost(&mut s, rank);
+            effects.extend(s.refs.rank_died(rank));
             let task_effects = s.tasks.rank_died(rank, detail);
             self.devices.rank_died(rank);
             for reply in s.replies.values_mut() {
@@ -144,7 +147,7 @@ impl Inner {
             for id in orphaned {
                 s.remote_values.insert(id, Some(owner_died(id)));
             }
-            (effects, task_effects)
+            (effects, task_effects, rebuilds)
         };
         tracing::warn!(rank = self.rank, dead = rank, "{detail}");
         self.announce_death(rank, detail);
@@ -172,7 +175,7 @@ impl Inner {
                 TaskEffect::Retry { spec, pinned } => self.retry_task(rank, spec, pinned),
             }
         }
-        self.rebuild_lost(rank);
+        self.run_rebuilds(rank, rebuilds);
         if rank == 0 && self.mode == Mode::Driver && self.rank != 0 {
             // The driver is gone: nothing will ever be asked of us again.
             let (flag, cv) = &self.shutdown_requested;

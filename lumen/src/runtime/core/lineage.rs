@@ -117,35 +117,50 @@ impl Lineage {
     }
 }
 
+/// Tasks to run again, with their argument pins, and the pins of those
+/// that are not (dropped after the state lock: a pin's drop takes it).
+pub(super) type Rebuilds = (Vec<(TaskSpec, Option<Pinned>)>, Vec<Option<Pinned>>);
+
 impl Inner {
-    /// (owner) Rebuilds the objects lost with `dead` (see the module docs).
-    pub(super) fn rebuild_lost(self: &Arc<Self>, dead: lumen_transport::Rank) {
-        let (runs, effects) = {
-            let mut s = self.lock();
-            let lost = s
-                .refs
-                .lost_with(|rank, arena| self.copy_gone(&s.dead, rank, arena));
-            let mut runs = Vec::new();
-            let mut effects = Vec::new();
-            for object in lost {
-                let Some((mut spec, pinned)) = self.lineage.take(object) else {
-                    continue;
-                };
-                if spec.attempt > spec.options.max_retries {
-                    tracing::warn!(
-                        rank = self.rank,
-                        "{object} was lost with rank {dead} and {} is out of retries: not rebuilt",
-                        spec.name
-                    );
-                    continue;
-                }
-                spec.attempt += 1;
-                effects.extend(s.refs.rebuild(object));
-                runs.push((spec, pinned));
+    /// (owner, under the state lock, as `dead` is marked dead) Makes the
+    /// values lost with it pending again and takes their tasks (see the
+    /// module docs); returns them and the effects of releasing what the
+    /// lost values contained.
+    pub(super) fn mark_lost(
+        &self,
+        s: &mut super::State,
+        dead: lumen_transport::Rank,
+    ) -> (Rebuilds, Vec<crate::runtime::refs::Effect>) {
+        let lost = s
+            .refs
+            .lost_with(|rank, arena| self.copy_gone(&s.dead, rank, arena));
+        let mut runs = Vec::new();
+        let mut discarded = Vec::new();
+        let mut effects = Vec::new();
+        for object in lost {
+            let Some((mut spec, pinned)) = self.lineage.take(object) else {
+                continue;
+            };
+            if spec.attempt > spec.options.max_retries {
+                tracing::warn!(
+                    rank = self.rank,
+                    "{object} was lost with rank {dead} and {} is out of retries: not rebuilt",
+                    spec.name
+                );
+                discarded.push(pinned);
+                continue;
             }
-            (runs, effects)
-        };
-        self.apply(effects);
+            spec.attempt += 1;
+            effects.extend(s.refs.rebuild(object));
+            runs.push((spec, pinned));
+        }
+        ((runs, discarded), effects)
+    }
+
+    /// Submits the tasks [`Inner::mark_lost`] took.
+    pub(super) fn run_rebuilds(self: &Arc<Self>, dead: lumen_transport::Rank, rebuilds: Rebuilds) {
+        let (runs, discarded) = rebuilds;
+        drop(discarded);
         if !runs.is_empty() {
             self.lineage.lock().rebuilt += runs.len() as u64;
         }

@@ -568,6 +568,15 @@ impl Inner {
                         rank,
                         what: format!("fetching {object}, whose only copy was there,"),
                     }),
+                    // A read from a rank known dead by now is its death too.
+                    FetchError::Transport(TransportError::GetFailed { .. })
+                        if self.is_dead(rank) =>
+                    {
+                        runtime_error(RuntimeError::RankDied {
+                            rank,
+                            what: format!("fetching {object}, whose only copy was there,"),
+                        })
+                    }
                     FetchError::Transport(other) => LumenError::Transport(other),
                     other => runtime_error(RuntimeError::ObjectLost {
                         object,
