@@ -8,47 +8,10 @@
 
 mod common;
 
-use common::*;
-use lumen_testkit::{netns_unavailable_reason, unique_prefix, NetnsCluster};
-
-/// Runs `scenario` under `lumen run` on `nodes` namespaces with the given
-/// ranks per node; returns its output.
+/// Runs `scenario` (module `scenario`) on namespace nodes, see
+/// `common::scenario::run_on_netns_nodes`.
 fn run_on_nodes(tag: &str, per_node: &[u32], scenario: &str) -> Option<String> {
-    if let Some(reason) = netns_unavailable_reason() {
-        eprintln!("SKIPPED: network namespaces unavailable here: {reason}");
-        return None;
-    }
-    let nodes = per_node.len();
-    let cluster = NetnsCluster::create(&unique_prefix(tag), nodes).expect("creating namespaces");
-    let hosts: Vec<String> = per_node
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{}:{n}", cluster.namespace(i)))
-        .collect();
-    let ranks: u32 = per_node.iter().sum();
-    let mut command = cluster.command(0, "timeout");
-    command
-        .args(["-k", "5", "180"])
-        .arg(lumen())
-        .args(["run", "-n", &ranks.to_string(), "--label"])
-        .args(["--hosts", &hosts.join(",")])
-        .args(["--launch-agent", "ip netns exec {host}"])
-        .args(["--rendezvous-bind", &cluster.host_addr(0).to_string()])
-        .arg("--")
-        .arg(std::env::current_exe().expect("test binary"))
-        .args([
-            &format!("scenario::{scenario}"),
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("LUMEN_TCP_IF", cluster.subnet_cidr());
-    let output = command.output().expect("running lumen in the namespace");
-    let all = text(&output);
-    cluster.destroy().expect("removing namespaces");
-    assert!(output.status.success(), "job failed:\n{all}");
-    assert!(all.contains(&format!("scenario {scenario}: ok")), "{all}");
-    Some(all)
+    common::scenario::run_on_netns_nodes(tag, per_node, "scenario", scenario, &[], false)
 }
 
 #[test]

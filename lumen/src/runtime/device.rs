@@ -555,25 +555,15 @@ impl Inner {
             let same_node = self.ranks.get(meta.owner as usize).map(|r| r.node)
                 == self.ranks.get(rank as usize).map(|r| r.node);
             let mapped = if same_node && arena.memory().export().is_some() {
-                match lumen_objstore::device::pull_ipc(
+                lumen_objstore::device::pull_ipc(
                     &self.endpoint,
                     meta.owner,
                     id,
                     arena,
                     &plane.ipc,
                     TIMEOUT,
-                ) {
-                    Ok(moved) => Some(moved.path),
-                    Err(DeviceError::Exists(_)) => Some(TransferPath::SameBuffer),
-                    Err(e) => {
-                        tracing::info!(
-                            rank,
-                            owner = meta.owner,
-                            "mapping a device object of the same node failed ({e}): host staging instead"
-                        );
-                        None
-                    }
-                }
+                )
+                .pipe_path(rank, meta.owner, "mapping it on this node")
             } else {
                 None
             };
@@ -587,25 +577,15 @@ impl Inner {
             #[cfg(feature = "cuda")]
             let mapped = match mapped {
                 None if !same_node && arena.memory().cuda().is_some() => {
-                    match lumen_objstore::device::nccl::pull_nccl(
+                    lumen_objstore::device::nccl::pull_nccl(
                         &self.endpoint,
                         meta.owner,
                         id,
                         arena,
                         &plane.nccl_pairs,
                         TIMEOUT,
-                    ) {
-                        Ok(moved) => Some(moved.path),
-                        Err(DeviceError::Exists(_)) => Some(TransferPath::SameBuffer),
-                        Err(e) => {
-                            tracing::info!(
-                                rank,
-                                owner = meta.owner,
-                                "no NCCL path for a device object of another node ({e}): host staging instead"
-                            );
-                            None
-                        }
-                    }
+                    )
+                    .pipe_path(rank, meta.owner, "NCCL")
                 }
                 other => other,
             };
@@ -638,7 +618,7 @@ impl Inner {
         let fabric = self.store.fabric().filter(|f| f.is_verbs())?;
         let peer = fabric.peer_of(meta.owner)?;
         let backend = fabric.backend();
-        match lumen_objstore::device::gpudirect::pull_gpudirect(
+        lumen_objstore::device::gpudirect::pull_gpudirect(
             &self.endpoint,
             &*backend,
             peer,
@@ -647,18 +627,8 @@ impl Inner {
             arena,
             &self.devices.gpudirect,
             TIMEOUT,
-        ) {
-            Ok(moved) => Some(moved.path),
-            Err(DeviceError::Exists(_)) => Some(TransferPath::SameBuffer),
-            Err(e) => {
-                tracing::info!(
-                    rank = self.rank,
-                    owner = meta.owner,
-                    "no GPU-direct path for a device object ({e}): NCCL or host staging instead"
-                );
-                None
-            }
-        }
+        )
+        .pipe_path(self.rank, meta.owner, "GPU-direct RDMA")
     }
 
     /// Pulls a task's device arguments onto its GPU before it runs (see
@@ -674,6 +644,30 @@ impl Inner {
                     }
                 }
                 Err(e) => tracing::debug!(rank = self.rank, "prefetching a device argument: {e}"),
+            }
+        }
+    }
+}
+
+/// A direct path's outcome as the path taken, or `None` (logged) when the
+/// reader falls back to the next path; an object that arrived meanwhile
+/// (another reader's pull) is here already.
+trait PipePath {
+    fn pipe_path(self, rank: u32, owner: u32, what: &str) -> Option<TransferPath>;
+}
+
+impl PipePath for std::result::Result<lumen_objstore::device::DeviceTransfer, DeviceError> {
+    fn pipe_path(self, rank: u32, owner: u32, what: &str) -> Option<TransferPath> {
+        match self {
+            Ok(moved) => Some(moved.path),
+            Err(DeviceError::Exists(_)) => Some(TransferPath::SameBuffer),
+            Err(e) => {
+                tracing::info!(
+                    rank,
+                    owner,
+                    "no {what} for a device object ({e}): the next path instead"
+                );
+                None
             }
         }
     }

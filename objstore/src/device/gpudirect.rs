@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lumen_transport::fabric::{OneSided, RemoteKey};
-use lumen_transport::{Endpoint, Message, Rank, Source};
+use lumen_transport::{Endpoint, Message, Rank};
 
 use super::path::TransferPath;
 use super::transfer::DeviceArenas;
@@ -130,18 +130,8 @@ impl std::fmt::Debug for GpuDirectServer {
 }
 
 fn reply(ep: &Endpoint, to: Rank, seq: u64, body: Result<Vec<u8>, String>) {
-    let header = match body {
-        Ok(mut ok) => {
-            ok.insert(0, 0u8);
-            ok
-        }
-        Err(why) => {
-            let mut out = vec![1u8];
-            out.extend_from_slice(why.as_bytes());
-            out
-        }
-    };
-    let _ = ep.send(to, HEADER_BASE | (seq & 0xffff_ffff), &header);
+    let answer = body.as_deref().map_err(String::as_str);
+    super::transfer::reply_header(ep, to, HEADER_BASE, seq, answer);
 }
 
 impl GpuDirectServer {
@@ -257,24 +247,16 @@ pub fn pull_gpudirect<D: DeviceMemory>(
     // cannot be registered.
     let (base, _) = direct.key(fabric, arena.memory())?;
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    endpoint
-        .send(owner, GPUDIRECT_REQUEST_TAG, &encode(false, seq, id))
-        .map_err(|e| transfer(e.to_string()))?;
-    let header = endpoint
-        .recv_timeout(
-            Source::Rank(owner),
-            HEADER_BASE | (seq & 0xffff_ffff),
-            timeout,
-        )
-        .map_err(|e| transfer(e.to_string()))?;
-    let body = match header.data.split_first() {
-        Some((0, body)) if body.len() == RemoteKey::BYTES + 16 => body.to_vec(),
-        Some((1, why)) => {
-            return Err(DeviceError::Refused {
-                rank: owner,
-                detail: String::from_utf8_lossy(why).into_owned(),
-            })
-        }
+    let body = match super::transfer::request_header(
+        endpoint,
+        owner,
+        GPUDIRECT_REQUEST_TAG,
+        &encode(false, seq, id),
+        HEADER_BASE,
+        seq,
+        timeout,
+    )? {
+        (0, body) if body.len() == RemoteKey::BYTES + 16 => body,
         _ => return Err(transfer("a malformed GPU-direct header".into())),
     };
     let release = || {

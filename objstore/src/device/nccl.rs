@@ -40,7 +40,7 @@ use std::time::Duration;
 use cudarc::driver::CudaStream;
 use cudarc::nccl::sys as nccl;
 
-use lumen_transport::{Endpoint, Message, Rank, Source};
+use lumen_transport::{Endpoint, Message, Rank};
 
 use super::path::TransferPath;
 use super::transfer::DeviceArenas;
@@ -258,18 +258,10 @@ impl std::fmt::Debug for NcclServer {
 }
 
 fn reply(ep: &Endpoint, to: Rank, seq: u64, status: Result<u64, String>) {
-    let mut header = Vec::new();
     match status {
-        Ok(len) => {
-            header.push(0u8);
-            header.extend_from_slice(&len.to_le_bytes());
-        }
-        Err(why) => {
-            header.push(1u8);
-            header.extend_from_slice(why.as_bytes());
-        }
-    }
-    let _ = ep.send(to, HEADER_BASE | (seq & 0xffff_ffff), &header);
+        Ok(len) => super::transfer::reply_header(ep, to, HEADER_BASE, seq, Ok(&len.to_le_bytes())),
+        Err(why) => super::transfer::reply_header(ep, to, HEADER_BASE, seq, Err(&why)),
+    };
 }
 
 impl NcclServer {
@@ -453,31 +445,20 @@ fn ask(
     seq: u64,
     timeout: Duration,
 ) -> Result<u64, DeviceError> {
-    let transfer = |detail: String| DeviceError::Transfer {
-        rank: owner,
-        detail,
-    };
-    endpoint
-        .send(owner, NCCL_REQUEST_TAG, request)
-        .map_err(|e| transfer(e.to_string()))?;
-    let header = endpoint
-        .recv_timeout(
-            Source::Rank(owner),
-            HEADER_BASE | (seq & 0xffff_ffff),
-            timeout,
-        )
-        .map_err(|e| transfer(e.to_string()))?;
-    match header.data.split_first() {
-        Some((0, len)) if len.len() == 8 => {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(len);
-            Ok(u64::from_le_bytes(w))
-        }
-        Some((1, why)) => Err(DeviceError::Refused {
+    match super::transfer::request_header(
+        endpoint,
+        owner,
+        NCCL_REQUEST_TAG,
+        request,
+        HEADER_BASE,
+        seq,
+        timeout,
+    )? {
+        (0, len) if len.len() == 8 => Ok(super::transfer::word(&len, 0).unwrap_or(0)),
+        _ => Err(DeviceError::Transfer {
             rank: owner,
-            detail: String::from_utf8_lossy(why).into_owned(),
+            detail: "a malformed NCCL header".into(),
         }),
-        _ => Err(transfer("a malformed NCCL header".into())),
     }
 }
 

@@ -229,10 +229,72 @@ impl DeviceServer {
     }
 }
 
+/// A refusal header (status 1, then the reason) on `header_tag`.
 fn refuse(ep: &Endpoint, to: Rank, header_tag: u64, why: &str) {
     let mut header = vec![1u8];
     header.extend_from_slice(why.as_bytes());
     let _ = ep.send(to, header_tag, &header);
+}
+
+/// Answers request `seq` on `header_base | seq` (the device protocols'
+/// replies): `Ok(body)` as status 0 and the body, `Err(why)` as a refusal.
+/// True when a body went out.
+pub(crate) fn reply_header(
+    ep: &Endpoint,
+    to: Rank,
+    header_base: u64,
+    seq: u64,
+    answer: Result<&[u8], &str>,
+) -> bool {
+    let tag = header_base | (seq & 0xffff_ffff);
+    match answer {
+        Ok(body) => {
+            let mut header = Vec::with_capacity(1 + body.len());
+            header.push(0u8);
+            header.extend_from_slice(body);
+            ep.send(to, tag, &header).is_ok()
+        }
+        Err(why) => {
+            refuse(ep, to, tag, why);
+            false
+        }
+    }
+}
+
+/// Sends `request` to `owner` on `request_tag` and waits for its header on
+/// `header_base | seq`: a refusal is `DeviceError::Refused` with the
+/// owner's reason; otherwise the status byte and the body.
+pub(crate) fn request_header(
+    endpoint: &Endpoint,
+    owner: Rank,
+    request_tag: u64,
+    request: &[u8],
+    header_base: u64,
+    seq: u64,
+    timeout: Duration,
+) -> Result<(u8, Vec<u8>), DeviceError> {
+    let transfer = |detail: String| DeviceError::Transfer {
+        rank: owner,
+        detail,
+    };
+    endpoint
+        .send(owner, request_tag, request)
+        .map_err(|e| transfer(e.to_string()))?;
+    let header = endpoint
+        .recv_timeout(
+            Source::Rank(owner),
+            header_base | (seq & 0xffff_ffff),
+            timeout,
+        )
+        .map_err(|e| transfer(e.to_string()))?;
+    match header.data.split_first() {
+        Some((1, reason)) => Err(DeviceError::Refused {
+            rank: owner,
+            detail: String::from_utf8_lossy(reason).into_owned(),
+        }),
+        Some((&status, rest)) => Ok((status, rest.to_vec())),
+        None => Err(transfer("an empty header".into())),
+    }
 }
 
 /// Answers one request; what it served, if it served something.
@@ -333,10 +395,8 @@ fn serve<D: DeviceMemory>(
             return None;
         }
     };
-    let mut header = vec![0u8];
-    header.extend_from_slice(&block.len.to_le_bytes());
     let chunk_tag = CHUNK_BASE | (seq & 0xffff_ffff);
-    let sent = ep.send(src, header_tag, &header).is_ok()
+    let sent = reply_header(ep, src, HEADER_BASE, seq, Ok(&block.len.to_le_bytes()))
         && stage_out(
             arena.memory(),
             block.offset,
@@ -362,36 +422,22 @@ fn ask(
     kind: Kind,
     timeout: Duration,
 ) -> Result<(u64, u8, Vec<u8>), DeviceError> {
-    let transfer = |detail: String| DeviceError::Transfer {
-        rank: owner,
-        detail,
-    };
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    endpoint
-        .send(
-            owner,
-            DEVICE_REQUEST_TAG,
-            &encode_request(id, seq, chunk as u64, kind),
-        )
-        .map_err(|e| transfer(e.to_string()))?;
-    let header = endpoint
-        .recv_timeout(
-            Source::Rank(owner),
-            HEADER_BASE | (seq & 0xffff_ffff),
-            timeout,
-        )
-        .map_err(|e| transfer(e.to_string()))?;
-    match header.data.split_first() {
-        Some((1, reason)) => Err(DeviceError::Refused {
-            rank: owner,
-            detail: String::from_utf8_lossy(reason).into_owned(),
-        }),
-        Some((&status, rest)) => Ok((seq, status, rest.to_vec())),
-        None => Err(transfer("an empty header".into())),
-    }
+    let request = encode_request(id, seq, chunk as u64, kind);
+    let (status, body) = request_header(
+        endpoint,
+        owner,
+        DEVICE_REQUEST_TAG,
+        &request,
+        HEADER_BASE,
+        seq,
+        timeout,
+    )?;
+    Ok((seq, status, body))
 }
 
-fn word(bytes: &[u8], at: usize) -> Option<u64> {
+/// The little-endian word at `at`, if the bytes reach that far.
+pub(crate) fn word(bytes: &[u8], at: usize) -> Option<u64> {
     let mut w = [0u8; 8];
     w.copy_from_slice(bytes.get(at..at + 8)?);
     Some(u64::from_le_bytes(w))
