@@ -39,6 +39,13 @@ use lumen_sched::PlacementGroupId;
 /// Upper bound on executor threads per rank (blocked tasks included).
 pub(crate) const MAX_THREADS: usize = 256;
 
+/// Threads kept for retried and rebuilt tasks: once `MAX_THREADS -
+/// RETRY_RESERVE` threads run first attempts (blocked in `get` or not),
+/// only retries (attempt > 1) start. Tasks blocked on values lost with a rank wait for those values'
+/// rebuilds, which are retries; without a reserve every thread could be
+/// blocked on a rebuild that no thread is left to run.
+pub(crate) const RETRY_RESERVE: usize = 16;
+
 thread_local! {
     /// Slots held by the task this thread runs (0: not an executor thread),
     /// and the bundle they came from (`None`: the free pool).
@@ -86,6 +93,8 @@ struct State {
     slots: ResourceSlots,
     threads: usize,
     idle: usize,
+    /// Threads running a first attempt of a task (blocked or not).
+    first_attempts: usize,
     stopping: bool,
 }
 
@@ -107,6 +116,7 @@ impl Executor {
                 slots: ResourceSlots::new(capacity, gpus),
                 threads: 0,
                 idle: 0,
+                first_attempts: 0,
                 stopping: false,
             }),
             ready: Condvar::new(),
@@ -242,6 +252,17 @@ impl Executor {
     /// hold back CPU-only tasks; a request the rank can never serve is let
     /// through, to fail).
     fn next_runnable(s: &State) -> Option<usize> {
+        if s.first_attempts >= MAX_THREADS - RETRY_RESERVE {
+            // Only retries may take the last threads (see RETRY_RESERVE).
+            let retries: Vec<usize> = (0..s.queue.len())
+                .filter(|&at| s.queue[at].spec.attempt > 1)
+                .collect();
+            let at = s.slots.next_runnable(retries.iter().map(|&at| {
+                let q = &s.queue[at];
+                (&q.spec.options.resources, bundle_of(&q.spec))
+            }))?;
+            return retries.get(at).copied();
+        }
         s.slots.next_runnable(
             s.queue
                 .iter()
@@ -299,6 +320,7 @@ impl Executor {
                     }
                     if let Some(at) = Self::next_runnable(&s) {
                         if let Some(job) = s.queue.remove(at) {
+                            s.first_attempts += usize::from(job.spec.attempt <= 1);
                             let bundle = bundle_of(&job.spec);
                             let held = s.slots.start(&job.spec.options.resources, bundle);
                             break (job, held);
@@ -309,6 +331,7 @@ impl Executor {
                     s.idle -= 1;
                 }
             };
+            let job_attempt = job.spec.attempt;
             let Some(inner) = runtime.upgrade() else {
                 return;
             };
@@ -334,9 +357,11 @@ impl Executor {
                     None
                 }
             };
+            let first = job_attempt <= 1;
             drop(inner);
             let wake = {
                 let mut s = self.lock();
+                s.first_attempts -= usize::from(first);
                 if let Some(held) = &held {
                     s.slots.finish(held);
                 }
@@ -415,6 +440,27 @@ mod tests {
             .start(&job.spec.options.resources, bundle_of(&job.spec))
             .ok()?;
         Some((job.spec.object.seq, held.cpus, held.bundle))
+    }
+
+    #[test]
+    fn the_last_threads_are_kept_for_retries() {
+        let executor = Executor::new(&Resources::cpus(2.0), GpuSlots::with_count(0));
+        executor.push(spec(1, 1.0, None), 0).expect("queued");
+        let mut retry = spec(2, 1.0, None);
+        retry.attempt = 2;
+        executor.push(retry, 0).expect("queued");
+        executor.push(spec(3, 1.0, None), 0).expect("queued");
+        {
+            let mut s = executor.lock();
+            s.first_attempts = MAX_THREADS - RETRY_RESERVE;
+            let at = Executor::next_runnable(&s).expect("the retry may start");
+            assert_eq!(s.queue[at].spec.object.seq, 2);
+            s.queue.remove(at);
+            assert_eq!(Executor::next_runnable(&s), None, "first attempts wait");
+            s.first_attempts -= 1;
+        }
+        // A thread left: first attempts start again, in order.
+        assert_eq!(start(&executor), Some((1, 1.0, None)));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::runtime::error::{TaskError, TaskErrorKind};
 use crate::runtime::ids::ObjectId;
 use crate::runtime::object_ref::Pinned;
 use crate::runtime::protocol::{Outcome, RtMsg, PROBE_TAG};
+use crate::runtime::refs::ObjectState;
 use crate::runtime::scheduler::{Preferences, Request};
 use crate::runtime::task_table::{actor_died, worker_died, ActorCall, TaskEffect};
 
@@ -162,19 +163,7 @@ impl Inner {
         self.fail_actor_calls(rank, &format!("its rank died: {detail}"));
         self.repair_mesh_calls(rank);
         self.restart_actors(rank);
-        for effect in task_effects {
-            match effect {
-                TaskEffect::Fail {
-                    object,
-                    outcome,
-                    pinned,
-                } => {
-                    self.on_done(object, outcome, Vec::new());
-                    drop(pinned);
-                }
-                TaskEffect::Retry { spec, pinned } => self.retry_task(rank, spec, pinned),
-            }
-        }
+        self.apply_task_effects(rank, task_effects);
         self.run_rebuilds(rank, rebuilds);
         if rank == 0 && self.mode == Mode::Driver && self.rank != 0 {
             // The driver is gone: nothing will ever be asked of us again.
@@ -230,12 +219,32 @@ impl Inner {
     }
 
     /// [`Inner::retry_task`] once the task's rank constraints are known.
-    fn retry_task_now(
+    /// A task with arguments this rank owns that are pending (rebuilt or
+    /// still running) is held until they are ready (see
+    /// [`super::lineage::Deferred`]).
+    pub(super) fn retry_task_now(
         self: &Arc<Self>,
         dead: Rank,
         spec: crate::runtime::protocol::TaskSpec,
         pinned: Option<Pinned>,
     ) {
+        let (spec, pinned) = {
+            let mut s = self.lock();
+            let pending = super::lineage::pending_owned(self.rank, &spec.refs, |id| {
+                matches!(s.refs.state(id), Some(ObjectState::Pending))
+            });
+            if !pending.is_empty() {
+                tracing::debug!(
+                    "{} ({}) waits for {} pending arguments before its retry",
+                    spec.name,
+                    spec.object,
+                    pending.len()
+                );
+                s.deferred.hold(spec.object, (dead, spec, pinned), &pending);
+                return;
+            }
+            (spec, pinned)
+        };
         let object = spec.object;
         let bytes = self.argument_bytes(&spec.refs);
         let placed = self
@@ -283,8 +292,70 @@ impl Inner {
             self.on_done(object, Outcome::Failed(error), Vec::new());
             return;
         }
-        self.lock().tasks.task_sent(spec.clone(), target, pinned);
-        self.send_or_log(target, &RtMsg::Submit(spec));
+        let message = RtMsg::Submit(spec.clone());
+        let late = {
+            let mut s = self.lock();
+            self.task_sent_locked(&mut s, spec, target, pinned)
+        };
+        if late.is_empty() {
+            self.send_or_log(target, &message);
+        } else {
+            self.apply_task_effects(target, late);
+        }
+    }
+
+    /// (under the state lock) Puts a task sent to `target` in the task
+    /// table. A target declared dead since it was placed (the placement
+    /// and the death are not under one lock) gets its death's treatment
+    /// at once: the returned effects (a retry elsewhere or a failure),
+    /// for [`Inner::apply_task_effects`] after the lock. Without this
+    /// the task would wait forever for a rank whose death was already
+    /// handled.
+    pub(super) fn task_sent_locked(
+        &self,
+        s: &mut super::State,
+        spec: crate::runtime::protocol::TaskSpec,
+        target: Rank,
+        pinned: Option<Pinned>,
+    ) -> Vec<TaskEffect<Pinned>> {
+        if !s.dead.contains(&target) {
+            s.tasks.task_sent(spec, target, pinned);
+            return Vec::new();
+        }
+        tracing::info!(
+            "rank {target} was declared dead before {} ({}) reached it",
+            spec.name,
+            spec.object
+        );
+        s.tasks.task_sent(spec, target, pinned);
+        let why = s
+            .dead_why
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| format!("rank {target} died"));
+        s.tasks.rank_died(target, &why)
+    }
+
+    /// Carries out the task table's decisions about tasks whose rank
+    /// `dead` died.
+    pub(super) fn apply_task_effects(
+        self: &Arc<Self>,
+        dead: Rank,
+        effects: Vec<TaskEffect<Pinned>>,
+    ) {
+        for effect in effects {
+            match effect {
+                TaskEffect::Fail {
+                    object,
+                    outcome,
+                    pinned,
+                } => {
+                    self.on_done(object, outcome, Vec::new());
+                    drop(pinned);
+                }
+                TaskEffect::Retry { spec, pinned } => self.retry_task(dead, spec, pinned),
+            }
+        }
     }
 
     /// True once some rank is known dead.

@@ -63,10 +63,17 @@ impl Lineage {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps how `spec.object` was made (see the module docs).
-    pub(crate) fn record(&self, spec: TaskSpec, pinned: Option<Pinned>) {
+    /// Keeps how `spec.object` was made (see the module docs). Called
+    /// under the state lock that completes the object, so a rank death
+    /// never finds the value stored without its lineage; what is not kept
+    /// comes back, to be dropped after that lock (a pin's drop takes it).
+    pub(crate) fn record(
+        &self,
+        spec: TaskSpec,
+        pinned: Option<Pinned>,
+    ) -> Option<(TaskSpec, Option<Pinned>)> {
         if spec.options.max_retries == 0 {
-            return;
+            return Some((spec, pinned));
         }
         let size = spec_bytes(&spec);
         let dropped = {
@@ -85,8 +92,7 @@ impl Lineage {
                 r.specs.insert(spec.object, (spec, pinned))
             }
         };
-        // Unpinned after the lock (a pin's drop may free objects).
-        drop(dropped);
+        dropped
     }
 
     /// Forgets `object` (freed).
@@ -176,5 +182,118 @@ impl Inner {
             );
             self.retry_task(dead, spec, pinned);
         }
+    }
+}
+
+/// Retried and rebuilt tasks held back by their owner until the arguments
+/// it owns that are pending (being computed again) are ready. Sent at
+/// once, each would take an executor thread on its rank and block in
+/// `get`, and a rank has only so many threads: with hundreds of values
+/// rebuilt at once, every thread ended up waiting on a rebuild that had
+/// none left to run on. Ray's owner resolves a task's dependencies before
+/// it schedules the task in the same way. Only retries are held: a first
+/// attempt still starts at once and may pass a pending reference on
+/// without reading it.
+#[derive(Debug)]
+pub(crate) struct Deferred<T> {
+    /// Task → what to send, and how many of its arguments are pending.
+    tasks: HashMap<ObjectId, (T, usize)>,
+    /// Argument → the tasks waiting for it.
+    waiting: HashMap<ObjectId, Vec<ObjectId>>,
+}
+
+impl<T> Default for Deferred<T> {
+    fn default() -> Self {
+        Deferred {
+            tasks: HashMap::new(),
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Deferred<T> {
+    /// Holds `task` until every one of `pending` (distinct, non-empty)
+    /// arrives.
+    pub(crate) fn hold(&mut self, task: ObjectId, what: T, pending: &[ObjectId]) {
+        for &arg in pending {
+            self.waiting.entry(arg).or_default().push(task);
+        }
+        self.tasks.insert(task, (what, pending.len()));
+    }
+
+    /// `arg` is ready (a value or a failure): the tasks it was the last
+    /// pending argument of.
+    pub(crate) fn arrived(&mut self, arg: ObjectId) -> Vec<T> {
+        let Some(waiting) = self.waiting.remove(&arg) else {
+            return Vec::new();
+        };
+        let mut ready = Vec::new();
+        for task in waiting {
+            let done = self.tasks.get_mut(&task).is_some_and(|(_, left)| {
+                *left = left.saturating_sub(1);
+                *left == 0
+            });
+            if done {
+                if let Some((what, _)) = self.tasks.remove(&task) {
+                    ready.push(what);
+                }
+            }
+        }
+        ready
+    }
+
+    /// Tasks held now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+}
+
+/// The distinct arguments among `refs` that `me` owns and that `pending`
+/// says are not computed yet.
+pub(crate) fn pending_owned(
+    me: lumen_transport::Rank,
+    refs: &[ObjectId],
+    pending: impl Fn(ObjectId) -> bool,
+) -> Vec<ObjectId> {
+    let mut out: Vec<ObjectId> = Vec::new();
+    for &id in refs {
+        if id.owner == me && !out.contains(&id) && pending(id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(seq: u64) -> ObjectId {
+        ObjectId { owner: 0, seq }
+    }
+
+    #[test]
+    fn a_held_task_is_released_by_its_last_pending_argument() {
+        let mut d: Deferred<&str> = Deferred::default();
+        d.hold(id(10), "combine", &[id(1), id(2)]);
+        d.hold(id(11), "checksum", &[id(2)]);
+        assert_eq!(d.len(), 2);
+        assert!(d.arrived(id(3)).is_empty(), "nobody waits for 3");
+        assert!(d.arrived(id(1)).is_empty(), "combine still waits for 2");
+        let mut ready = d.arrived(id(2));
+        ready.sort_unstable();
+        assert_eq!(ready, vec!["checksum", "combine"]);
+        assert_eq!(d.len(), 0);
+        assert!(d.arrived(id(2)).is_empty(), "released once");
+    }
+
+    #[test]
+    fn only_distinct_pending_arguments_of_this_owner_hold_a_task() {
+        let mine = |seq| ObjectId { owner: 3, seq };
+        let theirs = ObjectId { owner: 1, seq: 7 };
+        let refs = [mine(1), mine(1), theirs, mine(2), mine(4)];
+        let got = pending_owned(3, &refs, |o| o.seq != 4);
+        assert_eq!(got, vec![mine(1), mine(2)]);
     }
 }

@@ -128,6 +128,9 @@ struct State {
     /// (creator side) where this rank's scheduler placed the actors it
     /// created and that are not stopped yet (counted in its placement).
     placed_actors: HashMap<ActorId, Rank>,
+    /// (owner side) retried and rebuilt tasks held back until arguments
+    /// this rank owns are computed again (see `failures::retry_task_now`).
+    deferred: lineage::Deferred<(Rank, super::protocol::TaskSpec, Option<Pinned>)>,
 }
 
 /// What the creator keeps to restart an actor (`max_restarts`).
@@ -349,6 +352,7 @@ impl Inner {
                 created_actors: HashMap::new(),
                 actor_hosts: HashMap::new(),
                 placed_actors: HashMap::new(),
+                deferred: lineage::Deferred::default(),
             }),
             changed: Changed::default(),
             scheduler: Mutex::new(

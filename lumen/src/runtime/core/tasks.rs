@@ -133,10 +133,14 @@ impl Inner {
         } else {
             Ok(encode(&SubmitRef(&spec)))
         };
-        {
+        let late = {
             let mut s = self.lock();
             s.refs.create(object, ObjectState::Pending);
-            s.tasks.task_sent(spec, target, pinned);
+            self.task_sent_locked(&mut s, spec, target, pinned)
+        };
+        if !late.is_empty() {
+            self.apply_task_effects(target, late);
+            return Ok(object);
         }
         let sent = match message {
             Ok(bytes) => self.endpoint.send(target, RUNTIME_TAG, &bytes),
@@ -198,52 +202,82 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .reported(src, queued);
-        self.on_done(object, outcome, refs);
+        self.complete(object, outcome, refs, Some(src));
     }
 
+    /// `object` is done with `outcome` (decided here: a failure, a local
+    /// task, a cancel).
     pub(super) fn on_done(
         self: &Arc<Self>,
         object: ObjectId,
         outcome: Outcome,
         refs: Vec<ObjectId>,
     ) {
+        self.complete(object, outcome, refs, None);
+    }
+
+    /// `object` is done; `from` is the rank that reported it. A report
+    /// from a rank already declared dead is stale and dropped: that
+    /// rank's death retried or failed everything it ran, and taking its
+    /// late report would end the retry's entry and point the value at a
+    /// process that is gone (messages it sent just before it died can be
+    /// read after its death is noticed).
+    fn complete(
+        self: &Arc<Self>,
+        object: ObjectId,
+        outcome: Outcome,
+        refs: Vec<ObjectId>,
+        from: Option<Rank>,
+    ) {
         // The entry is dropped after the lock (a retry record unpins). One
         // lock for the table, the borrowers waiting for the value and the
         // actor handle count an actor call held while in flight.
         let stored_elsewhere =
             matches!(&outcome, Outcome::Stored { rank, .. } if *rank != self.rank);
-        let (entry, io, waiters) = {
+        let (entry, io, waiters, released) = {
             let mut s = self.lock();
-            let entry = s.tasks.completed(object);
+            if let Some(src) = from.filter(|r| s.dead.contains(r)) {
+                drop(s);
+                tracing::info!("dropped the report of {object} from rank {src}, declared dead");
+                return;
+            }
+            let entry = match s.tasks.completed(object) {
+                // Its value lives on another rank: keep how it was made,
+                // before a death can find the value lost.
+                Some(InFlight::Task { spec, rank, pinned }) if stored_elsewhere => {
+                    let unkept = self.lineage.record(spec, pinned);
+                    Some(Completed::Recorded {
+                        rank,
+                        _unkept: unkept,
+                    })
+                }
+                other => other.map(Completed::Kept),
+            };
             let waiters = s.value_waiters.remove(&object).unwrap_or_default();
             let copy = (!waiters.is_empty()).then(|| outcome.clone());
             let mut effects = s.refs.complete(object, outcome, refs);
-            if let Some(InFlight::ActorCall(ActorCall {
+            if let Some(Completed::Kept(InFlight::ActorCall(ActorCall {
                 handles: Some(handles),
                 ..
-            })) = &entry
+            }))) = &entry
             {
                 effects.extend(self.drop_handle_locked(&mut s, *handles));
             }
             let io = Self::settle(&mut s, effects);
-            (entry, io, copy.map(|outcome| (waiters, outcome)))
+            let released = s.deferred.arrived(object);
+            (entry, io, copy.map(|outcome| (waiters, outcome)), released)
         };
-        let entry = match entry {
-            Some(InFlight::Task { spec, rank, pinned }) => {
-                self.scheduler
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .finished(rank);
-                // Its value lives on another rank: keep how it was made.
-                if stored_elsewhere {
-                    self.lineage.record(spec, pinned);
-                    None
-                } else {
-                    Some(InFlight::Task { spec, rank, pinned })
-                }
-            }
-            other => other,
+        let finished = match &entry {
+            Some(Completed::Recorded { rank, .. }) => Some(*rank),
+            Some(Completed::Kept(InFlight::Task { rank, .. })) => Some(*rank),
+            _ => None,
         };
+        if let Some(rank) = finished {
+            self.scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .finished(rank);
+        }
         self.changed.notify_all();
         self.wake(object);
         if let Some((waiters, outcome)) = waiters {
@@ -260,6 +294,9 @@ impl Inner {
         }
         self.carry_out(io);
         drop(entry);
+        for (dead, spec, pinned) in released {
+            self.retry_task_now(dead, spec, pinned);
+        }
     }
 
     /// Runs a task on this (executor) thread and reports its outcome.
@@ -378,6 +415,19 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .load(rank)
     }
+}
+
+/// A finished entry of the task table, dropped after the state lock (a
+/// pin's drop takes it).
+#[derive(Debug)]
+enum Completed {
+    /// A task whose value lives on another rank: its spec went to the
+    /// lineage (what the lineage did not keep comes back).
+    Recorded {
+        rank: Rank,
+        _unkept: Option<(TaskSpec, Option<Pinned>)>,
+    },
+    Kept(InFlight<Pinned>),
 }
 
 #[cfg(test)]
