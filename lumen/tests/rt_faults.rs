@@ -67,6 +67,29 @@ fn a_paused_rank_is_slow_within_the_bound_and_dead_beyond_it() {
     }
 }
 
+/// The same on one node, where silence is not used (see
+/// `runtime/core/liveness.rs`): the process's own state says it is stopped.
+#[test]
+fn a_stopped_rank_on_the_same_node_is_declared_dead_beyond_the_bound() {
+    let name = "pause_a_local_rank";
+    let mut command = std::process::Command::new(common::lumen());
+    command
+        .args(["run", "-n", "3", "--keep-going", "--"])
+        .arg(common::scenario::this_binary())
+        .args(common::scenario::scenario_args(name))
+        .env("LUMEN_FAILURE_TIMEOUT_MS", BOUND_MS.to_string());
+    let output = common::run_with_timeout(&mut command, 120);
+    let all = common::text(&output);
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    assert!(
+        all.contains("rank 2 stops: rank 0 declared this rank dead"),
+        "the resumed rank stops:\n{all}"
+    );
+    for line in all.lines().filter(|l| l.contains("detected after")) {
+        eprintln!("{line}");
+    }
+}
+
 /// Chaos on one node: two of four worker ranks are killed with SIGKILL
 /// while a 10,002-task DAG with object arguments runs, values kept in the
 /// ranks' own memory (no node arena), so what the killed ranks held is lost
@@ -248,33 +271,53 @@ mod scenarios {
     #[test]
     #[ignore = "a scenario: run by a test above on namespace hosts"]
     fn pause_a_rank() -> lumen::Result<()> {
+        pause(4, "rank 4 (node 2) silent", 5)?;
+        println!("scenario pause_a_rank: ok");
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "a scenario: run by a test above on one node"]
+    fn pause_a_local_rank() -> lumen::Result<()> {
+        pause(2, "rank 2 (node 0), process", 1)?;
+        println!("scenario pause_a_local_rank: ok");
+        Ok(())
+    }
+
+    /// Stops rank `victim` with SIGSTOP shorter than the bound (slow: its
+    /// task completes), then longer (declared dead: the waiting call fails
+    /// with `expect` in its text), resumes it, and runs a task on
+    /// `survivor`.
+    fn pause(victim: u32, expect: &str, survivor: u32) -> lumen::Result<()> {
         let rt = lumen::init()?;
-        let target = pid::options().rank(4).remote(&rt)?.get()?;
+        let target = pid::options().rank(victim).remote(&rt)?.get()?;
         // Shorter than the bound: slow, not dead.
-        let slow = sleep_ms::options().rank(4).remote(&rt, 200)?;
+        let slow = sleep_ms::options().rank(victim).remote(&rt, 200)?;
         signal(target, "-STOP");
         std::thread::sleep(Duration::from_millis(BOUND_MS / 2));
         signal(target, "-CONT");
-        assert_eq!(slow.get()?, 4, "a short pause is only slow");
+        assert_eq!(slow.get()?, victim, "a short pause is only slow");
         // Longer: declared dead.
-        let victim = sleep_ms::options().rank(4).remote(&rt, 120_000)?;
+        let call = sleep_ms::options().rank(victim).remote(&rt, 120_000)?;
         std::thread::sleep(Duration::from_millis(200));
         signal(target, "-STOP");
         let stopped_at = Instant::now();
-        let err = victim.get().expect_err("declared dead");
+        let err = call.get().expect_err("declared dead");
         let detected = stopped_at.elapsed();
         let text = err.to_string();
         println!(
             "detected after {} ms (bound {BOUND_MS} ms, SIGSTOP): {text}",
             detected.as_millis()
         );
-        assert!(text.contains("rank 4 (node 2) silent"), "{text}");
+        assert!(text.contains(expect), "{text}");
         // Resumed, it hears it was declared dead, and stops.
         signal(target, "-CONT");
         std::thread::sleep(Duration::from_millis(500));
         // The rest of the job runs on.
-        assert_eq!(sleep_ms::options().rank(5).remote(&rt, 1)?.get()?, 5);
-        println!("scenario pause_a_rank: ok");
+        assert_eq!(
+            sleep_ms::options().rank(survivor).remote(&rt, 1)?.get()?,
+            survivor
+        );
         Ok(())
     }
 

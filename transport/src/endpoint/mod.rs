@@ -150,6 +150,18 @@ impl Endpoint {
         )
     }
 
+    /// The process id of `peer` when it shares this rank's node segment
+    /// (for a failure detector that looks at the process itself).
+    pub fn local_pid(&self, peer: Rank) -> Option<i32> {
+        match self.shared.routes.get(peer as usize) {
+            Some(Route::Local(to)) => {
+                let pid = self.shared.segment.as_ref()?.pid(*to);
+                (pid > 0).then_some(pid)
+            }
+            _ => None,
+        }
+    }
+
     /// Where this rank listens for TCP connections.
     pub fn tcp_address(&self) -> SocketAddr {
         self.shared.tcp_address

@@ -4,8 +4,16 @@
 //! `lumen_launcher::config`), not only one that exits.
 //!
 //! - **Between nodes.** On a node a death is seen through the process
-//!   (pidfd) at once; the bound applies to peers on other nodes (a rank
-//!   stopped with SIGSTOP on rank 0's own node is not declared).
+//!   (pidfd) at once; the silence bound applies to peers on other nodes.
+//! - **On a node, stopped processes.** A peer on the watcher's own node
+//!   whose process has been stopped (`/proc/PID/stat` state `T` or `t`:
+//!   SIGSTOP, a debugger) for the bound is declared dead in the same way;
+//!   its state is read once per heartbeat interval, and every monitor
+//!   round while it is stopped. Silence is not used on
+//!   a node: those messages wait for this rank's progress thread, which a
+//!   long handler may hold for a while. A process that runs but whose
+//!   program hangs (a deadlock in user code) is not a failure here, on a
+//!   node or across nodes: its transport still answers.
 //! - **Heartbeats, piggybacked.** Every rank and rank 0 watch each other:
 //!   any message counts as a sign of life (the transport flags each arrival,
 //!   `Endpoint::heard_from`), and a heartbeat goes only to a peer that was
@@ -47,6 +55,9 @@ pub(crate) struct Liveness {
     /// When each peer was last heard from and last sent to, and when the
     /// last round ran.
     clocks: Mutex<(Vec<(Instant, Instant)>, Instant)>,
+    /// Watched peers on this node whose process was seen stopped, since
+    /// when, and when their states were last read.
+    stopped: Mutex<(std::collections::HashMap<Rank, Instant>, Option<Instant>)>,
 }
 
 impl Liveness {
@@ -55,6 +66,7 @@ impl Liveness {
         Liveness {
             bound,
             clocks: Mutex::new((vec![(now, now); size as usize], now)),
+            stopped: Mutex::new((std::collections::HashMap::new(), None)),
         }
     }
 
@@ -92,14 +104,13 @@ impl Inner {
         } else {
             vec![0]
         };
-        let watched: Vec<Rank> = watched
+        let (watched, local): (Vec<Rank>, Vec<Rank>) = watched
             .into_iter()
-            .filter(|&peer| !self.endpoint.is_local(peer))
-            .collect();
-        if watched.is_empty() {
+            .partition(|&peer| !self.endpoint.is_local(peer));
+        let mut silent = self.stopped_peers(&local, now);
+        if watched.is_empty() && silent.is_empty() {
             return;
         }
-        let mut silent = Vec::new();
         let mut beat = Vec::new();
         {
             let mut guard = self
@@ -124,7 +135,14 @@ impl Inner {
                 if self.endpoint.heard_from(peer) {
                     *heard = now;
                 } else if now.duration_since(*heard) > bound {
-                    silent.push((peer, now.duration_since(*heard)));
+                    let quiet = now.duration_since(*heard);
+                    let detail = format!(
+                        "{} silent for {} ms (LUMEN_FAILURE_TIMEOUT_MS={})",
+                        self.describe_rank(peer),
+                        quiet.as_millis(),
+                        bound.as_millis()
+                    );
+                    silent.push((peer, detail));
                     continue;
                 }
                 if self.endpoint.sent_to(peer) {
@@ -139,16 +157,10 @@ impl Inner {
             // A failed send is the transport noticing the death itself.
             let _ = self.endpoint.send(peer, HEARTBEAT_TAG, &[]);
         }
-        for (peer, quiet) in silent {
+        for (peer, detail) in silent {
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
-            let detail = format!(
-                "{} silent for {} ms (LUMEN_FAILURE_TIMEOUT_MS={})",
-                self.describe_rank(peer),
-                quiet.as_millis(),
-                bound.as_millis()
-            );
             if self.rank == 0 {
                 tracing::error!("declaring {detail}: dead");
                 // Told first (the transport refuses sends to a dead peer): a
@@ -166,6 +178,61 @@ impl Inner {
                 self.stop_cut_off(&format!("lost contact with the job's head: {detail}"));
             }
         }
+    }
+
+    /// The watched peers on this node (`local`) whose process has been
+    /// stopped for the bound, with why (see the module docs).
+    fn stopped_peers(&self, local: &[Rank], now: Instant) -> Vec<(Rank, String)> {
+        let bound = self.liveness.bound;
+        let mut guard = self
+            .liveness
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (since, last) = &mut *guard;
+        // All of them once per interval; those seen stopped every round,
+        // so that a resume between two stops is not missed.
+        let all = last.is_none_or(|at| now.duration_since(at) >= self.liveness.interval());
+        if all {
+            *last = Some(now);
+        }
+        let mut out = Vec::new();
+        let due: Vec<Rank> = local
+            .iter()
+            .copied()
+            .filter(|p| all || since.contains_key(p))
+            .collect();
+        for peer in due {
+            if peer == self.rank || self.is_dead(peer) {
+                since.remove(&peer);
+                continue;
+            }
+            let Some(pid) = self.endpoint.local_pid(peer) else {
+                continue;
+            };
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| process_state(&stat));
+            if !matches!(state, Some('T' | 't')) {
+                since.remove(&peer);
+                continue;
+            }
+            let from = *since.entry(peer).or_insert(now);
+            let stopped = now.duration_since(from);
+            if stopped >= bound {
+                since.remove(&peer);
+                out.push((
+                    peer,
+                    format!(
+                        "{}, process {pid}, stopped (SIGSTOP or a debugger) for {} ms (LUMEN_FAILURE_TIMEOUT_MS={})",
+                        self.describe_rank(peer),
+                        stopped.as_millis(),
+                        bound.as_millis()
+                    ),
+                ));
+            }
+        }
+        out
     }
 
     /// `rank 4 (node 2)`.
@@ -227,5 +294,28 @@ impl Inner {
             self.rank
         );
         std::process::exit(75);
+    }
+}
+
+/// The state letter of a `/proc/PID/stat` line (`R`, `S`, `T`, ...): the
+/// field after the command, which is in parentheses and may hold spaces
+/// and parentheses itself.
+fn process_state(stat: &str) -> Option<char> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.trim_start().chars().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_state;
+
+    #[test]
+    fn the_state_of_a_process_is_read_after_its_command() {
+        assert_eq!(process_state("42 (rt_faults) T 1 42 42 0"), Some('T'));
+        assert_eq!(process_state("7 (a (b) c) S 1 7"), Some('S'));
+        assert_eq!(process_state("7 (no state)"), None);
+        assert_eq!(process_state("garbage"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").expect("procfs");
+        assert_eq!(process_state(&own), Some('R'), "{own}");
     }
 }
