@@ -315,7 +315,7 @@ mod tests {
         assert_eq!(process_state("7 (a (b) c) S 1 7"), Some('S'));
         assert_eq!(process_state("7 (no state)"), None);
         assert_eq!(process_state("garbage"), None);
-        let own = std::fs::read_to_string("/proc/self/stat").expect("procfs");
+        let own = std::fs::read_to_string("/proc/thread-self/stat").expect("procfs");
         assert_eq!(process_state(&own), Some('R'), "{own}");
     }
 }
