@@ -16,6 +16,9 @@
 //! | `LUMEN_RT_SPIN_US` | [`wait_spin`](RuntimeConfig::wait_spin) | 0 |
 //! | `LUMEN_BIND` | [`bind`](RuntimeConfig::bind): `auto`, `cores`, `none` | `auto` |
 //! | `LUMEN_FABRIC` | [`fabric`](RuntimeConfig::fabric): `auto`, `ofi`, `tcp`, `verbs` | `auto` |
+//! | `LUMEN_MAX_PENDING_TASKS` | [`max_pending`](RuntimeConfig::max_pending) (0: no limit) | 100000 |
+//! | `LUMEN_SUBMIT_TIMEOUT_MS` | [`submit_timeout`](RuntimeConfig::submit_timeout) | none: wait |
+//! | `LUMEN_MAX_OBJECT_BYTES` | [`max_object_bytes`](RuntimeConfig::max_object_bytes) (K, M, G) | none |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,6 +67,16 @@ pub struct RuntimeConfig {
     /// Which fabric moves object pulls between nodes (`LUMEN_FABRIC`, see
     /// `runtime::fabric`).
     pub fabric: lumen_transport::fabric::FabricChoice,
+    /// Tasks and actor calls a rank may have submitted and not seen
+    /// finish; a submission beyond waits for one to finish (backpressure,
+    /// instead of an unbounded table). 0: no limit.
+    pub max_pending: usize,
+    /// How long a submission waits for room under `max_pending` before it
+    /// fails with `TooManyPending`; `None`: as long as it takes.
+    pub submit_timeout: Option<Duration>,
+    /// The largest value a `put` or a task's result may encode to;
+    /// `None`: no limit but the stores'.
+    pub max_object_bytes: Option<u64>,
 }
 
 /// How a rank binds itself to cores (`LUMEN_BIND`).
@@ -96,6 +109,9 @@ impl Default for RuntimeConfig {
             gpu_ids: None,
             bind: BindPolicy::Auto,
             fabric: lumen_transport::fabric::FabricChoice::Auto,
+            max_pending: 100_000,
+            submit_timeout: None,
+            max_object_bytes: None,
         }
     }
 }
@@ -220,6 +236,24 @@ impl RuntimeConfig {
                     }
                 })?;
         }
+        if let Some(v) = set("LUMEN_MAX_PENDING_TASKS") {
+            config.max_pending = parse("LUMEN_MAX_PENDING_TASKS", &v, "a number of tasks")?;
+        }
+        if let Some(v) = set("LUMEN_SUBMIT_TIMEOUT_MS") {
+            let ms: u64 = parse("LUMEN_SUBMIT_TIMEOUT_MS", &v, "a number of milliseconds")?;
+            config.submit_timeout = Some(Duration::from_millis(ms));
+        }
+        if let Some(v) = set("LUMEN_MAX_OBJECT_BYTES") {
+            config.max_object_bytes = Some(
+                lumen_transport::fabric::parse_size(&v)
+                    .map(|b| b as u64)
+                    .ok_or_else(|| RuntimeConfigError {
+                        variable: "LUMEN_MAX_OBJECT_BYTES",
+                        value: v.clone(),
+                        expected: "a number of bytes (K, M or G)",
+                    })?,
+            );
+        }
         if let Some(v) = set("LUMEN_RT_SPIN_US") {
             let us: u64 = parse("LUMEN_RT_SPIN_US", &v, "a number of microseconds")?;
             config.wait_spin = Duration::from_micros(us);
@@ -268,8 +302,14 @@ mod tests {
             ("LUMEN_PULL_CHUNK_BYTES", "1048576"),
             ("LUMEN_BUILD_ID", "v1"),
             ("LUMEN_RT_SPIN_US", "20"),
+            ("LUMEN_MAX_PENDING_TASKS", "64"),
+            ("LUMEN_SUBMIT_TIMEOUT_MS", "1500"),
+            ("LUMEN_MAX_OBJECT_BYTES", "2G"),
         ])
         .expect("valid");
+        assert_eq!(config.max_pending, 64);
+        assert_eq!(config.submit_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(config.max_object_bytes, Some(2 << 30));
         assert_eq!(config.num_workers, Some(3));
         assert_eq!(config.resources.cpus, 2.5);
         assert_eq!(config.resources.gpus, 1.0);

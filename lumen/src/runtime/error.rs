@@ -41,6 +41,8 @@ pub enum TaskErrorKind {
     /// rebuilt (a `put` value, an actor result, a task out of retries, or
     /// lineage full: see `runtime::core::lineage`).
     ObjectLost,
+    /// The result encodes to more than `LUMEN_MAX_OBJECT_BYTES`.
+    ObjectTooLarge,
 }
 
 /// A failure reported by the rank that ran (or was to run) a task.
@@ -64,6 +66,29 @@ pub enum RuntimeError {
     /// A task or actor call failed; see [`TaskError`].
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// A submission waited longer than `LUMEN_SUBMIT_TIMEOUT_MS` for room
+    /// under `LUMEN_MAX_PENDING_TASKS`.
+    #[error("{what} was not submitted: this rank has {pending} tasks and actor calls pending (LUMEN_MAX_PENDING_TASKS={limit}) and none finished within {waited:?} (LUMEN_SUBMIT_TIMEOUT_MS); wait for results before submitting more, or raise the limit")]
+    TooManyPending {
+        /// The task or call.
+        what: String,
+        /// Pending when it gave up.
+        pending: usize,
+        /// The limit.
+        limit: usize,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// A value larger than `LUMEN_MAX_OBJECT_BYTES`.
+    #[error("{what} is {bytes} bytes encoded, above LUMEN_MAX_OBJECT_BYTES={limit}; split it into smaller objects or raise the limit")]
+    ObjectTooLarge {
+        /// Which value.
+        what: String,
+        /// Its encoded size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A bounded wait ran out.
     #[error("waiting for {what} timed out after {waited:?}")]
     Timeout {

@@ -278,6 +278,12 @@ pub struct RankStats {
     pub one_sided_pulls: u64,
     /// Owned objects rebuilt from lineage after their rank died.
     pub objects_rebuilt: u64,
+    /// Tasks and actor calls this rank submitted that have not finished.
+    pub tasks_pending: u64,
+    /// The most of those at once (bounded by `LUMEN_MAX_PENDING_TASKS`).
+    pub tasks_pending_peak: u64,
+    /// Submissions that waited for room under `LUMEN_MAX_PENDING_TASKS`.
+    pub submissions_waited: u64,
 }
 
 /// Encodes a message.

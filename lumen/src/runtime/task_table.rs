@@ -201,7 +201,6 @@ impl<P> TaskTable<P> {
     }
 
     /// Entries in flight.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

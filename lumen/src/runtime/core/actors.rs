@@ -462,6 +462,7 @@ impl Inner {
         name: &str,
         args: &impl Serialize,
     ) -> Result<ObjectId> {
+        self.wait_for_room(name)?;
         // One lock for the common case: the actor is alive on a live rank.
         let known_host = {
             let s = self.lock();

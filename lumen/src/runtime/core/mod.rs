@@ -179,6 +179,18 @@ impl Changed {
     }
 }
 
+/// Bounds on what one rank may ask for (see `RuntimeConfig`).
+#[derive(Debug)]
+struct Limits {
+    max_pending: usize,
+    submit_timeout: Option<Duration>,
+    max_object_bytes: Option<u64>,
+    /// Submissions that waited for room under `max_pending`.
+    pending_waits: AtomicU64,
+    /// The most tasks and calls pending at once.
+    pending_peak: AtomicU64,
+}
+
 /// One rank's runtime (shared by `Runtime` handles, `ObjectRef`s, the
 /// message handler and the executor).
 pub(crate) struct Inner {
@@ -200,6 +212,9 @@ pub(crate) struct Inner {
     /// Set when the driver sent `Shutdown` (serving ranks leave).
     pub(crate) shutdown_requested: (Mutex<bool>, Condvar),
     inline_max: usize,
+    /// `LUMEN_MAX_PENDING_TASKS`, `LUMEN_SUBMIT_TIMEOUT_MS`,
+    /// `LUMEN_MAX_OBJECT_BYTES` (see `RuntimeConfig`).
+    limits: Limits,
     /// How long a waiting caller drives progress itself before sleeping.
     spin: Duration,
     /// Futures (`.await`) waiting for objects.
@@ -371,6 +386,13 @@ impl Inner {
             stopping: AtomicBool::new(false),
             shutdown_requested: (Mutex::new(false), Condvar::new()),
             inline_max,
+            limits: Limits {
+                max_pending: config.max_pending,
+                submit_timeout: config.submit_timeout,
+                max_object_bytes: config.max_object_bytes,
+                pending_waits: AtomicU64::new(0),
+                pending_peak: AtomicU64::new(0),
+            },
             spin: config.wait_spin,
             wakers: Mutex::new(HashMap::new()),
             waker_entries: AtomicUsize::new(0),

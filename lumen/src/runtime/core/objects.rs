@@ -483,6 +483,17 @@ impl Inner {
         bytes: &[u8],
         refs: Vec<ObjectId>,
     ) -> Result<ObjectId> {
+        if let Some(limit) = self
+            .limits
+            .max_object_bytes
+            .filter(|&l| bytes.len() as u64 > l)
+        {
+            return Err(runtime_error(RuntimeError::ObjectTooLarge {
+                what: "the value put".into(),
+                bytes: bytes.len() as u64,
+                limit,
+            }));
+        }
         self.register(&refs, self.rank)?;
         let outcome = if bytes.len() > self.inline_max {
             self.store.store(bytes)

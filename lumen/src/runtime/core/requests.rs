@@ -88,6 +88,9 @@ impl Inner {
             chunks_served: self.store.chunks_served(),
             one_sided_pulls: self.store.one_sided_pulls(),
             objects_rebuilt: self.lineage.rebuilt(),
+            tasks_pending: s.tasks.len() as u64,
+            tasks_pending_peak: self.limits.pending_peak.load(Ordering::Relaxed),
+            submissions_waited: self.limits.pending_waits.load(Ordering::Relaxed),
         }
     }
 

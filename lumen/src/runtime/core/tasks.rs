@@ -68,6 +68,56 @@ impl Inner {
         self.release_all(&spec.refs);
     }
 
+    /// Waits while this rank has `LUMEN_MAX_PENDING_TASKS` tasks and
+    /// actor calls pending (backpressure): until one finishes, or fails
+    /// with `TooManyPending` after `LUMEN_SUBMIT_TIMEOUT_MS`. A wait of
+    /// more than 10 s is logged once, saying why. Threads submitting at
+    /// once may each pass the last free place: the bound is kept to within
+    /// the number of submitting threads.
+    pub(super) fn wait_for_room(&self, what: &str) -> Result<()> {
+        let limits = &self.limits;
+        if limits.max_pending == 0 {
+            return Ok(());
+        }
+        let mut s = self.lock();
+        let mut started = None;
+        let mut warned = false;
+        loop {
+            let pending = s.tasks.len();
+            if pending < limits.max_pending {
+                limits
+                    .pending_peak
+                    .fetch_max(pending as u64 + 1, Ordering::Relaxed);
+                return Ok(());
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(runtime_error(RuntimeError::ShuttingDown));
+            }
+            let since = *started.get_or_insert_with(|| {
+                limits.pending_waits.fetch_add(1, Ordering::Relaxed);
+                std::time::Instant::now()
+            });
+            let waited = since.elapsed();
+            if let Some(timeout) = limits.submit_timeout.filter(|t| waited >= *t) {
+                return Err(runtime_error(RuntimeError::TooManyPending {
+                    what: what.to_string(),
+                    pending,
+                    limit: limits.max_pending,
+                    waited: timeout,
+                }));
+            }
+            if !warned && waited >= std::time::Duration::from_secs(10) {
+                warned = true;
+                tracing::warn!(
+                    rank = self.rank,
+                    "submitting {what} has waited {waited:?}: {pending} tasks and actor calls pending (LUMEN_MAX_PENDING_TASKS={}); it goes once one finishes",
+                    limits.max_pending
+                );
+            }
+            s = self.changed.wait_timeout(s, super::WAIT_SLICE);
+        }
+    }
+
     /// Submits a task of function `F` (see `#[lumen::remote]`).
     pub(crate) fn submit(
         self: &Arc<Self>,
@@ -80,6 +130,7 @@ impl Inner {
             return Err(runtime_error(RuntimeError::ShuttingDown));
         }
         check_gpu_request(name, options.resources.gpus)?;
+        self.wait_for_room(name)?;
         let (encoded, device_args) =
             crate::runtime::device::collect_device_args(|| encode_args(&name, args));
         let (args, pinned) = encoded?;
@@ -343,6 +394,16 @@ impl Inner {
         };
         // `pinned` keeps the result's references alive until the owner of
         // the task is registered for them and the reply is sent.
+        let result = result.and_then(|(bytes, pinned)| match self.limits.max_object_bytes {
+            Some(limit) if bytes.len() as u64 > limit => Err(TaskFailure::new(
+                TaskErrorKind::ObjectTooLarge,
+                format!(
+                    "its result is {} bytes encoded, above LUMEN_MAX_OBJECT_BYTES={limit}; return smaller values (several objects) or raise the limit",
+                    bytes.len()
+                ),
+            )),
+            _ => Ok((bytes, pinned)),
+        });
         let (outcome, refs, _pinned) = match result {
             Ok((bytes, pinned)) => {
                 let refs = pinned.ids();
