@@ -67,6 +67,35 @@ fn a_paused_rank_is_slow_within_the_bound_and_dead_beyond_it() {
     }
 }
 
+/// The same DAG with the lineage full from the start
+/// (`LUMEN_LINEAGE_BYTES=1`): nothing is rebuilt, the results that needed a
+/// lost value fail with an error naming the setting, none is wrong.
+#[test]
+fn with_the_lineage_full_lost_values_fail_naming_the_limit() {
+    let name = "dag_under_sigkill";
+    let mut command = std::process::Command::new(common::lumen());
+    command
+        .args(["run", "-n", "5", "--keep-going", "--"])
+        .arg(common::scenario::this_binary())
+        .args(common::scenario::scenario_args(name))
+        .env("LUMEN_ARENA_BYTES", "0")
+        .env("LUMEN_INLINE_MAX", "256")
+        .env("LUMEN_NUM_CPUS", "2")
+        .env("LUMEN_LINEAGE_BYTES", "1")
+        .env("LUMEN_CHAOS_N", "1000")
+        .env("LUMEN_CHAOS_EXPECT_LOST", "1");
+    let output = common::run_with_timeout(&mut command, 120);
+    let all = common::text(&output);
+    assert!(output.status.success(), "scenario {name} failed:\n{all}");
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    for line in all
+        .lines()
+        .filter(|l| l.contains("chaos:") || l.contains("first loss"))
+    {
+        eprintln!("{line}");
+    }
+}
+
 /// The same on one node, where silence is not used (see
 /// `runtime/core/liveness.rs`): the process's own state says it is stopped.
 #[test]
@@ -238,24 +267,42 @@ mod scenarios {
             .iter()
             .map(|q| checksum::options().spread().remote(&rt, q.clone()))
             .collect::<lumen::Result<_>>()?;
+        // With the lineage full from the start (LUMEN_LINEAGE_BYTES tiny),
+        // values are lost instead: each loss must say so.
+        let expect_lost = std::env::var("LUMEN_CHAOS_EXPECT_LOST").is_ok();
         let mut wrong = 0;
+        let mut lost = 0;
         for (i, s) in sums.iter().enumerate() {
             let pair = |j: usize| add(&leaf_local(j as u64), &leaf_local(((j + 1) % n) as u64));
             let quad = add(&pair(i), &pair((i + 2) % n));
             let expected = quad.iter().fold(0u64, |a, &b| a.wrapping_add(b));
-            if s.get()? != expected {
-                wrong += 1;
+            match s.get() {
+                Ok(v) if v == expected => {}
+                Ok(_) => wrong += 1,
+                Err(e) if expect_lost => {
+                    let text = e.to_string();
+                    assert!(text.contains("LUMEN_LINEAGE_BYTES"), "{text}");
+                    if lost == 0 {
+                        println!("first loss: {text}");
+                    }
+                    lost += 1;
+                }
+                Err(e) => return Err(e),
             }
         }
         killer.join().expect("killer");
         let rebuilt = rt.stats(0)?.objects_rebuilt;
         println!(
-            "chaos: {} tasks, 2 of 4 workers SIGKILLed, {} results checked, {wrong} wrong, 0 lost, {rebuilt} values rebuilt from lineage, {:.1} s",
+            "chaos: {} tasks, 2 of 4 workers SIGKILLed, {} results checked, {wrong} wrong, {lost} lost, {rebuilt} values rebuilt from lineage, {:.1} s",
             4 * n + 2,
             sums.len(),
             started.elapsed().as_secs_f64()
         );
         assert_eq!(wrong, 0);
+        if expect_lost {
+            assert!(lost > 0, "nothing was lost with the lineage full");
+            assert_eq!(rebuilt, 0);
+        }
         println!("scenario dag_under_sigkill: ok");
         Ok(())
     }

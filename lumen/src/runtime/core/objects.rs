@@ -630,7 +630,7 @@ impl Inner {
                             .all(|&c| self.copy_gone(&s.dead, c, true)) =>
                 {
                     let message = format!(
-                        "{object}'s only copy was on {} and it is not rebuilt (a put value, an actor result, or out of retries)",
+                        "{object}'s only copy was on {} and it is not rebuilt (a put value, an actor result, out of retries, or made when the lineage was full: LUMEN_LINEAGE_BYTES)",
                         s.dead_why
                             .get(rank)
                             .cloned()
