@@ -15,6 +15,7 @@
 //! | [`transport`](mod@transport) (+ [`netns`]) | `lumen bench transport` | Open MPI's OSU-style ping-pong ([`mpi`], `mpi/mpi_pingpong.c`); memcpy; raw sockets and iperf3 across network namespaces |
 //! | [`collectives`] | `lumen bench collectives` | Open MPI running `mpi/mpi_coll.c` |
 //! | [`runtime`] | `lumen bench runtime` (alias `core`) | Ray's microbenchmark rows (`ray/ray_micro.py`) |
+//! | [`chaos`] | `lumen bench chaos` | nothing: fault-injection rounds (SIGKILLed workers during a DAG), counted |
 //!
 //! Reports are ratios (Lumen time / baseline time, so below 1.0 is better
 //! for latency; Lumen rate / baseline rate, so above 1.0 is better for
@@ -47,6 +48,7 @@
 //!   ray/        the Ray baseline (Python, run in scripts/install-ray-baseline.sh's venv)
 //! ```
 
+pub mod chaos;
 pub mod collectives;
 pub mod fabric;
 pub mod mpi;

@@ -42,6 +42,9 @@ enum Command {
     /// One-sided reads on each fabric backend beside fi_pingpong and Open
     /// MPI (also `transport --fabric NAME`).
     Fabric(FabricBenchArgs),
+    /// Fault injection for long runs: workers SIGKILLed during a 10k-task
+    /// DAG, round after round; every result checked (RELIABILITY.md).
+    Chaos(ChaosArgs),
     /// Internal: starts the ranks of a suite (as `lumen run`).
     #[command(hide = true)]
     Launch(LaunchArgs),
@@ -58,6 +61,17 @@ enum WorkerCommand {
     Collectives(CollectivesBenchArgs),
     /// The driver of one objects round.
     Objects(ObjectsWorkerArgs),
+    /// One chaos round (prints its report as a JSON line).
+    ChaosRound {
+        #[arg(long)]
+        workers: u32,
+        #[arg(long)]
+        kill: u32,
+        #[arg(long)]
+        layer: usize,
+        #[arg(long)]
+        seed: u64,
+    },
     /// The serving side of the fabric suite.
     FabricServer {
         /// The backend.
@@ -143,6 +157,34 @@ struct SchedBenchArgs {
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ChaosArgs {
+    /// Worker ranks per round.
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
+    /// Workers SIGKILLed per round.
+    #[arg(long, default_value_t = 2)]
+    kill: u32,
+    /// Leaves per round: 4 x layer + 2 tasks (2500: the 10,002-task DAG).
+    #[arg(long, default_value_t = 2500)]
+    layer: usize,
+    /// Rounds (at least this many).
+    #[arg(long, default_value_t = 10)]
+    rounds: u32,
+    /// Keep starting rounds for this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<u64>,
+    /// A round taking longer is counted as a hang and killed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    timeout: u64,
+    /// Seed of the first round.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the rounds as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
 }
@@ -265,6 +307,16 @@ fn main() -> ExitCode {
         Command::Worker(WorkerCommand::FabricServer { provider }) => fabric_server(&provider),
         Command::Worker(WorkerCommand::Objects(args)) => parse_sizes(&args.sizes)
             .and_then(|sizes| lumen_benches::objects::worker(&sizes).map(|()| ExitCode::SUCCESS)),
+        Command::Chaos(args) => bench_chaos(args),
+        Command::Worker(WorkerCommand::ChaosRound {
+            workers,
+            kill,
+            layer,
+            seed,
+        }) => lumen_benches::chaos::round(workers, kill, layer, seed).and_then(|report| {
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Launch(args) => launch(args),
         Command::Worker(WorkerCommand::Transport(args)) => transport_worker(args),
         Command::Worker(WorkerCommand::Collectives(args)) => collectives_worker(args),
@@ -297,6 +349,26 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         keep_going: false,
     };
     Ok(ExitCode::from(run_job_or_srun(&spec)?))
+}
+
+fn bench_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
+    let options = lumen_benches::chaos::ChaosOptions {
+        workers: args.workers,
+        kill: args.kill,
+        layer: args.layer,
+        rounds: args.rounds,
+        duration: args.duration.map(std::time::Duration::from_secs),
+        timeout: std::time::Duration::from_secs(args.timeout),
+        seed: args.seed,
+    };
+    let reports = lumen_benches::chaos::run(&options)?;
+    let clean = lumen_benches::chaos::summarize(&reports);
+    write_json(args.json.as_deref(), &reports)?;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Writes a suite's rows as JSON when `--json FILE` was given.

@@ -169,11 +169,16 @@ impl Inner {
         drop(discarded);
         if !runs.is_empty() {
             self.lineage.lock().rebuilt += runs.len() as u64;
+            tracing::warn!(
+                rank = self.rank,
+                "{} values this rank owns were lost with rank {dead}: their tasks run again (lineage)",
+                runs.len()
+            );
         }
         // Newest first: each goes to the front of its rank's queue, so the
         // oldest (the arguments of the others) run first.
         for (spec, pinned) in runs.into_iter().rev() {
-            tracing::warn!(
+            tracing::info!(
                 rank = self.rank,
                 "{} was lost with rank {dead}: running {} again (attempt {})",
                 spec.object,
