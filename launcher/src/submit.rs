@@ -234,15 +234,19 @@ fn wait_for_job(job_id: &str) -> Result<i32, SubmitError> {
 ///     "SLURM_NTASKS" => Some("8".to_string()),
 ///     _ => None,
 /// };
-/// let argv = srun_in_allocation(env, 4, false, "./app".into(), vec!["-x".into()])?.unwrap();
+/// let argv = srun_in_allocation(env, 4, false, false, "./app".into(), vec!["-x".into()])?.unwrap();
 /// assert_eq!(argv, ["srun", "--ntasks=4", "--kill-on-bad-exit=1", "./app", "-x"]);
-/// assert!(srun_in_allocation(env, 16, false, "./app".into(), vec![]).is_err());
+/// assert!(srun_in_allocation(env, 16, false, false, "./app".into(), vec![]).is_err());
+/// // --keep-going: the step outlives a rank's failure and a node's loss.
+/// let argv = srun_in_allocation(env, 4, false, true, "./app".into(), vec![])?.unwrap();
+/// assert_eq!(&argv[..4], ["srun", "--ntasks=4", "--kill-on-bad-exit=0", "--no-kill"]);
 /// # Ok::<(), lumen_launcher::submit::SubmitError>(())
 /// ```
 pub fn srun_in_allocation(
     get: impl Fn(&str) -> Option<String>,
     ranks: u32,
     label: bool,
+    keep_going: bool,
     program: OsString,
     args: Vec<OsString>,
 ) -> Result<Option<Vec<OsString>>, SubmitError> {
@@ -269,20 +273,46 @@ pub fn srun_in_allocation(
             });
         }
     }
-    let mut argv: Vec<OsString> = vec![
-        "srun".into(),
-        format!("--ntasks={ranks}").into(),
+    let mut argv: Vec<OsString> = vec!["srun".into(), format!("--ntasks={ranks}").into()];
+    if keep_going {
+        // The step outlives a rank that fails (`--kill-on-bad-exit=0`) and
+        // a node that fails (`--no-kill`); each rank other than 0 runs
+        // under a shell that reports its failure and exits 0, so that the
+        // step's status (Slurm's: the highest of its tasks') is rank 0's,
+        // as under `lumen run --keep-going` outside Slurm. Ranks lost with
+        // a node cannot report: the step then ends with Slurm's error.
+        argv.extend(["--kill-on-bad-exit=0".into(), "--no-kill".into()]);
+        if label {
+            argv.push("--label".into());
+        }
+        argv.extend([
+            "sh".into(),
+            "-c".into(),
+            KEEP_GOING_SHELL.into(),
+            "lumen-rank".into(),
+        ]);
+    } else {
         // One rank that fails to start or crashes ends the step, instead of
         // leaving the others waiting for it.
-        "--kill-on-bad-exit=1".into(),
-    ];
-    if label {
-        argv.push("--label".into());
+        argv.push("--kill-on-bad-exit=1".into());
+        if label {
+            argv.push("--label".into());
+        }
     }
     argv.push(program);
     argv.extend(args);
     Ok(Some(argv))
 }
+
+/// The shell each rank of a `--keep-going` step runs under (see
+/// [`srun_in_allocation`]): the program's status for rank 0, 0 with a
+/// notice for the others.
+const KEEP_GOING_SHELL: &str = r#""$@"; code=$?
+if [ "$code" -ne 0 ] && [ "${SLURM_PROCID:-0}" != 0 ]; then
+  echo "lumen run: rank $SLURM_PROCID exited with status $code; the job goes on without it (--keep-going)" >&2
+  exit 0
+fi
+exit $code"#;
 
 /// Why [`run_job_or_srun`] failed.
 #[derive(Debug, Error)]
@@ -306,6 +336,7 @@ pub fn run_job_or_srun(spec: &crate::spawn::JobSpec) -> Result<u8, RunError> {
             |name| std::env::var(name).ok(),
             spec.ranks,
             spec.label_output,
+            spec.keep_going,
             spec.program.clone(),
             spec.args.clone(),
         )?;
@@ -342,12 +373,12 @@ mod tests {
     #[test]
     fn outside_an_allocation_or_inside_a_step_nothing_changes() {
         assert_eq!(
-            srun_in_allocation(lookup(&[]), 4, false, "a".into(), vec![]).unwrap(),
+            srun_in_allocation(lookup(&[]), 4, false, false, "a".into(), vec![]).unwrap(),
             None
         );
         let in_step = lookup(&[("SLURM_JOB_ID", "1"), ("SLURM_STEP_ID", "0")]);
         assert_eq!(
-            srun_in_allocation(in_step, 4, false, "a".into(), vec![]).unwrap(),
+            srun_in_allocation(in_step, 4, false, false, "a".into(), vec![]).unwrap(),
             None
         );
     }
@@ -355,7 +386,7 @@ mod tests {
     #[test]
     fn too_many_ranks_is_a_clear_error() {
         let env = lookup(&[("SLURM_JOB_ID", "77"), ("SLURM_NTASKS", "4")]);
-        let error = srun_in_allocation(env, 8, false, "a".into(), vec![]).unwrap_err();
+        let error = srun_in_allocation(env, 8, false, false, "a".into(), vec![]).unwrap_err();
         let message = error.to_string();
         assert!(message.contains("SLURM_NTASKS=4"), "{message}");
         assert!(message.contains("job 77"), "{message}");
@@ -365,7 +396,7 @@ mod tests {
     #[test]
     fn label_and_unknown_capacity() {
         let env = lookup(&[("SLURM_JOB_ID", "77")]);
-        let argv = srun_in_allocation(env, 3, true, "a".into(), vec!["b".into()])
+        let argv = srun_in_allocation(env, 3, true, false, "a".into(), vec!["b".into()])
             .unwrap()
             .unwrap();
         assert_eq!(

@@ -149,8 +149,9 @@ struct RunArgs {
     label: bool,
     /// A rank other than 0 that fails does not stop the job (rank 0's status
     /// is the job's): runtime jobs then retry the lost rank's tasks and
-    /// restart its actors elsewhere, as Ray does when a worker dies. (Inside a
-    /// Slurm allocation, where this runs srun, Slurm's own policy applies.)
+    /// restart its actors elsewhere, as Ray does when a worker dies. Inside a
+    /// Slurm allocation, where this runs srun, the step is started with
+    /// `--kill-on-bad-exit=0 --no-kill`, so it also outlives a lost node.
     #[arg(long)]
     keep_going: bool,
     /// Address the rendezvous listens on when ranks run on other hosts

@@ -275,10 +275,22 @@ impl Endpoint {
                 let mut producer = lock(&shared.ring_producers[to]);
                 self.push_record(&mut producer, rank, to, &header, &payload)
             }
+            // A broken connection is the peer's death, as for any send
+            // (`send_remote`): the caller sees `PeerDied` and can ask the
+            // object's owner again.
             _ => self
                 .remote(rank)?
                 .send_control(&header, &payload)
-                .map_err(io_err(format!("sending a get request to rank {rank}"))),
+                .map_err(|e| {
+                    shared.mark_peer(
+                        rank,
+                        crate::types::PEER_DEAD,
+                        format!("sending a get request failed: {e}"),
+                    );
+                    shared.peer_error(rank).unwrap_or_else(|| {
+                        io_err(format!("sending a get request to rank {rank}"))(e)
+                    })
+                }),
         };
         if let Err(e) = sent {
             lock(&shared.gets).remove(&request);
