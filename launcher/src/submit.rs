@@ -288,7 +288,7 @@ pub fn srun_in_allocation(
         argv.extend([
             "sh".into(),
             "-c".into(),
-            KEEP_GOING_SHELL.into(),
+            lumen_slurm::sbatch::KEEP_GOING_SHELL.into(),
             "lumen-rank".into(),
         ]);
     } else {
@@ -303,16 +303,6 @@ pub fn srun_in_allocation(
     argv.extend(args);
     Ok(Some(argv))
 }
-
-/// The shell each rank of a `--keep-going` step runs under (see
-/// [`srun_in_allocation`]): the program's status for rank 0, 0 with a
-/// notice for the others.
-const KEEP_GOING_SHELL: &str = r#""$@"; code=$?
-if [ "$code" -ne 0 ] && [ "${SLURM_PROCID:-0}" != 0 ]; then
-  echo "lumen run: rank $SLURM_PROCID exited with status $code; the job goes on without it (--keep-going)" >&2
-  exit 0
-fi
-exit $code"#;
 
 /// Why [`run_job_or_srun`] failed.
 #[derive(Debug, Error)]

@@ -120,6 +120,11 @@ struct SubmitArgs {
     /// Bootstrap through PMI-2 (`srun --mpi=pmi2`).
     #[arg(long)]
     pmi2: bool,
+    /// The job outlives a failed rank or a lost node (`--no-kill` for the
+    /// job and its step, `--kill-on-bad-exit=0`); its status is rank 0's.
+    /// Runtime jobs retry the lost ranks' tasks and restart their actors.
+    #[arg(long)]
+    keep_going: bool,
     /// Print the script instead of submitting it.
     #[arg(long)]
     dry_run: bool,
@@ -359,6 +364,7 @@ fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         chdir: args.chdir,
         env,
         mpi: args.pmi2.then(|| "pmi2".to_owned()),
+        keep_going: args.keep_going,
         command: args.command,
     };
     use lumen::submit::SubmitOutcome;

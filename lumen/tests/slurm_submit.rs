@@ -138,6 +138,33 @@ fn slurm_submit_wait_round_trip() {
         120,
     );
     assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+
+    // --keep-going: another rank's failure does not fail the job; rank
+    // 0's does, with its code.
+    let keep_going = |script: &str| {
+        run_with_timeout(
+            cluster.command(lumen()).args([
+                "submit",
+                "-N",
+                "2",
+                "--ntasks-per-node",
+                "1",
+                "--keep-going",
+                "--wait",
+                "-o",
+                "/dev/null",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ]),
+            120,
+        )
+    };
+    let output = keep_going(r#"[ "$SLURM_PROCID" = 1 ] && exit 9; exit 0"#);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let output = keep_going(r#"[ "$SLURM_PROCID" = 0 ] && exit 4; exit 0"#);
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
