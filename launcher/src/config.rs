@@ -10,6 +10,7 @@
 //! | `LUMEN_FAILURE_TIMEOUT_MS` | [`failure_timeout`](Config::failure_timeout) | 5000 | 0 (off) ..= 86400000 |
 //! | `LUMEN_SHM_RING_BYTES` | [`shm_ring_bytes`](Config::shm_ring_bytes) | 1 MiB | power of two, 4 KiB ..= 1 GiB |
 //! | `LUMEN_SPIN_US` | [`spin`](Config::spin) | 50 | 0 ..= 1000000 |
+//! | `LUMEN_MAX_MESSAGE_BYTES` | [`max_message`](Config::max_message) | 4 GiB | bytes, 1 KiB ..= 1 TiB |
 //!
 //! Byte sizes are a decimal number with an optional binary suffix: `16384`,
 //! `16K`, `16KiB`, `1M`, `1MiB`, `1G`, `1GiB` (case-insensitive). A variable set
@@ -50,6 +51,8 @@ pub const FAILURE_TIMEOUT_VAR: &str = "LUMEN_FAILURE_TIMEOUT_MS";
 pub const SHM_RING_BYTES_VAR: &str = "LUMEN_SHM_RING_BYTES";
 /// `LUMEN_SPIN_US`.
 pub const SPIN_US_VAR: &str = "LUMEN_SPIN_US";
+/// `LUMEN_MAX_MESSAGE_BYTES`.
+pub const MAX_MESSAGE_VAR: &str = "LUMEN_MAX_MESSAGE_BYTES";
 
 /// Every variable [`Config::from_env`] reads; a spawner forwards these to its
 /// children so that all ranks run with the same configuration.
@@ -62,6 +65,7 @@ pub const VARIABLES: &[&str] = &[
     FAILURE_TIMEOUT_VAR,
     SHM_RING_BYTES_VAR,
     SPIN_US_VAR,
+    MAX_MESSAGE_VAR,
 ];
 
 const KIB: u64 = 1 << 10;
@@ -241,6 +245,10 @@ pub struct Config {
     pub shm_ring_bytes: usize,
     /// `LUMEN_SPIN_US`: how long a progress thread busy-polls before sleeping.
     pub spin: Duration,
+    /// `LUMEN_MAX_MESSAGE_BYTES`: the largest message a rank sends or
+    /// accepts (`TransportConfig::max_message`); every rank of a job must
+    /// agree (the spawners forward it).
+    pub max_message: u64,
 }
 
 impl Default for Config {
@@ -254,6 +262,7 @@ impl Default for Config {
             failure_timeout: Duration::from_millis(5_000),
             shm_ring_bytes: MIB as usize,
             spin: Duration::from_micros(50),
+            max_message: 4 * GIB,
         }
     }
 }
@@ -346,6 +355,15 @@ impl Config {
             )?;
             config.spin = Duration::from_micros(us);
         }
+        if let Some(value) = set(MAX_MESSAGE_VAR) {
+            config.max_message = parse_bytes(
+                MAX_MESSAGE_VAR,
+                &value,
+                KIB,
+                1024 * GIB,
+                "bytes from 1KiB to 1024GiB, e.g. 4G",
+            )?;
+        }
         Ok(config)
     }
 
@@ -377,6 +395,7 @@ impl Config {
             tcp_conns: self.tcp_conns_per_peer as usize,
             connect_timeout: self.rendezvous_timeout,
             failure_timeout: (!self.failure_timeout.is_zero()).then_some(self.failure_timeout),
+            max_message: self.max_message,
             ..TransportConfig::default()
         };
         transport.validate()?;
@@ -632,6 +651,7 @@ mod tests {
             (FAILURE_TIMEOUT_VAR, "500"),
             (SHM_RING_BYTES_VAR, "4M"),
             (SPIN_US_VAR, "0"),
+            (MAX_MESSAGE_VAR, "1G"),
         ])
         .expect("valid environment");
         assert_eq!(
@@ -650,6 +670,7 @@ mod tests {
                 failure_timeout: Duration::from_millis(500),
                 shm_ring_bytes: 4 << 20,
                 spin: Duration::ZERO,
+                max_message: 1 << 30,
             }
         );
         assert_eq!(

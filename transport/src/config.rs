@@ -43,6 +43,12 @@ pub struct TransportConfig {
     pub tcp_bind: IpAddr,
     /// Largest frame payload on TCP; larger messages travel in chunks of this size.
     pub max_frame: u32,
+    /// Largest message: a larger send fails with
+    /// [`TransportError::MessageTooLarge`](crate::TransportError::MessageTooLarge),
+    /// and a peer announcing a larger one is refused before anything is
+    /// allocated for it (its connection is closed and it is marked dead).
+    /// Every rank of a job must use the same value (`LUMEN_MAX_MESSAGE_BYTES`).
+    pub max_message: u64,
     /// Raise glibc's mmap and trim thresholds (process-wide, once TCP peers
     /// exist) so that large received messages reuse heap memory instead of
     /// an `mmap`/`munmap` per message; see `sys::tune_malloc`. Measured on
@@ -78,6 +84,7 @@ impl Default for TransportConfig {
             tcp_backend: TcpBackend::Auto,
             tcp_bind: IpAddr::from([127, 0, 0, 1]),
             max_frame: 64 << 20,
+            max_message: 4 << 30,
             tune_malloc: true,
             tcp_zerocopy_min: 0,
             tcp_conns: 1,

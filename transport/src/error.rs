@@ -23,6 +23,16 @@ pub enum TransportError {
         /// What was observed.
         detail: String,
     },
+    /// A message larger than the job's limit (`max_message`).
+    #[error("a message of {bytes} bytes to rank {rank} is above the limit of {limit} bytes (LUMEN_MAX_MESSAGE_BYTES); send it in parts, or put it in the object store")]
+    MessageTooLarge {
+        /// The destination.
+        rank: Rank,
+        /// The message's size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A peer closed its endpoint in order; it will not send or receive again.
     #[error("peer {rank} has closed its endpoint")]
     PeerClosed {

@@ -117,6 +117,55 @@ fn attack(target: SocketAddr, job_id: &str, secret: &JobSecret) {
         closed_by_peer(s),
         "a stripe announcement on a secondary connection must close it"
     );
+
+    // 11. Authenticated, then the first chunk of a message announced at
+    // 2^62 bytes: refused before anything is allocated for it (this once
+    // reserved the announced size and aborted the process).
+    let mut s = TcpStream::connect(target).unwrap();
+    handshake::initiate(&mut s, job_id, 0, secret).unwrap();
+    let _ = s.write_all(&encode_frame(
+        &FrameHeader::data(0, 9, 3, 1 << 62, true),
+        b"abc",
+    ));
+    assert!(
+        closed_by_peer(s),
+        "a message above the limit must close the connection"
+    );
+}
+
+/// `max_message` (`LUMEN_MAX_MESSAGE_BYTES`): a larger send fails at once
+/// with an error naming the limit, over shared memory and TCP, and the
+/// endpoint goes on working.
+#[test]
+fn a_message_above_the_limit_is_refused_by_its_sender() {
+    let config = lumen_transport::TransportConfig {
+        max_message: 64 << 10,
+        ..lumen_transport::TransportConfig::default()
+    };
+    job_with_config(&[0, 0, 1], config, |ep, _| {
+        let me = ep.rank();
+        for peer in (0..ep.size()).filter(|&p| p != me) {
+            let err = ep.send(peer, 3, &pattern(100_000, me)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    lumen_transport::TransportError::MessageTooLarge {
+                        bytes: 100_000,
+                        limit: 65536,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("LUMEN_MAX_MESSAGE_BYTES"), "{err}");
+            ep.send(peer, 3, &pattern(60_000, me)).unwrap();
+        }
+        for _ in 1..ep.size() {
+            let m = ep.recv(Source::Any, 3).unwrap();
+            assert_eq!(m.data, pattern(60_000, m.src));
+        }
+        ep.barrier().unwrap();
+    });
 }
 
 #[test]

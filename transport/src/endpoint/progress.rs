@@ -112,8 +112,23 @@ impl Endpoint {
                     shared.deliver(message);
                     return None;
                 }
-                let (_, buffer) = slot
-                    .get_or_insert_with(|| (header.tag, Vec::with_capacity(header.aux as usize)));
+                let limit = shared.config.max_message;
+                if header.aux > limit {
+                    // Refused before anything is allocated for it.
+                    shared.mark_peer(
+                        src,
+                        PEER_DEAD,
+                        format!(
+                            "it sent a message of {} bytes, above the limit of {limit} (LUMEN_MAX_MESSAGE_BYTES)",
+                            header.aux
+                        ),
+                    );
+                    *slot = None;
+                    return None;
+                }
+                let reserve = header.aux.min(payload.len().max(1) as u64 * 64) as usize;
+                let (_, buffer) =
+                    slot.get_or_insert_with(|| (header.tag, Vec::with_capacity(reserve)));
                 buffer.extend_from_slice(payload);
                 if !header.more() {
                     if let Some((tag, data)) = slot.take() {
@@ -125,6 +140,12 @@ impl Endpoint {
                 let result = ReadyToSendMsg::decode(payload)
                     .map_err(|e| e.to_string())
                     .and_then(|rts| {
+                        if rts.len > shared.config.max_message {
+                            return Err(format!(
+                                "it announced a message of {} bytes, above the limit of {} (LUMEN_MAX_MESSAGE_BYTES)",
+                                rts.len, shared.config.max_message
+                            ));
+                        }
                         let len = usize::try_from(rts.len).map_err(|e| e.to_string())?;
                         read_process_memory_vec(rts.pid, rts.addr, len)
                             .map_err(|e| format!("single-copy read failed: {e}"))

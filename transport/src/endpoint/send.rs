@@ -32,6 +32,13 @@ impl Endpoint {
         if let Some(e) = shared.peer_error(dst) {
             return Err(e);
         }
+        if data.len() as u64 > shared.config.max_message {
+            return Err(TransportError::MessageTooLarge {
+                rank: dst,
+                bytes: data.len() as u64,
+                limit: shared.config.max_message,
+            });
+        }
         if let Some(sent) = shared.sent.get(dst as usize) {
             if !sent.load(std::sync::atomic::Ordering::Relaxed) {
                 sent.store(true, std::sync::atomic::Ordering::Relaxed);

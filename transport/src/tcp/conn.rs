@@ -49,10 +49,11 @@ pub(crate) struct ConnState {
     pub(super) goodbye: bool,
     pub(super) lane: Option<LaneRead>,
     pub(super) max_frame: u32,
+    pub(super) max_message: u64,
 }
 
 impl ConnState {
-    pub(crate) fn new(conn: NewConnection, max_frame: u32) -> Self {
+    pub(crate) fn new(conn: NewConnection, max_frame: u32, max_message: u64) -> Self {
         ConnState {
             rank: conn.rank,
             primary: conn.primary,
@@ -63,6 +64,7 @@ impl ConnState {
             goodbye: false,
             lane: conn.lane.then(LaneRead::default),
             max_frame,
+            max_message,
         }
     }
 
@@ -251,13 +253,17 @@ impl ConnState {
                     );
                     return Ok(());
                 }
-                let (tag, total, buffer) = self.partial_data.get_or_insert_with(|| {
-                    (
-                        header.tag,
-                        header.aux,
-                        Vec::with_capacity(header.aux as usize),
-                    )
-                });
+                if header.aux > self.max_message {
+                    return Err(format!(
+                        "a message of {} bytes announced, above the limit of {} (LUMEN_MAX_MESSAGE_BYTES)",
+                        header.aux, self.max_message
+                    ));
+                }
+                // Reserved as it comes (at most a frame ahead), not as announced.
+                let reserve = header.aux.min(u64::from(self.max_frame)) as usize;
+                let (tag, total, buffer) = self
+                    .partial_data
+                    .get_or_insert_with(|| (header.tag, header.aux, Vec::with_capacity(reserve)));
                 if *tag != header.tag
                     || *total != header.aux
                     || (buffer.len() + payload.len()) as u64 > *total
@@ -320,6 +326,12 @@ impl ConnState {
                     .as_slice()
                     .try_into()
                     .map_err(|_| "stripe announcement without its 8-byte sequence number")?;
+                if header.aux > self.max_message {
+                    return Err(format!(
+                        "a striped message of {} bytes announced, above the limit of {} (LUMEN_MAX_MESSAGE_BYTES)",
+                        header.aux, self.max_message
+                    ));
+                }
                 shared.readers().stripe_begin(
                     shared,
                     self.rank,

@@ -34,6 +34,7 @@ pub(crate) struct TcpSetup {
     pub(super) backend: TcpBackend,
     pub(super) spin: Duration,
     pub(super) max_frame: u32,
+    pub(super) max_message: u64,
     pub(super) peers: HashMap<Rank, Arc<TcpPeer>>,
     pub(super) read_sides: Vec<NewConnection>,
     pub(super) listener: TcpListener,
@@ -175,6 +176,7 @@ impl TcpDomain {
             backend: options.config.tcp_backend,
             spin: options.config.spin,
             max_frame: options.config.max_frame,
+            max_message: options.config.max_message,
             peers: peer_map,
             read_sides,
             listener,
@@ -257,7 +259,7 @@ impl TcpSetup {
                 })?
         };
         let weak: Weak<dyn Inbox> = Arc::downgrade(shared) as Weak<dyn Inbox>;
-        let (spin, max_frame) = (self.spin, self.max_frame);
+        let (spin, max_frame, max_message) = (self.spin, self.max_frame, self.max_message);
         let uring = match self.backend {
             // Caller-driven reading measured faster than the io_uring thread
             // (module docs), so only an explicit choice gets io_uring.
@@ -281,8 +283,10 @@ impl TcpSetup {
         let receiver_stop = stop.clone();
         let readers = shared.readers().clone();
         let receiver = spawn_receiver(shared.rank(), move || match uring {
-            Some(uring) => uring.run(weak, rx, receiver_stop, spin, max_frame),
-            None => background_receiver(weak, &readers, rx, receiver_stop, max_frame),
+            Some(uring) => uring.run(weak, rx, receiver_stop, spin, (max_frame, max_message)),
+            None => {
+                background_receiver(weak, &readers, rx, receiver_stop, (max_frame, max_message))
+            }
         })?;
         Ok(Some(TcpDomain {
             peers: self.peers,
@@ -428,7 +432,7 @@ pub(super) fn background_receiver(
     readers: &TcpReaders,
     rx: mpsc::Receiver<NewConnection>,
     stop: Arc<AtomicBool>,
-    max_frame: u32,
+    (max_frame, max_message): (u32, u64),
 ) {
     let epoll = Epoll::new()
         .map_err(|e| {
@@ -451,7 +455,7 @@ pub(super) fn background_receiver(
             let conn = Arc::new(Connection {
                 key,
                 fd,
-                state: Mutex::new(ConnState::new(conn, max_frame)),
+                state: Mutex::new(ConnState::new(conn, max_frame, max_message)),
                 closed: AtomicBool::new(false),
             });
             readers.insert(conn.clone());

@@ -142,7 +142,7 @@ impl UringReceiver {
         rx: mpsc::Receiver<NewConnection>,
         stop: Arc<AtomicBool>,
         spin: Duration,
-        max_frame: u32,
+        (max_frame, max_message): (u32, u64),
     ) {
         let mut conns: HashMap<u64, ConnState> = HashMap::new();
         let mut next_key = 1u64;
@@ -153,7 +153,7 @@ impl UringReceiver {
             while let Ok(conn) = rx.try_recv() {
                 let key = next_key;
                 next_key += 1;
-                let state = ConnState::new(conn, max_frame);
+                let state = ConnState::new(conn, max_frame, max_message);
                 if self.arm(key, state.fd()) {
                     conns.insert(key, state);
                 }
