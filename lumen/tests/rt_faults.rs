@@ -4,7 +4,9 @@
 //! `LUMEN_FAILURE_TIMEOUT_MS`; a call waiting on it fails with an error
 //! naming its rank and node; tasks with retries finish on the survivors;
 //! values whose only copies were on the cut host are rebuilt from lineage
-//! (their tasks run again, recursively); the cut-off ranks stop themselves.
+//! (their tasks run again, recursively); an actor there restarts on a
+//! survivor and the call that was in flight runs again on it
+//! (`max_restarts`, `max_task_retries`); the cut-off ranks stop themselves.
 //! Three namespace hosts × 2 ranks under `lumen run --keep-going`. Needs
 //! root and iproute2; skips otherwise.
 
@@ -34,10 +36,11 @@ fn a_cut_host_is_declared_dead_within_the_bound() {
         all.contains("rank 4 stops"),
         "the cut-off ranks stop:\n{all}"
     );
-    for line in all
-        .lines()
-        .filter(|l| l.contains("detected after") || l.contains("objects rebuilt"))
-    {
+    for line in all.lines().filter(|l| {
+        l.contains("detected after")
+            || l.contains("objects rebuilt")
+            || l.contains("actor restarted")
+    }) {
         eprintln!("{line}");
     }
 }
@@ -248,6 +251,30 @@ mod scenarios {
     fn square(x: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(300));
         x * x
+    }
+
+    /// An actor on the host that is cut off, restarted elsewhere.
+    #[lumen::actor]
+    struct Tally {
+        sum: u64,
+    }
+
+    #[lumen::actor]
+    impl Tally {
+        fn new() -> Self {
+            Tally { sum: 0 }
+        }
+
+        /// Adds `x` after `ms` milliseconds.
+        fn add_after(&mut self, ms: u64, x: u64) -> u64 {
+            std::thread::sleep(Duration::from_millis(ms));
+            self.sum += x;
+            self.sum
+        }
+
+        fn rank(&self) -> lumen::Result<u32> {
+            Ok(lumen::current()?.rank())
+        }
     }
 
     /// A value above the inline limit (stored where it was made).
@@ -478,7 +505,16 @@ mod scenarios {
             .collect::<lumen::Result<_>>()?;
         let (ready, _) = lumen::wait(&totals[..], totals.len(), Some(Duration::from_secs(60)))?;
         assert_eq!(ready.len(), totals.len());
+        // An actor on host 2 that may restart once, its calls sent again.
+        let tally = Tally::actor_options()
+            .rank(5)
+            .max_restarts(1)
+            .max_task_retries(2)
+            .new_remote(&rt)?;
+        assert_eq!(tally.add_after(0, 1)?.get()?, 1);
         let victim = sleep_ms::options().rank(4).remote(&rt, 120_000)?;
+        // In flight when the host is cut: sent again to the restarted actor.
+        let in_flight = tally.add_after(1500, 10)?;
         let work: Vec<_> = (0..24u64)
             .map(|x| square::options().spread().max_retries(3).remote(&rt, x))
             .collect::<lumen::Result<_>>()?;
@@ -514,6 +550,13 @@ mod scenarios {
         let rebuilt = rt.stats(0)?.objects_rebuilt;
         println!("objects rebuilt from lineage: {rebuilt}");
         assert!(rebuilt >= 1, "some of 24 values were on host 2");
+        // The actor restarted on a survivor with fresh state; the call that
+        // was in flight ran there.
+        assert_eq!(in_flight.get_timeout(Duration::from_secs(30))?, 10);
+        let moved = tally.rank()?.get()?;
+        assert!(moved < 4, "restarted on a surviving host, not {moved}");
+        assert_eq!(tally.add_after(0, 1)?.get()?, 11);
+        println!("actor restarted on rank {moved} after the cut");
         // Under Slurm: run on past Slurm's own node timeout (SlurmdTimeout),
         // which ends the step unless it was started with --no-kill.
         let outlive: u64 = std::env::var("LUMEN_TEST_OUTLIVE_S")
