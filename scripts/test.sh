@@ -51,7 +51,8 @@ cargo clippy -p lumen --features ofi,verbs --all-targets --quiet -- -D warnings
 cargo nextest run -p lumen --features ofi,verbs --test rt_fabric --no-fail-fast
 
 echo "== benchmark smoke run"
-target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"
+target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --rounds 1 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"
+target/debug/lumen-bench markdown "${TMPDIR:-/tmp}/lumen-bench-smoke.json" >/dev/null
 target/debug/lumen bench collectives --scale 0.01 --sizes 8,65536 --ranks 2,3 --json "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json"
 target/debug/lumen bench sched --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-sched-bench-smoke.json"
 if [[ "$(id -u)" == 0 ]]; then

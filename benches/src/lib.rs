@@ -54,6 +54,7 @@ pub mod fabric;
 pub mod mpi;
 pub mod netns;
 pub mod objects;
+pub mod rounds;
 pub mod runtime;
 pub mod sched;
 pub mod transport;
@@ -80,7 +81,14 @@ pub struct Row {
     /// The baseline's value in the same unit, when it ran.
     pub baseline: Option<f64>,
     /// Latency: lumen / baseline (lower is better). Bandwidth: lumen / baseline (higher is better).
+    /// With several rounds: the median of the per-round ratios (`lumen`
+    /// and `baseline` are then the medians of each side's values).
     pub ratio: Option<f64>,
+    /// The smallest and largest per-round ratio (several rounds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_range: Option<(f64, f64)>,
+    /// Rounds measured (Lumen and the baseline alternating).
+    pub rounds: usize,
 }
 
 impl Row {
@@ -101,8 +109,43 @@ impl Row {
             baseline_name: baseline_name.to_string(),
             baseline,
             ratio: baseline.map(|b| lumen / b),
+            ratio_range: None,
+            rounds: 1,
         }
     }
+
+    /// A row from alternating rounds (see [`rounds`]).
+    pub fn from_series(
+        transport: &str,
+        test: &str,
+        size: usize,
+        baseline_name: &str,
+        series: &rounds::Series,
+    ) -> Self {
+        Row {
+            transport: transport.to_string(),
+            test: test.to_string(),
+            size,
+            lumen: series.lumen_median(),
+            baseline_name: baseline_name.to_string(),
+            baseline: series.baseline_median(),
+            ratio: series.ratio_median(),
+            ratio_range: series.ratio_range(),
+            rounds: series.lumen.len(),
+        }
+    }
+}
+
+/// A suite's report as `--json` writes it: the run's facts, the load of
+/// each round, and the rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report<R: Serialize> {
+    /// Commit, date, machine, command, placement.
+    pub info: rounds::RunInfo,
+    /// The load check around each round, per part of the suite.
+    pub loads: Vec<(String, Vec<rounds::RoundLoad>)>,
+    /// The figures.
+    pub rows: Vec<R>,
 }
 
 /// Parses the `{"test":..,"size":..,"usec"|"mbps":..}` lines a worker prints.
@@ -146,7 +189,12 @@ pub struct TransportBenchOptions {
     pub baseline: bool,
     /// Also measure TCP between two network-namespace hosts against raw sockets and iperf3.
     pub netns: bool,
+    /// Rounds of Lumen and Open MPI, alternating (see [`rounds`]).
+    pub rounds: usize,
 }
+
+/// How the transport suite places its processes (printed and recorded).
+pub const TRANSPORT_PLACEMENT: &str = "2 ranks on this machine each side; Lumen's ranks pinned to cores 0 and 1 (sched_setaffinity), Open MPI's with --bind-to core; TCP over loopback on both sides";
 
 /// Runs the two-rank worker under `lumen-bench launch` and parses its JSON lines.
 fn lumen_rows(
@@ -183,31 +231,46 @@ fn lumen_rows(
     parse_json_rows(&output.stdout)
 }
 
-/// `lumen bench transport`.
-pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
+/// `lumen bench transport`: Lumen and Open MPI in alternating rounds.
+pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Report<Row>> {
     let mut rows = Vec::new();
+    let mut loads = Vec::new();
     for (name, tcp, enabled) in [("shm", false, options.shm), ("tcp", true, options.tcp)] {
         if !enabled {
             continue;
         }
-        let lumen = lumen_rows(tcp, options)?;
-        let baseline = if options.baseline {
+        let key = |test: &str, size: usize| format!("{test}/{size}");
+        let lumen = || -> anyhow::Result<rounds::Measured> {
+            Ok(lumen_rows(tcp, options)?
+                .into_iter()
+                .map(|(test, size, value)| (key(&test, size), value))
+                .collect())
+        };
+        let mut mpi_available = options.baseline;
+        let mut mpi = || -> anyhow::Result<rounds::Measured> {
+            if !mpi_available {
+                return Ok(Vec::new());
+            }
             match mpi::run(tcp, &options.sizes, options.scale) {
-                Ok(rows) => rows,
+                Ok(rows) => Ok(rows
+                    .into_iter()
+                    .filter_map(|r| r.usec.or(r.mbps).map(|v| (key(&r.test, r.size), v)))
+                    .collect()),
                 Err(e) => {
                     eprintln!("lumen bench: Open MPI baseline unavailable: {e:#}");
-                    Vec::new()
+                    mpi_available = false;
+                    Ok(Vec::new())
                 }
             }
-        } else {
-            Vec::new()
         };
-        for (test, size, value) in lumen {
-            let mpi = baseline
-                .iter()
-                .find(|b| b.test == test && b.size == size)
-                .and_then(|b| b.usec.or(b.mbps));
-            rows.push(Row::new(name, &test, size, value, "open-mpi", mpi));
+        let (series, round_loads) = rounds::alternate(options.rounds, lumen, Some(&mut mpi))?;
+        loads.push((name.to_string(), round_loads));
+        for s in &series {
+            let Some((test, size)) = s.key.split_once('/') else {
+                continue;
+            };
+            let size = size.parse().unwrap_or_default();
+            rows.push(Row::from_series(name, test, size, "open-mpi", s));
         }
     }
     if options.shm {
@@ -231,7 +294,11 @@ pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
     if options.netns {
         rows.extend(netns::run(options)?);
     }
-    Ok(rows)
+    Ok(Report {
+        info: rounds::RunInfo::now("transport", TRANSPORT_PLACEMENT),
+        loads,
+        rows,
+    })
 }
 
 /// memcpy throughput for `size`-byte copies between two buffers, in MB/s.
@@ -251,8 +318,8 @@ pub fn memcpy_mbps(size: usize) -> f64 {
 /// Prints rows as a table.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "{:<9} {:<9} {:>8} {:>15} {:>9} {:>10} {:>7}",
-        "transport", "test", "size", "lumen", "baseline", "value", "ratio"
+        "{:<9} {:<9} {:>8} {:>15} {:>9} {:>10} {:>7} {:>13}",
+        "transport", "test", "size", "lumen", "baseline", "value", "ratio", "ratio range"
     );
     for r in rows {
         let unit = if r.test == "latency" { "us" } else { "MB/s" };
@@ -264,9 +331,13 @@ pub fn print_table(rows: &[Row]) {
             .ratio
             .map(|x| format!("{x:.2}"))
             .unwrap_or_else(|| "n/a".into());
+        let range = r
+            .ratio_range
+            .map(|(lo, hi)| format!("{lo:.2}-{hi:.2}"))
+            .unwrap_or_default();
         println!(
-            "{:<9} {:<9} {:>8} {:>10.2} {unit:<4} {:>9} {:>10} {:>7}",
-            r.transport, r.test, r.size, r.lumen, r.baseline_name, baseline, ratio
+            "{:<9} {:<9} {:>8} {:>10.2} {unit:<4} {:>9} {:>10} {:>7} {:>13}",
+            r.transport, r.test, r.size, r.lumen, r.baseline_name, baseline, ratio, range
         );
     }
 }

@@ -42,6 +42,16 @@ enum Command {
     /// One-sided reads on each fabric backend beside fi_pingpong and Open
     /// MPI (also `transport --fabric NAME`).
     Fabric(FabricBenchArgs),
+    /// Renders `--json` reports as BENCHMARKS.md sections (with --update,
+    /// replaces each suite's generated section in that file).
+    Markdown {
+        /// Reports written by `--json`.
+        #[arg(required = true)]
+        reports: Vec<std::path::PathBuf>,
+        /// The Markdown file whose generated sections are replaced.
+        #[arg(long, value_name = "FILE")]
+        update: Option<std::path::PathBuf>,
+    },
     /// Fault injection for long runs: workers SIGKILLed during a 10k-task
     /// DAG, round after round; every result checked (RELIABILITY.md).
     Chaos(ChaosArgs),
@@ -259,7 +269,9 @@ struct TransportBenchArgs {
     /// fabric suite, beside fi_pingpong and Open MPI.
     #[arg(long, value_name = "NAME")]
     fabric: Option<String>,
-    /// Rounds of the fabric suite (Lumen and its baselines alternate).
+    /// Rounds: Lumen and its baselines alternate, each round's ratio is
+    /// kept, the median and its range reported (a round beside other load
+    /// is redone once, then flagged).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Also write the rows as JSON to this file.
@@ -308,6 +320,7 @@ fn main() -> ExitCode {
         Command::Worker(WorkerCommand::Objects(args)) => parse_sizes(&args.sizes)
             .and_then(|sizes| lumen_benches::objects::worker(&sizes).map(|()| ExitCode::SUCCESS)),
         Command::Chaos(args) => bench_chaos(args),
+        Command::Markdown { reports, update } => markdown(&reports, update.as_deref()),
         Command::Worker(WorkerCommand::ChaosRound {
             workers,
             kill,
@@ -349,6 +362,39 @@ fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         keep_going: false,
     };
     Ok(ExitCode::from(run_job_or_srun(&spec)?))
+}
+
+fn markdown(
+    reports: &[std::path::PathBuf],
+    update: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let mut document = match update {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    for path in reports {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let section = lumen_benches::rounds::markdown(&report, &name)?;
+        match document.as_mut() {
+            Some(doc) => *doc = lumen_benches::rounds::update_section(doc, &section),
+            None => print!("{section}"),
+        }
+    }
+    if let (Some(path), Some(doc)) = (update, document) {
+        std::fs::write(path, doc).with_context(|| format!("writing {}", path.display()))?;
+        println!("updated {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
@@ -403,10 +449,12 @@ fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
         tcp: !args.shm_only,
         baseline: !args.no_baseline,
         netns: args.netns,
+        rounds: args.rounds,
     };
-    let rows = lumen_benches::transport(&options)?;
-    lumen_benches::print_table(&rows);
-    write_json(args.json.as_deref(), &rows)
+    let report = lumen_benches::transport(&options)?;
+    report.info.print();
+    lumen_benches::print_table(&report.rows);
+    write_json(args.json.as_deref(), &report)
 }
 
 fn transport_worker(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
