@@ -2,7 +2,7 @@
 //!
 //! | Variable | Field | Default | Accepted |
 //! |---|---|---|---|
-//! | `LUMEN_EAGER_LIMIT` | [`eager_limit`](Config::eager_limit) | 16384 | bytes, 0 ..= 1 GiB |
+//! | `LUMEN_EAGER_LIMIT` | [`eager_limit`](Config::eager_limit) | 131072 | bytes, 0 ..= 1 GiB |
 //! | `LUMEN_TCP_BACKEND` | [`tcp_backend`](Config::tcp_backend) | `auto` | `auto`, `uring` (or `io_uring`), `epoll` |
 //! | `LUMEN_TCP_IF` | [`tcp_interfaces`](Config::tcp_interfaces) | any | comma list of interface names (`ib0`) and subnets (`10.77.0.0/24`) |
 //! | `LUMEN_TCP_CONNS` | [`tcp_conns_per_peer`](Config::tcp_conns_per_peer) | 1 | 1 ..= 64 |
@@ -254,7 +254,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            eager_limit: 16384,
+            eager_limit: 128 * 1024,
             tcp_backend: TcpBackend::Auto,
             tcp_interfaces: Vec::new(),
             tcp_conns_per_peer: 1,
@@ -625,7 +625,7 @@ mod tests {
     fn defaults() {
         let config = from(&[]).expect("empty environment");
         assert_eq!(config, Config::default());
-        assert_eq!(config.eager_limit, 16384);
+        assert_eq!(config.eager_limit, 131072);
         assert_eq!(config.tcp_backend, TcpBackend::Auto);
         assert!(config.tcp_interfaces.is_empty());
         assert_eq!(config.tcp_conns_per_peer, 1);
