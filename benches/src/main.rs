@@ -375,6 +375,7 @@ fn markdown(
         ),
         None => None,
     };
+    let mut loaded = Vec::new();
     for path in reports {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -384,11 +385,17 @@ fn markdown(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let section = lumen_benches::rounds::markdown(&report, &name)?;
-        match document.as_mut() {
-            Some(doc) => *doc = lumen_benches::rounds::update_section(doc, &section),
-            None => print!("{section}"),
-        }
+        loaded.push((report, name));
+    }
+    // One report: its section; several of one suite: one section with a
+    // ratio per invocation and their spread.
+    let section = match loaded.as_slice() {
+        [(report, name)] => lumen_benches::rounds::markdown(report, name)?,
+        many => lumen_benches::rounds::markdown_invocations(many)?,
+    };
+    match document.as_mut() {
+        Some(doc) => *doc = lumen_benches::rounds::update_section(doc, &section),
+        None => print!("{section}"),
     }
     if let (Some(path), Some(doc)) = (update, document) {
         std::fs::write(path, doc).with_context(|| format!("writing {}", path.display()))?;
