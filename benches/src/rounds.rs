@@ -230,18 +230,6 @@ pub fn alternate_with(
     Ok((series, loads))
 }
 
-/// `word` as a POSIX shell reads it back (single-quoted when needed).
-fn shell_word(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+%@".contains(&b))
-    {
-        return word.to_owned();
-    }
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
 /// Facts about a run that the tables print beside the figures.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunInfo {
@@ -266,7 +254,7 @@ impl RunInfo {
     /// This run's facts.
     pub fn now(suite: &str, placement: &str) -> Self {
         let command = std::env::args()
-            .map(|a| shell_word(&a))
+            .map(|a| lumen_slurm::sbatch::shell_quote(&a))
             .collect::<Vec<_>>()
             .join(" ");
         let commit = std::env::var("LUMEN_COMMIT").ok().unwrap_or_else(|| {

@@ -70,41 +70,78 @@ fn a_paused_rank_is_slow_within_the_bound_and_dead_beyond_it() {
     }
 }
 
+/// What the SIGKILL DAG runs with: values kept in the ranks' own memory
+/// (no node arena), so what a killed rank held is lost with it.
+const DAG_ENV: &[(&str, &str)] = &[
+    ("LUMEN_ARENA_BYTES", "0"),
+    ("LUMEN_INLINE_MAX", "256"),
+    ("LUMEN_NUM_CPUS", "2"),
+];
+
+/// Runs scenario `name` under `prefix` (nothing, or `salloc ...`) as
+/// `lumen run -n RANKS --keep-going` with `env`; checks that the job
+/// succeeded and the scenario said ok, and returns what it printed.
+fn keep_going(
+    prefix: Option<std::process::Command>,
+    ranks: u32,
+    name: &str,
+    env: &[(&str, &str)],
+    timeout_s: u64,
+) -> String {
+    let mut command = match prefix {
+        Some(mut prefix) => {
+            prefix.arg(common::lumen());
+            prefix
+        }
+        None => std::process::Command::new(common::lumen()),
+    };
+    command
+        .args(["run", "-n", &ranks.to_string(), "--keep-going", "--"])
+        .arg(common::scenario::this_binary())
+        .args(common::scenario::scenario_args(name))
+        .env("RUST_BACKTRACE", "0")
+        .envs(env.iter().copied());
+    let output = common::run_with_timeout(&mut command, timeout_s);
+    let all = common::text(&output);
+    assert!(output.status.success(), "scenario {name} failed:\n{all}");
+    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    all
+}
+
+/// The Slurm test cluster, or `None` (skipped, saying why).
+fn slurm() -> Option<lumen_testkit::SlurmCluster> {
+    use lumen_testkit::{slurm_unavailable_reason, SlurmCluster, SlurmMode};
+    if let Some(reason) = slurm_unavailable_reason(SlurmMode::Netns) {
+        eprintln!("SKIPPED: no Slurm test cluster here: {reason}");
+        return None;
+    }
+    Some(SlurmCluster::ensure(SlurmMode::Netns).expect("starting the Slurm test cluster"))
+}
+
+fn print_lines(all: &str, needles: &[&str]) {
+    for line in all
+        .lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+    {
+        eprintln!("{line}");
+    }
+}
+
 /// The same DAG under Slurm: `lumen run --keep-going` inside an allocation
 /// of 3 namespace hosts runs `srun --kill-on-bad-exit=0 --no-kill`, so the
 /// step outlives the two SIGKILLed ranks (on two hosts) and its status is
 /// rank 0's. Skips without the Slurm test cluster (needs root).
 #[test]
 fn slurm_keep_going_step_survives_sigkilled_ranks() {
-    use lumen_testkit::{slurm_unavailable_reason, SlurmCluster, SlurmMode};
-    if let Some(reason) = slurm_unavailable_reason(SlurmMode::Netns) {
-        eprintln!("SKIPPED: no Slurm test cluster here: {reason}");
-        return;
-    }
-    let cluster = SlurmCluster::ensure(SlurmMode::Netns).expect("starting the Slurm test cluster");
-    let name = "dag_under_sigkill";
-    let mut command = cluster.command("salloc");
-    command
-        .args(["-N", "3", "--ntasks-per-node=2"])
-        .arg(common::lumen())
-        .args(["run", "-n", "6", "--keep-going", "--"])
-        .arg(common::scenario::this_binary())
-        .args(common::scenario::scenario_args(name))
-        .env("LUMEN_ARENA_BYTES", "0")
-        .env("LUMEN_INLINE_MAX", "256")
-        .env("LUMEN_NUM_CPUS", "2")
-        .env("RUST_BACKTRACE", "0");
-    let output = common::run_with_timeout(&mut command, 180);
-    let all = common::text(&output);
-    assert!(output.status.success(), "scenario {name} failed:\n{all}");
-    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    let Some(cluster) = slurm() else { return };
+    let mut salloc = cluster.command("salloc");
+    salloc.args(["-N", "3", "--ntasks-per-node=2"]);
+    let all = keep_going(Some(salloc), 6, "dag_under_sigkill", DAG_ENV, 180);
     assert!(
         all.contains("rank 3 exited with status") && all.contains("the job goes on without it"),
         "the killed ranks are reported:\n{all}"
     );
-    for line in all.lines().filter(|l| l.contains("chaos:")) {
-        eprintln!("{line}");
-    }
+    print_lines(&all, &["chaos:"]);
 }
 
 /// A node lost under Slurm (its link cut: no packet, processes running):
@@ -118,43 +155,37 @@ fn slurm_keep_going_step_survives_sigkilled_ranks() {
 #[test]
 #[ignore = "slow: about two minutes and a Slurm node down; run by hand"]
 fn slurm_no_kill_step_outlives_a_lost_node() {
-    use lumen_testkit::{slurm_unavailable_reason, SlurmCluster, SlurmMode};
-    if let Some(reason) = slurm_unavailable_reason(SlurmMode::Netns) {
-        eprintln!("SKIPPED: no Slurm test cluster here: {reason}");
-        return;
+    let Some(cluster) = slurm() else { return };
+    /// Brings host 3's link back, however the test ends.
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["-n", "lumen-slctl", "link", "set", "vh3", "up"])
+                .status();
+        }
     }
-    let cluster = SlurmCluster::ensure(SlurmMode::Netns).expect("starting the Slurm test cluster");
-    let restore = || {
-        let _ = std::process::Command::new("ip")
-            .args(["-n", "lumen-slctl", "link", "set", "vh3", "up"])
-            .status();
-    };
+    let _restore = Restore;
     let started = std::time::Instant::now();
-    let mut command = cluster.command("salloc");
-    command
-        // The allocation too: without it Slurm ends the whole job.
-        .args(["--no-kill", "-N", "3", "--ntasks-per-node=2"])
-        .arg(common::lumen())
-        .args(["run", "-n", "6", "--keep-going", "--"])
-        .arg(common::scenario::this_binary())
-        .args(common::scenario::scenario_args("cut_link_mid_job"))
-        .env("LUMEN_FAILURE_TIMEOUT_MS", BOUND_MS.to_string())
-        .env("LUMEN_INLINE_MAX", "1024")
-        .env("LUMEN_TEST_BRIDGE", "lumen-slctl")
-        .env("LUMEN_TEST_CUT_LINK", "vh3")
-        .env("LUMEN_TEST_OUTLIVE_S", "90")
-        .env("RUST_BACKTRACE", "0");
-    let output = common::run_with_timeout(&mut command, 400);
-    restore();
-    let all = common::text(&output);
-    eprintln!("{all}");
-    eprintln!(
-        "salloc ended after {} s with {:?}",
-        started.elapsed().as_secs(),
-        output.status
+    let mut salloc = cluster.command("salloc");
+    // The allocation too: without it Slurm ends the whole job.
+    salloc.args(["--no-kill", "-N", "3", "--ntasks-per-node=2"]);
+    let bound = BOUND_MS.to_string();
+    let all = keep_going(
+        Some(salloc),
+        6,
+        "cut_link_mid_job",
+        &[
+            ("LUMEN_FAILURE_TIMEOUT_MS", &bound),
+            ("LUMEN_INLINE_MAX", "1024"),
+            ("LUMEN_TEST_BRIDGE", "lumen-slctl"),
+            ("LUMEN_TEST_CUT_LINK", "vh3"),
+            ("LUMEN_TEST_OUTLIVE_S", "90"),
+        ],
+        400,
     );
-    assert!(output.status.success(), "{all}");
-    assert!(all.contains("scenario cut_link_mid_job: ok"), "{all}");
+    eprintln!("{all}");
+    eprintln!("salloc ended after {} s", started.elapsed().as_secs());
     // Slurm saw the node fail while the job ran, and the job went on.
     assert!(all.contains("Node failure on h3"), "{all}");
 }
@@ -164,76 +195,44 @@ fn slurm_no_kill_step_outlives_a_lost_node() {
 /// lost value fail with an error naming the setting, none is wrong.
 #[test]
 fn with_the_lineage_full_lost_values_fail_naming_the_limit() {
-    let name = "dag_under_sigkill";
-    let mut command = std::process::Command::new(common::lumen());
-    command
-        .args(["run", "-n", "5", "--keep-going", "--"])
-        .arg(common::scenario::this_binary())
-        .args(common::scenario::scenario_args(name))
-        .env("LUMEN_ARENA_BYTES", "0")
-        .env("LUMEN_INLINE_MAX", "256")
-        .env("LUMEN_NUM_CPUS", "2")
-        .env("LUMEN_LINEAGE_BYTES", "1")
-        .env("LUMEN_CHAOS_N", "1000")
-        .env("LUMEN_CHAOS_EXPECT_LOST", "1");
-    let output = common::run_with_timeout(&mut command, 120);
-    let all = common::text(&output);
-    assert!(output.status.success(), "scenario {name} failed:\n{all}");
-    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
-    for line in all
-        .lines()
-        .filter(|l| l.contains("chaos:") || l.contains("first loss"))
-    {
-        eprintln!("{line}");
-    }
+    let mut env = DAG_ENV.to_vec();
+    env.extend([
+        ("LUMEN_LINEAGE_BYTES", "1"),
+        ("LUMEN_CHAOS_N", "1000"),
+        ("LUMEN_CHAOS_EXPECT_LOST", "1"),
+    ]);
+    let all = keep_going(None, 5, "dag_under_sigkill", &env, 120);
+    print_lines(&all, &["chaos:", "first loss"]);
 }
 
 /// The same on one node, where silence is not used (see
 /// `runtime/core/liveness.rs`): the process's own state says it is stopped.
 #[test]
 fn a_stopped_rank_on_the_same_node_is_declared_dead_beyond_the_bound() {
-    let name = "pause_a_local_rank";
-    let mut command = std::process::Command::new(common::lumen());
-    command
-        .args(["run", "-n", "3", "--keep-going", "--"])
-        .arg(common::scenario::this_binary())
-        .args(common::scenario::scenario_args(name))
-        .env("LUMEN_FAILURE_TIMEOUT_MS", BOUND_MS.to_string());
-    let output = common::run_with_timeout(&mut command, 120);
-    let all = common::text(&output);
-    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
+    let bound = BOUND_MS.to_string();
+    let all = keep_going(
+        None,
+        3,
+        "pause_a_local_rank",
+        &[("LUMEN_FAILURE_TIMEOUT_MS", &bound)],
+        120,
+    );
     assert!(
         all.contains("rank 2 stops: rank 0 declared this rank dead"),
         "the resumed rank stops:\n{all}"
     );
-    for line in all.lines().filter(|l| l.contains("detected after")) {
-        eprintln!("{line}");
-    }
+    print_lines(&all, &["detected after"]);
 }
 
 /// Chaos on one node: two of four worker ranks are killed with SIGKILL
 /// while a 10,002-task DAG with object arguments runs, values kept in the
 /// ranks' own memory (no node arena), so what the killed ranks held is lost
-/// and rebuilt from lineage; every result is checked, none is lost.
+/// and rebuilt from lineage; every result is checked, none is lost. It
+/// takes 2-5 s here: a hang fails it within two minutes.
 #[test]
 fn a_dag_survives_sigkilled_workers() {
-    let name = "dag_under_sigkill";
-    let mut command = std::process::Command::new(common::lumen());
-    command
-        .args(["run", "-n", "5", "--keep-going", "--"])
-        .arg(common::scenario::this_binary())
-        .args(common::scenario::scenario_args(name))
-        .env("LUMEN_ARENA_BYTES", "0")
-        .env("LUMEN_INLINE_MAX", "256")
-        .env("LUMEN_NUM_CPUS", "2");
-    // It takes 2-5 s here: a hang fails it within two minutes.
-    let output = common::run_with_timeout(&mut command, 120);
-    let all = common::text(&output);
-    assert!(output.status.success(), "scenario {name} failed:\n{all}");
-    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
-    for line in all.lines().filter(|l| l.contains("chaos:")) {
-        eprintln!("{line}");
-    }
+    let all = keep_going(None, 5, "dag_under_sigkill", DAG_ENV, 120);
+    print_lines(&all, &["chaos:"]);
 }
 
 mod scenarios {

@@ -21,10 +21,13 @@
 //!   watch rank 0 only, rank 0 watches all, so a job of N ranks carries
 //!   2 N heartbeats per fifth of the bound at most, none while busy.
 //! - **Rank 0 decides.** A rank silent for the bound is declared dead by
-//!   rank 0, which marks it dead in its transport (waits on it fail at once,
-//!   naming it), handles the death as for a crash (retries, restarts,
-//!   `OwnerDied`), and tells every other rank, once: one sender, per-pair
-//!   order, so every rank hears of deaths in the same order. Deaths rank 0
+//!   rank 0 (with the ranks of its node silent for half the bound: a host
+//!   goes as a whole, so no retry or restarted actor is placed on a
+//!   neighbour about to be declared too), which marks it dead in its
+//!   transport (waits on it fail at once, naming it), handles the death
+//!   as for a crash (retries, restarts, `OwnerDied`), and tells every
+//!   other rank, once: one sender, per-pair order, so every rank hears of
+//!   deaths in the same order. Deaths rank 0
 //!   notices itself (exits, closed connections) are announced the same way.
 //! - **A cut-off minority stops.** A rank that hears nothing from rank 0
 //!   for the bound, or is told it was declared dead, stops its process with
@@ -127,24 +130,52 @@ impl Inner {
                 }
             }
             *last_round = now;
-            for peer in watched {
-                if self.is_dead(peer) {
-                    continue;
-                }
-                let (heard, sent) = &mut clocks[peer as usize];
+            let watched: Vec<Rank> = watched.into_iter().filter(|&p| !self.is_dead(p)).collect();
+            for &peer in &watched {
                 if self.endpoint.heard_from(peer) {
-                    *heard = now;
-                } else if now.duration_since(*heard) > bound {
-                    let quiet = now.duration_since(*heard);
-                    let detail = format!(
-                        "{} silent for {} ms (LUMEN_FAILURE_TIMEOUT_MS={})",
-                        self.describe_rank(peer),
-                        quiet.as_millis(),
-                        bound.as_millis()
-                    );
+                    clocks[peer as usize].0 = now;
+                }
+            }
+            let quiet = |peer: Rank| now.duration_since(clocks[peer as usize].0);
+            // A node one of whose ranks is past the bound: its other ranks
+            // silent for half of it go with it (the whole host is gone or
+            // cut off; one by one, a retry could land on the next to go).
+            let silent_nodes: Vec<u32> = watched
+                .iter()
+                .filter(|&&p| quiet(p) > bound)
+                .filter_map(|&p| self.node_of(p))
+                .collect();
+            let mut quiet_peers = Vec::new();
+            for &peer in &watched {
+                let q = quiet(peer);
+                let node_silent = self
+                    .node_of(peer)
+                    .is_some_and(|n| silent_nodes.contains(&n));
+                if q > bound || (q > bound / 2 && node_silent) {
+                    quiet_peers.push((peer, q));
+                }
+            }
+            for &peer in &watched {
+                if let Some(&(_, q)) = quiet_peers.iter().find(|(p, _)| *p == peer) {
+                    let detail = if q > bound {
+                        format!(
+                            "{} silent for {} ms (LUMEN_FAILURE_TIMEOUT_MS={})",
+                            self.describe_rank(peer),
+                            q.as_millis(),
+                            bound.as_millis()
+                        )
+                    } else {
+                        format!(
+                            "{} silent for {} ms, beside a rank of its node silent for longer than LUMEN_FAILURE_TIMEOUT_MS={} (the node is taken as gone)",
+                            self.describe_rank(peer),
+                            q.as_millis(),
+                            bound.as_millis()
+                        )
+                    };
                     silent.push((peer, detail));
                     continue;
                 }
+                let sent = &mut clocks[peer as usize].1;
                 if self.endpoint.sent_to(peer) {
                     *sent = now;
                 } else if now.duration_since(*sent) >= interval {
@@ -156,6 +187,15 @@ impl Inner {
         for peer in beat {
             // A failed send is the transport noticing the death itself.
             let _ = self.endpoint.send(peer, HEARTBEAT_TAG, &[]);
+        }
+        if self.rank == 0 && !silent.is_empty() {
+            // A host that stops answering takes all its ranks: none of them
+            // may receive a retry or a restarted actor while its neighbours
+            // are declared one by one (a restart there would be lost too).
+            let mut scheduler = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+            for (peer, _) in &silent {
+                scheduler.rank_died(*peer);
+            }
         }
         for (peer, detail) in silent {
             if self.stopping.load(Ordering::Acquire) {
