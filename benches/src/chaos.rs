@@ -67,6 +67,25 @@ pub struct RoundReport {
     pub first_error: Option<String>,
 }
 
+impl RoundReport {
+    /// A round of `layer` leaves with `kill` workers killed, before any
+    /// result is checked.
+    fn new(seed: u64, layer: usize, kill: u32) -> Self {
+        RoundReport {
+            seed,
+            tasks: 4 * layer as u64 + u64::from(kill),
+            checked: 0,
+            wrong: 0,
+            lost: 0,
+            rebuilt: 0,
+            killed: kill,
+            seconds: 0.0,
+            hung: false,
+            first_error: None,
+        }
+    }
+}
+
 #[lumen::remote]
 fn chaos_pid() -> u32 {
     std::process::id()
@@ -169,18 +188,7 @@ pub fn round(workers: u32, kill: u32, layer: usize, seed: u64) -> anyhow::Result
         .iter()
         .map(|q| chaos_checksum::options().spread().remote(&rt, q.clone()))
         .collect::<lumen::Result<_>>()?;
-    let mut report = RoundReport {
-        seed,
-        tasks: 4 * n as u64 + kill as u64,
-        checked: 0,
-        wrong: 0,
-        lost: 0,
-        rebuilt: 0,
-        killed: kill,
-        seconds: 0.0,
-        hung: false,
-        first_error: None,
-    };
+    let mut report = RoundReport::new(seed, n, kill);
     for (i, s) in sums.iter().enumerate() {
         let pair = |j: usize| add(&leaf_value(j as u64), &leaf_value(((j + 1) % n) as u64));
         let quad = add(&pair(i), &pair((i + 2) % n));
@@ -259,13 +267,6 @@ pub fn run(options: &ChaosOptions) -> anyhow::Result<Vec<RoundReport>> {
         let report = match (report, hung) {
             (Some(r), false) => r,
             (_, hung) => RoundReport {
-                seed,
-                tasks: 4 * options.layer as u64 + options.kill as u64,
-                checked: 0,
-                wrong: 0,
-                lost: 0,
-                rebuilt: 0,
-                killed: options.kill,
                 seconds: started.elapsed().as_secs_f64(),
                 hung,
                 first_error: Some(if hung {
@@ -273,6 +274,7 @@ pub fn run(options: &ChaosOptions) -> anyhow::Result<Vec<RoundReport>> {
                 } else {
                     format!("the round failed without a report: {}", text.trim())
                 }),
+                ..RoundReport::new(seed, options.layer, options.kill)
             },
         };
         println!(
