@@ -207,12 +207,20 @@ struct RuntimeBenchArgs {
     /// Iteration scale: 1.0 for the full counts, 0.05 for a smoke run.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    /// "ray": also run Ray's side (installs Ray into --ray-venv if missing).
-    #[arg(long, value_name = "NAME")]
+    /// Baselines run beside Lumen in every round, comma separated:
+    /// "lamellar" (builds benches/lamellar if missing), "ray" (installs Ray
+    /// into --ray-venv if missing).
+    #[arg(long, value_name = "NAMES")]
     baseline: Option<String>,
+    /// Rounds: Lumen, then each baseline, this many times (ABAB...).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Ray's virtual environment.
     #[arg(long, default_value = "/opt/lumen/ray-venv")]
     ray_venv: std::path::PathBuf,
+    /// Lamellar's side (scripts/install-lamellar-baseline.sh builds it).
+    #[arg(long)]
+    lamellar_bin: Option<std::path::PathBuf>,
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -523,12 +531,17 @@ fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
     let options = runtime::RuntimeBenchOptions {
         workers: args.workers,
         scale: args.scale,
-        ray: args.baseline.as_deref() == Some("ray"),
+        baselines: runtime::Baseline::parse_list(args.baseline.as_deref().unwrap_or(""))?,
         ray_venv: args.ray_venv,
+        lamellar_bin: args
+            .lamellar_bin
+            .unwrap_or_else(runtime::default_lamellar_bin),
+        rounds: args.rounds,
     };
-    let rows = runtime::run(&options)?;
-    runtime::print_table(&rows);
-    write_json(args.json.as_deref(), &rows)
+    let report = runtime::run(&options)?;
+    report.info.print();
+    runtime::print_table(&report.rows);
+    write_json(args.json.as_deref(), &report)
 }
 
 fn bench_fabric(args: FabricBenchArgs) -> anyhow::Result<ExitCode> {

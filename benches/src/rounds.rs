@@ -24,7 +24,7 @@ pub const NOISY: f64 = 0.15;
 const WINDOW: Duration = Duration::from_millis(250);
 
 /// The aggregate `cpu` line of `/proc/stat`: (busy, total) jiffies.
-fn cpu_jiffies() -> Option<(u64, u64)> {
+pub fn cpu_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let fields: Vec<u64> = line

@@ -132,21 +132,58 @@ fn timed_first_get(object: ObjectRef<[u8]>, len: u64) -> Result<u64, String> {
     Ok(elapsed.as_nanos() as u64)
 }
 
+/// A runtime to compare Lumen with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    /// Lamellar 0.8.1's active messages (`benches/lamellar`), shmem lamellae.
+    Lamellar,
+    /// Ray 2.60 (`benches/ray/ray_micro.py`).
+    Ray,
+}
+
+impl Baseline {
+    /// The name in `--baseline` and in the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Baseline::Lamellar => "lamellar",
+            Baseline::Ray => "ray",
+        }
+    }
+
+    /// Parses `--baseline`'s comma-separated list (`lamellar,ray`).
+    pub fn parse_list(list: &str) -> anyhow::Result<Vec<Baseline>> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|name| match name {
+                "lamellar" => Ok(Baseline::Lamellar),
+                "ray" => Ok(Baseline::Ray),
+                other => anyhow::bail!("unknown baseline {other:?}: lamellar or ray"),
+            })
+            .collect()
+    }
+}
+
 /// Options of `lumen bench core`.
 #[derive(Debug, Clone)]
 pub struct RuntimeBenchOptions {
-    /// Worker processes (Lumen) and `num_cpus` (Ray).
+    /// Worker processes (Lumen), serving PEs (Lamellar: one more PE drives)
+    /// and `num_cpus` (Ray).
     pub workers: u32,
     /// Multiplies Lumen's timing windows; below 1 also shrinks both sides'
     /// windows and batch sizes (smoke runs).
     pub scale: f64,
-    /// Run Ray's side too.
-    pub ray: bool,
+    /// The baselines run beside Lumen in every round.
+    pub baselines: Vec<Baseline>,
     /// Ray's virtual environment.
     pub ray_venv: PathBuf,
+    /// Lamellar's side (`benches/lamellar`, built on demand when missing).
+    pub lamellar_bin: PathBuf,
+    /// Rounds: Lumen, then each baseline, this many times.
+    pub rounds: usize,
 }
 
-/// One row: a measurement of both systems.
+/// One row: Lumen's median over the rounds beside one baseline's.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuntimeRow {
     /// Row name: Ray's, for the rows of its microbenchmark.
@@ -154,16 +191,26 @@ pub struct RuntimeRow {
     /// "tasks/s", "calls/s", "gets/s", "puts/s", "GiB/s", "batches/s",
     /// "rounds/s"; "us" for the Lumen-only get-latency rows.
     pub unit: String,
-    /// Lumen's value (mean of the timing windows; median for "us").
+    /// Lumen's value: the median over the rounds of each round's value
+    /// (a round's value: the mean of its timing windows; for "us", the
+    /// median over tasks).
     pub lumen: f64,
-    /// Standard deviation of Lumen's value.
-    pub lumen_sd: f64,
-    /// Ray's value, when it ran and has this row.
-    pub ray: Option<f64>,
-    /// Standard deviation of Ray's value.
-    pub ray_sd: Option<f64>,
-    /// Lumen's rate over Ray's: above 1, Lumen is better.
+    /// The baseline of this row ("-" for a Lumen-only row).
+    pub baseline_name: String,
+    /// The baseline's median over the rounds.
+    pub baseline: Option<f64>,
+    /// The median of the rounds' ratios, Lumen's rate over the baseline's:
+    /// above 1, Lumen is better.
     pub ratio: Option<f64>,
+    /// The smallest and largest round's ratio.
+    pub ratio_range: Option<(f64, f64)>,
+    /// Rounds measured.
+    pub rounds: usize,
+    /// Lumen's largest standard deviation over a round's windows, as a
+    /// share of its value.
+    pub lumen_sd: f64,
+    /// Lumen's value in each round, in order (a bimodal figure shows here).
+    pub lumen_rounds: Vec<f64>,
 }
 
 /// One side's measurement of a row.
@@ -225,11 +272,16 @@ fn actor_count() -> usize {
 }
 
 /// Lumen's side of every row, in `ray_perf.py`'s order.
-fn lumen_rows(options: &RuntimeBenchOptions) -> anyhow::Result<Vec<Measured>> {
+/// Also returns how the driver was bound.
+fn lumen_rows(options: &RuntimeBenchOptions) -> anyhow::Result<(Vec<Measured>, String)> {
     let rt = InitOptions::new().num_workers(options.workers).init()?;
+    let binding = match rt.binding() {
+        Some(b) => format!("driver on cpus {:?}", b.cpus),
+        None => "not bound".to_string(),
+    };
     let rows = lumen_rows_on(&rt, options);
     rt.shutdown()?;
-    rows
+    Ok((rows?, binding))
 }
 
 fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<Vec<Measured>> {
@@ -336,6 +388,19 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
     )?;
 
     let actor = BenchActor::new_remote(rt)?;
+    let mut costs = round_trip_costs(rt, "tasks sync", count(2000), &mut || {
+        small_value::remote(rt)?.get()?;
+        Ok(())
+    })?;
+    costs.extend(round_trip_costs(
+        rt,
+        "actor calls sync",
+        count(2000),
+        &mut || {
+            actor.small_value()?.get()?;
+            Ok(())
+        },
+    )?);
     timed("1:1 actor calls sync", "calls/s", 1.0, &mut || {
         actor.small_value()?.get()?;
         Ok(())
@@ -380,6 +445,7 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
         Ok(())
     })?;
 
+    rows.extend(costs);
     let samples = count(20) as usize;
     for (test, len) in [
         ("same-node first get, 1 KiB object", 1usize << 10),
@@ -406,6 +472,69 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
         });
     }
     Ok(rows)
+}
+
+/// What `n` blocking round trips cost beyond their time, summed over
+/// every rank (Lumen-only rows): thread hand-offs (waits that slept and
+/// idle executor threads that slept: each was woken by another thread),
+/// doorbell wake-up system calls, and the share of the machine's CPUs
+/// busy meanwhile (spinning shows here).
+fn round_trip_costs(
+    rt: &Runtime,
+    what: &str,
+    n: u64,
+    body: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Measured>> {
+    let snapshot = || -> anyhow::Result<(u64, u64)> {
+        let mut handoffs = 0;
+        let mut rings = 0;
+        for rank in 0..rt.size() {
+            let stats = rt.stats(rank)?;
+            handoffs += stats.waits_slept + stats.executor_sleeps;
+            rings += stats.doorbell_rings;
+        }
+        Ok((handoffs, rings))
+    };
+    let before = snapshot()?;
+    let cpu_before = crate::rounds::cpu_jiffies();
+    // At least 250 ms: /proc/stat counts in 10 ms ticks.
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < n || start.elapsed() < Duration::from_millis(250) {
+        body()?;
+        done += 1;
+    }
+    let n = done;
+    let cpu_after = crate::rounds::cpu_jiffies();
+    let after = snapshot()?;
+    let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / n as f64;
+    let busy = match (cpu_before, cpu_after) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+        _ => f64::NAN,
+    };
+    let row = |test: String, unit: &str, value: f64| Measured {
+        test,
+        unit: unit.to_string(),
+        value,
+        sd: 0.0,
+    };
+    Ok(vec![
+        row(
+            format!("{what}: hand-offs per round trip"),
+            "count",
+            per(after.0, before.0),
+        ),
+        row(
+            format!("{what}: doorbell wake-ups per round trip"),
+            "count",
+            per(after.1, before.1),
+        ),
+        row(
+            format!("{what}: CPU busy (share of the machine)"),
+            "share",
+            busy,
+        ),
+    ])
 }
 
 fn ray_script() -> PathBuf {
@@ -453,13 +582,148 @@ fn ray_rows(options: &RuntimeBenchOptions) -> anyhow::Result<Vec<Measured>> {
         "Ray's benchmark (benches/ray/ray_micro.py) failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    parse_rows(&output.stdout, "Ray")
+}
+
+fn lamellar_installer() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-lamellar-baseline.sh")
+}
+
+/// The default `--lamellar-bin`: where the installer builds it.
+pub fn default_lamellar_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("lamellar/target/release/lumen-lamellar-baseline")
+}
+
+/// The CPUs this process may use, as it started (the embedded cluster's
+/// driver binds this process to one core while it runs; see [`run`]).
+fn start_cpus() -> &'static [usize] {
+    static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(|| {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the call writes
+        // at most its size.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `set` outlives the call.
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `c` is below CPU_SETSIZE.
+            .filter(|&c| rc == 0 && unsafe { libc::CPU_ISSET(c, &set) })
+            .collect();
+        if cpus.is_empty() {
+            vec![0]
+        } else {
+            cpus
+        }
+    })
+}
+
+/// Gives this process back the CPUs it started with (after a Lumen round:
+/// the driver's binding stays on the process after shutdown).
+fn restore_cpus() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in start_cpus() {
+        // SAFETY: `cpu` came from CPU_ISSET over the set's range.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid set that outlives the call.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
+/// The CPU of PE `pe`: one core each, in turn, as `lamellar_run.sh` does.
+fn core_of(pe: usize) -> usize {
+    let cpus = start_cpus();
+    cpus[pe % cpus.len()]
+}
+
+/// Lamellar's side: `workers + 1` PEs of `benches/lamellar` on the shmem
+/// lamellae, one thread each (`LAMELLAR_THREADS=1`), PE i pinned to core
+/// i (mod the cores), as `lamellar_run.sh` places them; PE 0 drives.
+fn lamellar_rows(options: &RuntimeBenchOptions) -> anyhow::Result<Vec<Measured>> {
+    use std::os::unix::process::CommandExt;
+    if !options.lamellar_bin.exists() {
+        eprintln!("building Lamellar's side (benches/lamellar, once; about 8 minutes) ...");
+        let status = std::process::Command::new("bash")
+            .arg(lamellar_installer())
+            .status()
+            .context("running scripts/install-lamellar-baseline.sh")?;
+        anyhow::ensure!(
+            status.success() && options.lamellar_bin.exists(),
+            "building Lamellar's side failed (see the output above); run \
+             scripts/install-lamellar-baseline.sh by hand or pass --lamellar-bin"
+        );
+    }
+    let pes = options.workers as usize + 1;
+    let job = format!("{}", 1 + std::process::id() % 30000);
+    let mut children = Vec::with_capacity(pes);
+    for pe in 0..pes {
+        let core = core_of(pe);
+        let mut command = std::process::Command::new(&options.lamellar_bin);
+        command
+            .args(["--scale", &options.scale.to_string()])
+            .env("LAMELLAR_BACKEND", "shmem")
+            .env("LAMELLAR_THREADS", "1")
+            .env("LAMELLAR_NUM_PES", pes.to_string())
+            .env("LAMELLAR_PE_ID", pe.to_string())
+            .env("LAMELLAR_JOB_ID", &job)
+            .env("LAMELLAR_MEM_SIZE", (64u64 << 20).to_string())
+            .stdout(if pe == 0 {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: the closure runs in the child between fork and exec and
+        // calls only sched_setaffinity on a stack-local set, which is
+        // async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(core, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                Ok(())
+            });
+        }
+        children.push(command.spawn().context("starting Lamellar's side")?);
+    }
+    let mut outputs = Vec::with_capacity(pes);
+    for child in children {
+        outputs.push(
+            child
+                .wait_with_output()
+                .context("waiting for Lamellar's side")?,
+        );
+    }
+    // The shmem lamellae leaves its segments behind when a PE fails.
+    if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with("lamellar_") && name.contains(&job) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    for (pe, output) in outputs.iter().enumerate() {
+        anyhow::ensure!(
+            output.status.success(),
+            "Lamellar's PE {pe} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse_rows(&outputs[0].stdout, "Lamellar")
+}
+
+/// The `{"test","unit","value","sd"}` lines of a baseline's side.
+fn parse_rows(stdout: &[u8], side: &str) -> anyhow::Result<Vec<Measured>> {
     let mut rows = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout)
+    for line in String::from_utf8_lossy(stdout)
         .lines()
         .filter(|l| l.starts_with('{'))
     {
         let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("parsing Ray's line {line}"))?;
+            serde_json::from_str(line).with_context(|| format!("parsing {side}'s line {line}"))?;
         if let (Some(test), Some(value)) = (v["test"].as_str(), v["value"].as_f64()) {
             rows.push(Measured {
                 test: test.to_string(),
@@ -472,31 +736,151 @@ fn ray_rows(options: &RuntimeBenchOptions) -> anyhow::Result<Vec<Measured>> {
     Ok(rows)
 }
 
-/// Runs the benchmark (see the module docs).
-pub fn run(options: &RuntimeBenchOptions) -> anyhow::Result<Vec<RuntimeRow>> {
-    let lumen = lumen_rows(options)?;
-    let ray = if options.ray {
-        ray_rows(options)?
-    } else {
-        Vec::new()
-    };
-    Ok(lumen
-        .into_iter()
-        .map(|row| {
-            let ray = ray
-                .iter()
-                .find(|r| r.test == row.test && r.unit == row.unit);
-            RuntimeRow {
-                ratio: ray.map(|r| row.value / r.value),
-                ray: ray.map(|r| r.value),
-                ray_sd: ray.map(|r| r.sd),
-                test: row.test,
-                unit: row.unit,
-                lumen: row.value,
-                lumen_sd: row.sd,
+/// How both sides were placed, for the report.
+fn placement(options: &RuntimeBenchOptions, binding: &str) -> String {
+    let mut parts = vec![format!(
+        "Lumen: driver + {} worker processes (LUMEN_BIND=auto: {binding})",
+        options.workers
+    )];
+    for baseline in &options.baselines {
+        parts.push(match baseline {
+            Baseline::Lamellar => format!(
+                "Lamellar: {} PEs (PE 0 drives), shmem lamellae, LAMELLAR_THREADS=1, PE i pinned to core i mod {}",
+                options.workers + 1,
+                start_cpus().len()
+            ),
+            Baseline::Ray => format!(
+                "Ray: num_cpus={}, not pinned (Ray's own timeit: 1 s warm-up, 2 s windows)",
+                options.workers
+            ),
+        });
+    }
+    parts.join("; ")
+}
+
+/// Runs the benchmark (see the module docs): `rounds` rounds of Lumen,
+/// then each baseline, with the load check around each round (a noisy
+/// round is redone once, then kept and flagged).
+pub fn run(options: &RuntimeBenchOptions) -> anyhow::Result<crate::Report<RuntimeRow>> {
+    use crate::rounds::{machine_busy, median, wait_quiet, RoundLoad};
+    let mut lumen_rounds: Vec<Vec<Measured>> = Vec::new();
+    let mut baseline_rounds: Vec<(Baseline, Vec<Vec<Measured>>)> =
+        options.baselines.iter().map(|b| (*b, Vec::new())).collect();
+    let mut loads = Vec::new();
+    let mut binding = String::from("not reported");
+    start_cpus();
+    for round in 0..options.rounds.max(1) {
+        let mut redone = false;
+        loop {
+            let before = wait_quiet(Duration::from_secs(2));
+            let (lumen, bound) = lumen_rows(options)?;
+            binding = bound;
+            restore_cpus();
+            let mut theirs = Vec::new();
+            for (baseline, _) in &baseline_rounds {
+                theirs.push(match baseline {
+                    Baseline::Lamellar => lamellar_rows(options)?,
+                    Baseline::Ray => ray_rows(options)?,
+                });
             }
-        })
-        .collect())
+            let after = machine_busy();
+            let load = RoundLoad {
+                before,
+                after,
+                redone,
+            };
+            if load.noisy() && !redone {
+                eprintln!(
+                    "lumen bench: round {} ran beside other load ({:.0}% before, {:.0}% after): once more",
+                    round + 1,
+                    before * 100.0,
+                    after * 100.0
+                );
+                redone = true;
+                continue;
+            }
+            if load.noisy() {
+                eprintln!("lumen bench: round {} kept but noisy", round + 1);
+            }
+            eprintln!(
+                "lumen bench runtime: round {} of {} done",
+                round + 1,
+                options.rounds.max(1)
+            );
+            loads.push(load);
+            lumen_rounds.push(lumen);
+            for ((_, rounds), rows) in baseline_rounds.iter_mut().zip(theirs) {
+                rounds.push(rows);
+            }
+            break;
+        }
+    }
+    let first = lumen_rounds.first().cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    for row in &first {
+        let lumen_values: Vec<f64> = lumen_rounds
+            .iter()
+            .filter_map(|r| r.iter().find(|m| m.test == row.test).map(|m| m.value))
+            .collect();
+        let lumen_sd = lumen_rounds
+            .iter()
+            .filter_map(|r| r.iter().find(|m| m.test == row.test))
+            .map(|m| m.sd / m.value.abs().max(1e-12))
+            .fold(0.0f64, f64::max);
+        let lumen = median(&lumen_values);
+        let mut compared = false;
+        for (baseline, rounds) in &baseline_rounds {
+            let mut theirs = Vec::new();
+            let mut ratios = Vec::new();
+            for (ours, their_round) in lumen_rounds.iter().zip(rounds) {
+                let ours = ours.iter().find(|m| m.test == row.test);
+                let other = their_round
+                    .iter()
+                    .find(|m| m.test == row.test && m.unit == row.unit);
+                if let (Some(ours), Some(other)) = (ours, other) {
+                    theirs.push(other.value);
+                    ratios.push(ours.value / other.value);
+                }
+            }
+            if theirs.is_empty() {
+                continue;
+            }
+            compared = true;
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            rows.push(RuntimeRow {
+                test: row.test.clone(),
+                unit: row.unit.clone(),
+                lumen,
+                baseline_name: baseline.name().to_string(),
+                baseline: Some(median(&theirs)),
+                ratio: Some(median(&ratios)),
+                ratio_range: Some((lo, hi)),
+                rounds: lumen_values.len(),
+                lumen_sd,
+                lumen_rounds: lumen_values.clone(),
+            });
+        }
+        if !compared {
+            rows.push(RuntimeRow {
+                test: row.test.clone(),
+                unit: row.unit.clone(),
+                lumen,
+                baseline_name: "-".to_string(),
+                baseline: None,
+                ratio: None,
+                ratio_range: None,
+                rounds: lumen_values.len(),
+                lumen_sd,
+                lumen_rounds: lumen_values.clone(),
+            });
+        }
+    }
+    Ok(crate::Report {
+        info: crate::rounds::RunInfo::now("runtime", &placement(options, &binding)),
+        loads: vec![("rounds".to_string(), loads)],
+        rows,
+    })
 }
 
 fn find<'a>(rows: &'a [RuntimeRow], test: &str) -> Option<&'a RuntimeRow> {
@@ -507,29 +891,32 @@ fn find<'a>(rows: &'a [RuntimeRow], test: &str) -> Option<&'a RuntimeRow> {
 /// latencies against each other.
 pub fn print_table(rows: &[RuntimeRow]) {
     println!(
-        "{:<36} {:>9} {:>14} {:>7} {:>12} {:>7} {:>10}",
-        "test", "unit", "lumen", "±", "ray", "±", "lumen/ray"
+        "{:<36} {:>9} {:>14} {:>6} {:>9} {:>12} {:>8} {:>13}",
+        "test", "unit", "lumen", "±", "baseline", "value", "ratio", "range"
     );
-    let percent = |sd: f64, value: f64| format!("{:.0}%", 100.0 * sd / value.abs().max(1e-12));
     for row in rows {
-        let ray = row.ray.map_or("-".to_string(), |v| format!("{v:.2}"));
-        let ray_sd = match (row.ray, row.ray_sd) {
-            (Some(v), Some(sd)) => percent(sd, v),
-            _ => "-".to_string(),
-        };
-        let ratio = row.ratio.map_or("-".to_string(), |v| format!("{v:.1}x"));
+        let value = row.baseline.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let ratio = row.ratio.map_or("-".to_string(), |v| format!("{v:.2}x"));
+        let range = row
+            .ratio_range
+            .map_or(String::new(), |(lo, hi)| format!("{lo:.2}-{hi:.2}"));
         println!(
-            "{:<36} {:>9} {:>14.2} {:>7} {:>12} {:>7} {:>10}",
+            "{:<36} {:>9} {:>14.2} {:>5.0}% {:>9} {:>12} {:>8} {:>13}",
             row.test,
             row.unit,
             row.lumen,
-            percent(row.lumen_sd, row.lumen),
-            ray,
-            ray_sd,
-            ratio
+            100.0 * row.lumen_sd,
+            row.baseline_name,
+            value,
+            ratio,
+            range
         );
     }
-    println!("(lumen/ray: Lumen's rate over Ray's, above 1 Lumen is better; ±: sd over windows)");
+    println!(
+        "(medians over {} rounds; ratio: Lumen's rate over the baseline's, above 1 Lumen is better; \
+         range: the rounds' smallest and largest ratio; ±: Lumen's largest sd over a round's windows)",
+        rows.first().map_or(0, |r| r.rounds)
+    );
     if let (Some(put), Some(memcpy)) = (
         find(rows, "single client put gigabytes"),
         find(rows, "memcpy 1 GiB (same source)"),

@@ -91,6 +91,7 @@ pub use auth::JobSecret;
 pub use config::{ConfigError, TcpBackend, TransportConfig};
 pub use endpoint::{
     segment_name, Endpoint, EndpointBuilder, EndpointOptions, FabricRoute, Handler, Message,
-    PeerAddress, RegionKey, RendezvousStats, Source, TransportError,
+    PeerAddress, PollSession, RegionKey, RendezvousStats, Source, TransportError,
 };
+pub use shm::doorbell_rings;
 pub use sys::read_process_memory;

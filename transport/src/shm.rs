@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! 0      SegmentHeader   magic (written last, release), version, local_size, ring_bytes, total_len
-//! 4096   RankSlot[local_size]           doorbell, sleepers, pid, state (0 joining, 1 alive, 2 departed)
+//! 4096   RankSlot[local_size]           doorbell, sleepers, pid, state (0 joining, 1 alive, 2 departed), standby, polling
 //! ...    RingControl[local_size^2]      tail | head | completions           (3 x 64 B each)
 //! ...    ring data [local_size^2][ring_bytes]
 //! ```
@@ -49,7 +49,17 @@ use crate::sys::{futex_wait, futex_wake_all, SharedMapping};
 
 const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"LUMENSHM");
 // 2: records are published by their length word (was: by `tail`).
-const SEGMENT_VERSION: u32 = 2;
+const SEGMENT_VERSION: u32 = 3;
+
+/// Doorbells this process rang (each a `futex` wake system call).
+static DOORBELL_RINGS: AtomicU64 = AtomicU64::new(0);
+
+/// Wake-up system calls this process made ringing shared-memory doorbells
+/// so far (a sender rings only when the receiver sleeps): the count of
+/// cross-process hand-offs, for benchmarks and tests.
+pub fn doorbell_rings() -> u64 {
+    DOORBELL_RINGS.load(Ordering::Relaxed)
+}
 const HEADER_BYTES: usize = 4096;
 const WRAP: u32 = u32::MAX;
 const RECORD_PREFIX: usize = 8;
@@ -74,6 +84,11 @@ struct RankSlot {
     sleepers: AtomicU32,
     pid: AtomicI32,
     state: AtomicU32,
+    /// The rank's progress thread sleeps on the doorbell standing by
+    /// (counted apart from `sleepers`: see `notify`).
+    standby: AtomicU32,
+    /// A thread of the rank polls its rings itself now.
+    polling: AtomicU32,
 }
 
 #[repr(C)]
@@ -518,13 +533,41 @@ impl NodeSegment {
 
     /// Wakes local rank `to` if it sleeps. Called after publishing anything to it.
     #[inline]
+    ///
+    /// A progress thread standing by is woken only while no thread of `to`
+    /// polls: the poller reads what was published, so ringing would only
+    /// cost a system call here and a wake-up there.
     pub(crate) fn notify(&self, to: usize) {
         fence(Ordering::SeqCst);
         let slot = self.slot(to);
-        if slot.sleepers.load(Ordering::Relaxed) > 0 {
+        if slot.sleepers.load(Ordering::Relaxed) > 0
+            || (slot.standby.load(Ordering::Relaxed) > 0
+                && slot.polling.load(Ordering::Relaxed) == 0)
+        {
+            DOORBELL_RINGS.fetch_add(1, Ordering::Relaxed);
             slot.doorbell.fetch_add(1, Ordering::SeqCst);
             futex_wake_all(&slot.doorbell);
         }
+    }
+
+    /// A thread of `me` starts (true) or stops (false) polling its rings.
+    pub(crate) fn set_polling(&self, me: usize, polling: bool) {
+        self.slot(me)
+            .polling
+            .store(u32::from(polling), Ordering::SeqCst);
+    }
+
+    /// The progress thread stands by on `me`'s doorbell unless `ready()`
+    /// turns true, at most `timeout`; `notify` wakes it only while nobody
+    /// polls (see [`set_polling`](Self::set_polling)).
+    pub(crate) fn standby_sleep(&self, me: usize, timeout: Duration, ready: impl FnOnce() -> bool) {
+        let slot = self.slot(me);
+        slot.standby.fetch_add(1, Ordering::SeqCst);
+        let seen = slot.doorbell.load(Ordering::SeqCst);
+        if !ready() {
+            futex_wait(&slot.doorbell, seen, timeout);
+        }
+        slot.standby.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn notify_all(&self) {
@@ -543,6 +586,16 @@ impl NodeSegment {
             futex_wait(&slot.doorbell, seen, timeout);
         }
         slot.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wakes `me`'s progress thread standing by (and any sleeper).
+    pub(crate) fn ring_own_doorbell_standby(&self, me: usize) {
+        let slot = self.slot(me);
+        if slot.standby.load(Ordering::SeqCst) > 0 || slot.sleepers.load(Ordering::SeqCst) > 0 {
+            DOORBELL_RINGS.fetch_add(1, Ordering::Relaxed);
+            slot.doorbell.fetch_add(1, Ordering::SeqCst);
+            futex_wake_all(&slot.doorbell);
+        }
     }
 
     /// Wakes `me`'s own sleepers (used by this rank's TCP thread).

@@ -13,7 +13,7 @@
 //! | `LUMEN_SPILL_DIR` | [`spill_dir`](RuntimeConfig::spill_dir) | the temporary directory |
 //! | `LUMEN_PULL_CHUNK_BYTES` | [`pull_chunk_bytes`](RuntimeConfig::pull_chunk_bytes) | 8 MiB |
 //! | `LUMEN_BUILD_ID` | [`build_id`](RuntimeConfig::build_id) | hash of the executable |
-//! | `LUMEN_RT_SPIN_US` | [`wait_spin`](RuntimeConfig::wait_spin) | 0 |
+//! | `LUMEN_RT_SPIN_US` | [`wait_spin`](RuntimeConfig::wait_spin) | 100 on a rank bound to cores of its own, else 0 |
 //! | `LUMEN_BIND` | [`bind`](RuntimeConfig::bind): `auto`, `cores`, `none` | `auto` |
 //! | `LUMEN_FABRIC` | [`fabric`](RuntimeConfig::fabric): `auto`, `ofi`, `tcp`, `verbs` | `auto` |
 //! | `LUMEN_MAX_PENDING_TASKS` | [`max_pending`](RuntimeConfig::max_pending) (0: no limit) | 100000 |
@@ -37,6 +37,12 @@ pub struct RuntimeConfigError {
     pub expected: &'static str,
 }
 
+/// The spin of a waiting caller on a rank that owns its cores: a blocking
+/// task round trip here takes 10-20 us, so a caller that spins this long
+/// gets nearly every reply on its own thread, and a wait for a longer task
+/// costs at most this much CPU before it sleeps.
+pub const AUTO_WAIT_SPIN: Duration = Duration::from_micros(100);
+
 /// The runtime's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeConfig {
@@ -54,8 +60,12 @@ pub struct RuntimeConfig {
     pub pull_chunk_bytes: u64,
     /// Overrides the build id (hashed); `None`: hash of the executable.
     pub build_id: Option<String>,
-    /// How long a waiting caller drives progress before it sleeps.
-    pub wait_spin: Duration,
+    /// How long a waiting caller (and an idle executor thread) drives
+    /// progress itself before it sleeps. `None`: [`AUTO_WAIT_SPIN`] when
+    /// the rank is bound to cores no other rank shares, else zero (see
+    /// `core::Spin`: spinning beside another rank's threads on a shared
+    /// core made round trips 5x slower).
+    pub wait_spin: Option<Duration>,
     /// The rank's GPUs, as CUDA ordinals of its process: devices
     /// `0..n` with `LUMEN_NUM_GPUS=n` (an override), else the GPUs the
     /// Slurm allocation gives the rank (`SLURM_STEP_GPUS`, gres), else none.
@@ -105,7 +115,7 @@ impl Default for RuntimeConfig {
             spill_dir: std::env::temp_dir(),
             pull_chunk_bytes: 8 << 20,
             build_id: None,
-            wait_spin: Duration::ZERO,
+            wait_spin: None,
             gpu_ids: None,
             bind: BindPolicy::Auto,
             fabric: lumen_transport::fabric::FabricChoice::Auto,
@@ -256,7 +266,7 @@ impl RuntimeConfig {
         }
         if let Some(v) = set("LUMEN_RT_SPIN_US") {
             let us: u64 = parse("LUMEN_RT_SPIN_US", &v, "a number of microseconds")?;
-            config.wait_spin = Duration::from_micros(us);
+            config.wait_spin = Some(Duration::from_micros(us));
         }
         Ok(config)
     }
@@ -319,7 +329,7 @@ mod tests {
         assert_eq!(config.spill_dir, PathBuf::from("/var/tmp"));
         assert_eq!(config.pull_chunk_bytes, 1 << 20);
         assert_eq!(config.build_id.as_deref(), Some("v1"));
-        assert_eq!(config.wait_spin, Duration::from_micros(20));
+        assert_eq!(config.wait_spin, Some(Duration::from_micros(20)));
     }
 
     #[test]

@@ -26,6 +26,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
 use lumen_sched::{Bundle, GpuGrant, GpuSlots, Held, ResourceSlots, Resources};
@@ -92,7 +93,10 @@ struct State {
     /// custom resources, GPU ids).
     slots: ResourceSlots,
     threads: usize,
+    /// Threads without a task: sleeping, or spinning for one (`spinning`).
     idle: usize,
+    /// Idle threads polling the transport themselves (at most one).
+    spinning: usize,
     /// Threads running a first attempt of a task (blocked or not).
     first_attempts: usize,
     stopping: bool,
@@ -104,6 +108,15 @@ pub(crate) struct Executor {
     state: Mutex<State>,
     ready: Condvar,
     runtime: OnceLock<Weak<Inner>>,
+    /// Tasks pushed so far (an idle spinner watches it without the lock).
+    pushes: AtomicU64,
+    /// The idle spin now, in nanoseconds (adapts, see [`Executor::spin_idle`]).
+    idle_spin_ns: AtomicU64,
+    /// Idle spins that found a task, and that ran out.
+    spins_found: AtomicU64,
+    spins_empty: AtomicU64,
+    /// Times an idle thread slept.
+    sleeps: AtomicU64,
 }
 
 impl Executor {
@@ -116,11 +129,17 @@ impl Executor {
                 slots: ResourceSlots::new(capacity, gpus),
                 threads: 0,
                 idle: 0,
+                spinning: 0,
                 first_attempts: 0,
                 stopping: false,
             }),
             ready: Condvar::new(),
             runtime: OnceLock::new(),
+            pushes: AtomicU64::new(0),
+            idle_spin_ns: AtomicU64::new(u64::MAX),
+            spins_found: AtomicU64::new(0),
+            spins_empty: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
         })
     }
 
@@ -172,11 +191,13 @@ impl Executor {
             } else {
                 s.queue.push_back(Queued { spec, from });
             }
+            self.pushes.fetch_add(1, Ordering::Release);
             // Every thread may be blocked in a `get` with its slots lent
             // out: then nobody would pick this task up. A notify with no
-            // idle thread would only cost a system call (std's condvar
-            // makes one on every notify).
-            (s.idle == 0 && free > 1e-9, s.idle > 0)
+            // sleeping idle thread would only cost a system call (std's
+            // condvar makes one on every notify); a spinning one sees
+            // `pushes` move.
+            (s.idle == 0 && free > 1e-9, s.idle > s.spinning)
         };
         if grow {
             if let Some(runtime) = self.runtime.get() {
@@ -296,7 +317,7 @@ impl Executor {
         let wake = {
             let mut s = self.lock();
             s.slots.release_gpus(grant);
-            s.idle > 0 && !s.queue.is_empty()
+            s.idle > s.spinning && !s.queue.is_empty()
         };
         if wake {
             self.ready.notify_all();
@@ -313,6 +334,7 @@ impl Executor {
         loop {
             let (job, held) = {
                 let mut s = self.lock();
+                let mut spun = false;
                 loop {
                     if s.stopping {
                         s.threads -= 1;
@@ -326,9 +348,25 @@ impl Executor {
                             break (job, held);
                         }
                     }
+                    if !spun && s.spinning == 0 {
+                        // Poll for the next task before sleeping; then
+                        // look at the queue again under the lock.
+                        spun = true;
+                        s.idle += 1;
+                        s.spinning += 1;
+                        let seen = self.pushes.load(Ordering::Acquire);
+                        drop(s);
+                        self.spin_idle(&runtime, seen);
+                        s = self.lock();
+                        s.spinning -= 1;
+                        s.idle -= 1;
+                        continue;
+                    }
                     s.idle += 1;
+                    self.sleeps.fetch_add(1, Ordering::Relaxed);
                     s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
                     s.idle -= 1;
+                    spun = false;
                 }
             };
             let job_attempt = job.spec.attempt;
@@ -365,12 +403,71 @@ impl Executor {
                 if let Some(held) = &held {
                     s.slots.finish(held);
                 }
-                s.idle > 0 && !s.queue.is_empty()
+                s.idle > s.spinning && !s.queue.is_empty()
             };
             if wake {
                 self.ready.notify_one();
             }
         }
+    }
+
+    /// An idle thread polls the transport itself for the next task (a task
+    /// that arrives then is queued by this thread's own progress, and it
+    /// starts with no wake-up), for the rank's wait spin at most, adapted:
+    /// halved after a spin that found nothing (down to a sixteenth), doubled
+    /// after one that found a task, so a rank that gets work rarely burns
+    /// little CPU. No spin when the rank's spin is zero (ranks sharing
+    /// cores) or another thread of the rank polls already.
+    fn spin_idle(&self, runtime: &Weak<Inner>, seen: u64) {
+        let Some(inner) = runtime.upgrade() else {
+            return;
+        };
+        let full = inner.wait_spin().as_nanos() as u64;
+        if full == 0 {
+            return;
+        }
+        let spin = self.idle_spin_ns.load(Ordering::Relaxed).min(full);
+        let Some(session) = inner.endpoint.begin_polling() else {
+            return;
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_nanos(spin);
+        let mut rounds = 0u32;
+        let found = loop {
+            if self.pushes.load(Ordering::Acquire) != seen {
+                break true;
+            }
+            match inner.endpoint.progress() {
+                Ok(true) => continue,
+                Ok(false) => std::hint::spin_loop(),
+                Err(_) => break false,
+            }
+            rounds = rounds.wrapping_add(1);
+            if rounds % 16 == 0 && std::time::Instant::now() >= until {
+                break false;
+            }
+        };
+        drop(session);
+        let next = if found {
+            self.spins_found.fetch_add(1, Ordering::Relaxed);
+            spin.saturating_mul(2).min(full)
+        } else {
+            self.spins_empty.fetch_add(1, Ordering::Relaxed);
+            (spin / 2).max(full / 16)
+        };
+        self.idle_spin_ns.store(next, Ordering::Relaxed);
+    }
+
+    /// Times an idle thread slept, so far.
+    pub(crate) fn sleeps(&self) -> u64 {
+        self.sleeps.load(Ordering::Relaxed)
+    }
+
+    /// Idle spins that found a task and that ran out, so far.
+    pub(crate) fn spin_counts(&self) -> (u64, u64) {
+        (
+            self.spins_found.load(Ordering::Relaxed),
+            self.spins_empty.load(Ordering::Relaxed),
+        )
     }
 
     /// The calling thread is about to block inside a task: lend its slots.

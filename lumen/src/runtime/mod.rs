@@ -131,7 +131,7 @@ use serde::Serialize;
 pub use self::core::Mode;
 pub use actor::{ActorClass, ActorHandle, RawActorHandle};
 pub use cluster::InitOptions;
-pub use config::{BindPolicy, RuntimeConfig, RuntimeConfigError};
+pub use config::{BindPolicy, RuntimeConfig, RuntimeConfigError, AUTO_WAIT_SPIN};
 pub use device::{DeviceRef, DeviceStats, DeviceView};
 pub use error::{RuntimeError, TaskError, TaskErrorKind};
 pub use ids::{ActorId, ObjectId};

@@ -284,6 +284,26 @@ pub struct RankStats {
     pub tasks_pending_peak: u64,
     /// Submissions that waited for room under `LUMEN_MAX_PENDING_TASKS`.
     pub submissions_waited: u64,
+    /// Waits (`get`, `wait`, requests) that went to sleep: each one's
+    /// answer was handed over by another thread's wake-up (the others got
+    /// it on their own thread while spinning).
+    pub waits_slept: u64,
+    /// Times an idle executor thread went to sleep (a task then has to
+    /// wake it: a hand-off).
+    pub executor_sleeps: u64,
+    /// Idle executor spins that found a task (no hand-off), and that ran
+    /// out and slept.
+    pub idle_spins_found: u64,
+    /// See `idle_spins_found`.
+    pub idle_spins_empty: u64,
+    /// Poll sessions begun by waiting threads (the progress thread stood
+    /// by), and refused because another thread of the rank polled.
+    pub poll_sessions: u64,
+    /// See `poll_sessions`.
+    pub polls_refused: u64,
+    /// Wake-up system calls this process made ringing doorbells
+    /// (`lumen_transport::doorbell_rings`).
+    pub doorbell_rings: u64,
 }
 
 /// Encodes a message.

@@ -264,6 +264,7 @@ impl EndpointBuilder {
             closed: AtomicBool::new(false),
             progress_thread: Mutex::new(None),
             tcp_readers: Arc::new(TcpReaders::default()),
+            standby: Default::default(),
         });
         let receiver = tcp.start(&shared)?;
         *shared.tcp.lock().unwrap_or_else(|p| p.into_inner()) = receiver;

@@ -76,6 +76,35 @@ pub use crate::types::{
     segment_name, EndpointOptions, Message, PeerAddress, Rank, RegionKey, Source, RESERVED_TAGS,
 };
 pub use builder::EndpointBuilder;
+
+/// A thread's turn at driving progress itself ([`Endpoint::begin_polling`]):
+/// while it lives, the progress thread stands by (naps, without spinning or
+/// sleeping on the doorbell, so senders make no wake-up call), the TCP
+/// background receiver steps aside, and this thread must call
+/// [`Endpoint::progress`] in a loop: every handler runs on it, so a reply
+/// it waits for arrives on its own thread. Dropping it hands progress back
+/// to the progress thread at once.
+pub struct PollSession<'a> {
+    shared: &'a shared::Shared,
+    tcp: bool,
+}
+
+impl std::fmt::Debug for PollSession<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollSession")
+            .field("tcp", &self.tcp)
+            .finish()
+    }
+}
+
+impl Drop for PollSession<'_> {
+    fn drop(&mut self) {
+        if self.tcp {
+            self.shared.tcp_readers.unregister_poller(true);
+        }
+        self.shared.end_polling();
+    }
+}
 pub use rdma::{FabricRoute, RendezvousStats};
 
 use shared::{lock, GetSlot, Shared};
@@ -355,7 +384,18 @@ impl Endpoint {
             .spawn(move || {
                 let shared = endpoint.shared.clone();
                 let mut waiter = Waiter::new(&shared, None);
+                let mut last_check = std::time::Instant::now();
                 while !flag.load(Ordering::Acquire) {
+                    if shared.stand_by() {
+                        // An application thread polls (and runs the
+                        // handlers); look after local peers only.
+                        if last_check.elapsed() >= shared::STANDBY_NAP / 2 {
+                            last_check = std::time::Instant::now();
+                            shared.check_local_peers();
+                        }
+                        waiter = Waiter::new(&shared, None);
+                        continue;
+                    }
                     match endpoint.progress_inner(true) {
                         Ok(true) => waiter = Waiter::new(&shared, None),
                         Ok(false) => waiter.pause(|| {
@@ -371,6 +411,31 @@ impl Endpoint {
             Ok(handle) => *slot = Some((stop, handle)),
             Err(e) => tracing::error!("could not start the progress thread: {e}"),
         }
+    }
+
+    /// Makes the calling thread the one that drives progress while it
+    /// spins (see [`PollSession`]); `None` when another thread already
+    /// does (the caller should then sleep rather than spin beside it).
+    pub fn begin_polling(&self) -> Option<PollSession<'_>> {
+        let shared = &*self.shared;
+        if !shared.begin_polling() {
+            return None;
+        }
+        let tcp = shared.tcp_readers.active();
+        if tcp {
+            shared.tcp_readers.register_poller();
+        }
+        Some(PollSession { shared, tcp })
+    }
+
+    /// Poll sessions begun and refused so far (a session refused: another
+    /// thread of this process was polling).
+    pub fn poll_sessions(&self) -> (u64, u64) {
+        let standby = &self.shared.standby;
+        (
+            standby.sessions.load(Ordering::Relaxed),
+            standby.refused.load(Ordering::Relaxed),
+        )
     }
 
     /// Closes in order: tells peers this rank is leaving, stops threads. Peers

@@ -137,6 +137,116 @@ pub(crate) struct Shared {
     pub(super) rdma_cookie: AtomicU64,
     /// Sent, received, fallbacks (see `RendezvousStats`).
     pub(super) rdma_stats: [AtomicU64; 3],
+    /// An application thread that spins on progress itself (see
+    /// [`Standby`]).
+    pub(super) standby: Standby,
+}
+
+/// The progress thread stands by while an application thread polls.
+///
+/// A caller blocked in the runtime's `get` (or an idle executor thread)
+/// that spins on [`Endpoint::progress`](super::Endpoint::progress) itself
+/// receives its reply on its own thread: no hand-off, no wake-up. The
+/// progress thread must then neither spin beside it (on a rank bound to
+/// one core, two spinners take turns by time slice: a 14 us round trip
+/// became 70-100 us, `LUMEN_RT_SPIN_US=30` before this) nor be rung by
+/// senders for every message. So while a thread polls, the progress
+/// thread stands by: it sleeps on the doorbell without counting as a
+/// sleeper, and the node segment's `polling` flag tells senders not to
+/// ring for it (see `NodeSegment::notify`). A poller that leaves clears
+/// the flag and rings only if something arrived meanwhile; otherwise the
+/// next sender rings as usual. The steady state of back-to-back round
+/// trips thus makes no system call on either side. At most one thread
+/// polls at a time: a second one sleeps at once.
+#[derive(Debug, Default)]
+pub(crate) struct Standby {
+    pub(super) pollers: AtomicU32,
+    /// For a rank without a node segment: the progress thread naps on
+    /// `word`, and a leaving poller wakes it when `napping`.
+    pub(super) word: AtomicU32,
+    pub(super) napping: AtomicBool,
+    /// Poll sessions begun, and refused because another thread polled.
+    pub(super) sessions: AtomicU64,
+    pub(super) refused: AtomicU64,
+}
+
+/// The longest nap of a standing-by progress thread.
+pub(super) const STANDBY_NAP: Duration = Duration::from_millis(2);
+
+impl Shared {
+    /// Becomes the polling thread unless another is: true when it did.
+    pub(super) fn begin_polling(&self) -> bool {
+        let standby = &self.standby;
+        let won = standby
+            .pollers
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok();
+        if !won {
+            standby.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        standby.sessions.fetch_add(1, Ordering::Relaxed);
+        if let Some(seg) = &self.segment {
+            seg.set_polling(self.my_local, true);
+        }
+        true
+    }
+
+    /// The polling thread leaves: the progress thread takes over.
+    pub(super) fn end_polling(&self) {
+        let standby = &self.standby;
+        standby.pollers.store(0, Ordering::SeqCst);
+        match &self.segment {
+            Some(seg) => {
+                seg.set_polling(self.my_local, false);
+                // Against a sender that saw `polling` set and did not ring
+                // (both sides fence: one of them sees the other).
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if self.work_pending() {
+                    seg.ring_own_doorbell_standby(self.my_local);
+                }
+            }
+            None => {
+                standby.word.fetch_add(1, Ordering::SeqCst);
+                if standby.napping.load(Ordering::SeqCst) {
+                    futex_wake_all(&standby.word);
+                }
+            }
+        }
+    }
+
+    /// Something waits for a top-level progress round.
+    pub(super) fn work_pending(&self) -> bool {
+        self.rings_pending()
+            || !lock(&self.pending_handlers).is_empty()
+            || !lock(&self.get_requests).is_empty()
+            || !lock(&self.rdma_pending).is_empty()
+    }
+
+    /// Progress thread side: stands by while an application thread polls;
+    /// false (at once) when none does.
+    pub(super) fn stand_by(&self) -> bool {
+        let standby = &self.standby;
+        if standby.pollers.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        match &self.segment {
+            Some(seg) => seg.standby_sleep(self.my_local, STANDBY_NAP, || {
+                standby.pollers.load(Ordering::SeqCst) == 0
+            }),
+            None => {
+                let word = standby.word.load(Ordering::SeqCst);
+                standby.napping.store(true, Ordering::SeqCst);
+                // Re-checked after announcing the nap: `end_polling` bumps
+                // the word before reading `napping`.
+                if standby.pollers.load(Ordering::SeqCst) > 0 {
+                    futex_wait(&standby.word, word, STANDBY_NAP);
+                }
+                standby.napping.store(false, Ordering::SeqCst);
+            }
+        }
+        true
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -89,6 +89,26 @@ pub(crate) fn set_current(inner: Option<Arc<Inner>>) -> Result<()> {
     Ok(())
 }
 
+/// The spin phase of one wait (see [`Inner::pause`]): until `until`, the
+/// waiting thread drives progress itself, holding the endpoint's poll
+/// session (dropped, so handed back, when the spin ends or the wait
+/// returns).
+///
+/// Default: spin [`AUTO_WAIT_SPIN`](super::config::AUTO_WAIT_SPIN) when
+/// the rank is bound to cores of its own, not at all otherwise. Measured
+/// here (2 cores, `lumen bench runtime --workers 1`, blocking task round
+/// trips): with the driver and the worker each bound to a core, the reply
+/// taken on the caller's thread instead of a progress-thread hand-off;
+/// with ranks sharing cores, a spinning caller takes the core its peer
+/// needs (11-14k round trips/s against 52-85k/s sleeping, before the
+/// progress thread learnt to stand by).
+pub(super) struct Spin<'a> {
+    until: Instant,
+    session: Option<lumen_transport::PollSession<'a>>,
+    /// No spin: none configured, or another thread of the rank polls.
+    refused: bool,
+}
+
 /// An answer awaited by a blocked caller.
 #[derive(Debug)]
 enum Reply {
@@ -154,6 +174,8 @@ struct CreatedActor {
 struct Changed {
     condvar: Condvar,
     waiters: AtomicUsize,
+    /// Waits that slept (see `RankStats::waits_slept`).
+    sleeps: AtomicU64,
 }
 
 impl Changed {
@@ -169,6 +191,7 @@ impl Changed {
         timeout: Duration,
     ) -> MutexGuard<'a, T> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        self.sleeps.fetch_add(1, Ordering::Relaxed);
         let guard = self
             .condvar
             .wait_timeout(guard, timeout)
@@ -393,7 +416,13 @@ impl Inner {
                 pending_waits: AtomicU64::new(0),
                 pending_peak: AtomicU64::new(0),
             },
-            spin: config.wait_spin,
+            spin: config.wait_spin.unwrap_or_else(|| {
+                if binding.as_ref().is_some_and(|b| !b.cpus_shared) {
+                    super::config::AUTO_WAIT_SPIN
+                } else {
+                    Duration::ZERO
+                }
+            }),
             wakers: Mutex::new(HashMap::new()),
             waker_entries: AtomicUsize::new(0),
             names: Mutex::new(HashMap::new()),
@@ -435,28 +464,49 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long a waiting thread spins on progress before it sleeps.
+    pub(crate) fn wait_spin(&self) -> Duration {
+        self.spin
+    }
+
+    /// A waiting caller's spin phase, for [`pause`](Self::pause).
+    pub(super) fn spin_clock(&self) -> Spin<'_> {
+        Spin {
+            until: Instant::now() + self.spin,
+            session: None,
+            refused: self.spin.is_zero(),
+        }
+    }
+
     /// Waits for a state change: first drives the transport from this
-    /// thread until `spin_until` (a reply then runs its handler here instead
-    /// of waking a sleeping thread), then sleeps on the condition variable
-    /// for `slice`. The spin is off by default (`LUMEN_RT_SPIN_US`): on the
-    /// 2-core test machine, with 3 processes, spinning 50 us doubled the
-    /// sync task latency (89 -> 175 us) by taking the core the worker needed.
-    /// An idle poll yields the core rather than pausing: `perf sched` showed
-    /// the threads of a round trip queued on one core behind a thread that
-    /// spins without yielding, each hop then waiting out the whole spin.
+    /// thread until the spin ends (a reply then runs its handler here, on
+    /// the caller's own thread, instead of waking it from the progress
+    /// thread), then sleeps on the condition variable for `slice`.
+    ///
+    /// The spin holds the endpoint's poll session ([`Spin`]): the progress
+    /// thread stands by meanwhile, and a second waiting thread of this rank
+    /// sleeps at once instead of spinning beside the first.
     fn pause<'a>(
         &'a self,
         s: MutexGuard<'a, State>,
-        spin_until: Instant,
+        spin: &mut Spin<'a>,
         slice: Duration,
     ) -> MutexGuard<'a, State> {
-        if Instant::now() < spin_until {
-            drop(s);
-            if let Ok(false) = self.endpoint.progress() {
-                std::thread::yield_now();
+        if !spin.refused && Instant::now() < spin.until {
+            if spin.session.is_none() {
+                spin.session = self.endpoint.begin_polling();
+                spin.refused = spin.session.is_none();
             }
-            return self.lock();
+            if spin.session.is_some() {
+                drop(s);
+                if let Ok(false) = self.endpoint.progress() {
+                    std::hint::spin_loop();
+                }
+                return self.lock();
+            }
         }
+        // Progress goes back to the progress thread before this one sleeps.
+        spin.session = None;
         self.changed.wait_timeout(s, slice)
     }
 

@@ -682,7 +682,7 @@ impl Inner {
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         self.blocking(|| {
-            let spin_until = Instant::now() + self.spin;
+            let mut spin = self.spin_clock();
             let mut s = self.lock();
             loop {
                 let (outcome, send) = self.ready_outcome(&mut s, object);
@@ -708,7 +708,7 @@ impl Inner {
                     }
                     None => WAIT_SLICE,
                 };
-                s = self.pause(s, spin_until, slice);
+                s = self.pause(s, &mut spin, slice);
             }
         })
     }
@@ -789,7 +789,7 @@ impl Inner {
         deadline: Option<Instant>,
     ) -> Vec<usize> {
         self.blocking(|| {
-            let spin_until = Instant::now() + self.spin;
+            let mut spin = self.spin_clock();
             let mut ready = Vec::with_capacity(want.min(count));
             let mut sends = Vec::new();
             let mut s = self.lock();
@@ -819,7 +819,7 @@ impl Inner {
                     return ready;
                 }
                 let slice = left.map_or(WAIT_SLICE, |l| l.min(WAIT_SLICE));
-                s = self.pause(s, spin_until, slice);
+                s = self.pause(s, &mut spin, slice);
             }
         })
     }

@@ -34,7 +34,7 @@ impl Inner {
     ) -> Result<Reply> {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.blocking(|| {
-            let spin_until = Instant::now() + self.spin;
+            let mut spin = self.spin_clock();
             let mut s = self.lock();
             loop {
                 match s.replies.get(&request) {
@@ -61,7 +61,7 @@ impl Inner {
                     }
                     None => WAIT_SLICE,
                 };
-                s = self.pause(s, spin_until, slice);
+                s = self.pause(s, &mut spin, slice);
             }
         })
     }
@@ -91,6 +91,13 @@ impl Inner {
             tasks_pending: s.tasks.len() as u64,
             tasks_pending_peak: self.limits.pending_peak.load(Ordering::Relaxed),
             submissions_waited: self.limits.pending_waits.load(Ordering::Relaxed),
+            waits_slept: self.changed.sleeps.load(Ordering::Relaxed),
+            executor_sleeps: self.executor.sleeps(),
+            idle_spins_found: self.executor.spin_counts().0,
+            idle_spins_empty: self.executor.spin_counts().1,
+            poll_sessions: self.endpoint.poll_sessions().0,
+            polls_refused: self.endpoint.poll_sessions().1,
+            doorbell_rings: lumen_transport::doorbell_rings(),
         }
     }
 
