@@ -475,8 +475,10 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
 }
 
 /// What `n` blocking round trips cost beyond their time, summed over
-/// every rank (Lumen-only rows): thread hand-offs (waits that slept and
-/// idle executor threads that slept: each was woken by another thread),
+/// every rank (Lumen-only rows): thread hand-offs (callers whose wait
+/// slept, and executor or actor threads that slept before the next task
+/// or call: each was woken by another thread), polls refused (a thread
+/// that wanted to spin while another of its rank did),
 /// doorbell wake-up system calls, and the share of the machine's CPUs
 /// busy meanwhile (spinning shows here).
 fn round_trip_costs(
@@ -485,15 +487,16 @@ fn round_trip_costs(
     n: u64,
     body: &mut dyn FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<Measured>> {
-    let snapshot = || -> anyhow::Result<(u64, u64)> {
-        let mut handoffs = 0;
-        let mut rings = 0;
+    let snapshot = || -> anyhow::Result<[u64; 4]> {
+        let mut sum = [0u64; 4];
         for rank in 0..rt.size() {
             let stats = rt.stats(rank)?;
-            handoffs += stats.waits_slept + stats.executor_sleeps;
-            rings += stats.doorbell_rings;
+            sum[0] += stats.waits_slept;
+            sum[1] += stats.executor_sleeps + stats.actor_sleeps;
+            sum[2] += stats.doorbell_rings;
+            sum[3] += stats.polls_refused;
         }
-        Ok((handoffs, rings))
+        Ok(sum)
     };
     let before = snapshot()?;
     let cpu_before = crate::rounds::cpu_jiffies();
@@ -520,14 +523,24 @@ fn round_trip_costs(
     };
     Ok(vec![
         row(
-            format!("{what}: hand-offs per round trip"),
+            format!("{what}: caller sleeps per round trip"),
             "count",
-            per(after.0, before.0),
+            per(after[0], before[0]),
+        ),
+        row(
+            format!("{what}: server sleeps per round trip"),
+            "count",
+            per(after[1], before[1]),
         ),
         row(
             format!("{what}: doorbell wake-ups per round trip"),
             "count",
-            per(after.1, before.1),
+            per(after[2], before[2]),
+        ),
+        row(
+            format!("{what}: polls refused per round trip"),
+            "count",
+            per(after[3], before[3]),
         ),
         row(
             format!("{what}: CPU busy (share of the machine)"),

@@ -270,9 +270,25 @@ struct Mailbox {
 struct Slot {
     mailbox: Mutex<Mailbox>,
     ready: Condvar,
+    /// Calls queued so far (an idle actor thread that polls for its next
+    /// call watches it without the lock).
+    pushed: AtomicU64,
+    /// The idle spin now, in nanoseconds (0: not yet set), halved after
+    /// a spin that found no call, doubled after one that did (as the
+    /// executor's).
+    spin_ns: AtomicU64,
 }
 
 /// The actors hosted by a rank.
+/// Times an actor thread of this process slept waiting for a call (the
+/// next call then wakes it: a hand-off).
+static ACTOR_SLEEPS: AtomicU64 = AtomicU64::new(0);
+
+/// See [`ACTOR_SLEEPS`].
+pub(crate) fn actor_sleeps() -> u64 {
+    ACTOR_SLEEPS.load(Ordering::Relaxed)
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ActorHost {
     actors: Mutex<HashMap<ActorId, Arc<Slot>>>,
@@ -418,6 +434,7 @@ impl ActorHost {
                     return;
                 }
                 mailbox.calls.push_back(call);
+                slot.pushed.fetch_add(1, Ordering::Release);
                 let waiting = mailbox.waiting;
                 drop(mailbox);
                 if waiting {
@@ -570,6 +587,34 @@ fn serve(
     }
 }
 
+/// An idle actor thread polls the transport itself for its next call
+/// before it sleeps (see `Inner::poll_until`), for the rank's wait spin at
+/// most, adapted as the executor's idle spin is.
+fn spin_for_call(runtime: &std::sync::Weak<Inner>, slot: &Slot, seen: u64) {
+    let Some(inner) = runtime.upgrade() else {
+        return;
+    };
+    let full = inner.wait_spin().as_nanos() as u64;
+    if full == 0 {
+        return;
+    }
+    let spin = match slot.spin_ns.load(Ordering::Relaxed) {
+        0 => full,
+        ns => ns.min(full),
+    };
+    let Some(found) = inner.poll_until(std::time::Duration::from_nanos(spin), || {
+        slot.pushed.load(Ordering::Acquire) != seen
+    }) else {
+        return;
+    };
+    let next = if found {
+        spin.saturating_mul(2).min(full)
+    } else {
+        (spin / 2).max(full / 16)
+    };
+    slot.spin_ns.store(next, Ordering::Relaxed);
+}
+
 fn run_calls(
     runtime: &std::sync::Weak<Inner>,
     address: &ActorAddress,
@@ -579,6 +624,7 @@ fn run_calls(
     loop {
         let call = {
             let mut mailbox = lock(&slot.mailbox);
+            let mut spun = false;
             loop {
                 if mailbox.stopped {
                     return;
@@ -589,7 +635,16 @@ fn run_calls(
                 if mailbox.retiring {
                     return;
                 }
+                if !spun {
+                    spun = true;
+                    let seen = slot.pushed.load(Ordering::Acquire);
+                    drop(mailbox);
+                    spin_for_call(runtime, slot, seen);
+                    mailbox = lock(&slot.mailbox);
+                    continue;
+                }
                 mailbox.waiting = true;
+                ACTOR_SLEEPS.fetch_add(1, Ordering::Relaxed);
                 mailbox = slot.ready.wait(mailbox).unwrap_or_else(|p| p.into_inner());
                 mailbox.waiting = false;
             }

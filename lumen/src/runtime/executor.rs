@@ -195,9 +195,13 @@ impl Executor {
             // Every thread may be blocked in a `get` with its slots lent
             // out: then nobody would pick this task up. A notify with no
             // sleeping idle thread would only cost a system call (std's
-            // condvar makes one on every notify); a spinning one sees
-            // `pushes` move.
-            (s.idle == 0 && free > 1e-9, s.idle > s.spinning)
+            // condvar makes one on every notify). A spinning thread sees
+            // `pushes` move and takes the task without a wake-up; it wakes
+            // a sleeper when it leaves more queued (see `run`).
+            (
+                s.idle == 0 && free > 1e-9,
+                s.idle > s.spinning && s.spinning == 0,
+            )
         };
         if grow {
             if let Some(runtime) = self.runtime.get() {
@@ -345,6 +349,11 @@ impl Executor {
                             s.first_attempts += usize::from(job.spec.attempt <= 1);
                             let bundle = bundle_of(&job.spec);
                             let held = s.slots.start(&job.spec.options.resources, bundle);
+                            // More queued than this thread takes: a sleeper
+                            // (not woken by `push` while this one spun).
+                            if !s.queue.is_empty() && s.idle > s.spinning {
+                                self.ready.notify_one();
+                            }
                             break (job, held);
                         }
                     }
@@ -427,26 +436,11 @@ impl Executor {
             return;
         }
         let spin = self.idle_spin_ns.load(Ordering::Relaxed).min(full);
-        let Some(session) = inner.endpoint.begin_polling() else {
+        let Some(found) = inner.poll_until(std::time::Duration::from_nanos(spin), || {
+            self.pushes.load(Ordering::Acquire) != seen
+        }) else {
             return;
         };
-        let until = std::time::Instant::now() + std::time::Duration::from_nanos(spin);
-        let mut rounds = 0u32;
-        let found = loop {
-            if self.pushes.load(Ordering::Acquire) != seen {
-                break true;
-            }
-            match inner.endpoint.progress() {
-                Ok(true) => continue,
-                Ok(false) => std::hint::spin_loop(),
-                Err(_) => break false,
-            }
-            rounds = rounds.wrapping_add(1);
-            if rounds % 16 == 0 && std::time::Instant::now() >= until {
-                break false;
-            }
-        };
-        drop(session);
         let next = if found {
             self.spins_found.fetch_add(1, Ordering::Relaxed);
             spin.saturating_mul(2).min(full)

@@ -291,6 +291,9 @@ pub struct RankStats {
     /// Times an idle executor thread went to sleep (a task then has to
     /// wake it: a hand-off).
     pub executor_sleeps: u64,
+    /// Times an actor thread slept waiting for its next call (that call
+    /// then woke it: a hand-off).
+    pub actor_sleeps: u64,
     /// Idle executor spins that found a task (no hand-off), and that ran
     /// out and slept.
     pub idle_spins_found: u64,

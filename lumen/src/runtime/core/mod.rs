@@ -469,6 +469,34 @@ impl Inner {
         self.spin
     }
 
+    /// Drives progress on this thread (in a poll session: the progress
+    /// thread stands by) until `done()` turns true or `spin` passes: an
+    /// idle executor or actor thread waiting for its next task or call,
+    /// which then arrives through this thread's own progress, with no
+    /// wake-up. `Some(found)`; `None` when another thread of the rank
+    /// polls already (the caller should sleep).
+    pub(crate) fn poll_until(&self, spin: Duration, done: impl Fn() -> bool) -> Option<bool> {
+        let session = self.endpoint.begin_polling()?;
+        let until = Instant::now() + spin;
+        let mut rounds = 0u32;
+        let found = loop {
+            if done() {
+                break true;
+            }
+            match self.endpoint.progress() {
+                Ok(true) => continue,
+                Ok(false) => std::hint::spin_loop(),
+                Err(_) => break false,
+            }
+            rounds = rounds.wrapping_add(1);
+            if rounds % 16 == 0 && Instant::now() >= until {
+                break done();
+            }
+        };
+        drop(session);
+        Some(found)
+    }
+
     /// A waiting caller's spin phase, for [`pause`](Self::pause).
     pub(super) fn spin_clock(&self) -> Spin<'_> {
         Spin {

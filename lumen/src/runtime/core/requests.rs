@@ -93,6 +93,7 @@ impl Inner {
             submissions_waited: self.limits.pending_waits.load(Ordering::Relaxed),
             waits_slept: self.changed.sleeps.load(Ordering::Relaxed),
             executor_sleeps: self.executor.sleeps(),
+            actor_sleeps: super::super::actor::actor_sleeps(),
             idle_spins_found: self.executor.spin_counts().0,
             idle_spins_empty: self.executor.spin_counts().1,
             poll_sessions: self.endpoint.poll_sessions().0,
