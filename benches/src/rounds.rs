@@ -357,6 +357,7 @@ pub fn markdown(report: &serde_json::Value, source: &str) -> anyhow::Result<Stri
         "transport",
         "backend",
         "test",
+        "unit",
         "size",
         "lumen",
         "baseline_name",
@@ -377,7 +378,16 @@ pub fn markdown(report: &serde_json::Value, source: &str) -> anyhow::Result<Stri
         columns.iter().map(|_| "---").collect::<Vec<_>>().join("|")
     );
     for row in rows {
-        let cells: Vec<String> = columns.iter().map(|c| cell(&row[c])).collect();
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|c| match (&row[c], c.ends_with("_rounds")) {
+                // Each round's value, in order (not a range).
+                (serde_json::Value::Array(items), true) => {
+                    items.iter().map(cell).collect::<Vec<_>>().join(" / ")
+                }
+                (value, _) => cell(value),
+            })
+            .collect();
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     let _ = writeln!(out, "<!-- END generated: {} -->", info.suite);

@@ -97,6 +97,24 @@ impl std::fmt::Debug for PollSession<'_> {
     }
 }
 
+impl PollSession<'_> {
+    /// Ends the session for a moment only: the thread got what it waited
+    /// for and is expected to wait again soon (a blocking task round trip
+    /// returns to its caller, who submits the next). Peers are still told
+    /// it polls, for at most the progress thread's standby nap (250 us),
+    /// so a reply that lands before its next session makes no wake-up
+    /// call; after that the progress thread takes over. Messages that
+    /// arrive meanwhile wait for the next session or for that nap.
+    pub fn linger(mut self) {
+        if self.tcp {
+            self.shared.tcp_readers.unregister_poller(true);
+            self.tcp = false;
+        }
+        self.shared.linger_polling();
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for PollSession<'_> {
     fn drop(&mut self) {
         if self.tcp {

@@ -168,10 +168,24 @@ pub(crate) struct Standby {
     /// Poll sessions begun, and refused because another thread polled.
     pub(super) sessions: AtomicU64,
     pub(super) refused: AtomicU64,
+    /// A session ended lingering (see `PollSession::linger`): the
+    /// segment's `polling` flag is still set; since `linger_since`
+    /// (nanoseconds after `epoch`).
+    pub(super) lingering: AtomicBool,
+    pub(super) linger_since: AtomicU64,
+    pub(super) epoch: std::sync::OnceLock<std::time::Instant>,
 }
 
-/// The longest nap of a standing-by progress thread.
-pub(super) const STANDBY_NAP: Duration = Duration::from_millis(2);
+/// The longest nap of a standing-by progress thread, and so the longest
+/// a lingering `polling` flag stands (see `PollSession::linger`).
+pub(super) const STANDBY_NAP: Duration = Duration::from_micros(250);
+
+impl Standby {
+    fn now_ns(&self) -> u64 {
+        let epoch = *self.epoch.get_or_init(std::time::Instant::now);
+        epoch.elapsed().as_nanos() as u64
+    }
+}
 
 impl Shared {
     /// Becomes the polling thread unless another is: true when it did.
@@ -186,10 +200,27 @@ impl Shared {
             return false;
         }
         standby.sessions.fetch_add(1, Ordering::Relaxed);
+        standby.lingering.store(false, Ordering::SeqCst);
         if let Some(seg) = &self.segment {
             seg.set_polling(self.my_local, true);
         }
         true
+    }
+
+    /// The polling thread leaves for a moment (it got what it waited for
+    /// and will likely wait again soon): the `polling` flag stays, so a
+    /// reply that arrives before its next session makes no ring; the
+    /// progress thread clears it after [`STANDBY_NAP`] at most.
+    pub(super) fn linger_polling(&self) {
+        let standby = &self.standby;
+        if self.segment.is_none() {
+            return self.end_polling();
+        }
+        standby
+            .linger_since
+            .store(standby.now_ns(), Ordering::SeqCst);
+        standby.lingering.store(true, Ordering::SeqCst);
+        standby.pollers.store(0, Ordering::SeqCst);
     }
 
     /// The polling thread leaves: the progress thread takes over.
@@ -228,6 +259,38 @@ impl Shared {
     pub(super) fn stand_by(&self) -> bool {
         let standby = &self.standby;
         if standby.pollers.load(Ordering::SeqCst) == 0 {
+            if !standby.lingering.load(Ordering::SeqCst) {
+                return false;
+            }
+            let since = standby.linger_since.load(Ordering::SeqCst);
+            let waited = standby.now_ns().saturating_sub(since);
+            if waited < STANDBY_NAP.as_nanos() as u64 {
+                if let Some(seg) = &self.segment {
+                    let left = Duration::from_nanos(STANDBY_NAP.as_nanos() as u64 - waited);
+                    seg.standby_sleep(self.my_local, left, || {
+                        !standby.lingering.load(Ordering::SeqCst)
+                    });
+                }
+                return true;
+            }
+            // The linger is over and nobody polls: take over (a session
+            // begun meanwhile cleared `lingering` and set the flag again).
+            if standby
+                .lingering
+                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+                && standby.pollers.load(Ordering::SeqCst) == 0
+            {
+                if let Some(seg) = &self.segment {
+                    seg.set_polling(self.my_local, false);
+                    // A session may have begun between the two checks
+                    // above: it set the flag before it polls, so set it
+                    // again for it.
+                    if standby.pollers.load(Ordering::SeqCst) > 0 {
+                        seg.set_polling(self.my_local, true);
+                    }
+                }
+            }
             return false;
         }
         match &self.segment {

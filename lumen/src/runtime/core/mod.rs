@@ -109,6 +109,16 @@ pub(super) struct Spin<'a> {
     refused: bool,
 }
 
+impl Drop for Spin<'_> {
+    /// The wait got its answer while spinning: the caller will likely
+    /// wait again soon (see `PollSession::linger`).
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.linger();
+        }
+    }
+}
+
 /// An answer awaited by a blocked caller.
 #[derive(Debug)]
 enum Reply {
@@ -493,7 +503,12 @@ impl Inner {
                 break done();
             }
         };
-        drop(session);
+        if found {
+            // It goes to run what it found, then polls again.
+            session.linger();
+        } else {
+            drop(session);
+        }
         Some(found)
     }
 
