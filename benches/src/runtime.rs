@@ -61,6 +61,13 @@ fn small_value() -> Vec<u8> {
     b"ok".to_vec()
 }
 
+/// Sleeps `us` microseconds (the CPU cost of waiting for a longer task).
+#[lumen::remote]
+fn sleep_us(us: u64) -> u64 {
+    std::thread::sleep(Duration::from_micros(us));
+    us
+}
+
 /// `ray_perf.py`'s `Actor` (no state; `small_value` returns two bytes).
 #[lumen::actor]
 struct BenchActor {}
@@ -392,6 +399,13 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
         small_value::remote(rt)?.get()?;
         Ok(())
     })?;
+    // What spinning costs when the answer is slow to come: one 1 ms task
+    // at a time (the caller spins, then sleeps; the worker's idle spin
+    // shrinks to a sixteenth).
+    costs.extend(round_trip_costs(rt, "1 ms tasks sync", count(200), &mut || {
+        sleep_us::remote(rt, 1000)?.get()?;
+        Ok(())
+    })?);
     costs.extend(round_trip_costs(
         rt,
         "actor calls sync",

@@ -107,14 +107,22 @@ pub(super) struct Spin<'a> {
     session: Option<lumen_transport::PollSession<'a>>,
     /// No spin: none configured, or another thread of the rank polls.
     refused: bool,
+    /// The rank's caller spin to adapt (as the idle executor's: halved
+    /// after a spin that ran out, down to a sixteenth, doubled after one
+    /// that got its answer), this spin's length, the full spin.
+    adapt: Option<(&'a AtomicU64, u64, u64)>,
 }
 
 impl Drop for Spin<'_> {
     /// The wait got its answer while spinning: the caller will likely
-    /// wait again soon (see `PollSession::linger`).
+    /// wait again soon (see `PollSession::linger`), and the next spin may
+    /// be longer.
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
             session.linger();
+            if let Some((now, spin_ns, full)) = self.adapt.take() {
+                now.store(spin_ns.saturating_mul(2).min(full), Ordering::Relaxed);
+            }
         }
     }
 }
@@ -250,6 +258,8 @@ pub(crate) struct Inner {
     limits: Limits,
     /// How long a waiting caller drives progress itself before sleeping.
     spin: Duration,
+    /// The callers' spin now, in nanoseconds (0: the full `spin`).
+    caller_spin_ns: AtomicU64,
     /// Futures (`.await`) waiting for objects.
     wakers: Mutex<HashMap<ObjectId, Vec<std::task::Waker>>>,
     /// Entries in `wakers` (read without its lock: `wake` skips the lock
@@ -426,6 +436,7 @@ impl Inner {
                 pending_waits: AtomicU64::new(0),
                 pending_peak: AtomicU64::new(0),
             },
+            caller_spin_ns: AtomicU64::new(0),
             spin: config.wait_spin.unwrap_or_else(|| {
                 if binding.as_ref().is_some_and(|b| !b.cpus_shared) {
                     super::config::AUTO_WAIT_SPIN
@@ -514,10 +525,16 @@ impl Inner {
 
     /// A waiting caller's spin phase, for [`pause`](Self::pause).
     pub(super) fn spin_clock(&self) -> Spin<'_> {
+        let full = self.spin.as_nanos() as u64;
+        let spin = match self.caller_spin_ns.load(Ordering::Relaxed) {
+            0 => full,
+            ns => ns.min(full),
+        };
         Spin {
-            until: Instant::now() + self.spin,
+            until: Instant::now() + Duration::from_nanos(spin),
             session: None,
-            refused: self.spin.is_zero(),
+            refused: full == 0,
+            adapt: Some((&self.caller_spin_ns, spin, full)),
         }
     }
 
@@ -548,8 +565,13 @@ impl Inner {
                 return self.lock();
             }
         }
-        // Progress goes back to the progress thread before this one sleeps.
-        spin.session = None;
+        // Progress goes back to the progress thread before this one sleeps;
+        // the spin ran out: the next one is shorter.
+        if spin.session.take().is_some() {
+            if let Some((now, spin_ns, full)) = spin.adapt.take() {
+                now.store((spin_ns / 2).max(full / 16), Ordering::Relaxed);
+            }
+        }
         self.changed.wait_timeout(s, slice)
     }
 
