@@ -55,6 +55,9 @@ target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --rounds 1 --jso
 target/debug/lumen-bench markdown "${TMPDIR:-/tmp}/lumen-bench-smoke.json" >/dev/null
 target/debug/lumen bench collectives --scale 0.01 --sizes 8,65536 --ranks 2,3 --json "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json"
 target/debug/lumen bench sched --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-sched-bench-smoke.json"
+target/debug/lumen bench runtime --workers 1 --scale 0.02 --rounds 1 --json "${TMPDIR:-/tmp}/lumen-runtime-bench-smoke.json"
+target/debug/lumen-bench markdown "${TMPDIR:-/tmp}/lumen-runtime-bench-smoke.json" >/dev/null
+target/debug/lumen bench runtime --metg --workers 1 --scale 0.05 --rounds 1
 if [[ "$(id -u)" == 0 ]]; then
     cargo build -q -p lumen-benches --features ofi --bins
     target/debug/lumen bench objects --sizes 1M --rounds 1 --json "${TMPDIR:-/tmp}/lumen-objects-bench-smoke.json"

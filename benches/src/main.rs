@@ -218,6 +218,11 @@ struct RuntimeBenchArgs {
     /// Ray's virtual environment.
     #[arg(long, default_value = "/opt/lumen/ray-venv")]
     ray_venv: std::path::PathBuf,
+    /// Task Bench's METG instead of the rows: the smallest task duration
+    /// at which Lumen still runs at 50% efficiency, with no dependencies
+    /// and with 3 per task, beside the published MPI figures.
+    #[arg(long)]
+    metg: bool,
     /// Lamellar's side (scripts/install-lamellar-baseline.sh builds it).
     #[arg(long)]
     lamellar_bin: Option<std::path::PathBuf>,
@@ -538,10 +543,108 @@ fn bench_runtime(args: RuntimeBenchArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(runtime::default_lamellar_bin),
         rounds: args.rounds,
     };
+    if args.metg {
+        return bench_metg(&options, args.json.as_deref());
+    }
     let report = runtime::run(&options)?;
     report.info.print();
     runtime::print_table(&report.rows);
     write_json(args.json.as_deref(), &report)
+}
+
+/// `lumen bench runtime --metg`: `--rounds` sweeps, the median METG of
+/// each pattern beside Task Bench's published MPI figure.
+fn bench_metg(
+    options: &runtime::RuntimeBenchOptions,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    #[derive(serde::Serialize)]
+    struct MetgRow {
+        test: String,
+        unit: String,
+        lumen: Option<f64>,
+        lumen_rounds: Vec<Option<f64>>,
+        baseline_name: String,
+        baseline: f64,
+        ratio: Option<f64>,
+        rounds: usize,
+    }
+    let mut sweeps = Vec::new();
+    for round in 0..options.rounds.max(1) {
+        let load = lumen_benches::rounds::wait_quiet(std::time::Duration::from_secs(2));
+        if load > lumen_benches::rounds::NOISY {
+            eprintln!(
+                "lumen bench: METG round {} starts beside other load ({:.0}%)",
+                round + 1,
+                load * 100.0
+            );
+        }
+        sweeps.push(runtime::metg(options)?);
+    }
+    let mut rows = Vec::new();
+    for (pattern, published) in runtime::TASK_BENCH_MPI_METG_NS {
+        let values: Vec<Option<f64>> = sweeps
+            .iter()
+            .map(|(_, m)| m.iter().find(|(p, _)| p == pattern).and_then(|(_, v)| *v))
+            .collect();
+        let found: Vec<f64> = values.iter().flatten().copied().collect();
+        let lumen = (found.len() == values.len() && !found.is_empty())
+            .then(|| lumen_benches::rounds::median(&found));
+        rows.push(MetgRow {
+            test: format!("METG(50%), {pattern}"),
+            unit: "us".into(),
+            lumen,
+            lumen_rounds: values,
+            baseline_name: "Task Bench MPI, published (SC20)".into(),
+            baseline: published / 1e3,
+            // Above 1: Lumen's tasks may be that many times finer.
+            ratio: lumen.map(|l| published / 1e3 / l),
+            rounds: sweeps.len(),
+        });
+    }
+    let info = lumen_benches::rounds::RunInfo::now(
+        "runtime metg",
+        &format!(
+            "Lumen: driver + {} worker processes, one task at a time each (LUMEN_BIND=auto); width {} tasks per step; baseline: published figures, not run here",
+            options.workers,
+            2 * options.workers.max(1)
+        ),
+    );
+    info.print();
+    println!(
+        "{:<36} {:>12} {:>14} {:>10}",
+        "test", "lumen us", "Task Bench MPI", "ratio"
+    );
+    for row in &rows {
+        println!(
+            "{:<36} {:>12} {:>14.2} {:>10}",
+            row.test,
+            row.lumen
+                .map_or("none at 50%".into(), |v| format!("{v:.2}")),
+            row.baseline,
+            row.ratio.map_or("-".into(), |r| format!("{r:.3}x"))
+        );
+    }
+    println!("(ratio: the published METG over Lumen's; above 1 Lumen's tasks may be finer)");
+    if let Some((points, _)) = sweeps.last() {
+        println!("last sweep:");
+        for p in points {
+            println!(
+                "  {:<16} task {:>9.1} us  {:>7} tasks  efficiency {:>5.1}%  granularity {:>9.2} us",
+                p.pattern,
+                p.task_us,
+                p.tasks,
+                100.0 * p.efficiency,
+                p.granularity_us
+            );
+        }
+    }
+    let report = lumen_benches::Report {
+        info,
+        loads: Vec::new(),
+        rows,
+    };
+    write_json(json, &report)
 }
 
 fn bench_fabric(args: FabricBenchArgs) -> anyhow::Result<ExitCode> {

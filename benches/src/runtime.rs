@@ -402,10 +402,15 @@ fn lumen_rows_on(rt: &Runtime, options: &RuntimeBenchOptions) -> anyhow::Result<
     // What spinning costs when the answer is slow to come: one 1 ms task
     // at a time (the caller spins, then sleeps; the worker's idle spin
     // shrinks to a sixteenth).
-    costs.extend(round_trip_costs(rt, "1 ms tasks sync", count(200), &mut || {
-        sleep_us::remote(rt, 1000)?.get()?;
-        Ok(())
-    })?);
+    costs.extend(round_trip_costs(
+        rt,
+        "1 ms tasks sync",
+        count(200),
+        &mut || {
+            sleep_us::remote(rt, 1000)?.get()?;
+            Ok(())
+        },
+    )?);
     costs.extend(round_trip_costs(
         rt,
         "actor calls sync",
@@ -967,4 +972,129 @@ pub fn print_table(rows: &[RuntimeRow]) {
             1e6 / memcpy.lumen
         );
     }
+}
+
+/// Busy-waits `ns` nanoseconds on this core (Task Bench's compute kernel,
+/// by time rather than by iterations); the dependency values are only
+/// carried.
+#[lumen::remote]
+fn busy(ns: u64, a: u64, b: u64, c: u64) -> u64 {
+    let start = Instant::now();
+    while (start.elapsed().as_nanos() as u64) < ns {
+        std::hint::spin_loop();
+    }
+    a.wrapping_add(b).wrapping_add(c).wrapping_add(1)
+}
+
+/// Task Bench's published minimum effective task granularity at 50%
+/// efficiency for MPI (Slaughter et al., SC20): no dependencies, and a
+/// stencil with 3 dependencies per task.
+pub const TASK_BENCH_MPI_METG_NS: [(&str, f64); 2] =
+    [("no dependencies", 390.0), ("3 dependencies", 4600.0)];
+
+/// One Task Bench run: `width` tasks per step over `steps` steps, each
+/// busy for `ns`; with `deps`, task (t, i) takes the values of tasks
+/// (t-1, i-1), (t-1, i) and (t-1, i+1) (a stencil, edges clamped) as
+/// arguments by reference. Returns the wall time (submit to last get).
+fn task_bench_run(
+    rt: &Runtime,
+    ns: u64,
+    width: usize,
+    steps: usize,
+    deps: bool,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    if !deps {
+        let refs = (0..width * steps)
+            .map(|_| busy::remote(rt, ns, 0, 0, 0))
+            .collect::<lumen::Result<Vec<_>>>()?;
+        for r in &refs {
+            r.get()?;
+        }
+        return Ok(start.elapsed());
+    }
+    let mut previous: Vec<ObjectRef<u64>> = Vec::new();
+    for step in 0..steps {
+        let current = (0..width)
+            .map(|i| {
+                if step == 0 {
+                    busy::remote(rt, ns, 0, 0, 0)
+                } else {
+                    let left = &previous[i.saturating_sub(1)];
+                    let right = &previous[(i + 1).min(width - 1)];
+                    busy::remote(rt, ns, left.clone(), previous[i].clone(), right.clone())
+                }
+            })
+            .collect::<lumen::Result<Vec<_>>>()?;
+        previous = current;
+    }
+    for r in &previous {
+        r.get()?;
+    }
+    Ok(start.elapsed())
+}
+
+/// One point of the METG sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetgPoint {
+    /// "no dependencies" or "3 dependencies".
+    pub pattern: String,
+    /// The task's busy time.
+    pub task_us: f64,
+    /// Tasks run.
+    pub tasks: usize,
+    /// Useful time over wall time × cores.
+    pub efficiency: f64,
+    /// Wall time × cores / tasks: the effective task granularity.
+    pub granularity_us: f64,
+}
+
+/// Task Bench's measure (`--metg`): for each pattern, task durations from
+/// 4 ms down by halves to 0.5 us, as many tasks as keep the cores busy
+/// for about `0.25 s × scale` (at least 64), width twice the workers;
+/// METG is the smallest effective granularity among the runs at 50%
+/// efficiency or more. Cores: the workers (each runs one task at a time;
+/// the driver only submits).
+pub fn metg(
+    options: &RuntimeBenchOptions,
+) -> anyhow::Result<(Vec<MetgPoint>, Vec<(String, Option<f64>)>)> {
+    start_cpus();
+    let rt = InitOptions::new().num_workers(options.workers).init()?;
+    let cores = options.workers.max(1) as usize;
+    let width = 2 * cores;
+    // Start the workers.
+    task_bench_run(&rt, 1000, width, 2, false)?;
+    let mut points = Vec::new();
+    let mut metgs = Vec::new();
+    for (pattern, deps) in [("no dependencies", false), ("3 dependencies", true)] {
+        let mut ns = 4_000_000u64;
+        let mut best: Option<f64> = None;
+        while ns >= 500 {
+            let budget = 0.25 * options.scale.max(0.05) * cores as f64;
+            let tasks = ((budget / (ns as f64 * 1e-9)) as usize).clamp(64, 200_000);
+            let steps = tasks.div_ceil(width);
+            let tasks = steps * width;
+            let wall = task_bench_run(&rt, ns, width, steps, deps)?;
+            let efficiency = tasks as f64 * ns as f64 * 1e-9 / (wall.as_secs_f64() * cores as f64);
+            let granularity = wall.as_secs_f64() * cores as f64 / tasks as f64 * 1e6;
+            if efficiency >= 0.5 {
+                best = Some(best.map_or(granularity, |b: f64| b.min(granularity)));
+            }
+            points.push(MetgPoint {
+                pattern: pattern.to_string(),
+                task_us: ns as f64 / 1e3,
+                tasks,
+                efficiency,
+                granularity_us: granularity,
+            });
+            if efficiency < 0.1 {
+                break;
+            }
+            ns /= 2;
+        }
+        metgs.push((pattern.to_string(), best));
+    }
+    rt.shutdown()?;
+    restore_cpus();
+    Ok((points, metgs))
 }
