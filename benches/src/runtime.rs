@@ -1034,6 +1034,9 @@ fn task_bench_run(
     Ok(start.elapsed())
 }
 
+/// A pattern's METG in microseconds (`None`: no run reached 50%).
+pub type Metg = (String, Option<f64>);
+
 /// One point of the METG sweep.
 #[derive(Debug, Clone, Serialize)]
 pub struct MetgPoint {
@@ -1057,7 +1060,7 @@ pub struct MetgPoint {
 /// the driver only submits).
 pub fn metg(
     options: &RuntimeBenchOptions,
-) -> anyhow::Result<(Vec<MetgPoint>, Vec<(String, Option<f64>)>)> {
+) -> anyhow::Result<(Vec<MetgPoint>, Vec<Metg>)> {
     start_cpus();
     let rt = InitOptions::new().num_workers(options.workers).init()?;
     let cores = options.workers.max(1) as usize;
