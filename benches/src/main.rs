@@ -603,7 +603,7 @@ fn bench_metg(
         });
     }
     let info = lumen_benches::rounds::RunInfo::now(
-        "runtime metg",
+        &format!("runtime metg, {} workers", options.workers),
         &format!(
             "Lumen: driver + {} worker processes, one task at a time each (LUMEN_BIND=auto); width {} tasks per step; baseline: published figures, not run here",
             options.workers,

@@ -46,6 +46,23 @@
 //! docs) in the venv of `scripts/install-ray-baseline.sh` (installed on
 //! demand), with `num_cpus` equal to `--workers`. Every Ray row is a rate;
 //! each row's ratio is Lumen's rate over Ray's (above 1: Lumen is better).
+//!
+//! Lamellar (`--baseline lamellar`) runs the task rows that have an
+//! active-message equivalent (`benches/lamellar`, built on demand by
+//! `scripts/install-lamellar-baseline.sh`): `--workers + 1` PEs on the shmem
+//! lamellae, one thread each, PE i pinned to core i, PE 0 driving, timed
+//! with the same loop as Lumen's side.
+//!
+//! Rounds (`--rounds K`): Lumen, then each baseline, K times (ABAB...),
+//! with the load check of [`crate::rounds`] around each round; a row is the
+//! median over the rounds, its ratio the median of the rounds' ratios with
+//! their range, and `lumen_rounds` keeps each round's value. The driver's
+//! binding (the embedded cluster binds it under `LUMEN_BIND=auto`) is undone
+//! after each Lumen round so that every round, and the baselines, start
+//! from the same CPUs. Lumen-only rows count what a blocking round trip
+//! costs besides time: caller and server sleeps (each a hand-off from
+//! another thread), doorbell wake-up system calls, refused polls, and the
+//! share of the machine's CPUs busy meanwhile (`RankStats`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -909,7 +926,10 @@ pub fn run(options: &RuntimeBenchOptions) -> anyhow::Result<crate::Report<Runtim
         }
     }
     Ok(crate::Report {
-        info: crate::rounds::RunInfo::now("runtime", &placement(options, &binding)),
+        info: crate::rounds::RunInfo::now(
+            &format!("runtime, {} workers", options.workers),
+            &placement(options, &binding),
+        ),
         loads: vec![("rounds".to_string(), loads)],
         rows,
     })
@@ -1058,9 +1078,7 @@ pub struct MetgPoint {
 /// METG is the smallest effective granularity among the runs at 50%
 /// efficiency or more. Cores: the workers (each runs one task at a time;
 /// the driver only submits).
-pub fn metg(
-    options: &RuntimeBenchOptions,
-) -> anyhow::Result<(Vec<MetgPoint>, Vec<Metg>)> {
+pub fn metg(options: &RuntimeBenchOptions) -> anyhow::Result<(Vec<MetgPoint>, Vec<Metg>)> {
     start_cpus();
     let rt = InitOptions::new().num_workers(options.workers).init()?;
     let cores = options.workers.max(1) as usize;

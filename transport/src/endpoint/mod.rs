@@ -12,6 +12,11 @@
 //! segment), which senders ring only when somebody sleeps.
 //! [`Endpoint::spawn_progress_thread`] adds a background thread for ranks that
 //! must serve active messages or one-sided gets while computing.
+//! A thread that waits in a layer above (the runtime's `get`, an idle
+//! executor) and spins on [`Endpoint::progress`] itself takes a
+//! [`PollSession`] first: the progress thread then stands by and senders
+//! do not ring for it (see `shared::Standby`), so a reply lands on the
+//! waiting thread with no wake-up on either side.
 //!
 //! The small-message fast path avoids shared state where it can: a receive
 //! that pops the message it waits for while nothing older could match (empty
