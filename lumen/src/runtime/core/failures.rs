@@ -122,6 +122,19 @@ impl Inner {
 
     /// `rank` is dead, for the reason `detail`; rank 0 tells every rank.
     pub(super) fn on_rank_dead_because(self: &Arc<Self>, rank: Rank, detail: &str) {
+        if self.lock().dead.contains(&rank) {
+            return;
+        }
+        // The scheduler first: once the rank is in `dead`, a task placed on
+        // it is retried at once (`task_sent_locked`), and while the
+        // scheduler still offered it every retry went there again, using
+        // up all attempts in an instant (seen in CI under load: "rank 4
+        // died while running it (4 attempts)" for a task that never ran
+        // on rank 4 after its death).
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rank_died(rank);
         let (effects, task_effects, rebuilds) = {
             let mut s = self.lock();
             if !s.dead.insert(rank) {
@@ -152,10 +165,6 @@ impl Inner {
         };
         tracing::warn!(rank = self.rank, dead = rank, "{detail}");
         self.announce_death(rank, detail);
-        self.scheduler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rank_died(rank);
         self.group_rank_died(rank);
         self.changed.notify_all();
         self.wake_all();
