@@ -160,25 +160,22 @@ pub fn alternate(
     )
 }
 
-/// [`alternate`] with its load checks given (`before` may wait for quiet).
-pub fn alternate_with(
+/// Runs `round` `rounds` times with the load check around each run: a
+/// noisy run is redone once, then kept and flagged. Returns each kept
+/// run's result and load, in order.
+pub fn with_load_checks<T>(
     rounds: usize,
-    mut lumen: impl FnMut() -> anyhow::Result<Measured>,
-    mut baseline: Option<&mut dyn FnMut() -> anyhow::Result<Measured>>,
+    mut round: impl FnMut() -> anyhow::Result<T>,
     mut load_before: impl FnMut() -> f64,
     mut load_after: impl FnMut() -> f64,
-) -> anyhow::Result<(Vec<Series>, Vec<RoundLoad>)> {
-    let mut series: Vec<Series> = Vec::new();
+) -> anyhow::Result<(Vec<T>, Vec<RoundLoad>)> {
+    let mut kept = Vec::new();
     let mut loads = Vec::new();
-    for round in 0..rounds.max(1) {
+    for index in 0..rounds.max(1) {
         let mut redone = false;
-        let (a, b, load) = loop {
+        let (result, load) = loop {
             let before = load_before();
-            let a = lumen()?;
-            let b = match baseline.as_mut() {
-                Some(run) => run()?,
-                None => Vec::new(),
-            };
+            let result = round()?;
             let after = load_after();
             let load = RoundLoad {
                 before,
@@ -188,24 +185,52 @@ pub fn alternate_with(
             if load.noisy() && !redone {
                 eprintln!(
                     "lumen bench: round {} ran beside other load ({:.0}% before, {:.0}% after): once more",
-                    round + 1,
+                    index + 1,
                     before * 100.0,
                     after * 100.0
                 );
                 redone = true;
                 continue;
             }
-            break (a, b, load);
+            break (result, load);
         };
         if load.noisy() {
             eprintln!(
                 "lumen bench: round {} kept but noisy ({:.0}% / {:.0}% of the CPUs busy with other work)",
-                round + 1,
+                index + 1,
                 load.before * 100.0,
                 load.after * 100.0
             );
         }
+        kept.push(result);
         loads.push(load);
+    }
+    Ok((kept, loads))
+}
+
+/// [`alternate`] with its load checks given (`before` may wait for quiet).
+pub fn alternate_with(
+    rounds: usize,
+    mut lumen: impl FnMut() -> anyhow::Result<Measured>,
+    mut baseline: Option<&mut dyn FnMut() -> anyhow::Result<Measured>>,
+    mut load_before: impl FnMut() -> f64,
+    mut load_after: impl FnMut() -> f64,
+) -> anyhow::Result<(Vec<Series>, Vec<RoundLoad>)> {
+    let (measured, loads) = with_load_checks(
+        rounds,
+        || {
+            let a = lumen()?;
+            let b = match baseline.as_mut() {
+                Some(run) => run()?,
+                None => Vec::new(),
+            };
+            Ok((a, b))
+        },
+        &mut load_before,
+        &mut load_after,
+    )?;
+    let mut series: Vec<Series> = Vec::new();
+    for (a, b) in measured {
         for (key, value) in a {
             let other = b.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
             let entry = match series.iter_mut().position(|s| s.key == key) {

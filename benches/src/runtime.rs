@@ -811,57 +811,37 @@ fn placement(options: &RuntimeBenchOptions, binding: &str) -> String {
 /// then each baseline, with the load check around each round (a noisy
 /// round is redone once, then kept and flagged).
 pub fn run(options: &RuntimeBenchOptions) -> anyhow::Result<crate::Report<RuntimeRow>> {
-    use crate::rounds::{machine_busy, median, wait_quiet, RoundLoad};
+    use crate::rounds::{machine_busy, median, wait_quiet, with_load_checks};
     let mut lumen_rounds: Vec<Vec<Measured>> = Vec::new();
     let mut baseline_rounds: Vec<(Baseline, Vec<Vec<Measured>>)> =
         options.baselines.iter().map(|b| (*b, Vec::new())).collect();
-    let mut loads = Vec::new();
     let mut binding = String::from("not reported");
     start_cpus();
-    for round in 0..options.rounds.max(1) {
-        let mut redone = false;
-        loop {
-            let before = wait_quiet(Duration::from_secs(2));
+    let mut done = 0;
+    let (measured, loads) = with_load_checks(
+        options.rounds,
+        || {
             let (lumen, bound) = lumen_rows(options)?;
             binding = bound;
             restore_cpus();
-            let mut theirs = Vec::new();
-            for (baseline, _) in &baseline_rounds {
-                theirs.push(match baseline {
-                    Baseline::Lamellar => lamellar_rows(options)?,
-                    Baseline::Ray => ray_rows(options)?,
-                });
-            }
-            let after = machine_busy();
-            let load = RoundLoad {
-                before,
-                after,
-                redone,
-            };
-            if load.noisy() && !redone {
-                eprintln!(
-                    "lumen bench: round {} ran beside other load ({:.0}% before, {:.0}% after): once more",
-                    round + 1,
-                    before * 100.0,
-                    after * 100.0
-                );
-                redone = true;
-                continue;
-            }
-            if load.noisy() {
-                eprintln!("lumen bench: round {} kept but noisy", round + 1);
-            }
-            eprintln!(
-                "lumen bench runtime: round {} of {} done",
-                round + 1,
-                options.rounds.max(1)
-            );
-            loads.push(load);
-            lumen_rounds.push(lumen);
-            for ((_, rounds), rows) in baseline_rounds.iter_mut().zip(theirs) {
-                rounds.push(rows);
-            }
-            break;
+            let theirs = baseline_rounds
+                .iter()
+                .map(|(baseline, _)| match baseline {
+                    Baseline::Lamellar => lamellar_rows(options),
+                    Baseline::Ray => ray_rows(options),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            done += 1;
+            eprintln!("lumen bench runtime: round {done} done");
+            Ok((lumen, theirs))
+        },
+        || wait_quiet(Duration::from_secs(2)),
+        machine_busy,
+    )?;
+    for (lumen, theirs) in measured {
+        lumen_rounds.push(lumen);
+        for ((_, rounds), rows) in baseline_rounds.iter_mut().zip(theirs) {
+            rounds.push(rows);
         }
     }
     let first = lumen_rounds.first().cloned().unwrap_or_default();

@@ -6,23 +6,10 @@
 
 mod common;
 
-use common::scenario::{scenario_args, this_binary};
-use common::{run_with_timeout, text};
+use common::scenario::embedded_with_env;
 
 fn run(name: &str, env: &[(&str, &str)]) -> String {
-    let mut command = std::process::Command::new(this_binary());
-    command
-        .args(scenario_args(name))
-        .env("LUMEN_NUM_WORKERS", "3")
-        .env_remove("LUMEN_RANK");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let output = run_with_timeout(&mut command, 120);
-    let all = text(&output);
-    assert!(output.status.success(), "scenario {name} failed:\n{all}");
-    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
-    all
+    embedded_with_env(name, 3, env)
 }
 
 #[test]

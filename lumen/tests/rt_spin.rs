@@ -12,23 +12,10 @@
 
 mod common;
 
-use common::scenario::{scenario_args, this_binary};
-use common::{run_with_timeout, text};
+use common::scenario::embedded_with_env;
 
 fn run(name: &str, spin_us: &str) -> String {
-    let output = run_with_timeout(
-        std::process::Command::new(this_binary())
-            .args(scenario_args(name))
-            .env("LUMEN_NUM_WORKERS", "3")
-            .env("LUMEN_RT_SPIN_US", spin_us)
-            .env_remove("LUMEN_RANK"),
-        120,
-    );
-    let all = text(&output);
-    println!("{all}");
-    assert!(output.status.success(), "scenario {name} failed:\n{all}");
-    assert!(all.contains(&format!("scenario {name}: ok")), "{all}");
-    all
+    embedded_with_env(name, 3, &[("LUMEN_RT_SPIN_US", spin_us)])
 }
 
 #[test]

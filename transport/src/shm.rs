@@ -54,6 +54,13 @@ const SEGMENT_VERSION: u32 = 3;
 /// Doorbells this process rang (each a `futex` wake system call).
 static DOORBELL_RINGS: AtomicU64 = AtomicU64::new(0);
 
+/// Rings `slot`'s doorbell: bumps it and wakes whoever sleeps on it.
+fn ring(slot: &RankSlot) {
+    DOORBELL_RINGS.fetch_add(1, Ordering::Relaxed);
+    slot.doorbell.fetch_add(1, Ordering::SeqCst);
+    futex_wake_all(&slot.doorbell);
+}
+
 /// Wake-up system calls this process made ringing shared-memory doorbells
 /// so far (a sender rings only when the receiver sleeps): the count of
 /// cross-process hand-offs, for benchmarks and tests.
@@ -544,9 +551,7 @@ impl NodeSegment {
             || (slot.standby.load(Ordering::Relaxed) > 0
                 && slot.polling.load(Ordering::Relaxed) == 0)
         {
-            DOORBELL_RINGS.fetch_add(1, Ordering::Relaxed);
-            slot.doorbell.fetch_add(1, Ordering::SeqCst);
-            futex_wake_all(&slot.doorbell);
+            ring(slot);
         }
     }
 
@@ -592,9 +597,7 @@ impl NodeSegment {
     pub(crate) fn ring_own_doorbell_standby(&self, me: usize) {
         let slot = self.slot(me);
         if slot.standby.load(Ordering::SeqCst) > 0 || slot.sleepers.load(Ordering::SeqCst) > 0 {
-            DOORBELL_RINGS.fetch_add(1, Ordering::Relaxed);
-            slot.doorbell.fetch_add(1, Ordering::SeqCst);
-            futex_wake_all(&slot.doorbell);
+            ring(slot);
         }
     }
 

@@ -31,11 +31,19 @@ pub fn embedded(name: &str) -> String {
 }
 
 pub fn embedded_with(name: &str, workers: u32) -> String {
+    embedded_with_env(name, workers, &[])
+}
+
+/// [`embedded_with`] with these settings in the environment.
+pub fn embedded_with_env(name: &str, workers: u32, env: &[(&str, &str)]) -> String {
     let mut command = Command::new(this_binary());
     command
         .args(scenario_args(name))
         .env("LUMEN_NUM_WORKERS", workers.to_string())
         .env_remove("LUMEN_RANK");
+    for (k, v) in env {
+        command.env(k, v);
+    }
     let output = run_with_timeout(&mut command, 120);
     let all = text(&output);
     assert!(output.status.success(), "scenario {name} failed:\n{all}");
