@@ -1,4 +1,6 @@
-//! The authentication handshake of [`crate::auth`] over any blocking byte stream.
+//! The authentication handshake of [`crate::auth`] over any blocking byte
+//! stream ([`initiate`], [`accept`]), and its accepting side without I/O
+//! ([`Acceptor`]) for event loops.
 //!
 //! Used for every TCP connection between ranks and for the rendezvous store.
 //! Before the handshake completes, frames are limited to [`HANDSHAKE_MAX_FRAME`]
@@ -133,54 +135,123 @@ pub fn accept(
     secret: &JobSecret,
 ) -> Result<u32, HandshakeError> {
     let (header, payload) = read_frame(stream, HANDSHAKE_MAX_FRAME)?;
-    expect(&header, &payload, FrameKind::Hello)?;
-    let hello = HelloMsg::decode(&payload)?;
-    if hello.protocol != PROTOCOL {
-        refuse(stream, my_rank, "protocol mismatch");
-        return Err(HandshakeError::Protocol {
-            theirs: hello.protocol,
-        });
-    }
-    if hello.job_id != job_id {
-        refuse(
-            stream,
-            my_rank,
-            &format!("this endpoint belongs to job {job_id}"),
-        );
-        return Err(AuthError::OtherJob {
-            theirs: hello.job_id,
-            ours: job_id.to_string(),
+    let (pending, challenge) = match Acceptor::hello(&header, &payload, job_id, my_rank, secret) {
+        Ok(step) => step,
+        Err(Refused { error, tell }) => {
+            if let Some(frame) = tell {
+                // Best effort: the peer may already be gone, and we close either way.
+                let _ = stream.write_all(&frame);
+            }
+            return Err(error);
         }
-        .into());
-    }
-    if hello.nonce.len() != NONCE_LEN {
-        return Err(AuthError::BadNonce(hello.nonce.len()).into());
-    }
-    let nonce_a = random_bytes();
-    let proof = secret.acceptor_proof(job_id, hello.rank, &hello.nonce, &nonce_a);
-    let challenge = ChallengeMsg {
-        nonce: nonce_a.to_vec(),
-        proof: proof.to_vec(),
     };
-    write_control(stream, FrameKind::Challenge, my_rank, &challenge.encode())?;
+    stream.write_all(&challenge)?;
     let (header, payload) = read_frame(stream, HANDSHAKE_MAX_FRAME)?;
-    expect(&header, &payload, FrameKind::Proof)?;
-    let received = wire::decode_proof(&payload)?;
-    JobSecret::verify(
-        &secret.initiator_proof(job_id, hello.rank, &hello.nonce, &nonce_a),
-        &received,
-    )?;
-    Ok(hello.rank)
+    pending.proof(&header, &payload)
 }
 
-fn refuse(stream: &mut impl Write, my_rank: u32, reason: &str) {
-    // Best effort: the peer may already be gone, and we close either way.
-    let _ = write_control(
-        stream,
-        FrameKind::Refusal,
-        my_rank,
-        &wire::encode_reason(false, reason),
-    );
+/// The accepting side of the handshake without I/O, for an event loop that
+/// reads frames itself (the rendezvous store): [`Acceptor::hello`] takes the
+/// first frame and gives the challenge to send, [`Acceptor::proof`] takes
+/// the second and gives the peer's rank. [`accept`] is these two steps over
+/// a blocking stream.
+#[derive(Debug)]
+pub struct Acceptor {
+    job_id: String,
+    peer: u32,
+    nonce_i: Vec<u8>,
+    nonce_a: [u8; NONCE_LEN],
+    secret: JobSecret,
+}
+
+/// A handshake refused by the acceptor: why, and the refusal frame to send
+/// the peer when it got far enough to be told.
+#[derive(Debug)]
+pub struct Refused {
+    /// What went wrong.
+    pub error: HandshakeError,
+    /// A `Refusal` frame for the peer, or `None` when it is not owed one.
+    pub tell: Option<Vec<u8>>,
+}
+
+impl Acceptor {
+    /// Checks the peer's `Hello` and returns the step that waits for its
+    /// proof, with the encoded `Challenge` frame to send first.
+    pub fn hello(
+        header: &FrameHeader,
+        payload: &[u8],
+        job_id: &str,
+        my_rank: u32,
+        secret: &JobSecret,
+    ) -> Result<(Acceptor, Vec<u8>), Refused> {
+        let quiet = |error: HandshakeError| Refused { error, tell: None };
+        let told = |error: HandshakeError, reason: &str| Refused {
+            error,
+            tell: Some(control_frame(
+                FrameKind::Refusal,
+                my_rank,
+                &wire::encode_reason(false, reason),
+            )),
+        };
+        expect(header, payload, FrameKind::Hello).map_err(quiet)?;
+        let hello = HelloMsg::decode(payload).map_err(|e| quiet(e.into()))?;
+        if hello.protocol != PROTOCOL {
+            return Err(told(
+                HandshakeError::Protocol {
+                    theirs: hello.protocol,
+                },
+                "protocol mismatch",
+            ));
+        }
+        if hello.job_id != job_id {
+            let reason = format!("this endpoint belongs to job {job_id}");
+            return Err(told(
+                AuthError::OtherJob {
+                    theirs: hello.job_id,
+                    ours: job_id.to_string(),
+                }
+                .into(),
+                &reason,
+            ));
+        }
+        if hello.nonce.len() != NONCE_LEN {
+            return Err(quiet(AuthError::BadNonce(hello.nonce.len()).into()));
+        }
+        let nonce_a = random_bytes();
+        let proof = secret.acceptor_proof(job_id, hello.rank, &hello.nonce, &nonce_a);
+        let challenge = ChallengeMsg {
+            nonce: nonce_a.to_vec(),
+            proof: proof.to_vec(),
+        };
+        let frame = control_frame(FrameKind::Challenge, my_rank, &challenge.encode());
+        let pending = Acceptor {
+            job_id: job_id.to_string(),
+            peer: hello.rank,
+            nonce_i: hello.nonce,
+            nonce_a,
+            secret: secret.clone(),
+        };
+        Ok((pending, frame))
+    }
+
+    /// Checks the peer's `Proof`; returns its rank.
+    pub fn proof(self, header: &FrameHeader, payload: &[u8]) -> Result<u32, HandshakeError> {
+        expect(header, payload, FrameKind::Proof)?;
+        let received = wire::decode_proof(payload)?;
+        JobSecret::verify(
+            &self
+                .secret
+                .initiator_proof(&self.job_id, self.peer, &self.nonce_i, &self.nonce_a),
+            &received,
+        )?;
+        Ok(self.peer)
+    }
+}
+
+fn control_frame(kind: FrameKind, src: u32, payload: &[u8]) -> Vec<u8> {
+    // Handshake payloads are a few hundred bytes: the length always fits.
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    encode_frame(&FrameHeader::control(kind, src, len), payload)
 }
 
 #[cfg(test)]

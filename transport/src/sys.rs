@@ -88,6 +88,12 @@ impl ProcessWatch {
         Ok(ProcessWatch { fd })
     }
 
+    /// The pidfd, readable once the process has exited (to watch many
+    /// processes with one `epoll_wait`).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// True once the process has exited (a zombie counts as exited).
     pub fn exited(&self) -> bool {
         let mut pfd = libc::pollfd {

@@ -256,7 +256,7 @@ impl EndpointBuilder {
             heard: (0..size).map(|_| AtomicBool::new(false)).collect(),
             sent: (0..size).map(|_| AtomicBool::new(false)).collect(),
             death: Mutex::new(vec![None; size]),
-            watches,
+            watches: super::shared::LocalWatches::new(watches),
             single_copy,
             tcp: Mutex::new(None),
             tcp_address: listen_addr,
