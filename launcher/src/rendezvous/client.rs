@@ -197,8 +197,9 @@ impl RendezvousClient {
     }
 
     /// Every rank contributes `value`; returns all contributions indexed by
-    /// rank. Puts `"{name}/{rank}"`, waits in a barrier, then gets every
-    /// rank's key, all within `timeout`.
+    /// rank. Puts `"{name}/{rank}"`, then fetches every rank's key with one
+    /// `Gather` (the store answers once all are there; a table larger than
+    /// a frame takes a few), all within `timeout`.
     pub fn allgather(
         &mut self,
         name: &str,
@@ -208,10 +209,34 @@ impl RendezvousClient {
         let started = Instant::now();
         let deadline = started + timeout;
         self.put_until(&format!("{name}/{}", self.rank), value, started, deadline)?;
-        self.barrier_until(started, deadline)?;
-        (0..self.size)
-            .map(|rank| self.get_until(&format!("{name}/{rank}"), started, deadline))
-            .collect()
+        // One request for the whole table (more only when it exceeds a
+        // frame): a get per rank made start-up N² round trips to the store.
+        let mut table = Vec::with_capacity(self.size as usize);
+        while table.len() < self.size as usize {
+            let from = table.len() as u32;
+            let request = Request::Gather {
+                prefix: name.to_string(),
+                from,
+            };
+            match self.exchange(request, deadline)? {
+                Some(Reply::Values { from: got, values })
+                    if got == from
+                        && !values.is_empty()
+                        && table.len() + values.len() <= self.size as usize =>
+                {
+                    table.extend(values)
+                }
+                Some(other) => return Err(self.unexpected("gather", &other)),
+                None => {
+                    return Err(self.timed_out(
+                        deadline - started,
+                        format!("for the values of {name:?} from every rank"),
+                        None,
+                    ))
+                }
+            }
+        }
+        Ok(table)
     }
 
     /// Who is connected, gone and waiting in barriers.

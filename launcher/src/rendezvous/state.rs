@@ -54,6 +54,25 @@ struct WaitingGet {
     key: String,
 }
 
+/// A `Gather` waiting for some of its keys.
+#[derive(Debug, Clone)]
+struct WaitingGather {
+    rank: u32,
+    id: u64,
+    prefix: String,
+    from: u32,
+}
+
+/// Most value bytes one `Values` reply carries (half a frame: room for the
+/// flatbuffers framing of thousands of small values).
+const GATHER_BUDGET: usize = super::MAX_FRAME as usize / 2;
+
+/// `prefix` and `rank` of a key `prefix/rank`.
+fn rank_key(key: &str) -> Option<(&str, u32)> {
+    let (prefix, rank) = key.rsplit_once('/')?;
+    Some((prefix, rank.parse().ok()?))
+}
+
 /// Why a rank's connection was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub(crate) enum ConnectRefusal {
@@ -87,6 +106,10 @@ pub(crate) struct StoreState {
     ranks: Vec<RankState>,
     values: HashMap<String, Vec<u8>>,
     waiting_gets: Vec<WaitingGet>,
+    waiting_gathers: Vec<WaitingGather>,
+    /// Per prefix, how many keys `prefix/r` (r below the job size) are
+    /// stored: a waiting gather is checked only once enough of them are.
+    rank_keys: HashMap<String, u32>,
     /// Pending barriers: epoch → (rank → request id).
     barriers: BTreeMap<u64, BTreeMap<u32, u64>>,
     /// The first rank that left without finalizing.
@@ -107,6 +130,8 @@ impl StoreState {
             ],
             values: HashMap::new(),
             waiting_gets: Vec::new(),
+            waiting_gathers: Vec::new(),
+            rank_keys: HashMap::new(),
             barriers: BTreeMap::new(),
             departed_first: None,
         }
@@ -177,6 +202,31 @@ impl StoreState {
                 Vec::new()
             }
             Request::Barrier { epoch } => self.barrier(from, id, epoch),
+            Request::Gather {
+                prefix,
+                from: first,
+            } => {
+                if first >= self.size {
+                    return error(format!(
+                        "rank {from} gathered {prefix:?} from rank {first}, outside this job of {} ranks",
+                        self.size
+                    ));
+                }
+                let waiting = WaitingGather {
+                    rank: from,
+                    id,
+                    prefix,
+                    from: first,
+                };
+                if let Some(reply) = self.try_gather(&waiting) {
+                    return vec![(from, reply)];
+                }
+                if let Some(gone) = self.departed_first {
+                    return error(get_failure(gone, from, &self.first_missing(&waiting)));
+                }
+                self.waiting_gathers.push(waiting);
+                Vec::new()
+            }
             Request::Status => vec![(
                 from,
                 ReplyFrame {
@@ -224,6 +274,13 @@ impl StoreState {
                 (get.rank, error_frame(get.id, reason))
             })
             .collect();
+        for gather in std::mem::take(&mut self.waiting_gathers) {
+            if gather.rank != rank {
+                let key = self.first_missing(&gather);
+                let reason = get_failure(gone, gather.rank, &key) + &never_arrived(&absent);
+                out.push((gather.rank, error_frame(gather.id, reason)));
+            }
+        }
         for (_, inside) in std::mem::take(&mut self.barriers) {
             for (waiter, id) in inside {
                 if waiter != rank {
@@ -297,8 +354,59 @@ impl StoreState {
             };
             out.push((get.rank, ReplyFrame { id: get.id, reply }));
         }
+        let prefix = match rank_key(&key) {
+            Some((prefix, rank)) if rank < self.size => Some(prefix.to_string()),
+            _ => None,
+        };
         self.values.insert(key, value);
+        if let Some(prefix) = prefix {
+            let count = self.rank_keys.entry(prefix.clone()).or_insert(0);
+            *count += 1;
+            let count = *count;
+            let size = self.size;
+            let (ready, waiting): (Vec<WaitingGather>, Vec<WaitingGather>) =
+                std::mem::take(&mut self.waiting_gathers)
+                    .into_iter()
+                    .partition(|gather| gather.prefix == prefix && count >= size - gather.from);
+            self.waiting_gathers = waiting;
+            for gather in ready {
+                match self.try_gather(&gather) {
+                    Some(reply) => out.push((gather.rank, reply)),
+                    None => self.waiting_gathers.push(gather),
+                }
+            }
+        }
         out
+    }
+
+    /// The reply to `gather` if all its keys are there: the values from its
+    /// first rank on, as many as fit [`GATHER_BUDGET`] (at least one).
+    fn try_gather(&self, gather: &WaitingGather) -> Option<ReplyFrame> {
+        let mut values = Vec::new();
+        let mut bytes = 0;
+        for rank in gather.from..self.size {
+            let value = self.values.get(&format!("{}/{rank}", gather.prefix))?;
+            if values.is_empty() || bytes + value.len() + 16 <= GATHER_BUDGET {
+                bytes += value.len() + 16;
+                values.push(value);
+            }
+        }
+        let values = values.into_iter().cloned().collect();
+        Some(ReplyFrame {
+            id: gather.id,
+            reply: Reply::Values {
+                from: gather.from,
+                values,
+            },
+        })
+    }
+
+    /// The first key `gather` still waits for (for error messages).
+    fn first_missing(&self, gather: &WaitingGather) -> String {
+        (gather.from..self.size)
+            .map(|rank| format!("{}/{rank}", gather.prefix))
+            .find(|key| !self.values.contains_key(key))
+            .unwrap_or_else(|| format!("{}/*", gather.prefix))
     }
 
     fn barrier(&mut self, from: u32, id: u64, epoch: u64) -> Vec<(u32, ReplyFrame)> {
@@ -416,6 +524,72 @@ mod tests {
             Reply::Error { reason } => reason,
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    fn gather(prefix: &str, from: u32) -> Request {
+        Request::Gather {
+            prefix: prefix.into(),
+            from,
+        }
+    }
+
+    #[test]
+    fn gather_waits_for_every_rank_then_answers_in_frames() {
+        let mut store = connected(3);
+        assert_eq!(store.handle(0, frame(1, put("ep/0", b"zero"))).len(), 1);
+        assert!(store.handle(0, frame(2, gather("ep", 0))).is_empty());
+        // Keys of other prefixes and of ranks outside the job do not count.
+        assert_eq!(store.handle(1, frame(3, put("ep/7", b"x"))).len(), 1);
+        assert_eq!(store.handle(1, frame(4, put("other/1", b"x"))).len(), 1);
+        assert_eq!(store.handle(1, frame(5, put("ep/1", b"one"))).len(), 1);
+        let out = store.handle(2, frame(6, put("ep/2", b"two")));
+        let values = Reply::Values {
+            from: 0,
+            values: vec![b"zero".to_vec(), b"one".to_vec(), b"two".to_vec()],
+        };
+        assert_eq!(
+            out[1],
+            (
+                0,
+                ReplyFrame {
+                    id: 2,
+                    reply: values
+                }
+            )
+        );
+        // Present now: answered at once, from any first rank.
+        let out = store.handle(1, frame(7, gather("ep", 2)));
+        let tail = Reply::Values {
+            from: 2,
+            values: vec![b"two".to_vec()],
+        };
+        assert_eq!(out, vec![(1, ReplyFrame { id: 7, reply: tail })]);
+        assert!(error_text(&store.handle(1, frame(8, gather("ep", 3)))[0].1).contains("outside"));
+
+        // A table above one frame comes in pieces, each at least one value.
+        let mut big = connected(3);
+        let chunk = vec![5u8; GATHER_BUDGET / 2];
+        for rank in 0..3 {
+            big.handle(rank, frame(1, put(&format!("b/{rank}"), &chunk)));
+        }
+        match &big.handle(0, frame(2, gather("b", 0)))[0].1.reply {
+            Reply::Values { from: 0, values } => assert_eq!(values.len(), 1),
+            other => panic!("expected values, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gather_fails_when_a_rank_leaves() {
+        let mut store = connected(3);
+        store.handle(0, frame(1, put("ep/0", b"a")));
+        assert!(store.handle(0, frame(2, gather("ep", 0))).is_empty());
+        let out = store.disconnected(2);
+        assert_eq!(out.len(), 1);
+        let text = error_text(&out[0].1);
+        assert!(
+            text.contains("rank 2 left") && text.contains("ep/1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub fn run_job(spec: &JobSpec) -> Result<JobOutcome, SpawnError> {
         let host = layout.nodes.get(node as usize).cloned().unwrap_or_default();
         let agent = agents.get(node as usize).cloned().flatten();
         let mut command = build_command(spec, agent.as_deref(), &variables);
-        let mut child = match command.spawn() {
+        let child = match command.spawn() {
             Ok(child) => child,
             Err(source) => {
                 for started in &ranks {
@@ -120,19 +120,25 @@ pub fn run_job(spec: &JobSpec) -> Result<JobOutcome, SpawnError> {
                 });
             }
         };
-        let label = spec.label_output.then(|| format!("[{rank}] "));
-        if let Some(stdout) = child.stdout.take() {
-            readers += forward_lines(stdout, label.clone(), false, output_done.clone());
-        }
-        if let Some(stderr) = child.stderr.take() {
-            readers += forward_lines(stderr, label, true, output_done.clone());
-        }
         let pid = Pid::from_child(&child);
         ranks.push(Rank {
             child,
             pid,
             exit: None,
         });
+    }
+    // Forwarders start once every rank is forked: each fork copies the
+    // mappings of the threads already running here (two per rank before,
+    // and at 256 ranks the forks alone took 1.7 s of the start-up), and a
+    // rank that fills its 64 KiB pipe before then only waits that long.
+    for (rank, started) in ranks.iter_mut().enumerate() {
+        let label = spec.label_output.then(|| format!("[{rank}] "));
+        if let Some(stdout) = started.child.stdout.take() {
+            readers += forward_lines(stdout, label.clone(), false, output_done.clone());
+        }
+        if let Some(stderr) = started.child.stderr.take() {
+            readers += forward_lines(stderr, label, true, output_done.clone());
+        }
     }
     drop(output_done);
 

@@ -48,6 +48,15 @@ pub enum Request {
     Status,
     /// The rank is done with the store; its disconnect is then no failure.
     Finalize,
+    /// Fetch the values of `prefix/from` .. `prefix/(size-1)` in one reply,
+    /// waiting until all are there; answered with [`Reply::Values`] holding
+    /// as many of them as fit one frame.
+    Gather {
+        /// Keys are `prefix/rank`.
+        prefix: String,
+        /// The first rank wanted.
+        from: u32,
+    },
 }
 
 /// A request with the id its reply will carry.
@@ -139,6 +148,13 @@ pub enum Reply {
         /// What happened and what to do.
         reason: String,
     },
+    /// Answer to Gather: values of consecutive ranks from `from` on.
+    Values {
+        /// The rank of the first value.
+        from: u32,
+        /// The values, in rank order (at least one).
+        values: Vec<Vec<u8>>,
+    },
 }
 
 /// A reply with the id of the request it answers (0 for [`Reply::Welcome`]
@@ -171,6 +187,7 @@ impl RequestFrame {
         let extra = match &self.request {
             Request::Put { key, value } => key.len() + value.len(),
             Request::Get { key } => key.len(),
+            Request::Gather { prefix, .. } => prefix.len(),
             _ => 0,
         };
         let mut b = FlatBufferBuilder::with_capacity(64 + extra);
@@ -207,6 +224,15 @@ impl RequestFrame {
             Request::Finalize => {
                 let body = fb::Finalize::create(&mut b, &fb::FinalizeArgs {}).as_union_value();
                 (fb::Request::Finalize, body)
+            }
+            Request::Gather { prefix, from } => {
+                let prefix = b.create_string(prefix);
+                let args = fb::GatherArgs {
+                    prefix: Some(prefix),
+                    from: *from,
+                };
+                let body = fb::Gather::create(&mut b, &args).as_union_value();
+                (fb::Request::Gather, body)
             }
         };
         let root = fb::RequestFrame::create(
@@ -247,6 +273,16 @@ impl RequestFrame {
             }
             fb::Request::Status => Request::Status,
             fb::Request::Finalize => Request::Finalize,
+            fb::Request::Gather => {
+                let gather = m.request_as_gather().ok_or(missing(NAME, "request"))?;
+                Request::Gather {
+                    prefix: gather
+                        .prefix()
+                        .ok_or(missing("Gather", "prefix"))?
+                        .to_string(),
+                    from: gather.from(),
+                }
+            }
             _ => return Err(missing(NAME, "request")),
         };
         Ok(RequestFrame {
@@ -263,6 +299,7 @@ impl ReplyFrame {
             Reply::Value { key, value } => key.len() + value.len(),
             Reply::Error { reason } => reason.len(),
             Reply::Status(status) => 4 * 4 * status.size as usize,
+            Reply::Values { values, .. } => values.iter().map(|v| v.len() + 16).sum(),
             _ => 0,
         };
         let mut b = FlatBufferBuilder::with_capacity(64 + extra);
@@ -331,6 +368,22 @@ impl ReplyFrame {
                     fb::Reply::Error,
                     fb::Error::create(&mut b, &args).as_union_value(),
                 )
+            }
+            Reply::Values { from, values } => {
+                let blobs: Vec<_> = values
+                    .iter()
+                    .map(|value| {
+                        let value = b.create_vector(value);
+                        fb::Blob::create(&mut b, &fb::BlobArgs { value: Some(value) })
+                    })
+                    .collect();
+                let values = b.create_vector(&blobs);
+                let args = fb::ValuesArgs {
+                    from: *from,
+                    values: Some(values),
+                };
+                let body = fb::Values::create(&mut b, &args).as_union_value();
+                (fb::Reply::Values, body)
             }
         };
         let root = fb::ReplyFrame::create(
@@ -403,6 +456,23 @@ impl ReplyFrame {
                     reason: error.reason().unwrap_or_default().to_string(),
                 }
             }
+            fb::Reply::Values => {
+                let found = m.reply_as_values().ok_or(missing(NAME, "reply"))?;
+                Reply::Values {
+                    from: found.from(),
+                    values: found
+                        .values()
+                        .map(|blobs| {
+                            blobs
+                                .iter()
+                                .map(|blob| {
+                                    blob.value().map(|v| v.bytes().to_vec()).unwrap_or_default()
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            }
             _ => return Err(missing(NAME, "reply")),
         };
         Ok(ReplyFrame { id: m.id(), reply })
@@ -428,6 +498,10 @@ mod tests {
             Request::Barrier { epoch: 7 },
             Request::Status,
             Request::Finalize,
+            Request::Gather {
+                prefix: "endpoint".into(),
+                from: 3,
+            },
         ];
         for (id, request) in requests.into_iter().enumerate() {
             let frame = RequestFrame {
@@ -461,6 +535,10 @@ mod tests {
             Reply::Status(status.clone()),
             Reply::Error {
                 reason: "rank 3 left".into(),
+            },
+            Reply::Values {
+                from: 2,
+                values: vec![b"a".to_vec(), Vec::new(), vec![7; 300]],
             },
         ];
         for reply in replies {

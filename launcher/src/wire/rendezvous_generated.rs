@@ -13,16 +13,17 @@ pub mod rendezvous {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST: u8 = 5;
+pub const ENUM_MAX_REQUEST: u8 = 6;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST: [Request; 6] = [
+pub const ENUM_VALUES_REQUEST: [Request; 7] = [
   Request::NONE,
   Request::Put,
   Request::Get,
   Request::Barrier,
   Request::Status,
   Request::Finalize,
+  Request::Gather,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -36,9 +37,10 @@ impl Request {
   pub const Barrier: Self = Self(3);
   pub const Status: Self = Self(4);
   pub const Finalize: Self = Self(5);
+  pub const Gather: Self = Self(6);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 6;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Put,
@@ -46,6 +48,7 @@ impl Request {
     Self::Barrier,
     Self::Status,
     Self::Finalize,
+    Self::Gather,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -56,6 +59,7 @@ impl Request {
       Self::Barrier => Some("Barrier"),
       Self::Status => Some("Status"),
       Self::Finalize => Some("Finalize"),
+      Self::Gather => Some("Gather"),
       _ => None,
     }
   }
@@ -115,10 +119,10 @@ pub struct RequestUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 6;
+pub const ENUM_MAX_REPLY: u8 = 7;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 7] = [
+pub const ENUM_VALUES_REPLY: [Reply; 8] = [
   Reply::NONE,
   Reply::Welcome,
   Reply::Done,
@@ -126,6 +130,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 7] = [
   Reply::BarrierDone,
   Reply::StatusReport,
   Reply::Error,
+  Reply::Values,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -140,9 +145,10 @@ impl Reply {
   pub const BarrierDone: Self = Self(4);
   pub const StatusReport: Self = Self(5);
   pub const Error: Self = Self(6);
+  pub const Values: Self = Self(7);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 6;
+  pub const ENUM_MAX: u8 = 7;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Welcome,
@@ -151,6 +157,7 @@ impl Reply {
     Self::BarrierDone,
     Self::StatusReport,
     Self::Error,
+    Self::Values,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -162,6 +169,7 @@ impl Reply {
       Self::BarrierDone => Some("BarrierDone"),
       Self::StatusReport => Some("StatusReport"),
       Self::Error => Some("Error"),
+      Self::Values => Some("Values"),
       _ => None,
     }
   }
@@ -679,6 +687,119 @@ impl ::core::fmt::Debug for Finalize<'_> {
       ds.finish()
   }
 }
+pub enum GatherOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Gather<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Gather<'a> {
+  type Inner = Gather<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Gather<'a> {
+  pub const VT_PREFIX: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FROM: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Gather { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GatherArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Gather<'bldr>> {
+    let mut builder = GatherBuilder::new(_fbb);
+    builder.add_from(args.from);
+    if let Some(x) = args.prefix { builder.add_prefix(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn prefix(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Gather::VT_PREFIX, None)}
+  }
+  #[inline]
+  pub fn from(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Gather::VT_FROM, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Gather<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("prefix", Self::VT_PREFIX, false)?
+     .visit_field::<u32>("from", Self::VT_FROM, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GatherArgs<'a> {
+    pub prefix: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub from: u32,
+}
+impl<'a> Default for GatherArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GatherArgs {
+      prefix: None,
+      from: 0,
+    }
+  }
+}
+
+pub struct GatherBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GatherBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_prefix(&mut self, prefix: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Gather::VT_PREFIX, prefix);
+  }
+  #[inline]
+  pub fn add_from(&mut self, from: u32) {
+    self.fbb_.push_slot::<u32>(Gather::VT_FROM, from, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GatherBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GatherBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Gather<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Gather<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Gather");
+      ds.field("prefix", &self.prefix());
+      ds.field("from", &self.from());
+      ds.finish()
+  }
+}
 pub enum RequestFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -812,6 +933,21 @@ impl<'a> RequestFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn request_as_gather(&self) -> Option<Gather<'a>> {
+    if self.request_type() == Request::Gather {
+      self.request().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Gather::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for RequestFrame<'_> {
@@ -828,6 +964,7 @@ impl ::flatbuffers::Verifiable for RequestFrame<'_> {
           Request::Barrier => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Barrier>>("Request::Barrier", pos),
           Request::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Request::Status", pos),
           Request::Finalize => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Finalize>>("Request::Finalize", pos),
+          Request::Gather => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Gather>>("Request::Gather", pos),
           _ => Ok(()),
         }
      })?
@@ -919,6 +1056,13 @@ impl ::core::fmt::Debug for RequestFrame<'_> {
         },
         Request::Finalize => {
           if let Some(x) = self.request_as_finalize() {
+            ds.field("request", &x)
+          } else {
+            ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Request::Gather => {
+          if let Some(x) = self.request_as_gather() {
             ds.field("request", &x)
           } else {
             ds.field("request", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -1688,6 +1832,215 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.finish()
   }
 }
+pub enum BlobOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Blob<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Blob<'a> {
+  type Inner = Blob<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Blob<'a> {
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Blob { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BlobArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Blob<'bldr>> {
+    let mut builder = BlobBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Blob::VT_VALUE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Blob<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BlobArgs<'a> {
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for BlobArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BlobArgs {
+      value: None,
+    }
+  }
+}
+
+pub struct BlobBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BlobBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Blob::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BlobBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BlobBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Blob<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Blob<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Blob");
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum ValuesOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Values<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Values<'a> {
+  type Inner = Values<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Values<'a> {
+  pub const VT_FROM: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Values { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ValuesArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Values<'bldr>> {
+    let mut builder = ValuesBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    builder.add_from(args.from);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Values::VT_FROM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Blob<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Blob>>>>(Values::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Values<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("from", Self::VT_FROM, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Blob>>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ValuesArgs<'a> {
+    pub from: u32,
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Blob<'a>>>>>,
+}
+impl<'a> Default for ValuesArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ValuesArgs {
+      from: 0,
+      values: None,
+    }
+  }
+}
+
+pub struct ValuesBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ValuesBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from(&mut self, from: u32) {
+    self.fbb_.push_slot::<u32>(Values::VT_FROM, from, 0);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Blob<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Values::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ValuesBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ValuesBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Values<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Values<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Values");
+      ds.field("from", &self.from());
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
 pub enum ReplyFrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1836,6 +2189,21 @@ impl<'a> ReplyFrame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_values(&self) -> Option<Values<'a>> {
+    if self.reply_type() == Reply::Values {
+      self.reply().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Values::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
@@ -1853,6 +2221,7 @@ impl ::flatbuffers::Verifiable for ReplyFrame<'_> {
           Reply::BarrierDone => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BarrierDone>>("Reply::BarrierDone", pos),
           Reply::StatusReport => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusReport>>("Reply::StatusReport", pos),
           Reply::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Reply::Error", pos),
+          Reply::Values => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Values>>("Reply::Values", pos),
           _ => Ok(()),
         }
      })?
@@ -1951,6 +2320,13 @@ impl ::core::fmt::Debug for ReplyFrame<'_> {
         },
         Reply::Error => {
           if let Some(x) = self.reply_as_error() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::Values => {
+          if let Some(x) = self.reply_as_values() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")

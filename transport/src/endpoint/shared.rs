@@ -525,30 +525,6 @@ impl Inbox for Shared {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mailbox_matches_source_and_tag_in_order() {
-        let mut m = Mailbox::default();
-        for (src, tag, b) in [(1, 5, 1u8), (2, 5, 2), (1, 5, 3), (1, 6, 4)] {
-            m.push(Message {
-                src,
-                tag,
-                data: vec![b],
-            });
-        }
-        assert_eq!(m.len, 4);
-        assert_eq!(m.take(Source::Rank(2), 5).unwrap().data, vec![2]);
-        assert_eq!(m.take(Source::Any, 5).unwrap().data, vec![1]);
-        assert_eq!(m.take(Source::Rank(1), 5).unwrap().data, vec![3]);
-        assert!(m.take(Source::Any, 5).is_none());
-        assert_eq!(m.take(Source::Any, 6).unwrap().data, vec![4]);
-        assert_eq!(m.len, 0);
-    }
-}
-
 /// The pidfds of a node's other ranks, by local index.
 pub(super) struct LocalWatches {
     watches: Vec<Option<ProcessWatch>>,
@@ -606,5 +582,29 @@ impl LocalWatches {
             new
         });
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_matches_source_and_tag_in_order() {
+        let mut m = Mailbox::default();
+        for (src, tag, b) in [(1, 5, 1u8), (2, 5, 2), (1, 5, 3), (1, 6, 4)] {
+            m.push(Message {
+                src,
+                tag,
+                data: vec![b],
+            });
+        }
+        assert_eq!(m.len, 4);
+        assert_eq!(m.take(Source::Rank(2), 5).unwrap().data, vec![2]);
+        assert_eq!(m.take(Source::Any, 5).unwrap().data, vec![1]);
+        assert_eq!(m.take(Source::Rank(1), 5).unwrap().data, vec![3]);
+        assert!(m.take(Source::Any, 5).is_none());
+        assert_eq!(m.take(Source::Any, 6).unwrap().data, vec![4]);
+        assert_eq!(m.len, 0);
     }
 }
