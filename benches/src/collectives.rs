@@ -58,6 +58,9 @@ pub struct CollectivesBenchOptions {
     pub baseline: bool,
     /// Also 3 namespace nodes × 2 ranks (root).
     pub netns: bool,
+    /// Alternating rounds (Lumen, then Open MPI) per one-node layout, each
+    /// inside the load check of [`crate::rounds::with_load_checks`].
+    pub rounds: usize,
 }
 
 /// One measured row.
@@ -73,8 +76,12 @@ pub struct CollectiveRow {
     pub lumen_usec: f64,
     /// Open MPI's, when it ran.
     pub mpi_usec: Option<f64>,
-    /// lumen / mpi (lower is better).
+    /// lumen / mpi (lower is better): the median of the per-round ratios.
     pub ratio: Option<f64>,
+    /// Lowest and highest per-round ratio.
+    pub ratio_range: Option<(f64, f64)>,
+    /// Rounds behind the figures (latencies are medians over them).
+    pub rounds: usize,
 }
 
 /// Iterations per trial for a size.
@@ -329,37 +336,64 @@ fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<NetnsRows> {
 /// `lumen bench collectives`.
 pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<CollectiveRow>> {
     let mut rows = Vec::new();
-    let mut add = |layout: &str, lumen: Vec<(String, usize, f64)>, mpi: &[(String, usize, f64)]| {
-        for (op, size, usec) in lumen {
-            let baseline = mpi
-                .iter()
-                .find(|(o, s, _)| *o == op && *s == size)
-                .map(|m| m.2);
+    type Side = Vec<(String, usize, f64)>;
+    let mut add = |layout: &str, rounds: &[(Side, Side)]| {
+        use crate::rounds::median;
+        let Some((first, _)) = rounds.first() else {
+            return;
+        };
+        for (op, size, _) in first {
+            let find = |side: &Side| {
+                side.iter()
+                    .find(|(o, s, _)| o == op && s == size)
+                    .map(|m| m.2)
+            };
+            let lumen: Vec<f64> = rounds.iter().filter_map(|(l, _)| find(l)).collect();
+            let mpi: Vec<f64> = rounds.iter().filter_map(|(_, m)| find(m)).collect();
+            let ratios: Vec<f64> = (rounds.iter())
+                .filter_map(|(l, m)| Some(find(l)? / find(m)?))
+                .collect();
+            let range = (!ratios.is_empty()).then(|| {
+                let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = ratios.iter().copied().fold(0.0, f64::max);
+                (low, high)
+            });
             rows.push(CollectiveRow {
                 layout: layout.to_string(),
-                op,
-                size,
-                lumen_usec: usec,
-                mpi_usec: baseline,
-                ratio: baseline.map(|b| usec / b),
+                op: op.clone(),
+                size: *size,
+                lumen_usec: median(&lumen),
+                mpi_usec: (!mpi.is_empty()).then(|| median(&mpi)),
+                ratio: (!ratios.is_empty()).then(|| median(&ratios)),
+                ratio_range: range,
+                rounds: lumen.len(),
             });
         }
     };
     for &ranks in &options.ranks {
-        let lumen = lumen_rows(ranks, options)?;
-        let mpi = if options.baseline {
-            mpi_rows(ranks, options).unwrap_or_else(|e| {
-                eprintln!("lumen bench: Open MPI baseline unavailable: {e:#}");
-                Vec::new()
-            })
-        } else {
-            Vec::new()
-        };
-        add(&format!("1x{ranks}"), lumen, &mpi);
+        // A B A B ...: each round runs Lumen, then Open MPI, inside the load check.
+        let (rounds, _loads) = crate::rounds::with_load_checks(
+            options.rounds,
+            || {
+                let lumen = lumen_rows(ranks, options)?;
+                let mpi = if options.baseline {
+                    mpi_rows(ranks, options).unwrap_or_else(|e| {
+                        eprintln!("lumen bench: Open MPI baseline unavailable: {e:#}");
+                        Vec::new()
+                    })
+                } else {
+                    Vec::new()
+                };
+                Ok((lumen, mpi))
+            },
+            || crate::rounds::wait_quiet(std::time::Duration::from_secs(5)),
+            crate::rounds::machine_busy,
+        )?;
+        add(&format!("1x{ranks}"), &rounds);
     }
     if options.netns {
         let (lumen, mpi) = netns_rows(options)?;
-        add("3x2-netns", lumen, &mpi);
+        add("3x2-netns", &[(lumen, mpi)]);
     }
     Ok(rows)
 }
@@ -367,8 +401,8 @@ pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<CollectiveRo
 /// Prints rows as a table.
 pub fn print_table(rows: &[CollectiveRow]) {
     println!(
-        "{:<10} {:<15} {:>9} {:>12} {:>12} {:>7}",
-        "layout", "op", "size", "lumen us", "open-mpi us", "ratio"
+        "{:<10} {:<15} {:>9} {:>12} {:>12} {:>7} {:>13} {:>6}",
+        "layout", "op", "size", "lumen us", "open-mpi us", "ratio", "range", "rounds"
     );
     for r in rows {
         let mpi = r
@@ -379,9 +413,13 @@ pub fn print_table(rows: &[CollectiveRow]) {
             .ratio
             .map(|x| format!("{x:.2}"))
             .unwrap_or_else(|| "n/a".into());
+        let range = r
+            .ratio_range
+            .map(|(low, high)| format!("{low:.2}-{high:.2}"))
+            .unwrap_or_else(|| "n/a".into());
         println!(
-            "{:<10} {:<15} {:>9} {:>12.2} {:>12} {:>7}",
-            r.layout, r.op, r.size, r.lumen_usec, mpi, ratio
+            "{:<10} {:<15} {:>9} {:>12.2} {:>12} {:>7} {:>13} {:>6}",
+            r.layout, r.op, r.size, r.lumen_usec, mpi, ratio, range, r.rounds
         );
     }
 }

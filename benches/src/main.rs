@@ -251,6 +251,11 @@ struct CollectivesBenchArgs {
     /// Also measure 3 network-namespace nodes x 2 ranks (root).
     #[arg(long)]
     netns: bool,
+    /// Alternating rounds of Lumen and Open MPI per one-node layout
+    /// (medians and the range of per-round ratios; the namespace layout
+    /// runs once).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -511,6 +516,7 @@ fn bench_collectives(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
         ops: args.ops,
         baseline: !args.no_baseline,
         netns: args.netns,
+        rounds: args.rounds,
     };
     let rows = collectives::run(&options)?;
     collectives::print_table(&rows);
