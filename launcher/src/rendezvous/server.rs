@@ -496,17 +496,7 @@ impl Loop {
                     }
                     Err(error) => {
                         tracing::warn!(rank, %error, "rendezvous: malformed request; closing the connection");
-                        let frame = ReplyFrame {
-                            id: 0,
-                            reply: Reply::Error {
-                                reason: format!("malformed request from rank {rank}: {error}"),
-                            },
-                        };
-                        self.queue_reply(key, &frame);
-                        if let Some(conn) = self.connections.get_mut(&key) {
-                            conn.closing = true;
-                        }
-                        self.finish_closing(key);
+                        self.refuse(key, format!("malformed request from rank {rank}: {error}"));
                     }
                 }
             }
@@ -522,15 +512,7 @@ impl Loop {
             Err(refusal) => {
                 let peer = conn.stream.peer_addr().ok();
                 tracing::warn!(rank, ?peer, %refusal, "rendezvous refused a connection");
-                conn.closing = true;
-                let frame = ReplyFrame {
-                    id: 0,
-                    reply: Reply::Error {
-                        reason: refusal.to_string(),
-                    },
-                };
-                self.queue_reply(key, &frame);
-                self.finish_closing(key);
+                self.refuse(key, refusal.to_string());
             }
             Ok(()) => {
                 conn.phase = Phase::Rank(rank);
@@ -544,6 +526,19 @@ impl Loop {
                 self.queue_reply(key, &frame);
             }
         }
+    }
+
+    /// Tells the peer why in an error reply, then closes once it is written.
+    fn refuse(&mut self, key: u64, reason: String) {
+        if let Some(conn) = self.connections.get_mut(&key) {
+            conn.closing = true;
+        }
+        let frame = ReplyFrame {
+            id: 0,
+            reply: Reply::Error { reason },
+        };
+        self.queue_reply(key, &frame);
+        self.finish_closing(key);
     }
 
     /// Sends each reply to its rank's connection (dropped for a rank that is gone).
