@@ -63,19 +63,24 @@ pub struct CollectivesBenchOptions {
     pub rounds: usize,
 }
 
-/// One measured row.
+/// One measured row, named as the other suites' rows are, so that
+/// `lumen-bench markdown` renders it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CollectiveRow {
     /// "1x2", "1x4" (nodes × ranks per node) or "3x2-netns".
     pub layout: String,
     /// Operation.
-    pub op: String,
+    pub test: String,
+    /// "us": the figures are average latencies.
+    pub unit: &'static str,
     /// Size in bytes.
     pub size: usize,
-    /// Lumen's average latency, µs.
-    pub lumen_usec: f64,
+    /// Lumen's average latency, µs (median over the rounds).
+    pub lumen: f64,
+    /// "open-mpi".
+    pub baseline_name: &'static str,
     /// Open MPI's, when it ran.
-    pub mpi_usec: Option<f64>,
+    pub baseline: Option<f64>,
     /// lumen / mpi (lower is better): the median of the per-round ratios.
     pub ratio: Option<f64>,
     /// Lowest and highest per-round ratio.
@@ -333,9 +338,15 @@ fn netns_rows(options: &CollectivesBenchOptions) -> anyhow::Result<NetnsRows> {
     Ok((super::parse_json_rows(&output.stdout)?, mpi))
 }
 
-/// `lumen bench collectives`.
-pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<CollectiveRow>> {
+/// How both sides are placed, for the report.
+const PLACEMENT: &str = "one node: N ranks, each pinned to a core when N <= cores (Lumen by its worker, Open MPI --bind-to core), else unpinned and yielding when idle on both sides; Open MPI pml ob1, btl self,vader. 3x2-netns: 6 ranks in 3 network namespaces joined by veth, unpinned, yielding, Open MPI adds btl tcp";
+
+/// `lumen bench collectives`: per layout, K rounds of Lumen then Open MPI
+/// inside the load check; each row gives the median latencies over the
+/// rounds, the median per-round ratio and its range.
+pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<crate::Report<CollectiveRow>> {
     let mut rows = Vec::new();
+    let mut loads = Vec::new();
     type Side = Vec<(String, usize, f64)>;
     let mut add = |layout: &str, rounds: &[(Side, Side)]| {
         use crate::rounds::median;
@@ -360,10 +371,12 @@ pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<CollectiveRo
             });
             rows.push(CollectiveRow {
                 layout: layout.to_string(),
-                op: op.clone(),
+                test: op.clone(),
+                unit: "us",
                 size: *size,
-                lumen_usec: median(&lumen),
-                mpi_usec: (!mpi.is_empty()).then(|| median(&mpi)),
+                lumen: median(&lumen),
+                baseline_name: "open-mpi",
+                baseline: (!mpi.is_empty()).then(|| median(&mpi)),
                 ratio: (!ratios.is_empty()).then(|| median(&ratios)),
                 ratio_range: range,
                 rounds: lumen.len(),
@@ -372,7 +385,7 @@ pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<CollectiveRo
     };
     for &ranks in &options.ranks {
         // A B A B ...: each round runs Lumen, then Open MPI, inside the load check.
-        let (rounds, _loads) = crate::rounds::with_load_checks(
+        let (rounds, round_loads) = crate::rounds::with_load_checks(
             options.rounds,
             || {
                 let lumen = lumen_rows(ranks, options)?;
@@ -390,12 +403,24 @@ pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<Vec<CollectiveRo
             crate::rounds::machine_busy,
         )?;
         add(&format!("1x{ranks}"), &rounds);
+        loads.push((format!("1x{ranks}"), round_loads));
     }
     if options.netns {
-        let (lumen, mpi) = netns_rows(options)?;
-        add("3x2-netns", &[(lumen, mpi)]);
+        // Each round builds the namespaces afresh and runs both sides in them.
+        let (rounds, round_loads) = crate::rounds::with_load_checks(
+            options.rounds,
+            || netns_rows(options),
+            || crate::rounds::wait_quiet(std::time::Duration::from_secs(5)),
+            crate::rounds::machine_busy,
+        )?;
+        add("3x2-netns", &rounds);
+        loads.push(("3x2-netns".to_string(), round_loads));
     }
-    Ok(rows)
+    Ok(crate::Report {
+        info: crate::rounds::RunInfo::now("collectives", PLACEMENT),
+        loads,
+        rows,
+    })
 }
 
 /// Prints rows as a table.
@@ -406,7 +431,7 @@ pub fn print_table(rows: &[CollectiveRow]) {
     );
     for r in rows {
         let mpi = r
-            .mpi_usec
+            .baseline
             .map(|m| format!("{m:.2}"))
             .unwrap_or_else(|| "n/a".into());
         let ratio = r
@@ -419,7 +444,7 @@ pub fn print_table(rows: &[CollectiveRow]) {
             .unwrap_or_else(|| "n/a".into());
         println!(
             "{:<10} {:<15} {:>9} {:>12.2} {:>12} {:>7} {:>13} {:>6}",
-            r.layout, r.op, r.size, r.lumen_usec, mpi, ratio, range, r.rounds
+            r.layout, r.test, r.size, r.lumen, mpi, ratio, range, r.rounds
         );
     }
 }

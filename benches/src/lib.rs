@@ -15,6 +15,7 @@
 //! | [`transport`](mod@transport) (+ [`netns`]) | `lumen bench transport` | Open MPI's OSU-style ping-pong ([`mpi`], `mpi/mpi_pingpong.c`); memcpy; raw sockets and iperf3 across network namespaces |
 //! | [`collectives`] | `lumen bench collectives` | Open MPI running `mpi/mpi_coll.c` |
 //! | [`runtime`] | `lumen bench runtime` (alias `core`) | Ray's microbenchmark rows (`ray/ray_micro.py`) |
+//! | [`startup`] | `lumen bench startup` | `mpirun -n N` of MPI_Init, a barrier, MPI_Finalize (`mpi/mpi_hello.c`) |
 //! | [`chaos`] | `lumen bench chaos` | nothing: fault-injection rounds (SIGKILLed workers during a DAG), counted |
 //!
 //! Reports are ratios (Lumen time / baseline time, so below 1.0 is better
@@ -57,6 +58,7 @@ pub mod objects;
 pub mod rounds;
 pub mod runtime;
 pub mod sched;
+pub mod startup;
 pub mod transport;
 
 use std::path::PathBuf;

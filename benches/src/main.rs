@@ -52,6 +52,9 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         update: Option<std::path::PathBuf>,
     },
+    /// Launch to ready and to exit of `lumen run -n N -- hello_ranks`
+    /// beside `mpirun -n N` (MPI_Init, a barrier, MPI_Finalize).
+    Startup(StartupBenchArgs),
     /// Fault injection for long runs: workers SIGKILLed during a 10k-task
     /// DAG, round after round; every result checked (RELIABILITY.md).
     Chaos(ChaosArgs),
@@ -200,6 +203,25 @@ struct ChaosArgs {
 }
 
 #[derive(Debug, Args)]
+struct StartupBenchArgs {
+    /// Rank counts, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![2u32, 8, 32, 128, 256])]
+    ranks: Vec<u32>,
+    /// Alternating rounds (Lumen, then mpirun) per rank count.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Run mpirun only up to this many ranks.
+    #[arg(long, default_value_t = 32)]
+    baseline_max_ranks: u32,
+    /// Skip the Open MPI baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct RuntimeBenchArgs {
     /// Worker processes of the embedded cluster (Ray: num_cpus).
     #[arg(long, default_value_t = 4)]
@@ -251,9 +273,9 @@ struct CollectivesBenchArgs {
     /// Also measure 3 network-namespace nodes x 2 ranks (root).
     #[arg(long)]
     netns: bool,
-    /// Alternating rounds of Lumen and Open MPI per one-node layout
-    /// (medians and the range of per-round ratios; the namespace layout
-    /// runs once).
+    /// Alternating rounds of Lumen and Open MPI per layout (medians and
+    /// the range of per-round ratios; with --netns each round builds the
+    /// namespaces afresh).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Also write the rows as JSON to this file.
@@ -338,6 +360,7 @@ fn main() -> ExitCode {
         Command::Worker(WorkerCommand::Objects(args)) => parse_sizes(&args.sizes)
             .and_then(|sizes| lumen_benches::objects::worker(&sizes).map(|()| ExitCode::SUCCESS)),
         Command::Chaos(args) => bench_chaos(args),
+        Command::Startup(args) => bench_startup(args),
         Command::Markdown { reports, update } => markdown(&reports, update.as_deref()),
         Command::Worker(WorkerCommand::ChaosRound {
             workers,
@@ -518,9 +541,23 @@ fn bench_collectives(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
         netns: args.netns,
         rounds: args.rounds,
     };
-    let rows = collectives::run(&options)?;
-    collectives::print_table(&rows);
-    write_json(args.json.as_deref(), &rows)
+    let report = collectives::run(&options)?;
+    report.info.print();
+    collectives::print_table(&report.rows);
+    write_json(args.json.as_deref(), &report)
+}
+
+fn bench_startup(args: StartupBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = lumen_benches::startup::StartupBenchOptions {
+        ranks: args.ranks,
+        rounds: args.rounds,
+        baseline_max_ranks: args.baseline_max_ranks,
+        baseline: !args.no_baseline,
+    };
+    let report = lumen_benches::startup::run(&options)?;
+    report.info.print();
+    lumen_benches::startup::print_table(&report.rows);
+    write_json(args.json.as_deref(), &report)
 }
 
 fn collectives_worker(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {

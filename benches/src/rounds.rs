@@ -379,10 +379,12 @@ pub fn markdown(report: &serde_json::Value, source: &str) -> anyhow::Result<Stri
     // The usual columns first, in this order (JSON objects come back with
     // their keys sorted), then any others.
     const FIRST: &[&str] = &[
+        "layout",
         "transport",
         "backend",
         "test",
         "unit",
+        "ranks",
         "size",
         "lumen",
         "baseline_name",
@@ -480,7 +482,15 @@ pub fn markdown_invocations(reports: &[(serde_json::Value, String)]) -> anyhow::
         );
     }
     out.push('\n');
-    let key_columns = ["transport", "backend", "test", "size", "baseline_name"];
+    let key_columns = [
+        "layout",
+        "transport",
+        "backend",
+        "test",
+        "ranks",
+        "size",
+        "baseline_name",
+    ];
     let key_of = |row: &serde_json::Value| -> Vec<String> {
         key_columns
             .iter()
