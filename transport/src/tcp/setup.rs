@@ -53,6 +53,9 @@ pub(crate) struct TcpDomain {
     pub(super) receiver: Option<JoinHandle<()>>,
     pub(super) acceptor: Option<JoinHandle<()>>,
     pub(super) backend_name: &'static str,
+    /// Written at shutdown: wakes the background receiver out of its wait
+    /// (the epoll receiver watches the other end under key 0).
+    pub(super) waker: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl TcpDomain {
@@ -207,6 +210,9 @@ impl TcpDomain {
             );
         }
         self.stop.store(true, Ordering::Release);
+        if let Some(waker) = &self.waker {
+            let _ = rustix::io::write(&**waker, &1u64.to_ne_bytes());
+        }
         // SAFETY: shutting down our own listening socket wakes the blocked accept.
         unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
         if let Some(h) = self.acceptor.take() {
@@ -282,11 +288,25 @@ impl TcpSetup {
         let backend_name = if uring.is_some() { "io_uring" } else { "epoll" };
         let receiver_stop = stop.clone();
         let readers = shared.readers().clone();
+        // Without a waker, shutdown waits out the receiver's 20 ms wait.
+        let waker = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map(Arc::new)
+        .map_err(|e| tracing::debug!("no shutdown waker for the TCP receiver: {e}"))
+        .ok();
+        let woken = waker.clone();
         let receiver = spawn_receiver(shared.rank(), move || match uring {
             Some(uring) => uring.run(weak, rx, receiver_stop, spin, (max_frame, max_message)),
-            None => {
-                background_receiver(weak, &readers, rx, receiver_stop, (max_frame, max_message))
-            }
+            None => background_receiver(
+                weak,
+                &readers,
+                rx,
+                receiver_stop,
+                woken,
+                (max_frame, max_message),
+            ),
         })?;
         Ok(Some(TcpDomain {
             peers: self.peers,
@@ -296,6 +316,7 @@ impl TcpSetup {
             receiver: Some(receiver),
             acceptor: Some(acceptor),
             backend_name,
+            waker,
         }))
     }
 }
@@ -432,6 +453,7 @@ pub(super) fn background_receiver(
     readers: &TcpReaders,
     rx: mpsc::Receiver<NewConnection>,
     stop: Arc<AtomicBool>,
+    woken: Option<Arc<std::os::fd::OwnedFd>>,
     (max_frame, max_message): (u32, u64),
 ) {
     let epoll = Epoll::new()
@@ -439,6 +461,12 @@ pub(super) fn background_receiver(
             tracing::error!("epoll unavailable ({e}): TCP peers are read only by waiting callers")
         })
         .ok();
+    // Key 0 (connections count from 1): readable once shutdown has begun.
+    if let (Some(epoll), Some(woken)) = (&epoll, &woken) {
+        if let Err(e) = epoll.add(woken.as_raw_fd(), 0) {
+            tracing::debug!("shutdown waker not watched ({e}): shutdown waits up to 20 ms");
+        }
+    }
     let mut conns: HashMap<u64, Arc<Connection>> = HashMap::new();
     let mut next_key = 1u64;
     let mut last_polls = u64::MAX;
@@ -491,6 +519,9 @@ pub(super) fn background_receiver(
             return;
         };
         for key in ready.drain(..) {
+            if key == 0 {
+                continue; // the shutdown waker: `stop` is set
+            }
             let Some(conn) = conns.get(&key) else {
                 continue;
             };
