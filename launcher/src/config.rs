@@ -6,6 +6,7 @@
 //! | `LUMEN_TCP_BACKEND` | [`tcp_backend`](Config::tcp_backend) | `auto` | `auto`, `uring` (or `io_uring`), `epoll` |
 //! | `LUMEN_TCP_IF` | [`tcp_interfaces`](Config::tcp_interfaces) | any | comma list of interface names (`ib0`) and subnets (`10.77.0.0/24`) |
 //! | `LUMEN_TCP_CONNS` | [`tcp_conns_per_peer`](Config::tcp_conns_per_peer) | 1 | 1 ..= 64 |
+//! | `LUMEN_TCP_CONNECT` | [`tcp_connect`](Config::tcp_connect) | `auto` | `auto` (eager up to 64 remote ranks, else lazy), `eager`, `lazy` |
 //! | `LUMEN_RENDEZVOUS_TIMEOUT_MS` | [`rendezvous_timeout`](Config::rendezvous_timeout) | 30000 | 1 ..= 86400000 |
 //! | `LUMEN_FAILURE_TIMEOUT_MS` | [`failure_timeout`](Config::failure_timeout) | 5000 | 0 (off) ..= 86400000 |
 //! | `LUMEN_SHM_RING_BYTES` | [`shm_ring_bytes`](Config::shm_ring_bytes) | 1 MiB | power of two, 4 KiB ..= 1 GiB |
@@ -32,7 +33,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use lumen_transport::{TcpBackend, TransportConfig};
+use lumen_transport::{TcpBackend, TcpConnect, TransportConfig};
 use thiserror::Error;
 
 /// `LUMEN_EAGER_LIMIT`.
@@ -43,6 +44,8 @@ pub const TCP_BACKEND_VAR: &str = "LUMEN_TCP_BACKEND";
 pub const TCP_IF_VAR: &str = "LUMEN_TCP_IF";
 /// `LUMEN_TCP_CONNS`.
 pub const TCP_CONNS_VAR: &str = "LUMEN_TCP_CONNS";
+/// `LUMEN_TCP_CONNECT`.
+pub const TCP_CONNECT_VAR: &str = "LUMEN_TCP_CONNECT";
 /// `LUMEN_RENDEZVOUS_TIMEOUT_MS`.
 pub const RENDEZVOUS_TIMEOUT_VAR: &str = "LUMEN_RENDEZVOUS_TIMEOUT_MS";
 /// `LUMEN_FAILURE_TIMEOUT_MS`.
@@ -61,6 +64,7 @@ pub const VARIABLES: &[&str] = &[
     TCP_BACKEND_VAR,
     TCP_IF_VAR,
     TCP_CONNS_VAR,
+    TCP_CONNECT_VAR,
     RENDEZVOUS_TIMEOUT_VAR,
     FAILURE_TIMEOUT_VAR,
     SHM_RING_BYTES_VAR,
@@ -113,6 +117,12 @@ pub enum ConfigError {
         /// The value.
         value: String,
     },
+    /// `LUMEN_TCP_CONNECT` names no known policy.
+    #[error("LUMEN_TCP_CONNECT={value:?} is not a connection policy; accepted: auto, eager, lazy")]
+    InvalidConnect {
+        /// The value.
+        value: String,
+    },
     /// An entry of `LUMEN_TCP_IF` is neither an interface name nor a subnet.
     #[error("LUMEN_TCP_IF entry {entry:?} is invalid ({reason}); accepted: comma list of interface names like `ib0` and subnets like `10.77.0.0/24`")]
     InvalidInterface {
@@ -139,6 +149,26 @@ pub fn parse_tcp_backend(value: &str) -> Result<TcpBackend, ConfigError> {
         "uring" | "io_uring" | "io-uring" => Ok(TcpBackend::Uring),
         "epoll" => Ok(TcpBackend::Epoll),
         _ => Err(ConfigError::InvalidBackend {
+            value: value.to_owned(),
+        }),
+    }
+}
+
+/// Parses a `LUMEN_TCP_CONNECT` value: `auto`, `eager`, `lazy`
+/// (case-insensitive).
+///
+/// ```
+/// use lumen_launcher::config::parse_tcp_connect;
+/// use lumen_transport::TcpConnect;
+/// assert_eq!(parse_tcp_connect("Lazy"), Ok(TcpConnect::Lazy));
+/// assert!(parse_tcp_connect("later").is_err());
+/// ```
+pub fn parse_tcp_connect(value: &str) -> Result<TcpConnect, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(TcpConnect::Auto),
+        "eager" => Ok(TcpConnect::Eager),
+        "lazy" => Ok(TcpConnect::Lazy),
+        _ => Err(ConfigError::InvalidConnect {
             value: value.to_owned(),
         }),
     }
@@ -231,6 +261,9 @@ pub struct Config {
     /// `LUMEN_TCP_CONNS`: TCP connections per peer; above 1, messages of 1 MiB
     /// and more are striped over all of them (`TransportConfig::tcp_conns`).
     pub tcp_conns_per_peer: u32,
+    /// `LUMEN_TCP_CONNECT`: whether ranks of different nodes connect all
+    /// at start or on first use (`TransportConfig::tcp_connect`).
+    pub tcp_connect: TcpConnect,
     /// `LUMEN_RENDEZVOUS_TIMEOUT_MS`: how long bootstrap waits for all ranks.
     pub rendezvous_timeout: Duration,
     /// `LUMEN_FAILURE_TIMEOUT_MS`: a rank silent this long (no message, no
@@ -258,6 +291,7 @@ impl Default for Config {
             tcp_backend: TcpBackend::Auto,
             tcp_interfaces: Vec::new(),
             tcp_conns_per_peer: 1,
+            tcp_connect: TcpConnect::Auto,
             rendezvous_timeout: Duration::from_millis(30_000),
             failure_timeout: Duration::from_millis(5_000),
             shm_ring_bytes: MIB as usize,
@@ -311,6 +345,9 @@ impl Config {
             let conns = parse_integer(TCP_CONNS_VAR, &value, 1, 64, "an integer from 1 to 64")?;
             // The range check above bounds it to 64.
             config.tcp_conns_per_peer = u32::try_from(conns).unwrap_or(1);
+        }
+        if let Some(value) = set(TCP_CONNECT_VAR) {
+            config.tcp_connect = parse_tcp_connect(&value)?;
         }
         let timeout_accepted = "milliseconds from 1 to 86400000";
         if let Some(value) = set(RENDEZVOUS_TIMEOUT_VAR) {
@@ -393,6 +430,7 @@ impl Config {
             tcp_backend: self.tcp_backend,
             tcp_bind,
             tcp_conns: self.tcp_conns_per_peer as usize,
+            tcp_connect: self.tcp_connect,
             connect_timeout: self.rendezvous_timeout,
             failure_timeout: (!self.failure_timeout.is_zero()).then_some(self.failure_timeout),
             max_message: self.max_message,
@@ -647,6 +685,7 @@ mod tests {
             (TCP_BACKEND_VAR, "io_uring"),
             (TCP_IF_VAR, "ib0, 10.77.0.0/24,fd00::/8,10.0.0.7"),
             (TCP_CONNS_VAR, "4"),
+            (TCP_CONNECT_VAR, "lazy"),
             (RENDEZVOUS_TIMEOUT_VAR, "120000"),
             (FAILURE_TIMEOUT_VAR, "500"),
             (SHM_RING_BYTES_VAR, "4M"),
@@ -666,6 +705,7 @@ mod tests {
                     InterfaceSelector::Subnet(ip("10.0.0.7"), 32),
                 ],
                 tcp_conns_per_peer: 4,
+                tcp_connect: TcpConnect::Lazy,
                 rendezvous_timeout: Duration::from_secs(120),
                 failure_timeout: Duration::from_millis(500),
                 shm_ring_bytes: 4 << 20,

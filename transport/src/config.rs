@@ -27,6 +27,22 @@ pub enum TcpBackend {
     Epoll,
 }
 
+/// When TCP connections between ranks of different nodes are opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpConnect {
+    /// [`Eager`](Self::Eager) up to 64 remote ranks, [`Lazy`](Self::Lazy)
+    /// above (see the `tcp` module's `connect` docs for why).
+    #[default]
+    Auto,
+    /// Every pair at setup: a dead peer shows up as a closed connection
+    /// even if this rank never talked to it.
+    Eager,
+    /// On first use: a rank's first send (or get) to a peer connects it;
+    /// a job opens only the connections its traffic needs. Needs
+    /// `tcp_conns == 1` (with bulk lanes setup stays eager).
+    Lazy,
+}
+
 /// Settings of one endpoint.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -66,6 +82,8 @@ pub struct TransportConfig {
     pub tcp_conns: usize,
     /// Smallest message striped over several connections.
     pub tcp_stripe_min: usize,
+    /// When connections to ranks of other nodes are opened.
+    pub tcp_connect: TcpConnect,
     /// How long setup waits for peers (segment attach, connections).
     pub connect_timeout: Duration,
     /// A TCP connection whose peer acknowledges nothing for this long is
@@ -92,6 +110,7 @@ impl Default for TransportConfig {
             tcp_zerocopy_min: 0,
             tcp_conns: 1,
             tcp_stripe_min: 1 << 20,
+            tcp_connect: TcpConnect::Auto,
             connect_timeout: Duration::from_secs(30),
             failure_timeout: None,
         }

@@ -88,10 +88,10 @@ pub type Rank = u32;
 pub const RESERVED_TAGS: u64 = 0xffff_0000_0000_0000;
 
 pub use auth::JobSecret;
-pub use config::{ConfigError, TcpBackend, TransportConfig};
+pub use config::{ConfigError, TcpBackend, TcpConnect, TransportConfig};
 pub use endpoint::{
     segment_name, Endpoint, EndpointBuilder, EndpointOptions, FabricRoute, Handler, Message,
-    PeerAddress, PollSession, RegionKey, RendezvousStats, Source, TransportError,
+    PeerAddress, PollSession, RegionKey, RendezvousStats, Source, TcpConnections, TransportError,
 };
 pub use shm::doorbell_rings;
 pub use sys::read_process_memory;

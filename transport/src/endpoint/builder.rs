@@ -259,6 +259,7 @@ impl EndpointBuilder {
             watches: super::shared::LocalWatches::new(watches),
             single_copy,
             tcp: Mutex::new(None),
+            tcp_connector: std::sync::OnceLock::new(),
             tcp_address: listen_addr,
             barrier_epoch: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -266,6 +267,7 @@ impl EndpointBuilder {
             tcp_readers: Arc::new(TcpReaders::default()),
             standby: Default::default(),
         });
+        let _ = shared.tcp_connector.set(tcp.connector());
         let receiver = tcp.start(&shared)?;
         *shared.tcp.lock().unwrap_or_else(|p| p.into_inner()) = receiver;
         Ok(Endpoint { shared })

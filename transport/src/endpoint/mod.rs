@@ -82,6 +82,17 @@ pub use crate::types::{
 };
 pub use builder::EndpointBuilder;
 
+/// What [`Endpoint::tcp_connections`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpConnections {
+    /// Remote ranks this rank can send to without connecting first.
+    pub connected: usize,
+    /// Connections this rank opened after setup, on first use.
+    pub opened_on_first_use: u64,
+    /// Connections peers opened toward this rank after setup, on first use.
+    pub accepted_on_first_use: u64,
+}
+
 /// A thread's turn at driving progress itself ([`Endpoint::begin_polling`]):
 /// while it lives, the progress thread stands by (naps, without spinning or
 /// sleeping on the doorbell, so senders make no wake-up call), the TCP
@@ -225,6 +236,19 @@ impl Endpoint {
             .as_ref()
             .map(TcpDomain::backend_name)
             .unwrap_or("none")
+    }
+
+    /// The TCP connections this rank holds toward ranks of other nodes.
+    pub fn tcp_connections(&self) -> TcpConnections {
+        let (connected, opened, accepted) = lock(&self.shared.tcp)
+            .as_ref()
+            .map(TcpDomain::connections)
+            .unwrap_or_default();
+        TcpConnections {
+            connected,
+            opened_on_first_use: opened,
+            accepted_on_first_use: accepted,
+        }
     }
 
     fn check_rank(&self, rank: Rank) -> Result<(), TransportError> {

@@ -81,10 +81,19 @@ impl Endpoint {
     }
 
     pub(super) fn remote(&self, dst: Rank) -> Result<Arc<TcpPeer>, TransportError> {
-        lock(&self.shared.tcp)
-            .as_ref()
-            .and_then(|t| t.peer(dst))
-            .ok_or(TransportError::PeerClosed { rank: dst })
+        let shared = &*self.shared;
+        match shared.tcp_connector.get() {
+            Some(connector) => connector.peer(dst).map_err(|e| match e {
+                // Connecting on first use failed: the rank is unreachable,
+                // which is what a closed connection would have said.
+                TransportError::Io { .. } | TransportError::Handshake { .. } => {
+                    shared.mark_peer(dst, PEER_DEAD, e.to_string());
+                    shared.peer_error(dst).unwrap_or(e)
+                }
+                other => other,
+            }),
+            None => Err(TransportError::PeerClosed { rank: dst }),
+        }
     }
 
     /// Pushes one record into ring (me → to), waiting for room. The caller

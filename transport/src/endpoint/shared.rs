@@ -128,6 +128,9 @@ pub(crate) struct Shared {
     pub(super) watches: LocalWatches,
     pub(super) single_copy: Vec<bool>,
     pub(super) tcp: Mutex<Option<TcpDomain>>,
+    /// The sending halves toward remote ranks (set once TCP is up): sends
+    /// take no lock to find them.
+    pub(super) tcp_connector: std::sync::OnceLock<Arc<crate::tcp::Connector>>,
     pub(super) tcp_address: SocketAddr,
     pub(super) barrier_epoch: AtomicU64,
     pub(super) closed: AtomicBool,

@@ -352,9 +352,9 @@ impl ConnState {
                 let reason = wire::decode_reason(true, &payload).unwrap_or_default();
                 tracing::debug!(peer = self.rank, "goodbye: {reason}");
                 self.goodbye = true;
-                if self.primary {
-                    shared.mark_peer(self.rank, PEER_DEPARTED, "closed its endpoint".into());
-                }
+                // On any connection: a peer that connected lazily says
+                // goodbye on each of its connections (see `connect`).
+                shared.mark_peer(self.rank, PEER_DEPARTED, "closed its endpoint".into());
             }
             other => return Err(format!("unexpected {other:?} frame after the handshake")),
         }

@@ -88,6 +88,8 @@
 //! # Layout
 //! - [`Inbox`]: what the readers hand their results to (the endpoint's
 //!   shared state implements it; this module never imports the endpoint);
+//! - `connect`: [`Connector`], who holds the sending half toward each
+//!   rank, and connecting on first use (`TcpConnect`);
 //! - `peer`: [`TcpPeer`], the sending half (vectored, zero-copy, striped writes);
 //! - `conn`: the read state of one connection (frame decoding, lanes);
 //! - `readers`: [`TcpReaders`], caller-driven reading and the hand-over to
@@ -97,11 +99,13 @@
 //! - `uring`: the optional io_uring receiver.
 
 mod conn;
+mod connect;
 mod peer;
 mod readers;
 mod setup;
 mod uring;
 
+pub(crate) use connect::Connector;
 pub(crate) use peer::TcpPeer;
 pub(crate) use readers::TcpReaders;
 pub(crate) use setup::TcpDomain;

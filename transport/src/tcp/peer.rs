@@ -34,6 +34,69 @@ pub(crate) struct TcpPeer {
     pub(super) stripe_min: usize,
     /// Sequence number of the next striped message to this peer.
     pub(super) next_stripe: AtomicU64,
+    /// Further connections with this peer that nothing is sent on (both
+    /// sides connected at once, see `connect`); only the goodbye goes out
+    /// on them.
+    pub(super) extras: Mutex<Vec<TcpStream>>,
+}
+
+impl TcpPeer {
+    /// The sending half over `stream` (and `lanes` for striping).
+    pub(super) fn new(
+        rank: Rank,
+        stream: TcpStream,
+        settings: &super::connect::PeerSettings,
+        lanes: Vec<Mutex<TcpStream>>,
+    ) -> Self {
+        let mut zerocopy_min = settings.zerocopy_min;
+        if zerocopy_min > 0 {
+            if let Err(e) = crate::sys::enable_zerocopy(stream.as_raw_fd()) {
+                tracing::info!(peer = rank, "zero-copy send unavailable ({e}); copying");
+                zerocopy_min = 0;
+            }
+        }
+        TcpPeer {
+            rank,
+            stream: Mutex::new(stream),
+            zerocopy_min,
+            zc_sent: AtomicU64::new(0),
+            zc_done: AtomicU64::new(0),
+            lanes,
+            stripe_min: settings.stripe_min.max(1),
+            next_stripe: AtomicU64::new(0),
+            extras: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Keeps a further connection's writing half for the goodbye.
+    pub(super) fn add_extra(&self, stream: TcpStream) {
+        self.extras
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stream);
+    }
+
+    /// Sends `payload` as a goodbye on every connection to this peer.
+    pub(super) fn goodbye(&self, header: &FrameHeader, payload: &[u8]) {
+        let _ = self.send_control(header, payload);
+        let encoded = header.encode();
+        for extra in self
+            .extras
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            let _ = write_all(extra, &mut [IoSlice::new(&encoded), IoSlice::new(payload)]);
+        }
+    }
+
+    /// Shuts every connection to this peer down.
+    pub(super) fn shutdown(&self) {
+        let _ = self.lock().shutdown(std::net::Shutdown::Both);
+        for extra in self.extras.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = extra.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Writes header and payload with `MSG_ZEROCOPY`, counting each send call.

@@ -12,22 +12,28 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::TcpBackend;
+use crate::config::{TcpBackend, TcpConnect};
 use crate::error::TransportError;
 use crate::frame::{FrameHeader, FrameKind};
 use crate::handshake;
-use crate::sys::{enable_zerocopy, Epoll};
+use crate::sys::Epoll;
 use crate::types::{EndpointOptions, PeerAddress, Rank, Route};
 use crate::wire::{self};
 
 use super::conn::{ConnState, NewConnection};
+use super::connect::{Connector, PeerSettings, Registrar};
 use super::peer::TcpPeer;
 use super::readers::{Connection, TcpReaders, SCRATCH_BYTES};
 use super::Inbox;
+
+/// With `TcpConnect::Auto`, more remote ranks than this connect on first
+/// use (see `connect`): below it, connecting all at start costs little and
+/// every peer's death shows up as a closed connection.
+pub(crate) const LAZY_ABOVE: usize = 64;
 
 /// Connections made at setup, before the receiver runs.
 pub(crate) struct TcpSetup {
@@ -35,7 +41,7 @@ pub(crate) struct TcpSetup {
     pub(super) spin: Duration,
     pub(super) max_frame: u32,
     pub(super) max_message: u64,
-    pub(super) peers: HashMap<Rank, Arc<TcpPeer>>,
+    pub(super) connector: Arc<Connector>,
     pub(super) read_sides: Vec<NewConnection>,
     pub(super) listener: TcpListener,
     pub(super) job_id: String,
@@ -46,7 +52,7 @@ pub(crate) struct TcpSetup {
 
 /// The running TCP side of an endpoint.
 pub(crate) struct TcpDomain {
-    pub(super) peers: HashMap<Rank, Arc<TcpPeer>>,
+    pub(super) connector: Arc<Connector>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) listener_fd: RawFd,
     pub(super) _listener: TcpListener,
@@ -75,7 +81,40 @@ impl TcpDomain {
             .filter(|(_, r)| matches!(r, Route::Remote))
             .map(|(i, _)| i as Rank)
             .collect();
-        let expected: Vec<Rank> = remote.iter().copied().filter(|&r| r < me).collect();
+        let lazy = match options.config.tcp_connect {
+            TcpConnect::Eager => false,
+            TcpConnect::Lazy => true,
+            TcpConnect::Auto => remote.len() > LAZY_ABOVE,
+        };
+        let lazy = if lazy && conns > 1 {
+            tracing::info!(
+                "connecting on first use does not open bulk lanes (LUMEN_TCP_CONNS={conns}): connecting every peer at start"
+            );
+            false
+        } else {
+            lazy
+        };
+        let settings = PeerSettings {
+            zerocopy_min: options.config.tcp_zerocopy_min,
+            stripe_min: options.config.tcp_stripe_min,
+            failure_timeout: options.config.failure_timeout,
+            connect_timeout: timeout,
+            tune_malloc: options
+                .config
+                .tune_malloc
+                .then_some(options.config.max_frame as usize),
+        };
+        // Lazily, nobody is connected now: connections open on first use.
+        let expected: Vec<Rank> = if lazy {
+            Vec::new()
+        } else {
+            remote.iter().copied().filter(|&r| r < me).collect()
+        };
+        let initiate: Vec<Rank> = if lazy {
+            Vec::new()
+        } else {
+            remote.iter().copied().filter(|&r| r > me).collect()
+        };
         let accept_thread = {
             let listener = listener.try_clone().map_err(|source| TransportError::Io {
                 context: "cloning the listener".into(),
@@ -91,7 +130,7 @@ impl TcpDomain {
         // The first connection to a rank is its primary one; the acceptor
         // tells them apart by order, as each handshake completes before the
         // next connection opens.
-        for &r in remote.iter().filter(|&&r| r > me) {
+        for &r in &initiate {
             let addr = peers[r as usize].tcp;
             for _ in 0..conns {
                 let mut stream =
@@ -148,26 +187,7 @@ impl TcpDomain {
                 continue;
             };
             let read = clone(&stream)?;
-            let mut zerocopy_min = options.config.tcp_zerocopy_min;
-            if zerocopy_min > 0 {
-                if let Err(e) = enable_zerocopy(stream.as_raw_fd()) {
-                    tracing::info!(peer = rank, "zero-copy send unavailable ({e}); copying");
-                    zerocopy_min = 0;
-                }
-            }
-            peer_map.insert(
-                rank,
-                Arc::new(TcpPeer {
-                    rank,
-                    stream: Mutex::new(stream),
-                    zerocopy_min,
-                    zc_sent: AtomicU64::new(0),
-                    zc_done: AtomicU64::new(0),
-                    lanes,
-                    stripe_min: options.config.tcp_stripe_min.max(1),
-                    next_stripe: AtomicU64::new(0),
-                }),
-            );
+            peer_map.insert(rank, Arc::new(TcpPeer::new(rank, stream, &settings, lanes)));
             read_sides.push(NewConnection {
                 rank,
                 stream: read,
@@ -175,12 +195,27 @@ impl TcpDomain {
                 lane: false,
             });
         }
+        let connector = Arc::new(Connector {
+            me,
+            job_id: options.job_id.clone(),
+            secret: options.secret.clone(),
+            addresses: peers.iter().map(|p| p.tcp).collect(),
+            remote: routes.iter().map(|r| matches!(r, Route::Remote)).collect(),
+            lazy,
+            settings,
+            peers: RwLock::new(peer_map),
+            connecting: Mutex::new(()),
+            registrar: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            opened: AtomicU64::new(0),
+            adopted: AtomicU64::new(0),
+        });
         Ok(TcpSetup {
             backend: options.config.tcp_backend,
             spin: options.config.spin,
             max_frame: options.config.max_frame,
             max_message: options.config.max_message,
-            peers: peer_map,
+            connector,
             read_sides,
             listener,
             job_id: options.job_id.clone(),
@@ -191,8 +226,14 @@ impl TcpDomain {
     }
 
     /// The sending half toward `rank`.
-    pub(crate) fn peer(&self, rank: Rank) -> Option<Arc<TcpPeer>> {
-        self.peers.get(&rank).cloned()
+    /// Connections this rank holds for sending, and those it opened and
+    /// accepted after setup (on first use).
+    pub(crate) fn connections(&self) -> (usize, u64, u64) {
+        (
+            self.connector.connected(),
+            self.connector.opened.load(Ordering::Relaxed),
+            self.connector.adopted.load(Ordering::Relaxed),
+        )
     }
 
     /// "io_uring" or "epoll".
@@ -203,8 +244,17 @@ impl TcpDomain {
     /// Says goodbye to every peer and stops the threads.
     pub(crate) fn shutdown(mut self, me: Rank) {
         let goodbye = wire::encode_reason(true, "endpoint closed");
-        for peer in self.peers.values() {
-            let _ = peer.send_control(
+        self.connector.closed.store(true, Ordering::Release);
+        // Taken after `closed`: a connect in progress finishes first.
+        drop(
+            self.connector
+                .connecting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let peers = self.connector.all();
+        for peer in &peers {
+            peer.goodbye(
                 &FrameHeader::control(FrameKind::Goodbye, me, goodbye.len() as u32),
                 &goodbye,
             );
@@ -221,14 +271,19 @@ impl TcpDomain {
         if let Some(h) = self.receiver.take() {
             let _ = h.join();
         }
-        for peer in self.peers.values() {
-            let _ = peer.lock().shutdown(std::net::Shutdown::Both);
+        for peer in &peers {
+            peer.shutdown();
             tracing::trace!(peer = peer.rank, "connection shut down");
         }
     }
 }
 
 impl TcpSetup {
+    /// Who holds the sending halves (shared with the running domain).
+    pub(crate) fn connector(&self) -> Arc<Connector> {
+        self.connector.clone()
+    }
+
     /// Starts the acceptor and receiver threads; `None` when there is nothing remote
     /// and nothing can arrive.
     pub(crate) fn start<I: Inbox + 'static>(
@@ -240,6 +295,24 @@ impl TcpSetup {
         for conn in self.read_sides {
             let _ = tx.send(conn);
         }
+        // Without a waker, shutdown and connections made after setup wait
+        // out the receiver's 20 ms wait.
+        let waker = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map(Arc::new)
+        .map_err(|e| tracing::debug!("no waker for the TCP receiver: {e}"))
+        .ok();
+        let woken = waker.clone();
+        *self
+            .connector
+            .registrar
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Registrar {
+            tx: tx.clone(),
+            waker: waker.clone(),
+        });
         let listener_fd = self.listener.as_raw_fd();
         let acceptor = {
             let listener = self
@@ -256,9 +329,13 @@ impl TcpSetup {
                 self.size,
                 stop.clone(),
             );
+            let connector = self.connector.clone();
             std::thread::Builder::new()
                 .name(format!("lumen-accept-{rank}"))
-                .spawn(move || accept_late(listener, &job_id, rank, size, &secret, tx, &stop))
+                .spawn(move || {
+                    let me = (rank, size);
+                    accept_late(listener, &job_id, me, &secret, tx, &connector, &stop)
+                })
                 .map_err(|source| TransportError::Io {
                     context: "starting the accept thread".into(),
                     source,
@@ -288,15 +365,6 @@ impl TcpSetup {
         let backend_name = if uring.is_some() { "io_uring" } else { "epoll" };
         let receiver_stop = stop.clone();
         let readers = shared.readers().clone();
-        // Without a waker, shutdown waits out the receiver's 20 ms wait.
-        let waker = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )
-        .map(Arc::new)
-        .map_err(|e| tracing::debug!("no shutdown waker for the TCP receiver: {e}"))
-        .ok();
-        let woken = waker.clone();
         let receiver = spawn_receiver(shared.rank(), move || match uring {
             Some(uring) => uring.run(weak, rx, receiver_stop, spin, (max_frame, max_message)),
             None => background_receiver(
@@ -309,7 +377,7 @@ impl TcpSetup {
             ),
         })?;
         Ok(Some(TcpDomain {
-            peers: self.peers,
+            connector: self.connector,
             stop,
             listener_fd,
             _listener: self.listener,
@@ -405,10 +473,10 @@ pub(super) fn accept_expected(
 pub(super) fn accept_late(
     listener: TcpListener,
     job_id: &str,
-    me: Rank,
-    size: u32,
+    (me, size): (Rank, u32),
     secret: &crate::auth::JobSecret,
     tx: mpsc::Sender<NewConnection>,
+    connector: &Connector,
     stop: &AtomicBool,
 ) {
     let _ = listener.set_nonblocking(false);
@@ -423,6 +491,19 @@ pub(super) fn accept_late(
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
         match handshake::accept(&mut stream, job_id, me, secret) {
+            Ok(rank) if rank < size && rank != me && connector.lazy => {
+                let _ = stream.set_read_timeout(None);
+                let _ = stream.set_nodelay(true);
+                connector.adopted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    peer = rank,
+                    "accepted a connection on first use from {from}"
+                );
+                if let Err(e) = connector.adopt(rank, stream) {
+                    tracing::debug!(peer = rank, "could not adopt its connection: {e}");
+                    return; // the endpoint is closing
+                }
+            }
             Ok(rank) if rank < size && rank != me => {
                 let _ = stream.set_read_timeout(None);
                 tracing::info!(peer = rank, "accepted an extra connection from {from}");
@@ -520,7 +601,12 @@ pub(super) fn background_receiver(
         };
         for key in ready.drain(..) {
             if key == 0 {
-                continue; // the shutdown waker: `stop` is set
+                // The waker: shutdown began, or connections are waiting in `rx`.
+                if let Some(woken) = &woken {
+                    let mut count = [0u8; 8];
+                    let _ = rustix::io::read(&**woken, &mut count);
+                }
+                continue;
             }
             let Some(conn) = conns.get(&key) else {
                 continue;

@@ -41,6 +41,25 @@ pub fn job_with_config(
     base: TransportConfig,
     body: impl Fn(Endpoint, JobInfo) + Send + Sync + 'static,
 ) {
+    job_inner(nodes, base, true, body)
+}
+
+/// As [`job_with_config`], without the barrier and close after `body`:
+/// the body ends its endpoint itself (or drops it).
+pub fn job_raw(
+    nodes: &[u32],
+    base: TransportConfig,
+    body: impl Fn(Endpoint, JobInfo) + Send + Sync + 'static,
+) {
+    job_inner(nodes, base, false, body)
+}
+
+fn job_inner(
+    nodes: &[u32],
+    base: TransportConfig,
+    finish: bool,
+    body: impl Fn(Endpoint, JobInfo) + Send + Sync + 'static,
+) {
     let size = nodes.len() as u32;
     let job_id = format!("t{}x{}", std::process::id(), rand_suffix());
     let secret = JobSecret::random();
@@ -62,7 +81,7 @@ pub fn job_with_config(
                 let node = nodes[rank as usize];
                 let local: Vec<u32> = (0..size).filter(|&r| nodes[r as usize] == node).collect();
                 let config = TransportConfig {
-                    connect_timeout: Duration::from_secs(10),
+                    connect_timeout: base.connect_timeout.min(Duration::from_secs(10)),
                     ..base
                 };
                 let options = EndpointOptions {
@@ -98,8 +117,10 @@ pub fn job_with_config(
                     addresses: peers.clone(),
                 };
                 body(endpoint.clone(), info);
-                endpoint.barrier().unwrap();
-                endpoint.close();
+                if finish {
+                    endpoint.barrier().unwrap();
+                    endpoint.close();
+                }
             })
         })
         .collect();
