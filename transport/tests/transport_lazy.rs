@@ -22,12 +22,11 @@ const SIZES: &[usize] = &[0, 8, 4096, 300_000, 4 << 20];
 
 #[test]
 fn lazy_all_to_all_four_nodes() {
-    job_with_config(&[0, 1, 2, 3], lazy(), |ep, _| {
-        assert_eq!(
-            ep.tcp_connections().connected,
-            0,
-            "nothing is connected before the first send"
-        );
+    let before = Arc::new(Barrier::new(4));
+    job_with_config(&[0, 1, 2, 3], lazy(), move |ep, _| {
+        let connections = ep.tcp_connections();
+        before.wait(); // every rank has counted before any sends
+        assert_eq!(connections.connected, 0, "nothing is connected before the first send");
         let (me, n) = (ep.rank(), ep.size());
         for (round, &len) in SIZES.iter().enumerate() {
             let tag = 100 + round as u64;
@@ -62,7 +61,10 @@ fn lazy_all_to_all_four_nodes() {
 #[test]
 fn lazy_ring_opens_only_what_it_uses() {
     let nodes: Vec<u32> = (0..6).collect();
-    job_with_config(&nodes, lazy(), |ep, _| {
+    // Counted while every rank is between its exchange and the harness's
+    // closing barrier (which connects further peers).
+    let counted = Arc::new(Barrier::new(nodes.len()));
+    job_with_config(&nodes, lazy(), move |ep, _| {
         let (me, n) = (ep.rank(), ep.size());
         let next = (me + 1) % n;
         let prev = (me + n - 1) % n;
@@ -73,9 +75,12 @@ fn lazy_ring_opens_only_what_it_uses() {
             let m = ep.recv(Source::Rank(prev), 5).unwrap();
             assert_eq!(m.data, i.to_le_bytes(), "out of order from {prev}");
         }
+        counted.wait();
+        let connections = ep.tcp_connections();
+        counted.wait();
         // The one it opened toward `next`, and the one `prev` opened toward it.
         assert_eq!(
-            ep.tcp_connections(),
+            connections,
             TcpConnections {
                 connected: 2,
                 opened_on_first_use: 1,

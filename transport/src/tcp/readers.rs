@@ -80,6 +80,8 @@ pub(crate) struct TcpReaders {
     pub(super) stripes: Mutex<HashMap<Rank, PeerStripes>>,
     /// Messages held in all of `stripes` (0: deliveries skip the lock).
     pub(super) held: AtomicUsize,
+    /// The io_uring receiver's ring, when that backend runs: callers reap it.
+    pub(super) uring: std::sync::OnceLock<Arc<super::uring::UringCore>>,
 }
 
 impl TcpReaders {
@@ -87,6 +89,10 @@ impl TcpReaders {
     #[inline]
     pub(crate) fn active(&self) -> bool {
         self.count.load(Ordering::Relaxed) > 0
+            || self
+                .uring
+                .get()
+                .is_some_and(|u| u.count.load(Ordering::Relaxed) > 0)
     }
 
     /// Caller-driven progress: reads every connection no other thread is reading.
@@ -95,6 +101,10 @@ impl TcpReaders {
             return false;
         }
         self.polls.fetch_add(1, Ordering::Relaxed);
+        if let Some(uring) = self.uring.get() {
+            // Reaping runs no handler, so no re-entry guard is needed.
+            return uring.progress(shared, false, true);
+        }
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         SCRATCH.with(|scratch| {
             let Ok(mut scratch) = scratch.try_borrow_mut() else {

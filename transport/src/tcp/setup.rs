@@ -38,7 +38,6 @@ pub(crate) const LAZY_ABOVE: usize = 64;
 /// Connections made at setup, before the receiver runs.
 pub(crate) struct TcpSetup {
     pub(super) backend: TcpBackend,
-    pub(super) spin: Duration,
     pub(super) max_frame: u32,
     pub(super) max_message: u64,
     pub(super) connector: Arc<Connector>,
@@ -212,7 +211,6 @@ impl TcpDomain {
         });
         Ok(TcpSetup {
             backend: options.config.tcp_backend,
-            spin: options.config.spin,
             max_frame: options.config.max_frame,
             max_message: options.config.max_message,
             connector,
@@ -269,7 +267,11 @@ impl TcpDomain {
             let _ = h.join();
         }
         if let Some(h) = self.receiver.take() {
-            let _ = h.join();
+            // The receiver itself ends the endpoint when it drops the last
+            // reference (an endpoint dropped without `close`).
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
         }
         for peer in &peers {
             peer.shutdown();
@@ -342,13 +344,13 @@ impl TcpSetup {
                 })?
         };
         let weak: Weak<dyn Inbox> = Arc::downgrade(shared) as Weak<dyn Inbox>;
-        let (spin, max_frame, max_message) = (self.spin, self.max_frame, self.max_message);
+        let (max_frame, max_message) = (self.max_frame, self.max_message);
         let uring = match self.backend {
             // Caller-driven reading measured faster than the io_uring thread
             // (module docs), so only an explicit choice gets io_uring.
             TcpBackend::Epoll | TcpBackend::Auto => None,
-            choice => match super::uring::UringReceiver::new() {
-                Ok(uring) => Some(uring),
+            choice => match super::uring::UringCore::new() {
+                Ok(uring) => Some(Arc::new(uring)),
                 Err(e) if choice == TcpBackend::Uring => {
                     return Err(TransportError::Io {
                         context: "io_uring was requested (LUMEN_TCP_BACKEND=uring) but refused"
@@ -365,8 +367,18 @@ impl TcpSetup {
         let backend_name = if uring.is_some() { "io_uring" } else { "epoll" };
         let receiver_stop = stop.clone();
         let readers = shared.readers().clone();
+        if let Some(uring) = &uring {
+            let _ = readers.uring.set(uring.clone());
+        }
         let receiver = spawn_receiver(shared.rank(), move || match uring {
-            Some(uring) => uring.run(weak, rx, receiver_stop, spin, (max_frame, max_message)),
+            Some(uring) => uring.run(
+                weak,
+                &readers,
+                rx,
+                receiver_stop,
+                woken,
+                (max_frame, max_message),
+            ),
             None => background_receiver(
                 weak,
                 &readers,

@@ -1,17 +1,33 @@
-//! The io_uring TCP receiver: one multishot receive per connection, fed from a
-//! ring of provided buffers (kernel 6.0+), so an idle connection holds no
-//! buffer and a busy one needs no re-arming per read.
+//! The io_uring TCP receiver, caller-driven: one multishot receive per
+//! connection, fed from a ring of provided buffers (kernel 6.0+), so an
+//! idle connection holds no buffer and a busy one needs no re-arming per
+//! read.
 //!
-//! While data flowed within the last `spin` interval the thread peeks the
-//! completion queue without a syscall (a blocking wake-up costs ~25 µs here,
-//! a busy poll ~3 µs); after that it blocks in `io_uring_enter` with a 20 ms
-//! timeout so it can notice new connections and shutdown.
+//! Whoever waits reaps: a thread spinning in `recv`, `get` or a send loop
+//! takes the ring's lock with `try_lock` ([`UringCore::progress`], called
+//! from [`super::TcpReaders::poll`]) and reads the completion queue, which
+//! is memory shared with the kernel: no syscall per poll. The background
+//! thread does the same when no caller polls, blocking in `io_uring_enter`
+//! (GETEVENTS) without holding the lock.
+//!
+//! The kernel runs a multishot receive's copy as task work of the thread
+//! that submitted it, so who arms a connection matters: a connection is
+//! armed by the first waiting caller that polls it, and the background
+//! thread arms only what no caller armed within [`ADOPT_AFTER`] (a rank
+//! that computes and never calls in). A request whose thread exited ends
+//! with `ECANCELED` and is armed again by the next holder; bytes are never
+//! lost (they stay in the socket) nor reordered (one request per
+//! connection at a time, its completions reaped in order under the lock).
+//!
+//! An eventfd is polled through the ring (key [`WAKE_KEY`]): shutdown and
+//! new connections wake the background thread at once.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types, IoUring};
@@ -22,6 +38,10 @@ use super::Inbox;
 const BUFFER_GROUP: u16 = 7;
 const ENTRIES: u16 = 64;
 const BUFFER_BYTES: usize = 256 * 1024;
+/// The user data of the waker's poll.
+const WAKE_KEY: u64 = 0;
+/// The background thread arms connections no caller armed for this long.
+const ADOPT_AFTER: Duration = Duration::from_millis(5);
 
 /// Provided-buffer ring memory (page-aligned anonymous mapping) and the buffers.
 struct BufferRing {
@@ -96,13 +116,31 @@ impl Drop for BufferRing {
     }
 }
 
-/// A ready io_uring instance with its buffer ring registered.
-pub(crate) struct UringReceiver {
+/// The ring, its buffers and its connections, shared by every thread that
+/// reaps (see the module docs).
+pub(crate) struct UringCore {
     ring: IoUring,
-    buffers: BufferRing,
+    state: Mutex<UringState>,
+    /// Connections known to the ring (callers poll while it is above 0).
+    pub(super) count: AtomicUsize,
+    /// Unarmed connections wait for a caller (or the background thread).
+    unarmed_since: Mutex<Option<Instant>>,
 }
 
-impl UringReceiver {
+struct UringState {
+    buffers: BufferRing,
+    conns: HashMap<u64, ConnState>,
+    unarmed: Vec<u64>,
+    next_key: u64,
+    wake_armed: bool,
+    completions: Vec<(u64, i32, u32)>,
+}
+
+// SAFETY: the ring's queues are only touched under `state`'s lock (or, for
+// `io_uring_enter` without submissions, not at all from user space).
+unsafe impl Sync for UringCore {}
+
+impl UringCore {
     /// Sets up the ring; fails where io_uring or provided-buffer rings are refused.
     pub(crate) fn new() -> io::Result<Self> {
         let ring = IoUring::new(256)?;
@@ -117,61 +155,197 @@ impl UringReceiver {
                 0,
             )?;
         }
-        Ok(UringReceiver { ring, buffers })
+        Ok(UringCore {
+            ring,
+            state: Mutex::new(UringState {
+                buffers,
+                conns: HashMap::new(),
+                unarmed: Vec::new(),
+                next_key: 1,
+                wake_armed: false,
+                completions: Vec::with_capacity(64),
+            }),
+            count: AtomicUsize::new(0),
+            unarmed_since: Mutex::new(None),
+        })
     }
 
-    fn arm(&mut self, key: u64, fd: i32) -> bool {
-        let entry = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
-            .build()
-            .user_data(key);
-        // SAFETY: the fd stays open while its ConnState lives in `conns`; the
-        // buffers belong to the registered group.
-        let pushed = unsafe { self.ring.submission().push(&entry).is_ok() };
-        if !pushed {
-            let _ = self.ring.submit();
-            // SAFETY: as above.
-            return unsafe { self.ring.submission().push(&entry).is_ok() };
+    fn push(&self, entry: &io_uring::squeue::Entry) -> bool {
+        // SAFETY: called under `state`'s lock, the only place entries are
+        // pushed; the entry's fd and buffers outlive the request (see `arm`).
+        let pushed = unsafe { self.ring.submission_shared().push(entry).is_ok() };
+        if pushed {
+            return true;
         }
-        true
+        let _ = self.ring.submit();
+        // SAFETY: as above.
+        unsafe { self.ring.submission_shared().push(entry).is_ok() }
     }
 
-    /// The receiver loop.
+    /// Takes a connection in; a caller (or the background thread) arms it.
+    fn insert(&self, state: &mut UringState, conn: NewConnection, limits: (u32, u64)) {
+        let key = state.next_key;
+        state.next_key += 1;
+        state.conns.insert(key, ConnState::new(conn, limits.0, limits.1));
+        state.unarmed.push(key);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut since = self.unarmed_since.lock().unwrap_or_else(|p| p.into_inner());
+        since.get_or_insert_with(Instant::now);
+    }
+
+    /// Arms every unarmed connection from this thread; true when it submitted.
+    fn arm_all(&self, state: &mut UringState) -> bool {
+        if state.unarmed.is_empty() {
+            return false;
+        }
+        let mut any = false;
+        for key in std::mem::take(&mut state.unarmed) {
+            let Some(fd) = state.conns.get(&key).map(ConnState::fd) else {
+                continue;
+            };
+            let entry = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
+                .build()
+                .user_data(key);
+            // The fd stays open while its ConnState lives in `conns` (a
+            // closed one is removed only after its last completion).
+            if self.push(&entry) {
+                any = true;
+            } else {
+                state.unarmed.push(key);
+            }
+        }
+        if state.unarmed.is_empty() {
+            *self.unarmed_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        any
+    }
+
+    /// Reaps completions (and arms what waits, when `arm`); true when
+    /// bytes were handled. `blocking` takes the lock instead of trying it.
+    pub(crate) fn progress(&self, shared: &dyn Inbox, blocking: bool, arm: bool) -> bool {
+        let mut state = if blocking {
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
+        } else {
+            match self.state.try_lock() {
+                Ok(state) => state,
+                Err(_) => return false, // another thread reaps
+            }
+        };
+        let state = &mut *state;
+        if arm && self.arm_all(state) {
+            let _ = self.ring.submit();
+        }
+        let mut completions = std::mem::take(&mut state.completions);
+        completions.clear();
+        // SAFETY: the completion queue is only read under `state`'s lock.
+        completions.extend(
+            unsafe { self.ring.completion_shared() }.map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        let progressed = !completions.is_empty();
+        for &(key, result, flags) in &completions {
+            if key == WAKE_KEY {
+                if !cqueue::more(flags) {
+                    state.wake_armed = false;
+                }
+                continue;
+            }
+            let Some(conn) = state.conns.get_mut(&key) else {
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    state.buffers.provide(bid);
+                }
+                continue;
+            };
+            let outcome = if result == -libc::ENOBUFS || result == -libc::ECANCELED {
+                // Every buffer in use, or the arming thread exited: arm again.
+                None
+            } else if result < 0 {
+                Some(format!("failed: {}", io::Error::from_raw_os_error(-result)))
+            } else if result == 0 {
+                Some("closed without a goodbye".to_string())
+            } else if let Some(bid) = cqueue::buffer_select(flags) {
+                let fed = conn.feed(shared, state.buffers.buffer(bid, result as usize));
+                state.buffers.provide(bid);
+                fed.err().map(|e| {
+                    tracing::error!(peer = conn.rank, "malformed data, closing the connection: {e}");
+                    format!("sent malformed data ({e})")
+                })
+            } else {
+                Some("completion without a buffer".to_string())
+            };
+            match outcome {
+                Some(why) => {
+                    conn.closed(shared, &why);
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                    if !cqueue::more(flags) {
+                        state.conns.remove(&key);
+                        self.count.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                None if !cqueue::more(flags) => {
+                    state.unarmed.push(key);
+                    let mut since = self.unarmed_since.lock().unwrap_or_else(|p| p.into_inner());
+                    since.get_or_insert_with(Instant::now);
+                }
+                None => {}
+            }
+        }
+        state.completions = completions;
+        if arm && self.arm_all(state) {
+            let _ = self.ring.submit();
+        }
+        progressed
+    }
+
+    /// True when connections have waited unarmed longer than [`ADOPT_AFTER`].
+    fn unarmed_too_long(&self) -> bool {
+        self.unarmed_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() >= ADOPT_AFTER)
+    }
+
+    /// The background receiver: registers new connections, keeps the
+    /// waker's poll armed, and reaps whenever no caller polls.
     pub(crate) fn run(
-        mut self,
+        self: Arc<Self>,
         shared: Weak<dyn Inbox>,
+        readers: &super::TcpReaders,
         rx: mpsc::Receiver<NewConnection>,
         stop: Arc<AtomicBool>,
-        spin: Duration,
-        (max_frame, max_message): (u32, u64),
+        waker: Option<Arc<OwnedFd>>,
+        limits: (u32, u64),
     ) {
-        let mut conns: HashMap<u64, ConnState> = HashMap::new();
-        let mut next_key = 1u64;
-        let mut last_activity = Instant::now();
-        let mut completions = Vec::with_capacity(64);
-        let mut rearm = Vec::new();
+        let mut last_polls = u64::MAX;
         while !stop.load(Ordering::Acquire) {
-            while let Ok(conn) = rx.try_recv() {
-                let key = next_key;
-                next_key += 1;
-                let state = ConnState::new(conn, max_frame, max_message);
-                if self.arm(key, state.fd()) {
-                    conns.insert(key, state);
+            {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                while let Ok(conn) = rx.try_recv() {
+                    self.insert(&mut state, conn, limits);
+                }
+                if let (Some(waker), false) = (&waker, state.wake_armed) {
+                    let mut count = [0u8; 8];
+                    let _ = rustix::io::read(&**waker, &mut count);
+                    let entry = opcode::PollAdd::new(
+                        types::Fd(waker.as_raw_fd()),
+                        libc::POLLIN as u32,
+                    )
+                    .multi(true)
+                    .build()
+                    .user_data(WAKE_KEY);
+                    // The eventfd lives as long as this thread holds `waker`.
+                    if self.push(&entry) {
+                        state.wake_armed = true;
+                        let _ = self.ring.submit();
+                    }
                 }
             }
-            for key in rearm.drain(..) {
-                if let Some(fd) = conns.get(&key).map(ConnState::fd) {
-                    self.arm(key, fd);
-                }
+            if readers.step_aside(&mut last_polls) {
+                continue;
             }
-            let spinning = last_activity.elapsed() < spin;
-            let waited = if spinning {
-                self.ring.submit()
-            } else {
-                let ts = types::Timespec::new().nsec(20_000_000);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            };
-            if let Err(e) = waited {
+            // Nobody polls: wait for a completion without the lock.
+            let ts = types::Timespec::new().nsec(20_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
                 if !matches!(
                     e.raw_os_error(),
                     Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
@@ -180,54 +354,14 @@ impl UringReceiver {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            completions.clear();
-            completions.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
-            if completions.is_empty() {
-                continue;
-            }
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            last_activity = Instant::now();
-            for &(key, result, flags) in &completions {
-                let Some(conn) = conns.get_mut(&key) else {
-                    if let Some(bid) = cqueue::buffer_select(flags) {
-                        self.buffers.provide(bid);
-                    }
-                    continue;
-                };
-                let outcome = if result == -libc::ENOBUFS {
-                    None // every buffer is in use: re-arm once some are returned
-                } else if result < 0 {
-                    Some(format!("failed: {}", io::Error::from_raw_os_error(-result)))
-                } else if result == 0 {
-                    Some("closed without a goodbye".to_string())
-                } else if let Some(bid) = cqueue::buffer_select(flags) {
-                    let fed = conn.feed(&*shared, self.buffers.buffer(bid, result as usize));
-                    self.buffers.provide(bid);
-                    fed.err().map(|e| {
-                        tracing::error!(
-                            peer = conn.rank,
-                            "malformed data, closing the connection: {e}"
-                        );
-                        format!("sent malformed data ({e})")
-                    })
-                } else {
-                    Some("completion without a buffer".to_string())
-                };
-                match outcome {
-                    Some(why) => {
-                        conn.closed(&*shared, &why);
-                        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-                        conns.remove(&key);
-                    }
-                    None if !cqueue::more(flags) => rearm.push(key),
-                    None => {}
-                }
+            let arm = self.unarmed_too_long();
+            self.progress(&*shared, true, arm);
+            if let Some(waker) = &waker {
+                let mut count = [0u8; 8];
+                let _ = rustix::io::read(&**waker, &mut count);
             }
         }
     }
