@@ -193,6 +193,10 @@ pub struct TransportBenchOptions {
     pub netns: bool,
     /// Rounds of Lumen and Open MPI, alternating (see [`rounds`]).
     pub rounds: usize,
+    /// Lumen's TCP receivers to measure (`LUMEN_TCP_BACKEND` values:
+    /// "epoll", "uring"); each is its own part, alternating with Open MPI.
+    /// The first is reported as "tcp", others as "tcp-NAME".
+    pub tcp_backends: Vec<String>,
 }
 
 /// How the transport suite places its processes (printed and recorded).
@@ -200,9 +204,11 @@ pub const TRANSPORT_PLACEMENT: &str = "2 ranks on this machine each side; Lumen'
 
 /// Runs the two-rank worker under `lumen-bench launch` and parses its JSON lines.
 fn lumen_rows(
-    tcp: bool,
+    tcp: Option<&str>,
     options: &TransportBenchOptions,
 ) -> anyhow::Result<Vec<(String, usize, f64)>> {
+    let backend = tcp;
+    let tcp = tcp.is_some();
     let exe = bench_exe()?;
     let sizes: Vec<String> = options.sizes.iter().map(ToString::to_string).collect();
     let mut command = Command::new(&exe);
@@ -218,9 +224,10 @@ fn lumen_rows(
         "--sizes",
         &sizes.join(","),
     ]);
-    if tcp {
+    if let Some(backend) = backend {
         // Loopback, as the Open MPI baseline uses (btl_tcp_if_include=lo).
         command.env("LUMEN_TCP_IF", "lo");
+        command.env("LUMEN_TCP_BACKEND", backend);
     }
     let output = command.output().context("starting lumen-bench launch")?;
     if !output.status.success() {
@@ -237,13 +244,30 @@ fn lumen_rows(
 pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Report<Row>> {
     let mut rows = Vec::new();
     let mut loads = Vec::new();
-    for (name, tcp, enabled) in [("shm", false, options.shm), ("tcp", true, options.tcp)] {
-        if !enabled {
-            continue;
+    let mut parts: Vec<(String, Option<&str>)> = Vec::new();
+    if options.shm {
+        parts.push(("shm".into(), None));
+    }
+    if options.tcp {
+        let backends: Vec<&str> = if options.tcp_backends.is_empty() {
+            vec!["auto"]
+        } else {
+            options.tcp_backends.iter().map(String::as_str).collect()
+        };
+        for (i, backend) in backends.into_iter().enumerate() {
+            let name = if i == 0 {
+                "tcp".to_string()
+            } else {
+                format!("tcp-{backend}")
+            };
+            parts.push((name, Some(backend)));
         }
+    }
+    for (name, backend) in &parts {
+        let (name, tcp) = (name.as_str(), backend.is_some());
         let key = |test: &str, size: usize| format!("{test}/{size}");
         let lumen = || -> anyhow::Result<rounds::Measured> {
-            Ok(lumen_rows(tcp, options)?
+            Ok(lumen_rows(*backend, options)?
                 .into_iter()
                 .map(|(test, size, value)| (key(&test, size), value))
                 .collect())

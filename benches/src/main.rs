@@ -297,6 +297,11 @@ struct TransportBenchArgs {
     /// Only TCP.
     #[arg(long)]
     tcp_only: bool,
+    /// Lumen's TCP receivers to measure, comma separated (epoll, uring):
+    /// each alternates with Open MPI; the first is reported as "tcp", the
+    /// others as "tcp-NAME".
+    #[arg(long, value_delimiter = ',')]
+    tcp_backends: Vec<String>,
     /// Skip the Open MPI baseline.
     #[arg(long)]
     no_baseline: bool,
@@ -495,6 +500,7 @@ fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
         scale: args.scale,
         shm: !args.tcp_only,
         tcp: !args.shm_only,
+        tcp_backends: args.tcp_backends.clone(),
         baseline: !args.no_baseline,
         netns: args.netns,
         rounds: args.rounds,

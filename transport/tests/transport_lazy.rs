@@ -26,7 +26,10 @@ fn lazy_all_to_all_four_nodes() {
     job_with_config(&[0, 1, 2, 3], lazy(), move |ep, _| {
         let connections = ep.tcp_connections();
         before.wait(); // every rank has counted before any sends
-        assert_eq!(connections.connected, 0, "nothing is connected before the first send");
+        assert_eq!(
+            connections.connected, 0,
+            "nothing is connected before the first send"
+        );
         let (me, n) = (ep.rank(), ep.size());
         for (round, &len) in SIZES.iter().enumerate() {
             let tag = 100 + round as u64;
@@ -55,6 +58,27 @@ fn lazy_all_to_all_four_nodes() {
             c.opened_on_first_use + c.accepted_on_first_use >= 3,
             "{c:?}"
         );
+    });
+}
+
+/// Connections made on first use reach the io_uring receiver too (the
+/// eventfd it polls through its ring wakes it).
+#[test]
+fn lazy_ping_pong_through_io_uring() {
+    let config = TransportConfig {
+        tcp_backend: lumen_transport::TcpBackend::Uring,
+        ..lazy()
+    };
+    job_with_config(&[0, 1, 2], config, |ep, _| {
+        assert_eq!(ep.tcp_backend(), "io_uring");
+        let (me, n) = (ep.rank(), ep.size());
+        for round in 0..20u32 {
+            let to = (me + 1 + round % (n - 1)) % n;
+            let from = (me + n - 1 - round % (n - 1)) % n;
+            ep.send(to, 40, &pattern(3000, round)).unwrap();
+            let m = ep.recv(Source::Rank(from), 40).unwrap();
+            assert!(m.data == pattern(3000, round), "corrupted from {from}");
+        }
     });
 }
 

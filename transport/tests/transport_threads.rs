@@ -169,7 +169,18 @@ fn tcp_two_threads_receive_concurrently() {
 /// background receiver drains. Then the rank receives everything, in order.
 #[test]
 fn tcp_computing_rank_does_not_block_its_sender() {
-    job(&[0, 1], TcpBackend::Auto, |ep, _| {
+    computing_rank_does_not_block_its_sender(TcpBackend::Auto);
+}
+
+/// The io_uring receiver is caller-driven too: while the rank computes, its
+/// background thread arms and reaps the receives no caller armed.
+#[test]
+fn tcp_uring_computing_rank_does_not_block_its_sender() {
+    computing_rank_does_not_block_its_sender(TcpBackend::Uring);
+}
+
+fn computing_rank_does_not_block_its_sender(backend: TcpBackend) {
+    job(&[0, 1], backend, |ep, _| {
         const COUNT: u32 = 64;
         const LEN: usize = 1 << 20;
         if ep.rank() == 0 {

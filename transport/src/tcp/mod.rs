@@ -25,26 +25,37 @@
 //! write), so the rule "a reader never blocks on a write" still holds.
 //!
 //! # The io_uring receiver (`TcpBackend::Uring`)
-//! One multishot receive per connection with a provided-buffer ring, read by
-//! the background thread only (see `uring`). Its bytes are consumed by
-//! the kernel on the background thread's behalf, so callers cannot also read
-//! the socket without reordering the stream: every message costs two thread
-//! wake-ups (receiver, then the waiting caller). Measured on the 2-core
-//! development VM with `lumen bench transport --scale 0.3` (loopback, 2 ranks,
-//! Open MPI's TCP BTL in the same run):
+//! One multishot receive per connection with a provided-buffer ring,
+//! caller-driven like the epoll path (see `uring`): a waiting thread reaps
+//! the shared completion queue itself under `try_lock`, without a syscall
+//! per poll; a connection's receive is submitted by the first caller that
+//! polls it (the kernel runs the copy as that thread's task work, and with
+//! `COOP_TASKRUN` it raises a flag instead of interrupting the thread with
+//! an IPI); the background thread arms and reaps only when no caller
+//! polls. Before (a receiver thread of its own, two wake-ups per hop) and
+//! after, on the 2-core VM, loopback, `lumen bench transport --tcp-only
+//! --tcp-backends epoll,uring --scale 0.1 --rounds 2` (both backends and
+//! Open MPI's TCP BTL in one invocation, medians of the rounds):
 //!
 //! ```text
-//!                       io_uring thread   caller-driven   Open MPI
-//! latency 8 B             78-90 us          4.7-5.0 us     4.2 us
-//! latency 4 KiB           77-93 us          5.7-5.9 us     5.9 us
-//! latency 1 MiB           670-730 us        300-390 us     140 us
-//! bandwidth 4 MiB         1500-1700 MB/s    2400-2950 MB/s 3500-3900 MB/s
+//!                   io_uring thread   io_uring caller-driven   caller-driven epoll   Open MPI
+//! latency 8 B          78-90 us             6.6 us                  6.7 us           5.8-6.1 us
+//! latency 4 KiB        77-93 us             8.5 us                  7.3 us           6.9 us
+//! latency 1 MiB        670-730 us           750 us                  290 us           170-190 us
+//! bandwidth 4 KiB        –                  540 MB/s                680 MB/s         660-730 MB/s
+//! bandwidth 4 MiB     1500-1700 MB/s        5000 MB/s               5300 MB/s        4100-4300 MB/s
 //! ```
 //!
-//! so `Auto` picks caller-driven reading (reported as "epoll", the background
-//! thread's readiness source); io_uring stays available (`LUMEN_TCP_BACKEND=uring`).
-//! Bulk transfers are still bound by the kernel's two copies.
-//!
+//! The steps that mattered: reaping in the caller (80 -> 23 us), the
+//! caller taking a receive over from the background thread (23 -> 16 us),
+//! `COOP_TASKRUN` (16 -> 6.6 us: an IPI is a VM exit here). io_uring still
+//! copies every byte through its 256 KiB provided buffers, where the epoll
+//! path receives a large payload straight into the message's buffer, so it
+//! loses from 4 KiB up. `Auto` therefore keeps caller-driven epoll at every
+//! size; io_uring is there on request (`LUMEN_TCP_BACKEND=uring`).
+//! `SendZc` for large sends is not used: the `MSG_ZEROCOPY` measurement
+//! below (a completion only after the receiver read the data on loopback)
+//! applies to it too.
 //! # Large messages (measured as above, medians of 5 runs, Lumen only)
 //! - Every received message is a fresh `Vec` handed to the application. With
 //!   glibc's defaults a large one is an `mmap` per message, a page fault per

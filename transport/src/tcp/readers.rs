@@ -103,7 +103,7 @@ impl TcpReaders {
         self.polls.fetch_add(1, Ordering::Relaxed);
         if let Some(uring) = self.uring.get() {
             // Reaping runs no handler, so no re-entry guard is needed.
-            return uring.progress(shared, false, true);
+            return uring.progress(shared, false, Some(super::uring::Armer::Caller));
         }
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         SCRATCH.with(|scratch| {
