@@ -321,7 +321,15 @@ pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Report<Row>>
         rows.extend(netns::run(options)?);
     }
     Ok(Report {
-        info: rounds::RunInfo::now("transport", TRANSPORT_PLACEMENT),
+        // Its own BENCHMARKS.md section when several receivers were compared.
+        info: rounds::RunInfo::now(
+            if options.tcp_backends.len() > 1 {
+                "transport, tcp receivers"
+            } else {
+                "transport"
+            },
+            TRANSPORT_PLACEMENT,
+        ),
         loads,
         rows,
     })
