@@ -216,6 +216,10 @@ struct StartupBenchArgs {
     /// Skip the Open MPI baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Also these rank counts over 3 network-namespace nodes: connecting
+    /// on first use against all-to-all at start (root).
+    #[arg(long, value_delimiter = ',')]
+    netns_ranks: Vec<u32>,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -559,6 +563,7 @@ fn bench_startup(args: StartupBenchArgs) -> anyhow::Result<ExitCode> {
         rounds: args.rounds,
         baseline_max_ranks: args.baseline_max_ranks,
         baseline: !args.no_baseline,
+        netns_ranks: args.netns_ranks,
     };
     let report = lumen_benches::startup::run(&options)?;
     report.info.print();

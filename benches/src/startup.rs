@@ -10,6 +10,10 @@
 //! time, reaping included. Rank 0 of Lumen also reports the threads and
 //! sockets its process holds at that point.
 //!
+//! With `--netns-ranks`, the same program runs over 3 namespace "nodes"
+//! twice a round: connecting TCP peers on first use (`LUMEN_TCP_CONNECT=lazy`,
+//! the Lumen column) and all-to-all at start (`eager`, the baseline column).
+//!
 //! The figures come from the user-facing binaries: `lumen` and
 //! `examples/hello_ranks` next to this `lumen-bench` (a workspace
 //! `cargo build --release --examples` builds all three). The Open MPI
@@ -29,7 +33,7 @@ use crate::rounds::{median, with_load_checks, RoundLoad};
 const MPI_SOURCE: &str = include_str!("../mpi/mpi_hello.c");
 
 /// The placement both sides run with, for the report.
-const PLACEMENT: &str = "one node, N processes on all cores, unpinned on both sides (lumen run's default; mpirun --oversubscribe --bind-to none)";
+const PLACEMENT: &str = "one node, N processes on all cores, unpinned on both sides (lumen run's default; mpirun --oversubscribe --bind-to none); the netns rows: N ranks in 3 network namespaces joined by veth (N/3 each), all on this machine's 2 cores, lumen-bench launch (lumen run's code) with LUMEN_TCP_CONNECT=lazy against eager; threads and sockets are rank 0's on the Lumen (lazy) side";
 
 /// Options of `lumen bench startup`.
 #[derive(Debug, Clone)]
@@ -42,6 +46,10 @@ pub struct StartupBenchOptions {
     pub baseline_max_ranks: u32,
     /// Run the Open MPI baseline at all.
     pub baseline: bool,
+    /// Also: these rank counts over 3 network-namespace nodes, connecting
+    /// on first use (`LUMEN_TCP_CONNECT=lazy`) against all-to-all at start
+    /// (`eager`) as the baseline (root).
+    pub netns_ranks: Vec<u32>,
 }
 
 /// One figure: a rank count's launch-to-ready or launch-to-exit time.
@@ -173,42 +181,10 @@ pub fn run(options: &StartupBenchOptions) -> anyhow::Result<crate::Report<Startu
             crate::rounds::machine_busy,
         )?;
         loads.push((format!("{n} ranks"), round_loads));
-        let pick = |f: fn(&Sample) -> f64| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-            let lumen: Vec<f64> = rounds.iter().map(|(a, _)| f(a)).collect();
-            let mpi: Vec<f64> = rounds
-                .iter()
-                .filter_map(|(_, b)| b.as_ref().map(f))
-                .collect();
-            let ratios = rounds
-                .iter()
-                .filter_map(|(a, b)| b.as_ref().map(|b| f(a) / f(b)))
-                .collect();
-            (lumen, mpi, ratios)
-        };
-        let last = rounds.last().map(|(a, _)| *a);
-        for (test, f) in [
-            ("launch to ready", (|s: &Sample| s.0) as fn(&Sample) -> f64),
-            ("launch to exit", |s: &Sample| s.1),
-        ] {
-            let (lumen, mpi, ratios) = pick(f);
-            rows.push(StartupRow {
-                test: test.to_string(),
-                unit: "ms",
-                ranks: n,
-                lumen: median(&lumen),
-                baseline_name: "mpirun",
-                baseline: (!mpi.is_empty()).then(|| median(&mpi)),
-                ratio: (!ratios.is_empty()).then(|| median(&ratios)),
-                ratio_range: (!ratios.is_empty()).then(|| {
-                    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-                    let high = ratios.iter().copied().fold(0.0, f64::max);
-                    (low, high)
-                }),
-                rounds: lumen.len(),
-                threads: last.and_then(|s| s.2),
-                sockets: last.and_then(|s| s.3),
-            });
-        }
+        push_rows(&mut rows, &rounds, n, "", "mpirun");
+    }
+    if !options.netns_ranks.is_empty() {
+        netns_rows(options, &hello, &mut rows, &mut loads)?;
     }
     Ok(crate::Report {
         info: crate::rounds::RunInfo::now("startup", PLACEMENT),
@@ -217,11 +193,97 @@ pub fn run(options: &StartupBenchOptions) -> anyhow::Result<crate::Report<Startu
     })
 }
 
+/// Lazy against eager TCP set-up across 3 namespace "nodes" (the ranks
+/// share this machine's cores; the rendezvous is in the first namespace).
+fn netns_rows(
+    options: &StartupBenchOptions,
+    hello: &std::path::Path,
+    rows: &mut Vec<StartupRow>,
+    loads: &mut Vec<(String, Vec<RoundLoad>)>,
+) -> anyhow::Result<()> {
+    use lumen_testkit::{netns_unavailable_reason, unique_prefix, NetnsCluster};
+    if let Some(reason) = netns_unavailable_reason() {
+        bail!("network namespaces unavailable: {reason}");
+    }
+    let exe = crate::bench_exe()?;
+    let cluster = NetnsCluster::create(&unique_prefix("lsu"), 3)?;
+    let result = (|| -> anyhow::Result<()> {
+        for &n in &options.netns_ranks {
+            let per = n.div_ceil(3);
+            let hosts: Vec<String> = (0..3)
+                .map(|i| format!("{}:{per}", cluster.namespace(i)))
+                .collect();
+            let run = |connect: &str| {
+                let mut command = cluster.command(0, &exe);
+                command
+                    .args(["launch", "-n", &n.to_string(), "--hosts", &hosts.join(",")])
+                    .args(["--launch-agent", "ip netns exec {host}"])
+                    .args(["--rendezvous-bind", &cluster.host_addr(0).to_string()])
+                    .arg("--")
+                    .arg(hello)
+                    .env("LUMEN_TCP_IF", cluster.subnet_cidr())
+                    .env("LUMEN_TCP_CONNECT", connect);
+                sample(command, &format!("{n} ranks over 3 namespaces, {connect}"))
+            };
+            let (rounds, round_loads) = with_load_checks(
+                options.rounds,
+                || Ok((run("lazy")?, Some(run("eager")?))),
+                || crate::rounds::wait_quiet(std::time::Duration::from_secs(5)),
+                crate::rounds::machine_busy,
+            )?;
+            loads.push((format!("{n} ranks, 3 namespace nodes"), round_loads));
+            push_rows(rows, &rounds, n, "3 netns nodes, lazy vs eager TCP: ", "eager");
+        }
+        Ok(())
+    })();
+    cluster.destroy()?;
+    result
+}
+
+/// Two rows (ready, exit) from a rank count's rounds.
+fn push_rows(
+    rows: &mut Vec<StartupRow>,
+    rounds: &[(Sample, Option<Sample>)],
+    n: u32,
+    prefix: &str,
+    baseline_name: &'static str,
+) {
+    let last = rounds.last().map(|(a, _)| *a);
+    for (test, f) in [
+        ("launch to ready", (|s: &Sample| s.0) as fn(&Sample) -> f64),
+        ("launch to exit", |s: &Sample| s.1),
+    ] {
+        let lumen: Vec<f64> = rounds.iter().map(|(a, _)| f(a)).collect();
+        let other: Vec<f64> = rounds.iter().filter_map(|(_, b)| b.as_ref().map(f)).collect();
+        let ratios: Vec<f64> = rounds
+            .iter()
+            .filter_map(|(a, b)| b.as_ref().map(|b| f(a) / f(b)))
+            .collect();
+        rows.push(StartupRow {
+            test: format!("{prefix}{test}"),
+            unit: "ms",
+            ranks: n,
+            lumen: median(&lumen),
+            baseline_name,
+            baseline: (!other.is_empty()).then(|| median(&other)),
+            ratio: (!ratios.is_empty()).then(|| median(&ratios)),
+            ratio_range: (!ratios.is_empty()).then(|| {
+                let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = ratios.iter().copied().fold(0.0, f64::max);
+                (low, high)
+            }),
+            rounds: lumen.len(),
+            threads: last.and_then(|s| s.2),
+            sockets: last.and_then(|s| s.3),
+        });
+    }
+}
+
 /// Prints rows as a table.
 pub fn print_table(rows: &[StartupRow]) {
     println!(
         "{:<16} {:>6} {:>10} {:>10} {:>7} {:>13} {:>6} {:>8} {:>8}",
-        "test", "ranks", "lumen ms", "mpirun ms", "ratio", "range", "rounds", "threads", "sockets"
+        "test", "ranks", "lumen ms", "baseline", "ratio", "range", "rounds", "threads", "sockets"
     );
     let opt = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("{x:.2}"));
     for r in rows {
