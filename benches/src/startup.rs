@@ -232,7 +232,13 @@ fn netns_rows(
                 crate::rounds::machine_busy,
             )?;
             loads.push((format!("{n} ranks, 3 namespace nodes"), round_loads));
-            push_rows(rows, &rounds, n, "3 netns nodes, lazy vs eager TCP: ", "eager");
+            push_rows(
+                rows,
+                &rounds,
+                n,
+                "3 netns nodes, lazy vs eager TCP: ",
+                "eager",
+            );
         }
         Ok(())
     })();
@@ -254,7 +260,10 @@ fn push_rows(
         ("launch to exit", |s: &Sample| s.1),
     ] {
         let lumen: Vec<f64> = rounds.iter().map(|(a, _)| f(a)).collect();
-        let other: Vec<f64> = rounds.iter().filter_map(|(_, b)| b.as_ref().map(f)).collect();
+        let other: Vec<f64> = rounds
+            .iter()
+            .filter_map(|(_, b)| b.as_ref().map(f))
+            .collect();
         let ratios: Vec<f64> = rounds
             .iter()
             .filter_map(|(a, b)| b.as_ref().map(|b| f(a) / f(b)))
