@@ -135,37 +135,56 @@ pub fn run(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
     let exe = crate::bench_exe()?;
     let sizes: Vec<String> = options.sizes.iter().map(ToString::to_string).collect();
     let hosts = format!("{}:1,{}:1", cluster.namespace(0), cluster.namespace(1));
-    let output = cluster
-        .command(0, &exe)
-        .args([
-            "launch",
-            "-n",
-            "2",
-            "--hosts",
-            &hosts,
-            "--launch-agent",
-            "ip netns exec {host}",
-        ])
-        .args(["--rendezvous-bind", &cluster.host_addr(0).to_string(), "--"])
-        .arg(&exe)
-        .args([
-            "worker",
-            "transport",
-            "--scale",
-            &options.scale.to_string(),
-            "--sizes",
-            &sizes.join(","),
-        ])
-        .env("LUMEN_TCP_IF", cluster.subnet_cidr())
-        .output()
-        .context("running lumen in the namespaces")?;
-    if !output.status.success() {
-        bail!(
-            "lumen bench worker across namespaces failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+    // One Lumen run per TCP receiver asked for (`--tcp-backends`).
+    let backends: Vec<&str> = if options.tcp_backends.is_empty() {
+        vec!["auto"]
+    } else {
+        options.tcp_backends.iter().map(String::as_str).collect()
+    };
+    let mut lumen = Vec::new();
+    for (i, backend) in backends.iter().enumerate() {
+        let output = cluster
+            .command(0, &exe)
+            .args([
+                "launch",
+                "-n",
+                "2",
+                "--hosts",
+                &hosts,
+                "--launch-agent",
+                "ip netns exec {host}",
+            ])
+            .args(["--rendezvous-bind", &cluster.host_addr(0).to_string(), "--"])
+            .arg(&exe)
+            .args([
+                "worker",
+                "transport",
+                "--scale",
+                &options.scale.to_string(),
+                "--sizes",
+                &sizes.join(","),
+            ])
+            .env("LUMEN_TCP_IF", cluster.subnet_cidr())
+            .env("LUMEN_TCP_BACKEND", backend)
+            .output()
+            .context("running lumen in the namespaces")?;
+        if !output.status.success() {
+            bail!(
+                "lumen bench worker across namespaces failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let name = if i == 0 {
+            "tcp-netns".to_string()
+        } else {
+            format!("tcp-netns-{backend}")
+        };
+        lumen.extend(
+            parse_json_rows(&output.stdout)?
+                .into_iter()
+                .map(|(test, size, value)| (name.clone(), test, size, value)),
         );
     }
-    let lumen = parse_json_rows(&output.stdout)?;
 
     let server_addr = SocketAddr::from((cluster.host_addr(1), 47_001));
     let listener = cluster.run_in(1, move || TcpListener::bind(server_addr))??;
@@ -183,13 +202,13 @@ pub fn run(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
 
     Ok(lumen
         .into_iter()
-        .map(|(test, size, value)| {
+        .map(|(transport, test, size, value)| {
             let (name, baseline) = if test == "latency" {
                 ("raw-tcp", raw.iter().find(|r| r.0 == size).map(|r| r.1))
             } else {
                 ("iperf3", iperf)
             };
-            Row::new("tcp-netns", &test, size, value, name, baseline)
+            Row::new(&transport, &test, size, value, name, baseline)
         })
         .collect())
 }

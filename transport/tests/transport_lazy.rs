@@ -30,28 +30,7 @@ fn lazy_all_to_all_four_nodes() {
             connections.connected, 0,
             "nothing is connected before the first send"
         );
-        let (me, n) = (ep.rank(), ep.size());
-        for (round, &len) in SIZES.iter().enumerate() {
-            let tag = 100 + round as u64;
-            let sender = {
-                let ep = ep.clone();
-                std::thread::spawn(move || {
-                    for d in 1..n {
-                        let dst = (me + d) % n;
-                        ep.send(dst, tag, &pattern(len, me * 1000 + dst)).unwrap();
-                    }
-                })
-            };
-            for _ in 1..n {
-                let m = ep.recv(Source::Any, tag).unwrap();
-                assert!(
-                    m.data == pattern(len, m.src * 1000 + me),
-                    "corrupted {len} B from {}",
-                    m.src
-                );
-            }
-            sender.join().unwrap();
-        }
+        all_to_all(&ep, SIZES);
         let c = ep.tcp_connections();
         assert_eq!(c.connected, 3);
         assert!(

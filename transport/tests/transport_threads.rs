@@ -8,33 +8,6 @@ use std::sync::Arc;
 
 use lumen_transport::{Endpoint, Source, TcpBackend};
 
-fn all_to_all(ep: &Endpoint, sizes: &[usize]) {
-    let (me, n) = (ep.rank(), ep.size());
-    for (round, &len) in sizes.iter().enumerate() {
-        let tag = 100 + round as u64;
-        // Post sends from a helper thread so large rendezvous sends cannot block the receives.
-        let sender = {
-            let ep = ep.clone();
-            std::thread::spawn(move || {
-                for d in 1..n {
-                    let dst = (me + d) % n;
-                    ep.send(dst, tag, &pattern(len, me * 1000 + dst)).unwrap();
-                }
-            })
-        };
-        for _ in 1..n {
-            let m = ep.recv(Source::Any, tag).unwrap();
-            assert_eq!(m.data.len(), len);
-            assert!(
-                m.data == pattern(len, m.src * 1000 + me),
-                "corrupted {len}-byte message from {}",
-                m.src
-            );
-        }
-        sender.join().unwrap();
-    }
-}
-
 const SIZES: &[usize] = &[0, 1, 8, 4096, 16 * 1024, 16 * 1024 + 1, 300_000, 4 << 20];
 
 #[test]

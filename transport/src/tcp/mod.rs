@@ -51,8 +51,13 @@
 //! `COOP_TASKRUN` (16 -> 6.6 us: an IPI is a VM exit here). io_uring still
 //! copies every byte through its 256 KiB provided buffers, where the epoll
 //! path receives a large payload straight into the message's buffer, so it
-//! loses from 4 KiB up. `Auto` therefore keeps caller-driven epoll at every
-//! size; io_uring is there on request (`LUMEN_TCP_BACKEND=uring`).
+//! loses at 256 KiB-1 MiB. Across two network namespaces (`--netns`, one
+//! run each, veth): 8 B 8.0 us epoll / 8.9 us io_uring, 4 KiB 9.4 / 8.8,
+//! 256 KiB 97 / 118, 4 MiB 2050 / 1560 us (raw socket ping-pong: 5.6 us at
+//! 8 B). One receiver serves a socket, so the choice cannot be per size:
+//! `Auto` keeps caller-driven epoll, which is never far behind and wins
+//! where io_uring loses most; io_uring is there on request
+//! (`LUMEN_TCP_BACKEND=uring`).
 //! `SendZc` for large sends is not used: the `MSG_ZEROCOPY` measurement
 //! below (a completion only after the receiver read the data on loopback)
 //! applies to it too.

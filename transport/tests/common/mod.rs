@@ -8,7 +8,8 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use lumen_transport::{
-    Endpoint, EndpointBuilder, EndpointOptions, JobSecret, PeerAddress, TcpBackend, TransportConfig,
+    Endpoint, EndpointBuilder, EndpointOptions, JobSecret, PeerAddress, Source, TcpBackend,
+    TransportConfig,
 };
 
 /// What a rank's body knows about its job.
@@ -151,4 +152,33 @@ pub fn lumen() -> PathBuf {
 /// An example of this crate (the rank program of the multi-process jobs).
 pub fn example(name: &str) -> PathBuf {
     lumen_testkit::job::workspace_example("lumen-transport", name)
+}
+
+/// Every rank sends a distinct pattern of each size to every other rank and
+/// checks what it receives.
+pub fn all_to_all(ep: &Endpoint, sizes: &[usize]) {
+    let (me, n) = (ep.rank(), ep.size());
+    for (round, &len) in sizes.iter().enumerate() {
+        let tag = 100 + round as u64;
+        // Post sends from a helper thread so large rendezvous sends cannot block the receives.
+        let sender = {
+            let ep = ep.clone();
+            std::thread::spawn(move || {
+                for d in 1..n {
+                    let dst = (me + d) % n;
+                    ep.send(dst, tag, &pattern(len, me * 1000 + dst)).unwrap();
+                }
+            })
+        };
+        for _ in 1..n {
+            let m = ep.recv(Source::Any, tag).unwrap();
+            assert_eq!(m.data.len(), len);
+            assert!(
+                m.data == pattern(len, m.src * 1000 + me),
+                "corrupted {len}-byte message from {}",
+                m.src
+            );
+        }
+        sender.join().unwrap();
+    }
 }
