@@ -55,6 +55,7 @@ pub mod fabric;
 pub mod mpi;
 pub mod netns;
 pub mod objects;
+pub mod plot;
 pub mod rounds;
 pub mod runtime;
 pub mod sched;

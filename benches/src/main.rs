@@ -55,6 +55,15 @@ enum Command {
     /// Launch to ready and to exit of `lumen run -n N -- hello_ranks`
     /// beside `mpirun -n N` (MPI_Init, a barrier, MPI_Finalize).
     Startup(StartupBenchArgs),
+    /// Draws a `--json` report as an SVG plot (one panel per transport or
+    /// layout and test, Lumen and its baselines on log axes).
+    Plot {
+        /// A report written by `--json`.
+        report: std::path::PathBuf,
+        /// The SVG file to write.
+        #[arg(long, value_name = "FILE.svg")]
+        out: std::path::PathBuf,
+    },
     /// Fault injection for long runs: workers SIGKILLed during a 10k-task
     /// DAG, round after round; every result checked (RELIABILITY.md).
     Chaos(ChaosArgs),
@@ -223,6 +232,10 @@ struct StartupBenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
+    /// Also draw the report as an SVG (latency, bandwidth or time against
+    /// size or ranks, log axes, one panel per test).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +298,10 @@ struct CollectivesBenchArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
+    /// Also draw the report as an SVG (latency, bandwidth or time against
+    /// size or ranks, log axes, one panel per test).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +343,10 @@ struct TransportBenchArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
+    /// Also draw the report as an SVG (latency, bandwidth or time against
+    /// size or ranks, log axes, one panel per test).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// The part of `lumen run`'s arguments the suites use.
@@ -370,6 +391,7 @@ fn main() -> ExitCode {
             .and_then(|sizes| lumen_benches::objects::worker(&sizes).map(|()| ExitCode::SUCCESS)),
         Command::Chaos(args) => bench_chaos(args),
         Command::Startup(args) => bench_startup(args),
+        Command::Plot { report, out } => plot_file(&report, &out),
         Command::Markdown { reports, update } => markdown(&reports, update.as_deref()),
         Command::Worker(WorkerCommand::ChaosRound {
             workers,
@@ -474,6 +496,30 @@ fn bench_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `lumen-bench plot REPORT --out FILE.svg`.
+fn plot_file(report: &std::path::Path, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
+    lumen_benches::plot::plot(&value, out)?;
+    println!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Draws a report when `--plot FILE.svg` was given.
+fn write_plot(
+    path: Option<&std::path::Path>,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        lumen_benches::plot::plot(&serde_json::to_value(report)?, path)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// Writes a suite's rows as JSON when `--json FILE` was given.
 fn write_json(
     path: Option<&std::path::Path>,
@@ -512,6 +558,7 @@ fn bench_transport(args: TransportBenchArgs) -> anyhow::Result<ExitCode> {
     let report = lumen_benches::transport(&options)?;
     report.info.print();
     lumen_benches::print_table(&report.rows);
+    write_plot(args.plot.as_deref(), &report)?;
     write_json(args.json.as_deref(), &report)
 }
 
@@ -554,6 +601,7 @@ fn bench_collectives(args: CollectivesBenchArgs) -> anyhow::Result<ExitCode> {
     let report = collectives::run(&options)?;
     report.info.print();
     collectives::print_table(&report.rows);
+    write_plot(args.plot.as_deref(), &report)?;
     write_json(args.json.as_deref(), &report)
 }
 
@@ -568,6 +616,7 @@ fn bench_startup(args: StartupBenchArgs) -> anyhow::Result<ExitCode> {
     let report = lumen_benches::startup::run(&options)?;
     report.info.print();
     lumen_benches::startup::print_table(&report.rows);
+    write_plot(args.plot.as_deref(), &report)?;
     write_json(args.json.as_deref(), &report)
 }
 
