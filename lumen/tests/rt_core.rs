@@ -25,6 +25,31 @@ both_ways!(
     put_get_wait_cancel,
 );
 
+/// `LUMEN_METRICS_PORT`: every rank of the embedded cluster serves its
+/// counters in Prometheus' text format on port + local rank; the scenario
+/// scrapes the driver and the workers after running tasks.
+#[test]
+fn embedded_ranks_serve_prometheus_metrics() {
+    // Three consecutive free ports (driver and two workers).
+    let base = (0..50)
+        .find_map(|_| {
+            let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            let port = first.local_addr().ok()?.port();
+            let rest: Vec<_> = (1..3)
+                .map(|i| std::net::TcpListener::bind(("127.0.0.1", port.checked_add(i)?)).ok())
+                .collect::<Option<_>>()?;
+            drop((first, rest));
+            Some(port)
+        })
+        .expect("three consecutive free ports");
+    let all = embedded_with_env(
+        "metrics_are_scraped",
+        2,
+        &[("LUMEN_METRICS_PORT", &base.to_string())],
+    );
+    assert!(all.contains("lumen_tasks_executed_total"), "{all}");
+}
+
 #[test]
 fn embedded_worker_killed_mid_task_is_retried_or_reported() {
     // Three workers die in the scenario; one is left to serve.
@@ -184,6 +209,78 @@ mod scenarios {
         let dir = std::env::temp_dir().join(format!("lumen-{scenario}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("creating a temporary directory");
         dir
+    }
+
+    /// One HTTP request to a rank's metrics port; the whole answer.
+    fn scrape(port: u16, request: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("no metrics on port {port}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    /// The value of `metric` for `rank` in a scrape.
+    fn sample(text: &str, metric: &str, rank: u32) -> Option<u64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+            .find(|l| l.contains(&format!("rank=\"{rank}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn metrics_are_scraped() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let base: u16 = std::env::var("LUMEN_METRICS_PORT")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let refs: Vec<ObjectRef<u64>> = (0..40u64)
+            .map(|i| add::remote(&rt, i, 1))
+            .collect::<lumen::Result<_>>()?;
+        for r in &refs {
+            r.get_timeout(Duration::from_secs(60))?;
+        }
+        let driver = scrape(base, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(driver.starts_with("HTTP/1.1 200 OK"), "{driver}");
+        assert!(
+            driver.contains("Content-Type: text/plain; version=0.0.4"),
+            "{driver}"
+        );
+        assert!(
+            driver.contains("# TYPE lumen_tasks_pending gauge"),
+            "{driver}"
+        );
+        assert_eq!(
+            sample(&driver, "lumen_tasks_pending", 0),
+            Some(0),
+            "{driver}"
+        );
+        // The workers (local ranks 1 and 2) ran the tasks between them.
+        let executed: u64 = (1..=2u16)
+            .map(|i| {
+                let text = scrape(base + i, "GET /metrics HTTP/1.0\r\n\r\n");
+                sample(&text, "lumen_tasks_executed_total", u32::from(i))
+                    .unwrap_or_else(|| panic!("no task counter for rank {i}:\n{text}"))
+            })
+            .sum();
+        assert!(executed >= 40, "the workers say they ran {executed} tasks");
+        // Bad requests are answered and do not stop the server.
+        assert!(scrape(base, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+        assert!(scrape(base, "GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        assert!(scrape(base, "\u{0}\u{1}garbage\r\n\r\n").starts_with("HTTP/1.1 405"));
+        let again = scrape(base, "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(again.starts_with("HTTP/1.1 200 OK"), "{again}");
+        println!("{driver}");
+        done("metrics_are_scraped");
+        Ok(())
     }
 
     #[test]

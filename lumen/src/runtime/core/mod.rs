@@ -28,6 +28,7 @@ mod groups;
 mod lineage;
 mod liveness;
 mod mesh;
+mod metrics;
 mod objects;
 mod requests;
 mod tasks;
@@ -478,6 +479,22 @@ impl Inner {
             .name("lumen-monitor".into())
             .spawn(move || failures::monitor(weak))
             .map_err(|e| runtime_error(RuntimeError::Cluster(format!("no monitor thread: {e}"))))?;
+        // LUMEN_METRICS_PORT: Prometheus text on port + local rank.
+        let local_rank = inner
+            .ranks
+            .iter()
+            .filter(|r| r.node == me.node && r.rank < rank)
+            .count() as u32;
+        match metrics::address_from_env(|name| std::env::var(name).ok(), local_rank) {
+            Ok(Some(addr)) => metrics::serve(&inner, addr).map_err(|e| {
+                runtime_error(RuntimeError::Cluster(format!(
+                    "rank {rank} cannot serve metrics on {addr} ({}): {e}; choose another port",
+                    metrics::PORT_VAR
+                )))
+            })?,
+            Ok(None) => {}
+            Err(e) => return Err(runtime_error(RuntimeError::Cluster(e))),
+        }
         Ok(inner)
     }
 
