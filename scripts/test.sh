@@ -54,6 +54,10 @@ echo "== benchmark smoke run"
 target/debug/lumen bench transport --scale 0.01 --sizes 8,65536 --rounds 1 --json "${TMPDIR:-/tmp}/lumen-bench-smoke.json"
 target/debug/lumen-bench markdown "${TMPDIR:-/tmp}/lumen-bench-smoke.json" >/dev/null
 target/debug/lumen bench collectives --scale 0.01 --sizes 8,65536 --ranks 2,3 --json "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json"
+target/debug/lumen-bench markdown "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json" >/dev/null
+target/debug/lumen-bench plot "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json" --out "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.svg" >/dev/null
+target/debug/lumen bench startup --ranks 2,4 --rounds 1 --baseline-max-ranks 2 --plot "${TMPDIR:-/tmp}/lumen-startup-smoke.svg" --json "${TMPDIR:-/tmp}/lumen-startup-smoke.json"
+target/debug/lumen-bench markdown "${TMPDIR:-/tmp}/lumen-startup-smoke.json" >/dev/null
 target/debug/lumen bench sched --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-sched-bench-smoke.json"
 target/debug/lumen bench runtime --workers 1 --scale 0.02 --rounds 1 --json "${TMPDIR:-/tmp}/lumen-runtime-bench-smoke.json"
 target/debug/lumen-bench markdown "${TMPDIR:-/tmp}/lumen-runtime-bench-smoke.json" >/dev/null
