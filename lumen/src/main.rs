@@ -47,6 +47,24 @@ enum Command {
     /// NICs; like lstopo's text mode) and the binding it would choose for
     /// N local ranks.
     Topo(TopoArgs),
+    /// Timelines written with `LUMEN_TIMELINE=trace.json` (one file per
+    /// rank): `lumen timeline merge trace.rank*.json -o trace.json` makes
+    /// one Chrome trace of the job for ui.perfetto.dev.
+    #[command(subcommand)]
+    Timeline(TimelineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TimelineCommand {
+    /// Merges ranks' timeline files into one trace, sorted by time.
+    Merge {
+        /// The ranks' files (`trace.rank0.json` ...).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// The merged trace.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +200,7 @@ fn main() -> ExitCode {
         Command::Submit(args) => submit(args),
         Command::Bench(args) => bench(args),
         Command::Topo(args) => topo(args),
+        Command::Timeline(TimelineCommand::Merge { files, out }) => merge_timelines(&files, &out),
     };
     match result {
         Ok(code) => code,
@@ -190,6 +209,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn merge_timelines(
+    files: &[std::path::PathBuf],
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let mut traces = Vec::with_capacity(files.len());
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        traces.push(
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a JSON timeline", file.display()))?,
+        );
+    }
+    let merged = lumen::runtime::timeline::merge(&traces)
+        .map_err(|e| anyhow::anyhow!("merging timelines: {e}"))?;
+    std::fs::write(out, merged.to_string())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} ({} events from {} files)",
+        out.display(),
+        merged["traceEvents"].as_array().map_or(0, Vec::len),
+        files.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -50,6 +50,82 @@ fn embedded_ranks_serve_prometheus_metrics() {
     assert!(all.contains("lumen_tasks_executed_total"), "{all}");
 }
 
+/// `LUMEN_TIMELINE`: every rank writes its events when it leaves; `lumen
+/// timeline merge` makes one Chrome trace; in it each task's submit
+/// (rank 0), run (the worker it went to) and reply (rank 0) appear in
+/// that order, on those ranks.
+#[test]
+fn embedded_timeline_has_each_tasks_submit_run_and_reply_in_order() {
+    let dir = std::env::temp_dir().join(format!("lumen-timeline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("trace.json");
+    embedded_with_env(
+        "timeline_records_tasks",
+        2,
+        &[("LUMEN_TIMELINE", base.to_str().unwrap())],
+    );
+    // The workers write theirs as they leave, just after the driver's.
+    let files: Vec<_> = (0..3)
+        .map(|r| dir.join(format!("trace.rank{r}.json")))
+        .collect();
+    let start = std::time::Instant::now();
+    while !files.iter().all(|f| f.exists()) && start.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let merged = dir.join("merged.json");
+    let output = Command::new(lumen())
+        .args(["timeline", "merge"])
+        .args(&files)
+        .arg("-o")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    let find = |prefix: &str, object: &str| {
+        events
+            .iter()
+            .find(|e| {
+                e["name"].as_str().is_some_and(|n| n.starts_with(prefix))
+                    && e["args"]["object"] == object
+            })
+            .cloned()
+    };
+    let submits: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("submit ")))
+        .collect();
+    assert_eq!(submits.len(), 20, "one submit per task");
+    for submit in submits {
+        let object = submit["args"]["object"].as_str().unwrap();
+        let run = find("run ", object).unwrap_or_else(|| panic!("no run of {object}"));
+        let reply = find("reply", object).unwrap_or_else(|| panic!("no reply of {object}"));
+        assert_eq!(submit["pid"], 0, "submitted by the driver");
+        assert_eq!(run["pid"], submit["args"]["peer"], "run where it was sent");
+        assert_eq!(reply["pid"], 0, "the reply reached the owner");
+        assert_eq!(reply["args"]["peer"], run["pid"]);
+        let (s, r, d, p) = (
+            submit["ts"].as_u64().unwrap(),
+            run["ts"].as_u64().unwrap(),
+            run["dur"].as_u64().unwrap(),
+            reply["ts"].as_u64().unwrap(),
+        );
+        assert!(
+            s <= r && r + d <= p,
+            "{object}: submit {s}, run {r}+{d}, reply {p}"
+        );
+        assert!(run["name"].as_str().unwrap().ends_with("add"), "{run}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn embedded_worker_killed_mid_task_is_retried_or_reported() {
     // Three workers die in the scenario; one is left to serve.
@@ -232,6 +308,20 @@ mod scenarios {
             .find(|l| l.contains(&format!("rank=\"{rank}\"")))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    #[ignore = "run by the runner tests"]
+    fn timeline_records_tasks() -> lumen::Result<()> {
+        let rt = lumen::init()?;
+        let refs: Vec<ObjectRef<u64>> = (0..20u64)
+            .map(|i| add::remote(&rt, i, 1))
+            .collect::<lumen::Result<_>>()?;
+        for r in &refs {
+            r.get_timeout(Duration::from_secs(60))?;
+        }
+        done("timeline_records_tasks");
+        Ok(())
     }
 
     #[test]

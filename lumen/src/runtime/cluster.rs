@@ -275,6 +275,7 @@ fn serve_until_shutdown(inner: Arc<Inner>, membership: Membership) -> ! {
     inner.stopping.store(true, Ordering::Release);
     inner.executor.stop();
     inner.actors.stop_all();
+    super::timeline::write_if_on(inner.rank, inner.node());
     let left = if driver_died || inner.any_dead() {
         // The closing barrier would fail on the dead rank.
         Ok(())

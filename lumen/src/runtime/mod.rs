@@ -123,6 +123,7 @@ mod registry;
 mod scheduler;
 mod store;
 mod task_table;
+pub mod timeline;
 
 use std::sync::{Arc, Mutex};
 
@@ -288,6 +289,7 @@ impl Session {
                 left
             }
         };
+        timeline::write_if_on(inner.rank, inner.node());
         inner.store.unlink();
         let _ = set_current(None);
         result

@@ -341,6 +341,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl Inner {
+    /// The node this rank runs on.
+    pub(crate) fn node(&self) -> u32 {
+        self.ranks.get(self.rank as usize).map_or(0, |r| r.node)
+    }
+
     /// Builds the runtime of this rank over a connected endpoint and starts
     /// its threads (progress, executor, monitor).
     pub(crate) fn start(
@@ -354,6 +359,7 @@ impl Inner {
     ) -> Result<Arc<Self>> {
         let rank = endpoint.rank();
         let size = endpoint.size();
+        crate::runtime::timeline::enable_from_env();
         let me = ranks
             .get(rank as usize)
             .cloned()

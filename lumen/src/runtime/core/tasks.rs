@@ -193,6 +193,7 @@ impl Inner {
             self.apply_task_effects(target, late);
             return Ok(object);
         }
+        crate::runtime::timeline::instant("submit", name, object, Some(target));
         let sent = match message {
             Ok(bytes) => self.endpoint.send(target, RUNTIME_TAG, &bytes),
             Err(local) => self.send(target, &local),
@@ -283,6 +284,7 @@ impl Inner {
         // The entry is dropped after the lock (a retry record unpins). One
         // lock for the table, the borrowers waiting for the value and the
         // actor handle count an actor call held while in flight.
+        crate::runtime::timeline::instant("reply", "", object, from);
         let stored_elsewhere =
             matches!(&outcome, Outcome::Stored { rank, .. } if *rank != self.rank);
         let (entry, io, waiters, released) = {
@@ -353,6 +355,7 @@ impl Inner {
     /// Runs a task on this (executor) thread and reports its outcome.
     pub(crate) fn run_task(self: &Arc<Self>, spec: TaskSpec, _from: Rank) {
         self.tasks_executed.fetch_add(1, Ordering::Relaxed);
+        let started = crate::runtime::timeline::on().then(crate::runtime::timeline::now_us);
         let result = match registry::function(spec.function) {
             None => Err(TaskFailure::new(
                 TaskErrorKind::UnknownFunction,
@@ -373,6 +376,9 @@ impl Inner {
                 result.map(|bytes| (bytes, pinned))
             }
         };
+        if let Some(started) = started {
+            crate::runtime::timeline::span("run", &spec.name, spec.object, started);
+        }
         self.finish(spec.object, &spec.name, result);
         self.release_all(&spec.refs);
     }
