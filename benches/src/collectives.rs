@@ -364,11 +364,7 @@ pub fn run(options: &CollectivesBenchOptions) -> anyhow::Result<crate::Report<Co
             let ratios: Vec<f64> = (rounds.iter())
                 .filter_map(|(l, m)| Some(find(l)? / find(m)?))
                 .collect();
-            let range = (!ratios.is_empty()).then(|| {
-                let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-                let high = ratios.iter().copied().fold(0.0, f64::max);
-                (low, high)
-            });
+            let range = crate::rounds::range(&ratios);
             rows.push(CollectiveRow {
                 layout: layout.to_string(),
                 test: op.clone(),

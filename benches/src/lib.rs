@@ -241,6 +241,31 @@ fn lumen_rows(
     parse_json_rows(&output.stdout)
 }
 
+/// The TCP receivers to measure (`--tcp-backends`, else "auto") and the
+/// name of each one's rows: `prefix` for the first, `prefix-NAME` after.
+pub(crate) fn tcp_receivers<'a>(
+    options: &'a TransportBenchOptions,
+    prefix: &str,
+) -> Vec<(String, &'a str)> {
+    let backends: Vec<&str> = if options.tcp_backends.is_empty() {
+        vec!["auto"]
+    } else {
+        options.tcp_backends.iter().map(String::as_str).collect()
+    };
+    backends
+        .into_iter()
+        .enumerate()
+        .map(|(i, backend)| {
+            let name = if i == 0 {
+                prefix.to_string()
+            } else {
+                format!("{prefix}-{backend}")
+            };
+            (name, backend)
+        })
+        .collect()
+}
+
 /// `lumen bench transport`: Lumen and Open MPI in alternating rounds.
 pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Report<Row>> {
     let mut rows = Vec::new();
@@ -250,17 +275,7 @@ pub fn transport(options: &TransportBenchOptions) -> anyhow::Result<Report<Row>>
         parts.push(("shm".into(), None));
     }
     if options.tcp {
-        let backends: Vec<&str> = if options.tcp_backends.is_empty() {
-            vec!["auto"]
-        } else {
-            options.tcp_backends.iter().map(String::as_str).collect()
-        };
-        for (i, backend) in backends.into_iter().enumerate() {
-            let name = if i == 0 {
-                "tcp".to_string()
-            } else {
-                format!("tcp-{backend}")
-            };
+        for (name, backend) in tcp_receivers(options, "tcp") {
             parts.push((name, Some(backend)));
         }
     }

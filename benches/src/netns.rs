@@ -136,13 +136,8 @@ pub fn run(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
     let sizes: Vec<String> = options.sizes.iter().map(ToString::to_string).collect();
     let hosts = format!("{}:1,{}:1", cluster.namespace(0), cluster.namespace(1));
     // One Lumen run per TCP receiver asked for (`--tcp-backends`).
-    let backends: Vec<&str> = if options.tcp_backends.is_empty() {
-        vec!["auto"]
-    } else {
-        options.tcp_backends.iter().map(String::as_str).collect()
-    };
     let mut lumen = Vec::new();
-    for (i, backend) in backends.iter().enumerate() {
+    for (name, backend) in crate::tcp_receivers(options, "tcp-netns") {
         let output = cluster
             .command(0, &exe)
             .args([
@@ -174,11 +169,6 @@ pub fn run(options: &TransportBenchOptions) -> anyhow::Result<Vec<Row>> {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let name = if i == 0 {
-            "tcp-netns".to_string()
-        } else {
-            format!("tcp-netns-{backend}")
-        };
         lumen.extend(
             parse_json_rows(&output.stdout)?
                 .into_iter()

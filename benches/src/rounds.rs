@@ -102,14 +102,15 @@ impl Series {
 
     /// The smallest and largest per-round ratio.
     pub fn ratio_range(&self) -> Option<(f64, f64)> {
-        let min = self.ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = self
-            .ratios
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        (!self.ratios.is_empty()).then_some((min, max))
+        range(&self.ratios)
     }
+}
+
+/// The smallest and largest of `values` (`None` when there are none).
+pub fn range(values: &[f64]) -> Option<(f64, f64)> {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (!values.is_empty()).then_some((min, max))
 }
 
 /// Load seen around one round.

@@ -276,11 +276,7 @@ fn push_rows(
             baseline_name,
             baseline: (!other.is_empty()).then(|| median(&other)),
             ratio: (!ratios.is_empty()).then(|| median(&ratios)),
-            ratio_range: (!ratios.is_empty()).then(|| {
-                let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-                let high = ratios.iter().copied().fold(0.0, f64::max);
-                (low, high)
-            }),
+            ratio_range: crate::rounds::range(&ratios),
             rounds: lumen.len(),
             threads: last.and_then(|s| s.2),
             sockets: last.and_then(|s| s.3),
