@@ -41,6 +41,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod env;
+pub mod jobs;
 pub mod pmi;
 pub mod rendezvous;
 pub mod spawn;

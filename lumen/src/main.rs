@@ -47,6 +47,12 @@ enum Command {
     /// NICs; like lstopo's text mode) and the binding it would choose for
     /// N local ranks.
     Topo(TopoArgs),
+    /// A running job seen from outside: ranks alive and where, tasks
+    /// running/queued/done per rank, actors, objects and arena use per
+    /// node, placement groups, the slowest ranks. Authenticated with the
+    /// job's secret (from ~/.lumen/jobs for lumen run jobs, derived from
+    /// ~/.lumen/job-key for Slurm jobs, or LUMEN_JOB_SECRET).
+    Status(StatusArgs),
     /// Timelines written with `LUMEN_TIMELINE=trace.json` (one file per
     /// rank): `lumen timeline merge trace.rank*.json -o trace.json` makes
     /// one Chrome trace of the job for ui.perfetto.dev.
@@ -65,6 +71,30 @@ enum TimelineCommand {
         #[arg(short = 'o', long = "out", value_name = "FILE")]
         out: std::path::PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// A `lumen run` job id (see ~/.lumen/jobs) or a Slurm job id; without
+    /// one, the one job this user runs here, else `SLURM_JOB_ID`.
+    job: Option<String>,
+    /// The job's rendezvous store, HOST:PORT (`LUMEN_RENDEZVOUS` of its
+    /// ranks); the secret comes from LUMEN_JOB_SECRET and LUMEN_JOB_ID, or
+    /// from the job file of that address.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "job")]
+    rendezvous: Option<String>,
+    /// Refresh every SECONDS (default 2) until the job ends.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<f64>,
+    /// Stop after this many views (with --watch).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Print the status as JSON (one object per view).
+    #[arg(long)]
+    json: bool,
+    /// Bound on finding the job and on each answer, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    timeout: f64,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +230,7 @@ fn main() -> ExitCode {
         Command::Submit(args) => submit(args),
         Command::Bench(args) => bench(args),
         Command::Topo(args) => topo(args),
+        Command::Status(args) => status(args),
         Command::Timeline(TimelineCommand::Merge { files, out }) => merge_timelines(&files, &out),
     };
     match result {
@@ -236,6 +267,55 @@ fn merge_timelines(
         files.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lumen status`: find the job, then ask its rank 0 (once, or every
+/// `--watch` seconds until it ends).
+fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    use lumen::runtime::status::{fetch, locate, render, Target};
+    use std::io::IsTerminal;
+    let timeout = std::time::Duration::from_secs_f64(args.timeout.max(0.1));
+    let target = match (args.rendezvous, args.job) {
+        (Some(addr), _) => Target::Rendezvous(addr),
+        (None, Some(job)) => Target::Job(job),
+        (None, None) => Target::Only,
+    };
+    let located = locate(&target, timeout).map_err(|e| anyhow::anyhow!(e))?;
+    let clear = args.watch.is_some() && !args.json && std::io::stdout().is_terminal();
+    let mut views = 0u64;
+    loop {
+        let status = match fetch(
+            located.address.addr,
+            &located.address.job_id,
+            &located.secret,
+            timeout,
+        ) {
+            Ok(status) => status,
+            // Under --watch a job that ended is the end of the watch.
+            Err(lumen::runtime::status::StatusError::Io { .. }) if views > 0 => {
+                println!("job {} has ended", located.address.job_id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        views += 1;
+        if args.json {
+            println!("{}", serde_json::to_string(&status)?);
+        } else {
+            if clear {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("{} (via {})", located.address.addr, located.how);
+            print!("{}", render(&status));
+        }
+        let (Some(every), true) = (args.watch, args.count.is_none_or(|n| views < n)) else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        if !args.json {
+            println!();
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(every.max(0.05)));
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

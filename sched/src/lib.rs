@@ -120,7 +120,7 @@ pub use policy::{Infeasible, Preferences, RankSlot, Request, Scheduler, Scheduli
 pub use resources::Resources;
 pub use slots::{Held, ResourceSlots};
 pub use strategy::place;
-pub use table::{Action, GroupAnswer, GroupView, Host, PlacementTable};
+pub use table::{Action, GroupAnswer, GroupSummary, GroupView, Host, PlacementTable};
 
 /// A rank of the job: `0..size`, the same numbers as the transport's ranks.
 pub type Rank = u32;

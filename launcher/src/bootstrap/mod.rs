@@ -71,6 +71,7 @@ pub struct Job {
     pub resources: RankResources,
     exchange: Option<Exchange>,
     server: Option<RendezvousServer>,
+    secret: JobSecret,
 }
 
 /// How the ranks of this job talk before the endpoint exists.
@@ -111,6 +112,44 @@ fn pmi_fd(env: Env<'_>) -> Result<i32, BootstrapError> {
         .trim()
         .parse()
         .map_err(|_| PmiError::BadFd { value }.into())
+}
+
+/// Attaches to the rendezvous store of a running job as an observer (a
+/// tool: `lumen status`), with the job's secret. `rendezvous` is the
+/// store's `host:port` (under `lumen run`: `LUMEN_RENDEZVOUS` of its
+/// ranks).
+pub fn observe(
+    rendezvous: &str,
+    job_id: &str,
+    secret: &JobSecret,
+    timeout: Duration,
+) -> Result<RendezvousClient, BootstrapError> {
+    let addr = meet::resolve(rendezvous)?;
+    Ok(RendezvousClient::observe(addr, job_id, secret, timeout)?)
+}
+
+/// Attaches to the store of a running plain-`srun` job step as an
+/// observer: the store its first node hosts at the port derived from job
+/// and step id, authenticated with the step's secret derived from
+/// `~/.lumen/job-key` (so this works on any host that shares the home
+/// directory with the job, as the ranks' own derivation needs). Returns the
+/// client and the secret.
+pub fn observe_slurm_step(
+    job_id: &str,
+    step_id: &str,
+    first_node: &str,
+    timeout: Duration,
+) -> Result<(RendezvousClient, JobSecret), BootstrapError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let secret = meet::key_file_secret(&format!("slurm/{job_id}.{step_id}"), &env)?;
+    let ip = meet::resolve(&format!("{first_node}:0"))
+        .map_err(|_| BootstrapError::FirstNodeUnresolved {
+            node: first_node.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no IPv4 address"),
+        })?
+        .ip();
+    let client = RendezvousClient::observe_derived(ip, job_id, step_id, &secret, timeout)?;
+    Ok((client, secret))
 }
 
 /// Joins the job described by this process's environment (see the
@@ -207,7 +246,7 @@ fn join_env(env: Env<'_>) -> Result<Job, BootstrapError> {
         local_rank: world.local_rank,
         local_size: world.local_size,
         job_id: meet::sanitize(&job_id),
-        secret,
+        secret: secret.clone(),
         config: transport,
     };
     let builder = EndpointBuilder::new(options)?;
@@ -239,6 +278,7 @@ fn join_env(env: Env<'_>) -> Result<Job, BootstrapError> {
         resources,
         exchange,
         server,
+        secret,
     })
 }
 
@@ -251,6 +291,26 @@ impl Job {
     /// Ranks in the job.
     pub fn size(&self) -> u32 {
         self.world.size
+    }
+
+    /// The job's secret: what a tool attaching to the job (`lumen status`)
+    /// must prove it knows.
+    pub fn secret(&self) -> &JobSecret {
+        &self.secret
+    }
+
+    /// Stores `value` under `key` in the job's rendezvous store, for
+    /// observers (`lumen status`) to read while the job runs; `Ok(false)`
+    /// when the job met through PMI or has no store (a singleton), where
+    /// there is nothing an observer could read.
+    pub fn publish(&mut self, key: &str, value: &[u8]) -> Result<bool, BootstrapError> {
+        match &mut self.exchange {
+            Some(Exchange::Rendezvous(client)) => {
+                client.put(key, value)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Leaves in order: waits for every rank, closes the endpoint, and tells the

@@ -16,7 +16,8 @@ use lumen_transport::frame::{Frame, FrameDecoder, FrameKind};
 use lumen_transport::handshake::{self, HandshakeError};
 
 use super::{
-    derived_job_id, derived_port, port_sequence, RendezvousError, Seconds, MAX_FRAME, SERVER_RANK,
+    derived_job_id, derived_port, port_sequence, RendezvousError, Seconds, MAX_FRAME,
+    OBSERVER_RANK, SERVER_RANK,
 };
 use crate::wire::{Reply, ReplyFrame, Request, RequestFrame, StoreStatus};
 
@@ -158,6 +159,34 @@ impl RendezvousClient {
             std::thread::sleep(pause);
             pause = (pause * 2).min(RETRY_PAUSE);
         }
+    }
+
+    /// Connects to the store at `addr` as an observer ([`OBSERVER_RANK`]):
+    /// a tool such as `lumen status` that reads keys the ranks put
+    /// ([`get`](Self::get) answers at once: the value, or an error when no
+    /// rank put it) and is not one of the job's ranks. The handshake still
+    /// proves knowledge of the job's secret; a store of another job, or the
+    /// wrong secret, refuses it.
+    pub fn observe(
+        addr: SocketAddr,
+        job_id: &str,
+        secret: &JobSecret,
+        timeout: Duration,
+    ) -> Result<RendezvousClient, RendezvousError> {
+        Self::connect(addr, job_id, OBSERVER_RANK, secret, timeout)
+    }
+
+    /// [`observe`](Self::observe) for the store of a job step that derived
+    /// its address (plain `srun`: hosted on the step's first node, whose
+    /// address is `ip`).
+    pub fn observe_derived(
+        ip: IpAddr,
+        job_id: &str,
+        step_id: &str,
+        secret: &JobSecret,
+        timeout: Duration,
+    ) -> Result<RendezvousClient, RendezvousError> {
+        Self::connect_derived(ip, job_id, step_id, OBSERVER_RANK, secret, timeout)
     }
 
     /// This client's rank.

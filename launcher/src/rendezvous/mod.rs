@@ -60,6 +60,11 @@ pub(crate) use state::StoreState;
 
 /// Rank the server names itself in the handshake.
 pub(crate) const SERVER_RANK: u32 = u32::MAX;
+/// Rank a tool names itself in the handshake to read the store without
+/// being one of the job's ranks ([`RendezvousClient::observe`]): it may
+/// only `get`, is answered at once, and its leaving is never taken for a
+/// rank's death.
+pub const OBSERVER_RANK: u32 = u32::MAX - 1;
 /// Largest frame either side accepts after the handshake (16 MiB).
 pub const MAX_FRAME: u32 = 16 << 20;
 /// Ports that `derived_port` hashes into.

@@ -30,9 +30,9 @@ use rustix::event::epoll;
 
 use super::{
     derived_job_id, derived_port, port_sequence, RendezvousError, StoreState, MAX_FRAME,
-    SERVER_RANK,
+    OBSERVER_RANK, SERVER_RANK,
 };
-use crate::wire::{Reply, ReplyFrame, RequestFrame, StoreStatus};
+use crate::wire::{Reply, ReplyFrame, Request, RequestFrame, StoreStatus};
 
 /// How long a new connection may take to authenticate.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -250,6 +250,9 @@ enum Phase {
     Proof(Acceptor),
     /// Authenticated and registered as this rank.
     Rank(u32),
+    /// Authenticated as [`OBSERVER_RANK`]: a tool (`lumen status`) that
+    /// reads keys and is not one of the job's ranks.
+    Observer,
 }
 
 struct Connection {
@@ -280,7 +283,7 @@ impl Connection {
             return Ok(None);
         }
         let max = match self.phase {
-            Phase::Rank(_) => MAX_FRAME,
+            Phase::Rank(_) | Phase::Observer => MAX_FRAME,
             _ => HANDSHAKE_MAX_FRAME,
         };
         let mut bytes = [0u8; HEADER_LEN];
@@ -476,12 +479,17 @@ impl Loop {
                 }
             }
             Phase::Proof(pending) => match pending.proof(&header, &payload) {
+                Ok(OBSERVER_RANK) => self.observe(key),
                 Ok(rank) => self.register(key, rank),
                 Err(error) => {
                     tracing::debug!(%error, "rendezvous handshake failed");
                     self.close(key);
                 }
             },
+            Phase::Observer => {
+                conn.phase = Phase::Observer;
+                self.observed(key, header, &payload);
+            }
             Phase::Rank(rank) => {
                 conn.phase = Phase::Rank(rank);
                 if header.kind != FrameKind::Store {
@@ -501,6 +509,53 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// A request from an observer: only `Get`, answered at once from the
+    /// values stored so far (an observer never waits on the job's ranks).
+    fn observed(&mut self, key: u64, header: FrameHeader, payload: &[u8]) {
+        if header.kind != FrameKind::Store {
+            self.close(key);
+            return;
+        }
+        let request = match RequestFrame::decode(payload) {
+            Ok(request) => request,
+            Err(error) => {
+                self.refuse(key, format!("malformed request from an observer: {error}"));
+                return;
+            }
+        };
+        let reply = match request.request {
+            Request::Get { key: name } => match self.shared.lock().value(&name) {
+                Some(value) => Reply::Value { key: name, value },
+                None => Reply::Error {
+                    reason: format!("no rank of this job has put {name:?} (yet)"),
+                },
+            },
+            _ => Reply::Error {
+                reason: "an observer may only read keys".into(),
+            },
+        };
+        let frame = ReplyFrame {
+            id: request.id,
+            reply,
+        };
+        self.queue_reply(key, &frame);
+    }
+
+    /// An authenticated observer: welcomed, never counted among the ranks.
+    fn observe(&mut self, key: u64) {
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
+        conn.phase = Phase::Observer;
+        tracing::debug!(peer = ?conn.stream.peer_addr().ok(), "an observer joined the rendezvous");
+        let size = self.shared.lock().size();
+        let frame = ReplyFrame {
+            id: 0,
+            reply: Reply::Welcome { size },
+        };
+        self.queue_reply(key, &frame);
     }
 
     fn register(&mut self, key: u64, rank: u32) {
@@ -659,7 +714,9 @@ impl Loop {
         let late: Vec<u64> = (self.connections.iter())
             .filter(|(_, conn)| match conn.phase {
                 Phase::Hello | Phase::Proof(_) => now - conn.since > HANDSHAKE_TIMEOUT,
-                Phase::Rank(_) => conn.pending_output() && now - conn.since > WRITE_TIMEOUT,
+                Phase::Rank(_) | Phase::Observer => {
+                    conn.pending_output() && now - conn.since > WRITE_TIMEOUT
+                }
             })
             .map(|(&key, _)| key)
             .collect();

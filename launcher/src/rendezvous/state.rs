@@ -142,6 +142,11 @@ impl StoreState {
         self.size
     }
 
+    /// The value stored under `key`, if any (what an observer reads).
+    pub(crate) fn value(&self, key: &str) -> Option<Vec<u8>> {
+        self.values.get(key).cloned()
+    }
+
     /// Registers an authenticated connection for `rank`.
     ///
     /// On success the shell sends [`Reply::Welcome`]; on refusal it sends the

@@ -86,6 +86,24 @@ pub fn run_job(spec: &JobSpec) -> Result<JobOutcome, SpawnError> {
     )?;
     let rendezvous = server.local_addr();
     tracing::debug!(%job_id, %rendezvous, ranks = spec.ranks, "starting job");
+    // For `lumen status` (see `crate::jobs`); the job runs without it.
+    let _registration = crate::jobs::register(&crate::jobs::JobFile {
+        job_id: job_id.clone(),
+        rendezvous: rendezvous.to_string(),
+        secret_hex: secret.to_hex(),
+        pid: std::process::id(),
+        ranks: spec.ranks,
+        command: std::iter::once(&spec.program)
+            .chain(&spec.args)
+            .map(|word| word.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs()),
+    })
+    .map_err(|error| tracing::info!(%error, "no job file for lumen status"))
+    .ok();
 
     let (output_done, output_finished) = mpsc::channel::<()>();
     let mut readers = 0usize;

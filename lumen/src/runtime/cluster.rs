@@ -256,10 +256,50 @@ fn start(
     if let Some(fabric) = fabric {
         inner.store.attach_fabric(fabric);
     }
+    let mut membership = membership;
+    if inner.rank == 0 {
+        serve_status(&inner, &mut membership);
+    }
     if mode == Mode::Driver && inner.rank != 0 {
         serve_until_shutdown(inner, membership);
     }
     Ok(super::Runtime::with_session(inner, membership))
+}
+
+/// Rank 0 serves `lumen status` (see `runtime::status`) and puts the
+/// address into the job's store; `LUMEN_STATUS=0` turns it off. A failure
+/// is logged: the job runs without it.
+fn serve_status(inner: &Arc<Inner>, membership: &mut Membership) {
+    let env = |name: &str| std::env::var(name).ok();
+    if env("LUMEN_STATUS").is_some_and(|v| v.trim() == "0") {
+        return;
+    }
+    let job = match membership {
+        Membership::Job(job) => &mut **job,
+        Membership::Embedded(cluster) => &mut cluster.job,
+    };
+    let ip = match super::core::status::bind_ip(env, inner.endpoint.tcp_address().ip()) {
+        Ok(ip) => ip,
+        Err(e) => {
+            tracing::warn!("no lumen status service: {e}");
+            return;
+        }
+    };
+    let served =
+        super::core::status::serve(inner, ip, job.secret().clone(), job.world.hosts.clone());
+    let address = match served {
+        Ok(address) => address,
+        Err(e) => {
+            tracing::warn!("no lumen status service on {ip}: {e}");
+            return;
+        }
+    };
+    let value = serde_json::to_vec(&address).unwrap_or_default();
+    match job.publish(super::status::STORE_KEY, &value) {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("no rendezvous store: lumen status cannot find this job"),
+        Err(e) => tracing::warn!("lumen status address not published: {e}"),
+    }
 }
 
 /// Serves tasks until the driver says stop (or dies), leaves, exits.

@@ -236,6 +236,14 @@ impl Executor {
         u32::try_from(s.queue.len() + running).unwrap_or(u32::MAX)
     }
 
+    /// Tasks running on the executor threads now, and tasks queued (for
+    /// `lumen status`).
+    pub(crate) fn load(&self) -> (u64, u64) {
+        let s = self.lock();
+        let running = s.threads.saturating_sub(s.idle);
+        (running as u64, s.queue.len() as u64)
+    }
+
     /// Releases every bundle of `group` here; returns its queued tasks.
     pub(crate) fn release(&self, group: PlacementGroupId) -> Vec<TaskSpec> {
         let dropped = {

@@ -121,6 +121,7 @@ mod protocol;
 mod refs;
 mod registry;
 mod scheduler;
+pub mod status;
 mod store;
 mod task_table;
 pub mod timeline;

@@ -307,6 +307,25 @@ pub struct RankStats {
     /// Wake-up system calls this process made ringing doorbells
     /// (`lumen_transport::doorbell_rings`).
     pub doorbell_rings: u64,
+    /// Tasks and actor calls running on this rank's executor threads now.
+    pub tasks_running: u64,
+    /// Tasks queued at this rank's executor, not started yet.
+    pub tasks_queued: u64,
+    /// Time spent running tasks here, in nanoseconds (with
+    /// `tasks_executed`, the mean task time).
+    pub task_run_nanos: u64,
+    /// Heap bytes of the node arena in use (every rank of the node).
+    pub arena_used_bytes: u64,
+    /// Heap bytes of the node arena (0 without one).
+    pub arena_capacity: u64,
+    /// Objects of the node arena spilled to disk now.
+    pub arena_spilled_objects: u64,
+    /// Bytes of the node arena spilled to disk now.
+    pub arena_spilled_bytes: u64,
+    /// Spills of the node arena since it was made.
+    pub arena_spills: u64,
+    /// This rank's process id.
+    pub pid: u64,
 }
 
 /// Encodes a message.

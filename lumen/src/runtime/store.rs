@@ -350,6 +350,11 @@ impl ValueStore {
         self.arena.as_ref().map_or(0, |a| a.server.chunks_served())
     }
 
+    /// The node arena's counters, if there is one.
+    pub(crate) fn arena_stats(&self) -> Option<lumen_objstore::ArenaStats> {
+        self.arena.as_ref().map(|a| a.arena.stats())
+    }
+
     /// Live objects in the node arena (all ranks of the node), if any.
     pub(crate) fn arena_live(&self) -> Option<u64> {
         self.arena.as_ref().map(|a| a.arena.live_objects())

@@ -71,6 +71,23 @@ pub struct GroupView {
     pub ranks: Vec<Rank>,
 }
 
+/// One group as the head holds it, for tools (`lumen status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    /// The group.
+    pub id: PlacementGroupId,
+    /// The strategy it was created with.
+    pub strategy: PlacementStrategy,
+    /// Its bundles, as asked for.
+    pub bundles: Vec<Resources>,
+    /// `pending` (waiting for resources), `reserving` (placed, hosts to
+    /// acknowledge), `created`, or `rescheduling` (bundles lost with a
+    /// rank are placed again).
+    pub state: String,
+    /// Bundle `i`'s rank, once placed (empty while pending).
+    pub ranks: Vec<Rank>,
+}
+
 /// The head's answer about a group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum GroupAnswer {
@@ -305,6 +322,31 @@ impl PlacementTable {
                 answer: GroupAnswer::Created(view.clone()),
             })
             .collect()
+    }
+
+    /// Every group the head holds, by id.
+    pub fn summaries(&self) -> Vec<GroupSummary> {
+        let mut groups: Vec<GroupSummary> = self
+            .groups
+            .iter()
+            .map(|(id, group)| {
+                let (state, ranks) = match &group.state {
+                    GroupState::Pending => ("pending", Vec::new()),
+                    GroupState::Reserving { ranks, .. } => ("reserving", ranks.clone()),
+                    GroupState::Created { ranks } => ("created", ranks.clone()),
+                    GroupState::Rescheduling { ranks, .. } => ("rescheduling", ranks.clone()),
+                };
+                GroupSummary {
+                    id: *id,
+                    strategy: group.strategy,
+                    bundles: group.bundles.clone(),
+                    state: state.to_string(),
+                    ranks,
+                }
+            })
+            .collect();
+        groups.sort_by_key(|group| group.id);
+        groups
     }
 
     /// Removes `id`: its resources go back, its hosts release it, its

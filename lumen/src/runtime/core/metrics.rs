@@ -11,9 +11,13 @@
 //! answers one request at a time, with a 2 s read bound and requests
 //! capped at 8 KiB: a slow or malformed client cannot hold it.
 //!
-//! Not exported yet: histograms (call latency), bytes moved per path,
-//! queue depth per worker, spills, retries and restarts (the counters do
-//! not exist in the runtime yet).
+//! Besides the counters, `lumen_task_run_seconds` is a histogram of how
+//! long this rank's tasks and actor calls ran (buckets from 10 µs to 10 s;
+//! one clock read at each end of a task).
+//!
+//! Not exported yet: the caller's view of call latency (submit to reply),
+//! bytes moved per path, retries and restarts (the counters do not exist
+//! in the runtime yet).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -37,7 +41,78 @@ const GAUGES: &[&str] = &[
     "actors_hosted",
     "tasks_pending",
     "tasks_pending_peak",
+    "tasks_running",
+    "tasks_queued",
+    "arena_used_bytes",
+    "arena_capacity",
+    "arena_spilled_objects",
+    "arena_spilled_bytes",
 ];
+
+/// Fields of [`RankStats`] that are not exported as counters: the process
+/// id is not a measurement, and the task time is the histogram's sum.
+const NOT_EXPORTED: &[&str] = &["pid", "task_run_nanos"];
+
+/// Upper bounds of the task-time buckets, in seconds.
+const BUCKETS: [f64; 7] = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
+
+/// A histogram of durations with [`BUCKETS`] (counts per bucket, not
+/// cumulative; the last slot is above 10 s), updated without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    counts: [std::sync::atomic::AtomicU64; 8],
+    sum_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one duration.
+    pub(crate) fn record(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seconds = took.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BUCKETS.len());
+        self.counts[slot].fetch_add(1, Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// The sum of the durations, in nanoseconds.
+    pub(crate) fn sum_nanos(&self) -> u64 {
+        self.sum_nanos.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The counts per bucket (not cumulative).
+    fn counts(&self) -> [u64; 8] {
+        let mut out = [0; 8];
+        for (out, count) in out.iter_mut().zip(&self.counts) {
+            *out = count.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        out
+    }
+}
+
+/// The Prometheus exposition of `histogram` as `metric` with `labels`.
+fn render_histogram(out: &mut String, metric: &str, help: &str, labels: &str, h: &Histogram) {
+    use std::fmt::Write as _;
+    let counts = h.counts();
+    let _ = writeln!(out, "# HELP {metric} {help}");
+    let _ = writeln!(out, "# TYPE {metric} histogram");
+    let mut cumulative = 0;
+    for (bound, count) in BUCKETS.iter().zip(counts) {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "{metric}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    cumulative += counts[BUCKETS.len()];
+    let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+    let sum = h.sum_nanos() as f64 / 1e9;
+    let _ = writeln!(out, "{metric}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{metric}_count{{{labels}}} {cumulative}");
+}
 
 /// One help line per counter (the field docs of [`RankStats`], shortened).
 fn help(name: &str) -> &'static str {
@@ -63,6 +138,13 @@ fn help(name: &str) -> &'static str {
         "poll_sessions" => "Poll sessions begun by waiting threads.",
         "polls_refused" => "Poll sessions refused because another thread polled.",
         "doorbell_rings" => "Wake-up system calls made ringing shared-memory doorbells.",
+        "tasks_running" => "Tasks and actor calls running on this rank's executor now.",
+        "tasks_queued" => "Tasks queued at this rank's executor, not started yet.",
+        "arena_used_bytes" => "Heap bytes of the node arena in use.",
+        "arena_capacity" => "Heap bytes of the node arena.",
+        "arena_spilled_objects" => "Objects of the node arena spilled to disk now.",
+        "arena_spilled_bytes" => "Bytes of the node arena spilled to disk now.",
+        "arena_spills" => "Spills of the node arena since it was made.",
         _ => "A Lumen rank counter.",
     }
 }
@@ -76,7 +158,13 @@ fn label(value: &str) -> String {
 }
 
 /// The Prometheus text exposition of one rank's counters.
-pub(crate) fn render(stats: &RankStats, job: &str, rank: u32, node: u32) -> String {
+pub(crate) fn render(
+    stats: &RankStats,
+    task_runs: &Histogram,
+    job: &str,
+    rank: u32,
+    node: u32,
+) -> String {
     use std::fmt::Write as _;
     let labels = format!("job=\"{}\",rank=\"{rank}\",node=\"{node}\"", label(job));
     let mut out = String::new();
@@ -86,6 +174,9 @@ pub(crate) fn render(stats: &RankStats, job: &str, rank: u32, node: u32) -> Stri
             let Some(value) = value.as_u64() else {
                 continue;
             };
+            if NOT_EXPORTED.contains(&name.as_str()) {
+                continue;
+            }
             let (kind, metric) = if GAUGES.contains(&name.as_str()) {
                 ("gauge", format!("lumen_{name}"))
             } else {
@@ -96,6 +187,13 @@ pub(crate) fn render(stats: &RankStats, job: &str, rank: u32, node: u32) -> Stri
             let _ = writeln!(out, "{metric}{{{labels}}} {value}");
         }
     }
+    render_histogram(
+        &mut out,
+        "lumen_task_run_seconds",
+        "How long this rank's tasks and actor calls ran.",
+        &labels,
+        task_runs,
+    );
     out
 }
 
@@ -185,7 +283,7 @@ fn answer(mut stream: TcpStream, inner: &Weak<Inner>, job: &str, rank: u32, node
             Some(inner) => respond(
                 &mut stream,
                 "200 OK",
-                &render(&inner.local_stats(), job, rank, node),
+                &render(&inner.local_stats(), &inner.task_runs, job, rank, node),
             ),
             None => respond(
                 &mut stream,
@@ -222,7 +320,11 @@ mod tests {
             tasks_pending: 2,
             ..RankStats::default()
         };
-        let text = render(&stats, "job \"a\"", 3, 1);
+        let runs = Histogram::default();
+        runs.record(Duration::from_micros(50));
+        runs.record(Duration::from_millis(2));
+        runs.record(Duration::from_secs(20));
+        let text = render(&stats, &runs, "job \"a\"", 3, 1);
         assert!(text.contains("# TYPE lumen_tasks_executed_total counter\n"));
         assert!(text.contains(
             "lumen_tasks_executed_total{job=\"job \\\"a\\\"\",rank=\"3\",node=\"1\"} 7\n"
@@ -231,8 +333,29 @@ mod tests {
         assert!(
             text.contains("lumen_tasks_pending{job=\"job \\\"a\\\"\",rank=\"3\",node=\"1\"} 2\n")
         );
-        // Every sample line has a HELP and a TYPE line before it.
-        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        // The histogram: cumulative buckets, +Inf = count, sum in seconds.
+        let labels = "job=\"job \\\"a\\\"\",rank=\"3\",node=\"1\"";
+        assert!(text.contains("# TYPE lumen_task_run_seconds histogram\n"));
+        for (le, n) in [
+            ("0.00001", 0),
+            ("0.0001", 1),
+            ("0.001", 1),
+            ("0.01", 2),
+            ("10", 2),
+            ("+Inf", 3),
+        ] {
+            let line = format!("lumen_task_run_seconds_bucket{{{labels},le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        assert!(text.contains(&format!("lumen_task_run_seconds_count{{{labels}}} 3\n")));
+        assert!(text.contains(&format!("lumen_task_run_seconds_sum{{{labels}}} 20.00205")));
+        assert!(!text.contains("lumen_pid"));
+        // Every counter line has a HELP and a TYPE line before it.
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("lumen_task_run_seconds"))
+            .count()
+            + 1;
         assert_eq!(
             text.lines().filter(|l| l.starts_with("# TYPE")).count(),
             samples

@@ -17,6 +17,7 @@
 //! | `failures.rs` | the peer monitor, what a rank's death does (retries, restarts, failed calls) |
 //! | `requests.rs` | blocking request/reply with other ranks, counters, shutdown |
 //! | `groups.rs` | placement-group requests to the head |
+//! | `status.rs` | rank 0's `lumen status` service: callers authenticated with the job secret, every rank's counters gathered within a bound |
 //!
 //! Locks: `state` (reference table, task table, requests) is never held
 //! while sending or while running user code; everything that must happen
@@ -31,6 +32,7 @@ mod mesh;
 mod metrics;
 mod objects;
 mod requests;
+pub(crate) mod status;
 mod tasks;
 
 use std::collections::{HashMap, HashSet};
@@ -274,6 +276,8 @@ pub(crate) struct Inner {
     /// The cores this rank bound itself to (see `runtime::binding`).
     pub(crate) binding: Option<lumen_sched::topology::RankBinding>,
     tasks_executed: AtomicU64,
+    /// How long tasks ran here (`lumen_task_run_seconds`).
+    pub(crate) task_runs: metrics::Histogram,
     /// This rank's device objects (see `runtime::device`).
     pub(crate) devices: super::device::DevicePlane,
     /// The failure detector (see `liveness`).
@@ -457,6 +461,7 @@ impl Inner {
             groups: GroupRuntime::new(rank, hosts),
             binding,
             tasks_executed: AtomicU64::new(0),
+            task_runs: metrics::Histogram::default(),
             devices: super::device::DevicePlane::default(),
             liveness: liveness::Liveness::new(size, liveness::Liveness::bound_from_env()),
             lineage: lineage::Lineage::from_env(),

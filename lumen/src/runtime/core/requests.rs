@@ -76,6 +76,8 @@ impl Inner {
     }
 
     pub(crate) fn local_stats(&self) -> RankStats {
+        let (running, queued) = self.executor.load();
+        let arena = self.store.arena_stats().unwrap_or_default();
         let s = self.lock();
         RankStats {
             owned_objects: s.refs.owned_count() as u64,
@@ -99,6 +101,15 @@ impl Inner {
             poll_sessions: self.endpoint.poll_sessions().0,
             polls_refused: self.endpoint.poll_sessions().1,
             doorbell_rings: lumen_transport::doorbell_rings(),
+            tasks_running: running,
+            tasks_queued: queued,
+            task_run_nanos: self.task_runs.sum_nanos(),
+            arena_used_bytes: arena.used_bytes,
+            arena_capacity: arena.capacity,
+            arena_spilled_objects: arena.spilled_objects,
+            arena_spilled_bytes: arena.spilled_bytes,
+            arena_spills: arena.spills,
+            pid: u64::from(std::process::id()),
         }
     }
 

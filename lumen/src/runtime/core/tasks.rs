@@ -355,6 +355,7 @@ impl Inner {
     /// Runs a task on this (executor) thread and reports its outcome.
     pub(crate) fn run_task(self: &Arc<Self>, spec: TaskSpec, _from: Rank) {
         self.tasks_executed.fetch_add(1, Ordering::Relaxed);
+        let clock = std::time::Instant::now();
         let started = crate::runtime::timeline::on().then(crate::runtime::timeline::now_us);
         let result = match registry::function(spec.function) {
             None => Err(TaskFailure::new(
@@ -379,6 +380,7 @@ impl Inner {
         if let Some(started) = started {
             crate::runtime::timeline::span("run", &spec.name, spec.object, started);
         }
+        self.task_runs.record(clock.elapsed());
         self.finish(spec.object, &spec.name, result);
         self.release_all(&spec.refs);
     }
