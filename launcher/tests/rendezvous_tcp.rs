@@ -357,3 +357,50 @@ fn shutdown_releases_waiting_clients() {
     assert!(started.elapsed() < Duration::from_secs(5));
     server.shutdown();
 }
+
+/// An observer (`lumen status`) reads what ranks put, is answered at once
+/// when a key is missing, may not write, is not counted among the ranks,
+/// and leaving (even abruptly) fails nobody's barrier; one without the
+/// secret is refused.
+#[test]
+fn observers_read_keys_without_joining_the_job() {
+    let secret = JobSecret::random();
+    let server = server("job-obs", 2, &secret);
+    let mut rank0 = client(&server, "job-obs", 0, &secret);
+    rank0.put("lumen.status", b"addr").unwrap();
+    let mut observer =
+        RendezvousClient::observe(server.local_addr(), "job-obs", &secret, LONG).unwrap();
+    assert_eq!(observer.size(), 2);
+    assert_eq!(observer.get("lumen.status", LONG).unwrap(), b"addr");
+    let started = Instant::now();
+    let missing = observer.get("nothing", LONG).unwrap_err().to_string();
+    assert!(missing.contains("no rank of this job has put"), "{missing}");
+    assert!(started.elapsed() < LONG, "a missing key must not wait");
+    let refused = observer
+        .put("lumen.status", b"other")
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("only read"), "{refused}");
+    // A second observer at the same time, then both go away abruptly.
+    let second = RendezvousClient::observe(server.local_addr(), "job-obs", &secret, LONG).unwrap();
+    assert_eq!(server.status().connected, vec![0]);
+    drop(observer);
+    drop(second);
+    // The job goes on: rank 1 arrives and both pass a barrier.
+    let secret1 = secret.clone();
+    let addr = server.local_addr();
+    let rank1 = thread::spawn(move || {
+        let mut rank1 = RendezvousClient::connect(addr, "job-obs", 1, &secret1, LONG).unwrap();
+        rank1.barrier(LONG).unwrap();
+        rank1.finalize().unwrap();
+    });
+    rank0.barrier(LONG).unwrap();
+    rank1.join().unwrap();
+    rank0.finalize().unwrap();
+    // Without the secret: refused.
+    let wrong = JobSecret::random();
+    let error = RendezvousClient::observe(server.local_addr(), "job-obs", &wrong, LONG)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("authenticate"), "{error}");
+}

@@ -74,8 +74,12 @@ fn main() -> lumen::Result<()> {
     let group = rt.placement_group(vec![Resources::cpus(0.5); 2], PlacementStrategy::Spread)?;
     group.ready()?;
     let ranks = rt.size();
+    // The id `lumen status` takes: Slurm's under srun, else lumen run's.
+    let job = std::env::var("SLURM_JOB_ID")
+        .or_else(|_| std::env::var("LUMEN_JOB_ID"))
+        .unwrap_or_default();
     println!(
-        "long_job: ready: {ranks} ranks, placement group on ranks {:?}",
+        "long_job: ready: {ranks} ranks, placement group on ranks {:?}, job {job}",
         group.ranks()?
     );
     let ends = Instant::now() + Duration::from_secs_f64(seconds);

@@ -372,3 +372,110 @@ fn slurm_remote_tasks_run_on_every_host() {
         );
     }
 }
+
+/// `lumen status JOBID` of a running 6-rank Slurm job (plain `srun`, the
+/// `long_job` example): found through `squeue`, its store on the first
+/// node at the derived port, authenticated with the step's secret derived
+/// from `~/.lumen/job-key`; every rank alive, on the host Slurm put it.
+#[test]
+fn slurm_lumen_status_sees_a_running_job_by_its_id() {
+    let Some(cluster) = cluster() else { return };
+    let stop = std::env::temp_dir().join(format!("lumen-slurm-status-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop);
+    let srun = srun6(
+        &cluster,
+        &[],
+        "long_job",
+        &["--seconds", "150", "--stop-file", stop.to_str().unwrap()],
+    );
+    let mut child = Command::new("timeout")
+        .args(["-k", "5", "180"])
+        .arg(srun.get_program())
+        .args(srun.get_args())
+        .envs(srun.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting srun");
+    // Ends the job (stop file, then scancel) even when an assertion fails.
+    struct Stop<'a>(&'a std::path::Path, &'a SlurmCluster, Option<String>);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0, b"stop");
+            if std::thread::panicking() {
+                if let Some(job) = &self.2 {
+                    let _ = self.1.command("scancel").arg(job).status();
+                }
+            }
+        }
+    }
+    let mut guard = Stop(&stop, &cluster, None);
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("job: {line}");
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline && guard.2.is_none() {
+        match received.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) if line.contains("long_job: ready") => {
+                guard.2 = line.split(", job ").nth(1).map(str::to_owned);
+            }
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let job = guard.2.clone().expect("the job never reported ready");
+    let status = |args: &[&str]| {
+        let mut command = cluster.command(lumen());
+        command.arg("status").args(args).arg(&job);
+        run_with_timeout(&mut command, 60)
+    };
+    let view = assert_ok(&status(&[]));
+    println!("{view}");
+    assert!(
+        view.contains(&format!(
+            "job {job} (driver mode): 6 of 6 ranks alive on 3 nodes"
+        )),
+        "{view}"
+    );
+    assert!(view.contains(&format!("via Slurm step {job}.")), "{view}");
+    let json = assert_ok(&status(&["--json"]));
+    let line = json
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let seen: lumen::runtime::status::JobStatus = serde_json::from_str(line).unwrap();
+    let hosts: Vec<(u32, String)> = seen
+        .ranks
+        .iter()
+        .map(|r| (r.rank, r.host.clone()))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            (0, "h1"),
+            (1, "h1"),
+            (2, "h2"),
+            (3, "h2"),
+            (4, "h3"),
+            (5, "h3")
+        ]
+        .map(|(r, h)| (r, h.to_string()))
+        .to_vec()
+    );
+    assert!(seen
+        .ranks
+        .iter()
+        .all(|r| r.state == "alive" && r.stats.is_some()));
+    assert_eq!(seen.named_actors, vec!["progress".to_string()]);
+    drop(guard);
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "the job failed: {exit:?}");
+    let _ = std::fs::remove_file(&stop);
+}

@@ -311,9 +311,11 @@ pub struct RankStats {
     pub tasks_running: u64,
     /// Tasks queued at this rank's executor, not started yet.
     pub tasks_queued: u64,
-    /// Time spent running tasks here, in nanoseconds (with
-    /// `tasks_executed`, the mean task time).
+    /// Time spent running the tasks that finished here, in nanoseconds.
     pub task_run_nanos: u64,
+    /// Tasks and actor calls that finished here (`tasks_executed` counts
+    /// them as they start): with `task_run_nanos`, the mean task time.
+    pub tasks_finished: u64,
     /// Heap bytes of the node arena in use (every rank of the node).
     pub arena_used_bytes: u64,
     /// Heap bytes of the node arena (0 without one).

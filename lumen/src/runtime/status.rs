@@ -110,8 +110,8 @@ impl RankStatus {
     /// Mean time of the tasks this rank ran, in microseconds.
     pub fn mean_task_us(&self) -> Option<f64> {
         let stats = self.stats.as_ref()?;
-        (stats.tasks_executed > 0)
-            .then(|| stats.task_run_nanos as f64 / stats.tasks_executed as f64 / 1e3)
+        (stats.tasks_finished > 0)
+            .then(|| stats.task_run_nanos as f64 / stats.tasks_finished as f64 / 1e3)
     }
 }
 
@@ -485,7 +485,7 @@ pub fn render(status: &JobStatus) -> String {
             field(stats.pid),
             field(stats.tasks_running),
             field(stats.tasks_queued),
-            field(stats.tasks_executed),
+            field(stats.tasks_finished),
             field(stats.tasks_pending),
             field(stats.actors_hosted),
             field(stats.owned_objects),
@@ -571,10 +571,12 @@ pub fn render(status: &JobStatus) -> String {
         .filter_map(|r| Some((r, r.mean_task_us()?)))
         .collect();
     timed.sort_by(|a, b| b.1.total_cmp(&a.1));
-    if !timed.is_empty() {
+    if timed.is_empty() {
+        let _ = writeln!(out, "slowest ranks: no task has finished yet");
+    } else {
         let _ = writeln!(out, "slowest ranks (mean task time):");
         for (rank, mean) in timed.iter().take(SLOWEST) {
-            let done = rank.stats.map_or(0, |s| s.tasks_executed);
+            let done = rank.stats.map_or(0, |s| s.tasks_finished);
             let _ = writeln!(
                 out,
                 "  rank {}: {} over {done} tasks, answered in {}",
@@ -608,6 +610,7 @@ mod tests {
     fn the_text_view_names_ranks_states_arena_groups_and_the_slowest() {
         let busy = RankStats {
             tasks_executed: 10,
+            tasks_finished: 10,
             task_run_nanos: 50_000_000,
             tasks_running: 2,
             pid: 4242,
@@ -615,6 +618,7 @@ mod tests {
         };
         let quick = RankStats {
             tasks_executed: 10,
+            tasks_finished: 10,
             task_run_nanos: 10_000,
             ..RankStats::default()
         };

@@ -50,8 +50,9 @@ const GAUGES: &[&str] = &[
 ];
 
 /// Fields of [`RankStats`] that are not exported as counters: the process
-/// id is not a measurement, and the task time is the histogram's sum.
-const NOT_EXPORTED: &[&str] = &["pid", "task_run_nanos"];
+/// id is not a measurement, and the task time and count are the
+/// histogram's sum and count.
+const NOT_EXPORTED: &[&str] = &["pid", "task_run_nanos", "tasks_finished"];
 
 /// Upper bounds of the task-time buckets, in seconds.
 const BUCKETS: [f64; 7] = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
@@ -81,6 +82,11 @@ impl Histogram {
     /// The sum of the durations, in nanoseconds.
     pub(crate) fn sum_nanos(&self) -> u64 {
         self.sum_nanos.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many durations were counted.
+    pub(crate) fn count(&self) -> u64 {
+        self.counts().iter().sum()
     }
 
     /// The counts per bucket (not cumulative).

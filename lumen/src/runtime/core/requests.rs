@@ -104,6 +104,7 @@ impl Inner {
             tasks_running: running,
             tasks_queued: queued,
             task_run_nanos: self.task_runs.sum_nanos(),
+            tasks_finished: self.task_runs.count(),
             arena_used_bytes: arena.used_bytes,
             arena_capacity: arena.capacity,
             arena_spilled_objects: arena.spilled_objects,

@@ -112,7 +112,7 @@ fn caller(
 enum Asked {
     Dead(String),
     Waiting(u64, Instant),
-    Answered(RankStats, Duration),
+    Answered(Box<RankStats>, Duration),
     Silent,
 }
 
@@ -142,7 +142,10 @@ impl Inner {
                 continue;
             }
             if rank == self.rank {
-                asked.push(Asked::Answered(self.local_stats(), Duration::ZERO));
+                asked.push(Asked::Answered(
+                    Box::new(self.local_stats()),
+                    Duration::ZERO,
+                ));
                 continue;
             }
             let request = self.new_request();
@@ -169,7 +172,7 @@ impl Inner {
                         Some(Reply::Waiting(_)) => waiting = true,
                         Some(_) => match s.replies.remove(&request) {
                             Some(Reply::Stats(stats)) => {
-                                *entry = Asked::Answered(stats, sent.elapsed());
+                                *entry = Asked::Answered(Box::new(stats), sent.elapsed());
                             }
                             _ => *entry = Asked::Dead("died while asked".into()),
                         },
@@ -200,7 +203,7 @@ impl Inner {
             .map(|(asked, info)| {
                 let (state, detail, answered_us, stats) = match asked {
                     Asked::Answered(stats, took) => {
-                        ("alive", None, Some(took.as_micros() as u64), Some(stats))
+                        ("alive", None, Some(took.as_micros() as u64), Some(*stats))
                     }
                     Asked::Dead(why) => ("dead", Some(why), None, None),
                     Asked::Silent | Asked::Waiting(..) => (
