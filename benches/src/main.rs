@@ -248,7 +248,8 @@ struct RuntimeBenchArgs {
     scale: f64,
     /// Baselines run beside Lumen in every round, comma separated:
     /// "lamellar" (builds benches/lamellar if missing), "ray" (installs Ray
-    /// into --ray-venv if missing).
+    /// into --ray-venv if missing), "timeline" (Lumen itself with
+    /// LUMEN_TIMELINE recording: the timeline's cost).
     #[arg(long, value_name = "NAMES")]
     baseline: Option<String>,
     /// Rounds: Lumen, then each baseline, this many times (ABAB...).

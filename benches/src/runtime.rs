@@ -163,6 +163,9 @@ pub enum Baseline {
     Lamellar,
     /// Ray 2.60 (`benches/ray/ray_micro.py`).
     Ray,
+    /// Lumen itself with the timeline recording (`LUMEN_TIMELINE`): the
+    /// timeline's cost, on against off.
+    Timeline,
 }
 
 impl Baseline {
@@ -171,6 +174,7 @@ impl Baseline {
         match self {
             Baseline::Lamellar => "lamellar",
             Baseline::Ray => "ray",
+            Baseline::Timeline => "lumen+timeline",
         }
     }
 
@@ -182,7 +186,8 @@ impl Baseline {
             .map(|name| match name {
                 "lamellar" => Ok(Baseline::Lamellar),
                 "ray" => Ok(Baseline::Ray),
-                other => anyhow::bail!("unknown baseline {other:?}: lamellar or ray"),
+                "timeline" => Ok(Baseline::Timeline),
+                other => anyhow::bail!("unknown baseline {other:?}: lamellar, ray or timeline"),
             })
             .collect()
     }
@@ -298,7 +303,25 @@ fn actor_count() -> usize {
 /// Lumen's side of every row, in `ray_perf.py`'s order.
 /// Also returns how the driver was bound.
 fn lumen_rows(options: &RuntimeBenchOptions) -> anyhow::Result<(Vec<Measured>, String)> {
-    let rt = InitOptions::new().num_workers(options.workers).init()?;
+    lumen_rows_with(options, None)
+}
+
+/// Lumen's rows; with `timeline`, the runtime records its timeline
+/// (`LUMEN_TIMELINE` set while it starts, so its workers record too) and
+/// writes it there as it shuts down, after the windows.
+fn lumen_rows_with(
+    options: &RuntimeBenchOptions,
+    timeline: Option<&std::path::Path>,
+) -> anyhow::Result<(Vec<Measured>, String)> {
+    // The benchmark's own thread is the only one here: the variable is
+    // set while no other thread reads the environment.
+    match timeline {
+        Some(path) => std::env::set_var("LUMEN_TIMELINE", path),
+        None => std::env::remove_var("LUMEN_TIMELINE"),
+    }
+    let rt = InitOptions::new().num_workers(options.workers).init();
+    std::env::remove_var("LUMEN_TIMELINE");
+    let rt = rt?;
     let binding = match rt.binding() {
         Some(b) => format!("driver on cpus {:?}", b.cpus),
         None => "not bound".to_string(),
@@ -764,6 +787,16 @@ fn lamellar_rows(options: &RuntimeBenchOptions) -> anyhow::Result<Vec<Measured>>
     parse_rows(&outputs[0].stdout, "Lamellar")
 }
 
+/// Lumen's rows with the timeline recording, in this process like
+/// Lumen's own side (the file goes to a temporary directory, removed).
+fn timeline_rows(options: &RuntimeBenchOptions) -> anyhow::Result<Vec<Measured>> {
+    let dir = std::env::temp_dir().join(format!("lumen-bench-timeline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let rows = lumen_rows_with(options, Some(&dir.join("trace.json")));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows?.0)
+}
+
 /// The `{"test","unit","value","sd"}` lines of a baseline's side.
 fn parse_rows(stdout: &[u8], side: &str) -> anyhow::Result<Vec<Measured>> {
     let mut rows = Vec::new();
@@ -802,6 +835,7 @@ fn placement(options: &RuntimeBenchOptions, binding: &str) -> String {
                 "Ray: num_cpus={}, not pinned (Ray's own timeit: 1 s warm-up, 2 s windows)",
                 options.workers
             ),
+            Baseline::Timeline => "Lumen+timeline: the same Lumen rows with LUMEN_TIMELINE set (every task, actor call and transfer recorded on every rank; the job's file is gathered and written after the windows)".to_string(),
         });
     }
     parts.join("; ")
@@ -829,6 +863,7 @@ pub fn run(options: &RuntimeBenchOptions) -> anyhow::Result<crate::Report<Runtim
                 .map(|(baseline, _)| match baseline {
                     Baseline::Lamellar => lamellar_rows(options),
                     Baseline::Ray => ray_rows(options),
+                    Baseline::Timeline => timeline_rows(options),
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             done += 1;

@@ -50,44 +50,50 @@ fn embedded_ranks_serve_prometheus_metrics() {
     assert!(all.contains("lumen_tasks_executed_total"), "{all}");
 }
 
-/// `LUMEN_TIMELINE`: every rank writes its events when it leaves; `lumen
-/// timeline merge` makes one Chrome trace; in it each task's submit
-/// (rank 0), run (the worker it went to) and reply (rank 0) appear in
-/// that order, on those ranks.
+/// `LUMEN_TIMELINE`: rank 0 gathers every rank's events as the job ends
+/// and writes one Chrome trace for the job (clocks aligned, offsets in
+/// `otherData`), and the others write no file of their own; in it each
+/// task's submit (rank 0), run (the worker it went to) and reply (rank 0)
+/// appear in that order, on those ranks, and each actor call is a span on
+/// the actor's rank. `rt.timeline(path)` writes the same mid-job; `lumen
+/// timeline merge` reads such files.
 #[test]
 fn embedded_timeline_has_each_tasks_submit_run_and_reply_in_order() {
     let dir = std::env::temp_dir().join(format!("lumen-timeline-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("trace.json");
+    let mid = dir.join("mid.json");
     embedded_with_env(
         "timeline_records_tasks",
         2,
-        &[("LUMEN_TIMELINE", base.to_str().unwrap())],
+        &[
+            ("LUMEN_TIMELINE", base.to_str().unwrap()),
+            ("LUMEN_TEST_MID_TRACE", mid.to_str().unwrap()),
+        ],
     );
-    // The workers write theirs as they leave, just after the driver's.
-    let files: Vec<_> = (0..3)
-        .map(|r| dir.join(format!("trace.rank{r}.json")))
-        .collect();
-    let start = std::time::Instant::now();
-    while !files.iter().all(|f| f.exists()) && start.elapsed().as_secs() < 20 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let read = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    // One file for the job; the workers were gathered, so wrote none.
+    let trace = read(&base);
+    assert_eq!(trace["otherData"]["ranks"], 3, "{}", trace["otherData"]);
+    for rank in 0..3 {
+        assert!(trace["otherData"]["clock_offsets_us"][rank.to_string()].is_i64());
+        assert!(!dir.join(format!("trace.rank{rank}.json")).exists());
     }
-    let merged = dir.join("merged.json");
-    let output = Command::new(lumen())
-        .args(["timeline", "merge"])
-        .args(&files)
-        .arg("-o")
-        .arg(&merged)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let trace: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
+    // The mid-job file holds the tasks (they had all finished).
+    let early = read(&mid);
+    assert_eq!(early["otherData"]["ranks"], 3);
+    let runs = |t: &serde_json::Value| {
+        t["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("run ")))
+            .count()
+    };
+    assert_eq!(runs(&early), 20);
     let events = trace["traceEvents"].as_array().unwrap();
     let find = |prefix: &str, object: &str| {
         events
@@ -102,10 +108,16 @@ fn embedded_timeline_has_each_tasks_submit_run_and_reply_in_order() {
         .iter()
         .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("submit ")))
         .collect();
-    assert_eq!(submits.len(), 20, "one submit per task");
+    assert_eq!(
+        submits.len(),
+        20 + 3,
+        "one submit per task and per actor call"
+    );
     for submit in submits {
         let object = submit["args"]["object"].as_str().unwrap();
-        let run = find("run ", object).unwrap_or_else(|| panic!("no run of {object}"));
+        let run = find("run ", object)
+            .or_else(|| find("call ", object))
+            .unwrap_or_else(|| panic!("no run of {object}"));
         let reply = find("reply", object).unwrap_or_else(|| panic!("no reply of {object}"));
         assert_eq!(submit["pid"], 0, "submitted by the driver");
         assert_eq!(run["pid"], submit["args"]["peer"], "run where it was sent");
@@ -121,8 +133,29 @@ fn embedded_timeline_has_each_tasks_submit_run_and_reply_in_order() {
             s <= r && r + d <= p,
             "{object}: submit {s}, run {r}+{d}, reply {p}"
         );
-        assert!(run["name"].as_str().unwrap().ends_with("add"), "{run}");
+        let name = run["name"].as_str().unwrap();
+        assert!(name.ends_with("add") || name.contains("incr"), "{run}");
     }
+    let calls: Vec<&serde_json::Value> = events.iter().filter(|e| e["cat"] == "actor").collect();
+    assert_eq!(calls.len(), 3, "three actor calls");
+    // `lumen timeline merge` reads the job's file.
+    let merged = dir.join("merged.json");
+    let output = Command::new(lumen())
+        .args(["timeline", "merge"])
+        .arg(&base)
+        .arg("-o")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        read(&merged)["traceEvents"].as_array().unwrap().len(),
+        events.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -320,8 +353,33 @@ mod scenarios {
         for r in &refs {
             r.get_timeout(Duration::from_secs(60))?;
         }
+        if let Ok(path) = std::env::var("LUMEN_TEST_MID_TRACE") {
+            let events = rt.timeline(&path)?;
+            assert!(events >= 60, "{events} events");
+        }
+        let tally = Tally::actor_options().rank(1).new_remote(&rt)?;
+        for _ in 0..3 {
+            tally.incr()?.get()?;
+        }
         done("timeline_records_tasks");
         Ok(())
+    }
+
+    #[lumen::actor]
+    struct Tally {
+        n: u64,
+    }
+
+    #[lumen::actor]
+    impl Tally {
+        fn new() -> Self {
+            Tally { n: 0 }
+        }
+
+        fn incr(&mut self) -> u64 {
+            self.n += 1;
+            self.n
+        }
     }
 
     #[test]

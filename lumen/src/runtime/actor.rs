@@ -652,6 +652,7 @@ fn run_calls(
         let Some(inner) = runtime.upgrade() else {
             return;
         };
+        let started = super::timeline::on().then(super::timeline::now_us);
         let result = match state {
             Err(failure) => Err(TaskFailure::new(
                 TaskErrorKind::ActorDied,
@@ -688,6 +689,9 @@ fn run_calls(
                 )),
             },
         };
+        if let Some(started) = started {
+            super::timeline::span("call", &call.name, call.object, started);
+        }
         inner.finish(call.object, &call.name, result);
         inner.release_all(&call.refs);
     }

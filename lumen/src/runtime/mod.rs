@@ -269,6 +269,20 @@ impl Session {
             return Ok(());
         };
         let inner = &self.inner;
+        // LUMEN_TIMELINE: rank 0 writes the job's file while every rank
+        // still answers (driver: before they stop; SPMD: before the barrier).
+        if inner.rank == 0 {
+            if let Some(path) = timeline::job_path() {
+                let (traces, missing) = inner.gather_timeline(true);
+                match timeline::write_file(&path, &traces, &missing) {
+                    Ok(events) => tracing::info!(events, "timeline written to {}", path.display()),
+                    Err(e) => eprintln!(
+                        "lumen: cannot write the job's timeline to {}: {e}",
+                        path.display()
+                    ),
+                }
+            }
+        }
         let result = match inner.mode {
             Mode::Driver => {
                 inner
@@ -291,6 +305,7 @@ impl Session {
             }
         };
         timeline::write_if_on(inner.rank, inner.node());
+        timeline::reset();
         inner.store.unlink();
         let _ = set_current(None);
         result
@@ -473,6 +488,31 @@ impl Runtime {
     /// Counters of `rank` (objects owned, borrowed, stored, freed; tasks run).
     pub fn stats(&self, rank: u32) -> Result<RankStats> {
         self.inner.stats(rank)
+    }
+
+    /// Writes one Chrome trace of the whole job so far to `path`, for
+    /// ui.perfetto.dev (Ray's `ray timeline`): every rank's recorded
+    /// events, gathered here over the runtime's own messages, each rank's
+    /// clock moved onto this rank's (see [`timeline`] for how, and what is
+    /// recorded). Returns the number of events written. Recording is on
+    /// when the job was started with `LUMEN_TIMELINE` set; a rank that is
+    /// dead or does not answer within 30 s is left out and named in the
+    /// file's `otherData.missing_ranks`.
+    pub fn timeline(&self, path: impl AsRef<std::path::Path>) -> Result<usize> {
+        let path = path.as_ref();
+        if !timeline::on() {
+            return Err(LumenError::Runtime(RuntimeError::Cluster(format!(
+                "the timeline is not recording: start the job with {}=trace.json (it then also writes that file at the end)",
+                timeline::VAR
+            ))));
+        }
+        let (traces, missing) = self.inner.gather_timeline(false);
+        timeline::write_file(path, &traces, &missing).map_err(|e| {
+            LumenError::Runtime(RuntimeError::Cluster(format!(
+                "writing the timeline to {}: {e}",
+                path.display()
+            )))
+        })
     }
 
     /// Leaves the job now (what dropping the last handle from `init` does).

@@ -218,6 +218,20 @@ pub(crate) enum RtMsg {
     Stats { request: u64 },
     /// Answer to `Stats`.
     StatsReply { request: u64, stats: RankStats },
+    /// (from a rank gathering the timeline) answer `ClockReply` at once.
+    ClockProbe { request: u64 },
+    /// This rank's clock, microseconds of `CLOCK_REALTIME`.
+    ClockReply { request: u64, now_us: u64 },
+    /// Send this rank's timeline events; `last`: for the job's file as
+    /// the job ends (the rank then writes no file of its own).
+    TimelineGet { request: u64, last: bool },
+    /// Answer to `TimelineGet`.
+    TimelineReply {
+        request: u64,
+        node: u32,
+        dropped: u64,
+        events: Vec<crate::runtime::timeline::Event>,
+    },
     /// The driver is done: stop serving and leave.
     Shutdown,
     /// (to rank 0, the head) create a placement group; answered `PgAnswer`

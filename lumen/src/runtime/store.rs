@@ -218,6 +218,9 @@ impl ValueStore {
     /// nodes holding a copy; the storing rank when empty) that serves it.
     /// The flag says whether this call pulled a new copy into the node's
     /// arena (which the owner must then learn about).
+    /// Reads a stored value: from this node's arena (a view), this
+    /// rank's memory, or another rank (pulled into the arena, or read with
+    /// a get), and says what moved.
     pub(crate) fn fetch(
         &self,
         rank: Rank,
@@ -225,14 +228,14 @@ impl ValueStore {
         len: u64,
         in_arena: bool,
         sources: &[Rank],
-    ) -> Result<(Bytes, bool), FetchError> {
+    ) -> Result<(Bytes, bool, Moved), FetchError> {
         if in_arena {
             let Some(arena) = &self.arena else {
                 return Err(FetchError::Missing { rank, key });
             };
             let id = arena_id(rank, key);
             if let Some(view) = arena.arena.get(id)? {
-                return Ok((Bytes::View(Arc::new(view)), false));
+                return Ok((Bytes::View(Arc::new(view)), false, Moved::Nothing));
             }
             if self.same_node(rank) {
                 return Err(FetchError::Missing { rank, key });
@@ -246,7 +249,7 @@ impl ValueStore {
             let mut last = None;
             for &source in sources {
                 match self.pull(arena, source, id, len) {
-                    Ok(bytes) => return Ok((bytes, true)),
+                    Ok((bytes, how)) => return Ok((bytes, true, Moved::From(source, how))),
                     Err(e) => {
                         tracing::debug!(
                             rank = self.endpoint.rank(),
@@ -266,14 +269,20 @@ impl ValueStore {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&key)
             {
-                return Ok((Bytes::Shared(bytes.clone()), false));
+                return Ok((Bytes::Shared(bytes.clone()), false, Moved::Nothing));
             }
         }
+        let how = if self.same_node(rank) {
+            "shm get"
+        } else {
+            "tcp get"
+        };
         Ok((
             self.endpoint
                 .get(rank, RegionKey(key), 0, len)
                 .map(|v| Bytes::Owned(Arc::new(v)))?,
             false,
+            Moved::From(rank, how),
         ))
     }
 
@@ -283,14 +292,14 @@ impl ValueStore {
         rank: Rank,
         id: lumen_objstore::ObjectId,
         len: u64,
-    ) -> Result<Bytes, FetchError> {
+    ) -> Result<(Bytes, &'static str), FetchError> {
         let options = PullOptions {
             chunk_bytes: self.pull_chunk_bytes,
             ..PullOptions::default()
         };
         if let Some(fabric) = self.fabric.get() {
             match fabric.pull(&arena.arena, &self.endpoint, rank, id, len) {
-                Some(Ok(view)) => return Ok(Bytes::View(Arc::new(view))),
+                Some(Ok(view)) => return Ok((Bytes::View(Arc::new(view)), "one-sided pull")),
                 // Another thread of this node pulls it: the loop below waits.
                 Some(Err(ObjectStoreError::AlreadyExists { .. })) | None => {}
                 Some(Err(e)) => tracing::warn!(
@@ -302,13 +311,13 @@ impl ValueStore {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match lumen_objstore::pull(&arena.arena, &self.endpoint, rank, id, len, &options) {
-                Ok(view) => return Ok(Bytes::View(Arc::new(view))),
+                Ok(view) => return Ok((Bytes::View(Arc::new(view)), "chunked pull")),
                 // Another thread of this node pulls the same object: wait
                 // for its copy.
                 Err(ObjectStoreError::AlreadyExists { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1));
                     if let Some(view) = arena.arena.get(id)? {
-                        return Ok(Bytes::View(Arc::new(view)));
+                        return Ok((Bytes::View(Arc::new(view)), "pulled by another rank"));
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -393,4 +402,13 @@ impl Deref for Bytes {
             Bytes::View(v) => v,
         }
     }
+}
+
+/// What a [`Store::fetch`] moved: nothing (the value was here), or bytes
+/// from a rank by a path (`one-sided pull`, `chunked pull`, `shm get`,
+/// `tcp get`), for the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moved {
+    Nothing,
+    From(Rank, &'static str),
 }

@@ -3,30 +3,51 @@
 //!
 //! With it set, every rank records, in a ring buffer of its own (the last
 //! [`CAPACITY`] events; older ones are dropped and counted), a span per
-//! task it runs ("run NAME", with its duration) and instants where a task
-//! is submitted ("submit NAME", on the owner, `peer`: the rank it went
-//! to) and where its reply arrives ("reply", on the owner, `peer`: the
-//! rank that ran it). Each event
-//! carries the rank (the trace's process), the thread, and the task's
-//! object id, so one task can be followed across ranks.
+//! task it runs ("run NAME", with its duration), a span per actor method
+//! call it serves ("call Class::method"), and instants where a task or
+//! call is submitted ("submit NAME", on the owner, `peer`: the rank it
+//! went to) and where its reply arrives ("reply", on the owner, `peer`:
+//! the rank that ran it). Each event carries the rank (the trace's
+//! process), the thread, and the task's object id, so one task can be
+//! followed across ranks.
 //!
-//! Each rank writes `trace.rankR.json` when it leaves the job (a Chrome
-//! trace: `traceEvents`, timestamps in microseconds of the wall clock);
-//! `lumen timeline merge trace.rank*.json -o trace.json` makes one file of
-//! them for the whole job.
+//! One file for the whole job: with `LUMEN_TIMELINE=trace.json`, rank 0
+//! gathers every rank's events as it leaves (driver mode: before it tells
+//! the others to stop; SPMD: before the closing barrier) and writes
+//! `trace.json`, each rank's timestamps moved onto rank 0's clock;
+//! [`Runtime::timeline`](crate::runtime::Runtime::timeline) writes the
+//! same at any moment of the job. A rank that rank 0 did not gather from at
+//! the end (rank 0 died first, or it did not answer) writes its own
+//! `trace.rankR.json` as it leaves; `lumen timeline merge` makes one file
+//! of such files.
 //!
-//! Design choices and what is not built (see the issue): timestamps are
-//! `CLOCK_REALTIME`, so ranks of one machine are aligned exactly and ranks
-//! of different machines as well as their clocks are synchronised (NTP,
-//! PTP): aligning clocks at bootstrap is not built. Actor calls, object
-//! transfers, collectives and placement decisions are not recorded yet.
-//! The cost when off is one relaxed atomic load per task.
+//! Clocks: timestamps are each rank's `CLOCK_REALTIME` in microseconds.
+//! Ranks of rank 0's node share its clock (offset 0, exact). For each
+//! other node, rank 0 measures the clock of the node's first rank against
+//! its own with five round trips of a small probe and keeps the offset of
+//! the shortest (the error is at most half that round trip: tens of
+//! microseconds over TCP); the offsets are in the file's
+//! `otherData.clock_offsets_us`. Design choice: measured when gathering
+//! rather than at bootstrap, so that a clock that drifted during a long
+//! job is still aligned where the events are; the offset is one per rank
+//! per file, so drift *within* a job is not corrected.
+//!
+//! Not recorded yet: object transfers with their bytes and path,
+//! collectives and placement decisions (the submit instant names the rank
+//! a task was placed on). The cost when off is one relaxed atomic load
+//! per task.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::ObjectId;
 
 /// `LUMEN_TIMELINE`.
 pub(crate) const VAR: &str = "LUMEN_TIMELINE";
@@ -36,19 +57,27 @@ pub(crate) const CAPACITY: usize = 1 << 18;
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static EVENTS: Mutex<VecDeque<Event>> = Mutex::new(VecDeque::new());
+/// Rank 0 took this rank's events for the job's file as it left.
+static COLLECTED: AtomicBool = AtomicBool::new(false);
 
 /// One recorded event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Event {
+    /// "submit", "run", "reply", "call", "fetch (PATH)".
+    what: Cow<'static, str>,
+    /// The task or method (empty for a reply).
     name: String,
     /// Microseconds since the Unix epoch.
     ts: u64,
     /// Span length in microseconds; `None` for an instant.
     dur: Option<u64>,
     tid: u64,
-    object: String,
-    /// The other rank: where a submitted task went, who reported a reply.
+    object: ObjectId,
+    /// The other rank: where a submitted task went, who reported a reply,
+    /// where a transfer's bytes came from.
     peer: Option<u32>,
+    /// Bytes a transfer moved.
+    bytes: Option<u64>,
 }
 
 /// Microseconds of the wall clock.
@@ -67,6 +96,12 @@ pub(crate) fn on() -> bool {
 /// Starts recording when `LUMEN_TIMELINE` is set.
 pub(crate) fn enable_from_env() {
     if std::env::var_os(VAR).is_some_and(|v| !v.is_empty()) {
+        // The whole ring at once: no copy of it as it grows (its pages
+        // are touched as events arrive).
+        EVENTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserve(CAPACITY);
         ENABLED.store(true, Ordering::Relaxed);
     }
 }
@@ -91,36 +126,55 @@ fn push(event: Event) {
 }
 
 /// An instant: `what` ("submit", "reply") of task `name` for `object`.
-pub(crate) fn instant(what: &str, name: &str, object: impl std::fmt::Display, peer: Option<u32>) {
+pub(crate) fn instant(what: &'static str, name: &str, object: ObjectId, peer: Option<u32>) {
     if !on() {
         return;
     }
     push(Event {
-        name: if name.is_empty() {
-            what.to_string()
-        } else {
-            format!("{what} {name}")
-        },
+        what: Cow::Borrowed(what),
+        name: name.to_string(),
         ts: now_us(),
         dur: None,
         tid: thread_id(),
-        object: object.to_string(),
+        object,
         peer,
+        bytes: None,
     });
 }
 
 /// A span that began at `start` (from [`now_us`]) and ends now.
-pub(crate) fn span(what: &str, name: &str, object: impl std::fmt::Display, start: u64) {
+pub(crate) fn span(what: &'static str, name: &str, object: ObjectId, start: u64) {
     if !on() {
         return;
     }
     push(Event {
-        name: format!("{what} {name}"),
+        what: Cow::Borrowed(what),
+        name: name.to_string(),
         ts: start,
         dur: Some(now_us().saturating_sub(start)),
         tid: thread_id(),
-        object: object.to_string(),
+        object,
         peer: None,
+        bytes: None,
+    });
+}
+
+/// A transfer that began at `start` and ends now: `bytes` of `object`
+/// from rank `from` by `path` ("one-sided pull", "chunked pull", "shm
+/// get", "tcp get").
+pub(crate) fn transfer(path: &str, bytes: u64, object: ObjectId, from: u32, start: u64) {
+    if !on() {
+        return;
+    }
+    push(Event {
+        what: Cow::Owned(format!("fetch ({path})")),
+        name: String::new(),
+        ts: start,
+        dur: Some(now_us().saturating_sub(start)),
+        tid: thread_id(),
+        object,
+        peer: Some(from),
+        bytes: Some(bytes),
     });
 }
 
@@ -133,56 +187,187 @@ pub(crate) fn rank_path(base: &Path, rank: u32) -> PathBuf {
     }
 }
 
-/// Writes this rank's events as a Chrome trace, one event at a time (a
-/// rank's buffer holds up to [`CAPACITY`] events: no tree is built).
-pub(crate) fn write_trace(
-    out: &mut impl std::io::Write,
-    rank: u32,
-    node: u32,
-) -> std::io::Result<()> {
-    let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"?\"".into());
+/// One rank's events, as gathered into the job's file.
+#[derive(Debug, Clone)]
+pub(crate) struct RankTrace {
+    pub(crate) rank: u32,
+    pub(crate) node: u32,
+    /// This rank's clock minus rank 0's, in microseconds.
+    pub(crate) offset_us: i64,
+    /// Events its ring buffer dropped.
+    pub(crate) dropped: u64,
+    pub(crate) events: Vec<Event>,
+}
+
+/// A copy of this process's events and the count it dropped; `last`
+/// marks them taken for the job's file (this rank then writes no file of
+/// its own).
+pub(crate) fn snapshot(last: bool) -> (Vec<Event>, u64) {
     let events = EVENTS.lock().unwrap_or_else(|p| p.into_inner());
+    if last {
+        COLLECTED.store(true, Ordering::Relaxed);
+    }
+    (
+        events.iter().cloned().collect(),
+        DROPPED.load(Ordering::Relaxed),
+    )
+}
+
+/// This rank's events as a [`RankTrace`] on its own clock.
+fn own_trace(rank: u32, node: u32) -> RankTrace {
+    let (events, dropped) = snapshot(false);
+    RankTrace {
+        rank,
+        node,
+        offset_us: 0,
+        dropped,
+        events,
+    }
+}
+
+/// Writes ranks' events as one Chrome trace, sorted by time on rank 0's
+/// clock, one event at a time (no tree is built); `missing` names ranks
+/// whose events are not in it, and why. Returns the events written.
+pub(crate) fn write_job_trace(
+    out: &mut impl std::io::Write,
+    traces: &[RankTrace],
+    missing: &[(u32, String)],
+) -> std::io::Result<usize> {
+    let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"?\"".into());
+    let dropped: u64 = traces.iter().map(|t| t.dropped).sum();
+    let offsets: Vec<String> = traces
+        .iter()
+        .map(|t| format!("\"{}\":{}", t.rank, t.offset_us))
+        .collect();
+    let missing: Vec<String> = missing
+        .iter()
+        .map(|(rank, why)| format!("\"{rank}\":{}", quote(why)))
+        .collect();
     write!(
         out,
-        "{{\"displayTimeUnit\":\"ms\",\"otherData\":{{\"rank\":{rank},\"node\":{node},\"dropped_events\":{}}},\"traceEvents\":[",
-        DROPPED.load(Ordering::Relaxed)
+        "{{\"displayTimeUnit\":\"ms\",\"otherData\":{{\"ranks\":{},\"dropped_events\":{dropped},\"clock_offsets_us\":{{{}}},\"missing_ranks\":{{{}}}",
+        traces.len(),
+        offsets.join(","),
+        missing.join(",")
     )?;
-    write!(
-        out,
-        "{{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":{rank},\"tid\":0,\"args\":{{\"name\":{}}}}}",
-        quote(&format!("rank {rank} (node {node})"))
-    )?;
-    for e in events.iter() {
+    if let [only] = traces {
+        write!(out, ",\"rank\":{},\"node\":{}", only.rank, only.node)?;
+    }
+    write!(out, "}},\"traceEvents\":[")?;
+    let mut first = true;
+    for t in traces {
+        if !first {
+            write!(out, ",")?;
+        }
+        first = false;
         write!(
             out,
-            ",{{\"name\":{},\"cat\":\"task\",\"pid\":{rank},\"tid\":{},\"ts\":{},",
-            quote(&e.name),
+            "{{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":{},\"tid\":0,\"args\":{{\"name\":{}}}}}",
+            t.rank,
+            quote(&format!("rank {} (node {})", t.rank, t.node))
+        )?;
+    }
+    let mut order: Vec<(u64, usize, usize)> = Vec::new();
+    for (i, t) in traces.iter().enumerate() {
+        for (j, e) in t.events.iter().enumerate() {
+            order.push((
+                (e.ts as i64).saturating_sub(t.offset_us).max(0) as u64,
+                i,
+                j,
+            ));
+        }
+    }
+    order.sort_unstable();
+    for &(ts, i, j) in &order {
+        let (rank, e) = (traces[i].rank, &traces[i].events[j]);
+        if !first {
+            write!(out, ",")?;
+        }
+        first = false;
+        let cat = if e.bytes.is_some() {
+            "transfer"
+        } else if e.what == "call" {
+            "actor"
+        } else {
+            "task"
+        };
+        let name = if e.name.is_empty() {
+            quote(&e.what)
+        } else {
+            quote(&format!("{} {}", e.what, e.name))
+        };
+        write!(
+            out,
+            "{{\"name\":{name},\"cat\":\"{cat}\",\"pid\":{rank},\"tid\":{},\"ts\":{ts},",
             e.tid,
-            e.ts
         )?;
         match e.dur {
             Some(dur) => write!(out, "\"ph\":\"X\",\"dur\":{dur},")?,
             None => write!(out, "\"ph\":\"i\",\"s\":\"t\",")?,
         }
-        write!(out, "\"args\":{{\"object\":{}", quote(&e.object))?;
+        write!(out, "\"args\":{{\"object\":\"{}\"", e.object)?;
         if let Some(peer) = e.peer {
             write!(out, ",\"peer\":{peer}")?;
+        }
+        if let Some(bytes) = e.bytes {
+            write!(out, ",\"bytes\":{bytes}")?;
         }
         write!(out, "}}}}")?;
     }
     write!(out, "]}}")?;
-    out.flush()
+    out.flush()?;
+    Ok(order.len())
 }
 
-/// Writes this rank's file when recording; logs (never fails the job) on error.
-pub(crate) fn write_if_on(rank: u32, node: u32) {
+/// Writes this rank's events alone as a Chrome trace.
+pub(crate) fn write_trace(
+    out: &mut impl std::io::Write,
+    rank: u32,
+    node: u32,
+) -> std::io::Result<()> {
+    write_job_trace(out, &[own_trace(rank, node)], &[]).map(|_| ())
+}
+
+/// Writes `traces` to `path` (creating it); the events written.
+pub(crate) fn write_file(
+    path: &Path,
+    traces: &[RankTrace],
+    missing: &[(u32, String)],
+) -> std::io::Result<usize> {
+    let file = std::fs::File::create(path)?;
+    write_job_trace(&mut std::io::BufWriter::new(file), traces, missing)
+}
+
+/// The job's file (`LUMEN_TIMELINE`) when recording.
+pub(crate) fn job_path() -> Option<PathBuf> {
     if !on() {
+        return None;
+    }
+    std::env::var_os(VAR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Ends this process's recording as its runtime leaves (after the files
+/// are written): a later runtime in the same process records only when
+/// `LUMEN_TIMELINE` is set again as it starts.
+pub(crate) fn reset() {
+    ENABLED.store(false, Ordering::Relaxed);
+    COLLECTED.store(false, Ordering::Relaxed);
+    DROPPED.store(0, Ordering::Relaxed);
+    *EVENTS.lock().unwrap_or_else(|p| p.into_inner()) = VecDeque::new();
+}
+
+/// A rank that rank 0 did not gather from writes its own file when
+/// recording; logs (never fails the job) on error.
+pub(crate) fn write_if_on(rank: u32, node: u32) {
+    if COLLECTED.load(Ordering::Relaxed) {
         return;
     }
-    let Some(base) = std::env::var_os(VAR) else {
+    let Some(base) = job_path() else {
         return;
     };
-    let path = rank_path(Path::new(&base), rank);
+    let path = rank_path(&base, rank);
     let written = std::fs::File::create(&path)
         .and_then(|file| write_trace(&mut std::io::BufWriter::new(file), rank, node));
     match written {
@@ -234,15 +419,22 @@ mod tests {
     fn a_written_trace_is_valid_json_with_the_recorded_events() {
         ENABLED.store(true, Ordering::Relaxed);
         let start = now_us();
-        instant("submit", "m::f \"quoted\"", "object 0:1", Some(2));
-        span("run", "m::f", "object 0:1", start);
+        let object = ObjectId { owner: 0, seq: 1 };
+        instant("submit", "m::f \"quoted\"", object, Some(2));
+        span("run", "m::f", object, start);
         ENABLED.store(false, Ordering::Relaxed);
-        instant("submit", "m::not_recorded", "object 0:2", None);
+        instant(
+            "submit",
+            "m::not_recorded",
+            ObjectId { owner: 0, seq: 2 },
+            None,
+        );
         let mut bytes = Vec::new();
         write_trace(&mut bytes, 0, 5).unwrap();
         let trace: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         let events = trace["traceEvents"].as_array().unwrap();
         assert_eq!(events[0]["args"]["name"], "rank 0 (node 5)");
+        assert_eq!(trace["otherData"]["node"], 5);
         let submit = events
             .iter()
             .find(|e| e["name"] == "submit m::f \"quoted\"")
@@ -253,6 +445,57 @@ mod tests {
         assert_eq!(run["ph"], "X");
         assert!(run["dur"].as_u64().is_some());
         assert!(!events.iter().any(|e| e["name"] == "submit m::not_recorded"));
+    }
+
+    fn event(name: &str, ts: u64) -> Event {
+        let (what, name) = name.split_once(' ').unwrap_or((name, ""));
+        Event {
+            what: Cow::Owned(what.to_string()),
+            name: name.into(),
+            ts,
+            dur: None,
+            tid: 1,
+            object: ObjectId { owner: 0, seq: 1 },
+            peer: None,
+            bytes: None,
+        }
+    }
+
+    #[test]
+    fn a_job_trace_moves_each_rank_onto_rank_0s_clock_and_sorts() {
+        // Rank 1's clock runs 1000 µs ahead: its "run" at 1030 is at 30
+        // on rank 0's clock, between rank 0's submit (10) and reply (50).
+        let traces = [
+            RankTrace {
+                rank: 0,
+                node: 0,
+                offset_us: 0,
+                dropped: 0,
+                events: vec![event("submit f", 10), event("reply", 50)],
+            },
+            RankTrace {
+                rank: 1,
+                node: 1,
+                offset_us: 1000,
+                dropped: 3,
+                events: vec![event("run f", 1030)],
+            },
+        ];
+        let mut bytes = Vec::new();
+        let n = write_job_trace(&mut bytes, &traces, &[(2, "dead".into())]).unwrap();
+        assert_eq!(n, 3);
+        let trace: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let names: Vec<(&str, u64)> = trace["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] != "M")
+            .map(|e| (e["name"].as_str().unwrap(), e["ts"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(names, [("submit f", 10), ("run f", 30), ("reply", 50)]);
+        assert_eq!(trace["otherData"]["clock_offsets_us"]["1"], 1000);
+        assert_eq!(trace["otherData"]["dropped_events"], 3);
+        assert_eq!(trace["otherData"]["missing_ranks"]["2"], "dead");
     }
 
     #[test]

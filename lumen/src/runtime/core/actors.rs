@@ -520,6 +520,7 @@ impl Inner {
                 return Ok(object);
             }
         }
+        crate::runtime::timeline::instant("submit", name, object, Some(host));
         if let Err(e) = self.send(
             host,
             &RtMsg::ActorCall {

@@ -141,6 +141,10 @@ enum Reply {
     Located(Option<Rank>),
     /// The head's answer about a placement group.
     Group(GroupAnswer),
+    /// A rank's clock (timeline alignment).
+    Clock(u64),
+    /// A rank's timeline: node, dropped events, events.
+    Timeline(u32, u64, Vec<crate::runtime::timeline::Event>),
     Failed,
 }
 
@@ -741,6 +745,21 @@ impl Inner {
             M::NameReply { request, address } => self.answer(request, Reply::Name(address)),
             M::Stats { request } => self.on_stats(src, request),
             M::StatsReply { request, stats } => self.answer(request, Reply::Stats(stats)),
+            M::ClockProbe { request } => self.send_or_log(
+                src,
+                &RtMsg::ClockReply {
+                    request,
+                    now_us: crate::runtime::timeline::now_us(),
+                },
+            ),
+            M::ClockReply { request, now_us } => self.answer(request, Reply::Clock(now_us)),
+            M::TimelineGet { request, last } => self.on_timeline_get(src, request, last),
+            M::TimelineReply {
+                request,
+                node,
+                dropped,
+                events,
+            } => self.answer(request, Reply::Timeline(node, dropped, events)),
             M::Shutdown => self.on_shutdown(),
             M::RankDead { rank, detail } => self.on_rank_declared_dead(src, rank, detail),
             message @ (M::PgCreate { .. }

@@ -17,8 +17,9 @@ use crate::runtime::error::{RuntimeError, TaskError, TaskErrorKind};
 use crate::runtime::ids::ObjectId;
 use crate::runtime::protocol::{Outcome, RtMsg};
 use crate::runtime::refs::{Effect, ObjectState};
-use crate::runtime::store::Bytes;
 use crate::runtime::store::FetchError;
+use crate::runtime::store::{Bytes, Moved};
+use crate::runtime::timeline;
 
 /// How long a reader asks again for a value lost with its rank (the
 /// owner may be rebuilding it, see `lineage`).
@@ -568,11 +569,15 @@ impl Inner {
                 } else {
                     Vec::new()
                 };
+                let started = timeline::on().then(timeline::now_us);
                 let fetched = self.blocking(|| self.store.fetch(rank, key, len, arena, &sources));
-                if let Ok((_, true)) = &fetched {
+                if let Ok((_, true, _)) = &fetched {
                     self.report_copy(object, rank, key);
                 }
-                fetched.map(|(bytes, _)| bytes).map_err(|e| match e {
+                if let (Some(started), Ok((_, _, Moved::From(source, how)))) = (started, &fetched) {
+                    timeline::transfer(how, len, object, *source, started);
+                }
+                fetched.map(|(bytes, _, _)| bytes).map_err(|e| match e {
                     FetchError::Transport(
                         TransportError::PeerDied { .. } | TransportError::PeerClosed { .. },
                     ) => runtime_error(RuntimeError::RankDied {

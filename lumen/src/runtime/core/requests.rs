@@ -11,12 +11,124 @@ use super::{runtime_error, Inner, Reply, WAIT_SLICE};
 use crate::error::Result;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::protocol::{RankStats, RtMsg};
+use crate::runtime::timeline;
+
+/// Round trips per rank when measuring its clock.
+const CLOCK_PROBES: usize = 5;
+/// How long a rank may take to answer a probe or send its timeline.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Inner {
     /// Answers a request for this rank's counters.
     pub(super) fn on_stats(self: &Arc<Self>, src: Rank, request: u64) {
         let stats = self.local_stats();
         self.send_or_log(src, &RtMsg::StatsReply { request, stats });
+    }
+
+    /// Sends this rank's timeline events to the rank gathering them.
+    pub(super) fn on_timeline_get(self: &Arc<Self>, src: Rank, request: u64, last: bool) {
+        let (events, dropped) = timeline::snapshot(last);
+        let node = self.node();
+        self.send_or_log(
+            src,
+            &RtMsg::TimelineReply {
+                request,
+                node,
+                dropped,
+                events,
+            },
+        );
+    }
+
+    /// `rank`'s clock minus this rank's, in microseconds: the probe with
+    /// the shortest of [`CLOCK_PROBES`] round trips, taking the answer as
+    /// read halfway through it.
+    fn clock_offset(self: &Arc<Self>, rank: Rank) -> Result<i64> {
+        let mut best: Option<(u64, i64)> = None;
+        for _ in 0..CLOCK_PROBES {
+            let request = self.new_request();
+            self.lock().replies.insert(request, Reply::Waiting(rank));
+            let sent = timeline::now_us();
+            self.send(rank, &RtMsg::ClockProbe { request })?;
+            let Reply::Clock(theirs) = self.await_reply(request, Some(GATHER_TIMEOUT))? else {
+                return Err(runtime_error(RuntimeError::RankDied {
+                    rank,
+                    what: "asking for its clock".into(),
+                }));
+            };
+            let back = timeline::now_us();
+            let rtt = back.saturating_sub(sent);
+            let offset = theirs as i64 - ((sent + back) / 2) as i64;
+            if best.is_none_or(|(shortest, _)| rtt < shortest) {
+                best = Some((rtt, offset));
+            }
+        }
+        Ok(best.map_or(0, |(_, offset)| offset))
+    }
+
+    /// Every rank's timeline, each on this rank's clock, and the ranks
+    /// left out (dead, or they did not answer) with why. `last`: the
+    /// gather as the job ends (the others then write no file of their own).
+    pub(crate) fn gather_timeline(
+        self: &Arc<Self>,
+        last: bool,
+    ) -> (Vec<timeline::RankTrace>, Vec<(Rank, String)>) {
+        let mut traces = Vec::with_capacity(self.ranks.len());
+        let mut missing = Vec::new();
+        // The ranks of a node share its clock: this node's are exact (0),
+        // each other node is measured once, at its first rank that answers.
+        let mut node_offsets: std::collections::HashMap<u32, i64> =
+            std::collections::HashMap::from([(self.node(), 0)]);
+        for info in self.ranks.iter() {
+            let rank = info.rank;
+            if rank == self.rank {
+                let (events, dropped) = timeline::snapshot(last);
+                traces.push(timeline::RankTrace {
+                    rank,
+                    node: info.node,
+                    offset_us: 0,
+                    dropped,
+                    events,
+                });
+                continue;
+            }
+            if self.lock().dead.contains(&rank) {
+                missing.push((rank, "dead".to_string()));
+                continue;
+            }
+            let offset = match node_offsets.get(&info.node) {
+                Some(&offset) => Ok(offset),
+                None => self.clock_offset(rank).inspect(|&offset| {
+                    node_offsets.insert(info.node, offset);
+                }),
+            };
+            let gathered = offset.and_then(|offset_us| {
+                let request = self.new_request();
+                self.lock().replies.insert(request, Reply::Waiting(rank));
+                self.send(rank, &RtMsg::TimelineGet { request, last })?;
+                match self.await_reply(request, Some(GATHER_TIMEOUT))? {
+                    Reply::Timeline(node, dropped, events) => Ok(timeline::RankTrace {
+                        rank,
+                        node,
+                        offset_us,
+                        dropped,
+                        events,
+                    }),
+                    _ => Err(runtime_error(RuntimeError::RankDied {
+                        rank,
+                        what: "asking for its timeline".into(),
+                    })),
+                }
+            });
+            match gathered {
+                Ok(trace) => traces.push(trace),
+                Err(e) => {
+                    tracing::warn!(rank, "timeline of rank {rank} left out: {e}");
+                    missing.push((rank, e.to_string()));
+                }
+            }
+        }
+        (traces, missing)
     }
 
     /// The driver ends the job: serving ranks leave.
