@@ -161,6 +161,20 @@ pub fn alternate(
     )
 }
 
+/// The rounds' progress bar on stderr: rounds done, time taken and left.
+/// indicatif draws nothing when stderr is not a terminal (CI, pipes,
+/// files), so logs stay as they were.
+pub fn round_bar(rounds: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(rounds as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "lumen bench: round {pos}/{len} {wide_bar} {elapsed} (about {eta} left) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// Runs `round` `rounds` times with the load check around each run: a
 /// noisy run is redone once, then kept and flagged. Returns each kept
 /// run's result and load, in order.
@@ -172,9 +186,11 @@ pub fn with_load_checks<T>(
 ) -> anyhow::Result<(Vec<T>, Vec<RoundLoad>)> {
     let mut kept = Vec::new();
     let mut loads = Vec::new();
+    let bar = round_bar(rounds.max(1));
     for index in 0..rounds.max(1) {
         let mut redone = false;
         let (result, load) = loop {
+            bar.set_message(if redone { "redoing a noisy round" } else { "" });
             let before = load_before();
             let result = round()?;
             let after = load_after();
@@ -184,27 +200,32 @@ pub fn with_load_checks<T>(
                 redone,
             };
             if load.noisy() && !redone {
-                eprintln!(
-                    "lumen bench: round {} ran beside other load ({:.0}% before, {:.0}% after): once more",
-                    index + 1,
-                    before * 100.0,
-                    after * 100.0
-                );
+                bar.suspend(|| {
+                    eprintln!(
+                        "lumen bench: round {} ran beside other load ({:.0}% before, {:.0}% after): once more",
+                        index + 1,
+                        before * 100.0,
+                        after * 100.0
+                    )
+                });
                 redone = true;
                 continue;
             }
             break (result, load);
         };
         if load.noisy() {
-            eprintln!(
-                "lumen bench: round {} kept but noisy ({:.0}% / {:.0}% of the CPUs busy with other work)",
-                index + 1,
-                load.before * 100.0,
-                load.after * 100.0
-            );
+            bar.suspend(|| {
+                eprintln!(
+                    "lumen bench: round {} kept but noisy ({:.0}% / {:.0}% of the CPUs busy with other work)",
+                    index + 1,
+                    load.before * 100.0,
+                    load.after * 100.0
+                )
+            });
         }
         kept.push(result);
         loads.push(load);
+        bar.inc(1);
     }
     Ok((kept, loads))
 }

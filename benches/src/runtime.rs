@@ -867,7 +867,10 @@ pub fn run(options: &RuntimeBenchOptions) -> anyhow::Result<crate::Report<Runtim
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             done += 1;
-            eprintln!("lumen bench runtime: round {done} done");
+            // On a terminal the rounds' progress bar says it.
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprintln!("lumen bench runtime: round {done} done");
+            }
             Ok((lumen, theirs))
         },
         || wait_quiet(Duration::from_secs(2)),

@@ -77,12 +77,15 @@ pub enum SubmitOutcome {
 
 /// Renders `spec`, and unless `dry_run`, submits it with `sbatch`; with
 /// `wait`, follows the job until it ends. `on_submitted` hears the job id
-/// as soon as Slurm gives it (before the wait), e.g. to print it.
+/// as soon as Slurm gives it (before the wait), e.g. to print it;
+/// `on_state` hears the job's state at each poll of the wait (`PENDING`,
+/// `RUNNING`, `COMPLETING`, then the final one), e.g. for a progress line.
 pub fn submit(
     spec: &BatchSpec,
     dry_run: bool,
     wait: bool,
     on_submitted: impl FnOnce(&str),
+    mut on_state: impl FnMut(&str),
 ) -> Result<SubmitOutcome, SubmitError> {
     let script = render(spec)?;
     if dry_run {
@@ -127,7 +130,7 @@ pub fn submit(
             if !wait {
                 return Ok(SubmitOutcome::Submitted { job_id });
             }
-            let exit_code = wait_for_job(&job_id)?;
+            let exit_code = wait_for_job(&job_id, &mut on_state)?;
             Ok(SubmitOutcome::Finished { job_id, exit_code })
         }
         _ => Err(SubmitError::Refused {
@@ -192,7 +195,7 @@ pub fn job_progress(line: &str) -> Option<JobProgress> {
 }
 
 /// Polls `scontrol show job` until the job is over; its exit code.
-fn wait_for_job(job_id: &str) -> Result<i32, SubmitError> {
+fn wait_for_job(job_id: &str, on_state: &mut dyn FnMut(&str)) -> Result<i32, SubmitError> {
     let mut pause = std::time::Duration::from_millis(50);
     loop {
         let output = Command::new("scontrol")
@@ -204,8 +207,11 @@ fn wait_for_job(job_id: &str) -> Result<i32, SubmitError> {
             })?;
         let text = String::from_utf8_lossy(&output.stdout);
         match text.lines().find_map(job_progress) {
-            Some(JobProgress::Done { exit_code, .. }) => return Ok(exit_code),
-            Some(JobProgress::Active(_)) => {}
+            Some(JobProgress::Done { exit_code, state }) => {
+                on_state(&state);
+                return Ok(exit_code);
+            }
+            Some(JobProgress::Active(state)) => on_state(&state),
             None => {
                 return Err(SubmitError::Refused {
                     status: output.status.code().unwrap_or(1),
@@ -428,13 +434,13 @@ mod tests {
             command: vec!["./app".into()],
             ..BatchSpec::default()
         };
-        match submit(&spec, true, false, |_| {}).unwrap() {
+        match submit(&spec, true, false, |_| {}, |_| {}).unwrap() {
             SubmitOutcome::DryRun(script) => assert!(script.ends_with("srun ./app\n")),
             other => panic!("{other:?}"),
         }
         let bad = BatchSpec::default();
         assert!(matches!(
-            submit(&bad, true, false, |_| {}),
+            submit(&bad, true, false, |_| {}, |_| {}),
             Err(SubmitError::Script(_))
         ));
     }

@@ -495,7 +495,23 @@ fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     use lumen::submit::SubmitOutcome;
     let announce = |job_id: &str| println!("submitted batch job {job_id}");
-    match lumen::submit::submit(&spec, args.dry_run, args.wait, announce)? {
+    // With --wait, a spinner with the job's state and the time waited (on
+    // a terminal only: indicatif draws nothing when stderr is not one).
+    let spinner = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} batch job {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let mut ticking = false;
+    let on_state = |state: &str| {
+        if !ticking {
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+            ticking = true;
+        }
+        spinner.set_message(state.to_string());
+    };
+    let outcome = lumen::submit::submit(&spec, args.dry_run, args.wait, announce, on_state);
+    spinner.finish_and_clear();
+    match outcome? {
         SubmitOutcome::DryRun(script) => print!("{script}"),
         SubmitOutcome::Submitted { .. } => {}
         SubmitOutcome::Finished { job_id, exit_code } => {
