@@ -54,6 +54,8 @@ fn start_job() -> RunningJob {
         .args(["--seconds", "150", "--task-ms", "20", "--stop-file"])
         .arg(&stop)
         .env("HOME", &home)
+        // A rank stopped below must not be declared dead meanwhile.
+        .env("LUMEN_FAILURE_TIMEOUT_MS", "60000")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -240,6 +242,26 @@ fn lumen_status_sees_a_running_four_rank_lumen_run_job() {
     // --watch refreshes: three views, then it stops (--count).
     let views = ok(&status(&home, &["--watch", "0.2", "--count", "3"], &[]));
     assert_eq!(views.matches("ranks alive").count(), 3, "{views}");
+
+    // A rank that stops answering (SIGSTOP) is named as such within the
+    // bound, the others still alive; it comes back with SIGCONT.
+    let stopped = seen.ranks[2].stats.unwrap().pid as i32;
+    // SAFETY: kill(2) on a pid this test's job started; no memory involved.
+    assert_eq!(unsafe { libc::kill(stopped, libc::SIGSTOP) }, 0);
+    let began = Instant::now();
+    let json = status(&home, &["--json"], &[]);
+    let waited = began.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(stopped, libc::SIGCONT) };
+    let stuck: JobStatus = serde_json::from_str(ok(&json).trim()).unwrap();
+    let states: Vec<&str> = stuck.ranks.iter().map(|r| r.state.as_str()).collect();
+    assert_eq!(states, ["alive", "alive", "not answering", "alive"]);
+    assert!(stuck.ranks[2]
+        .detail
+        .as_deref()
+        .unwrap_or("")
+        .contains("within 2 s"));
+    println!("a stopped rank was reported in {waited:?}");
 
     // The job ends cleanly and its file goes with it.
     let mut job = job;
