@@ -59,7 +59,7 @@ target/debug/lumen-bench plot "${TMPDIR:-/tmp}/lumen-coll-bench-smoke.json" --ou
 target/debug/lumen bench startup --ranks 2,4 --rounds 1 --baseline-max-ranks 2 --plot "${TMPDIR:-/tmp}/lumen-startup-smoke.svg" --json "${TMPDIR:-/tmp}/lumen-startup-smoke.json"
 target/debug/lumen-bench markdown "${TMPDIR:-/tmp}/lumen-startup-smoke.json" >/dev/null
 target/debug/lumen bench sched --scale 0.01 --json "${TMPDIR:-/tmp}/lumen-sched-bench-smoke.json"
-target/debug/lumen bench runtime --workers 1 --scale 0.02 --rounds 1 --json "${TMPDIR:-/tmp}/lumen-runtime-bench-smoke.json"
+target/debug/lumen bench runtime --workers 1 --scale 0.02 --rounds 1 --baseline timeline --json "${TMPDIR:-/tmp}/lumen-runtime-bench-smoke.json"
 target/debug/lumen-bench markdown "${TMPDIR:-/tmp}/lumen-runtime-bench-smoke.json" >/dev/null
 target/debug/lumen bench runtime --metg --workers 1 --scale 0.05 --rounds 1
 if [[ "$(id -u)" == 0 ]]; then

@@ -106,6 +106,7 @@ mod liveness;
 pub mod nccl;
 pub mod schedule;
 pub mod shm;
+pub mod trace;
 
 pub use comm::{Communicator, Request};
 pub use config::{AllreduceAlgorithm, BcastAlgorithm, CollectiveConfig};

@@ -138,6 +138,21 @@ fn embedded_timeline_has_each_tasks_submit_run_and_reply_in_order() {
     }
     let calls: Vec<&serde_json::Value> = events.iter().filter(|e| e["cat"] == "actor").collect();
     assert_eq!(calls.len(), 3, "three actor calls");
+    // The actor's placement: decided on the driver, rank 1 chosen.
+    let placed: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["cat"] == "placement").collect();
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    assert!(placed[0]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("place actor "));
+    assert_eq!(
+        (
+            placed[0]["pid"].as_u64(),
+            placed[0]["args"]["peer"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
     // `lumen timeline merge` reads the job's file.
     let merged = dir.join("merged.json");
     let output = Command::new(lumen())

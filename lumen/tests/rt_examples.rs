@@ -48,3 +48,13 @@ fn parameter_server_embedded_and_launched() {
         assert!(all.contains("largest weight error 0.0"), "{all}");
     }
 }
+
+#[test]
+fn shard_transfer_embedded_and_launched() {
+    for all in [bare("shard_transfer"), launched("shard_transfer")] {
+        assert!(
+            all.contains("shard_transfer: 3 ranks read 4 shards (256 MiB each rank)"),
+            "{all}"
+        );
+    }
+}

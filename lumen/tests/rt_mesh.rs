@@ -24,17 +24,44 @@ fn check(name: &str, output: &std::process::Output) -> String {
     all
 }
 
+/// With the timeline on: the job's file holds each member's allreduce on
+/// each axis (a "collective" span with the 8 bytes of its `u64`).
 #[test]
 fn mesh_on_the_embedded_cluster() {
     let name = "two_by_three_mesh";
+    let trace = std::env::temp_dir().join(format!("lumen-mesh-trace-{}.json", std::process::id()));
     let mut command = Command::new(this_binary());
     command
         .args(scenario_args(name))
         .env("LUMEN_NUM_GPUS", "1")
         .env("LUMEN_NUM_CPUS", "1")
         .env("LUMEN_NUM_WORKERS", "6")
+        .env("LUMEN_TIMELINE", &trace)
         .env_remove("LUMEN_RANK");
     check(name, &run_with_timeout(&mut command, 180));
+    let text = std::fs::read_to_string(&trace).expect("the job's timeline");
+    let _ = std::fs::remove_file(&trace);
+    let trace: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let allreduces: Vec<&serde_json::Value> = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cat"] == "collective" && e["name"] == "collective allreduce")
+        .collect();
+    // Six members, three axes; an axis' allreduce may run others inside.
+    assert!(
+        allreduces.len() >= 18,
+        "{} allreduce spans",
+        allreduces.len()
+    );
+    assert!(allreduces
+        .iter()
+        .all(|e| e["args"]["bytes"] == 8 && e["dur"].is_u64()));
+    let ranks: std::collections::BTreeSet<u64> = allreduces
+        .iter()
+        .filter_map(|e| e["pid"].as_u64())
+        .collect();
+    assert_eq!(ranks.len(), 6, "every member's rank: {ranks:?}");
 }
 
 #[test]

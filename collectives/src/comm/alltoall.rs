@@ -15,6 +15,7 @@ impl Communicator {
     /// All-to-all with equal blocks: block `j` of `send` goes to rank `j`,
     /// block `i` of `recv` comes from rank `i` (pairwise exchange).
     pub fn alltoall<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        let _span = crate::trace::span("alltoall", std::mem::size_of_val(send));
         let p = self.size() as usize;
         self.check_len("alltoall", "receive buffer", recv.len(), send.len())?;
         if send.len() % p != 0 {
@@ -50,6 +51,7 @@ impl Communicator {
         recv: &mut [T],
         recv_counts: &[usize],
     ) -> Result<()> {
+        let _span = crate::trace::span("alltoallv", std::mem::size_of_val(send));
         let p = self.size() as usize;
         self.check_len("alltoallv", "send counts", send_counts.len(), p)?;
         self.check_len("alltoallv", "receive counts", recv_counts.len(), p)?;

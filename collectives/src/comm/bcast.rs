@@ -17,6 +17,7 @@ use crate::schedule::{self, BlockLayout};
 impl Communicator {
     /// Returns once every rank has entered (dissemination barrier).
     pub fn barrier(&self) -> Result<()> {
+        let _span = crate::trace::span("barrier", 0);
         let _guard = self.enter();
         self.barrier_impl()
     }
@@ -43,6 +44,7 @@ impl Communicator {
 
     /// Broadcasts `buffer` from `root` to every rank (same length everywhere).
     pub fn bcast<T: Element>(&self, buffer: &mut [T], root: u32) -> Result<()> {
+        let _span = crate::trace::span("bcast", std::mem::size_of_val(buffer));
         self.check_rank("bcast", root)?;
         let _guard = self.enter();
         self.bcast_impl(buffer, root)

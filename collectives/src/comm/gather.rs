@@ -16,6 +16,7 @@ impl Communicator {
     /// Gathers every rank's `send` (same length everywhere) into `recv`
     /// (`size * send.len()` elements, rank order) at every rank (ring).
     pub fn allgather<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        let _span = crate::trace::span("allgather", std::mem::size_of_val(send));
         let n = send.len();
         self.check_len(
             "allgather",
@@ -83,6 +84,7 @@ impl Communicator {
     /// Allgather in place: block `rank` of `buffer` (`size` equal blocks) is
     /// this rank's input.
     pub fn allgather_in_place<T: Element>(&self, buffer: &mut [T]) -> Result<()> {
+        let _span = crate::trace::span("allgather", std::mem::size_of_val(buffer));
         let p = self.size() as usize;
         if buffer.len() % p != 0 {
             self.check_len("allgather", "buffer", buffer.len(), buffer.len() / p * p)?;
@@ -131,6 +133,7 @@ impl Communicator {
         recv: &mut [T],
         counts: &[usize],
     ) -> Result<()> {
+        let _span = crate::trace::span("allgatherv", std::mem::size_of_val(send));
         self.check_allgatherv(send, recv, counts)?;
         let _guard = self.enter();
         self.allgatherv_impl(send, recv, counts)
@@ -195,6 +198,7 @@ impl Communicator {
     /// Gathers every rank's `send` (same length) into `recv` at `root`
     /// (`size * send.len()` elements, rank order; ignored elsewhere).
     pub fn gather<T: Element>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<()> {
+        let _span = crate::trace::span("gather", std::mem::size_of_val(send));
         let _guard = self.enter();
         self.gather_impl(send, recv, root)
     }
@@ -236,6 +240,7 @@ impl Communicator {
     /// Scatters block `i` of `send` (at `root`, `size * recv.len()`
     /// elements) to rank `i`'s `recv`.
     pub fn scatter<T: Element>(&self, send: &[T], recv: &mut [T], root: u32) -> Result<()> {
+        let _span = crate::trace::span("scatter", std::mem::size_of_val(recv));
         let _guard = self.enter();
         self.scatter_impl(send, recv, root)
     }

@@ -25,6 +25,7 @@ impl Communicator {
         op: ReduceOp,
         root: u32,
     ) -> Result<()> {
+        let _span = crate::trace::span("reduce", std::mem::size_of_val(send));
         self.check_rank("reduce", root)?;
         Self::check_op::<T>("reduce", op)?;
         if self.rank() == root {
@@ -108,6 +109,7 @@ impl Communicator {
         op: ReduceOp,
         algorithm: AllreduceAlgorithm,
     ) -> Result<()> {
+        let _span = crate::trace::span("allreduce", std::mem::size_of_val(buffer));
         Self::check_op::<T>("allreduce", op)?;
         let _guard = self.enter();
         self.allreduce_impl(buffer, op, algorithm)
@@ -223,6 +225,7 @@ impl Communicator {
         recv: &mut [T],
         op: ReduceOp,
     ) -> Result<()> {
+        let _span = crate::trace::span("reduce_scatter", std::mem::size_of_val(send));
         Self::check_op::<T>("reduce_scatter", op)?;
         let (r, p, n) = (self.rank() as usize, self.size() as usize, recv.len());
         self.check_len("reduce_scatter", "send buffer", send.len(), n * p)?;

@@ -110,7 +110,7 @@ pub fn join_mpi<C: Communicator>(comm: &C) -> Result<Job, BootstrapError> {
         local_rank,
         local_size,
         job_id,
-        secret,
+        secret: secret.clone(),
         config: transport,
     };
     let builder = EndpointBuilder::new(options)?;
@@ -137,5 +137,6 @@ pub fn join_mpi<C: Communicator>(comm: &C) -> Result<Job, BootstrapError> {
         resources: RankResources::default(),
         exchange: None,
         server: None,
+        secret,
     })
 }

@@ -342,6 +342,18 @@ pub struct RankStats {
     pub arena_spills: u64,
     /// This rank's process id.
     pub pid: u64,
+    /// Tasks this rank sent again after the rank running them died.
+    pub tasks_retried: u64,
+    /// Actors this rank created that were restarted after their rank died.
+    pub actors_restarted: u64,
+    /// Object bytes this rank fetched from other ranks by one-sided reads.
+    pub fetched_bytes_one_sided: u64,
+    /// ... pulled in chunks into this node's arena (over shm or TCP).
+    pub fetched_bytes_chunked: u64,
+    /// ... read from another rank's memory on this node.
+    pub fetched_bytes_shm: u64,
+    /// ... read from another rank's memory on another node.
+    pub fetched_bytes_tcp: u64,
 }
 
 /// Encodes a message.

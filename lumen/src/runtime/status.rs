@@ -30,7 +30,7 @@
 //! Hydra) have no store to read the address from; per-task state (which
 //! task runs where, how long it has been running); actors by name and
 //! class on every rank (only the count per rank and the names rank 0
-//! registered); bytes moved per path.
+//! registered); bytes the transport moved outside object fetches.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -564,6 +564,23 @@ pub fn render(status: &JobStatus) -> String {
         } else {
             format!("; named: {}", status.named_actors.join(", "))
         }
+    );
+    let sum = |f: fn(&RankStats) -> u64| -> u64 {
+        status
+            .ranks
+            .iter()
+            .filter_map(|r| r.stats.as_ref().map(f))
+            .sum()
+    };
+    let _ = writeln!(
+        out,
+        "object bytes fetched: {} one-sided, {} in chunks, {} by shm get, {} by tcp get; {} tasks retried, {} actors restarted",
+        bytes(sum(|s| s.fetched_bytes_one_sided)),
+        bytes(sum(|s| s.fetched_bytes_chunked)),
+        bytes(sum(|s| s.fetched_bytes_shm)),
+        bytes(sum(|s| s.fetched_bytes_tcp)),
+        sum(|s| s.tasks_retried),
+        sum(|s| s.actors_restarted)
     );
     let mut timed: Vec<(&RankStatus, f64)> = status
         .ranks

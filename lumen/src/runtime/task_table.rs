@@ -21,6 +21,8 @@
 //! Lineage (the spec of each object kept while references exist, to rebuild
 //! objects lost with their node) is the next state to live here.
 
+use std::time::Instant;
+
 use lumen_transport::Rank;
 
 use super::error::{TaskError, TaskErrorKind};
@@ -41,6 +43,8 @@ pub(crate) enum InFlight<P> {
         /// may be retried (the dead rank's registrations go with it; Ray's
         /// submitted-task references).
         pinned: Option<P>,
+        /// When it was sent (the caller's view of its latency).
+        sent: Instant,
     },
     /// A call sent to `actor` on `host`.
     ActorCall(ActorCall<P>),
@@ -63,6 +67,8 @@ pub(crate) struct ActorCall<P> {
     /// For a call sent down a mesh broadcast tree: the ranks it passes
     /// through, and the call, to send it directly when one of them dies.
     pub(crate) relay: Option<Box<Relay>>,
+    /// When it was sent (the caller's view of its latency).
+    pub(crate) sent: Instant,
 }
 
 /// How a mesh broadcast call reaches its host (see `runtime::mesh`).
@@ -150,8 +156,16 @@ impl<P> Default for TaskTable<P> {
 impl<P> TaskTable<P> {
     /// `spec` was sent to `rank` (first attempt or a retry).
     pub(crate) fn task_sent(&mut self, spec: TaskSpec, rank: Rank, pinned: Option<P>) {
-        self.entries
-            .insert(spec.object, InFlight::Task { spec, rank, pinned });
+        let sent = Instant::now();
+        self.entries.insert(
+            spec.object,
+            InFlight::Task {
+                spec,
+                rank,
+                pinned,
+                sent,
+            },
+        );
     }
 
     /// An actor call was sent (or sent again) to `call.host`.
@@ -329,6 +343,7 @@ mod tests {
             actor,
             name: format!("call{seq}"),
             handles: None,
+            sent: Instant::now(),
             retry: retries.map(|retries_left| {
                 Box::new(CallRetry {
                     address: ActorAddress {

@@ -32,10 +32,13 @@
 //! job is still aligned where the events are; the offset is one per rank
 //! per file, so drift *within* a job is not corrected.
 //!
-//! Not recorded yet: object transfers with their bytes and path,
-//! collectives and placement decisions (the submit instant names the rank
-//! a task was placed on). The cost when off is one relaxed atomic load
-//! per task.
+//! Also recorded: object transfers ("fetch (PATH)", with bytes, path
+//! and the rank they came from), collective calls ("collective
+//! allreduce", with this rank's bytes, through `lumen_collectives::trace`)
+//! and placement decisions ("place actor Class", "place placement group
+//! ... bundles", `peer`: the rank chosen; a task's placement is its
+//! submit's `peer`). Not recorded: transfers between GPUs (device
+//! objects). The cost when off is one relaxed atomic load per event.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -72,7 +75,8 @@ pub(crate) struct Event {
     /// Span length in microseconds; `None` for an instant.
     dur: Option<u64>,
     tid: u64,
-    object: ObjectId,
+    /// The task, call or object (none for collectives and placements).
+    object: Option<ObjectId>,
     /// The other rank: where a submitted task went, who reported a reply,
     /// where a transfer's bytes came from.
     peer: Option<u32>,
@@ -103,6 +107,7 @@ pub(crate) fn enable_from_env() {
             .unwrap_or_else(|p| p.into_inner())
             .reserve(CAPACITY);
         ENABLED.store(true, Ordering::Relaxed);
+        lumen_collectives::trace::set_hook(collective);
     }
 }
 
@@ -136,7 +141,7 @@ pub(crate) fn instant(what: &'static str, name: &str, object: ObjectId, peer: Op
         ts: now_us(),
         dur: None,
         tid: thread_id(),
-        object,
+        object: Some(object),
         peer,
         bytes: None,
     });
@@ -153,9 +158,45 @@ pub(crate) fn span(what: &'static str, name: &str, object: ObjectId, start: u64)
         ts: start,
         dur: Some(now_us().saturating_sub(start)),
         tid: thread_id(),
-        object,
+        object: Some(object),
         peer: None,
         bytes: None,
+    });
+}
+
+/// A placement decision: `what` ("actor Class", a placement group's
+/// bundles) goes to rank `to`.
+pub(crate) fn placed(what: &str, to: u32) {
+    if !on() {
+        return;
+    }
+    push(Event {
+        what: Cow::Borrowed("place"),
+        name: what.to_string(),
+        ts: now_us(),
+        dur: None,
+        tid: thread_id(),
+        object: None,
+        peer: Some(to),
+        bytes: None,
+    });
+}
+
+/// A collective call (`lumen_collectives::trace`'s hook): `op` over
+/// `bytes` of this rank's buffer.
+fn collective(op: &'static str, bytes: u64, start_us: u64, dur_us: u64) {
+    if !on() {
+        return;
+    }
+    push(Event {
+        what: Cow::Borrowed("collective"),
+        name: op.to_string(),
+        ts: start_us,
+        dur: Some(dur_us),
+        tid: thread_id(),
+        object: None,
+        peer: None,
+        bytes: Some(bytes),
     });
 }
 
@@ -172,7 +213,7 @@ pub(crate) fn transfer(path: &str, bytes: u64, object: ObjectId, from: u32, star
         ts: start,
         dur: Some(now_us().saturating_sub(start)),
         tid: thread_id(),
-        object,
+        object: Some(object),
         peer: Some(from),
         bytes: Some(bytes),
     });
@@ -284,7 +325,11 @@ pub(crate) fn write_job_trace(
             write!(out, ",")?;
         }
         first = false;
-        let cat = if e.bytes.is_some() {
+        let cat = if e.what == "collective" {
+            "collective"
+        } else if e.what == "place" {
+            "placement"
+        } else if e.bytes.is_some() {
             "transfer"
         } else if e.what == "call" {
             "actor"
@@ -305,13 +350,17 @@ pub(crate) fn write_job_trace(
             Some(dur) => write!(out, "\"ph\":\"X\",\"dur\":{dur},")?,
             None => write!(out, "\"ph\":\"i\",\"s\":\"t\",")?,
         }
-        write!(out, "\"args\":{{\"object\":\"{}\"", e.object)?;
+        let mut args = Vec::with_capacity(3);
+        if let Some(object) = e.object {
+            args.push(format!("\"object\":\"{object}\""));
+        }
         if let Some(peer) = e.peer {
-            write!(out, ",\"peer\":{peer}")?;
+            args.push(format!("\"peer\":{peer}"));
         }
         if let Some(bytes) = e.bytes {
-            write!(out, ",\"bytes\":{bytes}")?;
+            args.push(format!("\"bytes\":{bytes}"));
         }
+        write!(out, "\"args\":{{{}", args.join(","))?;
         write!(out, "}}}}")?;
     }
     write!(out, "]}}")?;
@@ -455,7 +504,7 @@ mod tests {
             ts,
             dur: None,
             tid: 1,
-            object: ObjectId { owner: 0, seq: 1 },
+            object: Some(ObjectId { owner: 0, seq: 1 }),
             peer: None,
             bytes: None,
         }

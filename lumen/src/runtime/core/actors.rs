@@ -222,6 +222,7 @@ impl Inner {
             },
         };
         self.lock().placed_actors.insert(address.id, host);
+        crate::runtime::timeline::placed(&format!("actor {class_name}"), host);
         let id = address.id;
         self.launch_actor(address, args, pinned, options)
             .inspect_err(|_| self.forget_placement(id))
@@ -360,6 +361,8 @@ impl Inner {
                     continue;
                 };
                 record.restarts_left -= 1;
+                self.actors_restarted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 record.address.host = host;
                 let refs = record.pinned.ids();
                 // Restarted outside its placement group (its bundle's
@@ -513,6 +516,7 @@ impl Inner {
                 handles,
                 retry,
                 relay: None,
+                sent: std::time::Instant::now(),
             });
             if s.dead.contains(&host) {
                 drop(s);

@@ -286,6 +286,8 @@ impl Inner {
                 return;
             }
         };
+        self.tasks_retried
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             "retrying {} ({object}) on rank {target}, attempt {}",
             spec.name,

@@ -334,7 +334,17 @@ impl Inner {
                     host,
                     group,
                     bundles,
-                } => self.send_or_log(host, &RtMsg::BundleReserve { group, bundles }),
+                } => {
+                    crate::runtime::timeline::placed(
+                        &format!(
+                            "{} bundles {:?}",
+                            group,
+                            bundles.iter().map(|b| b.0).collect::<Vec<_>>()
+                        ),
+                        host,
+                    );
+                    self.send_or_log(host, &RtMsg::BundleReserve { group, bundles })
+                }
                 Action::Release { host, group } => {
                     self.send_or_log(host, &RtMsg::BundleRelease { group })
                 }

@@ -97,6 +97,7 @@ impl Inner {
                     name: payload.name.clone(),
                     handles,
                     retry: None,
+                    sent: std::time::Instant::now(),
                     relay: Some(Box::new(Relay {
                         via: path(&hosts, fanout, at),
                         payload: payload.clone(),

@@ -11,13 +11,16 @@
 //! answers one request at a time, with a 2 s read bound and requests
 //! capped at 8 KiB: a slow or malformed client cannot hold it.
 //!
-//! Besides the counters, `lumen_task_run_seconds` is a histogram of how
-//! long this rank's tasks and actor calls ran (buckets from 10 µs to 10 s;
-//! one clock read at each end of a task).
+//! Besides the counters, two histograms (buckets from 10 µs to 10 s):
+//! `lumen_task_run_seconds`, how long this rank's tasks and actor calls
+//! ran (one clock read at each end of a task), and
+//! `lumen_call_latency_seconds`, how long the tasks and calls this rank
+//! submitted took from send to reply (a clock read at each). Object bytes
+//! fetched are counted by path (`lumen_fetched_bytes_{one_sided,chunked,
+//! shm,tcp}_total`), with retried tasks and restarted actors.
 //!
-//! Not exported yet: the caller's view of call latency (submit to reply),
-//! bytes moved per path, retries and restarts (the counters do not exist
-//! in the runtime yet).
+//! Not exported yet: bytes the transport moved outside object fetches
+//! (messages, collectives) by path.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -53,6 +56,41 @@ const GAUGES: &[&str] = &[
 /// id is not a measurement, and the task time and count are the
 /// histogram's sum and count.
 const NOT_EXPORTED: &[&str] = &["pid", "task_run_nanos", "tasks_finished"];
+
+/// Object bytes fetched from other ranks, by the path they took (the
+/// `how` of `store::Moved`).
+#[derive(Debug, Default)]
+pub(crate) struct PathBytes {
+    one_sided: std::sync::atomic::AtomicU64,
+    chunked: std::sync::atomic::AtomicU64,
+    shm: std::sync::atomic::AtomicU64,
+    tcp: std::sync::atomic::AtomicU64,
+}
+
+impl PathBytes {
+    fn slot(&self, how: &str) -> Option<&std::sync::atomic::AtomicU64> {
+        match how {
+            "one-sided pull" => Some(&self.one_sided),
+            "chunked pull" => Some(&self.chunked),
+            "shm get" => Some(&self.shm),
+            "tcp get" => Some(&self.tcp),
+            _ => None,
+        }
+    }
+
+    /// Counts `bytes` fetched by `how`.
+    pub(crate) fn add(&self, how: &str, bytes: u64) {
+        if let Some(slot) = self.slot(how) {
+            slot.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes fetched by `how` so far.
+    pub(crate) fn get(&self, how: &str) -> u64 {
+        self.slot(how)
+            .map_or(0, |slot| slot.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
 
 /// Upper bounds of the task-time buckets, in seconds.
 const BUCKETS: [f64; 7] = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
@@ -151,6 +189,12 @@ fn help(name: &str) -> &'static str {
         "arena_spilled_objects" => "Objects of the node arena spilled to disk now.",
         "arena_spilled_bytes" => "Bytes of the node arena spilled to disk now.",
         "arena_spills" => "Spills of the node arena since it was made.",
+        "tasks_retried" => "Tasks sent again after the rank running them died.",
+        "actors_restarted" => "Actors created here that were restarted after their rank died.",
+        "fetched_bytes_one_sided" => "Object bytes fetched from other ranks by one-sided reads.",
+        "fetched_bytes_chunked" => "Object bytes pulled in chunks into this node's arena.",
+        "fetched_bytes_shm" => "Object bytes read from another rank's memory on this node.",
+        "fetched_bytes_tcp" => "Object bytes read from another rank's memory on another node.",
         _ => "A Lumen rank counter.",
     }
 }
@@ -166,7 +210,7 @@ fn label(value: &str) -> String {
 /// The Prometheus text exposition of one rank's counters.
 pub(crate) fn render(
     stats: &RankStats,
-    task_runs: &Histogram,
+    (task_runs, call_latency): (&Histogram, &Histogram),
     job: &str,
     rank: u32,
     node: u32,
@@ -199,6 +243,13 @@ pub(crate) fn render(
         "How long this rank's tasks and actor calls ran.",
         &labels,
         task_runs,
+    );
+    render_histogram(
+        &mut out,
+        "lumen_call_latency_seconds",
+        "How long tasks and actor calls this rank submitted took, from send to reply.",
+        &labels,
+        call_latency,
     );
     out
 }
@@ -289,7 +340,13 @@ fn answer(mut stream: TcpStream, inner: &Weak<Inner>, job: &str, rank: u32, node
             Some(inner) => respond(
                 &mut stream,
                 "200 OK",
-                &render(&inner.local_stats(), &inner.task_runs, job, rank, node),
+                &render(
+                    &inner.local_stats(),
+                    (&inner.task_runs, &inner.call_latency),
+                    job,
+                    rank,
+                    node,
+                ),
             ),
             None => respond(
                 &mut stream,
@@ -330,7 +387,8 @@ mod tests {
         runs.record(Duration::from_micros(50));
         runs.record(Duration::from_millis(2));
         runs.record(Duration::from_secs(20));
-        let text = render(&stats, &runs, "job \"a\"", 3, 1);
+        let latency = Histogram::default();
+        let text = render(&stats, (&runs, &latency), "job \"a\"", 3, 1);
         assert!(text.contains("# TYPE lumen_tasks_executed_total counter\n"));
         assert!(text.contains(
             "lumen_tasks_executed_total{job=\"job \\\"a\\\"\",rank=\"3\",node=\"1\"} 7\n"
@@ -359,9 +417,13 @@ mod tests {
         // Every counter line has a HELP and a TYPE line before it.
         let samples = text
             .lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with("lumen_task_run_seconds"))
+            .filter(|l| {
+                !l.starts_with('#')
+                    && !l.starts_with("lumen_task_run_seconds")
+                    && !l.starts_with("lumen_call_latency_seconds")
+            })
             .count()
-            + 1;
+            + 2;
         assert_eq!(
             text.lines().filter(|l| l.starts_with("# TYPE")).count(),
             samples

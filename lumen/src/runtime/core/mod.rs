@@ -136,7 +136,7 @@ enum Reply {
     Waiting(Rank),
     Ack(Option<String>),
     Name(Option<ActorAddress>),
-    Stats(RankStats),
+    Stats(Box<RankStats>),
     /// The creator's answer to `ActorLocate`.
     Located(Option<Rank>),
     /// The head's answer about a placement group.
@@ -282,6 +282,15 @@ pub(crate) struct Inner {
     tasks_executed: AtomicU64,
     /// How long tasks ran here (`lumen_task_run_seconds`).
     pub(crate) task_runs: metrics::Histogram,
+    /// How long this rank's tasks and actor calls took from send to
+    /// reply (`lumen_call_latency_seconds`).
+    pub(crate) call_latency: metrics::Histogram,
+    /// Tasks sent again after their rank died.
+    pub(crate) tasks_retried: AtomicU64,
+    /// Actors this rank created that were restarted after their rank died.
+    pub(crate) actors_restarted: AtomicU64,
+    /// Object bytes fetched from other ranks, by path (see `Moved`).
+    pub(crate) fetched: metrics::PathBytes,
     /// This rank's device objects (see `runtime::device`).
     pub(crate) devices: super::device::DevicePlane,
     /// The failure detector (see `liveness`).
@@ -466,6 +475,10 @@ impl Inner {
             binding,
             tasks_executed: AtomicU64::new(0),
             task_runs: metrics::Histogram::default(),
+            call_latency: metrics::Histogram::default(),
+            tasks_retried: AtomicU64::new(0),
+            actors_restarted: AtomicU64::new(0),
+            fetched: metrics::PathBytes::default(),
             devices: super::device::DevicePlane::default(),
             liveness: liveness::Liveness::new(size, liveness::Liveness::bound_from_env()),
             lineage: lineage::Lineage::from_env(),
@@ -744,7 +757,7 @@ impl Inner {
             M::NameLookup { name, request } => self.on_name_lookup(src, &name, request),
             M::NameReply { request, address } => self.answer(request, Reply::Name(address)),
             M::Stats { request } => self.on_stats(src, request),
-            M::StatsReply { request, stats } => self.answer(request, Reply::Stats(stats)),
+            M::StatsReply { request, stats } => self.answer(request, Reply::Stats(Box::new(stats))),
             M::ClockProbe { request } => self.send_or_log(
                 src,
                 &RtMsg::ClockReply {

@@ -574,8 +574,11 @@ impl Inner {
                 if let Ok((_, true, _)) = &fetched {
                     self.report_copy(object, rank, key);
                 }
-                if let (Some(started), Ok((_, _, Moved::From(source, how)))) = (started, &fetched) {
-                    timeline::transfer(how, len, object, *source, started);
+                if let Ok((_, _, Moved::From(source, how))) = &fetched {
+                    self.fetched.add(how, len);
+                    if let Some(started) = started {
+                        timeline::transfer(how, len, object, *source, started);
+                    }
                 }
                 fetched.map(|(bytes, _, _)| bytes).map_err(|e| match e {
                     FetchError::Transport(

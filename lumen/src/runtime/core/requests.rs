@@ -223,6 +223,12 @@ impl Inner {
             arena_spilled_bytes: arena.spilled_bytes,
             arena_spills: arena.spills,
             pid: u64::from(std::process::id()),
+            tasks_retried: self.tasks_retried.load(Ordering::Relaxed),
+            actors_restarted: self.actors_restarted.load(Ordering::Relaxed),
+            fetched_bytes_one_sided: self.fetched.get("one-sided pull"),
+            fetched_bytes_chunked: self.fetched.get("chunked pull"),
+            fetched_bytes_shm: self.fetched.get("shm get"),
+            fetched_bytes_tcp: self.fetched.get("tcp get"),
         }
     }
 
@@ -235,7 +241,7 @@ impl Inner {
         self.lock().replies.insert(request, Reply::Waiting(rank));
         self.send(rank, &RtMsg::Stats { request })?;
         match self.await_reply(request, None)? {
-            Reply::Stats(stats) => Ok(stats),
+            Reply::Stats(stats) => Ok(*stats),
             _ => Err(runtime_error(RuntimeError::RankDied {
                 rank,
                 what: "asking for its counters".into(),

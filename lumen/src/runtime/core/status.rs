@@ -172,7 +172,7 @@ impl Inner {
                         Some(Reply::Waiting(_)) => waiting = true,
                         Some(_) => match s.replies.remove(&request) {
                             Some(Reply::Stats(stats)) => {
-                                *entry = Asked::Answered(Box::new(stats), sent.elapsed());
+                                *entry = Asked::Answered(stats, sent.elapsed());
                             }
                             _ => *entry = Asked::Dead("died while asked".into()),
                         },

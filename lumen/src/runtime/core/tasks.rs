@@ -297,7 +297,9 @@ impl Inner {
             let entry = match s.tasks.completed(object) {
                 // Its value lives on another rank: keep how it was made,
                 // before a death can find the value lost.
-                Some(InFlight::Task { spec, rank, pinned }) if stored_elsewhere => {
+                Some(InFlight::Task {
+                    spec, rank, pinned, ..
+                }) if stored_elsewhere => {
                     let unkept = self.lineage.record(spec, pinned);
                     Some(Completed::Recorded {
                         rank,
@@ -320,6 +322,14 @@ impl Inner {
             let released = s.deferred.arrived(object);
             (entry, io, copy.map(|outcome| (waiters, outcome)), released)
         };
+        let sent = match &entry {
+            Some(Completed::Kept(InFlight::Task { sent, .. })) => Some(*sent),
+            Some(Completed::Kept(InFlight::ActorCall(call))) => Some(call.sent),
+            _ => None,
+        };
+        if let Some(sent) = sent {
+            self.call_latency.record(sent.elapsed());
+        }
         let finished = match &entry {
             Some(Completed::Recorded { rank, .. }) => Some(*rank),
             Some(Completed::Kept(InFlight::Task { rank, .. })) => Some(*rank),
