@@ -442,6 +442,8 @@ mod scenarios {
         kill_host(&rt, &counter)?;
         // Restarted on another rank with fresh state; the old handle finds it.
         assert_eq!(counter.incr(1)?.get_timeout(Duration::from_secs(30))?, 101);
+        // The creator counted it (lumen_actors_restarted_total).
+        assert_eq!(rt.stats(0)?.actors_restarted, 1);
         // A task elsewhere holding a copy of the old handle finds it too
         // (its rank may not have seen the death yet: a call it sends to the
         // dead rank fails, as calls in flight do; the next one goes through).

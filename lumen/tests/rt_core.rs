@@ -798,6 +798,8 @@ mod scenarios {
             .remote(&rt, marker.display().to_string())?;
         let rank = retried.get_timeout(Duration::from_secs(30))?;
         println!("retried task finished on rank {rank}");
+        // The driver counted the retry (lumen_tasks_retried_total).
+        assert!(rt.stats(0)?.tasks_retried >= 1, "{:?}", rt.stats(0)?);
         let _ = std::fs::remove_file(&marker);
         let e = task_error(
             die_always::options()
