@@ -273,8 +273,7 @@ impl Session {
         // still answers (driver: before they stop; SPMD: before the barrier).
         if inner.rank == 0 {
             if let Some(path) = timeline::job_path() {
-                let (traces, missing) = inner.gather_timeline(true);
-                match timeline::write_file(&path, &traces, &missing) {
+                match timeline::write_file(&path, |sink| inner.gather_timeline(true, sink)) {
                     Ok(events) => tracing::info!(events, "timeline written to {}", path.display()),
                     Err(e) => eprintln!(
                         "lumen: cannot write the job's timeline to {}: {e}",
@@ -506,8 +505,7 @@ impl Runtime {
                 timeline::VAR
             ))));
         }
-        let (traces, missing) = self.inner.gather_timeline(false);
-        timeline::write_file(path, &traces, &missing).map_err(|e| {
+        timeline::write_file(path, |sink| self.inner.gather_timeline(false, sink)).map_err(|e| {
             LumenError::Runtime(RuntimeError::Cluster(format!(
                 "writing the timeline to {}: {e}",
                 path.display()

@@ -12,7 +12,9 @@
 //! followed across ranks.
 //!
 //! One file for the whole job: with `LUMEN_TIMELINE=trace.json`, rank 0
-//! gathers every rank's events as it leaves (driver mode: before it tells
+//! gathers every rank's events (one rank at a time, each written before
+//! the next is asked for: rank 0 holds one rank's buffer at a time) as it
+//! leaves (driver mode: before it tells
 //! the others to stop; SPMD: before the closing barrier) and writes
 //! `trace.json`, each rank's timestamps moved onto rank 0's clock;
 //! [`Runtime::timeline`](crate::runtime::Runtime::timeline) writes the
@@ -266,106 +268,159 @@ fn own_trace(rank: u32, node: u32) -> RankTrace {
     }
 }
 
-/// Writes ranks' events as one Chrome trace, sorted by time on rank 0's
-/// clock, one event at a time (no tree is built); `missing` names ranks
-/// whose events are not in it, and why. Returns the events written.
+fn quote(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"?\"".into())
+}
+
+/// Writes a job's Chrome trace one rank at a time, as rank 0 gathers
+/// them: only one rank's events are held at once, whatever the job's size
+/// (Perfetto and `chrome://tracing` do not need the events sorted; each
+/// rank's are, on rank 0's clock, and `lumen timeline merge` sorts all).
+/// `otherData` (ranks, dropped events, clock offsets, ranks left out)
+/// comes after the events, once they are known.
+pub(crate) struct JobTraceWriter<W: std::io::Write> {
+    out: W,
+    first: bool,
+    events: usize,
+    dropped: u64,
+    offsets: Vec<(u32, i64)>,
+    missing: Vec<(u32, String)>,
+    only: Option<(u32, u32)>,
+}
+
+impl<W: std::io::Write> JobTraceWriter<W> {
+    /// Begins the file.
+    pub(crate) fn new(mut out: W) -> std::io::Result<Self> {
+        write!(out, "{{\"displayTimeUnit\":\"ms\",\"traceEvents\":[")?;
+        Ok(JobTraceWriter {
+            out,
+            first: true,
+            events: 0,
+            dropped: 0,
+            offsets: Vec::new(),
+            missing: Vec::new(),
+            only: None,
+        })
+    }
+
+    fn comma(&mut self) -> std::io::Result<()> {
+        if !self.first {
+            write!(self.out, ",")?;
+        }
+        self.first = false;
+        Ok(())
+    }
+
+    /// Writes one rank's events, moved onto rank 0's clock, in time order.
+    pub(crate) fn rank(&mut self, mut t: RankTrace) -> std::io::Result<()> {
+        self.only = if self.offsets.is_empty() {
+            Some((t.rank, t.node))
+        } else {
+            None
+        };
+        self.offsets.push((t.rank, t.offset_us));
+        self.dropped += t.dropped;
+        self.comma()?;
+        write!(
+            self.out,
+            "{{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":{},\"tid\":0,\"args\":{{\"name\":{}}}}}",
+            t.rank,
+            quote(&format!("rank {} (node {})", t.rank, t.node))
+        )?;
+        let aligned = |e: &Event| (e.ts as i64).saturating_sub(t.offset_us).max(0) as u64;
+        let offset = t.offset_us;
+        t.events
+            .sort_by_key(|e| (e.ts as i64).saturating_sub(offset).max(0) as u64);
+        for e in &t.events {
+            let ts = aligned(e);
+            self.comma()?;
+            let cat = if e.what == "collective" {
+                "collective"
+            } else if e.what == "place" {
+                "placement"
+            } else if e.bytes.is_some() {
+                "transfer"
+            } else if e.what == "call" {
+                "actor"
+            } else {
+                "task"
+            };
+            let name = if e.name.is_empty() {
+                quote(&e.what)
+            } else {
+                quote(&format!("{} {}", e.what, e.name))
+            };
+            write!(
+                self.out,
+                "{{\"name\":{name},\"cat\":\"{cat}\",\"pid\":{},\"tid\":{},\"ts\":{ts},",
+                t.rank, e.tid,
+            )?;
+            match e.dur {
+                Some(dur) => write!(self.out, "\"ph\":\"X\",\"dur\":{dur},")?,
+                None => write!(self.out, "\"ph\":\"i\",\"s\":\"t\",")?,
+            }
+            let mut args = Vec::with_capacity(3);
+            if let Some(object) = e.object {
+                args.push(format!("\"object\":\"{object}\""));
+            }
+            if let Some(peer) = e.peer {
+                args.push(format!("\"peer\":{peer}"));
+            }
+            if let Some(bytes) = e.bytes {
+                args.push(format!("\"bytes\":{bytes}"));
+            }
+            write!(self.out, "\"args\":{{{}}}}}", args.join(","))?;
+        }
+        self.events += t.events.len();
+        Ok(())
+    }
+
+    /// Notes a rank whose events are not in the file, and why.
+    pub(crate) fn missing(&mut self, rank: u32, why: String) {
+        self.missing.push((rank, why));
+    }
+
+    /// Ends the file; the events written.
+    pub(crate) fn finish(mut self) -> std::io::Result<usize> {
+        let offsets: Vec<String> = (self.offsets.iter())
+            .map(|(rank, offset)| format!("\"{rank}\":{offset}"))
+            .collect();
+        let missing: Vec<String> = (self.missing.iter())
+            .map(|(rank, why)| format!("\"{rank}\":{}", quote(why)))
+            .collect();
+        write!(
+            self.out,
+            "],\"otherData\":{{\"ranks\":{},\"dropped_events\":{},\"clock_offsets_us\":{{{}}},\"missing_ranks\":{{{}}}",
+            self.offsets.len(),
+            self.dropped,
+            offsets.join(","),
+            missing.join(",")
+        )?;
+        if let Some((rank, node)) = self.only {
+            write!(self.out, ",\"rank\":{rank},\"node\":{node}")?;
+        }
+        write!(self.out, "}}}}")?;
+        self.out.flush()?;
+        Ok(self.events)
+    }
+}
+
+/// Writes ranks' events as one Chrome trace (see [`JobTraceWriter`]);
+/// `missing` names ranks whose events are not in it, and why. Returns the
+/// events written.
 pub(crate) fn write_job_trace(
     out: &mut impl std::io::Write,
     traces: &[RankTrace],
     missing: &[(u32, String)],
 ) -> std::io::Result<usize> {
-    let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"?\"".into());
-    let dropped: u64 = traces.iter().map(|t| t.dropped).sum();
-    let offsets: Vec<String> = traces
-        .iter()
-        .map(|t| format!("\"{}\":{}", t.rank, t.offset_us))
-        .collect();
-    let missing: Vec<String> = missing
-        .iter()
-        .map(|(rank, why)| format!("\"{rank}\":{}", quote(why)))
-        .collect();
-    write!(
-        out,
-        "{{\"displayTimeUnit\":\"ms\",\"otherData\":{{\"ranks\":{},\"dropped_events\":{dropped},\"clock_offsets_us\":{{{}}},\"missing_ranks\":{{{}}}",
-        traces.len(),
-        offsets.join(","),
-        missing.join(",")
-    )?;
-    if let [only] = traces {
-        write!(out, ",\"rank\":{},\"node\":{}", only.rank, only.node)?;
-    }
-    write!(out, "}},\"traceEvents\":[")?;
-    let mut first = true;
+    let mut writer = JobTraceWriter::new(out)?;
     for t in traces {
-        if !first {
-            write!(out, ",")?;
-        }
-        first = false;
-        write!(
-            out,
-            "{{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":{},\"tid\":0,\"args\":{{\"name\":{}}}}}",
-            t.rank,
-            quote(&format!("rank {} (node {})", t.rank, t.node))
-        )?;
+        writer.rank(t.clone())?;
     }
-    let mut order: Vec<(u64, usize, usize)> = Vec::new();
-    for (i, t) in traces.iter().enumerate() {
-        for (j, e) in t.events.iter().enumerate() {
-            order.push((
-                (e.ts as i64).saturating_sub(t.offset_us).max(0) as u64,
-                i,
-                j,
-            ));
-        }
+    for (rank, why) in missing {
+        writer.missing(*rank, why.clone());
     }
-    order.sort_unstable();
-    for &(ts, i, j) in &order {
-        let (rank, e) = (traces[i].rank, &traces[i].events[j]);
-        if !first {
-            write!(out, ",")?;
-        }
-        first = false;
-        let cat = if e.what == "collective" {
-            "collective"
-        } else if e.what == "place" {
-            "placement"
-        } else if e.bytes.is_some() {
-            "transfer"
-        } else if e.what == "call" {
-            "actor"
-        } else {
-            "task"
-        };
-        let name = if e.name.is_empty() {
-            quote(&e.what)
-        } else {
-            quote(&format!("{} {}", e.what, e.name))
-        };
-        write!(
-            out,
-            "{{\"name\":{name},\"cat\":\"{cat}\",\"pid\":{rank},\"tid\":{},\"ts\":{ts},",
-            e.tid,
-        )?;
-        match e.dur {
-            Some(dur) => write!(out, "\"ph\":\"X\",\"dur\":{dur},")?,
-            None => write!(out, "\"ph\":\"i\",\"s\":\"t\",")?,
-        }
-        let mut args = Vec::with_capacity(3);
-        if let Some(object) = e.object {
-            args.push(format!("\"object\":\"{object}\""));
-        }
-        if let Some(peer) = e.peer {
-            args.push(format!("\"peer\":{peer}"));
-        }
-        if let Some(bytes) = e.bytes {
-            args.push(format!("\"bytes\":{bytes}"));
-        }
-        write!(out, "\"args\":{{{}", args.join(","))?;
-        write!(out, "}}}}")?;
-    }
-    write!(out, "]}}")?;
-    out.flush()?;
-    Ok(order.len())
+    writer.finish()
 }
 
 /// Writes this rank's events alone as a Chrome trace.
@@ -377,14 +432,32 @@ pub(crate) fn write_trace(
     write_job_trace(out, &[own_trace(rank, node)], &[]).map(|_| ())
 }
 
-/// Writes `traces` to `path` (creating it); the events written.
+/// Writes the job's trace to `path` as `gather` hands over each rank's
+/// events (or why a rank is left out); the events written.
 pub(crate) fn write_file(
     path: &Path,
-    traces: &[RankTrace],
-    missing: &[(u32, String)],
+    gather: impl FnOnce(&mut dyn FnMut(Result<RankTrace, (u32, String)>) -> std::io::Result<()>),
 ) -> std::io::Result<usize> {
     let file = std::fs::File::create(path)?;
-    write_job_trace(&mut std::io::BufWriter::new(file), traces, missing)
+    let mut writer = JobTraceWriter::new(std::io::BufWriter::new(file))?;
+    let mut failed = None;
+    gather(&mut |gathered| {
+        let written = match gathered {
+            Ok(trace) => writer.rank(trace),
+            Err((rank, why)) => {
+                writer.missing(rank, why);
+                Ok(())
+            }
+        };
+        if let Err(e) = &written {
+            failed.get_or_insert(e.kind());
+        }
+        written
+    });
+    match failed {
+        Some(kind) => Err(std::io::Error::from(kind)),
+        None => writer.finish(),
+    }
 }
 
 /// The job's file (`LUMEN_TIMELINE`) when recording.
@@ -511,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn a_job_trace_moves_each_rank_onto_rank_0s_clock_and_sorts() {
+    fn a_job_trace_moves_each_rank_onto_rank_0s_clock() {
         // Rank 1's clock runs 1000 µs ahead: its "run" at 1030 is at 30
         // on rank 0's clock, between rank 0's submit (10) and reply (50).
         let traces = [
@@ -534,13 +607,14 @@ mod tests {
         let n = write_job_trace(&mut bytes, &traces, &[(2, "dead".into())]).unwrap();
         assert_eq!(n, 3);
         let trace: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        let names: Vec<(&str, u64)> = trace["traceEvents"]
+        let mut names: Vec<(&str, u64)> = trace["traceEvents"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|e| e["ph"] != "M")
             .map(|e| (e["name"].as_str().unwrap(), e["ts"].as_u64().unwrap()))
             .collect();
+        names.sort_by_key(|&(_, ts)| ts);
         assert_eq!(names, [("submit f", 10), ("run f", 30), ("reply", 50)]);
         assert_eq!(trace["otherData"]["clock_offsets_us"]["1"], 1000);
         assert_eq!(trace["otherData"]["dropped_events"], 3);

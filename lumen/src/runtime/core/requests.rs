@@ -66,69 +66,70 @@ impl Inner {
         Ok(best.map_or(0, |(_, offset)| offset))
     }
 
-    /// Every rank's timeline, each on this rank's clock, and the ranks
-    /// left out (dead, or they did not answer) with why. `last`: the
+    /// Every rank's timeline, each on this rank's clock, handed to `sink`
+    /// one rank at a time (so only one rank's events are held here), or
+    /// why a rank is left out (dead, or it did not answer). `last`: the
     /// gather as the job ends (the others then write no file of their own).
+    /// A `sink` that fails (the file cannot be written) ends the gather.
     pub(crate) fn gather_timeline(
         self: &Arc<Self>,
         last: bool,
-    ) -> (Vec<timeline::RankTrace>, Vec<(Rank, String)>) {
-        let mut traces = Vec::with_capacity(self.ranks.len());
-        let mut missing = Vec::new();
+        sink: &mut dyn FnMut(
+            std::result::Result<timeline::RankTrace, (Rank, String)>,
+        ) -> std::io::Result<()>,
+    ) {
         // The ranks of a node share its clock: this node's are exact (0),
         // each other node is measured once, at its first rank that answers.
         let mut node_offsets: std::collections::HashMap<u32, i64> =
             std::collections::HashMap::from([(self.node(), 0)]);
         for info in self.ranks.iter() {
             let rank = info.rank;
-            if rank == self.rank {
+            let gathered = if rank == self.rank {
                 let (events, dropped) = timeline::snapshot(last);
-                traces.push(timeline::RankTrace {
+                Ok(timeline::RankTrace {
                     rank,
                     node: info.node,
                     offset_us: 0,
                     dropped,
                     events,
-                });
-                continue;
-            }
-            if self.lock().dead.contains(&rank) {
-                missing.push((rank, "dead".to_string()));
-                continue;
-            }
-            let offset = match node_offsets.get(&info.node) {
-                Some(&offset) => Ok(offset),
-                None => self.clock_offset(rank).inspect(|&offset| {
-                    node_offsets.insert(info.node, offset);
-                }),
-            };
-            let gathered = offset.and_then(|offset_us| {
-                let request = self.new_request();
-                self.lock().replies.insert(request, Reply::Waiting(rank));
-                self.send(rank, &RtMsg::TimelineGet { request, last })?;
-                match self.await_reply(request, Some(GATHER_TIMEOUT))? {
-                    Reply::Timeline(node, dropped, events) => Ok(timeline::RankTrace {
-                        rank,
-                        node,
-                        offset_us,
-                        dropped,
-                        events,
+                })
+            } else if self.lock().dead.contains(&rank) {
+                Err((rank, "dead".to_string()))
+            } else {
+                let offset = match node_offsets.get(&info.node) {
+                    Some(&offset) => Ok(offset),
+                    None => self.clock_offset(rank).inspect(|&offset| {
+                        node_offsets.insert(info.node, offset);
                     }),
-                    _ => Err(runtime_error(RuntimeError::RankDied {
-                        rank,
-                        what: "asking for its timeline".into(),
-                    })),
-                }
-            });
-            match gathered {
-                Ok(trace) => traces.push(trace),
-                Err(e) => {
-                    tracing::warn!(rank, "timeline of rank {rank} left out: {e}");
-                    missing.push((rank, e.to_string()));
-                }
+                };
+                offset
+                    .and_then(|offset_us| {
+                        let request = self.new_request();
+                        self.lock().replies.insert(request, Reply::Waiting(rank));
+                        self.send(rank, &RtMsg::TimelineGet { request, last })?;
+                        match self.await_reply(request, Some(GATHER_TIMEOUT))? {
+                            Reply::Timeline(node, dropped, events) => Ok(timeline::RankTrace {
+                                rank,
+                                node,
+                                offset_us,
+                                dropped,
+                                events,
+                            }),
+                            _ => Err(runtime_error(RuntimeError::RankDied {
+                                rank,
+                                what: "asking for its timeline".into(),
+                            })),
+                        }
+                    })
+                    .map_err(|e| {
+                        tracing::warn!(rank, "timeline of rank {rank} left out: {e}");
+                        (rank, e.to_string())
+                    })
+            };
+            if sink(gathered).is_err() {
+                return;
             }
         }
-        (traces, missing)
     }
 
     /// The driver ends the job: serving ranks leave.
