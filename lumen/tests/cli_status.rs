@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -60,34 +58,17 @@ fn start_job() -> RunningJob {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting lumen run");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("job: {line}");
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = stdout_lines(&mut child);
     let mut job = RunningJob {
         child,
         home,
         stop,
         job_id: String::new(),
     };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        match received.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) if line.contains("long_job: ready") => {
-                job.job_id = line.split(", job ").nth(1).unwrap_or_default().to_string();
-                break;
-            }
-            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    assert!(!job.job_id.is_empty(), "the job never reported ready");
+    let ready = wait_for_line(&lines, "long_job: ready", Duration::from_secs(90));
+    job.job_id = ready
+        .and_then(|line| line.split(", job ").nth(1).map(str::to_string))
+        .expect("the job never reported ready");
     job
 }
 

@@ -410,26 +410,9 @@ fn slurm_lumen_status_sees_a_running_job_by_its_id() {
         }
     }
     let mut guard = Stop(&stop, &cluster, None);
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("job: {line}");
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline && guard.2.is_none() {
-        match received.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) if line.contains("long_job: ready") => {
-                guard.2 = line.split(", job ").nth(1).map(str::to_owned);
-            }
-            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
+    let lines = stdout_lines(&mut child);
+    guard.2 = wait_for_line(&lines, "long_job: ready", Duration::from_secs(90))
+        .and_then(|line| line.split(", job ").nth(1).map(str::to_owned));
     let job = guard.2.clone().expect("the job never reported ready");
     let status = |args: &[&str]| {
         let mut command = cluster.command(lumen());
