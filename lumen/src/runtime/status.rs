@@ -471,17 +471,13 @@ pub fn render(status: &JobStatus) -> String {
                 "-".into()
             }
         };
-        let state = match (&rank.state[..], &rank.detail) {
-            ("alive", _) => "alive".to_string(),
-            (state, _) => state.to_string(),
-        };
         let _ = writeln!(
             out,
             "{:>5} {:>4} {:<16} {:<14} {:>8} {:>7} {:>6} {:>9} {:>7} {:>6} {:>7} {:>10}",
             rank.rank,
             rank.node,
             rank.host,
-            state,
+            rank.state,
             field(stats.pid),
             field(stats.tasks_running),
             field(stats.tasks_queued),

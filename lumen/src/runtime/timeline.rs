@@ -327,12 +327,10 @@ impl<W: std::io::Write> JobTraceWriter<W> {
             t.rank,
             quote(&format!("rank {} (node {})", t.rank, t.node))
         )?;
-        let aligned = |e: &Event| (e.ts as i64).saturating_sub(t.offset_us).max(0) as u64;
-        let offset = t.offset_us;
-        t.events
-            .sort_by_key(|e| (e.ts as i64).saturating_sub(offset).max(0) as u64);
+        // One offset per rank: its own clock's order is the aligned order.
+        t.events.sort_by_key(|e| e.ts);
         for e in &t.events {
-            let ts = aligned(e);
+            let ts = (e.ts as i64).saturating_sub(t.offset_us).max(0) as u64;
             self.comma()?;
             let cat = if e.what == "collective" {
                 "collective"
